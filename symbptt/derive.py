@@ -1,0 +1,320 @@
+"""Reverse mode over the graph: the derivation, with every stage kept.
+
+:func:`backprop` walks a list of assignments backwards.  Each assignment's
+right-hand side is a small expression tree; the cotangent of its target is
+pushed through that tree with the rules of :mod:`symbptt.rules` (an explicit
+stack, no recursion), and what reaches a symbol is recorded as a
+contribution.  When the walk reaches an intermediate symbol, all its
+contributions are in (its consumers come later in the forward order), so its
+adjoint becomes one named assignment (δ_t = ∂L/∂z_t, ∂L/∂h_t, ∂L/∂o_t) and the
+walk goes on with that symbol as the cotangent: expressions stay short.
+
+Shared weights accumulate over t: every step's contribution to a parameter is
+a named assignment, and the gradient is their sum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import sympy as sp
+
+from . import mexpr
+from .graph import Assignment, Graph, Symbols, T_SYMBOL, build_cell, build_graph, t_SYMBOL
+from .notation import PARAM_ROLES
+from .rules import rule_for
+from .spec import ModelSpec
+
+__all__ = ["Derivation", "StepForm", "backprop", "derive", "instantiate"]
+
+_CONSTANTS = (sp.OneMatrix, sp.ZeroMatrix, sp.Identity)
+
+
+def _push(
+    expr: Any, ct: Any, out: Any, variables: set[Any], sink: list[tuple[Any, Any]]
+) -> None:
+    """Push ``ct`` through ``expr`` (whose value is ``out``) onto the variables it reads."""
+    stack = [(expr, ct, out)]
+    while stack:
+        node, node_ct, node_out = stack.pop()
+        if isinstance(node, (sp.MatrixSymbol, sp.Symbol)):
+            if node in variables:
+                sink.append((node, node_ct))
+            continue
+        if isinstance(node, _CONSTANTS) or node.is_number or mexpr.is_zero(node_ct):
+            continue
+        if not mexpr.is_matrix(node) and not (node.free_symbols & variables):
+            continue
+        for child, child_ct in reversed(rule_for(node)(node_ct, node_out, node)):
+            stack.append((child, child_ct, child))
+
+
+def backprop(
+    assignments: tuple[Assignment, ...] | list[Assignment],
+    seeds: Mapping[Any, Any],
+    leaves: set[Any],
+    symbols: Symbols,
+) -> tuple[list[Assignment], dict[Any, list[tuple[Any, Any]]]]:
+    """Reverse mode over ``assignments``.
+
+    ``seeds`` maps symbols to their initial cotangents (the total loss to 1).
+    Returns the adjoint assignments in the order they are computed, and for
+    every leaf in ``leaves`` its contributions as ``(step, expression)`` in
+    forward step order.
+    """
+    targets = {a.target for a in assignments}
+    variables = targets | set(leaves)
+    pending: dict[Any, list[Any]] = {symbol: [ct] for symbol, ct in seeds.items()}
+    leaf_parts: dict[Any, list[tuple[Any, Any]]] = {}
+    adjoints: list[Assignment] = []
+    for assignment in reversed(assignments):
+        parts = pending.pop(assignment.target, None)
+        if not parts:
+            continue
+        total = mexpr.add(*reversed(parts))
+        if mexpr.is_zero(total):
+            continue
+        if mexpr.is_matrix(assignment.target):
+            role, step = symbols.meta[assignment.target]
+            adjoint = symbols.adjoint(role, step)
+            if total != adjoint:
+                adjoints.append(Assignment(adjoint, total, "adjoint_" + role, step))
+            ct = adjoint
+        else:
+            ct = total
+        sink: list[tuple[Any, Any]] = []
+        _push(assignment.expr, ct, assignment.target, variables, sink)
+        for symbol, part in sink:
+            if symbol in targets:
+                pending.setdefault(symbol, []).append(part)
+            else:
+                leaf_parts.setdefault(symbol, []).append((assignment.step, part))
+    for parts in leaf_parts.values():
+        parts.reverse()
+    return adjoints, leaf_parts
+
+
+@dataclass(frozen=True)
+class StepForm:
+    """The loop body of BPTT for a generic step ``t``, derived once from one cell.
+
+    ``body`` holds the forward assignments of step t and, after them, the
+    backward ones, written with δ_{t+1} = ∂L/∂z_{t+1} coming from the future.
+    For many-to-one models ``last`` is the backward pass of the last step (the
+    only one with an output); ``body`` then has no output.  Outside the model,
+    δ_{T+1} = 0 and h before the first step is the initial state.
+    """
+
+    t: sp.Symbol
+    forward: tuple[Assignment, ...]
+    backward: tuple[Assignment, ...]
+    last_forward: tuple[Assignment, ...] | None
+    last_backward: tuple[Assignment, ...] | None
+    symbols: Symbols
+
+
+def _contributions(
+    symbols: Symbols, leaf_parts: Mapping[Any, list[tuple[Any, Any]]], order: list[tuple[str, Any]]
+) -> list[Assignment]:
+    """Named per-step contributions of the leaves in ``order`` ((name, symbol) pairs)."""
+    out: list[Assignment] = []
+    for name, symbol in order:
+        for step, part in leaf_parts.get(symbol, []):
+            out.append(Assignment(symbols.contribution(name, step), part, "contribution", step, name))
+    return out
+
+
+def _step_form(spec: ModelSpec, graph: Graph) -> StepForm:
+    symbols = Symbols(spec, graph.notation)
+    t = t_SYMBOL
+    loss_steps = T_SYMBOL if spec.mode == "many_to_many" else sp.Integer(1)
+    scale = symbols.loss_scale(loss_steps)
+    leaves = set(symbols.params.values())
+
+    def cell(with_output: bool, with_next: bool) -> tuple[tuple[Assignment, ...], tuple[Assignment, ...]]:
+        prev = symbols.series("hidden", t - 1)
+        forward, h, loss = build_cell(symbols, t, prev, with_output)
+        seeds: dict[Any, Any] = {}
+        extra: list[Assignment] = []
+        if loss is not None:
+            seeds[loss] = scale
+        if with_next:
+            z_next = symbols.series("pre_activation", t + 1)
+            w_rec = symbols.param("recurrent_weight")
+            part = mexpr.matmul(w_rec, h) if symbols.layout == "column" else mexpr.matmul(h, w_rec)
+            extra.append(Assignment(z_next, part, "next_pre_activation", t + 1))
+            seeds[z_next] = symbols.adjoint("pre_activation", t + 1)
+        x = symbols.series("input", t)
+        adjoints, parts = backprop(forward + extra, seeds, leaves | {prev, x}, symbols)
+        names = [(name, sym) for name, sym in symbols.params.items()]
+        own = {sym: [(at, part) for at, part in found if at == t] for sym, found in parts.items()}
+        backward = adjoints + _contributions(symbols, own, names)
+        return tuple(forward), tuple(backward)
+
+    if spec.mode == "many_to_many":
+        forward, backward = cell(True, True)
+        return StepForm(t, forward, backward, None, None, symbols)
+    forward, backward = cell(False, True)
+    last_forward, last_backward = cell(True, False)
+    return StepForm(t, forward, backward, last_forward, last_backward, symbols)
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """Every stage of the derivation of a spec (see the module docstring)."""
+
+    spec: ModelSpec
+    graph: Graph
+    assignments: tuple[Assignment, ...]
+    gradients: dict[str, Any]
+    input_gradients: dict[int, Any]
+    symbols: dict[str, Any]
+    roles: dict[str, str]
+    _step_form: list[StepForm] = field(default_factory=list, repr=False, compare=False)
+
+    @property
+    def notation(self) -> Any:
+        return self.graph.notation
+
+    @property
+    def adjoints(self) -> tuple[Assignment, ...]:
+        """The adjoint recursion (δ_t and the other adjoints), in the order computed."""
+        return tuple(a for a in self.assignments if a.kind.startswith("adjoint_"))
+
+    @property
+    def contributions(self) -> tuple[Assignment, ...]:
+        return tuple(a for a in self.assignments if a.kind == "contribution")
+
+    @property
+    def step_form(self) -> StepForm:
+        """The generic-step form (derived on first use, once)."""
+        if not self._step_form:
+            self._step_form.append(_step_form(self.spec, self.graph))
+        return self._step_form[0]
+
+    @cached_property
+    def _expanded(self) -> dict[Any, Any]:
+        """Every intermediate symbol written in the leaves only, built in one forward sweep."""
+        expanded: dict[Any, Any] = {}
+        for assignment in self.graph.assignments + self.assignments:
+            expanded[assignment.target] = assignment.expr.xreplace(expanded)
+        return expanded
+
+    def gradient(self, name: str, expand: bool = True) -> Any:
+        """The gradient of ``name`` (a parameter or the initial state).
+
+        With ``expand`` every intermediate (h_t, δ_t, ...) is substituted, so
+        the result is an expression of the parameters, inputs, targets and
+        initial state only: anyone can check it by substituting numbers.  The
+        sweep is linear in the graph, though the expression is large for big T.
+        """
+        try:
+            gradient = self.gradients[name]
+        except KeyError:
+            known = ", ".join(self.gradients)
+            raise KeyError(f"no gradient named {name!r}; this derivation has {known}") from None
+        return gradient.xreplace(self._expanded) if expand else gradient
+
+    def value_of(self, symbol: Any) -> Any:
+        """An intermediate symbol written in the leaves only."""
+        return self._expanded.get(symbol, symbol)
+
+    def _repr_latex_(self) -> str:
+        from .latex import derivation_summary_latex
+
+        return derivation_summary_latex(self)
+
+
+def derive(spec: ModelSpec | Graph) -> Derivation:
+    """Derive every gradient of ``spec`` by matrix-level reverse mode."""
+    graph = spec if isinstance(spec, Graph) else build_graph(spec)
+    spec = graph.spec
+    symbols = graph.symbols
+    order: list[tuple[str, Any]] = list(symbols.params.items())
+    if spec.initial_state == "input":
+        order.append((graph.notation.initial_ascii, graph.initial))
+    leaves = {symbol for _, symbol in order} | set(graph.inputs)
+    adjoints, parts = backprop(graph.assignments, {graph.loss: sp.Integer(1)}, leaves, symbols)
+    contributions = _contributions(symbols, parts, order)
+    inputs = [(symbols.meta[x][1], x) for x in graph.inputs]
+    input_gradients = {
+        step: mexpr.add(*(part for _, part in parts[x])) if x in parts else sp.ZeroMatrix(*x.shape)
+        for step, x in inputs
+    }
+    gradients: dict[str, Any] = {}
+    sums: list[Assignment] = []
+    for name, symbol in order:
+        terms = [c.expr for c in contributions if c.param == name]
+        gradients[name] = mexpr.add(*terms) if terms else sp.ZeroMatrix(*symbol.shape)
+        named = [c.target for c in contributions if c.param == name]
+        total = mexpr.add(*named) if named else sp.ZeroMatrix(*symbol.shape)
+        target = sp.MatrixSymbol("d" + name, *symbol.shape)
+        symbols.meta[target] = ("gradient", None)
+        sums.append(Assignment(target, total, "gradient", None, name))
+    roles = {symbols.notation.param(role).ascii: role for role in PARAM_ROLES}
+    roles = {name: role for name, role in roles.items() if name in symbols.params}
+    if spec.initial_state == "input":
+        roles[graph.notation.initial_ascii] = "initial_state"
+    table: dict[str, Any] = {
+        role: symbols.params[name] for name, role in roles.items() if name in symbols.params
+    }
+    table["initial_state"] = graph.initial
+    table["inputs"] = list(graph.inputs)
+    table["targets"] = list(graph.targets)
+    return Derivation(
+        spec=spec,
+        graph=graph,
+        assignments=tuple(adjoints + contributions + sums),
+        gradients=gradients,
+        input_gradients=input_gradients,
+        symbols=table,
+        roles=roles,
+    )
+
+
+def instantiate(
+    assignments: tuple[Assignment, ...], step_form: StepForm, step: int, graph: Graph
+) -> list[Assignment]:
+    """The generic-step ``assignments`` at a concrete ``step`` of ``graph``'s model.
+
+    Generic symbols become the graph's symbols of that step; h before the
+    first step becomes the initial state, δ after the last step zero, and T
+    the number of steps.
+    """
+    symbols = graph.symbols
+    first, last = graph.steps[0], graph.steps[-1]
+    mapping: dict[Any, Any] = {T_SYMBOL: sp.Integer(len(graph.steps))}
+    for generic, (role, at) in step_form.symbols.meta.items():
+        if at is None or not isinstance(at, sp.Basic) or not at.free_symbols:
+            continue
+        k = int(at.subs(step_form.t, step))
+        if role == "hidden" and k < first:
+            mapping[generic] = graph.initial
+        elif role == "adjoint_pre_activation" and k > last:
+            mapping[generic] = sp.ZeroMatrix(*generic.shape)
+        elif role == "loss":
+            mapping[generic] = symbols.step_loss(k)
+        elif role.startswith("adjoint_"):
+            mapping[generic] = symbols.adjoint(role[len("adjoint_") :], k)
+        elif role == "contribution":
+            name = generic.name[1 : -len(Symbols.step_name(at)) - 1]
+            mapping[generic] = symbols.contribution(name, k)
+        else:
+            mapping[generic] = symbols.series(role, k)
+    out = []
+    for assignment in assignments:
+        at = assignment.step
+        concrete = int(at.subs(step_form.t, step)) if isinstance(at, sp.Basic) else at
+        out.append(
+            Assignment(
+                assignment.target.xreplace(mapping),
+                assignment.expr.xreplace(mapping),
+                assignment.kind,
+                concrete,
+                assignment.param,
+            )
+        )
+    return out

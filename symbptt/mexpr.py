@@ -1,0 +1,212 @@
+"""Matrix-expression building blocks: light constructors and the two custom nodes.
+
+The constructors build SymPy matrix expressions without ``.doit()`` (which is
+slow and rewrites what documents want to show) and apply only the algebra of
+symbolic zeros and ones: a zero term is dropped, a product with a zero is
+zero, a Hadamard factor of all ones is dropped.  Paths that carry no gradient
+are symbolic zeros and are never printed.
+
+Custom nodes:
+
+* :class:`Softmax` -- the softmax over the output units of each example;
+* :class:`OutputLoss` -- the scalar loss of one step, summed over units and
+  examples, of an output layer and loss pair applied to a pre-activation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sympy as sp
+from sympy.core.symbol import Str
+from sympy.matrices.expressions.matexpr import MatrixExpr
+
+__all__ = [
+    "OutputLoss",
+    "Softmax",
+    "add",
+    "broadcast_bias",
+    "hadamard",
+    "hadamard_power",
+    "is_matrix",
+    "is_zero",
+    "matmul",
+    "ones",
+    "scale",
+    "split_scale",
+    "sum_columns",
+    "transpose",
+    "zeros",
+]
+
+
+def is_matrix(expr: Any) -> bool:
+    return bool(getattr(expr, "is_Matrix", False))
+
+
+def is_zero(expr: Any) -> bool:
+    return isinstance(expr, sp.ZeroMatrix) or (not is_matrix(expr) and expr == 0)
+
+
+def ones(rows: Any, cols: Any) -> sp.OneMatrix:
+    return sp.OneMatrix(rows, cols)
+
+
+def zeros(rows: Any, cols: Any) -> sp.ZeroMatrix:
+    return sp.ZeroMatrix(rows, cols)
+
+
+def split_scale(expr: Any) -> tuple[sp.Expr, Any]:
+    """``(c, X)`` with ``expr == c * X`` for a scalar c pulled out of a MatMul."""
+    if isinstance(expr, sp.MatMul):
+        coeff, mats = expr.as_coeff_matrices()
+        if coeff != 1:
+            return coeff, mats[0] if len(mats) == 1 else sp.MatMul(*mats)
+    return sp.Integer(1), expr
+
+
+def add(*terms: Any) -> Any:
+    """The sum of the terms, zeros dropped (a single term is returned as it is)."""
+    kept = [t for t in terms if not is_zero(t)]
+    if not kept:
+        return terms[0]
+    if len(kept) == 1:
+        return kept[0]
+    if is_matrix(kept[0]):
+        return sp.MatAdd(*kept)
+    return sp.Add(*kept)
+
+
+def scale(coeff: Any, expr: Any) -> Any:
+    """``coeff * expr`` for a scalar ``coeff``."""
+    coeff = sp.sympify(coeff)
+    if coeff == 0:
+        return zeros(*expr.shape) if is_matrix(expr) else sp.Integer(0)
+    if coeff == 1 or is_zero(expr):
+        return expr
+    if not is_matrix(expr):
+        return coeff * expr
+    inner, rest = split_scale(expr)
+    return sp.MatMul(coeff * inner, rest)
+
+
+def matmul(*factors: Any) -> Any:
+    """The matrix product, zeros absorbing and identities dropped."""
+    if any(isinstance(f, sp.ZeroMatrix) for f in factors):
+        return zeros(factors[0].shape[0], factors[-1].shape[1])
+    kept = [f for f in factors if not isinstance(f, sp.Identity)]
+    if not kept:
+        return factors[0]
+    if len(kept) == 1:
+        return kept[0]
+    return sp.MatMul(*kept)
+
+
+def hadamard(*factors: Any) -> Any:
+    """The elementwise product; all-ones factors dropped, scalars pulled out front."""
+    coeff = sp.Integer(1)
+    kept = []
+    for factor in factors:
+        c, rest = split_scale(factor)
+        coeff *= c
+        if isinstance(rest, sp.ZeroMatrix):
+            return rest
+        if not isinstance(rest, sp.OneMatrix):
+            kept.append(rest)
+    if not kept:
+        return scale(coeff, ones(*factors[0].shape))
+    body = kept[0] if len(kept) == 1 else sp.HadamardProduct(*kept)
+    return scale(coeff, body)
+
+
+def hadamard_power(base: Any, exp: int) -> Any:
+    if exp == 1:
+        return base
+    return sp.HadamardPower(base, exp)
+
+
+def transpose(expr: Any) -> Any:
+    if isinstance(expr, sp.Transpose):
+        return expr.arg
+    if isinstance(expr, (sp.ZeroMatrix, sp.OneMatrix)):
+        return type(expr)(expr.shape[1], expr.shape[0])
+    return sp.Transpose(expr)
+
+
+def broadcast_bias(bias: Any, layout: str, batch: Any) -> Any:
+    """A bias vector (n x 1) added to every example: b 1^T (column layout) or 1 b^T (row)."""
+    if layout == "column":
+        return sp.MatMul(bias, ones(1, batch))
+    return sp.MatMul(ones(batch, 1), sp.Transpose(bias))
+
+
+def sum_columns(expr: Any, layout: str) -> Any:
+    """The gradient of a broadcast bias: the adjoint summed over the examples, as n x 1."""
+    rows, cols = expr.shape
+    if layout == "column":
+        return matmul(expr, ones(cols, 1))
+    return matmul(transpose(expr), ones(rows, 1))
+
+
+class Softmax(MatrixExpr):  # type: ignore[misc]
+    """softmax over the output units: along axis 0 (units are rows) or 1 (units are columns)."""
+
+    def __new__(cls, arg: Any, axis: int) -> Softmax:
+        return super().__new__(cls, arg, sp.Integer(axis))  # type: ignore[no-any-return]
+
+    @property
+    def arg(self) -> Any:
+        return self.args[0]
+
+    @property
+    def axis(self) -> int:
+        return int(self.args[1])
+
+    @property
+    def shape(self) -> tuple[Any, Any]:
+        return self.args[0].shape  # type: ignore[no-any-return]
+
+
+class OutputLoss(sp.Expr):  # type: ignore[misc]
+    """The loss of one step: sum over examples and units of loss(g(O), Y).
+
+    Arguments: the output pre-activation ``O``, the prediction ``Yhat`` (the
+    symbol that holds g(O), used by the gradient rule), the target ``Y``, the
+    names of the output layer and the loss, and the axis of the units (0 when
+    examples are columns, 1 when they are rows).
+    """
+
+    is_commutative = True
+    is_real = True
+
+    def __new__(
+        cls, pre: Any, pred: Any, target: Any, output: str | Str, loss: str | Str, axis: Any
+    ) -> OutputLoss:
+        output, loss = (Str(n) if isinstance(n, str) else n for n in (output, loss))
+        return super().__new__(  # type: ignore[no-any-return]
+            cls, pre, pred, target, output, loss, sp.Integer(axis)
+        )
+
+    @property
+    def pre(self) -> Any:
+        return self.args[0]
+
+    @property
+    def pred(self) -> Any:
+        return self.args[1]
+
+    @property
+    def target(self) -> Any:
+        return self.args[2]
+
+    @property
+    def output(self) -> str:
+        return str(self.args[3].name)
+
+    @property
+    def loss(self) -> str:
+        return str(self.args[4].name)
+
+    @property
+    def axis(self) -> int:
+        return int(self.args[5])

@@ -1,0 +1,132 @@
+"""The model spec: what the user asks for, validated once, frozen.
+
+`ModelSpec` is the single input of the pipeline (spec -> graph -> derive ->
+latex | emit -> verify).  Every field is checked in ``__post_init__``; a bad
+value raises :class:`SpecError` naming the field, the value and what is
+allowed, and combinations that make no sense are refused with the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+__all__ = ["CHOICES", "ModelSpec", "SpecError"]
+
+
+class SpecError(ValueError):
+    """A model spec field has a value symbptt does not accept."""
+
+
+#: Allowed values of the categorical fields, in the order documents list them.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "hidden": ("tanh", "relu", "sigmoid", "identity"),
+    "output": ("softmax", "sigmoid", "identity", "relu"),
+    "loss": ("cross_entropy", "binary_cross_entropy", "squared_error"),
+    "mode": ("many_to_many", "many_to_one"),
+    "time_reduction": ("sum", "mean"),
+    "batch_reduction": ("mean", "sum"),
+    "notation": ("xh", "uvw", "layered", "aa"),
+    "initial_state": ("zero", "input"),
+}
+
+#: Which output activations each loss accepts, and why.
+_LOSS_OUTPUTS: dict[str, tuple[tuple[str, ...], str]] = {
+    "cross_entropy": (
+        ("softmax",),
+        "cross_entropy takes the log of a probability distribution over the output units, "
+        "which only a softmax output gives",
+    ),
+    "binary_cross_entropy": (
+        ("sigmoid", "softmax"),
+        "binary_cross_entropy takes log(y_hat) and log(1 - y_hat), so every output must lie "
+        "in (0, 1): use a sigmoid (or softmax) output",
+    ),
+    "squared_error": (CHOICES["output"], ""),
+}
+
+_SIZE_FIELDS = ("n_in", "n_hidden", "n_out", "batch")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """An Elman RNN unrolled for ``steps`` time steps.
+
+    Sizes left as ``None`` stay symbolic (n_0, n_1, n_2 and m, as in the
+    layered seed).  Cross-entropy targets are probability distributions over
+    the output units (one-hot or soft); binary cross-entropy targets are 0/1
+    per unit; squared-error targets are reals.
+    """
+
+    steps: int = 4
+    hidden: str = "tanh"
+    output: str = "softmax"
+    loss: str = "cross_entropy"
+    mode: str = "many_to_many"
+    time_reduction: str = "sum"
+    batch_reduction: str = "mean"
+    notation: str = "xh"
+    bias: bool = True
+    initial_state: str = "zero"
+    n_in: int | None = None
+    n_hidden: int | None = None
+    n_out: int | None = None
+    batch: int | None = None
+
+    def __post_init__(self) -> None:
+        steps = self.steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise SpecError(f"steps: got {steps!r}; expected an integer T >= 1")
+        for name, allowed in CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise SpecError(
+                    f"{name}: got {value!r}; expected one of {', '.join(map(repr, allowed))}"
+                )
+        if not isinstance(self.bias, bool):
+            raise SpecError(f"bias: got {self.bias!r}; expected True or False")
+        for name in _SIZE_FIELDS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SpecError(
+                    f"{name}: got {value!r}; expected a positive integer or None (symbolic)"
+                )
+        outputs, why = _LOSS_OUTPUTS[self.loss]
+        if self.output not in outputs:
+            raise SpecError(
+                f"loss: {self.loss!r} cannot follow output {self.output!r}: {why} "
+                f"(allowed outputs for it: {', '.join(map(repr, outputs))})"
+            )
+
+    # -- identity -----------------------------------------------------------------
+    def as_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (the TOML config file uses these names)."""
+        return asdict(self)
+
+    def canonical(self) -> str:
+        """A canonical JSON text of the spec: sorted keys, no spaces."""
+        return json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"))
+
+    def hash(self) -> str:
+        """The first 12 hex digits of the SHA-256 of :meth:`canonical`."""
+        return hashlib.sha256(self.canonical().encode()).hexdigest()[:12]
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any]) -> ModelSpec:
+        """Build a spec from a mapping (a parsed config file), refusing unknown keys."""
+        known = set(cls.field_names())
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpecError(
+                f"unknown spec field(s) {', '.join(map(repr, unknown))}; "
+                f"expected some of {', '.join(cls.field_names())}"
+            )
+        return cls(**data)
