@@ -41,6 +41,7 @@ __all__ = [
     "lift",
     "output_loss_gradient",
     "register_activation",
+    "unregister_activation",
 ]
 
 #: The scalar argument of every activation definition, and its output.
@@ -139,7 +140,16 @@ def register_activation(name: str, definition: sp.Expr, latex: str | None = None
     act = Activation(name, sp.sympify(definition), latex or rf"\operatorname{{{name}}}")
     ACTIVATIONS[name] = act
     _BY_LAMBDA[act.function] = act
+    if "OUTPUTS" in globals():  # the built-in ones are listed below, after softmax
+        OUTPUTS.setdefault(name, act)
     return act
+
+
+def unregister_activation(name: str) -> None:
+    """Remove an activation added with :func:`register_activation`."""
+    act = ACTIVATIONS.pop(name)
+    _BY_LAMBDA.pop(act.function, None)
+    OUTPUTS.pop(name, None)
 
 
 register_activation("tanh", sp.tanh(z), r"\tanh")

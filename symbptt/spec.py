@@ -44,10 +44,21 @@ _LOSS_OUTPUTS: dict[str, tuple[tuple[str, ...], str]] = {
         "binary_cross_entropy takes log(y_hat) and log(1 - y_hat), so every output must lie "
         "in (0, 1): use a sigmoid (or softmax) output",
     ),
-    "squared_error": (CHOICES["output"], ""),
+    "squared_error": ((), ""),  # any output
 }
 
 _SIZE_FIELDS = ("n_in", "n_hidden", "n_out", "batch")
+
+
+def _choices() -> dict[str, tuple[str, ...]]:
+    """CHOICES, with activations registered at run time allowed as hidden or output layers."""
+    from .functions import ACTIVATIONS
+
+    extra = tuple(name for name in ACTIVATIONS if name not in CHOICES["hidden"])
+    return CHOICES | {
+        "hidden": CHOICES["hidden"] + extra,
+        "output": CHOICES["output"] + extra,
+    }
 
 
 @dataclass(frozen=True)
@@ -79,7 +90,7 @@ class ModelSpec:
         steps = self.steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise SpecError(f"steps: got {steps!r}; expected an integer T >= 1")
-        for name, allowed in CHOICES.items():
+        for name, allowed in _choices().items():
             value = getattr(self, name)
             if value not in allowed:
                 raise SpecError(
@@ -96,7 +107,7 @@ class ModelSpec:
                     f"{name}: got {value!r}; expected a positive integer or None (symbolic)"
                 )
         outputs, why = _LOSS_OUTPUTS[self.loss]
-        if self.output not in outputs:
+        if outputs and self.output not in outputs:
             raise SpecError(
                 f"loss: {self.loss!r} cannot follow output {self.output!r}: {why} "
                 f"(allowed outputs for it: {', '.join(map(repr, outputs))})"

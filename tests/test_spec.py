@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from symbptt import ModelSpec, SpecError
+from symbptt.spec import CHOICES
+
+
+def test_defaults_are_the_xh_hello_style_model() -> None:
+    spec = ModelSpec()
+    assert (spec.notation, spec.hidden, spec.output, spec.loss) == (
+        "xh",
+        "tanh",
+        "softmax",
+        "cross_entropy",
+    )
+    assert spec.time_reduction == "sum" and spec.batch_reduction == "mean"
+
+
+def test_spec_is_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ModelSpec().steps = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("field", sorted(CHOICES))
+def test_bad_choice_names_field_value_and_allowed(field: str) -> None:
+    with pytest.raises(SpecError) as err:
+        ModelSpec(**{field: "bogus"})
+    message = str(err.value)
+    assert message.startswith(f"{field}: got 'bogus'")
+    for allowed in CHOICES[field]:
+        assert repr(allowed) in message
+
+
+@pytest.mark.parametrize("steps", [0, -1, 2.5, True, "3"])
+def test_bad_steps(steps: object) -> None:
+    with pytest.raises(SpecError, match=r"^steps: got .*T >= 1"):
+        ModelSpec(steps=steps)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("field", ["n_in", "n_hidden", "n_out", "batch"])
+@pytest.mark.parametrize("value", [0, -2, 1.5, False])
+def test_bad_sizes(field: str, value: object) -> None:
+    with pytest.raises(SpecError, match=rf"^{field}: got"):
+        ModelSpec(**{field: value})
+
+
+def test_bias_must_be_bool() -> None:
+    with pytest.raises(SpecError, match="^bias: got 1"):
+        ModelSpec(bias=1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("output", "loss"),
+    [
+        ("relu", "binary_cross_entropy"),
+        ("identity", "binary_cross_entropy"),
+        ("sigmoid", "cross_entropy"),
+        ("identity", "cross_entropy"),
+        ("relu", "cross_entropy"),
+    ],
+)
+def test_senseless_pairs_refused_with_reason(output: str, loss: str) -> None:
+    with pytest.raises(SpecError) as err:
+        ModelSpec(output=output, loss=loss)
+    message = str(err.value)
+    assert loss in message and output in message and "allowed outputs" in message
+
+
+def test_spec_error_is_value_error() -> None:
+    assert issubclass(SpecError, ValueError)
+
+
+def test_hash_is_stable_and_canonical() -> None:
+    a, b = ModelSpec(steps=3), ModelSpec(steps=3)
+    assert a.hash() == b.hash() and len(a.hash()) == 12
+    assert a.hash() != ModelSpec(steps=4).hash()
+    assert a.canonical().startswith('{"batch":null')
+
+
+def test_from_mapping_refuses_unknown_keys() -> None:
+    assert ModelSpec.from_mapping({"steps": 2}).steps == 2
+    with pytest.raises(SpecError, match="unknown spec field.*'stepz'"):
+        ModelSpec.from_mapping({"stepz": 2})
