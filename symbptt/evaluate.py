@@ -72,7 +72,9 @@ class Evaluator:
             return np.vectorize(mpmath.mpf, otypes=[object])(np.asarray(values))
 
     def _size(self, value: Any) -> int:
-        value = sp.sympify(value).xreplace({k: v for k, v in self.env.items() if isinstance(k, sp.Symbol)})
+        value = sp.sympify(value).xreplace(
+            {k: v for k, v in self.env.items() if isinstance(k, sp.Symbol)}
+        )
         return int(value)
 
     def _filled(self, shape: tuple[Any, Any], fill: int) -> Any:
@@ -103,7 +105,7 @@ class Evaluator:
         self._memo[expr] = value
         return value
 
-    def _compute(self, expr: Any) -> Any:  # noqa: C901 - one case per node class
+    def _compute(self, expr: Any) -> Any:
         if isinstance(expr, (sp.MatrixSymbol, sp.Symbol)):
             raise KeyError(f"no value for symbol {expr.name!r}")
         if isinstance(expr, sp.OneMatrix):

@@ -55,7 +55,7 @@ _SAMPLE_POINTS = (sp.Rational(-13, 10), sp.Rational(-2, 5), sp.Rational(3, 10), 
 
 def _pytorch_heaviside(expr: sp.Expr) -> sp.Expr:
     """ReLU-type derivatives: Heaviside(0) = 0, as PyTorch does."""
-    return expr.replace(sp.Heaviside, lambda arg, *_: sp.Heaviside(arg, 0))  # type: ignore[no-any-return]
+    return expr.replace(sp.Heaviside, lambda arg, *_: sp.Heaviside(arg, 0))
 
 
 def _agrees(lhs: sp.Expr, rhs: sp.Expr, var: sp.Symbol) -> bool:
@@ -100,7 +100,7 @@ class Activation:
 
     @cached_property
     def derivative(self) -> tuple[sp.Expr, str]:
-        """The derivative and what it is written in: ``"output"`` (of ``a``) or ``"input"`` (of ``z``).
+        """The derivative, and ``"output"`` (written in ``a``) or ``"input"`` (in ``z``).
 
         The output form is used when it is correct (checked at sample points)
         and no longer than the input form; a constant derivative is an
@@ -227,7 +227,7 @@ class SoftmaxOutput:
         """The definition written with an index, for documents."""
         i, k, n = sp.symbols("i k n", integer=True, positive=True)
         o = sp.IndexedBase("o")
-        return sp.exp(o[i]) / sp.Sum(sp.exp(o[k]), (k, 1, n))  # type: ignore[no-any-return]
+        return sp.exp(o[i]) / sp.Sum(sp.exp(o[k]), (k, 1, n))
 
 
 #: Output layers by name: the elementwise activations, plus softmax.
@@ -356,10 +356,9 @@ def _fused_agrees(
     if not loss.distribution:
         targets = (sp.Rational(1), sp.Rational(0), sp.Rational(7, 10))
     for values in samples:
-        point = dict(zip(o, values)) | dict(zip(t, targets))
+        point = dict(zip(o, values, strict=True)) | dict(zip(t, targets, strict=True))
         preds = _output_units(output, list(values))
-        point |= dict(zip(p, preds))
+        point |= dict(zip(p, preds, strict=True))
         if not _is_tiny(expr.xreplace(point) - derived.xreplace(point)):
             return False
     return True
-

@@ -21,7 +21,7 @@ from . import functions, mexpr
 from .notation import NOTATIONS, PARAM_ROLES, Notation
 from .spec import ModelSpec
 
-__all__ = ["Assignment", "Graph", "Symbols", "build_graph", "build_cell", "T_SYMBOL", "t_SYMBOL"]
+__all__ = ["T_SYMBOL", "Assignment", "Graph", "Symbols", "build_cell", "build_graph", "t_SYMBOL"]
 
 #: The generic step and the symbolic number of steps.
 t_SYMBOL = sp.Symbol("t", integer=True)
@@ -120,10 +120,7 @@ class Symbols:
 
     def adjoint(self, role: str, step: Any) -> sp.MatrixSymbol:
         """The adjoint dL/d(series) at ``step``; the hidden pre-activation's is delta."""
-        if role == "pre_activation":
-            name = "delta"
-        else:
-            name = "d" + self.notation.series_of(role).ascii
+        name = "delta" if role == "pre_activation" else "d" + self.notation.series_of(role).ascii
         symbol = sp.MatrixSymbol(f"{name}_{self.step_name(step)}", *self.series_shape(role))
         self.meta[symbol] = ("adjoint_" + role, step)
         return symbol
@@ -160,7 +157,9 @@ class Symbols:
 def _affine(symbols: Symbols, weight_role: str, inputs: Any, bias_role: str) -> Any:
     """``W x + b 1^T`` (column) or ``X W + 1 b^T`` (row)."""
     weight = symbols.param(weight_role)
-    product = mexpr.matmul(weight, inputs) if symbols.layout == "column" else mexpr.matmul(inputs, weight)
+    product = (
+        mexpr.matmul(weight, inputs) if symbols.layout == "column" else mexpr.matmul(inputs, weight)
+    )
     bias = symbols.param(bias_role)
     if bias is None:
         return product
@@ -174,7 +173,9 @@ def _pre_activation(symbols: Symbols, x: Any, prev: Any) -> Any:
         from_input, from_state = mexpr.matmul(w_in, x), mexpr.matmul(w_rec, prev)
     else:
         from_input, from_state = mexpr.matmul(x, w_in), mexpr.matmul(prev, w_rec)
-    terms = [from_state, from_input] if symbols.notation.recurrent_first else [from_input, from_state]
+    terms = (
+        [from_state, from_input] if symbols.notation.recurrent_first else [from_input, from_state]
+    )
     bias = symbols.param("hidden_bias")
     if bias is not None:
         terms.append(mexpr.broadcast_bias(bias, layout, symbols.sizes["batch"]))
@@ -208,7 +209,9 @@ def build_cell(
     y = symbols.series("target", step)
     loss = symbols.step_loss(step)
     out += [
-        Assignment(o, _affine(symbols, "output_weight", h, "output_bias"), "output_pre_activation", step),
+        Assignment(
+            o, _affine(symbols, "output_weight", h, "output_bias"), "output_pre_activation", step
+        ),
         Assignment(y_hat, _output_activation(symbols, o), "output", step),
         Assignment(loss, mexpr.OutputLoss(o, y_hat, y, spec.output, spec.loss, axis), "loss", step),
     ]

@@ -119,7 +119,9 @@ class Notation:
         return self.index(self.loss_latex, step)
 
 
-def _series(*rows: tuple[str, str, str, str] | tuple[str, str, str, str, str]) -> tuple[Series, ...]:
+def _series(
+    *rows: tuple[str, str, str, str] | tuple[str, str, str, str, str],
+) -> tuple[Series, ...]:
     return tuple(Series(*row) for row in rows)
 
 

@@ -89,9 +89,7 @@ def _transpose(ct: Any, out: Any, node: Any) -> Pairs:
 @vjp(sp.HadamardProduct)
 def _hadamard(ct: Any, out: Any, node: Any) -> Pairs:
     args = node.args
-    return [
-        (arg, mexpr.hadamard(ct, *(args[:i] + args[i + 1 :]))) for i, arg in enumerate(args)
-    ]
+    return [(arg, mexpr.hadamard(ct, *(args[:i] + args[i + 1 :]))) for i, arg in enumerate(args)]
 
 
 @vjp(ElementwiseApplyFunction)

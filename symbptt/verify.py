@@ -35,7 +35,7 @@ def _apply(definition: sp.Expr, matrix: sp.Matrix) -> sp.Matrix:
 
 def _softmax(matrix: sp.Matrix, axis: int) -> sp.Matrix:
     out = sp.zeros(*matrix.shape)
-    output = functions.OUTPUTS["softmax"]
+    output = functions.SoftmaxOutput()
     if axis == 0:
         for j in range(matrix.shape[1]):
             column = output.definition_of(list(matrix[:, j]))
@@ -49,18 +49,28 @@ def _softmax(matrix: sp.Matrix, axis: int) -> sp.Matrix:
     return out
 
 
+def _sizes(spec: ModelSpec) -> tuple[int, int, int, int]:
+    """(n_in, n_hidden, n_out, batch); the scalar oracle needs them concrete."""
+    sizes = (spec.n_in, spec.n_hidden, spec.n_out, spec.batch)
+    if any(size is None for size in sizes):
+        raise ValueError(
+            "the scalar oracle needs concrete sizes: set n_in, n_hidden, n_out and batch "
+            f"(got {sizes})"
+        )
+    return sizes  # type: ignore[return-value]
+
+
 def scalar_loss(spec: ModelSpec, values: dict[str, Any]) -> sp.Expr:
     """The loss of ``spec`` with explicit matrices ``values`` (by ASCII name; x/y as lists)."""
     notation = NOTATIONS[spec.notation]
     column = notation.layout == "column"
-    p = {param.role: values.get(param.ascii) for param in notation.params}
+    p: dict[str, Any] = {param.role: values.get(param.ascii) for param in notation.params}
     hidden = functions.ACTIVATIONS[spec.hidden].definition
     xs, ys = values["x"], values["y"]
-    m = spec.batch
-    assert m is not None and spec.n_hidden is not None, "the scalar oracle needs concrete sizes"
+    _, n1, _, m = _sizes(spec)
     h = values.get("h0")
     if h is None:
-        h = sp.zeros(spec.n_hidden, m) if column else sp.zeros(m, spec.n_hidden)
+        h = sp.zeros(n1, m) if column else sp.zeros(m, n1)
     losses = []
     steps = spec.steps
     loss_def = functions.LOSSES[spec.loss].definition
@@ -110,7 +120,7 @@ def random_values(spec: ModelSpec, rng: np.random.Generator) -> dict[str, Any]:
     """Random 30-digit values for every matrix of the model, keyed by ASCII name."""
     notation = NOTATIONS[spec.notation]
     column = notation.layout == "column"
-    n0, n1, n2, m = spec.n_in, spec.n_hidden, spec.n_out, spec.batch
+    n0, n1, n2, m = _sizes(spec)
 
     def mat(rows: int, cols: int, scale: float = 0.6) -> sp.Matrix:
         data = rng.normal(scale=scale, size=(rows, cols))
@@ -119,7 +129,7 @@ def random_values(spec: ModelSpec, rng: np.random.Generator) -> dict[str, Any]:
     def shaped(units: int) -> tuple[int, int]:
         return (units, m) if column else (m, units)
 
-    shapes = {
+    shapes: dict[str, tuple[int, int]] = {
         "input_weight": (n1, n0) if column else (n0, n1),
         "recurrent_weight": (n1, n1),
         "output_weight": (n2, n1) if column else (n1, n2),
@@ -139,7 +149,9 @@ def random_values(spec: ModelSpec, rng: np.random.Generator) -> dict[str, Any]:
     return values
 
 
-def _target(spec: ModelSpec, shape: tuple[int, int], rng: np.random.Generator, column: bool) -> sp.Matrix:
+def _target(
+    spec: ModelSpec, shape: tuple[int, int], rng: np.random.Generator, column: bool
+) -> sp.Matrix:
     if spec.loss == "cross_entropy":
         raw = rng.random(size=shape) + 0.1
         raw = raw / raw.sum(axis=0 if column else 1, keepdims=True)
@@ -153,8 +165,12 @@ def _target(spec: ModelSpec, shape: tuple[int, int], rng: np.random.Generator, c
                 matrix[j, -1] = 1 - sum(matrix[j, :-1])
         return matrix
     if spec.loss == "binary_cross_entropy":
-        return sp.Matrix(shape[0], shape[1], [sp.Integer(int(v)) for v in rng.integers(0, 2, size=shape).ravel()])
-    return sp.Matrix(shape[0], shape[1], [sp.Float(repr(float(v)), DPS) for v in rng.normal(size=shape).ravel()])
+        return sp.Matrix(
+            shape[0], shape[1], [sp.Integer(int(v)) for v in rng.integers(0, 2, size=shape).ravel()]
+        )
+    return sp.Matrix(
+        shape[0], shape[1], [sp.Float(repr(float(v)), DPS) for v in rng.normal(size=shape).ravel()]
+    )
 
 
 @dataclass(frozen=True)
@@ -182,9 +198,9 @@ def _env(d: Derivation, values: dict[str, Any]) -> dict[Any, Any]:
     env: dict[Any, Any] = {}
     for name, symbol in graph.params.items():
         env[symbol] = arr(values[name])
-    for symbol, value in zip(graph.inputs, values["x"]):
+    for symbol, value in zip(graph.inputs, values["x"], strict=True):
         env[symbol] = arr(value)
-    for symbol, value in zip(graph.targets, values["y"]):
+    for symbol, value in zip(graph.targets, values["y"], strict=True):
         env[symbol] = arr(value)
     if d.spec.initial_state == "input":
         env[graph.initial] = arr(values["h0"])

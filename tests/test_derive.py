@@ -78,7 +78,11 @@ def test_delta_is_assigned_at_every_step_in_reverse_order() -> None:
     d = symbptt.derive(symbptt.ModelSpec(steps=4))
     deltas = [a.step for a in d.adjoints if a.kind == "adjoint_pre_activation"]
     assert deltas == [4, 3, 2, 1]
-    assert all(str(a.target) == f"delta_{a.step}" for a in d.adjoints if a.step in deltas and a.kind == "adjoint_pre_activation")
+    assert all(
+        str(a.target) == f"delta_{a.step}"
+        for a in d.adjoints
+        if a.step in deltas and a.kind == "adjoint_pre_activation"
+    )
 
 
 def test_shared_weights_accumulate_over_steps() -> None:
@@ -152,8 +156,15 @@ def test_generic_step_applied_T_times_equals_the_unrolled_derivation(
 ) -> None:
     for steps in (1, 3):
         spec = symbptt.ModelSpec(
-            steps=steps, notation=notation, mode=mode, time_reduction="mean",
-            n_in=2, n_hidden=3, n_out=2, batch=2, initial_state="input",
+            steps=steps,
+            notation=notation,
+            mode=mode,
+            time_reduction="mean",
+            n_in=2,
+            n_hidden=3,
+            n_out=2,
+            batch=2,
+            initial_state="input",
         )
         _check_step_form(spec, rng)
 
@@ -168,7 +179,11 @@ def test_generic_step_is_written_with_the_next_delta() -> None:
 def test_bias_broadcast_is_a_product_with_ones() -> None:
     d = symbptt.derive(symbptt.ModelSpec(steps=1, notation="layered"))
     z = d.graph.assignments[0].expr
-    assert any(isinstance(arg, sp.MatMul) and arg.args[0] == sp.OneMatrix(sp.Symbol("m", integer=True, positive=True), 1) for arg in z.args)
+    assert any(
+        isinstance(arg, sp.MatMul)
+        and arg.args[0] == sp.OneMatrix(sp.Symbol("m", integer=True, positive=True), 1)
+        for arg in z.args
+    )
     db = next(a for a in d.contributions if a.param == "beta_1")
     assert db.expr.shape == d.graph.params["beta_1"].shape
     assert mexpr.is_matrix(db.expr)

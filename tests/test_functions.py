@@ -82,9 +82,7 @@ def test_new_activation_by_definition_alone_gets_correct_gradients(
 ) -> None:
     functions.register_activation("softplus", sp.log(1 + sp.exp(z)))
     try:
-        spec = symbptt.ModelSpec(
-            steps=2, hidden="softplus", n_in=2, n_hidden=2, n_out=2, batch=2
-        )
+        spec = symbptt.ModelSpec(steps=2, hidden="softplus", n_in=2, n_hidden=2, n_out=2, batch=2)
         proof = scalar_proof(spec, rng)
         assert proof.entries == 4 + 4 + 4 + 2 + 2
         assert proof.ok, proof.max_relative_error

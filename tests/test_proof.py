@@ -86,7 +86,10 @@ def test_the_spread_covers_every_combination() -> None:
     assert len(CASES) == 4 * 7 * 2 * 2 * 2
     assert {c.steps for c in CASES} == {1, 2, 3}
     assert {c.notation for c in CASES} == {"xh", "uvw", "layered", "aa"}
-    seen = {(c.hidden, c.output, c.loss, c.mode, c.time_reduction, c.notation == "layered") for c in CASES}
+    seen = {
+        (c.hidden, c.output, c.loss, c.mode, c.time_reduction, c.notation == "layered")
+        for c in CASES
+    }
     assert len(seen) == len(CASES)
 
 
@@ -95,7 +98,12 @@ def test_the_spread_covers_every_combination() -> None:
 @pytest.mark.parametrize("steps", [1, 2, 3])
 def test_reference_sizes(notation: str, steps: int, rng: np.random.Generator) -> None:
     spec = symbptt.ModelSpec(
-        steps=steps, notation=notation, n_in=2, n_hidden=3, n_out=2, batch=2,
+        steps=steps,
+        notation=notation,
+        n_in=2,
+        n_hidden=3,
+        n_out=2,
+        batch=2,
         initial_state="input",
     )
     proof = verify.scalar_proof(spec, rng)
@@ -107,8 +115,16 @@ def test_reference_sizes(notation: str, steps: int, rng: np.random.Generator) ->
 def test_exact_equality_for_a_polynomial_model(notation: str) -> None:
     """Linear RNN + squared error: SymPy shows the equality exactly, every entry."""
     spec = symbptt.ModelSpec(
-        steps=2, hidden="identity", output="identity", loss="squared_error",
-        batch_reduction="sum", notation=notation, n_in=1, n_hidden=2, n_out=1, batch=1,
+        steps=2,
+        hidden="identity",
+        output="identity",
+        loss="squared_error",
+        batch_reduction="sum",
+        notation=notation,
+        n_in=1,
+        n_hidden=2,
+        n_out=1,
+        batch=1,
         initial_state="input",
     )
     d = symbptt.derive(spec)
@@ -124,7 +140,9 @@ def test_exact_equality_for_a_polynomial_model(notation: str) -> None:
             sp.Matrix(*s.shape, lambda i, j, n=str(s): sp.Symbol(f"{n}[{i},{j}]")) for s in symbols
         ]
         explicit[key] = matrices
-        env.update({s: np.array(m.tolist(), dtype=object) for s, m in zip(symbols, matrices)})
+        env.update(
+            {s: np.array(m.tolist(), dtype=object) for s, m in zip(symbols, matrices, strict=True)}
+        )
     h0 = sp.Matrix(*graph.initial.shape, lambda i, j: sp.Symbol(f"h0[{i},{j}]"))
     explicit["h0"] = h0
     env[graph.initial] = np.array(h0.tolist(), dtype=object)

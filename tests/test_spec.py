@@ -48,7 +48,7 @@ def test_bad_sizes(field: str, value: object) -> None:
 
 
 def test_bias_must_be_bool() -> None:
-    with pytest.raises(SpecError, match="^bias: got 1"):
+    with pytest.raises(SpecError, match=r"^bias: got 1"):
         ModelSpec(bias=1)  # type: ignore[arg-type]
 
 
@@ -82,5 +82,5 @@ def test_hash_is_stable_and_canonical() -> None:
 
 def test_from_mapping_refuses_unknown_keys() -> None:
     assert ModelSpec.from_mapping({"steps": 2}).steps == 2
-    with pytest.raises(SpecError, match="unknown spec field.*'stepz'"):
+    with pytest.raises(SpecError, match=r"unknown spec field.*'stepz'"):
         ModelSpec.from_mapping({"stepz": 2})
