@@ -23,7 +23,7 @@ from typing import Any
 import sympy as sp
 
 from . import mexpr
-from .graph import Assignment, Graph, Symbols, T_SYMBOL, build_cell, build_graph, t_SYMBOL
+from .graph import T_SYMBOL, Assignment, Graph, Symbols, build_cell, build_graph, t_SYMBOL
 from .notation import PARAM_ROLES
 from .rules import rule_for
 from .spec import ModelSpec
@@ -33,9 +33,7 @@ __all__ = ["Derivation", "StepForm", "backprop", "derive", "instantiate"]
 _CONSTANTS = (sp.OneMatrix, sp.ZeroMatrix, sp.Identity)
 
 
-def _push(
-    expr: Any, ct: Any, out: Any, variables: set[Any], sink: list[tuple[Any, Any]]
-) -> None:
+def _push(expr: Any, ct: Any, out: Any, variables: set[Any], sink: list[tuple[Any, Any]]) -> None:
     """Push ``ct`` through ``expr`` (whose value is ``out``) onto the variables it reads."""
     stack = [(expr, ct, out)]
     while stack:
@@ -123,7 +121,9 @@ def _contributions(
     out: list[Assignment] = []
     for name, symbol in order:
         for step, part in leaf_parts.get(symbol, []):
-            out.append(Assignment(symbols.contribution(name, step), part, "contribution", step, name))
+            out.append(
+                Assignment(symbols.contribution(name, step), part, "contribution", step, name)
+            )
     return out
 
 
@@ -134,7 +134,9 @@ def _step_form(spec: ModelSpec, graph: Graph) -> StepForm:
     scale = symbols.loss_scale(loss_steps)
     leaves = set(symbols.params.values())
 
-    def cell(with_output: bool, with_next: bool) -> tuple[tuple[Assignment, ...], tuple[Assignment, ...]]:
+    def cell(
+        with_output: bool, with_next: bool
+    ) -> tuple[tuple[Assignment, ...], tuple[Assignment, ...]]:
         prev = symbols.series("hidden", t - 1)
         forward, h, loss = build_cell(symbols, t, prev, with_output)
         seeds: dict[Any, Any] = {}
