@@ -16,7 +16,7 @@ a named assignment, and the gradient is their sum.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -175,7 +175,6 @@ class Derivation:
     input_gradients: dict[int, Any]
     symbols: dict[str, Any]
     roles: dict[str, str]
-    _step_form: list[StepForm] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def notation(self) -> Any:
@@ -190,12 +189,10 @@ class Derivation:
     def contributions(self) -> tuple[Assignment, ...]:
         return tuple(a for a in self.assignments if a.kind == "contribution")
 
-    @property
+    @cached_property
     def step_form(self) -> StepForm:
         """The generic-step form (derived on first use, once)."""
-        if not self._step_form:
-            self._step_form.append(_step_form(self.spec, self.graph))
-        return self._step_form[0]
+        return _step_form(self.spec, self.graph)
 
     @cached_property
     def _expanded(self) -> dict[Any, Any]:
