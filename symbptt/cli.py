@@ -1,0 +1,451 @@
+"""The ``symbptt`` command (also ``python -m symbptt``).
+
+Commands::
+
+    symbptt derive [CONFIG.toml] [spec flags] --out DIR [--unrolled] [--no-pdf] [--force]
+    symbptt check [CONFIG.toml] [spec flags] --wrt NAME "EXPR"
+    symbptt notations
+    symbptt demo [--out DIR] [...]
+    symbptt --version
+
+A spec comes from, lowest precedence first: the default ``ModelSpec()``, a
+``--preset``, a TOML config file with the spec's field names
+(``steps = 4``, ``hidden = "tanh"``, ``bias = true``, ...), then the spec
+flags.  Exit status: 0 success (``check``: the candidate is equal), 1
+``check``: not equal, 2 bad input; every bad-input error is one line on
+stderr, without a traceback.  Outputs are written atomically (a temporary
+file in the output folder, then a rename) and only after every output is
+ready, so a failure leaves nothing half-written; a file symbptt did not
+generate is never overwritten without ``--force``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+from . import __version__
+from .presets import PRESETS
+from .spec import CHOICES, ModelSpec, SpecError
+
+__all__ = ["UsageError", "load_config", "main", "spec_from_options", "write_outputs"]
+
+PROG = "symbptt"
+
+
+class UsageError(Exception):
+    """Bad input from the command line: printed as one line, exit status 2."""
+
+
+# -- argument parsing -----------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``prog: error: message``), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+#: Spec fields that have a flag, and how to read it.  Choices are checked by
+#: ModelSpec itself (so activations registered at run time are accepted).
+_SPEC_FLAGS: tuple[tuple[str, type, str], ...] = (
+    ("steps", int, "number of time steps T (>= 1)"),
+    ("hidden", str, "hidden activation: " + ", ".join(CHOICES["hidden"])),
+    ("output", str, "output activation: " + ", ".join(CHOICES["output"])),
+    ("loss", str, "loss: " + ", ".join(CHOICES["loss"])),
+    ("mode", str, "many_to_many (a loss at every step) or many_to_one (at the last)"),
+    ("notation", str, "notation preset: " + ", ".join(CHOICES["notation"])),
+    ("time_reduction", str, "sum or mean of the per-step losses"),
+    ("batch_reduction", str, "mean or sum over the examples of a batch"),
+    ("initial_state", str, "zero, or input (h0 is an input and gets a gradient)"),
+    ("n_in", int, "input size (left out: symbolic)"),
+    ("n_hidden", int, "hidden size (left out: symbolic)"),
+    ("n_out", int, "output size (left out: symbolic)"),
+    ("batch", int, "batch size m (left out: symbolic)"),
+)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_spec_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "model spec",
+        "Override the config file's fields (lowest precedence first: defaults, "
+        "--preset, CONFIG.toml, these flags).",
+    )
+    group.add_argument(
+        "--preset",
+        metavar="NAME",
+        help="start from one of the seeds' models: " + ", ".join(PRESETS),
+    )
+    for name, kind, text in _SPEC_FLAGS:
+        metavar = "N" if kind is int else name.upper().replace("_", "-")
+        group.add_argument(_flag(name), dest=name, type=kind, metavar=metavar, help=text)
+    group.add_argument(
+        "--bias",
+        dest="bias",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="biases b_h, b_y (default: on)",
+    )
+
+
+# -- config and spec ------------------------------------------------------------------
+def _toml_module() -> Any:
+    try:
+        return importlib.import_module("tomllib")
+    except ModuleNotFoundError:  # Python 3.10
+        try:
+            return importlib.import_module("tomli")
+        except ModuleNotFoundError:
+            raise UsageError(
+                "reading a TOML config file needs Python 3.11 or newer, or the tomli "
+                "package (pip install tomli)"
+            ) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The spec fields of a TOML config file; any problem is a one-line :class:`UsageError`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path}: is a folder, not a config file") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not a TOML file (not UTF-8 text)") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the config file: {exc.strerror}") from None
+    toml = _toml_module()
+    try:
+        data: dict[str, Any] = toml.loads(text)
+    except toml.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: not valid TOML: {_one_line(str(exc))}") from None
+    known = ModelSpec.field_names()
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise UsageError(
+            f"{path}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"a config file holds spec fields: {', '.join(known)}"
+        )
+    return data
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def spec_from_options(
+    config: str | os.PathLike[str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+    preset: str | None = None,
+) -> ModelSpec:
+    """The spec from a preset, a config file and flag values (later ones win).
+
+    ``flags`` maps spec field names to values; ``None`` values are ignored.
+    Bad values raise :class:`UsageError` naming the field and where it came from.
+    """
+    fields: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise UsageError(
+                f"--preset: got {preset!r}; expected one of {', '.join(map(repr, PRESETS))}"
+            )
+        fields.update(PRESETS[preset].as_dict())
+        source.update(dict.fromkeys(fields, f"--preset {preset}"))
+    if config is not None:
+        data = load_config(config)
+        fields.update(data)
+        source.update(dict.fromkeys(data, str(config)))
+    for name, value in (flags or {}).items():
+        if value is not None:
+            fields[name] = value
+            source[name] = _flag(name)
+    try:
+        return ModelSpec(**fields)
+    except SpecError as exc:
+        message = _one_line(str(exc))
+        name = message.split(":", 1)[0]
+        where = source.get(name)
+        raise UsageError(f"{message} (from {where})" if where else message) from None
+
+
+def _spec_from_args(args: argparse.Namespace, config: str | None) -> ModelSpec:
+    flags = {name: getattr(args, name) for name, _, _ in _SPEC_FLAGS}
+    flags["bias"] = args.bias
+    return spec_from_options(config, flags, args.preset)
+
+
+# -- writing outputs ------------------------------------------------------------------
+#: Lines that every file symbptt writes carries near its top (the generated
+#: code's and documents' headers); a file without one is the user's.
+GENERATED_MARKERS: tuple[bytes, ...] = (b"Generated by symbptt",)
+_MARKER_WINDOW = 4096
+
+
+def generated_by_symbptt(path: Path) -> bool:
+    """True when ``path`` is a file symbptt wrote (its header carries the marker)."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(_MARKER_WINDOW)
+    except OSError:
+        return False
+    if head.startswith(b"%PDF"):
+        with path.open("rb") as handle:
+            head = handle.read()
+    return any(marker in head for marker in GENERATED_MARKERS)
+
+
+@dataclass
+class Written:
+    """What :func:`write_outputs` did."""
+
+    folder: Path
+    files: list[Path] = field(default_factory=list)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_outputs(folder: Path, files: Mapping[str, bytes], force: bool = False) -> Written:
+    """Write ``files`` (name -> bytes) into ``folder``, all or nothing, each atomically.
+
+    Before anything is written: the folder is created if needed, and every
+    destination is checked (a folder in the way, or a file symbptt did not
+    generate without ``force``, is a :class:`UsageError`).  Every file is
+    then staged as a temporary file in the folder; only when all are staged
+    are they renamed into place.  On failure the staged files are removed.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UsageError(f"{folder}: exists and is not a folder") from None
+    except OSError as exc:
+        raise UsageError(f"{folder}: cannot create the output folder: {exc.strerror}") from None
+    if not folder.is_dir():
+        raise UsageError(f"{folder}: exists and is not a folder")
+    foreign: list[str] = []
+    for name in files:
+        target = folder / name
+        if target.is_dir():
+            raise UsageError(f"{target}: is a folder where symbptt writes {name}")
+        if target.exists() and not force and not generated_by_symbptt(target):
+            foreign.append(str(target))
+    if foreign:
+        raise UsageError(
+            f"{', '.join(foreign)}: not written by symbptt; "
+            "move it away or pass --force to overwrite it"
+        )
+    mode = 0o666 & ~_umask()
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for name, data in files.items():
+            fd, temp_name = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+            temp = Path(temp_name)
+            staged.append((temp, folder / name))
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(temp, mode)
+    except OSError as exc:
+        for temp, _ in staged:
+            temp.unlink(missing_ok=True)
+        reason = exc.strerror or str(exc)
+        raise UsageError(f"{folder}: cannot write the outputs: {reason}") from None
+    result = Written(folder)
+    for temp, target in staged:
+        os.replace(temp, target)
+        result.files.append(target)
+    return result
+
+
+# -- output helpers -------------------------------------------------------------------
+def _print(text: str = "", stream: TextIO | None = None) -> None:
+    print(text, file=stream if stream is not None else sys.stdout, flush=True)
+
+
+def _fail(prog: str, message: str) -> int:
+    print(f"{prog}: error: {_one_line(message)}", file=sys.stderr, flush=True)
+    return 2
+
+
+# -- the parser -----------------------------------------------------------------------
+def _derive_parser(sub: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(
+        allow_abbrev=False,
+        name="derive",
+        help="derive a model: gradient code, LaTeX/Markdown/PDF derivation, numerical check",
+        description=(
+            "Derive the BPTT gradients of a model and write DIR/gradients.py (plus "
+            "gradients_unrolled.py with --unrolled), derivation.tex, derivation.md and, "
+            "when a TeX engine is installed, derivation.pdf. The generated code is checked "
+            "against central finite differences and the relative error printed."
+        ),
+    )
+    p.add_argument("config", nargs="?", metavar="CONFIG.toml", help="spec fields in TOML")
+    _add_spec_flags(p)
+    out = p.add_argument_group("output")
+    out.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
+    out.add_argument(
+        "--unrolled", action="store_true", help="also write gradients_unrolled.py (fixed T)"
+    )
+    out.add_argument("--no-pdf", action="store_true", help="do not build derivation.pdf")
+    out.add_argument(
+        "--force", action="store_true", help="overwrite files symbptt did not generate"
+    )
+    return p
+
+
+def _check_parser(sub: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(
+        allow_abbrev=False,
+        name="check",
+        help="check a hand-derived gradient (exit 0 equal, 1 not equal, 2 bad input)",
+        description=(
+            "Check a hand-derived gradient written in the expression language against the "
+            "derivation. Exit status 0 when equal, 1 when not, 2 on bad input. "
+            "See `symbptt notations` for the names of each notation. "
+            "Put -- before an EXPR that starts with '-'."
+        ),
+    )
+    p.add_argument(
+        "operands",
+        nargs="+",
+        metavar="[CONFIG.toml] EXPR",
+        help="an optional config file, then the candidate expression",
+    )
+    p.add_argument("--wrt", required=True, metavar="NAME", help="the parameter, e.g. W_hh")
+    _add_spec_flags(p)
+    return p
+
+
+def _notations_parser(sub: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(
+        allow_abbrev=False,
+        name="notations",
+        help="the four notations: equations and the names the expression language uses",
+        description=(
+            "List the four notation presets, one per seed document: their equations, "
+            "layout, first step and the names `symbptt check` understands."
+        ),
+    )
+    return p
+
+
+def _demo_parser(sub: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(
+        allow_abbrev=False,
+        name="demo",
+        help='derive and train the seeds\' "hello" model with the generated code',
+        description=(
+            'The seeds\' "hello" example (characters h, e, l, o one-hot): derive it, write '
+            "its artifacts to ./symbptt-demo/, train it with the generated code, print the "
+            'loss and what it predicts after each prefix of "hello", and plot the loss and '
+            "the gradient norms against k when matplotlib is installed."
+        ),
+    )
+    p.add_argument("--out", default="symbptt-demo", metavar="DIR", help="default: %(default)s")
+    p.add_argument(
+        "--optimizer",
+        choices=("adam", "sgd", "adagrad"),
+        default="adam",
+        help="default: %(default)s",
+    )
+    p.add_argument("--iterations", type=int, default=300, metavar="N", help="default: %(default)s")
+    p.add_argument("--hidden-units", type=int, default=8, metavar="N", help="default: %(default)s")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--no-pdf", action="store_true", help="do not build derivation.pdf")
+    p.add_argument("--no-plots", action="store_true", help="do not write the PNG plots")
+    p.add_argument("--force", action="store_true", help="overwrite files symbptt did not generate")
+    return p
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    parser = _Parser(
+        prog=PROG,
+        allow_abbrev=False,
+        description=(
+            "Backpropagation Through Time derived symbolically: derivation documents in your "
+            "notation, verified NumPy gradient code, and a checker for hand derivations."
+        ),
+        epilog="Run `symbptt COMMAND --help` for a command's options. Try `symbptt demo`.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands = {
+        "derive": _derive_parser(sub),
+        "check": _check_parser(sub),
+        "notations": _notations_parser(sub),
+        "demo": _demo_parser(sub),
+    }
+    return parser, commands
+
+
+# -- commands -------------------------------------------------------------------------
+def _cmd_derive(args: argparse.Namespace) -> int:
+    raise NotImplementedError  # filled in below
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    raise NotImplementedError
+
+
+def _cmd_notations(args: argparse.Namespace) -> int:
+    raise NotImplementedError
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    raise NotImplementedError
+
+
+_COMMANDS = {
+    "derive": _cmd_derive,
+    "check": _cmd_check,
+    "notations": _cmd_notations,
+    "demo": _cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (the console script exits with it)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(argv)
+    except SystemExit as exc:  # argparse's --help, --version and usage errors
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+
+
+def _main(argv: list[str]) -> int:
+    parser, commands = build_parser()
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command is None or command not in commands:
+        # --version, --help, no command, or an unknown one: argparse says which.
+        parser.parse_args(argv)
+        parser.print_help(sys.stderr)
+        return 2
+    sub = commands[command]
+    rest = argv[:]
+    rest.remove(command)
+    try:
+        # intermixed: CONFIG.toml and EXPR may come before or after the flags
+        args = sub.parse_intermixed_args(rest)
+        return _COMMANDS[command](args)
+    except (UsageError, SpecError) as exc:
+        return _fail(sub.prog, str(exc))
+    except KeyboardInterrupt:
+        print(f"\n{sub.prog}: interrupted", file=sys.stderr)
+        return 130
