@@ -206,6 +206,40 @@ def generated_by_symbptt(path: Path) -> bool:
     return any(marker in head for marker in GENERATED_MARKERS)
 
 
+def check_destination(folder: Path, names: Sequence[str], force: bool = False) -> None:
+    """Refuse early (before any work) an output folder :func:`write_outputs` would refuse.
+
+    Nothing is created: a folder that does not exist yet must be creatable,
+    which is checked on its nearest existing ancestor.
+    """
+    if folder.exists():
+        if not folder.is_dir():
+            raise UsageError(f"{folder}: exists and is not a folder")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise UsageError(f"{folder}: cannot write in the output folder: permission denied")
+    else:
+        parent = folder.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise UsageError(f"{folder}: cannot create the output folder: {parent} is not a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise UsageError(f"{folder}: cannot create the output folder: permission denied")
+        return
+    foreign: list[str] = []
+    for name in names:
+        target = folder / name
+        if target.is_dir():
+            raise UsageError(f"{target}: is a folder where symbptt writes {name}")
+        if target.exists() and not force and not generated_by_symbptt(target):
+            foreign.append(str(target))
+    if foreign:
+        raise UsageError(
+            f"{', '.join(foreign)}: not written by symbptt; "
+            "move it away or pass --force to overwrite it"
+        )
+
+
 @dataclass
 class Written:
     """What :func:`write_outputs` did."""
@@ -235,20 +269,7 @@ def write_outputs(folder: Path, files: Mapping[str, bytes], force: bool = False)
         raise UsageError(f"{folder}: exists and is not a folder") from None
     except OSError as exc:
         raise UsageError(f"{folder}: cannot create the output folder: {exc.strerror}") from None
-    if not folder.is_dir():
-        raise UsageError(f"{folder}: exists and is not a folder")
-    foreign: list[str] = []
-    for name in files:
-        target = folder / name
-        if target.is_dir():
-            raise UsageError(f"{target}: is a folder where symbptt writes {name}")
-        if target.exists() and not force and not generated_by_symbptt(target):
-            foreign.append(str(target))
-    if foreign:
-        raise UsageError(
-            f"{', '.join(foreign)}: not written by symbptt; "
-            "move it away or pass --force to overwrite it"
-        )
+    check_destination(folder, list(files), force)
     mode = 0o666 & ~_umask()
     staged: list[tuple[Path, Path]] = []
     try:
@@ -271,6 +292,16 @@ def write_outputs(folder: Path, files: Mapping[str, bytes], force: bool = False)
         os.replace(temp, target)
         result.files.append(target)
     return result
+
+
+def _output_names(unrolled: bool, pdf: bool) -> list[str]:
+    names = ["gradients.py"]
+    if unrolled:
+        names.append("gradients_unrolled.py")
+    names += ["derivation.tex", "derivation.md"]
+    if pdf:
+        names.append("derivation.pdf")
+    return names
 
 
 # -- output helpers -------------------------------------------------------------------
@@ -397,7 +428,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
 # -- commands -------------------------------------------------------------------------
 def _cmd_derive(args: argparse.Namespace) -> int:
-    raise NotImplementedError  # filled in below
+    spec = _spec_from_args(args, args.config)
+    names = _output_names(unrolled=args.unrolled, pdf=not args.no_pdf)
+    check_destination(Path(args.out), names, force=args.force)
+    raise NotImplementedError
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
