@@ -8,6 +8,7 @@ scalar differentiation, and prints it as documents and NumPy code.
 from __future__ import annotations
 
 from .derive import Derivation, derive
+from .documents import build_pdf, render_latex, render_markdown
 from .graph import build_graph
 from .notation import NOTATIONS
 from .spec import ModelSpec, SpecError
@@ -21,5 +22,8 @@ __all__ = [
     "SpecError",
     "__version__",
     "build_graph",
+    "build_pdf",
     "derive",
+    "render_latex",
+    "render_markdown",
 ]

@@ -222,7 +222,7 @@ class Derivation:
         return self._expanded.get(symbol, symbol)
 
     def _repr_latex_(self) -> str:
-        from .latex import derivation_summary_latex
+        from .documents import derivation_summary_latex
 
         return derivation_summary_latex(self)
 
