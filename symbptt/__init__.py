@@ -7,8 +7,10 @@ scalar differentiation, and prints it as documents and NumPy code.
 
 from __future__ import annotations
 
+from .check import CheckResult, check
 from .derive import Derivation, derive
 from .documents import build_pdf, render_latex, render_markdown
+from .exprlang import ExpressionError
 from .graph import build_graph
 from .notation import NOTATIONS
 from .spec import ModelSpec, SpecError
@@ -17,12 +19,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "NOTATIONS",
+    "CheckResult",
     "Derivation",
+    "ExpressionError",
     "ModelSpec",
     "SpecError",
     "__version__",
     "build_graph",
     "build_pdf",
+    "check",
     "derive",
     "render_latex",
     "render_markdown",

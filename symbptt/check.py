@@ -1160,10 +1160,10 @@ class CheckResult:
 _SIZE_LABEL = {"n_in": "n_0", "n_hidden": "n_1", "n_out": "n_2", "batch": "m"}
 
 
-def _shape_text(shape: tuple[Any, Any] | None) -> str:
+def _shape_text(shape: tuple[Any, ...] | None) -> str:
     if shape is None:
         return "()"
-    return f"({shape[0]}, {shape[1]})"
+    return "(" + ", ".join(str(v) for v in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
 def _matrix_lines(label: str, value: np.ndarray) -> str:
@@ -1218,7 +1218,7 @@ def check(
         return checker.check_expression(expr, candidate, text=candidate)
     if isinstance(candidate, sp.Basic):
         return checker.check_expression(
-            _from_sympy(checker.work, orig, candidate), str(candidate), text=None
+            _from_sympy(checker.work, orig, candidate), _show(orig, candidate), text=None
         )
     if callable(candidate):
         return checker.check_callable(candidate)
@@ -1226,6 +1226,20 @@ def check(
         "candidate: expected a formula string, a SymPy expression or a callable, "
         f"got {type(candidate).__name__}"
     )
+
+
+#: SymPy candidates larger than this (in tree nodes) are not printed in the report.
+_MAX_SHOWN_NODES = 400
+
+
+def _show(d: Derivation, expr: Any) -> str:
+    """A SymPy candidate in the expression language (or a summary, when it is large)."""
+    for count, _ in enumerate(sp.preorder_traversal(expr)):
+        if count > _MAX_SHOWN_NODES:
+            return f"a SymPy expression of more than {_MAX_SHOWN_NODES} nodes"
+    if not mexpr.is_matrix(expr):
+        return str(expr)
+    return _Printer(_naming(d.graph.symbols, d.graph.notation))(expr)
 
 
 def _seed(rng: np.random.Generator | int | None) -> int:
@@ -1324,7 +1338,7 @@ class _Checker:
 
         differing = _term_steps(text, self.work, self.name, point) if text else None
         return self.failure(
-            shown, method, failing, point, got, value_at, differing, float_values, pts
+            shown, method, failing, point, got, value_at, differing, pts, float_values
         )
 
     def success(self, expr: Any, shown: str, method: str) -> CheckResult:
@@ -1346,8 +1360,8 @@ class _Checker:
         got: Any,
         value_at: Callable[[_Point], Any],
         differing: tuple[int, ...] | None,
+        pts: Sequence[_Point],
         values: Sequence[Any] = (),
-        pts: Sequence[_Point] = (),
         notes: Sequence[str] = (),
     ) -> CheckResult:
         """The report of a candidate that differs at ``point``: mistakes and localisation."""
@@ -1356,7 +1370,8 @@ class _Checker:
         loss_steps = diagnosis.loss_steps(point)
         rows, columns = _rows_columns(got, expected)
         all_notes = list(notes)
-        all_notes += diagnosis.target_kind_note(values, pts)
+        if values:
+            all_notes += diagnosis.target_kind_note(values, pts)
         all_notes += _localisation_notes(self, differing, loss_steps, rows, columns)
         all_notes += diagnosis.class_row_note()
         return self.result(
@@ -1364,7 +1379,7 @@ class _Checker:
             method,
             shown,
             counterexample=self.counterexample(index, point, got),
-            mistakes=diagnosis.mistakes(_points(self.work, self.seed, _SCREEN)),
+            mistakes=diagnosis.mistakes(pts[:_SCREEN]),
             differing_terms=differing,
             loss_steps=loss_steps,
             rows=rows,
@@ -1453,7 +1468,7 @@ class _Checker:
                     notes=tuple(notes),
                 )
             if not _close(value, reference.gradient(p, self.name), RTOL_FLOAT):
-                return self.failure(shown, method, i, p, value, value_at, None, notes=notes)
+                return self.failure(shown, method, i, p, value, value_at, None, pts, notes=notes)
         return self.result(True, method, shown, notes=tuple(notes))
 
 
@@ -1543,8 +1558,9 @@ def _generated_module(spec: ModelSpec) -> Any:
 # ===================================================================== symbolic proof
 #: Abandon the proof when a polynomial entry grows past this many terms...
 _MAX_TERMS = 20_000
-#: ... or when it has multiplied this many pairs of terms (about a second).
-_MAX_WORK = 250_000
+#: ... or when it has multiplied this many pairs of terms (a second or two; rational
+#: coefficients are about three times slower than integer ones).
+_MAX_WORK = {"ZZ": 250_000, "QQ": 80_000}
 
 
 def _lengths(values: Any) -> Any:
@@ -1562,11 +1578,13 @@ def _symbolic_equal(work: _Work, expr: Any, name: str) -> str | None:
     budget, or not equal as polynomials, which proves nothing).
     """
     graph = work.graph
-    canonical = {
-        a.expr: a.target
+    forward = [
+        a
         for a in graph.assignments
         if a.kind in ("pre_activation", "hidden", "output_pre_activation", "output")
-    }
+    ]
+    canonical = {a.expr: a.target for a in forward}
+    canonical.update({work.d.value_of(a.target): a.target for a in forward})
     expr = expr.xreplace(canonical)
     meta = graph.symbols.meta
     defs = {a.target: a.expr for a in work.d.assignments}
@@ -1653,7 +1671,7 @@ class _PolyExplicit:
 
     def _spend(self, amount: Any) -> None:
         self.work += int(amount)
-        if self.work > _MAX_WORK:
+        if self.work > _MAX_WORK[str(self.domain)]:
             raise _NotPolynomial("over the budget of the proof")
 
     def _scalar(self, value: Any) -> Any:

@@ -1,0 +1,48 @@
+"""Helpers for users' own test suites.
+
+::
+
+    from symbptt.testing import assert_gradient
+
+    def test_my_derivation():
+        assert_gradient(spec, "W_hh", "sum_t(delta[t] @ h[t-1].T)")
+
+A wrong candidate fails with the checker's report (counterexample, the
+mistake it matches, the correct formula); a malformed one raises
+:class:`~symbptt.exprlang.ExpressionError`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .check import Candidate, CheckResult, check
+from .derive import Derivation
+from .spec import ModelSpec
+
+__all__ = ["assert_gradient"]
+
+
+def assert_gradient(
+    spec: ModelSpec | Derivation,
+    wrt: str,
+    candidate: Candidate,
+    *,
+    points: int = 20,
+    rng: np.random.Generator | int | None = None,
+) -> CheckResult:
+    """Fail with the checker's report unless ``candidate`` is the gradient of ``wrt``.
+
+    Takes the arguments of :func:`symbptt.check` and returns its result when
+    the candidate is right.
+
+    Raises:
+        AssertionError: the candidate is not the gradient; the message is
+            ``CheckResult.explain()``.
+        ExpressionError: the candidate is malformed.
+    """
+    __tracebackhide__ = True  # pytest shows the caller's line, not this one
+    result = check(spec, wrt, candidate, points=points, rng=rng)
+    if not result.ok:
+        raise AssertionError(result.explain())
+    return result
