@@ -374,6 +374,7 @@ def _notations_parser(sub: Any) -> argparse.ArgumentParser:
             "layout, first step and the names `symbptt check` understands."
         ),
     )
+    p.add_argument("name", nargs="?", metavar="NAME", help="show only this notation")
     return p
 
 
@@ -435,11 +436,125 @@ def _cmd_derive(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    from .check import check
+    from .exprlang import ExpressionError
+
+    operands: list[str] = args.operands
+    if len(operands) > 2:
+        raise UsageError(
+            f"expected [CONFIG.toml] EXPR, got {len(operands)} operands "
+            f"({' '.join(map(repr, operands))}); quote the expression"
+        )
+    config, expr = (None, operands[0]) if len(operands) == 1 else operands
+    spec = _spec_from_args(args, config)
+    if not expr.strip():
+        raise UsageError("EXPR: the candidate expression is empty")
+    try:
+        result = check(spec, args.wrt, expr)
+    except ExpressionError as exc:
+        raise UsageError(f"EXPR: {_expression_error(exc)}") from None
+    except ValueError as exc:  # wrt names no gradient of the model
+        raise UsageError(str(exc)) from None
+    _print(result.explain())
+    return 0 if result.ok else 1
+
+
+def _expression_error(exc: Any) -> str:
+    """An ExpressionError on one line: the message and where in the text."""
+    message = _one_line(getattr(exc, "message", str(exc)))
+    text: str = getattr(exc, "text", "") or ""
+    offset: int | None = getattr(exc, "offset", None)
+    if offset is None or not text or "\n" in text:
+        return message
+    window = text[offset : offset + 24]
+    shown = window + ("..." if offset + 24 < len(text) else "")
+    return f"{message}; at column {offset + 1}: {shown}"
+
+
+def _equations(notation: Any) -> list[tuple[str, str]]:
+    """A notation's model equations, written with the expression language's names."""
+    column = notation.layout == "column"
+    name = {p.role: p.ascii for p in notation.params}
+    series = {s.role: s.ascii for s in notation.series}
+
+    def affine(weight: str, value: str) -> str:
+        return f"{weight} @ {value}" if column else f"{value} @ {weight}"
+
+    terms = [
+        affine(name["recurrent_weight"], f"{series['hidden']}[t-1]"),
+        affine(name["input_weight"], f"{series['input']}[t]"),
+    ]
+    if not notation.recurrent_first:
+        terms.reverse()
+    hidden_fn = notation.hidden_fn.replace("{", "").replace("}", "")
+    output_fn = notation.output_fn.replace("{", "").replace("}", "")
+    loss = notation.loss_ascii
+    return [
+        (f"{series['pre_activation']}[t]", " + ".join([*terms, name["hidden_bias"]])),
+        (f"{series['hidden']}[t]", f"{hidden_fn}({series['pre_activation']}[t])"),
+        (
+            f"{series['output_pre_activation']}[t]",
+            affine(name["output_weight"], f"{series['hidden']}[t]") + f" + {name['output_bias']}",
+        ),
+        (f"{series['output']}[t]", f"{output_fn}({series['output_pre_activation']}[t])"),
+        (
+            loss,
+            f"sum_t {loss}[t],  {loss}[t] = loss({series['output']}[t], {series['target']}[t])",
+        ),
+    ]
 
 
 def _cmd_notations(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    from .check import names
+    from .notation import NOTATIONS
+
+    chosen = [args.name] if args.name else list(NOTATIONS)
+    for key in chosen:
+        if key not in NOTATIONS:
+            raise UsageError(
+                f"NAME: got {key!r}; expected one of {', '.join(map(repr, NOTATIONS))}"
+            )
+    blocks = []
+    for key in chosen:
+        notation = NOTATIONS[key]
+        first = notation.t0
+        last = "T" if first == 1 else "T-1"
+        hidden = notation.series_of("hidden").ascii
+        layout = (
+            "column vectors (examples are columns)"
+            if notation.layout == "column"
+            else "row-major (a batch of m rows)"
+        )
+        default = " (the default)" if key == ModelSpec().notation else ""
+        lines = [
+            f"{key}{default}: {notation.title}",
+            f"  seed {notation.seed}; {layout}; t = {first}..{last}; "
+            f"initial state {notation.initial_ascii} = {hidden}[{first - 1}]",
+            "  equations (biases broadcast over the batch):",
+        ]
+        rows = _equations(notation)
+        width = max(len(lhs) for lhs, _ in rows)
+        lines += [f"    {lhs:<{width}} = {rhs}" for lhs, rhs in rows]
+        lines += [f"    note: {_one_line(note)}" for note in notation.notes]
+        lines.append(f"  names in `symbptt check --notation {key}`:")
+        own = [info for info in names(notation) if info.kind in _OWN_KINDS]
+        lines += [f"    {info}" for info in own]
+        blocks.append("\n".join(lines))
+    shared = [info for info in names(chosen[0]) if info.kind not in _OWN_KINDS]
+    common = [
+        "in every notation:",
+        "  L[t] is the loss of step t (J[t] in uvw); time_reduction='mean' divides the sum "
+        "by the number of steps with a loss, batch_reduction='mean' by m",
+        *[f"  {info}" for info in shared],
+        "  operators: @ (matrix product), * (elementwise), / + - ** .T; numbers",
+    ]
+    blocks.append("\n".join(common))
+    _print("\n\n".join(blocks))
+    return 0
+
+
+#: Kinds of expression-language names that differ between notations.
+_OWN_KINDS = ("parameter", "initial state", "series", "adjoint", "reducer")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
