@@ -979,9 +979,15 @@ class _Writer:
         for step, target, paths in shown:
             steps.append(self._chain_step(step, target, name, paths, recurrent))
         missing = self._not_direct(symbol, name, role)
+        ascii_name = (
+            self.notation.initial_ascii
+            if role == "initial_state"
+            else self.notation.param(role).ascii
+        )
         return {
             "role": role,
             "name": name.tex(),
+            "ascii": ascii_name,
             "recurrent": recurrent,
             "over_t": rf"{self.partial(total, name)} &= {over_t}",
             "sum_rows": sum_rows,
@@ -1236,7 +1242,7 @@ class _Writer:
         expr, written_in = hidden.derivative
         f = self._fn_name(notation.hidden_fn)
         derivative = {
-            "raw": rf"{f}'\left({self.tex(functions.z)}\right) = {self.tex(hidden.raw_derivative)}",
+            "raw": rf"{f}'({self.tex(functions.z)}) = {self.tex(hidden.raw_derivative)}",
             "output_form": str(printer.doprint(expr.xreplace({functions.a: a_ph}))),
             "written_in": written_in,
             "h_base": h_base,

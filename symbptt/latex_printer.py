@@ -656,7 +656,7 @@ class BPTTLatexPrinter(LatexPrinter):  # type: ignore[misc]
 
     def _print_Heaviside(self, expr: Any, exp: Any = None) -> str:
         tex = rf"\mathbb{{1}}[{self._print(expr.args[0])} > 0]"
-        return rf"{tex}^{{{self._print(exp)}}}" if exp is not None else tex
+        return rf"{tex}^{{{exp}}}" if exp is not None else tex
 
     def _print_log(self, expr: Any, exp: Any = None) -> str:
         arg = expr.args[0]
@@ -664,16 +664,16 @@ class BPTTLatexPrinter(LatexPrinter):  # type: ignore[misc]
             tex = rf"\log {self._print(arg)}"
         else:
             tex = rf"\log {self.paren(arg)}"
-        return rf"\left({tex}\right)^{{{self._print(exp)}}}" if exp is not None else tex
+        return rf"({tex})^{{{exp}}}" if exp is not None else tex
 
     def _print_tanh(self, expr: Any, exp: Any = None) -> str:
-        power = f"^{{{self._print(exp)}}}" if exp is not None else ""
+        power = f"^{{{exp}}}" if exp is not None else ""
         return rf"\tanh{power}{self.paren(expr.args[0])}"
 
     def _print_Max(self, expr: Any, exp: Any = None) -> str:
         args = ", ".join(self._print(arg) for arg in expr.args)
         tex = rf"\max({args})"
-        return rf"{tex}^{{{self._print(exp)}}}" if exp is not None else tex
+        return rf"{tex}^{{{exp}}}" if exp is not None else tex
 
     def _print_DiagMatrix(self, expr: Any) -> str:
         return rf"\operatorname{{diag}}{self.paren(expr.args[0])}"
@@ -702,7 +702,7 @@ class BPTTLatexPrinter(LatexPrinter):  # type: ignore[misc]
             sign, body = "-", -body
         tex = inner._print(body)
         if isinstance(body, sp.Add):
-            tex = rf"\left({tex}\right)"
+            tex = inner.paren(body, tex)
         sums = "".join(
             rf"\sum_{{{self._print(index_symbol)}=1}}^{{{self._print(size)}}} "
             for index_symbol, size in bounds
