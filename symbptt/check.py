@@ -53,22 +53,23 @@ shapes.  Malformed text raises :class:`~symbptt.exprlang.ExpressionError`
 
 Names of the expression language
 --------------------------------
-=====================  ==================  ===================  =====================  =================
-role                   xh                  uvw                  layered                aa
-=====================  ==================  ===================  =====================  =================
-input weight           ``W_xh``            ``U``                ``W_1``                ``w_ax``
-recurrent weight       ``W_hh``            ``W``                ``W_h1``               ``w_aa``
-output weight          ``W_hy``            ``V``                ``W_2``                ``w_ya``
-hidden bias            ``b_h``             ``b_h``              ``beta_1``             ``b_a``
-output bias            ``b_y``             ``b_y``              ``beta_2``             ``b_y``
-input                  ``x[t]``            ``x[t]``             ``X[t]``               ``x[t]``
-hidden pre-activation  ``z[t]``            ``a[t]``             ``Z1[t]``              ``net_a[t]``
-hidden state           ``h[t]``            ``h[t]``             ``H1[t]``              ``a[t]``
-output pre-activation  ``o[t]``            ``o[t]``             ``Z2[t]``              ``net_y[t]``
-prediction             ``y_hat[t]``        ``y_hat[t]``         ``Y_hat[t]``           ``y[t]``
-target                 ``y[t]``            ``y[t]``             ``Y[t]``               ``y_hat[t]``
-initial state          ``h_0`` = ``h[0]``  ``h_0`` = ``h[0]``   ``H_init`` = ``H1[-1]``  ``a_0`` = ``a[0]``
-=====================  ==================  ===================  =====================  =================
+=====================  =============  =============  ================  ==============
+role                   xh             uvw            layered           aa
+=====================  =============  =============  ================  ==============
+input weight           ``W_xh``       ``U``          ``W_1``           ``w_ax``
+recurrent weight       ``W_hh``       ``W``          ``W_h1``          ``w_aa``
+output weight          ``W_hy``       ``V``          ``W_2``           ``w_ya``
+hidden bias            ``b_h``        ``b_h``        ``beta_1``        ``b_a``
+output bias            ``b_y``        ``b_y``        ``beta_2``        ``b_y``
+input                  ``x[t]``       ``x[t]``       ``X[t]``          ``x[t]``
+hidden pre-activation  ``z[t]``       ``a[t]``       ``Z1[t]``         ``net_a[t]``
+hidden state           ``h[t]``       ``h[t]``       ``H1[t]``         ``a[t]``
+output pre-activation  ``o[t]``       ``o[t]``       ``Z2[t]``         ``net_y[t]``
+prediction             ``y_hat[t]``   ``y_hat[t]``   ``Y_hat[t]``      ``y[t]``
+target                 ``y[t]``       ``y[t]``       ``Y[t]``          ``y_hat[t]``
+initial state          ``h_0``        ``h_0``        ``H_init``        ``a_0``
+same as                ``h[0]``       ``h[0]``       ``H1[-1]``        ``a[0]``
+=====================  =============  =============  ================  ==============
 
 In every notation ``delta[t]`` is δ_t = ∂L/∂(hidden pre-activation at t),
 ``T`` the number of steps, ``m`` the batch size and ``n_0``, ``n_1``, ``n_2``
@@ -85,12 +86,11 @@ models only the last step has an output and a target.  As in its seed, the
 from __future__ import annotations
 
 import ast
-import dataclasses
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
-from typing import Any
+from typing import Any, TypeAlias
 
 import mpmath
 import numpy as np
@@ -218,7 +218,8 @@ def names(notation: str | Notation | ModelSpec | Derivation) -> tuple[NameInfo, 
             NameInfo(
                 f"{series.ascii}[t]",
                 "series",
-                f"{series.description} {_series_shape_text(nota, role)}, t = {first}..{last}{extra}",
+                f"{series.description} {_series_shape_text(nota, role)}, "
+                f"t = {first}..{last}{extra}",
             )
         )
     pre = nota.series_of("pre_activation").ascii
@@ -315,8 +316,8 @@ def _elementwise_fn(
         if mexpr.is_matrix(arg):
             return ElementwiseApplyFunction(lam, arg)
         value = scalar(arg)
-        if value.has(sp.zoo, sp.nan, sp.oo, -sp.oo):
-            raise ExpressionError(f"{name}({arg}) is not finite")
+        if value.has(sp.zoo, sp.nan, sp.oo, -sp.oo) or value.is_extended_real is False:
+            raise ExpressionError(f"{name}({arg}) is not a finite real number")
         return value
 
     build.__name__ = name
@@ -543,13 +544,17 @@ class _Printer:
         if den != 1:
             text = f"{text} / {self._scalar_wrap(den)}"
         if negative:
-            return "-" + (text if prec >= 2 else text), 1
+            return "-" + text, 1
         return text, 2
 
 
 def _naming(
-    graph_symbols: Any, notation: Notation, shift: Callable[[Any], Any] | None = None
+    graph_symbols: Any, notation: Notation, shift: Callable[[str, Any], Any] | None = None
 ) -> Callable[[Any], str]:
+    """Symbol -> its name in the expression language (``h[t-1]``, ``delta[3]``, ``W_hh``).
+
+    ``shift(role, step)`` may move the step printed for a role.
+    """
     meta = graph_symbols.meta
 
     def name(symbol: Any) -> str:
@@ -562,7 +567,7 @@ def _naming(
                 return notation.initial_ascii
             return str(symbol.name)
         if shift is not None:
-            step = shift(step)
+            step = shift(role, step)
         if role == "adjoint_pre_activation":
             label = "delta"
         elif role in SERIES_ROLES:
@@ -624,7 +629,9 @@ def _generic_formula(d: Derivation, name: str) -> Formula | None:
     printer = _Printer(_naming(form.symbols, notation))
     last_printer = _Printer(
         _naming(
-            form.symbols, notation, lambda s: s.subs(t, last_step) if isinstance(s, sp.Basic) else s
+            form.symbols,
+            notation,
+            lambda _, s: s.subs(t, last_step) if isinstance(s, sp.Basic) else s,
         )
     )
     hidden = notation.series_of("hidden").ascii
@@ -721,7 +728,7 @@ def _concrete(spec: ModelSpec) -> ModelSpec:
             preferred = next(v for v in _SIZE_POOL if v not in used)
         changes[key] = preferred
         used.add(preferred)
-    return dataclasses.replace(spec, **changes) if changes else spec
+    return ModelSpec.from_mapping({**spec.as_dict(), **changes}) if changes else spec
 
 
 @lru_cache(maxsize=32)
@@ -823,8 +830,8 @@ def _evaluate(expr: Any, env: Mapping[Any, Any], backend: str) -> Any | None:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
             value = _Eval(env, backend=backend, dps=DPS)(expr)
-    except (ArithmeticError, ValueError, OverflowError):
-        return None
+    except (ArithmeticError, ValueError, TypeError):
+        return None  # e.g. log of a negative number, or a complex scalar such as (-1)**0.5
     value = np.asarray(value)
     if value.ndim != 2:
         return None
@@ -1173,7 +1180,7 @@ def _matrix_lines(label: str, value: np.ndarray) -> str:
 
 
 # =============================================================================== check
-Candidate = str | sp.Basic | Callable[..., Any]
+Candidate: TypeAlias = "str | sp.Basic | Callable[..., Any]"
 
 
 def check(
@@ -1512,9 +1519,8 @@ def _call(fn: Callable[..., Any], work: _Work, leaves: Mapping[Any, np.ndarray],
         result = result[1]
     if isinstance(result, Mapping):
         if name not in result:
-            raise KeyError(
-                f"the callable returned a dict without {name!r} (it has {', '.join(map(str, result))})"
-            )
+            found = ", ".join(map(str, result))
+            raise ValueError(f"the callable returned a dict without {name!r} (it has {found})")
         result = result[name]
     value = np.asarray(result, dtype=float)
     if value.ndim == 2 and not np.all(np.isfinite(value)):
@@ -1694,9 +1700,9 @@ class _PolyExplicit:
         if isinstance(expr, sp.MatrixSymbol):
             if expr in self.defs:
                 return self(self.defs[expr])
-            rows = self.index[expr]
-            out = np.empty((len(rows), len(rows[0])), dtype=object)
-            for i, row in enumerate(rows):
+            index = self.index[expr]
+            out = np.empty((len(index), len(index[0])), dtype=object)
+            for i, row in enumerate(index):
                 for j, k in enumerate(row):
                     out[i, j] = self.gens[k]
             return out
@@ -2001,7 +2007,7 @@ class _Diagnosis:
                 )
             )
         else:
-            texts = _KnobText(self.work, self.name)
+            texts = _KnobText(self.work, self.checker.orig, self.name)
             for knob in knobs:
                 if knob != "ok":
                     out.append(Mistake(_KNOB_NAMES.get(knob, knob), texts.describe(knob)))
@@ -2070,14 +2076,11 @@ class _Diagnosis:
         others = [i for i in range(per_unit.shape[0]) if i != 1]
         on_class = per_unit[1] <= scale
         off_class = all(per_unit[i] <= scale for i in others)
+        lead = "with a one-hot target (the same class at every step):"
         if on_class and not off_class:
-            return [
-                f"with a one-hot target (the same class at every step): agrees on the target class's {word}, differs on the others"
-            ]
+            return [f"{lead} agrees on the target class's {word}, differs on the others"]
         if off_class and not on_class:
-            return [
-                f"with a one-hot target (the same class at every step): differs on the target class's {word} only"
-            ]
+            return [f"{lead} differs on the target class's {word} only"]
         return []
 
 
@@ -2130,8 +2133,9 @@ _KNOB_NAMES = {
 class _KnobText:
     """Descriptions of the mutations in the notation's own names."""
 
-    def __init__(self, work: _Work, name: str) -> None:
+    def __init__(self, work: _Work, orig: Derivation, name: str) -> None:
         self.work = work
+        self.orig = orig
         self.name = name
         notation = work.notation
         self.pred = notation.series_of("output").ascii
@@ -2143,7 +2147,7 @@ class _KnobText:
 
     def _derivative_text(self, form: str) -> str:
         activation = functions.ACTIVATIONS[self.work.spec.hidden]
-        derivative, kind = activation.derivative
+        derivative, _ = activation.derivative
         h = sp.MatrixSymbol("__h", 2, 1)
         z = sp.MatrixSymbol("__z", 2, 1)
         names = {"__h": f"{self.h}[t]", "__z": f"{self.z}[t]"}
@@ -2158,7 +2162,6 @@ class _KnobText:
     def describe(self, knob: str) -> str:
         pred, target, h, w = self.pred, self.target, self.h, self.w
         back = f"{w}.T @ delta[t+1]" if self.column else f"delta[t+1] @ {w}.T"
-        contribution = self._contribution_text()
         if knob == "dropped_target":
             return (
                 f"dropped the target from the output error: -(1 - {pred}[t]) (= {pred}[t] - 1) "
@@ -2179,9 +2182,10 @@ class _KnobText:
             wrong = f"{w} @ delta[t+1]" if self.column else f"delta[t+1] @ {w}"
             return f"{wrong} where {back} belongs (a missing transpose in the δ recursion)"
         if knob == "derivative_at_pre_activation":
+            wrong, right = self._derivative_text("at_pre"), self._derivative_text("correct")
             return (
-                f"the activation's derivative is taken at the pre-activation: "
-                f"{self._derivative_text('at_pre')} where {self._derivative_text('correct')} belongs"
+                "the activation's derivative is taken at the pre-activation: "
+                f"{wrong} where {right} belongs"
             )
         if knob == "derivative_of_output":
             return (
@@ -2190,23 +2194,36 @@ class _KnobText:
                 f"belongs ({h}[t] is already the activation's output)"
             )
         if knob == "no_derivative":
-            return f"the activation's derivative {self._derivative_text('correct')} is missing from delta[t]"
-        if knob == "off_by_one_later":
-            return (
-                f"off-by-one step: {h}[t] where {h}[t-1] belongs (or x[t+1] for x[t]){contribution}"
-            )
-        if knob == "off_by_one_earlier":
-            return (
-                f"off-by-one step: {h}[t-1] where {h}[t] belongs (or x[t-1] for x[t]){contribution}"
-            )
+            correct = self._derivative_text("correct")
+            return f"the activation's derivative {correct} is missing from delta[t]"
+        if knob in ("off_by_one_later", "off_by_one_earlier"):
+            offset = 1 if knob == "off_by_one_later" else -1
+            wrong, right = self._contribution_text(offset), self._contribution_text(0)
+            if wrong and right:
+                return f"off-by-one step: {wrong} where {right} belongs"
+            later = "later" if offset > 0 else "earlier"
+            return f"off-by-one step: the forward quantities are taken one step {later}"
         if knob == "last_step_only":
             return "only the last step's term: the sum over t is missing"
         if knob == "transpose":
             return "transposed: the candidate is the transpose of the gradient"
         return knob
 
-    def _contribution_text(self) -> str:
-        return ""
+    def _contribution_text(self, offset: int) -> str:
+        """The generic step's term of the gradient, its h and x moved by ``offset`` steps."""
+        form = self.orig.step_form
+        contribution = _contribution_of(form.backward, self.name)
+        if contribution is None:
+            return ""
+
+        def shift(role: str, step: Any) -> Any:
+            if role in ("hidden", "input") and isinstance(step, sp.Basic):
+                return step + offset
+            return step
+
+        defs = _inline(form.backward)
+        printer = _Printer(_naming(form.symbols, self.orig.graph.notation, shift))
+        return printer(defs[contribution.target])
 
 
 def _common_factor(got: Sequence[Any], values: Sequence[Any]) -> float | None:
