@@ -2094,6 +2094,8 @@ def _factor_mistake(work: _Work, factor: float) -> Mistake:
             for b in (0, 1, -1):
                 if (a and loss_steps == 1) or (b and m == 1) or (sign == 1 and a == b == 0):
                     continue
+                if a * b < 0:  # T/m or m/T: a coincidence more likely than a mistake
+                    continue
                 value = sign * float(loss_steps) ** a * float(m) ** b
                 if abs(factor - value) > 1e-9 * max(1.0, abs(value)):
                     continue

@@ -143,7 +143,14 @@ SEEDS: tuple[Seed, ...] = (
     ),
     # ------------------------------------------------------- 002 (layered), many to one
     # "Output layer gradients are only from the final time step": dL/dW_2 = dL_2/dW_2.
-    Seed("002-m2o-W_2", SPEC_002_M2O, "W_2", "H1[2].T @ (Y_hat[2] - Y[2])", "equal", method="symbolic"),
+    Seed(
+        "002-m2o-W_2",
+        SPEC_002_M2O,
+        "W_2",
+        "H1[2].T @ (Y_hat[2] - Y[2])",
+        "equal",
+        method="symbolic",
+    ),
     Seed(
         "002-m2o-beta_2",
         SPEC_002_M2O,
@@ -190,9 +197,7 @@ SEEDS: tuple[Seed, ...] = (
         "equal",
         method="symbolic",
     ),
-    Seed(
-        "002-m2m-beta_2", SPEC_002_M2M, "beta_2", "sum_t((Y_hat[t] - Y[t]).T)", "equal"
-    ),
+    Seed("002-m2m-beta_2", SPEC_002_M2M, "beta_2", "sum_t((Y_hat[t] - Y[t]).T)", "equal"),
     # dL/dbeta_1 = dL_0/dbeta_1 + dL_1/dbeta_1 + dL_2/dbeta_1, each the bracketed chain.
     Seed(
         "002-m2m-beta_1",
@@ -359,7 +364,9 @@ def test_seed_formula_verdict(seed: Seed) -> None:
         assert result.method == seed.method, report
     for name in seed.mistakes:
         assert name in result.mistake_names, report
-    assert len(result.mistakes) == len(seed.mistakes) or seed.verdict == "equal" or not seed.mistakes
+    assert (
+        len(result.mistakes) == len(seed.mistakes) or seed.verdict == "equal" or not seed.mistakes
+    )
     for phrase in seed.says:
         assert phrase in report, report
 
@@ -442,7 +449,13 @@ def cs231n_rnn(params: dict[str, Any], X: Any, Y: Any, h0: Any) -> dict[str, Any
         dWx += dWx_t
         dWh += dWh_t
         db += db_t
-    return {"W_1": dWx, "W_h1": dWh, "W_2": dW_vocab, "beta_1": db[:, None], "beta_2": db_vocab[:, None]}
+    return {
+        "W_1": dWx,
+        "W_h1": dWh,
+        "W_2": dW_vocab,
+        "beta_1": db[:, None],
+        "beta_2": db_vocab[:, None],
+    }
 
 
 #: min-char-rnn: one example, tanh, softmax + cross-entropy summed over time.
