@@ -41,6 +41,7 @@ from types import ModuleType
 from typing import Any
 
 import sympy as sp
+from sympy.core.symbol import Str
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
 from . import functions, mexpr
@@ -50,6 +51,8 @@ from .notation import PARAM_ROLES, Notation
 from .numpy_printer import (
     LogSumExp,
     NumPyPrinter,
+    SumEntries,
+    _flatten_matmul,
     _matmul_form,
     helper_source,
     stable_loss_matrix,
@@ -89,8 +92,8 @@ def _tr(expr: Any) -> Any:
     if isinstance(expr, sp.MatAdd):
         return sp.MatAdd(*(_tr(arg) for arg in expr.args))
     if isinstance(expr, sp.MatMul):
-        coeff, mats = expr.as_coeff_matrices()
-        return mexpr.scale(coeff, mexpr.matmul(*(_tr(m) for m in reversed(_flat(mats)))))
+        coeff, mats = _flatten_matmul(expr)
+        return mexpr.scale(coeff, mexpr.matmul(*(_tr(m) for m in reversed(mats))))
     if isinstance(expr, sp.HadamardProduct):
         return sp.HadamardProduct(*(_tr(arg) for arg in expr.args))
     if isinstance(expr, sp.HadamardPower):
@@ -102,19 +105,6 @@ def _tr(expr: Any) -> Any:
     if isinstance(expr, LogSumExp):
         return LogSumExp(_tr(expr.arg), 1 - expr.axis)
     raise TypeError(f"cannot transpose {type(expr).__name__}")
-
-
-def _flat(mats: Iterable[Any]) -> list[Any]:
-    out: list[Any] = []
-    for m in mats:
-        if isinstance(m, sp.MatMul):
-            coeff, inner = m.as_coeff_matrices()
-            if coeff != 1:
-                raise TypeError("nested MatMul with a coefficient")
-            out += _flat(inner)
-        else:
-            out.append(m)
-    return out
 
 
 def push_transposes(expr: Any) -> Any:
@@ -286,6 +276,80 @@ class _Printer(NumPyPrinter):  # type: ignore[misc]
         return super()._print(expr, **kwargs)
 
 
+# ---------------------------------------------------------------------------- long lines
+WIDTH = 88  # ruff format's default line length: printed lines never need wrapping
+
+
+def _trivial(expr: Any) -> bool:
+    if not isinstance(expr, sp.Basic) or isinstance(expr, (sp.Lambda, Str)):
+        return True
+    if isinstance(expr, sp.Transpose):
+        return isinstance(expr.arg, (sp.MatrixSymbol, sp.OneMatrix))
+    return bool(expr.is_Atom or isinstance(expr, (sp.MatrixSymbol, sp.OneMatrix)))
+
+
+def _children(expr: Any) -> list[Any]:
+    """The subexpressions a long line can be split at (with runs of atoms grouped)."""
+    if isinstance(expr, mexpr.OutputLoss):
+        return []
+    if isinstance(expr, ElementwiseApplyFunction):
+        args = [expr.expr]
+    else:
+        args = [a for a in expr.args if isinstance(a, sp.Basic)]
+    compound = [a for a in args if not _trivial(a)]
+    if compound or len(args) <= 2:
+        return compound
+    if isinstance(expr, (sp.MatAdd, sp.Add, sp.HadamardProduct, sp.Mul)):
+        return [expr.func(*args[: len(args) // 2])]
+    return []
+
+
+def fit(
+    target: str,
+    expr: Any,
+    new_printer: Callable[[dict[Any, str]], _Printer],
+    names: dict[Any, str],
+    indent: int = 4,
+) -> list[tuple[str, str, set[str]]]:
+    """``target = expr`` as statements ``(name, code, names read)`` that each fit in :data:`WIDTH`.
+
+    While a line is too long, its largest subexpression is assigned first to
+    ``<target>_part<k>`` (k counting up).
+    """
+    if isinstance(expr, sp.Basic):
+        losses = expr.atoms(mexpr.OutputLoss)
+        expr = expr.xreplace({n: SumEntries(stable_loss_matrix(n)) for n in losses})
+    names = dict(names)
+    pending = [(target, expr)]
+    out: list[tuple[str, str, set[str]]] = []
+    count = 0
+    while pending:
+        name, current = pending.pop()
+        printer = new_printer(names)
+        code = str(printer.doprint(current))
+        children = _children(current)
+        if indent + len(name) + 3 + len(code) <= WIDTH or not children:
+            out.append((name, code, set(printer.used)))
+            continue
+        lengths = [len(str(new_printer(names).doprint(c))) for c in children]
+        child = children[lengths.index(max(lengths))]
+        count += 1
+        part = f"{target}_part{count}"
+        symbol = sp.MatrixSymbol(part, *child.shape) if mexpr.is_matrix(child) else sp.Symbol(part)
+        names[symbol] = part
+        if child in current.args:
+            replaced = current.xreplace({child: symbol})
+        else:  # a run of atoms grouped by _children
+            grouped = set(child.args)
+            replaced = current.func(symbol, *(a for a in current.args if a not in grouped))
+        if replaced == current:
+            out.append((name, code, set(printer.used)))
+            continue
+        pending.append((name, replaced))
+        pending.append((part, child))
+    return out
+
+
 # ---------------------------------------------------------------------------- lowering
 def _atomic(expr: Any) -> bool:
     """An operand that is printed without computing a new full-size array."""
@@ -313,13 +377,27 @@ class Lowering:
     first written into a scratch array asked of ``scratch(shape)``.
     """
 
-    def __init__(self, printer: _Printer, scratch: Callable[[tuple[Any, Any]], str]) -> None:
+    def __init__(
+        self, printer: _Printer, scratch: Callable[[tuple[Any, Any]], str], indent: int = 4
+    ) -> None:
         self.printer = printer
         self.scratch = scratch
-        self.np = "np"
+        self.indent = indent
 
     def code(self, expr: Any) -> str:
         return str(self.printer.doprint(expr))
+
+    def fresh(self, expr: Any, target: str, code: Code) -> str:
+        """The code of ``expr``; lines too long are split into named parts first."""
+        parts = fit(target, expr, self._same_printer, dict(self.printer.names), self.indent)
+        for name, text, used in parts[:-1]:
+            code.add(f"{name} = {text}", used, name)
+            self.printer.used |= used | {name}
+        self.printer.used |= parts[-1][2]
+        return parts[-1][1]
+
+    def _same_printer(self, names: dict[Any, str]) -> _Printer:
+        return _Printer(names, self.printer.helpers)
 
     def statement(self, expr: Any, target: str) -> Code:
         """Lines that write ``expr`` into the array ``target``; every line reads what they all read."""
@@ -342,6 +420,16 @@ class Lowering:
         if _atomic(expr):
             code.add(f"{target}[...] = {self.code(expr)}")
             return code
+        if isinstance(expr, sp.MatMul) and _matmul_form(expr)[2] is not None:
+            coeff, mats, axis = _matmul_form(expr)
+            if len(mats) == 1 and not isinstance(mats[0], sp.Transpose):
+                inner = self.operand(mats[0], code)
+                code.add(f"{target}[...] = {inner}.sum(axis={axis}, keepdims=True)")
+            else:
+                body = sp.MatMul(*_flatten_matmul(expr)[1])
+                code.add(f"{target}[...] = {self.fresh(body, target, code)}")
+            self._scale(coeff, target, code)
+            return code
         if isinstance(expr, sp.MatMul):
             coeff, mats, axis = _matmul_form(expr)
             if axis is None and len(mats) >= 2:
@@ -354,11 +442,8 @@ class Lowering:
                         self.scratches.add(into)
                     code.add(f"np.matmul({left}, {right}, out={into})")
                     left = into
-            elif axis is None:
-                code.extend(self.assign(mats[0], target))
             else:
-                code.add(f"{target}[...] = {self.code(expr)}")
-                return code
+                code.extend(self.assign(mats[0], target))
             self._scale(coeff, target, code)
             return code
         if isinstance(expr, sp.MatAdd):
@@ -397,7 +482,8 @@ class Lowering:
             else:
                 placeholder = sp.MatrixSymbol("_arg", *arg.shape)
                 self.printer.names[placeholder] = arg_code
-                code.add(f"{target}[...] = {self.code(expr.func(expr.function, placeholder))}")
+                applied = expr.func(expr.function, placeholder)
+                code.add(f"{target}[...] = {self.fresh(applied, target, code)}")
                 del self.printer.names[placeholder]
             return code
         if isinstance(expr, mexpr.Softmax):
@@ -405,7 +491,7 @@ class Lowering:
             self.printer.helpers.add("softmax")
             code.add(f"softmax({arg_code}, axis={expr.axis}, out={target})")
             return code
-        code.add(f"{target}[...] = {self.code(expr)}")
+        code.add(f"{target}[...] = {self.fresh(expr, target, code)}")
         return code
 
     def _sum(self, terms: list[Any], target: str, code: Code) -> None:
@@ -584,6 +670,13 @@ class _Rolled:
         names = {"all": self.names_all, "step": self.names_step, "loop": self.names_loop}[context]
         return self.new_printer(names)
 
+    def fresh(self, code: Code, target: str, expr: Any, context: str) -> None:
+        """``target = expr`` as a new array (split into parts when the line is long)."""
+        names = {"all": self.names_all, "step": self.names_step, "loop": self.names_loop}[context]
+        indent = 8 if context == "loop" else 4
+        for part, text, used in fit(target, expr, self.new_printer, dict(names), indent):
+            code.add(f"{part} = {text}", used, part, True)
+
     def code_of(self, expr: Any, context: str) -> tuple[str, set[str]]:
         printer = self.printer(context)
         return str(printer.doprint(expr)), set(printer.used)
@@ -619,7 +712,7 @@ class _Rolled:
             self.buffer(scratch_code, name, *self.shape_code(shape, stacked))
             return name
 
-        lowering = Lowering(self.printer(context), scratch)
+        lowering = Lowering(self.printer(context), scratch, 8 if context == "loop" else 4)
         code.extend(lowering.statement(expr, target))
 
     def buffer(self, code: Code, name: str, shape: str, uses: Iterable[str]) -> None:
@@ -731,9 +824,7 @@ class _Rolled:
             last = Code()
             for s in outputs:
                 last.add(f"# {self.line_of(s, 'step')}")
-                code, used = self.code_of(s.expr, "step")
-                name = self.names_step[s.target]
-                last.add(f"{name} = {code}", used, name, True)
+                self.fresh(last, self.names_step[s.target], s.expr, "step")
             c.add("t = T - 1", {"T"}, "t", True)
             c.extend(self.views(last))
             c.extend(last)
@@ -777,8 +868,7 @@ class _Rolled:
         c.add(f"# {self.line_of(loss, 'step')}")
         if self.m2o:
             c.add(f"{self.names_step[y]} = Y", {"Y"}, self.names_step[y], True)
-            text, used = self.code_of(scale * loss.expr, "step")
-            c.add(f"{name} = {text}", used, name, True)
+            self.fresh(c, name, scale * loss.expr, "step")
         else:
             y_all = self.names_all[y]
             c.add(f"{y_all} = Y.reshape(T * m, n_out)", {"Y", "T", "m", "n_out"}, y_all, True)
@@ -893,8 +983,7 @@ class _Rolled:
                 continue
             for line in self.comment_for(s.expr, forward, loss_line):
                 block.add(line)
-            text, used = self.code_of(s.expr, "step")
-            block.add(f"{self.names_step[s.target]} = {text}", used, self.names_step[s.target], True)
+            self.fresh(block, self.names_step[s.target], s.expr, "step")
         if not stacked_dh:
             for line in self.comment_for(dh_last.expr, forward, loss_line):
                 block.add(line)
@@ -904,8 +993,7 @@ class _Rolled:
         for s in last_only:
             for line in self.comment_for(s.expr, forward, loss_line):
                 block.add(line)
-            text, used = self.code_of(s.expr, "step")
-            block.add(f"{gradients[s.param]} = {text}", used, gradients[s.param], True)
+            self.fresh(block, gradients[s.param], s.expr, "step")
         c.add("# the last step: no delta from step t + 1")
         c.add("t = T - 1", {"T"}, "t", True)
         c.extend(self.views(block))
@@ -936,8 +1024,7 @@ class _Rolled:
             for line in comment.split("\n"):
                 c.add(line)
             for s in statements:
-                text, used = self.code_of(s.expr, "all")
-                c.add(f"{gradients[s.param]} = {text}", used, gradients[s.param], True)
+                self.fresh(c, gradients[s.param], s.expr, "all")
 
         # h0 and X
         extras = Code()
@@ -976,7 +1063,7 @@ class _Rolled:
         loss = loss.prune({loss_name})
         downstream = loss.uses | backward.uses | extras.uses | {prediction, hidden_seq}
         cache = _ordered(n for n in ["T", "m", "n_in", *forward.defines] if n in downstream)
-        forward = forward.prune(set(cache))
+        forward = _unpack_shape(forward.prune(set(cache)), cache)
         return {
             "forward": _with_inputs(forward, self.param_names.values(), [], []),
             "loss": _with_inputs(loss, [], cache, loss.defines),
@@ -992,6 +1079,20 @@ class _Rolled:
             "hidden_seq": hidden_seq,
             "loss_name": loss_name,
         }
+
+
+def _unpack_shape(code: Code, cache: list[str]) -> Code:
+    """``T, m, n_in = X.shape`` with ``_`` for the sizes nothing reads."""
+    entries = list(code.entries)
+    for i, (line, uses, defines, pure) in enumerate(entries):
+        if line == "T, m, n_in = X.shape":
+            later = set().union(*(u for _, u, _, _ in entries[i + 1 :])) | set(cache)
+            names = [n if n in later else "_" for n in ("T", "m", "n_in")]
+            entries[i] = (f"{', '.join(names)} = X.shape", uses, defines, pure)
+            if names == ["_", "_", "_"]:
+                del entries[i]
+            break
+    return Code(entries)
 
 
 def _ordered(names: Iterable[str]) -> list[str]:
@@ -1049,9 +1150,9 @@ class _Unrolled:
         return f"{printer.doprint(statement.target)} = {printer.doprint(statement.expr)}"
 
     def assign(self, code: Code, statement: _Statement, name: str | None = None) -> None:
-        text, used = self.code_of(statement.expr)
         target = name or str(self.new_printer(self.names).doprint(statement.target))
-        code.add(f"{target} = {text}", used, target, True)
+        for part, text, used in fit(target, statement.expr, self.new_printer, self.names):
+            code.add(f"{part} = {text}", used, part, True)
 
     def comments(self, statement: _Statement) -> list[str]:
         """``# grad of: ...`` for the forward assignments a backward assignment comes from."""
@@ -1150,7 +1251,7 @@ class _Unrolled:
         outputs = set(predictions if not many_to_one else [prediction]) | {hidden[-1]}
         downstream = loss.uses | backward.uses | extras.uses | outputs
         cache = _ordered(n for n in ["T", "m", "n_in", *forward.defines] if n in downstream)
-        forward = forward.prune(set(cache))
+        forward = _unpack_shape(forward.prune(set(cache)), cache)
         return {
             "forward": _with_inputs(forward, self.param_names.values(), [], []),
             "loss": _with_inputs(loss, [], cache, loss.defines),

@@ -46,6 +46,7 @@ from . import functions, mexpr
 __all__ = [
     "LSE",
     "LogSumExp",
+    "SumEntries",
     "NumPyPrinter",
     "activation_helper",
     "helper_source",
@@ -87,6 +88,17 @@ class LogSumExp(MatrixExpr):  # type: ignore[misc]
     @property
     def shape(self) -> tuple[Any, Any]:
         return self.args[0].shape  # type: ignore[no-any-return]
+
+
+class SumEntries(sp.Expr):  # type: ignore[misc]
+    """The sum of all entries of a matrix expression (printed ``X.sum()``)."""
+
+    is_commutative = True
+    is_real = True
+
+
+def _is_reciprocal(expr: Any) -> bool:
+    return isinstance(expr, sp.HadamardPower) and bool(expr.exp.is_negative)
 
 
 # ---------------------------------------------------------------------------- safety
@@ -269,7 +281,7 @@ def _single_call(body: sp.Basic, var: sp.Symbol) -> bool:
     if _is_softplus(body):
         return bool(_softplus_arg(body) == var)
     if isinstance(body, sp.log) and isinstance(body.args[0], sp.Add):
-        return False
+        return bool(body.args[0] == 1 + var)
     return bool(
         isinstance(body, (sp.Function, sp.Max, sp.Min))
         and body.args
@@ -570,7 +582,17 @@ class NumPyPrinter(_SymPyNumPyPrinter):  # type: ignore[misc]
         return self._power(base, exp)
 
     def _print_HadamardProduct(self, expr: sp.HadamardProduct) -> str:
-        return " * ".join(self._paren(arg, _MUL) for arg in expr.args)
+        numer = [a for a in expr.args if not _is_reciprocal(a)]
+        denom = [a.base if a.exp == -1 else sp.HadamardPower(a.base, -a.exp) for a in expr.args if _is_reciprocal(a)]
+        code = " * ".join(self._paren(arg, _MUL) for arg in numer) if numer else "1"
+        if not denom:
+            return code
+        if len(denom) == 1:
+            return f"{code} / {self._paren(denom[0], _MUL, strict=True)}"
+        return f"{code} / ({' * '.join(self._paren(arg, _MUL) for arg in denom)})"
+
+    def _print_SumEntries(self, expr: SumEntries) -> str:
+        return f"{self._paren(expr.args[0], _ATOM)}.sum()"
 
     def _print_MatMul(self, expr: sp.MatMul) -> str:
         coeff, mats, axis = _matmul_form(expr)
@@ -648,6 +670,8 @@ class NumPyPrinter(_SymPyNumPyPrinter):  # type: ignore[misc]
             return None
         if _is_softplus(body):
             return f"{self._module_format('numpy.logaddexp')}(0, {arg}, out={out})"
+        if isinstance(body, sp.log) and body.args[0] == 1 + var:
+            return f"{self._module_format('numpy.log1p')}({arg}, out={out})"
         fqn = _UFUNCS.get(type(body).__name__) or self._kf.get(type(body).__name__)
         if fqn is None or not fqn.startswith("numpy."):
             return None
@@ -666,7 +690,7 @@ class NumPyPrinter(_SymPyNumPyPrinter):  # type: ignore[misc]
         return f"logsumexp({self._print(expr.arg)}, axis={expr.axis})"
 
     def _print_OutputLoss(self, expr: mexpr.OutputLoss) -> str:
-        return f"{self._paren(stable_loss_matrix(expr), _ATOM)}.sum()"
+        return self._print(SumEntries(stable_loss_matrix(expr)))
 
 
 def numpy_code(expr: Any, names: Mapping[Any, str] | None = None) -> str:
