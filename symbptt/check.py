@@ -1007,6 +1007,10 @@ def _points(work: _Work, seed: int, count: int, one_hot: bool = False) -> tuple[
     return _points_cached(work, seed, count, one_hot)
 
 
+def _target(work: _Work, name: str) -> Any:
+    return _gradient_symbol(work, name)
+
+
 def _gradient_symbol(work: _Work, name: str) -> Any:
     for a in work.d.assignments:
         if a.kind == "gradient" and a.param == name:
@@ -1310,31 +1314,27 @@ class _Checker:
 
     # -- expressions -------------------------------------------------------------------
     def check_expression(self, expr: Any, shown: str, text: str | None) -> CheckResult:
-        method = f"numeric at {self.count} points, {DPS} digits"
         if not mexpr.is_matrix(expr):
-            return self.result(False, method, shown, candidate_shape=None, shape_mismatch=True)
+            return self.result(
+                False, "shape check", shown, candidate_shape=None, shape_mismatch=True
+            )
         if tuple(expr.shape) != tuple(self.target.shape):
-            return self.shape_result(expr, shown, method)
+            return self.shape_result(expr, shown, "shape check")
+        method = f"numeric at {self.count} points, {DPS} digits"
         pts = _points(self.work, self.seed, self.count)
         target = self.target
         float_values = [_evaluate(expr, p.env_f, "float") for p in pts]
-        failing = next(
-            (
-                i
-                for i, (p, value) in enumerate(zip(pts, float_values, strict=True))
-                if not _close(value, p.env_f[target], RTOL_FLOAT)
-            ),
-            None,
-        )
-        got: Any = None
-        if failing is None:
-            for i, p in enumerate(pts):
-                value = _evaluate(expr, p.env_mp, "mp")
-                if not _close(value, p.env_mp[target], RTOL_MP):
-                    failing, got = i, value
-                    break
-        elif float_values[failing] is not None:
-            got = _evaluate(expr, pts[failing].env_mp, "mp")
+        float_ok = [
+            _close(value, p.env_f[target], RTOL_FLOAT)
+            for p, value in zip(pts, float_values, strict=True)
+        ]
+        # 30 digits decide, at every point; the points float64 doubts come first
+        failing, got = None, None
+        for i in sorted(range(len(pts)), key=lambda i: float_ok[i]):
+            value = _evaluate(expr, pts[i].env_mp, "mp")
+            if not _close(value, pts[i].env_mp[target], RTOL_MP):
+                failing, got = i, value
+                break
         if failing is None:
             return self.success(expr, shown, method)
         point = pts[failing]
@@ -1450,7 +1450,7 @@ class _Checker:
         shown = str(getattr(fn, "__qualname__", None) or repr(fn))
         method = f"numeric at {self.count} points, float64 (relative tolerance {RTOL_FLOAT:g})"
         pts = _points(work, self.seed, self.count, one_hot=True)
-        reference = _Reference(work)
+        reference = _Reference(work, pts[0], self.name)
         calls: dict[int, Any] = {}
 
         def value_at(p: _Point) -> Any:
@@ -1529,36 +1529,53 @@ def _call(fn: Callable[..., Any], work: _Work, leaves: Mapping[Any, np.ndarray],
 
 
 class _Reference:
-    """The gradient of the generated module (or of the derivation, in float64)."""
+    """The gradients of the generated NumPy module, where code generation works.
 
-    def __init__(self, work: _Work) -> None:
+    The module is first compared with the derivation at one point; if it cannot
+    be built or disagrees, the derivation (evaluated in float64) is the
+    reference, and ``source`` says why.
+    """
+
+    def __init__(self, work: _Work, probe: _Point, name: str) -> None:
         self.work = work
-        self.module = _generated_module(work.spec)
-        self.source = (
-            "the generated NumPy module (symbptt.emit_numpy)"
-            if self.module is not None
-            else "the derivation evaluated in float64 (code generation is not available)"
-        )
+        self.module, why = _generated_module(work.spec)
+        if self.module is not None:
+            try:
+                agrees = _close(
+                    self._module_gradient(probe, name), probe.env_f[_target(work, name)], 1e-9
+                )
+            except Exception as exc:  # any failure of the generated code: fall back
+                agrees, why = False, f"the generated module failed: {type(exc).__name__}: {exc}"
+            if not agrees:
+                self.module = None
+                why = why or "the generated module disagrees with the derivation"
+        if self.module is not None:
+            self.source = "the generated NumPy module (symbptt.emit_numpy)"
+        else:
+            self.source = f"the derivation evaluated in float64 ({why})"
 
-    def gradient(self, point: _Point, name: str) -> Any:
-        if self.module is None:
-            return point.env_f[_gradient_symbol(self.work, name)]
+    def _module_gradient(self, point: _Point, name: str) -> Any:
         params, X, Y, h0 = _arrays(self.work, point.leaves)
         _, grads = self.module.loss_and_gradients(params, X, Y, h0)
         return np.asarray(grads[name], dtype=float)
 
+    def gradient(self, point: _Point, name: str) -> Any:
+        if self.module is None:
+            return point.env_f[_target(self.work, name)]
+        return self._module_gradient(point, name)
+
 
 @cache
-def _generated_module(spec: ModelSpec) -> Any:
+def _generated_module(spec: ModelSpec) -> tuple[Any, str]:
+    """The generated module of ``spec`` and, when there is none, why."""
     try:
-        from . import emit  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        return None
-    emit_numpy = getattr(emit, "emit_numpy", None)
-    load_module = getattr(emit, "load_module", None)
-    if emit_numpy is None or load_module is None:
-        return None
-    return load_module(emit_numpy(spec))
+        from . import emit
+    except ImportError as exc:
+        return None, f"code generation is not available: {exc}"
+    try:
+        return emit.load_module(emit.emit_numpy(spec)), ""
+    except Exception as exc:  # any failure of code generation: fall back
+        return None, f"code generation failed: {type(exc).__name__}: {exc}"
 
 
 # ===================================================================== symbolic proof
