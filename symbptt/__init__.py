@@ -10,6 +10,7 @@ from __future__ import annotations
 from .check import CheckResult, check
 from .derive import Derivation, derive
 from .documents import build_pdf, render_latex, render_markdown
+from .emit import emit_numpy, load_module
 from .exprlang import ExpressionError
 from .graph import build_graph
 from .notation import NOTATIONS
@@ -29,6 +30,8 @@ __all__ = [
     "build_pdf",
     "check",
     "derive",
+    "emit_numpy",
+    "load_module",
     "render_latex",
     "render_markdown",
 ]
