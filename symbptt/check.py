@@ -25,13 +25,16 @@ left symbolic in the spec get small distinct values) in 30-digit arithmetic,
 with every forward quantity (h, ŷ, ...) and every δ_t computed by the
 derivation; the expected value is the derivation's gradient at the same
 point.  When the candidate agrees everywhere the checker tries to prove it:
-both sides are written as explicit matrices of the forward quantities at those
-sizes (first with δ_t kept as a symbol, then with δ_t expanded, then with
-h_t = f(z_t)) and ``sympy.expand`` of the difference must vanish; the report
-says ``method == "symbolic"`` when that succeeds, else ``"numeric at N points,
-30 digits"``.  Callables are compared in float64 (relative tolerance 1e-6)
-with the generated module (or, if code generation is not available, with the
-derivation evaluated in float64).
+both sides become explicit matrices at those sizes whose entries are
+polynomials (over the rationals) in the entries of the parameters, inputs,
+targets and forward quantities, first with δ_t kept as a symbol, then with δ_t
+expanded (f(z_t) and softmax(o_t) in the candidate read as h_t and ŷ_t), and
+they must be the same polynomials; the report says ``method == "symbolic"``
+when that succeeds, else ``"numeric at N points, 30 digits"`` (the proof gives
+up on non-polynomial candidates and past a work budget).  Callables are
+compared in float64 (relative tolerance 1e-6) with the generated module (or,
+where code generation is not available, with the derivation evaluated in
+float64).  A candidate of the wrong shape gets ``method == "shape check"``.
 
 When they differ the report gives a counterexample (the sizes, the numbers,
 expected and candidate values), a localisation (which steps' terms differ,
