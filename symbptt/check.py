@@ -1242,6 +1242,13 @@ def check(
     )
 
 
+# ``symbptt.check`` is this function once the package is imported (``from .check import
+# check``), so the module's helpers are reachable from it as well:
+# ``symbptt.check.names("aa")``.
+check.names = names  # type: ignore[attr-defined]
+check.names_text = names_text  # type: ignore[attr-defined]
+check.correct_formula = correct_formula  # type: ignore[attr-defined]
+
 #: SymPy candidates larger than this (in tree nodes) are not printed in the report.
 _MAX_SHOWN_NODES = 400
 

@@ -192,7 +192,7 @@ def test_wrt_by_role_and_bad_wrt() -> None:
     with pytest.raises(ValueError, match="points"):
         check(SPEC, "W_hh", "W_hh", points=0)
     with pytest.raises(TypeError, match="candidate"):
-        check(SPEC, "W_hh", 3)  # type: ignore[arg-type]
+        check(SPEC, "W_hh", 3)
 
 
 # -------------------------------------------------------------------------- mistakes
@@ -437,3 +437,4 @@ def test_top_level_exports() -> None:
     assert issubclass(symbptt.ExpressionError, ValueError)
     result = symbptt.check(replace(SPEC, steps=2), "W_hy", "sum_t((y_hat[t] - y[t]) @ h[t].T) / m")
     assert isinstance(result, symbptt.CheckResult) and result.ok
+    assert symbptt.check.names("aa") == names("aa")  # type: ignore[attr-defined]
