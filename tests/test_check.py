@@ -149,6 +149,36 @@ def test_correct_formula_reads_like_the_seeds() -> None:
     assert correct_formula(spec, "h_0").gradient == "W_hh.T @ delta[1]"
 
 
+PRINTED = [
+    "sum_t(delta[t] @ h[t-1].T)",
+    "-(W_hh @ h[1]) * 2",
+    "1 - h[1]**2",
+    "(h[1] - 2 * h[2]) / m",
+    "-h[1] / (T * m) + h[2] * 0.5",
+    "tanh(z[1]) * sigmoid(z[2]) - exp(h[1]) + log(1 + h[1]**2)",
+    "softmax(o[1]) - y[1]",
+    "exp(o[1]) / (ones(n_2, n_2) @ exp(o[1]))",
+    "W_hh.T @ (delta[2] * (1 - h[1]**2)) @ ones(m, 1)",
+    "h[1]**(-1) + h[1] ** 3",
+    "(ones(1, n_1) @ (h[1] @ h[2].T)).T",
+    "-W_hh - -W_hh.T",
+]
+
+
+@pytest.mark.parametrize("text", PRINTED)
+def test_printer_round_trip(text: str) -> None:
+    from symbptt.check import _evaluate, _naming, _points, _prepare, _Printer, _work
+
+    work = _work(SPEC)
+    expr = _prepare(parse(text, work.ns))
+    printed = _Printer(_naming(work.graph.symbols, work.notation))(expr)
+    again = _prepare(parse(printed, work.ns))
+    point = _points(work, 0, 1)[0]
+    first, second = _evaluate(expr, point.env_f, "float"), _evaluate(again, point.env_f, "float")
+    assert first is not None and second is not None
+    np.testing.assert_allclose(first, second, rtol=1e-12, atol=1e-12)
+
+
 # -------------------------------------------------------------------------- verdicts
 def test_equal_symbolic_and_report() -> None:
     result = check(SPEC, "W_hh", "sum_t(delta[t] @ h[t-1].T)")
