@@ -235,7 +235,10 @@ SEEDS: tuple[Seed, ...] = (
     ),
     # -------------------------------------------------------------------- 003 (aa)
     # The seed's y(t) is the prediction and yhat(t) the target.  Its a(t) after a
-    # column factor is read as a(t)^T (the only reading with the shape of w_ya).
+    # column factor is read as a(t)^T (the only reading with the shape of w_ya).  The
+    # scanned "[a(m)]^~", "(a(t))^N" are read as squares, "1/pi" as the product
+    # prod_{m=k+1}^{i}, and its scalar w_aa [1 - a(m)^2] as the Jacobian
+    # da(m)/da(m-1) = diag(1 - a(m)^2) w_aa.
     # "dL(t)/dw_ya = -yhat(t)(1 - y(t)) a(t)", summed over t: the softmax Jacobian's
     # diagonal only.
     Seed(
