@@ -275,6 +275,28 @@ def prose(text: str) -> list[tuple[str, bool]]:
     return merged
 
 
+def _pack(pieces: list[str], budget: float) -> list[str]:
+    """Pieces joined by spaces into lines no wider than ``budget`` (a piece never splits)."""
+    lines: list[str] = []
+    line = ""
+    for piece in pieces:
+        candidate = f"{line} {piece}".strip()
+        if line and tex_width(candidate) > budget:
+            lines.append(line)
+            line = piece
+        else:
+            line = candidate
+    lines.append(line)
+    return lines
+
+
+def _elide(terms: list[str], marker: str = r"\dots") -> list[str]:
+    """The first three and the last two of many terms, with ``marker`` between."""
+    if len(terms) <= UNROLL_LIMIT:
+        return terms
+    return [*terms[:3], marker, *terms[-2:]]
+
+
 def _sci(value: float) -> str:
     """``6.5 \\times 10^{-32}`` (two significant digits)."""
     if value == 0:
@@ -413,7 +435,17 @@ class _Writer:
         return self._name_parts(lhs, expr, rel)
 
     def _split_terms(self, lhs: str, expr: Any, rel: str) -> list[str]:
+        return self.terms_rows(lhs, self.printer.signed_terms(expr), rel)
+
+    def long_sum_rows(self, lhs: str, expr: Any) -> list[str]:
+        """A sum with one term per step: the middle terms left out for long sequences."""
         terms = self.printer.signed_terms(expr)
+        if len(terms) > UNROLL_LIMIT:
+            terms = [*terms[:3], ("+", r"\dots"), *terms[-2:]]
+        return self.terms_rows(lhs, terms, "=")
+
+    def terms_rows(self, lhs: str, terms: list[tuple[str, str]], rel: str) -> list[str]:
+        """``lhs = t1 ± t2 ...`` on as many rows as the width needs."""
         out: list[str] = []
         line = ""
         budget = ROW_WIDTH - tex_width(lhs) - 2.0
@@ -451,20 +483,24 @@ class _Writer:
         before = self._fit(self.tex(aux), widest, "=")
         return before + self._fit(lhs, expr.xreplace({widest: aux}), rel)
 
-    def product_rows(self, lhs: str, factors: Sequence[str], rel: str = "=") -> list[str]:
-        """``lhs = f1 f2 ...`` broken into rows when the product is too wide."""
-        budget = ROW_WIDTH - tex_width(lhs) - 2.0
-        lines: list[str] = []
-        line = ""
-        for factor in factors:
-            candidate = f"{line} {factor}".strip()
-            if line and tex_width(candidate) > budget:
-                lines.append(line)
-                line = factor
-            else:
-                line = candidate
-        lines.append(line)
-        return [rf"{lhs} &{rel} {lines[0]}"] + [rf"&\qquad {rest}" for rest in lines[1:]]
+    def product_rows(
+        self,
+        lhs: str,
+        factors: Sequence[str],
+        rel: str = "=",
+        lead: str = "",
+        column: float | None = None,
+    ) -> list[str]:
+        """``lhs = f1 f2 ...`` broken into rows when too wide.
+
+        ``lead`` replaces ``lhs &=`` on the first row (a continuation such as
+        ``&\\quad +``); ``column`` is the width of the block's left column
+        (its widest left-hand side), which every row is indented by.
+        """
+        indent = tex_width(lhs) if column is None else column
+        lines = _pack(list(factors), ROW_WIDTH - indent - 4.0 - tex_width(lead))
+        first = f"{lead} {lines[0]}" if lead else rf"{lhs} &{rel} {lines[0]}"
+        return [first] + [rf"&\qquad {rest}" for rest in lines[1:]]
 
     # -- context ----------------------------------------------------------------------
     def context(self) -> dict[str, Any]:
@@ -838,11 +874,18 @@ class _Writer:
             via = rf"\ell({self.tex(pred)}, {self.tex(target)})"
             loss_rows += self.rows(self.tex(a.target), a.expr, via=via)
         total = graph.assignments[-1]
-        total_rows = self.rows(self.tex(total.target), total.expr)
+        loss_terms = _elide([loss_name(notation, step).tex() for step in loss_steps])
+        total_rows = self._sum_rows(
+            self.tex(total.target),
+            ""
+            if self.graph.symbols.loss_scale(len(loss_steps)) == 1
+            else self.tex(self.graph.symbols.loss_scale(len(loss_steps))),
+            loss_terms,
+        )
         count = T_SYMBOL if spec.mode == "many_to_many" else sp.Integer(1)
         scale = self.graph.symbols.loss_scale(count)
         general = self._scaled_sum(scale)
-        without = [s for s in graph.steps if s not in loss_steps]
+        without = _elide([str(s) for s in graph.steps if s not in loss_steps], r"\dots")
         return {
             "rows": loss_rows,
             "total_rows": total_rows,
@@ -856,8 +899,10 @@ class _Writer:
             "mean_time": spec.time_reduction == "mean",
             "mean_batch": spec.batch_reduction == "mean",
             "many_to_one": spec.mode == "many_to_one",
-            "without": [loss_name(notation, s).tex() for s in without],
-            "without_steps": [str(s) for s in without],
+            "without": [
+                r"\dots" if s == r"\dots" else loss_name(notation, int(s)).tex() for s in without
+            ],
+            "without_steps": without,
             "last": loss_name(notation, self.last).tex(),
             "last_step": self.last,
             "total": loss_name(notation).tex(),
@@ -927,13 +972,17 @@ class _Writer:
         count = T_SYMBOL if self.spec.mode == "many_to_many" else sp.Integer(1)
         scale = self.graph.symbols.loss_scale(count)
         concrete_scale = self.graph.symbols.loss_scale(len(losses))
+        shown = losses if self.spec.steps <= CHAIN_LIMIT else losses[:3]
         params = []
         for role, symbol, name in leaves:
             per_step = []
-            for assignment in losses:
+            for assignment in shown:
                 paths = self._paths(deps, assignment.target, symbol)
                 per_step.append((assignment.step, assignment.target, paths))
-            params.append(self._chain_param(role, symbol, name, per_step, scale, concrete_scale))
+            targets = [assignment.target for assignment in losses]
+            params.append(
+                self._chain_param(role, symbol, name, per_step, targets, scale, concrete_scale)
+            )
         return {
             "params": params,
             "total": loss_name(self.notation).tex(),
@@ -948,6 +997,7 @@ class _Writer:
         symbol: Any,
         name: TeXName,
         per_step: list[tuple[int, Any, list[list[Any]]]],
+        targets: list[Any],
         scale: Any,
         concrete_scale: Any,
     ) -> dict[str, Any]:
@@ -968,15 +1018,12 @@ class _Writer:
                 rf"{coeff}\sum_{{{self.tex(t)}={notation.t0}}}^{{{self.tex(self.T_last)}}} "
                 rf"{self.partial(loss_name(notation, t), name)}"
             )
-        concrete_terms = [self.partial(self.named(target), name) for _, target, _ in per_step]
+        concrete_terms = _elide([self.partial(self.named(target), name) for target in targets])
         concrete_coeff = "" if concrete_scale == 1 else self.tex(concrete_scale)
         sum_rows = self._sum_rows(self.partial(total, name), concrete_coeff, concrete_terms)
-        general = self._general(role, name, per_step, recurrent)
+        general = self._general(role, symbol, name, per_step, recurrent)
         steps = []
-        shown = per_step
-        if self.spec.steps > CHAIN_LIMIT:
-            shown = per_step[:3]
-        for step, target, paths in shown:
+        for step, target, paths in per_step:
             steps.append(self._chain_step(step, target, name, paths, recurrent))
         missing = self._not_direct(symbol, name, role)
         ascii_name = (
@@ -1023,6 +1070,7 @@ class _Writer:
     def _general(
         self,
         role: str,
+        symbol: Any,
         name: TeXName,
         per_step: list[tuple[int, Any, list[list[Any]]]],
         recurrent: bool,
@@ -1055,11 +1103,12 @@ class _Writer:
         hidden_t = series_name(notation, "hidden", t)
         head = [*head_nodes, hidden_t]
         factors = [self.partial(a, b) for a, b in pairwise(head)]
-        # which steps k reach the parameter directly, relative to t0
-        ks = set()
-        for _, _, paths in per_step:
-            for path in paths:
-                ks.add(self.roles[path[-2]][1])
+        # the steps k whose hidden state reads the parameter directly
+        ks = {
+            a.step
+            for a in self.graph.assignments
+            if a.kind == "pre_activation" and symbol in _atoms(a.expr)
+        }
         k_low = min(ks)
         single_k = len(ks) == 1
         k_sym = sp.Integer(k_low) if single_k else k
@@ -1082,18 +1131,22 @@ class _Writer:
         lhs = self.partial(self.named(target), name)
         rows: list[str] = []
         products = []
+        elided = len(paths) > UNROLL_LIMIT  # then the middle paths are left out
+        if elided:
+            paths = [*paths[:3], *paths[-1:]]
         for path in paths:
             nodes = [self.named(n) for n in path[:-1]] + [name]
             products.append([self.partial(a, b) for a, b in pairwise(nodes)])
         if not products:
             return {"step": step, "rows": [rf"{lhs} &= 0"], "notes": [], "factored": []}
+        column = tex_width(lhs)
         for i, factors in enumerate(products):
             if i == 0:
                 rows += self.product_rows(lhs, factors)
-            else:
-                more = self.product_rows("", factors)
-                more[0] = more[0].replace("&= ", r"&\quad + ", 1)
-                rows += more
+                continue
+            if elided and i == len(products) - 1:
+                rows.append(r"&\quad + \dots")
+            rows += self.product_rows("", factors, lead=r"&\quad +", column=column)
         factored: list[str] = []
         if len(products) > 1:
             prefix_len = 0
@@ -1103,25 +1156,21 @@ class _Writer:
             ):
                 prefix_len += 1
             prefix = products[0][:prefix_len]
-            rests = [" ".join(p[prefix_len:]) for p in products]
+            rests = [p[prefix_len:] for p in products]
+            if elided:
+                rests.insert(len(rests) - 1, [r"\dots"])
             factored = self._bracket_rows(lhs, " ".join(prefix), rests)
         notes = self._notes(paths, name)
         return {"step": step, "rows": rows, "notes": notes, "factored": factored}
 
-    def _bracket_rows(self, lhs: str, prefix: str, rests: list[str]) -> list[str]:
-        rows: list[str] = []
-        line = rf"{lhs} &= {prefix} \biggl["
-        first = True
-        for rest in rests:
-            piece = rest if first else f"+ {rest}"
-            if not first and tex_width(f"{line} {piece}") > ROW_WIDTH:
-                rows.append(line)
-                line = rf"&\qquad {piece}"
-            else:
-                line = f"{line} {piece}"
-            first = False
-        rows.append(line + r" \biggr]")
-        return rows
+    def _bracket_rows(self, lhs: str, prefix: str, rests: list[list[str]]) -> list[str]:
+        """``lhs = prefix [r1 + r2 + ...]``, each rest a list of factors, packed into rows."""
+        pieces = [rf"{prefix} \biggl["]
+        for i, rest in enumerate(rests):
+            pieces += [*(["+"] if i else []), *rest]
+        pieces[-1] += r" \biggr]"
+        lines = _pack(pieces, ROW_WIDTH - tex_width(lhs) - 6.0)
+        return [rf"{lhs} &= {lines[0]}"] + [rf"&\qquad {line}" for line in lines[1:]]
 
     def _notes(self, paths: list[list[Any]], name: TeXName) -> list[dict[str, Any]]:
         """The seeds' notes ("H_{12} depends on H_{11}"), read off the paths."""
@@ -1137,7 +1186,10 @@ class _Writer:
                 if on not in depends[a]:
                     depends[a].append(on)
         order.sort(key=lambda n: -int(self.roles[n][1]))
-        return [{"node": self.named(n).tex(), "on": depends[n]} for n in order]
+        notes = [{"node": self.named(n).tex(), "on": depends[n]} for n in order]
+        if len(notes) > UNROLL_LIMIT:
+            notes = [*notes[:3], {"node": r"\dots", "on": []}, *notes[-2:]]
+        return notes
 
     def _not_direct(self, symbol: Any, name: TeXName, role: str) -> list[dict[str, str]]:
         """Hidden states whose pre-activation does not read the parameter (and why)."""
@@ -1345,7 +1397,7 @@ class _Writer:
                 unrolled += self.rows(self.tex(a.target), a.expr)
         gradient_rows: list[str] = []
         for name, role in d.roles.items():
-            gradient_rows += self.rows(
+            gradient_rows += self.long_sum_rows(
                 partial_name(notation, self._leaf_name(role)).tex(), d.gradients[name]
             )
         return {

@@ -157,7 +157,7 @@ def test_forward_pass_unrolled_in_each_notation() -> None:
 def test_loss_mean_over_time_as_in_000() -> None:
     tex = tex_of("uvw_mean")
     assert r"J = \frac{1}{T m} \sum_{t=1}^{T} J^{(t)}" in tex
-    assert r"J &= \frac{J^{(1)} + J^{(2)} + J^{(3)}}{3 m}" in tex
+    assert r"J &= \frac{1}{3 m} \left(J^{(1)} + J^{(2)} + J^{(3)}\right)" in tex
 
 
 def test_many_to_one_wording() -> None:
@@ -168,7 +168,7 @@ def test_many_to_one_wording() -> None:
         assert "(there is no $L_{0}$, $L_{1}$)" in text
         assert "Output layer gradients are only from the final time step" in text
         assert "Hidden layer gradients are derivatives of the loss from the final time step" in text
-    assert r"L &= \frac{L_{2}}{m}" in tex
+    assert r"L &= \frac{1}{m} L_{2}" in tex
     assert r"\hat{Y}_{0}" not in tex  # no output before the last step
 
 
