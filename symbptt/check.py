@@ -620,14 +620,11 @@ def _delta_of(assignments: Iterable[Assignment]) -> Assignment | None:
     return None
 
 
-def _generic_formula(d: Derivation, name: str) -> Formula | None:
-    """The gradient as ``sum_t(...)`` from the generic step form (None if it has no such form)."""
-    if name not in d.graph.params:
-        return None
+def _printers(d: Derivation) -> tuple[_Printer, _Printer, Any]:
+    """Printers of the generic step form: at step t, and at the last step (T or T-1)."""
     form = d.step_form
     notation = d.graph.notation
-    first = notation.t0
-    last_step = T_SYMBOL + first - 1
+    last_step = T_SYMBOL + notation.t0 - 1
     t = form.t
     printer = _Printer(_naming(form.symbols, notation))
     last_printer = _Printer(
@@ -637,64 +634,68 @@ def _generic_formula(d: Derivation, name: str) -> Formula | None:
             lambda _, s: s.subs(t, last_step) if isinstance(s, sp.Basic) else s,
         )
     )
+    return printer, last_printer, last_step
+
+
+def _delta_lines(d: Derivation) -> tuple[str, ...]:
+    """The δ recursion in the expression language, and what lies outside the steps."""
+    form = d.step_form
+    notation = d.graph.notation
+    printer, last_printer, last_step = _printers(d)
+    lines: list[str] = []
+    delta_body = _delta_of(form.backward)
+    if form.last_backward is None:
+        if delta_body is not None:
+            lines.append(f"delta[t] = {printer(_inline(form.backward)[delta_body.target])}")
+    else:
+        delta_last = _delta_of(form.last_backward)
+        if delta_last is not None:
+            value = last_printer(_inline(form.last_backward)[delta_last.target])
+            lines.append(f"delta[{_step_text(last_step)}] = {value}")
+        if delta_body is not None:
+            value = printer(_inline(form.backward)[delta_body.target])
+            lines.append(f"delta[t] = {value}  (t < {_step_text(last_step)})")
+    first = notation.t0
     hidden = notation.series_of("hidden").ascii
     initial = "0" if d.spec.initial_state == "zero" else notation.initial_ascii
     after = "T+1" if first == 1 else "T"
-    where: list[str] = []
-    body_defs = _inline(form.backward)
+    lines.append(f"delta[{after}] = 0, {hidden}[{first - 1}] = {initial}")
+    return tuple(lines)
+
+
+def _generic_formula(d: Derivation, name: str) -> str | None:
+    """The gradient as ``sum_t(...)`` from the generic step form (None if it has no such form)."""
+    if name not in d.graph.params:
+        return None
+    form = d.step_form
+    printer, last_printer, _ = _printers(d)
+    body = _contribution_of(form.backward, name)
     if form.last_backward is None:
-        contribution = _contribution_of(form.backward, name)
-        if contribution is None:
+        if body is None:
             return None
-        text = f"sum_t({printer(body_defs[contribution.target])})"
-        delta = _delta_of(form.backward)
-        if delta is not None:
-            where.append(f"delta[t] = {printer(body_defs[delta.target])}")
-    else:
-        last_defs = _inline(form.last_backward)
-        body_c = _contribution_of(form.backward, name)
-        last_c = _contribution_of(form.last_backward, name)
-        if last_c is None:
-            return None
-        last_text = last_printer(last_defs[last_c.target])
-        if body_c is not None:
-            body_text = printer(body_defs[body_c.target])
-            same = printer(last_defs[last_c.target]) == body_text
-            if not same:
-                return None
-            text = f"sum_t({body_text})"
-        else:
-            text = last_text
-        delta_last = _delta_of(form.last_backward)
-        delta_body = _delta_of(form.backward)
-        if delta_last is not None:
-            where.append(
-                f"delta[{_step_text(last_step)}] = {last_printer(last_defs[delta_last.target])}"
-            )
-        if delta_body is not None:
-            where.append(
-                f"delta[t] = {printer(body_defs[delta_body.target])}  (t < {_step_text(last_step)})"
-            )
-    where.append(f"delta[{after}] = 0, {hidden}[{first - 1}] = {initial}")
-    return Formula(text, tuple(where))
+        return f"sum_t({printer(_inline(form.backward)[body.target])})"
+    last = _contribution_of(form.last_backward, name)
+    if last is None:
+        return None
+    last_defs = _inline(form.last_backward)
+    if body is None:
+        return last_printer(last_defs[last.target])
+    body_text = printer(_inline(form.backward)[body.target])
+    if printer(last_defs[last.target]) != body_text:
+        return None
+    return f"sum_t({body_text})"
 
 
-def _unrolled_formula(d: Derivation, name: str) -> Formula:
+def _unrolled_formula(d: Derivation, name: str) -> str:
     """The gradient as the explicit sum of its per-step contributions."""
     graph = d.graph
     printer = _Printer(_naming(graph.symbols, graph.notation))
     defs = _inline(a for a in d.assignments if a.kind != "gradient")
     terms = [printer(defs[c.target]) for c in d.contributions if c.param == name]
-    text = " + ".join(f"({t})" if " + " in t or " - " in t else t for t in terms)
     if not terms:
         rows, cols = d.gradients[name].shape
-        text = f"0 * ones({rows}, {cols})"
-    where = [
-        f"delta[{a.step}] = {printer(defs[a.target])}"
-        for a in d.assignments
-        if a.kind == "adjoint_pre_activation"
-    ]
-    return Formula(text, tuple(where))
+        return f"0 * ones({rows}, {cols})"
+    return " + ".join(f"({t})" if " + " in t or " - " in t else t for t in terms)
 
 
 # ================================================================ work: concrete model
@@ -770,18 +771,16 @@ def correct_formula(spec: ModelSpec, wrt: str) -> Formula:
     """The correct gradient of ``wrt`` in the expression language of the spec's notation.
 
     The sum over t printed from the derivation's generic step (checked to
-    parse back to the same values); for gradients without such a form, the
-    explicit sum of the per-step contributions.
+    parse back to the same values), with the δ recursion; for gradients
+    without such a form (the initial state's), the explicit sum of the
+    per-step contributions.
     """
     d = _derivation(spec)
     name = _resolve_wrt(d, wrt)
     generic = _generic_formula(d, name)
-    if generic is not None and _formula_agrees(spec, name, generic.gradient):
-        return generic
-    unrolled = _unrolled_formula(_work(spec).d, name)
-    if generic is not None:
-        return Formula(unrolled.gradient, generic.where)
-    return unrolled
+    if generic is None or not _formula_agrees(spec, name, generic):
+        generic = _unrolled_formula(d, name)
+    return Formula(generic, _delta_lines(d))
 
 
 def _formula_agrees(spec: ModelSpec, name: str, text: str) -> bool:
