@@ -256,24 +256,12 @@ def _indent(line: str) -> int:
 
 
 class _Printer(NumPyPrinter):  # type: ignore[misc]
-    """The NumPy printer, recording which names the printed code reads."""
+    """The NumPy printer sharing one set of helpers across a module's printers."""
 
     def __init__(self, names: Mapping[Any, str], helpers: set[str] | None = None) -> None:
         super().__init__(names)
-        self.used: set[str] = set()
         if helpers is not None:
             self.helpers = helpers
-
-    def _print_name(self, expr: Any) -> str:
-        code: str = super()._print_name(expr)
-        self.used.add(code)
-        return code
-
-    def _print(self, expr: Any, **kwargs: Any) -> str:
-        named = self.names.get(expr) if isinstance(expr, sp.Transpose) else None
-        if named is not None:
-            self.used.add(named)
-        return super()._print(expr, **kwargs)
 
 
 # ---------------------------------------------------------------------------- long lines
@@ -304,6 +292,17 @@ def _children(expr: Any) -> list[Any]:
     return []
 
 
+def _descendants(expr: Any) -> list[Any]:
+    """Every subexpression a long line can be split at, outermost first."""
+    out: list[Any] = []
+    stack = list(reversed(_children(expr)))
+    while stack:
+        node = stack.pop()
+        out.append(node)
+        stack.extend(reversed([c for c in _children(node) if c in node.args]))
+    return out
+
+
 def fit(
     target: str,
     expr: Any,
@@ -313,8 +312,8 @@ def fit(
 ) -> list[tuple[str, str, set[str]]]:
     """``target = expr`` as statements ``(name, code, names read)`` that each fit in :data:`WIDTH`.
 
-    While a line is too long, its largest subexpression is assigned first to
-    ``<target>_part<k>`` (k counting up).
+    While a line is too long, the smallest subexpression whose naming makes it
+    fit (else the largest) is assigned first to ``<target>_part<k>``.
     """
     if isinstance(expr, sp.Basic):
         losses = expr.atoms(mexpr.OutputLoss)
@@ -327,17 +326,24 @@ def fit(
         name, current = pending.pop()
         printer = new_printer(names)
         code = str(printer.doprint(current))
-        children = _children(current)
-        if indent + len(name) + 3 + len(code) <= WIDTH or not children:
+        excess = indent + len(name) + 3 + len(code) - WIDTH
+        candidates = _descendants(current) if excess > 0 else []
+        if not candidates:
             out.append((name, code, set(printer.used)))
             continue
-        lengths = [len(str(new_printer(names).doprint(c))) for c in children]
-        child = children[lengths.index(max(lengths))]
         count += 1
         part = f"{target}_part{count}"
+        lengths = [len(str(new_printer(names).doprint(c))) for c in candidates]
+        enough = [
+            (length, i) for i, length in enumerate(lengths) if length - len(part) >= excess
+        ]
+        if enough:
+            child = candidates[min(enough)[1]]
+        else:
+            child = candidates[lengths.index(max(lengths))]
         symbol = sp.MatrixSymbol(part, *child.shape) if mexpr.is_matrix(child) else sp.Symbol(part)
         names[symbol] = part
-        if child in current.args:
+        if child in current.args or child not in _children(current):
             replaced = current.xreplace({child: symbol})
         else:  # a run of atoms grouped by _children
             grouped = set(child.args)
@@ -372,9 +378,11 @@ def _atomic(expr: Any) -> bool:
 class Lowering:
     """Three-address code: an expression written into an existing array, in place.
 
-    Each line is one NumPy call (``np.matmul(a, b, out=z)``, ``z += b``), so no
+    Each line is one NumPy call (``np.dot(a, b, out=z)``, ``z += b``), so no
     full-size temporary is allocated; an operand that is itself compound is
-    first written into a scratch array asked of ``scratch(shape)``.
+    first written into a scratch array asked of ``scratch(shape)``.  Products
+    of 2-D arrays use ``np.dot``: with ``out`` it costs less per call than
+    ``np.matmul`` (the loops make many small calls) and calls the same BLAS.
     """
 
     def __init__(
@@ -399,17 +407,30 @@ class Lowering:
     def _same_printer(self, names: dict[Any, str]) -> _Printer:
         return _Printer(names, self.printer.helpers)
 
+    def short(self, expr: Any, out: Code) -> str:
+        """An atomic operand's code; a long one (a log-sum-exp) is named on a line of its own."""
+        code = self.code(expr)
+        if len(code) <= 40:
+            return code
+        name = f"{self.target}_part{len(self.parts) + 1}"
+        self.parts.append(name)
+        out.add(f"{name} = {self.fresh(expr, name, out)}", (), name)
+        self.scratches.add(name)
+        return name
+
     def statement(self, expr: Any, target: str) -> Code:
         """Lines that write ``expr`` into the array ``target``; every line reads what they all read."""
         self.printer.used.clear()
         self.scratches: set[str] = set()
+        self.target = target
+        self.parts: list[str] = []
         code = self.assign(expr, target)
         uses = frozenset(self.printer.used | self.scratches | {target})
         return Code([(line, uses, None, False) for line, _, _, _ in code.entries])
 
     def operand(self, expr: Any, out: Code) -> str:
         if _atomic(expr):
-            return self.code(expr)
+            return self.short(expr, out)
         buffer = self.scratch(expr.shape)
         self.scratches.add(buffer)
         out.extend(self.assign(expr, buffer))
@@ -418,7 +439,7 @@ class Lowering:
     def assign(self, expr: Any, target: str) -> Code:  # noqa: C901 - one case per node class
         code = Code()
         if _atomic(expr):
-            code.add(f"{target}[...] = {self.code(expr)}")
+            code.add(f"{target}[...] = {self.short(expr, code)}")
             return code
         if isinstance(expr, sp.MatMul) and _matmul_form(expr)[2] is not None:
             coeff, mats, axis = _matmul_form(expr)
@@ -440,7 +461,7 @@ class Lowering:
                     if i < len(mats) - 2:
                         into = self.scratch((mats[0].shape[0], factor.shape[1]))
                         self.scratches.add(into)
-                    code.add(f"np.matmul({left}, {right}, out={into})")
+                    code.add(f"np.dot({left}, {right}, out={into})")
                     left = into
             else:
                 code.extend(self.assign(mats[0], target))
@@ -457,7 +478,8 @@ class Lowering:
                 rest = [f for f in factors if f is not compound[0]]
             else:
                 a, b = factors[0], factors[1]
-                code.add(f"np.multiply({self.code(a)}, {self.code(b)}, out={target})")
+                a_code, b_code = self.short(a, code), self.short(b, code)
+                code.add(f"np.multiply({a_code}, {b_code}, out={target})")
                 rest = factors[2:]
             for factor in rest:
                 code.add(f"{target} *= {self.operand(factor, code)}")
@@ -472,7 +494,7 @@ class Lowering:
         if isinstance(expr, ElementwiseApplyFunction):
             arg = expr.expr
             if _atomic(arg):
-                arg_code = self.code(arg)
+                arg_code = self.short(arg, code)
             else:
                 code.extend(self.assign(arg, target))
                 arg_code = target
@@ -505,14 +527,15 @@ class Lowering:
             if signed[base][0]:
                 atoms = [i for i in rest if not signed[i][0] and _atomic(signed[i][1])]
                 if atoms:
-                    code.add(f"np.subtract({self.code(signed[atoms[0]][1])}, {target}, out={target})")
+                    first_code = self.short(signed[atoms[0]][1], code)
+                    code.add(f"np.subtract({first_code}, {target}, out={target})")
                     rest.remove(atoms[0])
                 else:
                     code.add(f"np.negative({target}, out={target})")
         else:
             order = sorted(range(len(signed)), key=lambda i: signed[i][0])
             first, second = order[0], order[1]
-            a, b = self.code(signed[first][1]), self.code(signed[second][1])
+            a, b = self.short(signed[first][1], code), self.short(signed[second][1], code)
             if signed[first][0]:
                 code.add(f"np.add({a}, {b}, out={target})")
                 code.add(f"np.negative({target}, out={target})")
@@ -666,15 +689,18 @@ class _Rolled:
     def new_printer(self, names: Mapping[Any, str]) -> _Printer:
         return _Printer(names, self.helpers)
 
-    def printer(self, context: str) -> _Printer:
+    def printer(self, context: str, extra: Mapping[Any, str] | None = None) -> _Printer:
         names = {"all": self.names_all, "step": self.names_step, "loop": self.names_loop}[context]
-        return self.new_printer(names)
+        return self.new_printer({**names, **(extra or {})})
 
-    def fresh(self, code: Code, target: str, expr: Any, context: str) -> None:
+    def fresh(
+        self, code: Code, target: str, expr: Any, context: str, extra: Mapping[Any, str] | None = None
+    ) -> None:
         """``target = expr`` as a new array (split into parts when the line is long)."""
         names = {"all": self.names_all, "step": self.names_step, "loop": self.names_loop}[context]
         indent = 8 if context == "loop" else 4
-        for part, text, used in fit(target, expr, self.new_printer, dict(names), indent):
+        names = {**names, **(extra or {})}
+        for part, text, used in fit(target, expr, self.new_printer, names, indent):
             code.add(f"{part} = {text}", used, part, True)
 
     def code_of(self, expr: Any, context: str) -> tuple[str, set[str]]:
@@ -703,7 +729,15 @@ class _Rolled:
         printer = self.new_printer(names)
         return f"{printer.doprint(statement.target)} = {printer.doprint(statement.expr)}"
 
-    def lower(self, expr: Any, target: str, context: str, code: Code, scratch_code: Code) -> None:
+    def lower(
+        self,
+        expr: Any,
+        target: str,
+        context: str,
+        code: Code,
+        scratch_code: Code,
+        extra: Mapping[Any, str] | None = None,
+    ) -> None:
         """``expr`` written into ``target`` in place; scratch arrays are asked in ``scratch_code``."""
         stacked = context == "all"
 
@@ -712,7 +746,7 @@ class _Rolled:
             self.buffer(scratch_code, name, *self.shape_code(shape, stacked))
             return name
 
-        lowering = Lowering(self.printer(context), scratch, 8 if context == "loop" else 4)
+        lowering = Lowering(self.printer(context, extra), scratch, 8 if context == "loop" else 4)
         code.extend(lowering.statement(expr, target))
 
     def buffer(self, code: Code, name: str, shape: str, uses: Iterable[str]) -> None:
@@ -866,16 +900,20 @@ class _Rolled:
         name = self.notation.loss_ascii
         total = sp.Symbol("_total")
         c.add(f"# {self.line_of(loss, 'step')}")
+        node = loss.expr
+        softmax = mexpr.Softmax(node.pre, node.axis)
+        known = {softmax: self.names_step[node.pred]} if node.output == "softmax" else {}
         if self.m2o:
             c.add(f"{self.names_step[y]} = Y", {"Y"}, self.names_step[y], True)
-            self.fresh(c, name, scale * loss.expr, "step")
+            self.fresh(c, name, scale * loss.expr, "step", known)
         else:
             y_all = self.names_all[y]
             c.add(f"{y_all} = Y.reshape(T * m, n_out)", {"Y", "T", "m", "n_out"}, y_all, True)
             terms = f"{self.notation.loss_ascii}_terms"
             matrix = stable_loss_matrix(loss.expr)
             self.buffer(c, terms, *self.shape_code(matrix.shape, True))
-            self.lower(matrix, terms, "all", c, c)
+            known = {softmax: self.names_all[node.pred]} if node.output == "softmax" else {}
+            self.lower(matrix, terms, "all", c, c, known)
             c.add(f"# {self.loss_line()}")
             printer = self.new_printer({total: f"{terms}.sum()"})
             c.add(f"{name} = {printer.doprint(scale * total)}", {terms} | self._size_uses(scale), name, True)
@@ -1214,7 +1252,12 @@ class _Unrolled:
             backward.add(f"{name} = {'Y' if many_to_one else f'Y[{i}]'}", {"Y"}, name, True)
         for s in self.forward:
             if s.role in ("loss", "total_loss"):
+                node = s.expr
+                if isinstance(node, mexpr.OutputLoss) and node.output == "softmax":
+                    softmax = mexpr.Softmax(node.pre, node.axis)
+                    self.names[softmax] = str(self.new_printer(self.names).doprint(node.pred))
                 self.assign(loss, s)
+                self.names = {k: v for k, v in self.names.items() if not isinstance(k, mexpr.Softmax)}
             else:
                 self.assign(forward, s)
         previous: list[str] = []

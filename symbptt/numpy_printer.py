@@ -308,9 +308,16 @@ def helper_source(name: str) -> str:
         )
     if name == "logsumexp":
         return (
-            "def logsumexp(x, axis):\n"
-            '    """log(sum(exp(x))) along axis, kept as a length-1 axis, with the maximum subtracted."""\n'
+            "def logsumexp(x, axis, softmax=None):\n"
+            '    """log(sum(exp(x))) along axis, kept as a length-1 axis.\n'
+            "\n"
+            "    softmax_k(x) = exp(x_k) / sum(exp(x)) gives x_k - log(softmax_k(x)) for any k:\n"
+            "    given the softmax, that at the largest x_k (no exp); else the maximum is\n"
+            '    subtracted before np.exp.\n'
+            '    """\n'
             "    top = x.max(axis=axis, keepdims=True)\n"
+            "    if softmax is not None:\n"
+            "        return top - np.log(softmax.max(axis=axis, keepdims=True))\n"
             "    return top + np.log(np.exp(x - top).sum(axis=axis, keepdims=True))\n"
         )
     activation = functions.ACTIVATIONS[name]
@@ -392,11 +399,13 @@ class NumPyPrinter(_SymPyNumPyPrinter):  # type: ignore[misc]
         super().__init__(settings=settings)
         self.names: dict[Any, str] = dict(names or {})
         self.helpers: set[str] = set()
+        self.used: set[str] = set()
 
     def _print(self, expr: Any, **kwargs: Any) -> str:
         if isinstance(expr, MatrixExpr) and not isinstance(expr, sp.MatrixSymbol):
             code = self.names.get(expr)
             if code is not None:
+                self.used.add(code)
                 return code
         return str(super()._print(expr, **kwargs))
 
@@ -472,10 +481,12 @@ class NumPyPrinter(_SymPyNumPyPrinter):  # type: ignore[misc]
     # -- atoms --------------------------------------------------------------------
     def _print_name(self, expr: Any) -> str:
         if expr in self.names:
+            self.used.add(self.names[expr])
             return self.names[expr]
         name = str(expr.name)
         if not name.isidentifier() or keyword.iskeyword(name):
             raise ValueError(f"symbol {name!r} is not a Python name; map it in `names`")
+        self.used.add(name)
         return name
 
     def _print_Symbol(self, expr: sp.Symbol) -> str:
@@ -686,8 +697,14 @@ class NumPyPrinter(_SymPyNumPyPrinter):  # type: ignore[misc]
         return f"softmax({self._print(expr.arg)}, axis={expr.axis})"
 
     def _print_LogSumExp(self, expr: LogSumExp) -> str:
+        """``logsumexp(o, axis=k)``, given the softmax of ``o`` when it is at hand (in ``names``)."""
         self.helpers.add("logsumexp")
-        return f"logsumexp({self._print(expr.arg)}, axis={expr.axis})"
+        softmax = self.names.get(mexpr.Softmax(expr.arg, expr.axis))
+        given = ""
+        if softmax is not None:
+            self.used.add(softmax)
+            given = f", softmax={softmax}"
+        return f"logsumexp({self._print(expr.arg)}, axis={expr.axis}{given})"
 
     def _print_OutputLoss(self, expr: mexpr.OutputLoss) -> str:
         return self._print(SumEntries(stable_loss_matrix(expr)))
