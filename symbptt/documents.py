@@ -65,6 +65,7 @@ __all__ = [
     "derivation_summary_latex",
     "escape_markdown",
     "overfull_boxes",
+    "render_documents",
     "render_latex",
     "render_markdown",
     "write_documents",
@@ -1532,7 +1533,10 @@ class _Writer:
         from .verify import scalar_proof
 
         small = _proof_spec(self.spec)
-        proof = scalar_proof(small, np.random.default_rng(_seed(self.spec)))
+        try:
+            proof = scalar_proof(small, np.random.default_rng(_seed(self.spec)))
+        except Exception as exc:  # reported in the document, not hidden
+            return {"ran": False, "error": f"{type(exc).__name__}: {exc}"}
         sizes = [
             ("n_0", small.n_in),
             ("n_1", small.n_hidden),
@@ -1541,6 +1545,7 @@ class _Writer:
             ("T", small.steps),
         ]
         return {
+            "ran": True,
             "sizes": [rf"{self.tex(sp.Symbol(n))} = {v}" for n, v in sizes],
             "entries": proof.entries,
             "gradients": [
@@ -1560,8 +1565,11 @@ class _Writer:
             module = None
         run: Callable[..., Any] | None = getattr(module, "gradcheck", None) if module else None
         if run is None:
-            return {"ran": False}
-        result = run(self.spec, np.random.default_rng(_seed(self.spec)))
+            return {"ran": False, "error": ""}
+        try:
+            result = run(self.spec, np.random.default_rng(_seed(self.spec)))
+        except Exception as exc:  # reported in the document, not hidden
+            return {"ran": False, "error": f"{type(exc).__name__}: {exc}"}
         return {
             "ran": True,
             "error": _sci(float(result.max_relative_error)),
@@ -1605,7 +1613,10 @@ def render_markdown(
     return _tidy_markdown(render("derivation.md.jinja", esc=escape_markdown, **context))
 
 
-def _render_both(spec: ModelSpec | Derivation, name: str | None, verify: bool) -> tuple[str, str]:
+def render_documents(
+    spec: ModelSpec | Derivation, *, name: str | None = None, verify: bool = True
+) -> tuple[str, str]:
+    """``(LaTeX, Markdown)`` from one derivation, with the checks run once for both."""
     context = _context(spec, name, verify)
     tex = render("derivation.tex.jinja", esc=escape_tex, **context)
     md = _tidy_markdown(render("derivation.md.jinja", esc=escape_markdown, **context))
@@ -1722,7 +1733,7 @@ def write_documents(
     """Write derivation.tex, derivation.md and (with ``pdf``) derivation.pdf in ``folder``."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    tex, md = _render_both(spec, name, verify)
+    tex, md = render_documents(spec, name=name, verify=verify)
     pdf_bytes = compile_pdf(tex)[0] if pdf else None
     written = []
     for file_name, data in (("derivation.tex", tex), ("derivation.md", md)):

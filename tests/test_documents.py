@@ -19,7 +19,6 @@ from symbptt import ModelSpec, derive
 from symbptt.documents import (
     TEX_INSTALL_HINT,
     TeXNotFoundError,
-    _render_both,
     _Writer,
     build_pdf,
     compile_pdf,
@@ -27,6 +26,7 @@ from symbptt.documents import (
     escape_markdown,
     overfull_boxes,
     prose,
+    render_documents,
     render_latex,
     render_markdown,
     tex_width,
@@ -492,6 +492,18 @@ def test_checks_skipped_say_not_run() -> None:
     assert "Not run: the checks were skipped" in md_of("xh_hello")
 
 
+def test_a_check_that_cannot_run_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    import symbptt.verify
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no oracle for 50% & more")
+
+    monkeypatch.setattr(symbptt.verify, "scalar_proof", broken)
+    tex, md = render_documents(PRESETS["xh_hello"])
+    assert r"Could not be run: RuntimeError: no oracle for 50\% \& more." in tex
+    assert "Could not be run: RuntimeError: no oracle for 50% &amp; more." in md
+
+
 @pytest.mark.slow
 def test_verified_section_filled_from_checks_run() -> None:
     tex = render_latex(PRESETS["layered_many_to_one"], verify=True)
@@ -589,7 +601,7 @@ def test_nasty_name_compiles_and_pdf_is_reproducible(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_generated_documents_are_up_to_date(name: str) -> None:
     folder = ROOT / "generated" / name
-    tex, md = _render_both(PRESETS[name], None, True)
+    tex, md = render_documents(PRESETS[name])
     assert (folder / "derivation.tex").read_text(encoding="utf-8") == tex, (
         f"generated/{name}/derivation.tex is stale: run python -m symbptt.regenerate"
     )
