@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 import io
+from functools import cache
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
 
+from symbptt import ModelSpec, emit_numpy, load_module
+from symbptt.presets import HELLO, PRESETS
 from symbptt.progress import Progress
-from symbptt.train import SGD, Adagrad, Adam, Optimizer, clip_by_norm, clip_by_value, global_norm
+from symbptt.train import (
+    SGD,
+    Adagrad,
+    Adam,
+    Optimizer,
+    clip_by_norm,
+    clip_by_value,
+    fit,
+    global_norm,
+    gradient_norms,
+    last_step_module,
+    truncated_bptt,
+)
 
 
 # -- optimizers on a quadratic bowl ---------------------------------------------------
@@ -146,3 +162,201 @@ def test_progress_respects_dumb_terminals(monkeypatch: pytest.MonkeyPatch) -> No
     with Progress(None, "deriving", stream=stream) as bar:
         bar.stage("emitting code")
     assert stream.getvalue() == ""
+
+
+# -- with generated modules -----------------------------------------------------------
+SPECS = {
+    "xh": ModelSpec(steps=4),
+    "layered_mean": ModelSpec(steps=4, notation="layered", time_reduction="mean"),
+    "uvw_sum_batch": ModelSpec(steps=4, notation="uvw", batch_reduction="sum", hidden="sigmoid"),
+    "aa_many_to_one": ModelSpec(steps=4, notation="aa", mode="many_to_one"),
+}
+SIZES = (3, 5, 4)  # n_in, n_hidden, n_out
+
+
+@cache
+def module_for(key: str) -> ModuleType:
+    return load_module(emit_numpy(SPECS[key]))
+
+
+def data(
+    key: str, rng: np.random.Generator, steps: int = 7, batch: int = 2
+) -> tuple[ModuleType, dict[str, Any], Any, Any, Any]:
+    module = module_for(key)
+    n_in, n_hidden, n_out = SIZES
+    params = module.init_params(n_in, n_hidden, n_out, rng=rng)
+    X = rng.normal(size=(steps, batch, n_in))
+    many = SPECS[key].mode == "many_to_many"
+    Y = rng.dirichlet(np.ones(n_out), size=(steps, batch) if many else (batch,))
+    h0 = rng.normal(scale=0.5, size=(batch, n_hidden))
+    return module, params, X, Y, h0
+
+
+@pytest.mark.parametrize("key", sorted(SPECS))
+@pytest.mark.parametrize("k", [7, 8, 100])
+def test_truncated_bptt_is_full_bptt_when_k_covers_T(
+    key: str, k: int, rng: np.random.Generator
+) -> None:
+    module, params, X, Y, h0 = data(key, rng)
+    loss, grads = module.loss_and_gradients(params, X, Y, h0)
+    t_loss, t_grads, h_T = truncated_bptt(module, params, X, Y, k, h0)
+    assert t_loss == pytest.approx(loss, rel=1e-12)
+    assert sorted(t_grads) == sorted(grads)
+    for name in grads:
+        np.testing.assert_allclose(t_grads[name], grads[name], rtol=1e-12, atol=1e-14)
+    _, _, state = module.loss_and_all_gradients(params, X, Y, h0)
+    np.testing.assert_allclose(h_T, state["h_T"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("key", sorted(SPECS))
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_truncated_bptt_windows(key: str, k: int, rng: np.random.Generator) -> None:
+    """Short windows: the forward pass (loss, final state) is the whole sequence's; the
+    output layer's gradients do not flow through time and are exact; the recurrent
+    weight's are truncated, so they differ."""
+    module, params, X, Y, h0 = data(key, rng)
+    loss, grads = module.loss_and_gradients(params, X, Y, h0)
+    t_loss, t_grads, h_T = truncated_bptt(module, params, X, Y, k, h0)
+    assert t_loss == pytest.approx(loss, rel=1e-12)
+    _, _, state = module.loss_and_all_gradients(params, X, Y, h0)
+    np.testing.assert_allclose(h_T, state["h_T"], rtol=1e-12)
+    for name, role in module.ROLES.items():
+        if role.startswith("output"):
+            np.testing.assert_allclose(t_grads[name], grads[name], rtol=1e-10, atol=1e-14)
+    recurrent = next(n for n, r in module.ROLES.items() if r == "recurrent_weight")
+    assert not np.allclose(t_grads[recurrent], grads[recurrent])
+
+
+def test_truncated_bptt_is_the_sum_of_detached_windows(rng: np.random.Generator) -> None:
+    """Each window is the module run from the carried state (the state as a constant)."""
+    module, params, X, Y, h0 = data("layered_mean", rng, steps=5)
+    _, t_grads, _ = truncated_bptt(module, params, X, Y, 2, h0)
+    expected = {name: np.zeros_like(value) for name, value in params.items()}
+    h = h0
+    for start, stop in ((0, 2), (2, 4), (4, 5)):
+        _, grads, state = module.loss_and_all_gradients(params, X[start:stop], Y[start:stop], h)
+        for name in expected:
+            expected[name] += grads[name] * (stop - start) / 5  # time mean
+        h = state["h_T"]
+    for name in expected:
+        np.testing.assert_allclose(t_grads[name], expected[name], rtol=1e-12)
+
+
+def test_truncated_bptt_bad_window(rng: np.random.Generator) -> None:
+    module, params, X, Y, h0 = data("xh", rng)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="k: got"):
+            truncated_bptt(module, params, X, Y, bad, h0)  # type: ignore[arg-type]
+
+
+def test_truncated_bptt_needs_a_generated_module(rng: np.random.Generator) -> None:
+    with pytest.raises(TypeError, match="emit_numpy"):
+        truncated_bptt(np, {}, np.zeros((2, 1, 1)), np.zeros((2, 1, 1)), 1)  # type: ignore[arg-type]
+
+
+# -- gradient norms -------------------------------------------------------------------
+@pytest.mark.parametrize("key", ["xh", "aa_many_to_one", "layered_mean"])
+def test_gradient_norms_match_finite_differences(key: str, rng: np.random.Generator) -> None:
+    """||dL_T/dh_k|| against central differences of the last step's loss in h_k."""
+    module, params, X, Y, h0 = data(key, rng, steps=5)
+    norms = gradient_norms(module, params, X, Y, h0)
+    assert norms.shape == (5,)
+    last = last_step_module(module)
+    target = Y if SPECS[key].mode == "many_to_one" else Y[-1]
+    eps = 1e-6
+    for k in range(5):
+        h_k = h0 if k == 0 else truncated_bptt(module, params, X[:k], _prefix(Y, k, key), k, h0)[2]
+        grad = np.zeros_like(h_k)
+        for index in np.ndindex(*h_k.shape):
+            step = np.zeros_like(h_k)
+            step[index] = eps
+            up = last.loss(params, X[k:], target, h_k + step)
+            down = last.loss(params, X[k:], target, h_k - step)
+            grad[index] = (up - down) / (2 * eps)
+        assert norms[k] == pytest.approx(np.linalg.norm(grad), rel=1e-6)
+
+
+def _prefix(Y: Any, k: int, key: str) -> Any:
+    return Y if SPECS[key].mode == "many_to_one" else Y[:k]
+
+
+def test_last_step_module_is_many_to_one() -> None:
+    module = module_for("xh")
+    last = last_step_module(module)
+    assert last.SPEC == {**module.SPEC, "mode": "many_to_one"}
+    assert last_step_module(last) is last
+    assert last_step_module(module) is last  # emitted once per spec
+
+
+def test_vanishing_and_exploding(rng: np.random.Generator) -> None:
+    """A small recurrent weight makes the norms fall geometrically going back from T;
+    a large one with an identity activation makes them grow."""
+    spec_vanish = ModelSpec(steps=4, notation="xh")
+    spec_explode = ModelSpec(steps=4, notation="xh", hidden="identity")
+    for spec, scale in ((spec_vanish, 0.2), (spec_explode, 1.6)):
+        module = load_module(emit_numpy(spec))
+        params = module.init_params(3, 4, 3, rng=rng)
+        params["W_hh"] = scale * np.eye(4)
+        X = rng.normal(size=(12, 1, 3))
+        Y = rng.dirichlet(np.ones(3), size=(12, 1))
+        norms = gradient_norms(module, params, X, Y)
+        ratios = norms[:-1] / norms[1:]  # ||dL_T/dh_k|| / ||dL_T/dh_{k+1}||
+        if scale < 1:
+            assert np.all(ratios < 0.2 + 1e-12)  # |tanh'| <= 1: at most the weight's scale
+            assert norms[0] < 1e-6 * norms[-1]
+        else:
+            np.testing.assert_allclose(ratios, scale, rtol=1e-10)  # identity: exactly W_hh^T
+            assert norms[0] > 100 * norms[-1]
+
+
+# -- training the demo's model --------------------------------------------------------
+def hello() -> tuple[ModuleType, Any, Any]:
+    module = load_module(emit_numpy(PRESETS["xh_hello"]))
+    eye = np.eye(len(HELLO))
+    X = np.stack([eye[HELLO.index(c)][None] for c in "hell"])
+    Y = np.stack([eye[HELLO.index(c)][None] for c in "ello"])
+    return module, X, Y
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [SGD(lr=0.5), Adam(lr=0.05), Adagrad(lr=0.3)],
+    ids=["sgd", "adam", "adagrad"],
+)
+def test_optimizers_decrease_the_demo_loss(optimizer: Optimizer) -> None:
+    module, X, Y = hello()
+    params = module.init_params(4, 8, 4, rng=0)
+    losses = fit(module, params, X, Y, optimizer=optimizer, iterations=150)
+    assert losses[-1] < 0.1 * losses[0]
+    assert module.loss(params, X, Y) < losses[-1]
+
+
+def test_fit_with_clipping_and_truncation() -> None:
+    module, X, Y = hello()
+    params = module.init_params(4, 8, 4, rng=1)
+    seen: list[float] = []
+
+    def callback(iteration: int, value: float, grads: Any) -> None:
+        seen.append(global_norm(grads))
+
+    losses = fit(
+        module,
+        params,
+        X,
+        Y,
+        optimizer=Adam(lr=0.05),
+        iterations=200,
+        truncate=2,
+        clip_norm=1.0,
+        clip_value=0.5,
+        callback=callback,
+    )
+    assert len(losses) == len(seen) == 200
+    assert max(seen) <= 1.0 + 1e-9
+    assert losses[-1] < 0.2 * losses[0]
+
+
+def test_fit_rejects_bad_iterations() -> None:
+    module, X, Y = hello()
+    with pytest.raises(ValueError, match="iterations"):
+        fit(module, module.init_params(4, 2, 4), X, Y, iterations=-1)
