@@ -15,11 +15,24 @@ from .exprlang import ExpressionError
 from .graph import build_graph
 from .notation import NOTATIONS
 from .spec import ModelSpec, SpecError
+from .train import (
+    SGD,
+    Adagrad,
+    Adam,
+    clip_by_norm,
+    clip_by_value,
+    fit,
+    gradient_norms,
+    truncated_bptt,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "NOTATIONS",
+    "SGD",
+    "Adagrad",
+    "Adam",
     "CheckResult",
     "Derivation",
     "ExpressionError",
@@ -29,9 +42,14 @@ __all__ = [
     "build_graph",
     "build_pdf",
     "check",
+    "clip_by_norm",
+    "clip_by_value",
     "derive",
     "emit_numpy",
+    "fit",
+    "gradient_norms",
     "load_module",
     "render_latex",
     "render_markdown",
+    "truncated_bptt",
 ]
