@@ -362,6 +362,8 @@ def _math_spans(md: str) -> list[str]:
         for line in block.splitlines():
             parts = re.split(r"(?<!\\)\$", line)
             assert len(parts) % 2 == 1, f"unbalanced $ in: {line}"
+            for span in parts[1::2]:  # GitHub needs $x$, not $ x $
+                assert span == span.strip() and span, f"inline math with spaces in: {line}"
             spans += parts[1::2]
     return spans
 
