@@ -285,6 +285,7 @@ def write_outputs(folder: Path, files: Mapping[str, bytes], force: bool = False)
     check_destination(folder, list(files), force)
     mode = 0o666 & ~_umask()
     staged: list[tuple[Path, Path]] = []
+    result = Written(folder)
     try:
         for name, data in files.items():
             fd, temp_name = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
@@ -295,15 +296,16 @@ def write_outputs(folder: Path, files: Mapping[str, bytes], force: bool = False)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.chmod(temp, mode)
-    except OSError as exc:
+        for temp, target in staged:
+            os.replace(temp, target)
+            result.files.append(target)
+    except BaseException as exc:  # nothing half-written, not even on Ctrl-C
         for temp, _ in staged:
             temp.unlink(missing_ok=True)
-        reason = exc.strerror or str(exc)
-        raise UsageError(f"{folder}: cannot write the outputs: {reason}") from None
-    result = Written(folder)
-    for temp, target in staged:
-        os.replace(temp, target)
-        result.files.append(target)
+        if isinstance(exc, OSError):
+            reason = exc.strerror or str(exc)
+            raise UsageError(f"{folder}: cannot write the outputs: {reason}") from None
+        raise
     return result
 
 

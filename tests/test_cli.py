@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -153,6 +155,24 @@ def test_bad_value_names_its_source(tmp_path: Path) -> None:
         spec_from_options(None, {"hidden": "nope"})
 
 
+def test_config_without_a_toml_reader(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python 3.10 without tomli: a clear one-line error, not an ImportError."""
+    real = importlib.import_module
+
+    def no_toml(name: str, *args: Any) -> Any:
+        if name in ("tomllib", "tomli"):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return real(name, *args)
+
+    monkeypatch.setattr(cli.importlib, "import_module", no_toml)
+    config = write(tmp_path / "m.toml", "steps = 3\n")
+    code, _, err = run(["derive", str(config), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2
+    assert_one_line_error(err, "Python 3.11", "pip install tomli")
+
+
 def test_missing_config(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = run(["derive", str(tmp_path / "none.toml"), "--out", str(tmp_path)], capsys)
     assert code == 2
@@ -221,6 +241,16 @@ def test_writer_is_all_or_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     # the old file is untouched, the new one absent, no temporary file left behind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.py"]
     assert (tmp_path / "a.py").read_bytes() == MARKED + b"old = 1\n"
+
+
+def test_writer_cleans_up_on_interrupt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(fd: int) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_outputs(tmp_path, {"a.py": MARKED})
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_writer_refuses_a_folder_in_the_way(tmp_path: Path) -> None:
