@@ -1392,8 +1392,7 @@ def _context(spec: ModelSpec, d: Derivation, unrolled: bool) -> dict[str, Any]:
         if many_to_one:
             prediction = f'cache["{built["prediction"]}"]'
         else:
-            items = ", ".join(f'cache["{name}"]' for name in built["predictions"])
-            prediction = f"np.stack([{items}])"
+            prediction = "np.stack([cache[name] for name in _PREDICTIONS])"
     else:
         final_hidden = f'cache["{built["hidden_seq"]}"][-1]'
         name = built["prediction"]
@@ -1483,6 +1482,7 @@ def _context(spec: ModelSpec, d: Derivation, unrolled: bool) -> dict[str, Any]:
         "output_axis": 0 if column else 1,
         "target_shape": data_shape,
         "workspace": not unrolled,
+        "stacked_predictions": built.get("predictions", []) if not many_to_one else [],
         "helpers": helpers,
     }
 

@@ -1,0 +1,207 @@
+"""Numerical verification of a generated gradient module.
+
+Used by the tests, the documents and the command line:
+
+* :func:`random_problem` draws parameters, data and targets a module accepts
+  (targets fit the loss: distributions for cross-entropy, 0/1 for binary
+  cross-entropy, reals for squared error);
+* :func:`finite_difference_errors` compares the module's gradients with central
+  finite differences of its own loss, in float64, and returns the largest
+  relative error per parameter (and for ``X`` and ``h0``);
+* :func:`taylor_test` checks, along a random direction ``v``, that the
+  remainder ``|L(p + e v) - L(p) - e <g, v>|`` falls like ``e**2`` (slope about
+  2 on a log-log scale) and that ``<g, v>`` matches the central difference of
+  ``L`` along ``v`` (a directional-derivative test that scales to long
+  sequences, where entry-by-entry differences would be slow).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = [
+    "Problem",
+    "TaylorResult",
+    "finite_difference_errors",
+    "random_problem",
+    "relative_error",
+    "taylor_test",
+]
+
+Array = NDArray[Any]
+
+
+@dataclass
+class Problem:
+    """Arguments of a generated module's functions: ``params``, ``X``, ``Y`` and ``h0``."""
+
+    params: dict[str, Array]
+    X: Array
+    Y: Array
+    h0: Array | None
+
+    def args(self) -> tuple[dict[str, Array], Array, Array, Array | None]:
+        return self.params, self.X, self.Y, self.h0
+
+
+def random_problem(
+    module: ModuleType,
+    steps: int | None = None,
+    batch: int = 2,
+    n_in: int = 3,
+    n_hidden: int = 4,
+    n_out: int = 3,
+    rng: np.random.Generator | int | None = 0,
+    dtype: Any = np.float64,
+    scale: float = 0.5,
+    initial_state: bool = True,
+) -> Problem:
+    """Random arguments for ``module`` (sizes fixed by its spec win over the ones given).
+
+    Weights and biases are drawn with standard deviation ``scale`` (biases too,
+    so that their gradients are tested away from zero), ``h0`` likewise unless
+    ``initial_state`` is False (then ``h0`` is None: zeros).
+    """
+    rng = np.random.default_rng(rng)
+    sizes = module.SIZES
+    n_in = sizes["n_in"] or n_in
+    n_hidden = sizes["n_hidden"] or n_hidden
+    n_out = sizes["n_out"] or n_out
+    batch = sizes["m"] or batch
+    steps = module.STEPS or steps or module.SPEC["steps"]
+    params = module.init_params(n_in, n_hidden, n_out, rng=rng, dtype=dtype)
+    params = {
+        name: rng.normal(scale=scale, size=value.shape).astype(dtype)
+        for name, value in params.items()
+    }
+    X = rng.normal(size=(steps, batch, n_in)).astype(dtype)
+    shape = (steps, batch, n_out) if module.SPEC["mode"] == "many_to_many" else (batch, n_out)
+    loss = module.SPEC["loss"]
+    if loss == "cross_entropy":
+        raw = rng.random(shape) + 0.1
+        Y = raw / raw.sum(axis=-1, keepdims=True)
+    elif loss == "binary_cross_entropy":
+        Y = (rng.random(shape) < 0.5).astype(float)
+    else:
+        Y = rng.normal(size=shape)
+    h0 = rng.normal(scale=scale, size=(batch, n_hidden)).astype(dtype) if initial_state else None
+    return Problem(params, X, Y.astype(dtype), h0)
+
+
+def relative_error(actual: Array, expected: Array) -> float:
+    """``max |actual - expected|`` relative to the larger of their largest entries."""
+    actual, expected = np.asarray(actual, float), np.asarray(expected, float)
+    scale = max(float(np.abs(expected).max(initial=0.0)), float(np.abs(actual).max(initial=0.0)))
+    if scale == 0.0:
+        return 0.0
+    return float(np.abs(actual - expected).max(initial=0.0)) / scale
+
+
+def _central_differences(loss: Any, array: Array, eps: float) -> Array:
+    """d loss / d array by central differences, one entry at a time (``array`` is restored)."""
+    out = np.zeros_like(array, dtype=float)
+    for index in np.ndindex(array.shape):
+        old = array[index]
+        array[index] = old + eps
+        plus = loss()
+        array[index] = old - eps
+        minus = loss()
+        array[index] = old
+        out[index] = (plus - minus) / (2 * eps)
+    return out
+
+
+def finite_difference_errors(
+    module: ModuleType, problem: Problem, eps: float = 1e-6
+) -> dict[str, float]:
+    """Largest relative error of each gradient against central differences (float64).
+
+    Keys: the parameters, ``"X"`` and ``"h0"`` (the latter two from
+    ``loss_and_all_gradients``).  ``problem`` must be float64.
+    """
+    if problem.X.dtype != np.float64:
+        raise ValueError(f"problem: expected float64 arrays, got {problem.X.dtype}")
+    params, X, Y, h0 = problem.args()
+    h0 = h0 if h0 is not None else np.zeros((X.shape[1], params[_recurrent(module)].shape[0]))
+    _, gradients, state = module.loss_and_all_gradients(params, X, Y, h0)
+
+    def loss() -> float:
+        return float(module.loss(params, X, Y, h0))
+
+    errors = {}
+    for name in module.PARAMETERS:
+        errors[name] = relative_error(gradients[name], _central_differences(loss, params[name], eps))
+    errors["X"] = relative_error(state["dX"], _central_differences(loss, X, eps))
+    errors["h0"] = relative_error(state["dh0"], _central_differences(loss, h0, eps))
+    return errors
+
+
+def _recurrent(module: ModuleType) -> str:
+    return next(name for name, role in module.ROLES.items() if role == "recurrent_weight")
+
+
+@dataclass
+class TaylorResult:
+    """The outcome of :func:`taylor_test`.
+
+    ``steps`` are the step sizes e, ``remainders`` ``|L(p + e v) - L(p) - e <g, v>|``,
+    ``slopes`` the log-log slopes between consecutive steps (about 2 when the
+    gradient is right, about 1 when it is wrong), ``directional_error`` the
+    relative difference between ``<g, v>`` and the central difference of L
+    along v at the middle step.
+    """
+
+    steps: list[float]
+    remainders: list[float]
+    slopes: list[float] = field(default_factory=list)
+    directional_error: float = math.nan
+
+    @property
+    def slope(self) -> float:
+        """The median slope (robust to one step lost in rounding)."""
+        return float(np.median(self.slopes)) if self.slopes else math.nan
+
+
+def taylor_test(
+    module: ModuleType,
+    problem: Problem,
+    rng: np.random.Generator | int | None = 0,
+    steps: tuple[float, ...] = (1e-1, 5e-2, 2.5e-2, 1.25e-2, 6.25e-3),
+    inputs: bool = True,
+) -> TaylorResult:
+    """Taylor-remainder and directional-derivative test along a random direction.
+
+    The direction perturbs every parameter and, with ``inputs``, X and h0 too
+    (their gradients from ``loss_and_all_gradients``).
+    """
+    rng = np.random.default_rng(rng)
+    params, X, Y, h0 = problem.args()
+    h0 = h0 if h0 is not None else np.zeros((X.shape[1], params[_recurrent(module)].shape[0]))
+    base, gradients, state = module.loss_and_all_gradients(params, X, Y, h0)
+    point = {**params, "X": X, "h0": h0}
+    grads = {**gradients, "X": state["dX"], "h0": state["dh0"]}
+    names = list(params) + (["X", "h0"] if inputs else [])
+    direction = {name: rng.normal(size=point[name].shape) for name in names}
+    slope_along = sum(float(np.sum(grads[n] * direction[n])) for n in names)
+
+    def loss_at(e: float) -> float:
+        moved = {n: point[n] + e * direction[n] if n in direction else point[n] for n in point}
+        ps = {n: moved[n] for n in params}
+        return float(module.loss(ps, moved["X"], Y, moved["h0"]))
+
+    remainders = [abs(loss_at(e) - base - e * slope_along) for e in steps]
+    slopes = [
+        math.log(r0 / r1) / math.log(e0 / e1)
+        for (e0, r0), (e1, r1) in zip(zip(steps, remainders), zip(steps[1:], remainders[1:]))
+        if r0 > 0 and r1 > 0
+    ]
+    middle = steps[len(steps) // 2] * 1e-3
+    central = (loss_at(middle) - loss_at(-middle)) / (2 * middle)
+    directional = abs(central - slope_along) / max(abs(central), abs(slope_along), 1e-300)
+    return TaylorResult(list(steps), remainders, slopes, directional)
