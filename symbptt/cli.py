@@ -648,6 +648,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
             f"({' '.join(map(repr, operands))}); quote the expression"
         )
     config, expr = (None, operands[0]) if len(operands) == 1 else operands
+    if config is not None and expr.endswith(".toml") and not config.endswith(".toml"):
+        config, expr = expr, config  # EXPR given before CONFIG.toml
     spec = _spec_from_args(args, config)
     if not expr.strip():
         raise UsageError("EXPR: the candidate expression is empty")

@@ -449,6 +449,9 @@ def test_check_with_config_and_flags_in_any_order(
     code, out, _ = run(["check", "--wrt", "W_h1", str(config), expr, "--steps", "2"], capsys)
     assert code == 0, out
     assert "T=2" in out
+    code, out, _ = run(["check", "--wrt", "W_h1", expr, str(config)], capsys)
+    assert code == 0, out
+    assert "T=5" in out
 
 
 def test_check_expression_starting_with_minus(capsys: pytest.CaptureFixture[str]) -> None:
