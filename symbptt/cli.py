@@ -334,6 +334,9 @@ def _derive_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
         allow_abbrev=False,
         name="derive",
+        usage=(
+            "symbptt derive [CONFIG.toml] [spec flags] --out DIR [--unrolled] [--no-pdf] [--force]"
+        ),
         help="derive a model: gradient code, LaTeX/Markdown/PDF derivation, numerical check",
         description=(
             "Derive the BPTT gradients of a model and write DIR/gradients.py (plus "
@@ -360,6 +363,7 @@ def _check_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
         allow_abbrev=False,
         name="check",
+        usage='symbptt check [CONFIG.toml] [spec flags] --wrt NAME "EXPR"',
         help="check a hand-derived gradient (exit 0 equal, 1 not equal, 2 bad input)",
         description=(
             "Check a hand-derived gradient written in the expression language against the "
@@ -371,8 +375,8 @@ def _check_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "operands",
         nargs="+",
-        metavar="[CONFIG.toml] EXPR",
-        help="an optional config file, then the candidate expression",
+        metavar="CONFIG.toml EXPR",
+        help="an optional config file, then the candidate expression (quoted)",
     )
     p.add_argument("--wrt", required=True, metavar="NAME", help="the parameter, e.g. W_hh")
     _add_spec_flags(p)
