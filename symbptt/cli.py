@@ -4,8 +4,8 @@ Commands::
 
     symbptt derive [CONFIG.toml] [spec flags] --out DIR [--unrolled] [--no-pdf] [--force]
     symbptt check [CONFIG.toml] [spec flags] --wrt NAME "EXPR"
-    symbptt notations
-    symbptt demo [--out DIR] [...]
+    symbptt notations [NAME]
+    symbptt demo [--out DIR] [--optimizer adam|sgd|adagrad] [--iterations N] [...]
     symbptt --version
 
 A spec comes from, lowest precedence first: the default ``ModelSpec()``, a
@@ -36,7 +36,18 @@ from .presets import PRESETS
 from .progress import Progress
 from .spec import CHOICES, ModelSpec, SpecError
 
-__all__ = ["UsageError", "load_config", "main", "spec_from_options", "write_outputs"]
+__all__ = [
+    "UsageError",
+    "build_artifacts",
+    "check_destination",
+    "generated_by_symbptt",
+    "load_config",
+    "main",
+    "numerical_check",
+    "run_demo",
+    "spec_from_options",
+    "write_outputs",
+]
 
 PROG = "symbptt"
 
