@@ -172,7 +172,7 @@ def taylor_test(
     module: ModuleType,
     problem: Problem,
     rng: np.random.Generator | int | None = 0,
-    steps: tuple[float, ...] = (1e-1, 5e-2, 2.5e-2, 1.25e-2, 6.25e-3),
+    steps: tuple[float, ...] = (1e-2, 5e-3, 2.5e-3, 1.25e-3, 6.25e-4),
     inputs: bool = True,
 ) -> TaylorResult:
     """Taylor-remainder and directional-derivative test along a random direction.

@@ -358,6 +358,12 @@ def _matmul_form(expr: Any) -> tuple[Any, list[Any], int | None]:
     """``(coeff, factors, axis)``: ones factors that only broadcast are dropped, a sum
     over an axis (``X 1`` or ``1^T X``) is reported as ``axis`` (None for a product)."""
     coeff, mats = _flatten_matmul(expr)
+    if len(mats) >= 2 and _is_ones(mats[0]) and 1 not in mats[0].shape:
+        rows, cols = mats[0].shape  # 1_(r x c) = 1_(r x 1) 1_(1 x c)
+        mats = [sp.OneMatrix(rows, 1), sp.OneMatrix(1, cols), *mats[1:]]
+    if len(mats) >= 2 and _is_ones(mats[-1]) and 1 not in mats[-1].shape:
+        rows, cols = mats[-1].shape
+        mats = [*mats[:-1], sp.OneMatrix(rows, 1), sp.OneMatrix(1, cols)]
     changed = True
     while changed and len(mats) >= 2:
         changed = False

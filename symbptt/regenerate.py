@@ -37,11 +37,14 @@ def _document_writer() -> Callable[[Any, Path], Any] | None:
     return writer if callable(writer) else None
 
 
-def regenerate(outdir: str | Path = "generated") -> list[Path]:
-    """Write the generated files of every preset under ``outdir``; returns the code files."""
+def regenerate(outdir: str | Path = "generated", documents: bool = True) -> list[Path]:
+    """Write the generated files of every preset under ``outdir``; returns the code files.
+
+    ``documents=False`` writes the code files only.
+    """
     root = Path(outdir)
     written: list[Path] = []
-    write_documents = _document_writer()
+    write_documents = _document_writer() if documents else None
     for name in sorted(PRESETS):
         spec = PRESETS[name]
         folder = root / name

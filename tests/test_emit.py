@@ -1,0 +1,330 @@
+"""The generated modules' contract: API, validation, dtypes, text, determinism, cleanliness."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import traceback
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import symbptt
+from symbptt import ModelSpec, functions
+from symbptt.gradcheck import finite_difference_errors, random_problem, relative_error
+from symbptt.presets import PRESETS
+from symbptt.spec import CHOICES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@cache
+def module_for(spec: ModelSpec, unrolled: bool = False) -> ModuleType:
+    return symbptt.load_module(symbptt.emit_numpy(spec, unrolled=unrolled))
+
+
+XH = ModelSpec(steps=3)
+LAYERED = ModelSpec(steps=3, notation="layered", mode="many_to_one")
+
+
+# -- the contract ------------------------------------------------------------------
+@pytest.mark.parametrize("unrolled", [False, True])
+def test_constants_and_init_params_follow_the_notation(unrolled: bool) -> None:
+    column = module_for(XH, unrolled)
+    assert column.PARAMETERS == ("W_xh", "W_hh", "W_hy", "b_h", "b_y")
+    assert column.ROLES["W_hh"] == "recurrent_weight" and column.LAYOUT == "column"
+    params = column.init_params(3, 4, 5, rng=0)
+    shapes = {name: value.shape for name, value in params.items()}
+    assert shapes == {"W_xh": (4, 3), "W_hh": (4, 4), "W_hy": (5, 4), "b_h": (4, 1), "b_y": (5, 1)}
+    row = module_for(LAYERED, unrolled)
+    assert row.LAYOUT == "row" and row.PARAMETERS == ("W_1", "W_h1", "W_2", "beta_1", "beta_2")
+    params = row.init_params(3, 4, 5, rng=0, dtype=np.float32)
+    assert params["W_1"].shape == (3, 4) and params["W_2"].shape == (4, 5)
+    assert params["beta_1"].shape == (4, 1) and params["beta_1"].dtype == np.float32
+    assert (column.STEPS, row.STEPS) == ((3, 3) if unrolled else (None, None))
+
+
+@pytest.mark.parametrize("spec", [XH, LAYERED], ids=["xh", "layered_many_to_one"])
+def test_forward_loss_and_gradients_agree(spec: ModelSpec) -> None:
+    mod = module_for(spec)
+    p = random_problem(mod, steps=5, batch=3)
+    predictions, cache_ = mod.forward(*p.args()[:2], p.h0)
+    shape = (5, 3, 3) if spec.mode == "many_to_many" else (3, 3)
+    assert predictions.shape == shape and isinstance(cache_, dict)
+    value = mod.loss(*p.args())
+    loss, gradients = mod.loss_and_gradients(*p.args())
+    assert isinstance(loss, float) and loss == pytest.approx(value, rel=1e-14)
+    assert list(gradients) == list(mod.PARAMETERS)
+    for name, gradient in gradients.items():
+        assert gradient.shape == p.params[name].shape
+    loss2, gradients2, state = mod.loss_and_all_gradients(*p.args())
+    assert loss2 == loss
+    assert all(np.array_equal(gradients[n], gradients2[n]) for n in gradients)
+    assert state["dX"].shape == p.X.shape
+    assert state["dh0"].shape == state["h_T"].shape == (3, 4)
+
+
+def test_h0_none_means_zeros_and_h_T_chains_truncated_bptt() -> None:
+    mod = module_for(XH)
+    p = random_problem(mod, steps=6)
+    zeros = np.zeros_like(p.h0)
+    assert mod.loss(p.params, p.X, p.Y) == mod.loss(p.params, p.X, p.Y, zeros)
+    whole, _ = mod.forward(p.params, p.X, p.h0)
+    _, _, state = mod.loss_and_all_gradients(p.params, p.X[:3], p.Y[:3], p.h0)
+    second, _ = mod.forward(p.params, p.X[3:], state["h_T"])
+    np.testing.assert_allclose(second, whole[3:], rtol=1e-13, atol=1e-15)
+
+
+def test_rolled_module_takes_T_from_X_and_unrolled_checks_it() -> None:
+    rolled, unrolled = module_for(XH), module_for(XH, True)
+    for steps in (1, 2, 7):
+        p = random_problem(rolled, steps=steps)
+        assert np.isfinite(rolled.loss(*p.args()))
+    p = random_problem(rolled, steps=4)
+    with pytest.raises(ValueError, match=r"X: expected shape \(T, m, n_in\) with T = 3"):
+        unrolled.loss(*p.args())
+
+
+def test_float32_in_float32_out() -> None:
+    for unrolled in (False, True):
+        mod = module_for(XH, unrolled)
+        p = random_problem(mod, dtype=np.float32)
+        loss, gradients, state = mod.loss_and_all_gradients(*p.args())
+        assert all(g.dtype == np.float32 for g in gradients.values())
+        assert {v.dtype for v in state.values()} == {np.dtype(np.float32)}
+        assert mod.forward(p.params, p.X)[0].dtype == np.float32
+        p64 = random_problem(mod, dtype=np.float64)
+        loss64, gradients64 = mod.loss_and_gradients(*p64.args())
+        assert loss == pytest.approx(loss64, rel=1e-5)
+        for name in gradients:
+            assert relative_error(gradients[name], gradients64[name]) < 1e-4
+
+
+def test_validation_names_the_argument_and_the_shapes() -> None:
+    mod = module_for(XH)
+    p = random_problem(mod)
+    params, X, Y, h0 = p.args()
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"params": {k: v for k, v in params.items() if k != "W_hh"}}, "params: missing W_hh"),
+        ({"params": {**params, "V": params["W_hh"]}}, "params: unexpected V"),
+        (
+            {"params": {**params, "W_xh": params["W_xh"][:, :2]}},
+            r"W_xh: expected shape \(n_hidden, n_in\) = \(4, 3\), got \(4, 2\)",
+        ),
+        (
+            {"params": {**params, "b_h": params["b_h"].ravel()}},
+            r"b_h: expected shape \(n_hidden, 1\) = \(4, 1\), got \(4,\)",
+        ),
+        ({"X": X[0]}, r"X: expected shape \(T, m, n_in\), got \(2, 3\)"),
+        ({"X": X.astype(int)}, "X: expected a float32 or float64 array, got int64"),
+        ({"Y": Y[:, :1]}, r"Y: expected shape \(T, m, n_out\) = \(3, 2, 3\), got \(3, 1, 3\)"),
+        ({"h0": h0.T}, r"h0: expected shape \(m, n_hidden\) = \(2, 4\), got \(4, 2\)"),
+        ({"h0": h0.astype(np.float32)}, "h0: expected dtype float64 .*got float32"),
+        (
+            {"params": {**params, "W_hy": params["W_hy"].astype(np.float32)}},
+            "W_hy: expected dtype float64",
+        ),
+    ]
+    for change, message in cases:
+        args = {"params": params, "X": X, "Y": Y, "h0": h0, **change}
+        with pytest.raises(ValueError, match=message):
+            mod.loss_and_gradients(args["params"], args["X"], args["Y"], args["h0"])
+
+
+def test_sizes_fixed_by_the_spec_are_checked() -> None:
+    mod = module_for(PRESETS["xh_hello"])
+    assert mod.SIZES == {"n_in": 4, "n_hidden": None, "n_out": 4, "m": 1}
+    p = random_problem(mod)
+    assert p.X.shape[1:] == (1, 4)
+    assert np.isfinite(mod.loss(*p.args()))
+    with pytest.raises(ValueError, match="m = 1"):
+        mod.loss(p.params, np.zeros((4, 2, 4)), np.zeros((4, 2, 4)))
+    with pytest.raises(ValueError, match="n_in: expected 4"):
+        mod.init_params(3, 5, 4)
+
+
+def test_the_workspace_is_reused_and_can_be_cleared() -> None:
+    mod = module_for(XH)
+    small, large = random_problem(mod, steps=2), random_problem(mod, steps=5, batch=4)
+    first = mod.loss_and_gradients(*small.args())
+    mod.loss_and_gradients(*large.args())
+    again = mod.loss_and_gradients(*small.args())
+    assert first[0] == again[0]
+    assert all(np.array_equal(first[1][n], again[1][n]) for n in first[1])
+    mod.clear_workspace()
+    assert mod.loss_and_gradients(*small.args())[0] == first[0]
+
+
+def test_a_derivation_is_accepted_in_place_of_its_spec() -> None:
+    derivation = symbptt.derive(XH)
+    assert symbptt.emit_numpy(derivation) == symbptt.emit_numpy(XH)
+    assert symbptt.emit_numpy(derivation, unrolled=True) == symbptt.emit_numpy(XH, unrolled=True)
+
+
+# -- printed from the derivation ---------------------------------------------------
+def test_an_activation_defined_only_in_sympy_yields_correct_code(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(functions, "ACTIVATIONS", dict(functions.ACTIVATIONS))
+    monkeypatch.setattr(functions, "_BY_LAMBDA", dict(functions._BY_LAMBDA))
+    functions.register_activation("softplus", sp.log(1 + sp.exp(functions.z)))
+    for notation in ("xh", "layered"):
+        spec = ModelSpec(steps=3, hidden="softplus", notation=notation)
+        for unrolled in (False, True):
+            source = symbptt.emit_numpy(spec, unrolled=unrolled)
+            assert "np.logaddexp(0, z" in source or "np.logaddexp(0, Z1" in source
+            mod = symbptt.load_module(source)
+            errors = finite_difference_errors(mod, random_problem(mod))
+            assert max(errors.values()) < 1e-6, errors
+
+
+@pytest.mark.parametrize(
+    ("output", "loss"),
+    [
+        ("softmax", "cross_entropy"),
+        ("sigmoid", "binary_cross_entropy"),
+        ("sigmoid", "squared_error"),
+        ("softmax", "squared_error"),
+        ("identity", "squared_error"),
+        ("relu", "squared_error"),
+    ],
+)
+def test_logits_of_plus_minus_1000_give_finite_losses_and_gradients(output: str, loss: str) -> None:
+    spec = ModelSpec(steps=3, output=output, loss=loss, notation="uvw")
+    for unrolled in (False, True):
+        mod = module_for(spec, unrolled)
+        p = random_problem(mod)
+        p.params["b_y"][:, 0] = [1000.0, -1000.0, 1000.0]
+        if loss == "cross_entropy":
+            p.Y[:] = np.array([0.0, 1.0, 0.0])
+        value, gradients, state = mod.loss_and_all_gradients(*p.args())
+        assert np.isfinite(value)
+        assert all(np.isfinite(g).all() for g in [*gradients.values(), *state.values()])
+        assert value > 900 if loss != "squared_error" or output == "identity" else True
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 5, 6])
+def test_rolled_and_unrolled_agree(steps: int) -> None:
+    specs = [
+        ModelSpec(steps=steps, notation="xh", time_reduction="mean"),
+        ModelSpec(steps=steps, notation="layered", mode="many_to_one", hidden="relu"),
+        ModelSpec(steps=steps, notation="aa", output="sigmoid", loss="binary_cross_entropy"),
+        ModelSpec(steps=steps, notation="uvw", output="softmax", loss="squared_error", bias=False),
+    ]
+    for spec in specs:
+        rolled, unrolled = module_for(spec), module_for(spec, True)
+        p = random_problem(rolled)
+        a, b = rolled.loss_and_all_gradients(*p.args()), unrolled.loss_and_all_gradients(*p.args())
+        assert a[0] == pytest.approx(b[0], rel=1e-12)
+        for name in a[1]:
+            assert relative_error(a[1][name], b[1][name]) < 1e-12, (spec, name)
+        for name in ("dX", "dh0", "h_T"):
+            assert relative_error(a[2][name], b[2][name]) < 1e-12, (spec, name)
+
+
+# -- the text ----------------------------------------------------------------------
+def test_header_docstring_and_comments() -> None:
+    source = symbptt.emit_numpy(XH)
+    header = source.split('"""')[1]
+    assert "do not edit" in header
+    assert "python -m symbptt.regenerate" in header
+    assert f"Spec hash {XH.hash()}; SymPy {sp.__version__}" in header
+    assert "z_t = W_xh @ x_t + W_hh @ h_(t-1) + b_h" in header
+    assert "W_xh (n_hidden, n_in)" in header and "sum over time, mean over the batch" in header
+    assert "Layout: column vectors" in header
+    assert "# grad of: o_t = h_t @ W_hy.T + b_y.T" in source
+    assert "# grad of: h_t = np.tanh(z_t)" in source
+    assert "/tmp" not in source and str(ROOT) not in source
+    unrolled = symbptt.emit_numpy(LAYERED, unrolled=True)
+    assert "unrolled for T = 3 steps" in unrolled
+    assert "Z1_1 = X_1 @ W_1 + H1_0 @ W_h1 + beta_1.T" in unrolled
+
+
+def test_the_rolled_loop_holds_only_the_recurrence() -> None:
+    source = symbptt.emit_numpy(XH)
+    loops: list[str] = []
+    inside = False
+    for line in source.splitlines():
+        if line.startswith("    for t in range("):
+            loops.append("")
+            inside = True
+        elif inside and line.startswith("        "):
+            if not line.strip().startswith("#"):
+                loops[-1] += line.strip() + "\n"
+        else:
+            inside = False
+    forward, backward = loops
+    assert "np.dot(h_prev, W_hh_T, out=" in forward and "np.tanh(z_t, out=h_t)" in forward
+    assert "W_xh" not in forward and "W_hy" not in forward
+    assert "np.dot(delta_next, W_hh, out=" in backward
+    assert "W_xh" not in backward and "W_hy" not in backward and "dW" not in backward
+    assert "np.dot(x_all, W_xh.T, out=z_all)" in source
+    assert "dW_xh = delta_all.T @ x_all" in source
+
+
+def _spread() -> list[tuple[ModelSpec, bool]]:
+    out = []
+    for i, notation in enumerate(CHOICES["notation"]):
+        for mode in CHOICES["mode"]:
+            for unrolled in (False, True):
+                out.append((ModelSpec(steps=3, notation=notation, mode=mode), unrolled))
+    pairs = [("softmax", "binary_cross_entropy"), ("softmax", "squared_error")]
+    pairs += [("sigmoid", "squared_error"), ("relu", "squared_error")]
+    for (output, loss), hidden in zip(pairs, ("sigmoid", "relu", "identity", "tanh")):
+        spec = ModelSpec(steps=2, output=output, loss=loss, hidden=hidden, notation="aa")
+        out += [(spec, False), (spec, True)]
+    return out
+
+
+def _ruff() -> list[str]:
+    if importlib.util.find_spec("ruff") is None:
+        pytest.skip("ruff is not installed")
+    return [sys.executable, "-m", "ruff"]
+
+
+def test_generated_code_is_ruff_clean(tmp_path: Path) -> None:
+    ruff = _ruff()
+    for i, (spec, unrolled) in enumerate(_spread()):
+        (tmp_path / f"module_{i}.py").write_text(symbptt.emit_numpy(spec, unrolled=unrolled))
+    for command in (["check", "--isolated"], ["format", "--isolated", "--check"]):
+        result = subprocess.run([*ruff, *command, str(tmp_path)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_same_spec_gives_the_same_bytes_under_any_hash_seed() -> None:
+    script = (
+        "import hashlib, symbptt\n"
+        "from symbptt import ModelSpec\n"
+        "h = hashlib.sha256()\n"
+        "for spec in [ModelSpec(steps=3), ModelSpec(steps=2, notation='layered',"
+        " mode='many_to_one', output='softmax', loss='squared_error', hidden='relu')]:\n"
+        "    for unrolled in (False, True):\n"
+        "        h.update(symbptt.emit_numpy(spec, unrolled=unrolled).encode())\n"
+        "print(h.hexdigest())\n"
+    )
+    digests = set()
+    for seed in ("0", "4242"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        result = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT
+        )
+        assert result.returncode == 0, result.stderr
+        digests.add(result.stdout.strip())
+    assert len(digests) == 1
+
+
+def test_load_module_imports_from_a_file_so_tracebacks_show_lines() -> None:
+    mod = symbptt.load_module("def boom():\n    raise RuntimeError('from generated code')\n")
+    assert mod.__file__ is not None and Path(mod.__file__).is_file()
+    with pytest.raises(RuntimeError) as info:
+        mod.boom()
+    frames = traceback.extract_tb(info.value.__traceback__)
+    assert frames[-1].filename == mod.__file__
+    assert frames[-1].line == "raise RuntimeError('from generated code')"
