@@ -623,6 +623,21 @@ def test_subprocess_bad_config_is_one_line(tmp_path: Path) -> None:
     assert result.stderr.count("\n") == 1 and "not valid TOML" in result.stderr
 
 
+def test_subprocess_reader_leaves_early() -> None:
+    """`symbptt notations | head -1`: no BrokenPipeError traceback."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "symbptt", "notations"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # the reader is gone before anything is written
+    error = process.stderr.read().decode()
+    process.stderr.close()
+    assert process.wait(timeout=60) == 141
+    assert "Traceback" not in error
+
+
 @pytest.mark.slow
 def test_subprocess_derive(tmp_path: Path) -> None:
     result = symbptt_process("derive", *QUICK, "--out", "out", "--no-pdf", cwd=tmp_path)
