@@ -144,9 +144,10 @@ def main() -> None:
             for name, value in grads.items():
                 scale = np.abs(ref_grads[name]).max() + 1e-30
                 assert np.abs(value - ref_grads[name]).max() <= tol * 10 * scale, name
+            args = (params, X, Y, h0)
             calls: list[Callable[[], Any]] = [
-                lambda: module.loss_and_gradients(params, X, Y, h0),
-                lambda: hand_written(params, X, Y, h0),
+                lambda args=args: module.loss_and_gradients(*args),
+                lambda args=args: hand_written(*args),
             ]
             torch_call = torch_step(sizes, dtype)
             if torch_call is not None:

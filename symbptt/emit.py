@@ -47,14 +47,14 @@ from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from . import functions, mexpr
 from .derive import Derivation, derive
 from .graph import T_SYMBOL, Assignment, Symbols
-from .notation import PARAM_ROLES, Notation
+from .notation import Notation
 from .numpy_printer import (
     LogSumExp,
     NumPyPrinter,
     SumEntries,
-    _flatten_matmul,
-    _matmul_form,
+    flatten_matmul,
     helper_source,
+    matmul_form,
     stable_loss_matrix,
 )
 from .spec import ModelSpec
@@ -63,7 +63,6 @@ from .templating import render
 __all__ = ["RowForm", "emit_numpy", "load_module"]
 
 _SIZE_NAMES = {"n_in": "n_in", "n_hidden": "n_hidden", "n_out": "n_out", "batch": "m"}
-_SERIES_LIKE = ("initial_state", "gradient_initial")
 
 
 # ---------------------------------------------------------------------------- the input
@@ -92,7 +91,7 @@ def _tr(expr: Any) -> Any:
     if isinstance(expr, sp.MatAdd):
         return sp.MatAdd(*(_tr(arg) for arg in expr.args))
     if isinstance(expr, sp.MatMul):
-        coeff, mats = _flatten_matmul(expr)
+        coeff, mats = flatten_matmul(expr)
         return mexpr.scale(coeff, mexpr.matmul(*(_tr(m) for m in reversed(mats))))
     if isinstance(expr, sp.HadamardProduct):
         return sp.HadamardProduct(*(_tr(arg) for arg in expr.args))
@@ -171,7 +170,9 @@ class RowForm:
         expr = self.expr(assignment.expr)
         if self.column and self._is_series(target):
             expr = _tr(expr)
-        return Assignment(self.symbol(target), expr, assignment.kind, assignment.step, assignment.param)
+        return Assignment(
+            self.symbol(target), expr, assignment.kind, assignment.step, assignment.param
+        )
 
 
 # ---------------------------------------------------------------------------- zeros
@@ -228,7 +229,7 @@ class Code:
         return [d for _, _, d, _ in self.entries if d is not None]
 
     def prune(self, live: Iterable[str]) -> Code:
-        """Drop the pure lines whose name is not read later (nor in ``live``), with their comments."""
+        """Drop pure lines whose name nothing later (nor ``live``) reads, and their comments."""
         needed = set(live)
         keep = [True] * len(self.entries)
         for i in reversed(range(len(self.entries))):
@@ -240,22 +241,21 @@ class Code:
         for i, (line, _, _, _) in enumerate(self.entries):
             if line.strip().startswith("#"):
                 following = next(
-                    (j for j in range(i + 1, len(self.entries))
-                     if not self.entries[j][0].strip().startswith("#")),
+                    (
+                        j
+                        for j in range(i + 1, len(self.entries))
+                        if not self.entries[j][0].strip().startswith("#")
+                    ),
                     None,
                 )
                 keep[i] = following is not None and keep[following]
-        return Code([entry for entry, kept in zip(self.entries, keep) if kept])
+        return Code([entry for entry, kept in zip(self.entries, keep, strict=True) if kept])
 
     def lines(self) -> list[str]:
         return [line for line, _, _, _ in self.entries]
 
 
-def _indent(line: str) -> int:
-    return len(line) - len(line.lstrip())
-
-
-class _Printer(NumPyPrinter):  # type: ignore[misc]
+class _Printer(NumPyPrinter):
     """The NumPy printer sharing one set of helpers across a module's printers."""
 
     def __init__(self, names: Mapping[Any, str], helpers: set[str] | None = None) -> None:
@@ -309,19 +309,21 @@ def fit(
     new_printer: Callable[[dict[Any, str]], _Printer],
     names: dict[Any, str],
     indent: int = 4,
+    counter: list[int] | None = None,
 ) -> list[tuple[str, str, set[str]]]:
     """``target = expr`` as statements ``(name, code, names read)`` that each fit in :data:`WIDTH`.
 
     While a line is too long, the smallest subexpression whose naming makes it
-    fit (else the largest) is assigned first to ``<target>_part<k>``.
+    fit (else the largest) is assigned first to ``<target>_part<k>``; ``counter``
+    (one number in a list) numbers the parts when several calls share a target.
     """
+    counter = [0] if counter is None else counter
     if isinstance(expr, sp.Basic):
         losses = expr.atoms(mexpr.OutputLoss)
         expr = expr.xreplace({n: SumEntries(stable_loss_matrix(n)) for n in losses})
     names = dict(names)
     pending = [(target, expr)]
     out: list[tuple[str, str, set[str]]] = []
-    count = 0
     while pending:
         name, current = pending.pop()
         printer = new_printer(names)
@@ -331,16 +333,11 @@ def fit(
         if not candidates:
             out.append((name, code, set(printer.used)))
             continue
-        count += 1
-        part = f"{target}_part{count}"
+        counter[0] += 1
+        part = f"{target}_part{counter[0]}"
         lengths = [len(str(new_printer(names).doprint(c))) for c in candidates]
-        enough = [
-            (length, i) for i, length in enumerate(lengths) if length - len(part) >= excess
-        ]
-        if enough:
-            child = candidates[min(enough)[1]]
-        else:
-            child = candidates[lengths.index(max(lengths))]
+        enough = [(length, i) for i, length in enumerate(lengths) if length - len(part) >= excess]
+        child = candidates[min(enough)[1] if enough else lengths.index(max(lengths))]
         symbol = sp.MatrixSymbol(part, *child.shape) if mexpr.is_matrix(child) else sp.Symbol(part)
         names[symbol] = part
         if child in current.args or child not in _children(current):
@@ -366,7 +363,7 @@ def _atomic(expr: Any) -> bool:
     if isinstance(expr, sp.Transpose):
         return isinstance(expr.arg, sp.MatrixSymbol)
     if isinstance(expr, sp.MatMul):
-        coeff, mats, axis = _matmul_form(expr)
+        coeff, mats, axis = matmul_form(expr)
         if coeff != 1:
             return False
         if axis is not None:
@@ -395,9 +392,10 @@ class Lowering:
     def code(self, expr: Any) -> str:
         return str(self.printer.doprint(expr))
 
-    def fresh(self, expr: Any, target: str, code: Code) -> str:
+    def fresh(self, expr: Any, code: Code) -> str:
         """The code of ``expr``; lines too long are split into named parts first."""
-        parts = fit(target, expr, self._same_printer, dict(self.printer.names), self.indent)
+        names = dict(self.printer.names)
+        parts = fit(self.target, expr, self._same_printer, names, self.indent, self.counter)
         for name, text, used in parts[:-1]:
             code.add(f"{name} = {text}", used, name)
             self.printer.used |= used | {name}
@@ -412,18 +410,19 @@ class Lowering:
         code = self.code(expr)
         if len(code) <= 40:
             return code
-        name = f"{self.target}_part{len(self.parts) + 1}"
-        self.parts.append(name)
-        out.add(f"{name} = {self.fresh(expr, name, out)}", (), name)
+        text = self.fresh(expr, out)
+        self.counter[0] += 1
+        name = f"{self.target}_part{self.counter[0]}"
+        out.add(f"{name} = {text}", (), name)
         self.scratches.add(name)
         return name
 
     def statement(self, expr: Any, target: str) -> Code:
-        """Lines that write ``expr`` into the array ``target``; every line reads what they all read."""
+        """Lines writing ``expr`` into the array ``target`` (each line lists what all read)."""
         self.printer.used.clear()
         self.scratches: set[str] = set()
         self.target = target
-        self.parts: list[str] = []
+        self.counter = [0]
         code = self.assign(expr, target)
         uses = frozenset(self.printer.used | self.scratches | {target})
         return Code([(line, uses, None, False) for line, _, _, _ in code.entries])
@@ -436,23 +435,23 @@ class Lowering:
         out.extend(self.assign(expr, buffer))
         return buffer
 
-    def assign(self, expr: Any, target: str) -> Code:  # noqa: C901 - one case per node class
+    def assign(self, expr: Any, target: str) -> Code:
         code = Code()
         if _atomic(expr):
             code.add(f"{target}[...] = {self.short(expr, code)}")
             return code
-        if isinstance(expr, sp.MatMul) and _matmul_form(expr)[2] is not None:
-            coeff, mats, axis = _matmul_form(expr)
+        if isinstance(expr, sp.MatMul) and matmul_form(expr)[2] is not None:
+            coeff, mats, axis = matmul_form(expr)
             if len(mats) == 1 and not isinstance(mats[0], sp.Transpose):
                 inner = self.operand(mats[0], code)
                 code.add(f"{target}[...] = {inner}.sum(axis={axis}, keepdims=True)")
             else:
-                body = sp.MatMul(*_flatten_matmul(expr)[1])
-                code.add(f"{target}[...] = {self.fresh(body, target, code)}")
+                body = sp.MatMul(*flatten_matmul(expr)[1])
+                code.add(f"{target}[...] = {self.fresh(body, code)}")
             self._scale(coeff, target, code)
             return code
         if isinstance(expr, sp.MatMul):
-            coeff, mats, axis = _matmul_form(expr)
+            coeff, mats, axis = matmul_form(expr)
             if axis is None and len(mats) >= 2:
                 left = self.operand(mats[0], code)
                 for i, factor in enumerate(mats[1:]):
@@ -505,7 +504,7 @@ class Lowering:
                 placeholder = sp.MatrixSymbol("_arg", *arg.shape)
                 self.printer.names[placeholder] = arg_code
                 applied = expr.func(expr.function, placeholder)
-                code.add(f"{target}[...] = {self.fresh(applied, target, code)}")
+                code.add(f"{target}[...] = {self.fresh(applied, code)}")
                 del self.printer.names[placeholder]
             return code
         if isinstance(expr, mexpr.Softmax):
@@ -513,11 +512,17 @@ class Lowering:
             self.printer.helpers.add("softmax")
             code.add(f"softmax({arg_code}, axis={expr.axis}, out={target})")
             return code
-        code.add(f"{target}[...] = {self.fresh(expr, target, code)}")
+        code.add(f"{target}[...] = {self.fresh(expr, code)}")
         return code
 
     def _sum(self, terms: list[Any], target: str, code: Code) -> None:
-        signed = [(NumPyPrinter._negative(t), NumPyPrinter._negated(t) if NumPyPrinter._negative(t) else t) for t in terms]
+        signed = [
+            (
+                NumPyPrinter._negative(t),
+                NumPyPrinter._negated(t) if NumPyPrinter._negative(t) else t,
+            )
+            for t in terms
+        ]
         compound = [i for i, (_, t) in enumerate(signed) if not _atomic(t)]
         if compound:
             positive = [i for i in compound if not signed[i][0]]
@@ -694,7 +699,12 @@ class _Rolled:
         return self.new_printer({**names, **(extra or {})})
 
     def fresh(
-        self, code: Code, target: str, expr: Any, context: str, extra: Mapping[Any, str] | None = None
+        self,
+        code: Code,
+        target: str,
+        expr: Any,
+        context: str,
+        extra: Mapping[Any, str] | None = None,
     ) -> None:
         """``target = expr`` as a new array (split into parts when the line is long)."""
         names = {"all": self.names_all, "step": self.names_step, "loop": self.names_loop}[context]
@@ -738,7 +748,7 @@ class _Rolled:
         scratch_code: Code,
         extra: Mapping[Any, str] | None = None,
     ) -> None:
-        """``expr`` written into ``target`` in place; scratch arrays are asked in ``scratch_code``."""
+        """``expr`` written into ``target`` in place; scratch arrays go to ``scratch_code``."""
         stacked = context == "all"
 
         def scratch(shape: tuple[Any, Any]) -> str:
@@ -780,10 +790,11 @@ class _Rolled:
         self.seq_index[base] = index
 
     def comment_for(self, expr: Any, forward: list[_Statement], loss_line: str) -> list[str]:
-        """``# grad of: <forward line>`` for the forward assignments whose adjoints ``expr`` reads."""
+        """``# grad of: <forward line>`` for each forward assignment whose adjoint is read."""
         lines = []
         symbols = sorted(
-            (s for s in expr.free_symbols if s in self.offset), key=lambda s: (self.offset[s], str(s))
+            (s for s in expr.free_symbols if s in self.offset),
+            key=lambda s: (self.offset[s], str(s)),
         )
         for symbol in symbols:
             role, _ = self.rf.meta[symbol]
@@ -803,12 +814,12 @@ class _Rolled:
         c.add("T, m, n_in = X.shape", {"X"})
         c.add("n_hidden = h0.shape[1]", {"h0"}, "n_hidden", True)
         out_weight = self.notation.param("output_weight").ascii
-        c.add(
-            f"n_out = {out_weight}.shape[{0 if self.column else 1}]", {out_weight}, "n_out", True
-        )
+        c.add(f"n_out = {out_weight}.shape[{0 if self.column else 1}]", {out_weight}, "n_out", True)
         c.add("dtype = X.dtype", {"X"}, "dtype", True)
         x_base = self.base[self.index[("input", 0)]]
-        c.add(f"{x_base}_all = X.reshape(T * m, n_in)", {"X", "T", "m", "n_in"}, f"{x_base}_all", True)
+        c.add(
+            f"{x_base}_all = X.reshape(T * m, n_in)", {"X", "T", "m", "n_in"}, f"{x_base}_all", True
+        )
         c.add(f"{x_base}_seq = X", {"X"}, f"{x_base}_seq", True)
         self._seq(x_base)
         z = self._one(self.forward, "pre_activation")
@@ -826,7 +837,12 @@ class _Rolled:
         if hoisted:
             c.add(f"# {self.line_of(z, 'step')}, without {self.names_step[h_prev]}: all steps")
             self.lower(mexpr.add(*hoisted), f"{zb}_all", "all", c, c)
-        c.add(f"{zb}_seq = {zb}_all.reshape(T, m, n_hidden)", {f"{zb}_all", "T", "m", "n_hidden"}, f"{zb}_seq", True)
+        c.add(
+            f"{zb}_seq = {zb}_all.reshape(T, m, n_hidden)",
+            {f"{zb}_all", "T", "m", "n_hidden"},
+            f"{zb}_seq",
+            True,
+        )
         self._seq(zb)
         loop, before = Code(), Code()
         self.transposed_params(before)
@@ -843,8 +859,18 @@ class _Rolled:
         body = self.views(loop)
         body.extend(loop)
         c.extend(body, indent=1)
-        c.add(f"{hb}_all = {hb}_seq[1:].reshape(T * m, n_hidden)", {f"{hb}_seq", "T", "m", "n_hidden"}, f"{hb}_all", True)
-        c.add(f"{hb}_prev_all = {hb}_seq[:-1].reshape(T * m, n_hidden)", {f"{hb}_seq", "T", "m", "n_hidden"}, f"{hb}_prev_all", True)
+        c.add(
+            f"{hb}_all = {hb}_seq[1:].reshape(T * m, n_hidden)",
+            {f"{hb}_seq", "T", "m", "n_hidden"},
+            f"{hb}_all",
+            True,
+        )
+        c.add(
+            f"{hb}_prev_all = {hb}_seq[:-1].reshape(T * m, n_hidden)",
+            {f"{hb}_seq", "T", "m", "n_hidden"},
+            f"{hb}_prev_all",
+            True,
+        )
         outputs = self.last_forward if self.m2o else self.forward
         outputs = [s for s in outputs if s.role in ("output_pre_activation", "output")]
         if not self.m2o:
@@ -890,7 +916,14 @@ class _Rolled:
     def loss_line(self) -> str:
         loss, scale = self.total_loss()
         total = sp.Symbol("_total")
-        printer = self.new_printer({**self.names_step, total: f"sum({self.names_step[loss.target]} for t in range(T))" if not self.m2o else self.names_step[loss.target]})
+        printer = self.new_printer(
+            {
+                **self.names_step,
+                total: f"sum({self.names_step[loss.target]} for t in range(T))"
+                if not self.m2o
+                else self.names_step[loss.target],
+            }
+        )
         return f"{self.notation.loss_ascii} = {printer.doprint(scale * total)}"
 
     def loss_code(self) -> Code:
@@ -916,7 +949,12 @@ class _Rolled:
             self.lower(matrix, terms, "all", c, c, known)
             c.add(f"# {self.loss_line()}")
             printer = self.new_printer({total: f"{terms}.sum()"})
-            c.add(f"{name} = {printer.doprint(scale * total)}", {terms} | self._size_uses(scale), name, True)
+            c.add(
+                f"{name} = {printer.doprint(scale * total)}",
+                {terms} | self._size_uses(scale),
+                name,
+                True,
+            )
         return c
 
     def _size_uses(self, expr: Any) -> set[str]:
@@ -924,11 +962,10 @@ class _Rolled:
 
     # -- backward -----------------------------------------------------------------
     def backward_code(self) -> tuple[Code, Code, dict[str, str]]:
-        """The backward pass, the extra gradients (h0, X) and the gradient variable of each parameter."""
+        """The backward pass, the extra gradients (h0, X), each parameter's gradient variable."""
         c = Code()
         body, last = self.backward, self.last_backward
         forward = self.forward + [s for s in self.last_forward if s not in self.forward]
-        forward_with_next = forward
         loop_roles = ("adjoint_hidden", "adjoint_pre_activation")
         delta_next = self.index[("adjoint_pre_activation", 1)]
         dh, delta = self._one(body, "adjoint_hidden"), self._one(body, "adjoint_pre_activation")
@@ -962,19 +999,28 @@ class _Rolled:
         stacked_dh = bool(hoisted)
         if stacked_dh:
             if mexpr.add(*hoisted) != dh_last.expr:
-                raise NotImplementedError("the adjoint of the hidden state differs at the last step")
+                raise NotImplementedError(
+                    "the adjoint of the hidden state differs at the last step"
+                )
             self.buffer(c, f"{dh_base}_all", "(T * m, n_hidden)", {"T", "m", "n_hidden"})
             for line in self.comment_for(mexpr.add(*hoisted), forward, loss_line):
                 c.add(line)
             self.lower(mexpr.add(*hoisted), f"{dh_base}_all", "all", c, c)
-            c.add(f"{dh_base}_seq = {dh_base}_all.reshape(T, m, n_hidden)", {f"{dh_base}_all", "T", "m", "n_hidden"}, f"{dh_base}_seq", True)
+            c.add(
+                f"{dh_base}_seq = {dh_base}_all.reshape(T, m, n_hidden)",
+                {f"{dh_base}_all", "T", "m", "n_hidden"},
+                f"{dh_base}_seq",
+                True,
+            )
             self._seq(dh_base)
         else:
             self.buffer(c, dh_t, "(m, n_hidden)", {"m", "n_hidden"})
 
         # the factors of δ_t that do not depend on the loop (the activation's derivative)
         delta_expr = delta.expr
-        factors = list(delta_expr.args) if isinstance(delta_expr, sp.HadamardProduct) else [delta_expr]
+        factors = (
+            list(delta_expr.args) if isinstance(delta_expr, sp.HadamardProduct) else [delta_expr]
+        )
         invariant = [f for f in factors if dh.target not in f.free_symbols and not _atomic(f)]
         delta_base = self.base[delta.target]
         hidden_base = self.base[self.index[("hidden", 0)]]
@@ -987,9 +1033,16 @@ class _Rolled:
             self.base[symbol], self.offset[symbol] = name, 0
             self.buffer(c, f"{name}_all", "(T * m, n_hidden)", {"T", "m", "n_hidden"})
             hidden = self._one(forward, "hidden")
-            c.add(f"# grad of: {self.line_of(hidden, 'step')}, the factor that does not depend on the loop")
+            c.add(
+                f"# grad of: {self.line_of(hidden, 'step')}, the factor without the loop's values"
+            )
             self.lower(factor, f"{name}_all", "all", c, c)
-            c.add(f"{name}_seq = {name}_all.reshape(T, m, n_hidden)", {f"{name}_all", "T", "m", "n_hidden"}, f"{name}_seq", True)
+            c.add(
+                f"{name}_seq = {name}_all.reshape(T, m, n_hidden)",
+                {f"{name}_all", "T", "m", "n_hidden"},
+                f"{name}_seq",
+                True,
+            )
             self._seq(name)
             delta_expr = delta_expr.xreplace({factor: symbol})
         self.buffer(c, f"{delta_base}_seq", "(T, m, n_hidden)", {"T", "m", "n_hidden"})
@@ -1031,7 +1084,7 @@ class _Rolled:
         for s in last_only:
             for line in self.comment_for(s.expr, forward, loss_line):
                 block.add(line)
-            self.fresh(block, gradients[s.param], s.expr, "step")
+            self.fresh(block, gradients[str(s.param)], s.expr, "step")
         c.add("# the last step: no delta from step t + 1")
         c.add("t = T - 1", {"T"}, "t", True)
         c.extend(self.views(block))
@@ -1053,7 +1106,12 @@ class _Rolled:
         loop_body = self.views(loop)
         loop_body.extend(loop)
         c.extend(loop_body, indent=1)
-        c.add(f"{delta_base}_all = {delta_base}_seq.reshape(T * m, n_hidden)", {f"{delta_base}_seq", "T", "m", "n_hidden"}, f"{delta_base}_all", True)
+        c.add(
+            f"{delta_base}_all = {delta_base}_seq.reshape(T * m, n_hidden)",
+            {f"{delta_base}_seq", "T", "m", "n_hidden"},
+            f"{delta_base}_all",
+            True,
+        )
         groups: dict[str, list[_Statement]] = {}
         for s in summed:
             comment = "\n".join(self.comment_for(s.expr, forward, loss_line))
@@ -1062,7 +1120,7 @@ class _Rolled:
             for line in comment.split("\n"):
                 c.add(line)
             for s in statements:
-                self.fresh(c, gradients[s.param], s.expr, "all")
+                self.fresh(c, gradients[str(s.param)], s.expr, "all")
 
         # h0 and X
         extras = Code()
@@ -1076,7 +1134,12 @@ class _Rolled:
             if step == first and (role, 0) in self.index:
                 concrete[symbol] = self.names_all[self.index[(role, 0)]]
         printer = self.new_printer({**self.names_all, **concrete})
-        extras.add(f"dX = ({printer.doprint(dx)}).reshape(T, m, n_in)", printer.used | {"T", "m", "n_in"}, "dX", True)
+        extras.add(
+            f"dX = ({printer.doprint(dx)}).reshape(T, m, n_in)",
+            printer.used | {"T", "m", "n_in"},
+            "dX",
+            True,
+        )
         extras.add(f"# grad of: {self.line_of(z, 'step')} at the first step, of h0")
         names = dict(self.names_step)
         names[delta_next] = f"{delta_base}_seq[0]"
@@ -1095,9 +1158,7 @@ class _Rolled:
         prediction = self.names_step[output] if self.m2o else self.names_all[output]
         hidden_seq = f"{self.hidden_base}_seq"
         extras = extras.prune({"dX", "dh0"})
-        backward = backward.prune(
-            {v for v in gradients.values() if v.isidentifier()} | extras.uses
-        )
+        backward = backward.prune({v for v in gradients.values() if v.isidentifier()} | extras.uses)
         loss = loss.prune({loss_name})
         downstream = loss.uses | backward.uses | extras.uses | {prediction, hidden_seq}
         cache = _ordered(n for n in ["T", "m", "n_in", *forward.defines] if n in downstream)
@@ -1106,7 +1167,10 @@ class _Rolled:
             "forward": _with_inputs(forward, self.param_names.values(), [], []),
             "loss": _with_inputs(loss, [], cache, loss.defines),
             "backward": _with_inputs(
-                backward, self.param_names.values(), cache, backward.defines + extras.defines,
+                backward,
+                self.param_names.values(),
+                cache,
+                backward.defines + extras.defines,
                 extras.uses,
             ),
             "extras": extras.lines(),
@@ -1205,10 +1269,14 @@ class _Unrolled:
                     continue
                 adjoint = self._adjoint_of(forward.target)
                 if adjoint in adjoints and (
-                    statement.role == "contribution"
-                    and statement.param in {str(p) for p in forward.expr.free_symbols}
-                    or statement.role != "contribution"
-                    and self._primal_of(statement.target) in forward.expr.free_symbols
+                    (
+                        statement.role == "contribution"
+                        and statement.param in {str(p) for p in forward.expr.free_symbols}
+                    )
+                    or (
+                        statement.role != "contribution"
+                        and self._primal_of(statement.target) in forward.expr.free_symbols
+                    )
                 ):
                     lines.append(f"# grad of: {self.line_of(forward)}")
             primal = self._primal_of(statement.target)
@@ -1257,7 +1325,9 @@ class _Unrolled:
                     softmax = mexpr.Softmax(node.pre, node.axis)
                     self.names[softmax] = str(self.new_printer(self.names).doprint(node.pred))
                 self.assign(loss, s)
-                self.names = {k: v for k, v in self.names.items() if not isinstance(k, mexpr.Softmax)}
+                self.names = {
+                    k: v for k, v in self.names.items() if not isinstance(k, mexpr.Softmax)
+                }
             else:
                 self.assign(forward, s)
         previous: list[str] = []
@@ -1275,7 +1345,9 @@ class _Unrolled:
             names.append(name)
         extras.add(f"dX = np.stack([{', '.join(names)}])", set(names), "dX", True)
         initial_name = self.notation.initial_ascii
-        self.assign(extras, _Statement(None, self._row(d.gradients[initial_name]), "initial"), "dh0")
+        self.assign(
+            extras, _Statement(None, self._row(d.gradients[initial_name]), "initial"), "dh0"
+        )
         loss_name = self.notation.loss_ascii
         gradients = {name: f"d{name}" for name in self.param_names.values()}
         output = graph.symbols.series("output", graph.steps[-1])
@@ -1299,7 +1371,10 @@ class _Unrolled:
             "forward": _with_inputs(forward, self.param_names.values(), [], []),
             "loss": _with_inputs(loss, [], cache, loss.defines),
             "backward": _with_inputs(
-                backward, self.param_names.values(), cache, backward.defines + extras.defines,
+                backward,
+                self.param_names.values(),
+                cache,
+                backward.defines + extras.defines,
                 extras.uses,
             ),
             "extras": extras.lines(),
@@ -1360,7 +1435,8 @@ def _equations(spec: ModelSpec, d: Derivation) -> list[str]:
     total = sp.Symbol("_total")
     loss_t = printer.doprint(next(a.target for a in statements if a.kind == "loss"))
     what = f"sum over t of {loss_t}" if spec.mode == "many_to_many" else f"{loss_t} at t = T"
-    lines.append(f"{notation.loss_ascii} = {NumPyPrinter({total: f'({what})', **names}).doprint(scale * total)}")
+    total_code = NumPyPrinter({total: f"({what})", **names}).doprint(scale * total)
+    lines.append(f"{notation.loss_ascii} = {total_code}")
     return lines
 
 
@@ -1397,18 +1473,16 @@ def _context(spec: ModelSpec, d: Derivation, unrolled: bool) -> dict[str, Any]:
         final_hidden = f'cache["{built["hidden_seq"]}"][-1]'
         name = built["prediction"]
         prediction = (
-            f'cache["{name}"]' if many_to_one
+            f'cache["{name}"]'
+            if many_to_one
             else f'cache["{name}"].reshape(X.shape[0], X.shape[1], -1)'
         )
     steps_text = ", ".join(str(s) for s in notation.steps(2)) + ", ..."
     first = notation.t0
     last = "T" if first == 1 else "T - 1"
-    title = (
-        "Gradients of an Elman RNN by backpropagation through time, "
-        + (f"unrolled for T = {spec.steps} steps." if unrolled else "rolled: any number of steps T.")
+    title = "Gradients of an Elman RNN by backpropagation through time, " + (
+        f"unrolled for T = {spec.steps} steps." if unrolled else "rolled: any number of steps T."
     )
-    import importlib.metadata
-
     header = [
         "Generated by symbptt from SPEC below: do not edit.",
         "Regenerate: python -m symbptt.regenerate (the presets in generated/); any spec:",
@@ -1416,7 +1490,6 @@ def _context(spec: ModelSpec, d: Derivation, unrolled: bool) -> dict[str, Any]:
         f"Model: {notation.title}; seed {notation.seed}.",
         f"Spec hash {spec.hash()}; SymPy {sp.__version__}.",
     ]
-    del importlib
     equations = _equations(spec, d)
     data_shape = "(T, m, n_out)" if not many_to_one else "(m, n_out)"
     layout = (
@@ -1430,7 +1503,7 @@ def _context(spec: ModelSpec, d: Derivation, unrolled: bool) -> dict[str, Any]:
     )
     docstring = [
         f"Equations (@ the matrix product, * elementwise; t = {steps_text} {last},",
-        f"{names_initial(notation)} the initial state h0):",
+        f"{notation.initial_ascii} the initial state h0):",
         *("    " + line for line in equations),
         "",
         "Shapes: X (T, m, n_in) time-major (X[t] holds step t), one example per row;",
@@ -1454,7 +1527,10 @@ def _context(spec: ModelSpec, d: Derivation, unrolled: bool) -> dict[str, Any]:
             "arrays between calls (per thread); clear_workspace() frees them.",
         ]
     else:
-        docstring += ["", f"Straight-line code for T = {spec.steps} steps (X.shape[0] must be {spec.steps})."]
+        docstring += [
+            "",
+            f"Straight-line code for T = {spec.steps} steps (X.shape[0] must be {spec.steps}).",
+        ]
     spec_items = {
         key: repr(value) if not isinstance(value, str) else f'"{value}"'
         for key, value in spec.as_dict().items()
@@ -1470,7 +1546,10 @@ def _context(spec: ModelSpec, d: Derivation, unrolled: bool) -> dict[str, Any]:
         "layout": notation.layout,
         "steps": spec.steps if unrolled else None,
         "sizes": {
-            "n_in": spec.n_in, "n_hidden": spec.n_hidden, "n_out": spec.n_out, "m": spec.batch
+            "n_in": spec.n_in,
+            "n_hidden": spec.n_hidden,
+            "n_out": spec.n_out,
+            "m": spec.batch,
         },
         "spec": spec_items,
         "init": init,
@@ -1485,10 +1564,6 @@ def _context(spec: ModelSpec, d: Derivation, unrolled: bool) -> dict[str, Any]:
         "stacked_predictions": built.get("predictions", []) if not many_to_one else [],
         "helpers": helpers,
     }
-
-
-def names_initial(notation: Notation) -> str:
-    return notation.initial_ascii
 
 
 def emit_numpy(spec: ModelSpec | Derivation, unrolled: bool = False) -> str:

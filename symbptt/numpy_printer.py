@@ -34,7 +34,7 @@ from __future__ import annotations
 import keyword
 from collections.abc import Mapping
 from functools import cache
-from typing import Any
+from typing import Any, ClassVar
 
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
@@ -46,11 +46,13 @@ from . import functions, mexpr
 __all__ = [
     "LSE",
     "LogSumExp",
-    "SumEntries",
     "NumPyPrinter",
+    "SumEntries",
     "activation_helper",
+    "flatten_matmul",
     "helper_source",
     "is_safe",
+    "matmul_form",
     "numpy_code",
     "safe_form",
     "stable_loss_matrix",
@@ -135,7 +137,7 @@ def is_safe(expr: sp.Basic) -> bool:
 def _softplus_arg(expr: sp.Basic) -> sp.Expr:
     (arg,) = expr.args
     (exp_term,) = [t for t in arg.args if t != 1]
-    return exp_term.args[0]  # type: ignore[no-any-return]
+    return exp_term.args[0]
 
 
 @cache
@@ -155,7 +157,7 @@ def safe_form(expr: sp.Expr) -> sp.Expr:
     ]
     for candidate in candidates:
         if is_safe(candidate):
-            return candidate  # type: ignore[no-any-return]
+            return candidate
     return expr
 
 
@@ -165,9 +167,7 @@ _UNITS = 3
 
 def _together_logs(expr: sp.Expr) -> sp.Expr:
     """Write every log's argument as one fraction, so expand_log can split it."""
-    return expr.replace(  # type: ignore[no-any-return]
-        lambda e: isinstance(e, sp.log), lambda e: sp.log(sp.together(e.args[0]))
-    )
+    return expr.replace(lambda e: isinstance(e, sp.log), lambda e: sp.log(sp.together(e.args[0])))
 
 
 @cache
@@ -213,13 +213,13 @@ def stable_unit_loss(output_name: str, loss_name: str) -> sp.Expr:
     for candidate in candidates:
         if is_safe(candidate):
             return _shortest(candidate)
-    return loss.definition.xreplace({a: safe_form(output.definition)})  # type: ignore[no-any-return]
+    return loss.definition.xreplace({a: safe_form(output.definition)})
 
 
 def _shortest(expr: sp.Expr) -> sp.Expr:
     """The expression or its common factors pulled out, whichever has fewer operations."""
     candidates = [expr, sp.factor_terms(expr)]
-    return min(candidates, key=lambda e: (sp.count_ops(e), sp.default_sort_key(e)))  # type: ignore[no-any-return]
+    return min(candidates, key=lambda e: (sp.count_ops(e), sp.default_sort_key(e)))
 
 
 def stable_loss_matrix(node: mexpr.OutputLoss) -> Any:
@@ -244,7 +244,9 @@ def _lift(expr: sp.Basic, mapping: Mapping[sp.Basic, Any], shape: tuple[Any, Any
         (arg,) = expr.args
         inner = _softplus_arg(expr) if _is_softplus(expr) else arg - 1
         if _is_softplus(expr) or (isinstance(arg, sp.Add) and 1 in arg.args):
-            pattern = sp.log(1 + sp.exp(functions.z)) if _is_softplus(expr) else sp.log(1 + functions.z)
+            pattern = (
+                sp.log(1 + sp.exp(functions.z)) if _is_softplus(expr) else sp.log(1 + functions.z)
+            )
             return ElementwiseApplyFunction(
                 sp.Lambda(functions.z, pattern), _lift(inner, mapping, shape)
             )
@@ -313,7 +315,7 @@ def helper_source(name: str) -> str:
             "\n"
             "    softmax_k(x) = exp(x_k) / sum(exp(x)) gives x_k - log(softmax_k(x)) for any k:\n"
             "    given the softmax, that at the largest x_k (no exp); else the maximum is\n"
-            '    subtracted before np.exp.\n'
+            "    subtracted before np.exp.\n"
             '    """\n'
             "    top = x.max(axis=axis, keepdims=True)\n"
             "    if softmax is not None:\n"
@@ -326,11 +328,7 @@ def helper_source(name: str) -> str:
     code = printer.doprint(body)
     definition = sp.sstr(activation.definition)
     note = "" if body == activation.definition else f", evaluated as {sp.sstr(body)}"
-    return (
-        f"def {name}(z):\n"
-        f'    """{name}(z) = {definition}{note}."""\n'
-        f"    return {code}\n"
-    )
+    return f'def {name}(z):\n    """{name}(z) = {definition}{note}."""\n    return {code}\n'
 
 
 # ---------------------------------------------------------------------------- printer
@@ -338,7 +336,7 @@ def _is_ones(expr: Any) -> bool:
     return isinstance(expr, sp.OneMatrix)
 
 
-def _flatten_matmul(expr: Any) -> tuple[Any, list[Any]]:
+def flatten_matmul(expr: Any) -> tuple[Any, list[Any]]:
     """The scalar coefficient and the matrix factors of a (nested) MatMul."""
     coeff = sp.Integer(1)
     mats: list[Any] = []
@@ -354,10 +352,10 @@ def _flatten_matmul(expr: Any) -> tuple[Any, list[Any]]:
     return coeff, mats
 
 
-def _matmul_form(expr: Any) -> tuple[Any, list[Any], int | None]:
+def matmul_form(expr: Any) -> tuple[Any, list[Any], int | None]:
     """``(coeff, factors, axis)``: ones factors that only broadcast are dropped, a sum
     over an axis (``X 1`` or ``1^T X``) is reported as ``axis`` (None for a product)."""
-    coeff, mats = _flatten_matmul(expr)
+    coeff, mats = flatten_matmul(expr)
     if len(mats) >= 2 and _is_ones(mats[0]) and 1 not in mats[0].shape:
         rows, cols = mats[0].shape  # 1_(r x c) = 1_(r x 1) 1_(1 x c)
         mats = [sp.OneMatrix(rows, 1), sp.OneMatrix(1, cols), *mats[1:]]
@@ -394,7 +392,7 @@ class NumPyPrinter(_SymPyNumPyPrinter):  # type: ignore[misc]
     """
 
     printmethod = "_symbptt_numpy"
-    _default_settings = {
+    _default_settings: ClassVar[dict[str, Any]] = {
         **_SymPyNumPyPrinter._default_settings,
         "fully_qualified_modules": True,
     }
@@ -431,7 +429,7 @@ class NumPyPrinter(_SymPyNumPyPrinter):  # type: ignore[misc]
         if isinstance(expr, (sp.Add, sp.MatAdd)):
             return _ADD
         if isinstance(expr, sp.MatMul):
-            coeff, mats, axis = _matmul_form(expr)
+            coeff, mats, axis = matmul_form(expr)
             if coeff != 1:
                 return _MUL
             if axis is not None:
@@ -472,14 +470,14 @@ class NumPyPrinter(_SymPyNumPyPrinter):  # type: ignore[misc]
     @staticmethod
     def _negative(expr: Any) -> bool:
         if getattr(expr, "is_Matrix", False):
-            coeff, _ = _flatten_matmul(expr) if isinstance(expr, sp.MatMul) else (1, [])
+            coeff, _ = flatten_matmul(expr) if isinstance(expr, sp.MatMul) else (1, [])
             return bool(sp.sympify(coeff).could_extract_minus_sign())
         return bool(expr.could_extract_minus_sign())
 
     @staticmethod
     def _negated(expr: Any) -> Any:
         if getattr(expr, "is_Matrix", False):
-            coeff, mats = _flatten_matmul(expr)
+            coeff, mats = flatten_matmul(expr)
             body = mats[0] if len(mats) == 1 else sp.MatMul(*mats)
             return body if coeff == -1 else sp.MatMul(-coeff, body)
         return -expr
@@ -600,7 +598,11 @@ class NumPyPrinter(_SymPyNumPyPrinter):  # type: ignore[misc]
 
     def _print_HadamardProduct(self, expr: sp.HadamardProduct) -> str:
         numer = [a for a in expr.args if not _is_reciprocal(a)]
-        denom = [a.base if a.exp == -1 else sp.HadamardPower(a.base, -a.exp) for a in expr.args if _is_reciprocal(a)]
+        denom = [
+            a.base if a.exp == -1 else sp.HadamardPower(a.base, -a.exp)
+            for a in expr.args
+            if _is_reciprocal(a)
+        ]
         code = " * ".join(self._paren(arg, _MUL) for arg in numer) if numer else "1"
         if not denom:
             return code
@@ -612,7 +614,7 @@ class NumPyPrinter(_SymPyNumPyPrinter):  # type: ignore[misc]
         return f"{self._paren(expr.args[0], _ATOM)}.sum()"
 
     def _print_MatMul(self, expr: sp.MatMul) -> str:
-        coeff, mats, axis = _matmul_form(expr)
+        coeff, mats, axis = matmul_form(expr)
         if len(mats) == 1 and _is_ones(mats[0]):
             return self._print(coeff)
         if len(mats) == 1:
@@ -636,7 +638,9 @@ class NumPyPrinter(_SymPyNumPyPrinter):  # type: ignore[misc]
     # -- functions ----------------------------------------------------------------
     def _print_log(self, expr: sp.log) -> str:
         if _is_softplus(expr):
-            return f"{self._module_format('numpy.logaddexp')}(0, {self._print(_softplus_arg(expr))})"
+            return (
+                f"{self._module_format('numpy.logaddexp')}(0, {self._print(_softplus_arg(expr))})"
+            )
         (arg,) = expr.args
         if isinstance(arg, sp.Add) and 1 in arg.args:
             return f"{self._module_format('numpy.log1p')}({self._print(arg - 1)})"
@@ -678,7 +682,7 @@ class NumPyPrinter(_SymPyNumPyPrinter):  # type: ignore[misc]
             del self.names[placeholder]
 
     def elementwise_into(self, expr: ElementwiseApplyFunction, arg: str, out: str) -> str | None:
-        """``expr`` as one NumPy ufunc call of ``arg`` writing into ``out``, when its body is one call."""
+        """``expr`` as one NumPy ufunc call of ``arg`` into ``out``, when its body is one call."""
         if activation_helper(expr.function) is not None:
             return None
         (var,) = expr.function.variables
@@ -703,7 +707,7 @@ class NumPyPrinter(_SymPyNumPyPrinter):  # type: ignore[misc]
         return f"softmax({self._print(expr.arg)}, axis={expr.axis})"
 
     def _print_LogSumExp(self, expr: LogSumExp) -> str:
-        """``logsumexp(o, axis=k)``, given the softmax of ``o`` when it is at hand (in ``names``)."""
+        """``logsumexp(o, axis=k)``, given ``softmax(o)`` when it is at hand (in ``names``)."""
         self.helpers.add("logsumexp")
         softmax = self.names.get(mexpr.Softmax(expr.arg, expr.axis))
         given = ""

@@ -48,7 +48,7 @@ def test_constants_and_init_params_follow_the_notation(unrolled: bool) -> None:
     params = row.init_params(3, 4, 5, rng=0, dtype=np.float32)
     assert params["W_1"].shape == (3, 4) and params["W_2"].shape == (4, 5)
     assert params["beta_1"].shape == (4, 1) and params["beta_1"].dtype == np.float32
-    assert (column.STEPS, row.STEPS) == ((3, 3) if unrolled else (None, None))
+    assert ((3, 3) if unrolled else (None, None)) == (column.STEPS, row.STEPS)
 
 
 @pytest.mark.parametrize("spec", [XH, LAYERED], ids=["xh", "layered_many_to_one"])
@@ -271,13 +271,13 @@ def test_the_rolled_loop_holds_only_the_recurrence() -> None:
 
 def _spread() -> list[tuple[ModelSpec, bool]]:
     out = []
-    for i, notation in enumerate(CHOICES["notation"]):
+    for notation in CHOICES["notation"]:
         for mode in CHOICES["mode"]:
             for unrolled in (False, True):
                 out.append((ModelSpec(steps=3, notation=notation, mode=mode), unrolled))
     pairs = [("softmax", "binary_cross_entropy"), ("softmax", "squared_error")]
     pairs += [("sigmoid", "squared_error"), ("relu", "squared_error")]
-    for (output, loss), hidden in zip(pairs, ("sigmoid", "relu", "identity", "tanh")):
+    for (output, loss), hidden in zip(pairs, ("sigmoid", "relu", "identity", "tanh"), strict=True):
         spec = ModelSpec(steps=2, output=output, loss=loss, hidden=hidden, notation="aa")
         out += [(spec, False), (spec, True)]
     return out

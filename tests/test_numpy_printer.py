@@ -199,8 +199,8 @@ def test_stable_losses_equal_their_definitions() -> None:
     softmax = [sp.exp(u) / sum(sp.exp(v) for v in o) for u in o]
     ce = stable_unit_loss("softmax", "cross_entropy")
     assert ce == y * (LSE - z)
-    point = dict(zip(o, (sp.Rational(3, 10), sp.Rational(-7, 5), 2)))
-    point.update(zip(t, (sp.Rational(1, 5), sp.Rational(1, 2), sp.Rational(3, 10))))
+    point = dict(zip(o, (sp.Rational(3, 10), sp.Rational(-7, 5), 2), strict=True))
+    point.update(zip(t, (sp.Rational(1, 5), sp.Rational(1, 2), sp.Rational(3, 10)), strict=True))
     for i in range(3):
         stable = ce.xreplace({z: o[i], y: t[i], LSE: total})
         direct = functions.LOSSES["cross_entropy"].definition.xreplace({a: softmax[i], y: t[i]})
@@ -219,6 +219,6 @@ def test_stable_forms_stay_finite_at_extreme_logits() -> None:
     u = np.array([-1000.0, 0.0, 1000.0])
     t = np.array([1.0, 0.0, 0.0])
     with np.errstate(over="raise", divide="raise", invalid="raise"):
-        values = eval(code, {"np": np, "u": u, "t": t})  # noqa: S307 - our own printed code
+        values = eval(code, {"np": np, "u": u, "t": t})
     assert np.all(np.isfinite(values))
     assert values[0] == pytest.approx(1000.0) and values[2] == pytest.approx(1000.0)

@@ -374,7 +374,7 @@ def _backward(params, cache, Y, ws, extras):
     np.dot(dnet_y_all, w_ya, out=da_all)
     da_seq = da_all.reshape(T, m, n_hidden)
     da_dnet_a_all = _buffer(ws, "da_dnet_a_all", (T * m, n_hidden), dtype)
-    # grad of: a_t = np.tanh(net_a_t), the factor that does not depend on the loop
+    # grad of: a_t = np.tanh(net_a_t), the factor without the loop's values
     np.multiply(a_all, a_all, out=da_dnet_a_all)
     np.subtract(1, da_dnet_a_all, out=da_dnet_a_all)
     da_dnet_a_seq = da_dnet_a_all.reshape(T, m, n_hidden)

@@ -373,7 +373,7 @@ def _backward(params, cache, Y, ws, extras):
     np.dot(dZ2_all, W_2.T, out=dH1_all)
     dH1_seq = dH1_all.reshape(T, m, n_hidden)
     dH1_dZ1_all = _buffer(ws, "dH1_dZ1_all", (T * m, n_hidden), dtype)
-    # grad of: H1_t = np.tanh(Z1_t), the factor that does not depend on the loop
+    # grad of: H1_t = np.tanh(Z1_t), the factor without the loop's values
     np.multiply(H1_all, H1_all, out=dH1_dZ1_all)
     np.subtract(1, dH1_dZ1_all, out=dH1_dZ1_all)
     dH1_dZ1_seq = dH1_dZ1_all.reshape(T, m, n_hidden)

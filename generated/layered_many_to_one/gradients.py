@@ -357,7 +357,7 @@ def _backward(params, cache, Y, ws, extras):
     Y_t = Y
     dH1_t = _buffer(ws, "dH1_t", (m, n_hidden), dtype)
     dH1_dZ1_all = _buffer(ws, "dH1_dZ1_all", (T * m, n_hidden), dtype)
-    # grad of: H1_t = np.tanh(Z1_t), the factor that does not depend on the loop
+    # grad of: H1_t = np.tanh(Z1_t), the factor without the loop's values
     np.multiply(H1_all, H1_all, out=dH1_dZ1_all)
     np.subtract(1, dH1_dZ1_all, out=dH1_dZ1_all)
     dH1_dZ1_seq = dH1_dZ1_all.reshape(T, m, n_hidden)

@@ -374,7 +374,7 @@ def _backward(params, cache, Y, ws, extras):
     np.dot(do_all, V, out=dh_all)
     dh_seq = dh_all.reshape(T, m, n_hidden)
     dh_da_all = _buffer(ws, "dh_da_all", (T * m, n_hidden), dtype)
-    # grad of: h_t = np.tanh(a_t), the factor that does not depend on the loop
+    # grad of: h_t = np.tanh(a_t), the factor without the loop's values
     np.multiply(h_all, h_all, out=dh_da_all)
     np.subtract(1, dh_da_all, out=dh_da_all)
     dh_da_seq = dh_da_all.reshape(T, m, n_hidden)

@@ -374,7 +374,7 @@ def _backward(params, cache, Y, ws, extras):
     np.dot(do_all, W_hy, out=dh_all)
     dh_seq = dh_all.reshape(T, m, n_hidden)
     dh_dz_all = _buffer(ws, "dh_dz_all", (T * m, n_hidden), dtype)
-    # grad of: h_t = np.tanh(z_t), the factor that does not depend on the loop
+    # grad of: h_t = np.tanh(z_t), the factor without the loop's values
     np.multiply(h_all, h_all, out=dh_dz_all)
     np.subtract(1, dh_dz_all, out=dh_dz_all)
     dh_dz_seq = dh_dz_all.reshape(T, m, n_hidden)
