@@ -1081,9 +1081,12 @@ class _Rolled:
             self.lower(dh_last.expr, dh_t, "step", block, c)
         block.add(f"# grad of: {self.line_of(hidden, 'step')}")
         self.lower(delta_expr, delta_t, "step", block, c)
+        previous: list[str] = []
         for s in last_only:
-            for line in self.comment_for(s.expr, forward, loss_line):
+            comments = self.comment_for(s.expr, forward, loss_line)
+            for line in comments if comments != previous else []:
                 block.add(line)
+            previous = comments
             self.fresh(block, gradients[str(s.param)], s.expr, "step")
         c.add("# the last step: no delta from step t + 1")
         c.add("t = T - 1", {"T"}, "t", True)
@@ -1160,7 +1163,9 @@ class _Rolled:
         extras = extras.prune({"dX", "dh0"})
         backward = backward.prune({v for v in gradients.values() if v.isidentifier()} | extras.uses)
         loss = loss.prune({loss_name})
-        downstream = loss.uses | backward.uses | extras.uses | {prediction, hidden_seq}
+        local = set(loss.defines) | set(backward.defines) | set(extras.defines)
+        downstream = (loss.uses | backward.uses | extras.uses) - local
+        downstream |= {prediction, hidden_seq}
         cache = _ordered(n for n in ["T", "m", "n_in", *forward.defines] if n in downstream)
         forward = _unpack_shape(forward.prune(set(cache)), cache)
         return {
@@ -1364,7 +1369,8 @@ class _Unrolled:
         backward = backward.prune(set(gradients.values()) | extras.uses)
         loss = loss.prune({loss_name})
         outputs = set(predictions if not many_to_one else [prediction]) | {hidden[-1]}
-        downstream = loss.uses | backward.uses | extras.uses | outputs
+        local = set(loss.defines) | set(backward.defines) | set(extras.defines)
+        downstream = ((loss.uses | backward.uses | extras.uses) - local) | outputs
         cache = _ordered(n for n in ["T", "m", "n_in", *forward.defines] if n in downstream)
         forward = _unpack_shape(forward.prune(set(cache)), cache)
         return {

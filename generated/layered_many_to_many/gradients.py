@@ -292,7 +292,6 @@ def _forward(params, X, h0, ws):
     np.dot(X_all, W_1, out=Z1_all)
     Z1_all += beta_1.T
     Z1_seq = Z1_all.reshape(T, m, n_hidden)
-    W_h1_T = W_h1.T
     tmp1 = _buffer(ws, "tmp1", (m, n_hidden), dtype)
     for t in range(T):
         H1_prev = H1_seq[t]
@@ -321,7 +320,6 @@ def _forward(params, X, h0, ws):
         "dtype": dtype,
         "X_all": X_all,
         "H1_seq": H1_seq,
-        "W_h1_T": W_h1_T,
         "H1_all": H1_all,
         "H1_prev_all": H1_prev_all,
         "Z2_all": Z2_all,

@@ -291,7 +291,6 @@ def _forward(params, X, h0, ws):
     np.dot(X_all, W_1, out=Z1_all)
     Z1_all += beta_1.T
     Z1_seq = Z1_all.reshape(T, m, n_hidden)
-    W_h1_T = W_h1.T
     tmp1 = _buffer(ws, "tmp1", (m, n_hidden), dtype)
     for t in range(T):
         H1_prev = H1_seq[t]
@@ -318,11 +317,8 @@ def _forward(params, X, h0, ws):
         "dtype": dtype,
         "X_all": X_all,
         "H1_seq": H1_seq,
-        "W_h1_T": W_h1_T,
-        "H1_t": H1_t,
         "H1_all": H1_all,
         "H1_prev_all": H1_prev_all,
-        "t": t,
         "Z2_t": Z2_t,
         "Y_hat_t": Y_hat_t,
     }
@@ -375,7 +371,6 @@ def _backward(params, cache, Y, ws, extras):
     np.multiply(dH1_t, dH1_dZ1_t, out=delta_t)
     # grad of: Z2_t = H1_t @ W_2 + beta_2.T
     dW_2 = H1_t.T @ dZ2_t
-    # grad of: Z2_t = H1_t @ W_2 + beta_2.T
     dbeta_2 = dZ2_t.sum(axis=0, keepdims=True).T
     W_h1_T = W_h1.T
     for t in range(T - 2, -1, -1):
