@@ -1427,20 +1427,19 @@ def _equations(spec: ModelSpec, d: Derivation) -> list[str]:
     for a in statements:
         target = printer.doprint(a.target)
         if a.kind == "loss":
-            loss = functions.LOSSES[spec.loss].definition
-            pred = printer.doprint(a.expr.pred)
-            truth = printer.doprint(a.expr.target)
-            lines.append(
-                f"{target} = sum over units and examples of {sp.sstr(loss)}"
-                f" with a = {pred}, y = {truth}"
+            pred = sp.Symbol(printer.doprint(a.expr.pred))
+            truth = sp.Symbol(printer.doprint(a.expr.target))
+            loss = functions.LOSSES[spec.loss].definition.xreplace(
+                {functions.a: pred, functions.y: truth}
             )
+            lines.append(f"{target} = sum over units and examples of {sp.sstr(loss)}")
         else:
             lines.append(f"{target} = {printer.doprint(a.expr)}")
     steps = T_SYMBOL if spec.mode == "many_to_many" else sp.Integer(1)
     scale = sf.symbols.loss_scale(steps)
     total = sp.Symbol("_total")
     loss_t = printer.doprint(next(a.target for a in statements if a.kind == "loss"))
-    what = f"sum over t of {loss_t}" if spec.mode == "many_to_many" else f"{loss_t} at t = T"
+    what = f"sum over t of {loss_t}" if spec.mode == "many_to_many" else f"{loss_t} of the last t"
     total_code = NumPyPrinter({total: f"({what})", **names}).doprint(scale * total)
     lines.append(f"{notation.loss_ascii} = {total_code}")
     return lines
@@ -1483,7 +1482,7 @@ def _context(spec: ModelSpec, d: Derivation, unrolled: bool) -> dict[str, Any]:
             if many_to_one
             else f'cache["{name}"].reshape(X.shape[0], X.shape[1], -1)'
         )
-    steps_text = ", ".join(str(s) for s in notation.steps(2)) + ", ..."
+    steps_text = ", ".join(str(s) for s in notation.steps(2)) + ", ...,"
     first = notation.t0
     last = "T" if first == 1 else "T - 1"
     title = "Gradients of an Elman RNN by backpropagation through time, " + (

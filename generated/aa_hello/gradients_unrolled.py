@@ -6,13 +6,13 @@ symbptt.emit_numpy(symbptt.ModelSpec(**SPEC), unrolled=True).
 Model: a(t), w_aa notation (column vectors); seed 003_0e8c7e6dd8507587.txt.
 Spec hash 93fddd0ae9ce; SymPy 1.14.0.
 
-Equations (@ the matrix product, * elementwise; t = 1, 2, ... T,
+Equations (@ the matrix product, * elementwise; t = 1, 2, ..., T,
 a_0 the initial state h0):
     net_a(t) = w_aa @ a(t-1) + w_ax @ x(t) + b_a
     a(t) = np.tanh(net_a(t))
     net_y(t) = w_ya @ a(t) + b_y
     y(t) = softmax(net_y(t), axis=0)
-    L(t) = sum over units and examples of -y*log(a) with a = y(t), y = y_hat(t)
+    L(t) = sum over units and examples of -y_hat(t)*log(y(t))
     L = (sum over t of L(t)) / m
 
 Shapes: X (T, m, n_in) time-major (X[t] holds step t), one example per row;

@@ -6,13 +6,13 @@ symbptt.emit_numpy(symbptt.ModelSpec(**SPEC)).
 Model: Layered notation (H_{1t}, row-major batches); seed 002_8ce72ce757ab2cde.txt.
 Spec hash a67328da496c; SymPy 1.14.0.
 
-Equations (@ the matrix product, * elementwise; t = 0, 1, ... T - 1,
+Equations (@ the matrix product, * elementwise; t = 0, 1, ..., T - 1,
 H_init the initial state h0):
     Z1_t = X_t @ W_1 + H1_(t-1) @ W_h1 + beta_1.T
     H1_t = np.tanh(Z1_t)
     Z2_t = H1_t @ W_2 + beta_2.T
     Y_hat_t = softmax(Z2_t, axis=1)
-    L_t = sum over units and examples of -y*log(a) with a = Y_hat_t, y = Y_t
+    L_t = sum over units and examples of -Y_t*log(Y_hat_t)
     L = (sum over t of L_t) / m
 
 Shapes: X (T, m, n_in) time-major (X[t] holds step t), one example per row;

@@ -6,13 +6,13 @@ symbptt.emit_numpy(symbptt.ModelSpec(**SPEC)).
 Model: U, V, W notation (h^{(t)}, column vectors); seed 000_75cd91ca9d353403.txt.
 Spec hash 64519a367ff0; SymPy 1.14.0.
 
-Equations (@ the matrix product, * elementwise; t = 1, 2, ... T,
+Equations (@ the matrix product, * elementwise; t = 1, 2, ..., T,
 h_0 the initial state h0):
     a^(t) = W @ h^(t-1) + U @ x^(t) + b_h
     h^(t) = np.tanh(a^(t))
     o^(t) = V @ h^(t) + b_y
     y_hat^(t) = softmax(o^(t), axis=0)
-    J^(t) = sum over units and examples of -y*log(a) with a = y_hat^(t), y = y^(t)
+    J^(t) = sum over units and examples of -y^(t)*log(y_hat^(t))
     J = (sum over t of J^(t)) / (T * m)
 
 Shapes: X (T, m, n_in) time-major (X[t] holds step t), one example per row;

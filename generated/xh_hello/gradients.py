@@ -6,13 +6,13 @@ symbptt.emit_numpy(symbptt.ModelSpec(**SPEC)).
 Model: W_xh, W_hh, W_hy notation (h_t, column vectors); seed 001_9533ae6820425de5.txt.
 Spec hash aa3ecb91ed67; SymPy 1.14.0.
 
-Equations (@ the matrix product, * elementwise; t = 1, 2, ... T,
+Equations (@ the matrix product, * elementwise; t = 1, 2, ..., T,
 h_0 the initial state h0):
     z_t = W_xh @ x_t + W_hh @ h_(t-1) + b_h
     h_t = np.tanh(z_t)
     o_t = W_hy @ h_t + b_y
     y_hat_t = softmax(o_t, axis=0)
-    L_t = sum over units and examples of -y*log(a) with a = y_hat_t, y = y_t
+    L_t = sum over units and examples of -y_t*log(y_hat_t)
     L = (sum over t of L_t) / m
 
 Shapes: X (T, m, n_in) time-major (X[t] holds step t), one example per row;
