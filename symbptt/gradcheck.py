@@ -8,6 +8,8 @@ Used by the tests, the documents and the command line:
 * :func:`finite_difference_errors` compares the module's gradients with central
   finite differences of its own loss, in float64, and returns the largest
   relative error per parameter (and for ``X`` and ``h0``);
+* :func:`gradcheck` does the first for a spec (or a module): the summary the
+  documents and the command line report;
 * :func:`taylor_test` checks, along a random direction ``v``, that the
   remainder ``|L(p + e v) - L(p) - e <g, v>|`` falls like ``e**2`` (slope about
   2 on a log-log scale) and that ``<g, v>`` matches the central difference of
@@ -26,9 +28,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 __all__ = [
+    "GradcheckResult",
     "Problem",
     "TaylorResult",
     "finite_difference_errors",
+    "gradcheck",
     "random_problem",
     "relative_error",
     "taylor_test",
@@ -212,3 +216,43 @@ def taylor_test(
     central = (loss_at(middle) - loss_at(-middle)) / (2 * middle)
     directional = abs(central - slope_along) / max(abs(central), abs(slope_along), 1e-300)
     return TaylorResult(list(steps), remainders, slopes, directional)
+
+
+@dataclass
+class GradcheckResult:
+    """The outcome of :func:`gradcheck`: errors by gradient and whether all pass."""
+
+    errors: dict[str, float]
+    tolerance: float
+
+    @property
+    def max_relative_error(self) -> float:
+        return max(self.errors.values())
+
+    @property
+    def ok(self) -> bool:
+        return self.max_relative_error < self.tolerance
+
+
+def gradcheck(
+    model: Any,
+    rng: np.random.Generator | int | None = 0,
+    tolerance: float = 1e-6,
+    unrolled: bool = False,
+    steps: int | None = None,
+    batch: int = 2,
+) -> GradcheckResult:
+    """Central finite differences of the generated module of ``model`` (float64).
+
+    ``model`` is a :class:`~symbptt.spec.ModelSpec`, a
+    :class:`~symbptt.derive.Derivation` or a generated module; ``steps`` (the
+    spec's by default) and ``batch`` size the random problem.
+    """
+    if isinstance(model, ModuleType):
+        module = model
+    else:
+        from .emit import emit_numpy, load_module
+
+        module = load_module(emit_numpy(model, unrolled=unrolled))
+    problem = random_problem(module, steps=steps, batch=batch, rng=rng)
+    return GradcheckResult(finite_difference_errors(module, problem), tolerance)

@@ -19,6 +19,7 @@ from symbptt.evaluate import Evaluator
 from symbptt.gradcheck import (
     Problem,
     finite_difference_errors,
+    gradcheck,
     random_problem,
     relative_error,
     taylor_test,
@@ -191,3 +192,11 @@ def test_generated_folder_is_the_golden_record(tmp_path: Path) -> None:
         assert path.read_bytes() == committed.read_bytes(), (
             f"generated/{relative} is stale: run python -m symbptt.regenerate"
         )
+
+
+def test_gradcheck_summarises_a_spec_or_a_module() -> None:
+    spec = PRESETS["layered_many_to_one"]
+    result = gradcheck(spec, rng=5)
+    assert result.ok and result.max_relative_error < 1e-6
+    assert set(result.errors) == {"W_1", "W_h1", "W_2", "beta_1", "beta_2", "X", "h0"}
+    assert gradcheck(module_for(spec, True), rng=5).ok
