@@ -22,6 +22,7 @@ from sympy.core.symbol import Str
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
 __all__ = [
+    "AxisExpr",
     "OutputLoss",
     "Softmax",
     "add",
@@ -148,10 +149,10 @@ def sum_columns(expr: Any, layout: str) -> Any:
     return matmul(transpose(expr), ones(rows, 1))
 
 
-class Softmax(MatrixExpr):  # type: ignore[misc]
-    """softmax over the output units: along axis 0 (units are rows) or 1 (units are columns)."""
+class AxisExpr(MatrixExpr):  # type: ignore[misc]
+    """A matrix function of ``arg`` over the units along ``axis``, of ``arg``'s shape."""
 
-    def __new__(cls, arg: Any, axis: int) -> Softmax:
+    def __new__(cls, arg: Any, axis: int) -> AxisExpr:
         return super().__new__(cls, arg, sp.Integer(axis))  # type: ignore[no-any-return]
 
     @property
@@ -165,6 +166,10 @@ class Softmax(MatrixExpr):  # type: ignore[misc]
     @property
     def shape(self) -> tuple[Any, Any]:
         return self.args[0].shape  # type: ignore[no-any-return]
+
+
+class Softmax(AxisExpr):
+    """softmax over the output units: along axis 0 (units are rows) or 1 (units are columns)."""
 
 
 class OutputLoss(sp.Expr):  # type: ignore[misc]

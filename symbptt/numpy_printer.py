@@ -68,28 +68,13 @@ _UFUNCS = {"Heaviside": "numpy.heaviside", "Max": "numpy.maximum", "Min": "numpy
 LSE = sp.Symbol("LSE", real=True)
 
 
-class LogSumExp(MatrixExpr):  # type: ignore[misc]
+class LogSumExp(mexpr.AxisExpr):
     """log(sum_k exp(X_k)) over the units along ``axis``, repeated along that axis.
 
     The shape is the argument's, so it adds to the argument without a shape
     error; it prints as the helper ``logsumexp(X, axis=...)`` with the
     reduced axis kept, which broadcasts the same way.
     """
-
-    def __new__(cls, arg: Any, axis: int) -> LogSumExp:
-        return super().__new__(cls, arg, sp.Integer(axis))  # type: ignore[no-any-return]
-
-    @property
-    def arg(self) -> Any:
-        return self.args[0]
-
-    @property
-    def axis(self) -> int:
-        return int(self.args[1])
-
-    @property
-    def shape(self) -> tuple[Any, Any]:
-        return self.args[0].shape  # type: ignore[no-any-return]
 
 
 class SumEntries(sp.Expr):  # type: ignore[misc]
