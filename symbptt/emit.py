@@ -1160,32 +1160,57 @@ class _Rolled:
         output = self.index[("output", 0)]
         prediction = self.names_step[output] if self.m2o else self.names_all[output]
         hidden_seq = f"{self.hidden_base}_seq"
-        extras = extras.prune({"dX", "dh0"})
-        backward = backward.prune({v for v in gradients.values() if v.isidentifier()} | extras.uses)
-        loss = loss.prune({loss_name})
-        local = set(loss.defines) | set(backward.defines) | set(extras.defines)
-        downstream = (loss.uses | backward.uses | extras.uses) - local
-        downstream |= {prediction, hidden_seq}
-        cache = _ordered(n for n in ["T", "m", "n_in", *forward.defines] if n in downstream)
-        forward = _unpack_shape(forward.prune(set(cache)), cache)
-        return {
-            "forward": _with_inputs(forward, self.param_names.values(), [], []),
-            "loss": _with_inputs(loss, [], cache, loss.defines),
-            "backward": _with_inputs(
-                backward,
-                self.param_names.values(),
-                cache,
-                backward.defines + extras.defines,
-                extras.uses,
-            ),
-            "extras": extras.lines(),
-            "cache": cache,
-            "gradients": gradients,
+        parts = _assemble(
+            forward,
+            loss,
+            backward,
+            extras,
+            gradients,
+            self.param_names.values(),
+            loss_name,
+            {prediction, hidden_seq},
+        )
+        return parts | {
             "prediction": prediction,
             "prediction_stacked": not self.m2o,
             "hidden_seq": hidden_seq,
-            "loss_name": loss_name,
         }
+
+
+def _assemble(
+    forward: Code,
+    loss: Code,
+    backward: Code,
+    extras: Code,
+    gradients: Mapping[str, str],
+    params: Iterable[str],
+    loss_name: str,
+    outputs: set[str],
+) -> dict[str, Any]:
+    """The module's function bodies, each pruned to what is used.
+
+    The cache holds the forward arrays that the loss, the backward pass and the
+    extras read, and the ``outputs`` the module returns.
+    """
+    params = list(params)
+    extras = extras.prune({"dX", "dh0"})
+    backward = backward.prune({v for v in gradients.values() if v.isidentifier()} | extras.uses)
+    loss = loss.prune({loss_name})
+    local = set(loss.defines) | set(backward.defines) | set(extras.defines)
+    downstream = ((loss.uses | backward.uses | extras.uses) - local) | outputs
+    cache = _ordered(n for n in ["T", "m", "n_in", *forward.defines] if n in downstream)
+    forward = _unpack_shape(forward.prune(set(cache)), cache)
+    return {
+        "forward": _with_inputs(forward, params, [], []),
+        "loss": _with_inputs(loss, [], cache, loss.defines),
+        "backward": _with_inputs(
+            backward, params, cache, backward.defines + extras.defines, extras.uses
+        ),
+        "extras": extras.lines(),
+        "cache": cache,
+        "gradients": gradients,
+        "loss_name": loss_name,
+    }
 
 
 def _unpack_shape(code: Code, cache: list[str]) -> Code:
@@ -1365,32 +1390,22 @@ class _Unrolled:
             str(printer.doprint(self.rf.symbol(graph.symbols.series("hidden", step))))
             for step in graph.steps
         ]
-        extras = extras.prune({"dX", "dh0"})
-        backward = backward.prune(set(gradients.values()) | extras.uses)
-        loss = loss.prune({loss_name})
         outputs = set(predictions if not many_to_one else [prediction]) | {hidden[-1]}
-        local = set(loss.defines) | set(backward.defines) | set(extras.defines)
-        downstream = ((loss.uses | backward.uses | extras.uses) - local) | outputs
-        cache = _ordered(n for n in ["T", "m", "n_in", *forward.defines] if n in downstream)
-        forward = _unpack_shape(forward.prune(set(cache)), cache)
-        return {
-            "forward": _with_inputs(forward, self.param_names.values(), [], []),
-            "loss": _with_inputs(loss, [], cache, loss.defines),
-            "backward": _with_inputs(
-                backward,
-                self.param_names.values(),
-                cache,
-                backward.defines + extras.defines,
-                extras.uses,
-            ),
-            "extras": extras.lines(),
-            "cache": cache,
-            "gradients": gradients,
+        parts = _assemble(
+            forward,
+            loss,
+            backward,
+            extras,
+            gradients,
+            self.param_names.values(),
+            loss_name,
+            outputs,
+        )
+        return parts | {
             "prediction": prediction,
             "predictions": predictions,
             "prediction_stacked": False,
             "final_hidden": hidden[-1],
-            "loss_name": loss_name,
         }
 
     def _row(self, expr: Any) -> Any:
