@@ -24,7 +24,7 @@ from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
 from . import functions, mexpr
 
-__all__ = ["Evaluator", "random_point"]
+__all__ = ["Evaluator"]
 
 
 @cache
@@ -175,16 +175,3 @@ class Evaluator:
             pred = _scalar_function(output.function, self.backend)(pre)
         units = _loss_function(expr.loss, self.backend)(pred, self._eval(expr.target))
         return units.sum()
-
-
-def random_point(
-    symbols: Any, rng: np.random.Generator, sizes: Mapping[Any, int], scale: float = 0.5
-) -> dict[Any, Any]:
-    """Random float64 values for MatrixSymbols (targets and such are the caller's business)."""
-    env: dict[Any, Any] = {}
-    subs = {sp.Symbol(str(k), integer=True, positive=True): v for k, v in sizes.items()}
-    for symbol in symbols:
-        rows = int(sp.sympify(symbol.shape[0]).xreplace(subs))
-        cols = int(sp.sympify(symbol.shape[1]).xreplace(subs))
-        env[symbol] = rng.normal(scale=scale, size=(rows, cols))
-    return env

@@ -77,7 +77,7 @@ def _id(spec: symbptt.ModelSpec) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("spec", CASES, ids=_id)
 def test_every_entry_equals_scalar_diff(spec: symbptt.ModelSpec) -> None:
-    rng = np.random.default_rng(abs(hash(spec.canonical())) % 2**32)
+    rng = np.random.default_rng(int(spec.hash(), 16))  # the same point on every run
     proof = verify.scalar_proof(spec, rng)
     assert proof.ok, f"max relative error {proof.max_relative_error:.3e}"
 
