@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.util
+import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
@@ -1265,6 +1266,20 @@ class _Unrolled:
         self.forward = [self._statement(a) for a in graph.assignments]
         self.backward = [self._statement(a) for a in d.assignments]
         self.helpers: set[str] = set()
+        # (role, step) -> symbol, built once: ``comments`` looks adjoints and
+        # primals up for every pair of statements, and a scan of ``rf.meta``
+        # per look-up made unrolled emission cubic in the number of steps.
+        self._by_role: dict[tuple[str, Any], Any] = {}
+        for symbol, (role, step) in self.rf.meta.items():
+            self._by_role.setdefault((role, step), symbol)
+        self._forward_reads = [f.expr.free_symbols for f in self.forward]
+        self._forwards_by_adjoint: dict[Any, list[int]] = {}
+        for index, forward in enumerate(self.forward):
+            if forward.role not in ("loss", "total_loss"):
+                adjoint = self._adjoint_of(forward.target)
+                if adjoint is not None:
+                    self._forwards_by_adjoint.setdefault(adjoint, []).append(index)
+        self._comment_lines: dict[int, str] = {}
 
     def new_printer(self, names: Mapping[Any, str]) -> _Printer:
         return _Printer(names, self.helpers)
@@ -1288,49 +1303,47 @@ class _Unrolled:
 
     def comments(self, statement: _Statement) -> list[str]:
         """``# grad of: ...`` for the forward assignments a backward assignment comes from."""
-        expr = statement.expr
-        reads = expr.free_symbols
+        reads = statement.expr.free_symbols
         lines = []
         primal = None
         if statement.role.startswith("adjoint_") or statement.role == "contribution":
-            adjoints = [s for s in reads if self.rf.meta.get(s, ("",))[0].startswith("adjoint_")]
-            for forward in self.forward:
-                if forward.role in ("loss", "total_loss"):
-                    continue
-                adjoint = self._adjoint_of(forward.target)
-                if adjoint in adjoints and (
-                    (
-                        statement.role == "contribution"
-                        and statement.param in {str(p) for p in forward.expr.free_symbols}
-                    )
-                    or (
-                        statement.role != "contribution"
-                        and self._primal_of(statement.target) in forward.expr.free_symbols
-                    )
-                ):
-                    lines.append(f"# grad of: {self.line_of(forward)}")
             primal = self._primal_of(statement.target)
+            # Only the forward assignments whose adjoint this one reads can
+            # match; taken in forward order, as a scan of them all would.
+            candidates = sorted(
+                index
+                for s in reads
+                if self.rf.meta.get(s, ("",))[0].startswith("adjoint_")
+                for index in self._forwards_by_adjoint.get(s, ())
+            )
+            for index in candidates:
+                reads_of_forward = self._forward_reads[index]
+                if (
+                    statement.param in {str(p) for p in reads_of_forward}
+                    if statement.role == "contribution"
+                    else primal in reads_of_forward
+                ):
+                    lines.append(self._forward_comment(index))
         if not lines and primal is not None:
-            for forward in self.forward:
-                if forward.role == "loss" and primal in forward.expr.free_symbols:
-                    lines.append(f"# grad of: {self.line_of(forward)}")
+            for index, forward in enumerate(self.forward):
+                if forward.role == "loss" and primal in self._forward_reads[index]:
+                    lines.append(self._forward_comment(index))
         return lines
+
+    def _forward_comment(self, index: int) -> str:
+        if index not in self._comment_lines:
+            self._comment_lines[index] = f"# grad of: {self.line_of(self.forward[index])}"
+        return self._comment_lines[index]
 
     def _adjoint_of(self, symbol: Any) -> Any:
         role, step = self.rf.meta.get(symbol, (None, None))
-        for other, (other_role, other_step) in self.rf.meta.items():
-            if other_role == f"adjoint_{role}" and other_step == step:
-                return other
-        return None
+        return self._by_role.get((f"adjoint_{role}", step))
 
     def _primal_of(self, symbol: Any) -> Any:
         role, step = self.rf.meta.get(symbol, ("", None))
         if not role.startswith("adjoint_"):
             return None
-        for other, (other_role, other_step) in self.rf.meta.items():
-            if other_role == role[len("adjoint_") :] and other_step == step:
-                return other
-        return None
+        return self._by_role.get((role[len("adjoint_") :], step))
 
     def build(self) -> dict[str, Any]:
         d, graph = self.d, self.d.graph
@@ -1521,6 +1534,18 @@ def _context(spec: ModelSpec, d: Derivation, unrolled: bool) -> dict[str, Any]:
         if column
         else ["Layout: rows, as in X W: a per-step quantity is (m, units), one example per row."]
     )
+    # The fused output gradient (e.g. softmax - Y for cross-entropy) was derived
+    # with the targets summing to one over the units: the module checks it.
+    distribution = functions.LOSSES[spec.loss].distribution
+    targets_rule = (
+        [
+            f"Targets: {spec.loss} needs each target to sum to 1 over the n_out units",
+            "(one-hot or probabilities; Y.sum(axis=-1) == 1): the gradient is derived",
+            "under that rule, and other targets raise ValueError.",
+        ]
+        if distribution
+        else []
+    )
     docstring = [
         f"Equations (@ the matrix product, * elementwise; t = {steps_text} {last},",
         f"{notation.initial_ascii} the initial state h0):",
@@ -1532,6 +1557,7 @@ def _context(spec: ModelSpec, d: Derivation, unrolled: bool) -> dict[str, Any]:
         "(biases are n x 1 vectors, as in the notation).",
         *layout,
         f"Reductions: {spec.time_reduction} over time, {spec.batch_reduction} over the batch.",
+        *targets_rule,
         "",
         "Functions: init_params, forward, loss, loss_and_gradients (the loss and the",
         "parameter gradients), loss_and_all_gradients (also the gradients of X and h0",
@@ -1580,6 +1606,7 @@ def _context(spec: ModelSpec, d: Derivation, unrolled: bool) -> dict[str, Any]:
         "output_weight": notation.param("output_weight").ascii,
         "output_axis": 0 if column else 1,
         "target_shape": data_shape,
+        "targets_are_distributions": distribution,
         "workspace": not unrolled,
         "stacked_predictions": built.get("predictions", []) if not many_to_one else [],
         "helpers": helpers,
@@ -1599,21 +1626,46 @@ def emit_numpy(spec: ModelSpec | Derivation, unrolled: bool = False) -> str:
     return render(template, **_context(user_spec, d, unrolled))
 
 
+#: This process's private folder for generated modules (made on first use).
+_MODULE_FOLDER: Path | None = None
+
+
+def _module_folder() -> Path:
+    """A folder only this user can read or write, made once per process (mode 0700).
+
+    Private so that no other user can own it, plant a file or link in it, or
+    read what is written there; ``tempfile.mkdtemp`` makes it under an
+    unpredictable name.  It is left behind, as the tracebacks of the modules
+    loaded from it point into it.
+    """
+    global _MODULE_FOLDER
+    if _MODULE_FOLDER is None or not _MODULE_FOLDER.is_dir():
+        _MODULE_FOLDER = Path(tempfile.mkdtemp(prefix="symbptt-"))
+    return _MODULE_FOLDER
+
+
 def load_module(source: str, name: str | None = None) -> ModuleType:
     """Import generated source from a file, so that tracebacks show its lines.
 
-    The file is written once, under a name made of the hash of the source, in
-    a ``symbptt-generated`` folder of the temporary directory.
+    The file is written once per process, under a name made of the hash of the
+    source, in a private folder of the temporary directory (see
+    :func:`_module_folder`): written whole to a new file, then renamed.
     """
     digest = hashlib.sha256(source.encode()).hexdigest()[:16]
-    folder = Path(tempfile.gettempdir()) / "symbptt-generated"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _module_folder()
     module_name = name or f"symbptt_generated_{digest}"
     path = folder / f"{module_name}.py"
     if not path.exists() or path.read_text(encoding="utf-8") != source:
-        partial = path.with_suffix(f".{digest}.tmp")
-        partial.write_text(source, encoding="utf-8")
-        partial.replace(path)
+        with tempfile.NamedTemporaryFile(
+            "w",
+            encoding="utf-8",
+            dir=folder,
+            prefix=f".{module_name}.",
+            suffix=".tmp",
+            delete=False,
+        ) as partial:
+            partial.write(source)
+        os.replace(partial.name, path)
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load generated module from {path}")

@@ -5,21 +5,28 @@
 writes, for every entry of :data:`symbptt.presets.PRESETS`,
 ``OUTDIR/<name>/gradients.py`` (rolled: any number of steps) and
 ``OUTDIR/<name>/gradients_unrolled.py`` (straight-line code for the preset's
-steps), then the documents of the derivation when
-``symbptt.documents.write_documents`` is available.  OUTDIR defaults to
-``generated`` in the current directory.  The output depends on the presets
-only: running it twice, or under another hash seed, writes the same bytes.
+steps), then the documents of the derivation (``symbptt.documents``).
+OUTDIR defaults to ``generated`` in the current directory.  Each file is
+replaced atomically (written whole beside it, then renamed over it), so an
+interrupted run leaves every file either old or new.  The output depends on
+the presets only: running it twice, or under another hash seed, writes the
+same bytes.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
+import shutil
 import sys
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+from . import documents as _documents
 from .emit import emit_numpy
 from .presets import PRESETS
+from .spec import ModelSpec
 
 __all__ = ["CODE_FILES", "main", "regenerate"]
 
@@ -27,34 +34,49 @@ __all__ = ["CODE_FILES", "main", "regenerate"]
 CODE_FILES = {"gradients.py": False, "gradients_unrolled.py": True}
 
 
-def _document_writer() -> Callable[[Any, Path], Any] | None:
-    """``symbptt.documents.write_documents`` when that module provides it."""
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file beside ``path``, then rename it over ``path``."""
+    partial = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    # O_EXCL: never through a file or link already there; 0o666 less the umask,
+    # as a plain write would give.
+    fd = os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
     try:
-        from . import documents
-    except ImportError:  # the documents need optional packages
-        return None
-    writer = getattr(documents, "write_documents", None)
-    return writer if callable(writer) else None
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def _write_documents_atomic(spec: ModelSpec, folder: Path) -> None:
+    """The derivation documents of ``spec``, each renamed into ``folder`` once written."""
+    staging = Path(tempfile.mkdtemp(prefix=".regenerate-", dir=folder))
+    try:
+        for path in _documents.write_documents(spec, staging):
+            os.replace(path, folder / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def regenerate(outdir: str | Path = "generated", documents: bool = True) -> list[Path]:
     """Write the generated files of every preset under ``outdir``; returns the code files.
 
-    ``documents=False`` writes the code files only.
+    ``documents=False`` writes the code files only.  Each file is replaced
+    atomically.
     """
     root = Path(outdir)
     written: list[Path] = []
-    write_documents = _document_writer() if documents else None
     for name in sorted(PRESETS):
         spec = PRESETS[name]
         folder = root / name
         folder.mkdir(parents=True, exist_ok=True)
         for filename, unrolled in CODE_FILES.items():
             path = folder / filename
-            path.write_bytes(emit_numpy(spec, unrolled=unrolled).encode("utf-8"))
+            _write_atomic(path, emit_numpy(spec, unrolled=unrolled).encode("utf-8"))
             written.append(path)
-        if write_documents is not None:
-            write_documents(spec, folder)
+        if documents:
+            _write_documents_atomic(spec, folder)
     return written
 
 

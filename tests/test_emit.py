@@ -6,6 +6,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import tempfile
 import traceback
 from functools import cache
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 import sympy as sp
 
 import symbptt
-from symbptt import ModelSpec, functions
+from symbptt import ModelSpec, emit, functions
 from symbptt.gradcheck import finite_difference_errors, random_problem, relative_error
 from symbptt.presets import PRESETS
 from symbptt.spec import CHOICES
@@ -284,7 +285,10 @@ def _spread() -> list[tuple[ModelSpec, bool]]:
 
 
 def _ruff() -> list[str]:
+    """Skip without ruff, except under CI (which installs the dev extras): there, fail."""
     if importlib.util.find_spec("ruff") is None:
+        if os.environ.get("CI"):
+            pytest.fail("ruff is missing under CI; install the dev extras (pip install -e .[dev])")
         pytest.skip("ruff is not installed")
     return [sys.executable, "-m", "ruff"]
 
@@ -328,3 +332,72 @@ def test_load_module_imports_from_a_file_so_tracebacks_show_lines() -> None:
     frames = traceback.extract_tb(info.value.__traceback__)
     assert frames[-1].filename == mod.__file__
     assert frames[-1].line == "raise RuntimeError('from generated code')"
+
+
+def test_load_module_writes_into_a_private_folder_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A shared, predictable folder another user may own (or fill with links)
+    # must not matter: a plain file squats on the old name here.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(emit, "_MODULE_FOLDER", None)
+    (tmp_path / "symbptt-generated").write_text("not a folder")
+    first = symbptt.load_module("VALUE = 1\n")
+    second = symbptt.load_module("VALUE = 2\n")
+    assert (first.VALUE, second.VALUE) == (1, 2)
+    assert first.__file__ is not None and second.__file__ is not None
+    folder = Path(first.__file__).parent
+    assert Path(second.__file__).parent == folder  # one folder per process, reused
+    assert folder.parent == tmp_path and folder.name.startswith("symbptt-")
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert Path(first.__file__).stat().st_mode & 0o777 == 0o600
+    assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+    again = symbptt.load_module("VALUE = 1\n")  # the same source: the same file
+    assert again.__file__ == first.__file__
+
+
+def test_unrolled_emission_is_not_cubic_in_the_steps() -> None:
+    # Looking up adjoints and primals by scanning every symbol made T = 100
+    # take ~25 s and T = 1000 hang; with indexes, T = 300 takes a few seconds.
+    source = symbptt.emit_numpy(ModelSpec(steps=300), unrolled=True)
+    assert "STEPS = 300" in source
+
+
+@pytest.mark.parametrize("unrolled", [False, True])
+@pytest.mark.parametrize("spec", [XH, LAYERED], ids=["many_to_many", "many_to_one"])
+def test_cross_entropy_targets_must_sum_to_one_over_the_units(
+    spec: ModelSpec, unrolled: bool
+) -> None:
+    # The generated gradient softmax - Y holds only for targets that sum to 1.
+    mod = module_for(spec, unrolled)
+    assert "Targets: cross_entropy needs each target to sum to 1" in (mod.__doc__ or "")
+    for dtype, slack, off in ((np.float64, 1e-9, 1e-4), (np.float32, 1e-5, 1e-2)):
+        p = random_problem(mod, dtype=dtype)
+        params, X, Y, h0 = p.args()
+        np.testing.assert_allclose(Y.sum(axis=-1), 1, rtol=0, atol=slack)
+        mod.loss_and_gradients(params, X, Y, h0)  # distributions pass
+        one_hot = np.zeros_like(Y)
+        one_hot[..., 0] = 1
+        mod.loss_and_gradients(params, X, one_hot, h0)
+        nearly = Y.copy()
+        nearly[..., 0] += slack  # within the dtype's tolerance
+        mod.loss_and_gradients(params, X, nearly, h0)
+        message = "Y: cross_entropy targets must sum to 1 over the n_out units"
+        for bad, sums in ((Y * 2, "2.0 to 2.0"), (Y + off, ""), (np.zeros_like(Y), "0.0 to 0.0")):
+            for call in (mod.loss, mod.loss_and_gradients, mod.loss_and_all_gradients):
+                with pytest.raises(mod.ArgumentError, match=message) as info:
+                    call(params, X, bad, h0)
+                assert f"(one-hot or probabilities); got sums from {sums}" in str(info.value)
+        with pytest.raises(ValueError, match="got sums from nan to nan"):
+            mod.loss(params, X, np.full_like(Y, np.nan), h0)
+        mod.forward(params, X, h0)  # no targets, no check
+
+
+def test_losses_without_distribution_targets_accept_any_targets() -> None:
+    spec = ModelSpec(steps=2, output="sigmoid", loss="squared_error")
+    assert not functions.LOSSES[spec.loss].distribution
+    source = symbptt.emit_numpy(spec)
+    assert "must sum to 1" not in source and "Targets:" not in source
+    mod = module_for(spec)
+    p = random_problem(mod)
+    mod.loss_and_gradients(p.params, p.X, p.Y * 5, p.h0)

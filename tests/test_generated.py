@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from pathlib import Path
 from types import ModuleType
@@ -14,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import symbptt
+import symbptt.regenerate
 from symbptt import ModelSpec
 from symbptt.evaluate import Evaluator
 from symbptt.gradcheck import (
@@ -26,7 +28,7 @@ from symbptt.gradcheck import (
 )
 from symbptt.presets import PRESETS
 from symbptt.regenerate import CODE_FILES, regenerate
-from symbptt.spec import CHOICES, SpecError
+from symbptt.spec import CHOICES
 
 ROOT = Path(__file__).resolve().parent.parent
 PAIRS = [
@@ -139,20 +141,17 @@ VALID_PAIRS = st.sampled_from(PAIRS)
 @st.composite
 def specs_and_shapes(draw: st.DrawFn) -> tuple[ModelSpec, bool, dict[str, int]]:
     output, loss = draw(VALID_PAIRS)
-    try:
-        spec = ModelSpec(
-            steps=draw(st.integers(1, 5)),
-            hidden=draw(st.sampled_from(CHOICES["hidden"])),
-            output=output,
-            loss=loss,
-            mode=draw(st.sampled_from(CHOICES["mode"])),
-            time_reduction=draw(st.sampled_from(CHOICES["time_reduction"])),
-            batch_reduction=draw(st.sampled_from(CHOICES["batch_reduction"])),
-            notation=draw(st.sampled_from(CHOICES["notation"])),
-            bias=draw(st.booleans()),
-        )
-    except SpecError:  # pragma: no cover - the pairs are valid
-        raise
+    spec = ModelSpec(
+        steps=draw(st.integers(1, 5)),
+        hidden=draw(st.sampled_from(CHOICES["hidden"])),
+        output=output,
+        loss=loss,
+        mode=draw(st.sampled_from(CHOICES["mode"])),
+        time_reduction=draw(st.sampled_from(CHOICES["time_reduction"])),
+        batch_reduction=draw(st.sampled_from(CHOICES["batch_reduction"])),
+        notation=draw(st.sampled_from(CHOICES["notation"])),
+        bias=draw(st.booleans()),
+    )
     sizes = {
         "batch": draw(st.integers(1, 3)),
         "n_in": draw(st.integers(1, 4)),
@@ -192,6 +191,52 @@ def test_generated_folder_is_the_golden_record(tmp_path: Path) -> None:
         assert path.read_bytes() == committed.read_bytes(), (
             f"generated/{relative} is stale: run python -m symbptt.regenerate"
         )
+
+
+def test_regenerate_replaces_each_file_atomically(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every file is written beside its target and renamed over it, never in place."""
+    monkeypatch.setattr(symbptt.regenerate, "PRESETS", {"xh_hello": PRESETS["xh_hello"]})
+
+    def fake_documents(spec: ModelSpec, folder: Path) -> list[Path]:
+        paths = [Path(folder) / "derivation.tex", Path(folder) / "derivation.md"]
+        for path in paths:
+            path.write_text(f"{path.name} of {spec.hash()}\n")
+        return paths
+
+    monkeypatch.setattr(symbptt.regenerate._documents, "write_documents", fake_documents)
+    folder = tmp_path / "xh_hello"
+    folder.mkdir()
+    # An old file hard-linked elsewhere: a write in place would change the other name too.
+    outside = tmp_path / "outside.py"
+    outside.write_text("old\n")
+    os.link(outside, folder / "gradients.py")
+    os.link(outside, folder / "derivation.md")
+    written = regenerate(tmp_path)
+    assert written == [folder / name for name in CODE_FILES]
+    assert outside.read_text() == "old\n"
+    committed = ROOT / "generated" / "xh_hello" / "gradients.py"
+    assert (folder / "gradients.py").read_bytes() == committed.read_bytes()
+    assert (folder / "derivation.md").read_text().startswith("derivation.md of ")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "derivation.md",
+        "derivation.tex",
+        "gradients.py",
+        "gradients_unrolled.py",
+    ]  # no partial files or staging folders left behind
+
+    # A failed rename leaves the old file and no partial one.
+    (folder / "gradients.py").write_text("before\n")
+
+    def fail(src: object, dst: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        regenerate(tmp_path, documents=False)
+    assert (folder / "gradients.py").read_text() == "before\n"
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]
 
 
 def test_gradcheck_summarises_a_spec_or_a_module() -> None:

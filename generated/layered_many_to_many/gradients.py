@@ -25,6 +25,9 @@ Y (T, m, n_out); h0 (m, n_hidden) or None for zeros; the parameters
 (biases are n x 1 vectors, as in the notation).
 Layout: rows, as in X W: a per-step quantity is (m, units), one example per row.
 Reductions: sum over time, mean over the batch.
+Targets: cross_entropy needs each target to sum to 1 over the n_out units
+(one-hot or probabilities; Y.sum(axis=-1) == 1): the gradient is derived
+under that rule, and other targets raise ValueError.
 
 Functions: init_params, forward, loss, loss_and_gradients (the loss and the
 parameter gradients), loss_and_all_gradients (also the gradients of X and h0
@@ -230,6 +233,7 @@ def _check(params, X, Y, h0):
         _expect(name, params[name], shape, X.dtype, text)
     if Y is not None:
         _expect("Y", Y, (T, m, n_out), X.dtype, "(T, m, n_out)")
+        _expect_distributions(Y)
     if h0 is None:
         h0 = np.zeros((m, n_hidden), X.dtype)
     else:
@@ -250,6 +254,17 @@ def _expect(name, array, shape, dtype, text=""):
     if array.dtype != dtype:
         message = f"{name}: expected dtype {dtype} (the dtype of X), got {array.dtype}"
         raise ArgumentError(message)
+
+
+def _expect_distributions(Y):
+    """Raise ArgumentError unless every target sums to 1 over the n_out units."""
+    sums = Y.sum(axis=-1)
+    tolerance = 1e-6 if Y.dtype == np.float64 else 1e-3
+    if not np.all(np.abs(sums - 1) <= tolerance):
+        raise ArgumentError(
+            f"Y: {SPEC['loss']} targets must sum to 1 over the n_out units "
+            f"(one-hot or probabilities); got sums from {np.min(sums)} to {np.max(sums)}"
+        )
 
 
 def logsumexp(x, axis, softmax=None):
