@@ -243,7 +243,7 @@ def truncated_bptt(
     for start, stop in windows:
         last = stop == steps
         if mode == "many_to_one" and not last:
-            h = _advance(module, params, X[start:stop], Y, h)
+            h = _advance(module, params, X[start:stop], h)
             continue
         window_y = Y if mode == "many_to_one" else Y[start:stop]
         value, window_grads, state = module.loss_and_all_gradients(
@@ -259,15 +259,16 @@ def truncated_bptt(
     return total, grads, h
 
 
-def _advance(
-    module: ModuleType, params: Mapping[str, Array], X: Array, Y: Array, h0: Array | None
-) -> Array:
+def _advance(module: ModuleType, params: Mapping[str, Array], X: Array, h0: Array | None) -> Array:
     """The hidden state after running ``X`` from ``h0`` (a many-to-one window without a loss).
 
     The generated module returns the final state with the gradients; the
-    target only shapes the (discarded) loss: the state does not depend on it.
+    target only shapes the (discarded) loss, and the state does not depend on
+    it, so the module's own predictions serve: a valid target for every loss
+    (a cross-entropy target must sum to one over the units).
     """
-    _, _, state = module.loss_and_all_gradients(params, X, np.zeros_like(Y), h0)
+    predictions, _ = module.forward(params, X, h0)
+    _, _, state = module.loss_and_all_gradients(params, X, predictions, h0)
     h_T: Array = state["h_T"]
     return h_T
 
@@ -322,7 +323,7 @@ def gradient_norms(
     states: list[Array | None] = [h0]
     h = h0
     for step in range(steps - 1):
-        h = _advance(last, params, X[step : step + 1], target, h)
+        h = _advance(last, params, X[step : step + 1], h)
         states.append(h)
     norms = np.empty(steps)
     for k, h_k in enumerate(states):
