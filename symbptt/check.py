@@ -105,7 +105,7 @@ from . import exprlang, functions, mexpr
 from .derive import Derivation, StepForm, derive
 from .evaluate import Evaluator
 from .exprlang import ExpressionError, Namespace
-from .graph import T_SYMBOL, Assignment, Graph
+from .graph import T_SYMBOL, Assignment, Graph, Symbols
 from .notation import NOTATIONS, SERIES_ROLES, Notation
 from .spec import ModelSpec
 
@@ -118,6 +118,7 @@ __all__ = [
     "NameInfo",
     "check",
     "correct_formula",
+    "model_equations",
     "names",
     "names_text",
     "namespace",
@@ -167,29 +168,9 @@ def _notation_of(obj: str | Notation | ModelSpec | Derivation) -> Notation:
     raise ValueError(f"unknown notation {obj!r}; expected one of {', '.join(NOTATIONS)}")
 
 
-def _param_shape_text(notation: Notation, role: str) -> str:
-    column = {
-        "input_weight": ("n_1", "n_0"),
-        "recurrent_weight": ("n_1", "n_1"),
-        "output_weight": ("n_2", "n_1"),
-        "hidden_bias": ("n_1", "1"),
-        "output_bias": ("n_2", "1"),
-    }[role]
-    if notation.layout == "row" and not role.endswith("_bias"):
-        column = (column[1], column[0])
-    return f"({column[0]}, {column[1]})"
-
-
-def _series_shape_text(notation: Notation, role: str) -> str:
-    units = {
-        "input": "n_0",
-        "pre_activation": "n_1",
-        "hidden": "n_1",
-        "output_pre_activation": "n_2",
-        "output": "n_2",
-        "target": "n_2",
-    }[role]
-    return f"({units}, m)" if notation.layout == "column" else f"(m, {units})"
+def _generic_symbols(notation: Notation) -> Symbols:
+    """The notation's symbols at symbolic sizes (n_0, n_1, n_2, m)."""
+    return Symbols(ModelSpec(notation=notation.name), notation)
 
 
 def names(notation: str | Notation | ModelSpec | Derivation) -> tuple[NameInfo, ...]:
@@ -199,16 +180,18 @@ def names(notation: str | Notation | ModelSpec | Derivation) -> tuple[NameInfo, 
     last = "T" if first == 1 else "T-1"
     before = first - 1
     after = "T+1" if first == 1 else "T"
+    symbols = _generic_symbols(nota)
+    hidden_shape = _shape_text(symbols.series_shape("hidden"))  # also the pre-activation's
     out: list[NameInfo] = []
     for param in nota.params:
-        shape = _param_shape_text(nota, param.role)
+        shape = _shape_text(symbols.param_shape(param.role))
         out.append(NameInfo(param.ascii, "parameter", f"{param.description} {shape}"))
     hidden = nota.series_of("hidden").ascii
     out.append(
         NameInfo(
             nota.initial_ascii,
             "initial state",
-            f"initial hidden state = {hidden}[{before}] {_series_shape_text(nota, 'hidden')} "
+            f"initial hidden state = {hidden}[{before}] {hidden_shape} "
             "(zero unless the spec has initial_state='input')",
         )
     )
@@ -221,7 +204,7 @@ def names(notation: str | Notation | ModelSpec | Derivation) -> tuple[NameInfo, 
             NameInfo(
                 f"{series.ascii}[t]",
                 "series",
-                f"{series.description} {_series_shape_text(nota, role)}, "
+                f"{series.description} {_shape_text(symbols.series_shape(role))}, "
                 f"t = {first}..{last}{extra}",
             )
         )
@@ -230,7 +213,7 @@ def names(notation: str | Notation | ModelSpec | Derivation) -> tuple[NameInfo, 
         NameInfo(
             "delta[t]",
             "adjoint",
-            f"δ_t = ∂L/∂{pre}[t] {_series_shape_text(nota, 'pre_activation')}; delta[{after}] = 0",
+            f"δ_t = ∂L/∂{pre}[t] {hidden_shape}; delta[{after}] = 0",
         )
     )
     out.append(NameInfo("T", "scalar", "the number of steps"))
@@ -405,10 +388,6 @@ def _bind_series(
 
 
 # ============================================================================= printer
-def _step_text(step: Any) -> str:
-    return str(step).replace(" ", "")
-
-
 class _Printer:
     """Matrix expressions in the expression language (so the text parses back)."""
 
@@ -424,8 +403,10 @@ class _Printer:
 
     def _scalar(self, value: Any) -> tuple[str, int]:
         value = sp.sympify(value)
-        if value.is_Integer or value.is_Symbol:
-            return (str(value), 4) if value >= 0 or value.is_Symbol else (str(value), 1)
+        if value.is_Symbol:
+            return str(value), 4
+        if value.is_Integer:
+            return (str(value), 4) if value >= 0 else (str(value), 1)
         if isinstance(value, sp.Float):
             return str(value), 4
         num, den = sp.fraction(value)
@@ -577,7 +558,7 @@ def _naming(
             label = notation.series_of(role).ascii
         else:
             return str(symbol.name)
-        return f"{label}[{_step_text(step)}]"
+        return f"{label}[{Symbols.step_name(step)}]"
 
     return name
 
@@ -637,6 +618,39 @@ def _printers(d: Derivation) -> tuple[_Printer, _Printer, Any]:
     return printer, last_printer, last_step
 
 
+def model_equations(model: ModelSpec | Derivation) -> tuple[tuple[str, str], ...]:
+    """The model's equations, printed in the expression language from its derivation.
+
+    The forward assignments of the generic step ``t`` (pre-activation, hidden
+    state, output pre-activation, prediction, the loss of a step) and the
+    total loss, as ``(left-hand side, right-hand side)`` pairs.
+    """
+    d = model if isinstance(model, Derivation) else _derivation(model)
+    printer, _, _ = _printers(d)
+    notation = d.graph.notation
+    rows: list[tuple[str, str]] = []
+    step_losses: dict[Any, Any] = {}
+
+    def loss_text(symbol: Any) -> str:
+        _, step = d.step_form.symbols.meta.get(symbol) or d.graph.symbols.meta[symbol]
+        return f"{notation.loss_ascii}[{Symbols.step_name(step)}]"
+
+    for a in d.step_form.forward:
+        if a.kind == "loss":
+            node = a.expr
+            rhs = f"{d.spec.loss}({printer(node.pred)}, {printer(node.target)})"
+            rows.append((loss_text(a.target), rhs))
+        else:
+            rows.append((printer(a.target), printer(a.expr)))
+    total = d.graph.assignments[-1]
+    for symbol in total.expr.free_symbols:
+        info = d.graph.symbols.meta.get(symbol)
+        if info is not None and info[0] == "loss":
+            step_losses[symbol] = sp.Symbol(loss_text(symbol))
+    rows.append((str(total.target), printer(total.expr.xreplace(step_losses))))
+    return tuple(rows)
+
+
 def _delta_lines(d: Derivation) -> tuple[str, ...]:
     """The δ recursion in the expression language, and what lies outside the steps."""
     form = d.step_form
@@ -651,10 +665,10 @@ def _delta_lines(d: Derivation) -> tuple[str, ...]:
         delta_last = _delta_of(form.last_backward)
         if delta_last is not None:
             value = last_printer(_inline(form.last_backward)[delta_last.target])
-            lines.append(f"delta[{_step_text(last_step)}] = {value}")
+            lines.append(f"delta[{Symbols.step_name(last_step)}] = {value}")
         if delta_body is not None:
             value = printer(_inline(form.backward)[delta_body.target])
-            lines.append(f"delta[t] = {value}  (t < {_step_text(last_step)})")
+            lines.append(f"delta[t] = {value}  (t < {Symbols.step_name(last_step)})")
     first = notation.t0
     hidden = notation.series_of("hidden").ascii
     initial = "0" if d.spec.initial_state == "zero" else notation.initial_ascii

@@ -142,13 +142,6 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         data: dict[str, Any] = toml.loads(text)
     except toml.TOMLDecodeError as exc:
         raise UsageError(f"{path}: not valid TOML: {_one_line(str(exc))}") from None
-    known = ModelSpec.field_names()
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise UsageError(
-            f"{path}: unknown key(s) {', '.join(map(repr, unknown))}; "
-            f"a config file holds spec fields: {', '.join(known)}"
-        )
     return data
 
 
@@ -184,11 +177,14 @@ def spec_from_options(
             fields[name] = value
             source[name] = _flag(name)
     try:
-        return ModelSpec(**fields)
+        return ModelSpec.from_mapping(fields)
     except SpecError as exc:
         message = _one_line(str(exc))
         name = message.split(":", 1)[0]
         where = source.get(name)
+        if where is None:  # unknown fields: the message quotes them before the ";"
+            named = message.split(";", 1)[0]
+            where = ", ".join(sorted({src for key, src in source.items() if repr(key) in named}))
         raise UsageError(f"{message} (from {where})" if where else message) from None
 
 
@@ -287,13 +283,13 @@ def write_outputs(folder: Path, files: Mapping[str, bytes], force: bool = False)
     then staged as a temporary file in the folder; only when all are staged
     are they renamed into place.  On failure the staged files are removed.
     """
+    check_destination(folder, list(files), force)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
         raise UsageError(f"{folder}: exists and is not a folder") from None
     except OSError as exc:
         raise UsageError(f"{folder}: cannot create the output folder: {exc.strerror}") from None
-    check_destination(folder, list(files), force)
     mode = 0o666 & ~_umask()
     staged: list[tuple[Path, Path]] = []
     result = Written(folder)
@@ -690,52 +686,28 @@ def _expression_error(exc: Any) -> str:
     return f"{message}; at column {offset + 1}: {shown}"
 
 
-def _equations(notation: Any) -> list[tuple[str, str]]:
-    """A notation's model equations, written with the expression language's names."""
-    column = notation.layout == "column"
-    name = {p.role: p.ascii for p in notation.params}
-    series = {s.role: s.ascii for s in notation.series}
-
-    def affine(weight: str, value: str) -> str:
-        return f"{weight} @ {value}" if column else f"{value} @ {weight}"
-
-    terms = [
-        affine(name["recurrent_weight"], f"{series['hidden']}[t-1]"),
-        affine(name["input_weight"], f"{series['input']}[t]"),
-    ]
-    if not notation.recurrent_first:
-        terms.reverse()
-    hidden_fn = notation.hidden_fn.replace("{", "").replace("}", "")
-    output_fn = notation.output_fn.replace("{", "").replace("}", "")
-    loss = notation.loss_ascii
-    return [
-        (f"{series['pre_activation']}[t]", " + ".join([*terms, name["hidden_bias"]])),
-        (f"{series['hidden']}[t]", f"{hidden_fn}({series['pre_activation']}[t])"),
-        (
-            f"{series['output_pre_activation']}[t]",
-            affine(name["output_weight"], f"{series['hidden']}[t]") + f" + {name['output_bias']}",
-        ),
-        (f"{series['output']}[t]", f"{output_fn}({series['output_pre_activation']}[t])"),
-        (
-            loss,
-            f"sum_t {loss}[t],  {loss}[t] = loss({series['output']}[t], {series['target']}[t])",
-        ),
-    ]
+def _spec_words(spec: ModelSpec) -> str:
+    """The spec fields the printed equations depend on, in a few words."""
+    return (
+        f"T = {spec.steps}, {spec.hidden} hidden, {spec.output} output, {spec.loss}, "
+        f"{spec.batch_reduction} over the batch, {spec.time_reduction} over time"
+    )
 
 
 def _cmd_notations(args: argparse.Namespace) -> int:
-    from .check import names
+    from .check import model_equations, names
     from .notation import NOTATIONS
 
-    chosen = [args.name] if args.name else list(NOTATIONS)
+    order = [key for key in CHOICES["notation"] if key in NOTATIONS]
+    order += [key for key in NOTATIONS if key not in order]
+    chosen = [args.name] if args.name else order
     for key in chosen:
         if key not in NOTATIONS:
-            raise UsageError(
-                f"NAME: got {key!r}; expected one of {', '.join(map(repr, NOTATIONS))}"
-            )
+            raise UsageError(f"NAME: got {key!r}; expected one of {', '.join(map(repr, order))}")
     blocks = []
     for key in chosen:
         notation = NOTATIONS[key]
+        spec = ModelSpec(notation=key)
         first = notation.t0
         last = "T" if first == 1 else "T-1"
         hidden = notation.series_of("hidden").ascii
@@ -749,9 +721,9 @@ def _cmd_notations(args: argparse.Namespace) -> int:
             f"{key}{default}: {notation.title}",
             f"  seed {notation.seed}; {layout}; t = {first}..{last}; "
             f"initial state {notation.initial_ascii} = {hidden}[{first - 1}]",
-            "  equations (biases broadcast over the batch):",
+            f"  equations of the default spec in this notation ({_spec_words(spec)}):",
         ]
-        rows = _equations(notation)
+        rows = model_equations(spec)
         width = max(len(lhs) for lhs, _ in rows)
         lines += [f"    {lhs:<{width}} = {rhs}" for lhs, rhs in rows]
         lines += [f"    note: {_one_line(note)}" for note in notation.notes]

@@ -22,13 +22,12 @@ the page is split into rows, or a part of it is given a short name first.
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
@@ -37,8 +36,9 @@ from typing import Any
 import numpy as np
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
+from sympy.matrices.expressions.diagonal import DiagMatrix
 
-from . import functions, mexpr, rules
+from . import functions, gradcheck, mexpr, rules
 from .derive import Derivation, derive
 from .graph import T_SYMBOL, Symbols
 from .latex_printer import (
@@ -56,6 +56,7 @@ from .latex_printer import (
 from .notation import PARAM_ROLES, Notation
 from .spec import ModelSpec
 from .templating import render
+from .train import Adam
 
 __all__ = [
     "TeXError",
@@ -309,6 +310,14 @@ def _sci(value: float) -> str:
     return rf"{mantissa:.1f} \times 10^{{{exponent}}}"
 
 
+def _decimal(value: float) -> Any:
+    """``value`` as SymPy prints a decimal: ``10^{-8}`` for a power of ten, else ``0.999``."""
+    exponent = round(math.log10(value)) if value > 0 else 0
+    if value > 0 and float(10.0**exponent) == value and exponent < 0:
+        return sp.Pow(10, sp.UnevaluatedExpr(exponent), evaluate=False)
+    return sp.Float(value)
+
+
 def _atoms(expr: Any) -> list[Any]:
     """Symbols and MatrixSymbols of ``expr`` in a fixed (depth-first) order."""
     out: list[Any] = []
@@ -550,6 +559,11 @@ class _Writer:
             "items": items,
             "steps": spec.steps,
             "many_to_one": spec.mode == "many_to_one",
+            # the symbols the prose names, printed like the formulas
+            "T": self.tex(T_SYMBOL),
+            "t": self.tex(self.t),
+            "T_is": self.tex(sp.Eq(T_SYMBOL, spec.steps, evaluate=False)),
+            "copy_mark": f"({self.tex(self.t)})",
         }
 
     # -- 1. the model -----------------------------------------------------------------
@@ -794,6 +808,7 @@ class _Writer:
             "ones": self.tex(sp.OneMatrix(batch, 1)),
             "m": self.tex(batch),
             "single": batch == 1,
+            "single_m": self.tex(sp.Eq(sp.Symbol("m"), batch, evaluate=False)),
             "row": self.notation.layout == "row",
         }
 
@@ -886,6 +901,7 @@ class _Writer:
         count = T_SYMBOL if spec.mode == "many_to_many" else sp.Integer(1)
         scale = self.graph.symbols.loss_scale(count)
         general = self._scaled_sum(scale)
+        mean_time_form = self._scaled_sum(1 / T_SYMBOL, batch=False)
         without = _elide([str(s) for s in graph.steps if s not in loss_steps], r"\dots")
         return {
             "rows": loss_rows,
@@ -898,6 +914,7 @@ class _Writer:
                 rf"{series_name(notation, 'target', self.t).tex()})",
             ),
             "mean_time": spec.time_reduction == "mean",
+            "mean_time_form": mean_time_form,
             "mean_batch": spec.batch_reduction == "mean",
             "many_to_one": spec.mode == "many_to_one",
             "without": [
@@ -911,12 +928,15 @@ class _Writer:
             "single": self.graph.symbols.sizes["batch"] == 1,
         }
 
-    def _scaled_sum(self, scale: Any) -> str:
-        """L = c Σ_t L_t for the generic T (just the last step for many-to-one)."""
+    def _scaled_sum(self, scale: Any, batch: bool = True) -> str:
+        """L = c Σ_t L_t for the generic T (just the last step for many-to-one).
+
+        ``batch=False`` sums over the steps of the generic T whatever the mode.
+        """
         notation = self.notation
-        lhs = loss_name(notation).tex()
+        lhs = self.tex(self.graph.assignments[-1].target)
         coeff = "" if scale == 1 else self.tex(scale) + " "
-        if self.spec.mode == "many_to_one":
+        if self.spec.mode == "many_to_one" and batch:
             return rf"{lhs} = {coeff}{loss_name(notation, self.T_last).tex()}"
         t = self.t
         return (
@@ -988,6 +1008,12 @@ class _Writer:
             "params": params,
             "total": loss_name(self.notation).tex(),
             "operator": self.operator,
+            # how the document writes a partial derivative, on two placeholders A and B
+            "example": {
+                "partial": self.partial(TeXName("A"), TeXName("B")),
+                "num": TeXName("A").tex(),
+                "den": TeXName("B").tex(),
+            },
             "limit": CHAIN_LIMIT,
             "elided": self.spec.steps > CHAIN_LIMIT,
         }
@@ -1284,23 +1310,30 @@ class _Writer:
         h_j, z_j = self.sym("hidden", j), self.sym("pre_activation", j)
         h_prev = series_name(notation, "hidden", j - 1)
         f_prime = hidden.derivative_of(h_j, z_j)
-        w_rec = param_name(notation, "recurrent_weight").tex()
-        w_out = param_name(notation, "output_weight").tex()
-        diag = rf"\operatorname{{diag}}({self.tex(f_prime)})"
-        jacobian = f"{diag} {w_rec}" if notation.layout == "column" else f"{w_rec} {diag}"
+        # ∂h_j/∂h_{j-1}: diag(f') times the factor multiplying h_{j-1} in the pre-activation
+        left, right = self._factor_of(self._generic("pre_activation").expr, "hidden", t - 1)
+        diag = DiagMatrix(f_prime)
+        jacobian = sp.MatMul(diag, *left) if left else sp.MatMul(*right, diag)
         jac_lhs = self.partial(self.named(h_j), h_prev)
+        # ∂o_t/∂h_t: the factor multiplying h_t in the output pre-activation
+        o_left, o_right = self._factor_of(self._generic("output_pre_activation").expr, "hidden", t)
+        o_factors = o_left or o_right
+        o_h = o_factors[0] if len(o_factors) == 1 else sp.MatMul(*o_factors)
         a_ph = sp.Dummy("a")
-        h_base = notation.series_of("hidden").base
-        printer = self.printer.with_names({a_ph: TeXName(h_base)})
+        h_t_sym, z_t_sym = self.sym("hidden", t), self.sym("pre_activation", t)
+        printer = self.printer.with_names({a_ph: self.named(h_t_sym)})
         expr, written_in = hidden.derivative
         f = self._fn_name(notation.hidden_fn)
         derivative = {
             "raw": rf"{f}'({self.tex(functions.z)}) = {self.tex(hidden.raw_derivative)}",
-            "output_form": str(printer.doprint(expr.xreplace({functions.a: a_ph}))),
+            "output_form": rf"{f}'({self.tex(z_t_sym)}) = "
+            + str(printer.doprint(expr.xreplace({functions.a: a_ph}))),
+            "through": self.tex(
+                sp.Eq(h_t_sym, self._function_symbol(notation.hidden_fn, z_t_sym), evaluate=False)
+            ),
             "written_in": written_in,
-            "h_base": h_base,
         }
-        h_t = self.named(self.sym("hidden", t))
+        h_t = self.named(h_t_sym)
         o_t = self.named(self.sym("output_pre_activation", t))
         return {
             "loss_rows": rows,
@@ -1312,8 +1345,11 @@ class _Writer:
             "scalar": scalar,
             "distribution": loss.distribution,
             "scaled_rows": scaled_rows,
-            "jacobian": rf"{jac_lhs} = {jacobian}",
-            "o_h": rf"{self.partial(o_t, h_t)} = {w_out}",
+            "jacobian": rf"{jac_lhs} = {self.tex(jacobian)}",
+            "j": self.tex(j),
+            "g": self.tex(g_sym),
+            "ones": self.tex(sp.OneMatrix(shape[0], 1)),
+            "o_h": rf"{self.partial(o_t, h_t)} = {self.tex(o_h)}",
             "derivative": derivative,
             "f_prime_j": self.tex(f_prime),
             "hidden_fn": f,
@@ -1325,6 +1361,16 @@ class _Writer:
             "contributions": self._contribution_rows(),
             "delta_rows": self._delta_rows(),
         }
+
+    def _factor_of(self, expr: Any, role: str, step: Any) -> tuple[list[Any], list[Any]]:
+        """The factors left and right of the series ``role`` at ``step`` in an affine sum."""
+        terms = expr.args if isinstance(expr, sp.MatAdd) else (expr,)
+        for term in terms:
+            factors = list(term.args) if isinstance(term, sp.MatMul) else [term]
+            for k, factor in enumerate(factors):
+                if self.roles.get(factor) == (role, step):
+                    return factors[:k], factors[k + 1 :]
+        raise KeyError(f"no {role} at step {step} in {expr}")
 
     def _refresh(self) -> None:
         self.printer = BPTTLatexPrinter(
@@ -1406,6 +1452,8 @@ class _Writer:
             "last_rows": last_rows,
             "many_to_one": self.spec.mode == "many_to_one",
             "boundary": boundary,
+            "boundary_row": rf"{boundary} = "
+            + self.tex(sp.ZeroMatrix(*self.graph.symbols.series_shape("pre_activation"))),
             "sums": sums,
             "unrolled": unrolled,
             "gradient_rows": gradient_rows,
@@ -1465,6 +1513,13 @@ class _Writer:
         theta, g, s, r = (sp.MatrixSymbol(n, *shape) for n in ("theta", "g", "s", "r"))
         s_hat, r_hat = sp.MatrixSymbol("s_hat", *shape), sp.MatrixSymbol("r_hat", *shape)
         rho1, rho2, tau, eps = sp.symbols("rho_1 rho_2 tau epsilon")
+        # the defaults of the optimiser symbptt.train runs (its beta1, beta2, eps)
+        defaults = Adam()
+        adam_defaults = [
+            self.tex(sp.Eq(rho1, _decimal(defaults.beta1), evaluate=False)),
+            self.tex(sp.Eq(rho2, _decimal(defaults.beta2), evaluate=False)),
+            self.tex(sp.Eq(eps, _decimal(defaults.eps), evaluate=False)),
+        ]
         adam_names = {
             theta: TeXName(r"\theta"),
             g: TeXName("g"),
@@ -1518,6 +1573,13 @@ class _Writer:
             "rows": rows,
             "params": names,
             "adam_rows": adam_rows,
+            "adam_defaults": adam_defaults,
+            "adam_symbols": {
+                "theta": str(printer.doprint(theta)),
+                "s": str(printer.doprint(s)),
+                "r": str(printer.doprint(r)),
+                "count": rf"{self.tex(tau)} = 1, 2, \dots",
+            },
             "eta": self.tex(eta),
             "initial_input": self.spec.initial_state == "input",
             "initial": initial_name(notation).tex(),
@@ -1560,20 +1622,13 @@ class _Writer:
 
     def _numerical_check(self) -> dict[str, Any]:
         try:
-            module = importlib.import_module(".gradcheck", __package__)
-        except ImportError:
-            module = None
-        run: Callable[..., Any] | None = getattr(module, "gradcheck", None) if module else None
-        if run is None:
-            return {"ran": False, "error": ""}
-        try:
-            result = run(self.spec, np.random.default_rng(_seed(self.spec)))
+            result = gradcheck.gradcheck(self.spec, np.random.default_rng(_seed(self.spec)))
         except Exception as exc:  # reported in the document, not hidden
             return {"ran": False, "error": f"{type(exc).__name__}: {exc}"}
         return {
             "ran": True,
             "error": _sci(float(result.max_relative_error)),
-            "ok": bool(getattr(result, "ok", True)),
+            "ok": bool(result.ok),
         }
 
 
@@ -1735,16 +1790,39 @@ def write_documents(
     out.mkdir(parents=True, exist_ok=True)
     tex, md = render_documents(spec, name=name, verify=verify)
     pdf_bytes = compile_pdf(tex)[0] if pdf else None
-    written = []
-    for file_name, data in (("derivation.tex", tex), ("derivation.md", md)):
-        target = out / file_name
-        target.write_text(data, encoding="utf-8", newline="\n")
-        written.append(target)
+    files: list[tuple[str, bytes]] = [
+        ("derivation.tex", tex.encode("utf-8")),
+        ("derivation.md", md.encode("utf-8")),
+    ]
     if pdf_bytes is not None:
-        target = out / "derivation.pdf"
-        target.write_bytes(pdf_bytes)
+        files.append(("derivation.pdf", pdf_bytes))
+    written = []
+    for file_name, data in files:
+        target = out / file_name
+        _write_atomically(target, data)
         written.append(target)
     return written
+
+
+def _write_atomically(target: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``target``, then rename it into place."""
+    fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp_name, 0o666 & ~_umask())
+        os.replace(temp_name, target)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # ---------------------------------------------------------------------------- Jupyter

@@ -31,6 +31,7 @@ from sympy.core.function import AppliedUndef
 from sympy.printing.latex import LatexPrinter
 
 from . import functions, mexpr
+from .graph import Symbols
 from .notation import PARAM_ROLES, Notation
 
 __all__ = [
@@ -232,7 +233,7 @@ def _name_for(notation: Notation, symbol: Any, role: str, step: Any) -> TeXName 
 
 
 def _strip_step(symbol: Any, step: Any) -> str:
-    suffix = "_" + str(step).replace(" ", "")
+    suffix = "_" + Symbols.step_name(step)
     name = str(symbol.name)
     return name[1 : -len(suffix)] if name.endswith(suffix) else name[1:]
 

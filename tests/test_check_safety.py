@@ -141,8 +141,13 @@ def test_random_formulas_give_a_verdict_or_an_expression_error(text: str, wrt: s
     except ExpressionError:
         return
     assert isinstance(result, CheckResult)
-    assert result.ok in (True, False)
-    result.explain()
+    assert isinstance(result.ok, bool)
+    explained = result.explain()
+    assert isinstance(explained, str) and explained
+    header = explained.splitlines()[0]
+    assert header.startswith(f"∂L/∂{wrt}: ")
+    # the verdict in the header agrees with ok
+    assert ("NOT EQUAL" in header) is (not result.ok)
 
 
 def _hidden_vectors() -> st.SearchStrategy[str]:

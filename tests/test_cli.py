@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,8 +13,11 @@ from typing import Any
 
 import pytest
 
-from symbptt import ModelSpec, __version__, cli, load_module
+from symbptt import ModelSpec, __version__, cli, derive, load_module
+from symbptt.check import model_equations
 from symbptt.cli import UsageError, main, spec_from_options, write_outputs
+from symbptt.notation import NOTATIONS
+from symbptt.spec import CHOICES, SpecError
 
 COMMANDS = ("derive", "check", "notations", "demo")
 
@@ -127,8 +131,8 @@ def test_no_config_no_flags_is_the_default_spec() -> None:
         ("steps = \n", "not valid TOML"),
         ("hidden = 'tanh\n", "not valid TOML"),
         ("[spec\n", "not valid TOML"),
-        ("steps = 3\nlearning_rate = 0.1\n", "unknown key(s) 'learning_rate'"),
-        ("time-reduction = 'mean'\n", "unknown key(s) 'time-reduction'"),
+        ("steps = 3\nlearning_rate = 0.1\n", "unknown spec field(s) 'learning_rate'"),
+        ("time-reduction = 'mean'\n", "unknown spec field(s) 'time-reduction'"),
         ("hidden = 'softsign'\n", "hidden: got 'softsign'"),
         ("steps = '3'\n", "steps: got '3'"),
         ("bias = 'yes'\n", "bias: got 'yes'"),
@@ -145,6 +149,16 @@ def test_bad_config_exit_2_in_one_line(
     assert_one_line_error(err, needle)
     assert str(config) in err
     assert not out.exists()
+
+
+def test_unknown_config_keys_use_the_specs_own_message(tmp_path: Path) -> None:
+    """The CLI adds where the key came from to ModelSpec.from_mapping's message."""
+    config = write(tmp_path / "m.toml", "steps = 3\nlr = 0.1\n")
+    with pytest.raises(SpecError) as spec_error:
+        ModelSpec.from_mapping({"steps": 3, "lr": 0.1})
+    with pytest.raises(UsageError) as usage_error:
+        spec_from_options(config, {"hidden": "relu"})
+    assert str(usage_error.value) == f"{spec_error.value} (from {config})"
 
 
 def test_bad_value_names_its_source(tmp_path: Path) -> None:
@@ -222,6 +236,37 @@ def test_writer_never_overwrites_a_users_file_without_force(tmp_path: Path) -> N
     assert (tmp_path / "notes.md").read_text() == "my notes\n"
     write_outputs(tmp_path, {"code.py": MARKED, "notes.md": MARKED}, force=True)
     assert (tmp_path / "notes.md").read_bytes() == MARKED
+
+
+def test_refused_destination_leaves_no_empty_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """check_destination runs before the folder is created: a refusal leaves nothing behind."""
+
+    def refuse(folder: Path, names: object, force: bool = False) -> None:
+        assert not folder.exists(), "the folder was created before the destination was checked"
+        raise UsageError(f"{folder}: refused")
+
+    monkeypatch.setattr(cli, "check_destination", refuse)
+    with pytest.raises(UsageError, match="refused"):
+        write_outputs(tmp_path / "new" / "out", {"x.py": MARKED})
+    assert list(tmp_path.iterdir()) == []
+    # and a real refusal: the output folder would sit under a file
+    (tmp_path / "blocker").write_text("a file, not a folder\n")
+    monkeypatch.undo()
+    with pytest.raises(UsageError, match="cannot create the output folder"):
+        write_outputs(tmp_path / "blocker" / "out", {"x.py": MARKED})
+    assert [p.name for p in tmp_path.iterdir()] == ["blocker"]
+
+
+def test_a_folder_in_the_way_leaves_no_new_folder(tmp_path: Path) -> None:
+    """A destination refused for its contents: the parents made for it would stay behind."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "x.py").mkdir()  # a folder where symbptt writes x.py
+    with pytest.raises(UsageError, match="is a folder where symbptt writes"):
+        write_outputs(out, {"x.py": MARKED})
+    assert [p.name for p in out.iterdir()] == ["x.py"]
 
 
 def test_writer_is_all_or_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -486,7 +531,7 @@ def test_check_bad_config_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: 
     config = write(tmp_path / "bad.toml", "stepz = 3\n")
     code, _, err = run(["check", str(config), "--wrt", "W_hh", "x[1]"], capsys)
     assert code == 2
-    assert_one_line_error(err, "bad.toml", "unknown key(s) 'stepz'")
+    assert_one_line_error(err, "bad.toml", "unknown spec field(s) 'stepz'")
 
 
 # -- notations ------------------------------------------------------------------------
@@ -498,9 +543,40 @@ def test_notations_lists_the_four_presets(capsys: pytest.CaptureFixture[str]) ->
         assert seed in out
     for name in ("W_xh", "W_hh", "U", "W_h1", "beta_1", "H1[t]", "w_aa", "net_a[t]", "delta[t]"):
         assert name in out
-    assert "z[t]     = W_xh @ x[t] + W_hh @ h[t-1] + b_h" in out
-    assert "Z1[t]    = X[t] @ W_1 + H1[t-1] @ W_h1 + beta_1" in out
+    assert "z[t]     = W_xh @ x[t] + W_hh @ h[t-1] + b_h @ ones(1, m)" in out
+    assert "Z1[t]    = X[t] @ W_1 + H1[t-1] @ W_h1 + ones(m, 1) @ beta_1.T" in out
     assert "sum_t(...)" in out and "softmax(A)" in out
+
+
+@pytest.mark.parametrize("key", ["xh", "uvw", "layered", "aa"])
+def test_notations_equations_are_printed_from_the_derivation(
+    key: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every equation `notations` shows is the derivation's, in the checker's language."""
+    code, out, _ = run(["notations", key], capsys)
+    assert code == 0
+    spec = ModelSpec(notation=key)
+    for lhs, rhs in model_equations(spec):
+        assert re.search(rf"\n    {re.escape(lhs)} +\= {re.escape(rhs)}\n", out), (lhs, rhs)
+    d = derive(spec)
+    total = d.graph.assignments[-1]
+    assert f"{total.target} " in out and "/ m\n" in out  # the total loss, mean over the batch
+    hidden = NOTATIONS[key].series_of("hidden").ascii
+    pre = NOTATIONS[key].series_of("pre_activation").ascii
+    assert f"{hidden}[t]" in out and f"= {spec.hidden}({pre}[t])" in out
+    assert "f(z[t])" not in out and "sum_t L[t]" not in out
+
+
+def test_notations_equations_parse_in_the_expression_language() -> None:
+    """The printed right-hand sides are formulas `check` reads (those of matrices)."""
+    from symbptt.check import namespace
+    from symbptt.exprlang import parse
+
+    for key in ("xh", "layered"):
+        spec = ModelSpec(notation=key, n_in=2, n_hidden=3, n_out=2, batch=1)
+        ns = namespace(derive(spec))
+        for _lhs, rhs in model_equations(spec)[:4]:
+            parse(rhs.replace("[t-1]", "[1]").replace("[t]", "[2]"), ns)
 
 
 def test_notations_one(capsys: pytest.CaptureFixture[str]) -> None:
@@ -511,6 +587,9 @@ def test_notations_one(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(["notations", "abc"], capsys)
     assert code == 2
     assert_one_line_error(err, "'abc'")
+    # the choices in CHOICES' order (xh, the default, first)
+    expected = ", ".join(map(repr, CHOICES["notation"]))
+    assert f"expected one of {expected}" in err
 
 
 def test_every_notations_name_is_accepted_by_check(capsys: pytest.CaptureFixture[str]) -> None:

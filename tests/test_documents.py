@@ -158,6 +158,20 @@ def test_loss_mean_over_time_as_in_000() -> None:
     tex = tex_of("uvw_mean")
     assert r"J = \frac{1}{T m} \sum_{t=1}^{T} J^{(t)}" in tex
     assert r"J &= \frac{1}{3 m} \left(J^{(1)} + J^{(2)} + J^{(3)}\right)" in tex
+    assert r"mean over the $T$ steps, as in $J = \frac{1}{T} \sum_{t=1}^{T} J^{(t)}$," in tex
+
+
+@pytest.mark.parametrize("render", [render_latex, render_markdown])
+def test_mean_over_time_in_the_notations_own_names(render: object) -> None:
+    """The xh notation calls its loss L: the mean is printed with L and L_t, not J."""
+    spec = ModelSpec(steps=3, notation="xh", time_reduction="mean")
+    text = render(spec, verify=False)  # type: ignore[operator]
+    assert r"as in $L = \frac{1}{T} \sum_{t=1}^{T} L_{t}$," in text
+    assert "J^{(t)}" not in text and "J =" not in text
+    layered = render(  # type: ignore[operator]
+        ModelSpec(steps=3, notation="layered", time_reduction="mean"), verify=False
+    )
+    assert r"as in $L = \frac{1}{T} \sum_{t=0}^{T - 1} L_{t}$," in layered
 
 
 def test_many_to_one_wording() -> None:
@@ -188,13 +202,47 @@ def test_y_hat_minus_y_for_softmax_cross_entropy() -> None:
 def test_local_derivatives() -> None:
     tex = tex_of("xh_hello")
     assert r"f'(z) = 1 - \tanh^{2}(z)" in tex
-    assert r"f'(z) = 1 - h^{2}" in tex
+    assert r"h_{t} = f(z_{t})$ as $f'(z_{t}) = 1 - h_{t}^{2}" in tex
     assert (
         r"\frac{\partial h_{j}}{\partial h_{j - 1}} = "
         r"\operatorname{diag}(\mathbf{1} - h_{j} \odot h_{j}) W_{hh}"
     ) in tex
     row = tex_of("layered_many_to_many")
     assert r"= W_{h1} \operatorname{diag}(\mathbf{1} - H_{1j} \odot H_{1j})" in row
+
+
+@pytest.mark.parametrize(
+    ("name", "through"),
+    [
+        ("notation_xh", r"$h_{t} = f(z_{t})$ as $f'(z_{t}) = 1 - h_{t}^{2}$"),
+        ("notation_uvw", r"$h^{(t)} = g_{1}(a^{(t)})$ as $g_{1}'(a^{(t)})"),
+        ("notation_layered", r"$H_{1t} = f_{1}(Z_{1t})$ as $f_{1}'(Z_{1t})"),
+        ("notation_aa", r"$a\left(t\right) = f(net_a\left(t\right))$"),
+    ],
+)
+def test_hidden_layer_sentence_names_the_notations_pre_activation(name: str, through: str) -> None:
+    tex = tex_of(name)
+    assert through in tex
+    assert ")(z)$" not in tex and "'(z)$" not in tex
+
+
+def test_jacobian_and_output_factor_read_off_the_graph() -> None:
+    for name, o_h in [
+        ("xh_hello", r"\frac{\partial o_{t}}{\partial h_{t}} = W_{hy}$"),
+        ("uvw_mean", r"\frac{\partial o^{(t)}}{\partial h^{(t)}} = V$"),
+        ("layered_many_to_many", r"\frac{\partial}{\partial H_{1t}} Z_{2t} = W_2$"),
+        ("aa_hello", r"\frac{\partial net_y\left(t\right)}{\partial a\left(t\right)} = w_{ya}$"),
+    ]:
+        assert o_h in tex_of(name)
+    assert (
+        r"\frac{\partial h^{(j)}}{\partial h^{(j - 1)}} = "
+        r"\operatorname{diag}(\mathbf{1} - h^{(j)} \odot h^{(j)}) W"
+    ) in tex_of("uvw_mean")
+    # a ReLU hidden layer: its own derivative inside diag
+    tex = render_latex(ModelSpec(steps=2, hidden="relu"), verify=False)
+    jacobian = tex.split(r"\frac{\partial h_{j}}{\partial h_{j - 1}} = ", 1)[1].split("\n", 1)[0]
+    assert jacobian.startswith(r"\operatorname{diag}(") and jacobian.endswith("W_{hh}")
+    assert r"\tanh" not in jacobian
 
 
 def test_compact_bptt_form() -> None:
@@ -232,6 +280,42 @@ def test_parameter_updates() -> None:
         r"\left(\sqrt{\hat{r}} + \epsilon \mathbf{1}\right)\right)"
     ) in tex
     assert "Adam" in tex
+    for text in (tex, md_of("layered_many_to_many")):
+        assert r"$\rho_{1} = 0.9$, $\rho_{2} = 0.999$, $\epsilon = 10^{-8}$" in text
+        assert r"the update count $\tau = 1, 2, \dots$" in text
+
+
+def test_adam_defaults_are_read_from_the_optimiser(monkeypatch: pytest.MonkeyPatch) -> None:
+    import symbptt.train
+
+    original = symbptt.train.Adam.__init__
+
+    def other_defaults(self: symbptt.train.Adam, **kwargs: float) -> None:
+        original(self, beta1=0.8, beta2=0.99, eps=1e-7)
+
+    monkeypatch.setattr(symbptt.train.Adam, "__init__", other_defaults)
+    tex = render_latex(PRESETS["xh_hello"], verify=False)
+    assert r"$\rho_{1} = 0.8$, $\rho_{2} = 0.99$, $\epsilon = 10^{-7}$" in tex
+    assert "0.999" not in tex
+
+
+def test_templates_type_no_formula() -> None:
+    """The templates hold prose and layout: the formulas they used to type are printed now."""
+    for template in ("derivation.tex.jinja", "derivation.md.jinja"):
+        text = (ROOT / "templates" / template).read_text(encoding="utf-8")
+        for typed in (
+            r"J = \frac",
+            r"\rho_1",
+            "0.999",
+            "10^{-8}",
+            "(z)$",
+            r"\tau = ",
+            r"= \mathbf{0}",
+            "$m = 1$",
+            r"\frac{\partial A}",
+            "$T = ",
+        ):
+            assert typed not in text, (template, typed)
 
 
 # -- the chain rule, read off the graph's paths -------------------------------------
@@ -506,6 +590,41 @@ def test_a_check_that_cannot_run_is_reported(monkeypatch: pytest.MonkeyPatch) ->
     assert "Could not be run: RuntimeError: no oracle for 50% &amp; more." in md
 
 
+def test_a_failing_numerical_check_says_failed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import symbptt.gradcheck
+    import symbptt.verify
+    from symbptt.gradcheck import GradcheckResult
+
+    def failing(*args: object, **kwargs: object) -> GradcheckResult:
+        return GradcheckResult({"W_hh": 0.5}, tolerance=1e-6)
+
+    def no_proof(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("skipped here")
+
+    monkeypatch.setattr(symbptt.gradcheck, "gradcheck", failing)
+    monkeypatch.setattr(symbptt.verify, "scalar_proof", no_proof)
+    tex, md = render_documents(PRESETS["xh_hello"])
+    for text in (tex, md):
+        section = text.rsplit("Numerical check of the generated code", 1)[1]
+        assert "5.0 \\times 10^{-1}" in section
+        assert "(FAILED)" in section and "passed" not in section
+
+
+def test_a_numerical_check_that_raises_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    import symbptt.gradcheck
+    import symbptt.verify
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("no module")
+
+    monkeypatch.setattr(symbptt.gradcheck, "gradcheck", broken)
+    monkeypatch.setattr(symbptt.verify, "scalar_proof", broken)
+    tex = render_latex(PRESETS["xh_hello"])
+    section = tex.rsplit("Numerical check of the generated code", 1)[1]
+    assert "Could not be run: ValueError: no module." in section
+    assert "passed" not in section
+
+
 @pytest.mark.slow
 def test_verified_section_filled_from_checks_run() -> None:
     tex = render_latex(PRESETS["layered_many_to_one"], verify=True)
@@ -552,6 +671,47 @@ def test_write_documents_without_pdf(tmp_path: Path) -> None:
     assert [p.name for p in written] == ["derivation.tex", "derivation.md"]
     assert written[0].read_text(encoding="utf-8") == tex_of("aa_hello")
     assert written[1].read_text(encoding="utf-8") == md_of("aa_hello")
+
+
+def test_write_documents_replaces_atomically(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "derivation.tex").write_text("old tex", encoding="utf-8")
+    replaced: list[tuple[str, str]] = []
+    real_replace = os.replace
+
+    def spy(src: str, dst: os.PathLike[str]) -> None:
+        replaced.append((Path(src).parent.name, Path(dst).name))
+        assert Path(src).parent == out  # staged in the same folder
+        assert (out / "derivation.tex").read_text(encoding="utf-8") in (
+            "old tex",
+            tex_of("aa_hello"),
+        )
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    write_documents(PRESETS["aa_hello"], out, pdf=False, verify=False)
+    assert replaced == [("out", "derivation.tex"), ("out", "derivation.md")]
+    assert sorted(p.name for p in out.iterdir()) == ["derivation.md", "derivation.tex"]
+
+
+def test_write_documents_leaves_the_old_file_when_writing_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "derivation.tex").write_text("old tex", encoding="utf-8")
+
+    def broken(src: str, dst: os.PathLike[str]) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken)
+    with pytest.raises(OSError, match="disk full"):
+        write_documents(PRESETS["aa_hello"], out, pdf=False, verify=False)
+    assert (out / "derivation.tex").read_text(encoding="utf-8") == "old tex"
+    assert [p.name for p in out.iterdir()] == ["derivation.tex"]  # no temporary file left
 
 
 def test_tex_width_and_overfull_parsing() -> None:

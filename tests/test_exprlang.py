@@ -625,8 +625,14 @@ def _check_total(text: str) -> None:
         result = parse(text, NS)
     except ExpressionError as e:
         assert isinstance(e.message, str) and "\n" not in e.message
+        assert e.message.strip(), "an ExpressionError must say what is wrong"
         assert e.offset is None or 0 <= e.offset <= len(text)
-        assert isinstance(str(e), str)
+        shown = str(e)
+        assert shown.startswith(e.message)  # the message names the problem first
+        if e.offset is not None and text.strip() and "\n" not in text and e.text == text:
+            # the caret line points inside (or just past) the offending text
+            caret = shown.split("\n")[-1]
+            assert caret.strip() == "^"
     else:
         assert isinstance(result, sympy.Basic)
     try:
