@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -312,18 +313,22 @@ def test_writer_output_is_a_file(tmp_path: Path) -> None:
         write_outputs(tmp_path / "file" / "sub", {"x.py": MARKED})
 
 
-@pytest.mark.skipif(
-    not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root can write anywhere"
-)
-def test_writer_unwritable_folder(tmp_path: Path) -> None:
+def test_writer_unwritable_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tmp_path / "ro"
     folder.mkdir()
     folder.chmod(0o500)
+    if os.geteuid() == 0:  # root writes anyway: make the file system refuse as it would
+
+        def refuse(*args: object, **kwargs: object) -> tuple[int, str]:
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(tempfile, "mkstemp", refuse)
     try:
         with pytest.raises(UsageError, match="cannot write"):
             write_outputs(folder, {"x.py": MARKED})
     finally:
         folder.chmod(0o700)
+    assert list(folder.iterdir()) == []
 
 
 def test_written_files_respect_the_umask(tmp_path: Path) -> None:
