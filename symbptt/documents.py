@@ -95,6 +95,9 @@ CHAIN_LIMIT = 6
 #: The widest row, in units of about one math letter (A4, 2.5 cm margins, 11 pt).
 ROW_WIDTH = 68.0
 
+#: The loss of one output unit, as the documents name it.
+UNIT_LOSS = r"\ell"
+
 
 # ---------------------------------------------------------------------------- escaping
 _MD_SPECIAL = set("\\`*_[]<>|$~")
@@ -1335,6 +1338,7 @@ class _Writer:
         }
         h_t = self.named(h_t_sym)
         o_t = self.named(self.sym("output_pre_activation", t))
+        pre_entry = TeXName(notation.series_of("output_pre_activation").base).entry("i")
         return {
             "loss_rows": rows,
             "output_kind": output_kind,
@@ -1355,7 +1359,8 @@ class _Writer:
             "hidden_fn": f,
             "row": notation.layout == "row",
             "pre": self.named(pre).tex(),
-            "pre_entry": TeXName(notation.series_of("output_pre_activation").base).entry("i"),
+            "pre_entry": pre_entry,
+            "scalar_equation": f"{self.partial(UNIT_LOSS, pre_entry)} = {scalar}",
             "pred": self.named(pred).tex(),
             "target": self.named(target).tex(),
             "contributions": self._contribution_rows(),

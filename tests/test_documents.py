@@ -194,7 +194,7 @@ def test_y_hat_minus_y_for_softmax_cross_entropy() -> None:
     uvw = tex_of("uvw_mean")
     assert r"\frac{\partial J}{\partial o^{(t)}} &= \frac{1}{T m} (\hat{y}^{(t)} - y^{(t)})" in uvw
     # per unit, as SymPy derives it
-    assert r"\partial \ell / \partial o_{i} = \hat{y}_{i} - y_{i}" in tex_of("xh_hello")
+    assert r"\frac{\partial \ell}{\partial o_{i}} = \hat{y}_{i} - y_{i}" in tex_of("xh_hello")
     # 003's names: y is the prediction
     assert r"y\left(t\right) - \hat{y}\left(t\right)" in tex_of("aa_hello")
 
