@@ -18,7 +18,7 @@ ReLU's derivative at 0 is 0 (``Heaviside(z, 0)``), as PyTorch does.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache, cached_property
 from typing import Any
@@ -43,6 +43,9 @@ __all__ = [
     "register_activation",
     "unregister_activation",
 ]
+
+#: A hook of :func:`lift`: ``(node, recurse) -> matrix form or None``.
+Rewrite = Callable[[sp.Basic, Callable[[sp.Basic], Any]], Any]
 
 #: The scalar argument of every activation definition, and its output.
 z = sp.Symbol("z", real=True)
@@ -178,32 +181,43 @@ def elementwise(function: sp.Lambda | Activation | str, arg: sp.Basic) -> sp.Bas
 
 
 # ---------------------------------------------------------------------------- lifting
-def lift(expr: sp.Basic, mapping: Mapping[sp.Symbol, sp.Basic], shape: tuple[Any, Any]) -> Any:
+def lift(
+    expr: sp.Basic,
+    mapping: Mapping[sp.Symbol, sp.Basic],
+    shape: tuple[Any, Any],
+    rewrite: Rewrite | None = None,
+) -> Any:
     """Turn a scalar elementwise expression into a matrix expression.
 
     Symbols in ``mapping`` become those matrices; sums stay sums, products
     become Hadamard products, integer powers Hadamard powers, numbers a
     multiple of the all-ones matrix and a function of one argument an
-    elementwise application.  The scalar expression is small (a derivative or
-    a loss), so this recursion is shallow.
+    elementwise application.  ``rewrite(node, recurse)``, when given, is asked
+    first at every node and may return the node's matrix form (lifting its
+    parts with ``recurse``) or None.  The scalar expression is small (a
+    derivative or a loss), so this recursion is shallow.
     """
+    if rewrite is not None:
+        done = rewrite(expr, lambda part: lift(part, mapping, shape, rewrite))
+        if done is not None:
+            return done
     if expr in mapping:
         return mapping[expr]
     if expr.is_number:
         return mexpr.scale(expr, mexpr.ones(*shape))
     if isinstance(expr, sp.Add):
-        return mexpr.add(*(lift(arg, mapping, shape) for arg in expr.args))
+        return mexpr.add(*(lift(arg, mapping, shape, rewrite) for arg in expr.args))
     if isinstance(expr, sp.Mul):
         coeff, factors = expr.as_coeff_mul()
-        lifted = [lift(f, mapping, shape) for f in factors]
+        lifted = [lift(f, mapping, shape, rewrite) for f in factors]
         return mexpr.scale(coeff, mexpr.hadamard(*lifted))
     if isinstance(expr, sp.Pow) and expr.exp.is_Integer:
-        return mexpr.hadamard_power(lift(expr.base, mapping, shape), int(expr.exp))
+        return mexpr.hadamard_power(lift(expr.base, mapping, shape, rewrite), int(expr.exp))
     if isinstance(expr, sp.Function) and expr.args:
         inner, *rest = expr.args
         if not any(rest_arg.free_symbols & set(mapping) for rest_arg in rest):
             return ElementwiseApplyFunction(
-                sp.Lambda(z, expr.func(z, *rest)), lift(inner, mapping, shape)
+                sp.Lambda(z, expr.func(z, *rest)), lift(inner, mapping, shape, rewrite)
             )
     raise TypeError(f"cannot lift {expr!r} to a matrix expression")
 

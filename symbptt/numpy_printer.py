@@ -32,7 +32,7 @@ them to other code (a per-step view, a stacked array).
 from __future__ import annotations
 
 import keyword
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any, ClassVar
 
@@ -220,30 +220,21 @@ def stable_loss_matrix(node: mexpr.OutputLoss) -> Any:
         functions.y: node.target,
         LSE: LogSumExp(node.pre, node.axis),
     }
-    return _lift(unit, mapping, node.pre.shape)
+    return functions.lift(unit, mapping, node.pre.shape, _keep_log_forms)
 
 
-def _lift(expr: sp.Basic, mapping: Mapping[sp.Basic, Any], shape: tuple[Any, Any]) -> Any:
-    """Like :func:`symbptt.functions.lift`, keeping ``log(1 + exp(u))`` and ``log(1 + u)`` whole."""
-    if isinstance(expr, sp.log) and expr.args[0].free_symbols & set(mapping):
-        (arg,) = expr.args
-        inner = _softplus_arg(expr) if _is_softplus(expr) else arg - 1
-        if _is_softplus(expr) or (isinstance(arg, sp.Add) and 1 in arg.args):
-            pattern = (
-                sp.log(1 + sp.exp(functions.z)) if _is_softplus(expr) else sp.log(1 + functions.z)
-            )
-            return ElementwiseApplyFunction(
-                sp.Lambda(functions.z, pattern), _lift(inner, mapping, shape)
-            )
-    if expr in mapping:
-        return mapping[expr]
-    if isinstance(expr, sp.Add):
-        return mexpr.add(*(_lift(arg, mapping, shape) for arg in expr.args))
-    if isinstance(expr, sp.Mul):
-        coeff, factors = expr.as_coeff_mul()
-        lifted = [_lift(f, mapping, shape) for f in factors]
-        return mexpr.scale(coeff, mexpr.hadamard(*lifted))
-    return functions.lift(expr, mapping, shape)
+def _keep_log_forms(expr: sp.Basic, recurse: Callable[[sp.Basic], Any]) -> Any:
+    """A :func:`symbptt.functions.lift` hook: ``log(1 + exp(u))`` and ``log(1 + u)`` stay whole."""
+    if not isinstance(expr, sp.log) or not expr.free_symbols:
+        return None
+    (arg,) = expr.args
+    if _is_softplus(expr):
+        pattern, inner = sp.log(1 + sp.exp(functions.z)), _softplus_arg(expr)
+    elif isinstance(arg, sp.Add) and 1 in arg.args:
+        pattern, inner = sp.log(1 + functions.z), arg - 1
+    else:
+        return None
+    return ElementwiseApplyFunction(sp.Lambda(functions.z, pattern), recurse(inner))
 
 
 # ---------------------------------------------------------------------------- helpers
