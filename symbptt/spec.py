@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-__all__ = ["CHOICES", "ModelSpec", "SpecError"]
+__all__ = ["CHOICES", "MAX_BATCH", "MAX_SIZE", "MAX_STEPS", "ModelSpec", "SpecError"]
 
 
 class SpecError(ValueError):
@@ -49,6 +50,16 @@ _LOSS_OUTPUTS: dict[str, tuple[tuple[str, ...], str]] = {
 
 _SIZE_FIELDS = ("n_in", "n_hidden", "n_out", "batch")
 
+#: The most time steps a spec may ask for: ``derive`` at T = 1000 takes about
+#: 30 s (the symbolic step form does not grow with T, the unrolled parts do).
+MAX_STEPS = 1000
+#: The largest fixed size of a layer (n_in, n_hidden, n_out): the numerical
+#: check of the generated code perturbs every weight, which at 64 takes about a
+#: minute.  Leave a size out (symbolic) for larger layers.
+MAX_SIZE = 64
+#: The largest fixed batch size m (the same reason as MAX_SIZE).
+MAX_BATCH = 64
+
 
 def _choices() -> dict[str, tuple[str, ...]]:
     """CHOICES, with activations registered at run time allowed as hidden or output layers."""
@@ -59,6 +70,19 @@ def _choices() -> dict[str, tuple[str, ...]]:
         "hidden": CHOICES["hidden"] + extra,
         "output": CHOICES["output"] + extra,
     }
+
+
+def _integer(value: object) -> int | None:
+    """``value`` as a Python int when it is an integer (numpy's too), never a bool."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        return None
+    return int(value)
+
+
+def _shown(value: object) -> str:
+    """``repr(value)``, cut to a few dozen characters (a huge number stays a short line)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass(frozen=True)
@@ -87,9 +111,13 @@ class ModelSpec:
     batch: int | None = None
 
     def __post_init__(self) -> None:
-        steps = self.steps
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise SpecError(f"steps: got {steps!r}; expected an integer T >= 1")
+        steps = _integer(self.steps)
+        if steps is None or not 1 <= steps <= MAX_STEPS:
+            raise SpecError(
+                f"steps: got {_shown(self.steps)}; expected an integer T >= 1 "
+                f"and at most {MAX_STEPS}"
+            )
+        object.__setattr__(self, "steps", steps)
         for name, allowed in _choices().items():
             value = getattr(self, name)
             if value not in allowed:
@@ -102,10 +130,14 @@ class ModelSpec:
             value = getattr(self, name)
             if value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            size = _integer(value)
+            limit = MAX_BATCH if name == "batch" else MAX_SIZE
+            if size is None or not 1 <= size <= limit:
                 raise SpecError(
-                    f"{name}: got {value!r}; expected a positive integer or None (symbolic)"
+                    f"{name}: got {_shown(value)}; expected a positive integer of at most "
+                    f"{limit}, or None (symbolic: the generated code then takes any size)"
                 )
+            object.__setattr__(self, name, size)
         outputs, why = _LOSS_OUTPUTS[self.loss]
         if outputs and self.output not in outputs:
             raise SpecError(

@@ -18,7 +18,7 @@ from symbptt import ModelSpec, __version__, cli, derive, load_module
 from symbptt.check import model_equations
 from symbptt.cli import UsageError, main, spec_from_options, write_outputs
 from symbptt.notation import NOTATIONS
-from symbptt.spec import CHOICES, SpecError
+from symbptt.spec import CHOICES, MAX_BATCH, MAX_SIZE, MAX_STEPS, SpecError
 
 COMMANDS = ("derive", "check", "notations", "demo")
 
@@ -97,6 +97,56 @@ def test_bad_flag_values_exit_2_in_one_line(
     assert code == 2
     assert_one_line_error(err, needle)
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "needles"),
+    [
+        (["--steps", "1000000000"], ("steps: got 1000000000", "at most 1000", "--steps")),
+        (["--steps", "99999999999999999999999"], ("steps: got", "at most 1000")),
+        (["--steps", "9" * 5000], ("--steps", "5000 digits", "at most 1000")),
+        (["--steps", "\u0663"], ("--steps", "digits 0-9")),
+        (["--n-hidden", "\u0664"], ("--n-hidden", "digits 0-9")),
+        (["--batch", "100000000"], ("batch: got 100000000", "at most 64", "--batch")),
+        (["--n-in", "1000000000"], ("n_in: got 1000000000", "at most 64", "--n-in")),
+        (["--n-in", "99999999999999999999999"], ("n_in: got", "at most 64")),
+        (["--n-out", "65"], ("n_out: got 65", "at most 64")),
+    ],
+)
+def test_limits_are_refused_before_any_work(
+    argv: list[str],
+    needles: tuple[str, ...],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_work(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("work started before the limits were checked")
+
+    monkeypatch.setattr(cli, "build_artifacts", no_work)
+    out = tmp_path / "out"
+    for command in (["derive", "--out", str(out)], ["check", "--wrt", "W_hh", "x[1]"]):
+        code, _, err = run([*command, *argv], capsys)
+        assert code == 2
+        assert_one_line_error(err, *needles)
+        assert len(err) < 300
+    assert not out.exists()
+
+
+def test_the_limits_and_defaults_are_in_the_help(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["derive", "--help"], capsys)
+    assert code == 0
+    text = " ".join(out.split())
+    assert f"1 to {MAX_STEPS} (default: {ModelSpec().steps})" in text
+    assert f"hidden size, 1 to {MAX_SIZE} (default: symbolic, any size)" in text
+    assert f"batch size m, 1 to {MAX_BATCH}" in text
+    assert f"(default: {ModelSpec().hidden})" in text
+
+
+def test_the_largest_sizes_are_accepted(tmp_path: Path) -> None:
+    flags = {"steps": MAX_STEPS, "n_in": MAX_SIZE, "n_hidden": MAX_SIZE, "batch": MAX_BATCH}
+    spec = spec_from_options(None, flags)
+    assert (spec.steps, spec.n_in, spec.batch) == (MAX_STEPS, MAX_SIZE, MAX_BATCH)
 
 
 # -- config files ---------------------------------------------------------------------

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 from symbptt import ModelSpec, SpecError
-from symbptt.spec import CHOICES
+from symbptt.spec import CHOICES, MAX_BATCH, MAX_SIZE, MAX_STEPS
 
 
 def test_defaults_are_the_xh_hello_style_model() -> None:
@@ -84,3 +85,39 @@ def test_from_mapping_refuses_unknown_keys() -> None:
     assert ModelSpec.from_mapping({"steps": 2}).steps == 2
     with pytest.raises(SpecError, match=r"unknown spec field.*'stepz'"):
         ModelSpec.from_mapping({"stepz": 2})
+
+
+# -- bounds and integer types ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("field", "limit"),
+    [
+        ("steps", MAX_STEPS),
+        ("n_in", MAX_SIZE),
+        ("n_hidden", MAX_SIZE),
+        ("n_out", MAX_SIZE),
+        ("batch", MAX_BATCH),
+    ],
+)
+def test_limits_are_inclusive_and_named_in_the_message(field: str, limit: int) -> None:
+    assert getattr(ModelSpec(**{field: limit}), field) == limit
+    for value in (limit + 1, 10**9, 99999999999999999999999, 10**500):
+        with pytest.raises(SpecError) as err:
+            ModelSpec(**{field: value})
+        message = str(err.value)
+        assert message.startswith(f"{field}: got ") and f"at most {limit}" in message
+        assert len(message) < 200
+
+
+@pytest.mark.parametrize("kind", [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint64])
+def test_numpy_integers_are_accepted_as_python_ints(kind: type) -> None:
+    spec = ModelSpec(steps=kind(3), n_in=kind(4), n_hidden=kind(5), n_out=kind(2), batch=kind(1))
+    for name in ("steps", "n_in", "n_hidden", "n_out", "batch"):
+        assert type(getattr(spec, name)) is int
+    assert spec == ModelSpec(steps=3, n_in=4, n_hidden=5, n_out=2, batch=1)
+    assert spec.hash() == ModelSpec(steps=3, n_in=4, n_hidden=5, n_out=2, batch=1).hash()
+
+
+@pytest.mark.parametrize("value", [np.bool_(True), np.float64(3.0), np.int64(0), np.int64(-1)])
+def test_numpy_non_integers_and_bad_integers_are_refused(value: object) -> None:
+    with pytest.raises(SpecError, match=r"^steps: got"):
+        ModelSpec(steps=value)  # type: ignore[arg-type]
