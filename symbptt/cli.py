@@ -459,9 +459,26 @@ def _demo_parser(sub: Any) -> argparse.ArgumentParser:
         default="adam",
         help="default: %(default)s",
     )
-    p.add_argument("--iterations", type=int, default=200, metavar="N", help="default: %(default)s")
-    p.add_argument("--hidden-units", type=int, default=8, metavar="N", help="default: %(default)s")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument(
+        "--iterations",
+        type=_digits("--iterations", MAX_ITERATIONS),
+        default=200,
+        metavar="N",
+        help=f"1 to {MAX_ITERATIONS} (default: %(default)s)",
+    )
+    p.add_argument(
+        "--hidden-units",
+        type=_digits("--hidden-units", MAX_SIZE),
+        default=8,
+        metavar="N",
+        help=f"1 to {MAX_SIZE} (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seed",
+        type=_digits("--seed", MAX_SEED),
+        default=0,
+        help=f"random seed, 0 to {MAX_SEED} (default: %(default)s)",
+    )
     p.add_argument("--no-pdf", action="store_true", help="do not build derivation.pdf")
     p.add_argument("--no-plots", action="store_true", help="do not write the PNG plots")
     p.add_argument(
@@ -852,6 +869,9 @@ def _main(argv: list[str]) -> int:
 # -- the demo -------------------------------------------------------------------------
 #: The demo's text, as in 001 and 003: inputs h, e, l, l; targets e, l, l, o.
 DEMO_TEXT = "hello"
+#: The demo's limits: training iterations (about 0.1 ms each) and the random seed.
+MAX_ITERATIONS = 100_000
+MAX_SEED = 2**32 - 1
 #: A longer text for the gradient-norm picture (the same characters).
 DEMO_LONG_TEXT = "hello" * 5
 _PLOTS = ("loss.png", "gradient_norms.png")
@@ -903,10 +923,13 @@ def run_demo(
     from .presets import HELLO
     from .train import fit, gradient_norms
 
-    if iterations < 1:
-        raise UsageError(f"--iterations: got {iterations}; expected at least 1")
-    if hidden_units < 1:
-        raise UsageError(f"--hidden-units: got {hidden_units}; expected at least 1")
+    for flag, value, low, high in (
+        ("--iterations", iterations, 1, MAX_ITERATIONS),
+        ("--hidden-units", hidden_units, 1, MAX_SIZE),
+        ("--seed", seed, 0, MAX_SEED),
+    ):
+        if not low <= value <= high:
+            raise UsageError(f"{flag}: got {value}; expected {low} to {high}")
     spec = PRESETS["xh_hello"]
     pyplot = _matplotlib() if plots else None
     names = _output_names(unrolled=True, pdf=pdf)

@@ -716,6 +716,11 @@ def test_demo_protects_a_users_file(capsys: pytest.CaptureFixture[str], tmp_path
         (["--iterations", "0"], "--iterations"),
         (["--hidden-units", "0"], "--hidden-units"),
         (["--optimizer", "rmsprop"], "--optimizer"),
+        (["--iterations", "100001"], "--iterations: got 100001; expected 1 to 100000"),
+        (["--hidden-units", "65"], "--hidden-units: got 65; expected 1 to 64"),
+        (["--hidden-units", "9" * 100], "--hidden-units"),
+        (["--seed", "-1"], "--seed: got -1"),
+        (["--seed", "\u0663"], "digits 0-9"),
     ],
 )
 def test_demo_bad_options(
