@@ -856,14 +856,34 @@ def _main(argv: list[str]) -> int:
     rest = argv[:]
     rest.remove(command)
     try:
-        # intermixed: CONFIG.toml and EXPR may come before or after the flags
-        args = sub.parse_intermixed_args(rest)
+        args = _parse(sub, rest)
         return _COMMANDS[command](args)
     except (UsageError, SpecError) as exc:
         return _fail(sub.prog, str(exc))
     except KeyboardInterrupt:
         print(f"\n{sub.prog}: interrupted", file=sys.stderr)
         return 130
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Intermixed parsing (CONFIG.toml and EXPR before or after the flags), with ``--``.
+
+    ``parse_intermixed_args`` loses ``--`` (an EXPR like ``-W_hh`` after it
+    is read as an unknown flag), so what follows ``--`` is parsed as stand-ins
+    that cannot look like flags, then put back.
+    """
+    if "--" not in argv:
+        return parser.parse_intermixed_args(argv)
+    cut = argv.index("--")
+    operands = argv[cut + 1 :]
+    stand_ins = {f"\0operand{i}": text for i, text in enumerate(operands)}
+    args = parser.parse_intermixed_args(argv[:cut] + list(stand_ins))
+    for key, value in vars(args).items():
+        if isinstance(value, str) and value in stand_ins:
+            setattr(args, key, stand_ins[value])
+        elif isinstance(value, list):
+            setattr(args, key, [stand_ins.get(item, item) for item in value])
+    return args
 
 
 # -- the demo -------------------------------------------------------------------------

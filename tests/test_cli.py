@@ -561,6 +561,39 @@ def test_check_expression_starting_with_minus(capsys: pytest.CaptureFixture[str]
 
 
 @pytest.mark.parametrize(
+    "argv",
+    [
+        ["--wrt", "W_hh", "--", "-W_hh"],
+        ["--", "-W_hh", "--wrt"],  # after --, everything is an operand: EXPR, then an extra
+        ["--wrt", "W_hh", "--steps", "2", "--", "-W_hh"],
+    ],
+)
+def test_check_double_dash_then_an_expression_like_a_flag(
+    argv: list[str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, out, err = run(["check", *argv], capsys)
+    if argv[0] == "--":
+        assert code == 2
+        assert_one_line_error(err, "--wrt")
+        return
+    assert code == 1, err  # -W_hh is a wrong gradient, but it is read and checked
+    assert "candidate: -W_hh" in out
+
+
+def test_check_double_dash_with_a_config(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = write(tmp_path / "model.toml", "steps = 2\n")
+    expr = "-sum_t((y[t] - y_hat[t]) @ h[t].T) / m"
+    code, out, err = run(["check", str(config), "--wrt", "W_hy", "--", expr], capsys)
+    assert code == 0, err
+    assert "T=2" in out
+    code, out, err = run(["check", "--wrt", "W_hy", "--", str(config), "-W_hy"], capsys)
+    assert code == 1, err
+    assert "T=2" in out and "candidate: -W_hy" in out
+
+
+@pytest.mark.parametrize(
     ("argv", "needles"),
     [
         (["--wrt", "W_hh", "sum_t(delta[t] @ hh[t-1].T)"], ("EXPR", "unknown name 'hh'", "column")),
