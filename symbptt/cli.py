@@ -22,6 +22,7 @@ generate is never overwritten without ``--force``.
 from __future__ import annotations
 
 import argparse
+import heapq
 import importlib
 import os
 import sys
@@ -160,19 +161,33 @@ def _toml_module() -> Any:
             ) from None
 
 
+#: A config file holds a spec's dozen fields: anything larger is refused unread.
+MAX_CONFIG_BYTES = 64 * 1024
+#: How many unknown keys an error message names before "and N more".
+_UNKNOWN_SHOWN = 3
+
+
 def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The spec fields of a TOML config file; any problem is a one-line :class:`UsageError`."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise UsageError(f"{path}: config file not found") from None
     except IsADirectoryError:
         raise UsageError(f"{path}: is a folder, not a config file") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{path}: not a TOML file (not UTF-8 text)") from None
     except OSError as exc:
         raise UsageError(f"{path}: cannot read the config file: {exc.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise UsageError(
+            f"{path}: too large for a config file (more than {MAX_CONFIG_BYTES // 1024} KiB; "
+            "a spec is a few lines)"
+        )
+    try:
+        text = raw.decode("utf-8-sig")  # a byte order mark, as some editors write, is fine
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not a TOML file (not UTF-8 text)") from None
     toml = _toml_module()
     try:
         data: dict[str, Any] = toml.loads(text)
@@ -206,6 +221,7 @@ def spec_from_options(
         source.update(dict.fromkeys(fields, f"--preset {preset}"))
     if config is not None:
         data = load_config(config)
+        _refuse_unknown_keys(data, str(config))
         fields.update(data)
         source.update(dict.fromkeys(data, str(config)))
     for name, value in (flags or {}).items():
@@ -222,6 +238,26 @@ def spec_from_options(
             named = message.split(";", 1)[0]
             where = ", ".join(sorted({src for key, src in source.items() if repr(key) in named}))
         raise UsageError(f"{message} (from {where})" if where else message) from None
+
+
+def _refuse_unknown_keys(data: Mapping[str, Any], where: str) -> None:
+    """Unknown keys of a config file, in one short line, in time linear in their number."""
+    known = set(ModelSpec.field_names())
+    unknown = [key for key in data if key not in known]
+    if not unknown:
+        return
+    shown = heapq.nsmallest(_UNKNOWN_SHOWN, unknown)
+    names = ", ".join(_short_repr(key) for key in shown)
+    more = f" and {len(unknown) - len(shown)} more" if len(unknown) > len(shown) else ""
+    raise UsageError(
+        f"unknown spec field(s) {names}{more}; "
+        f"expected some of {', '.join(ModelSpec.field_names())} (from {where})"
+    )
+
+
+def _short_repr(value: object, width: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _spec_from_args(args: argparse.Namespace, config: str | None) -> ModelSpec:

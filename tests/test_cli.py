@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +211,50 @@ def test_unknown_config_keys_use_the_specs_own_message(tmp_path: Path) -> None:
     with pytest.raises(UsageError) as usage_error:
         spec_from_options(config, {"hidden": "relu"})
     assert str(usage_error.value) == f"{spec_error.value} (from {config})"
+
+
+def test_config_with_a_byte_order_mark(tmp_path: Path) -> None:
+    config = tmp_path / "bom.toml"
+    config.write_bytes(b"\xef\xbb\xbfsteps = 3\nhidden = 'relu'\n")
+    spec = spec_from_options(config)
+    assert (spec.steps, spec.hidden) == (3, "relu")
+
+
+@pytest.mark.parametrize("source", ["/dev/zero", "big"])
+def test_config_size_is_bounded(
+    source: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    if source == "big":
+        path = tmp_path / "big.toml"
+        path.write_text("# padding\n" * (cli.MAX_CONFIG_BYTES // 10 + 1) + "steps = 3\n")
+    else:
+        path = Path(source)
+        if not path.exists():
+            pytest.fail("/dev/zero is missing on this system")
+    code, _, err = run(["derive", str(path), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2
+    assert_one_line_error(err, str(path), "too large for a config file", "64 KiB")
+
+
+def test_many_unknown_keys_are_fast_and_short(tmp_path: Path) -> None:
+    count = 5000  # the most that fit in the size limit with short names
+    config = write(tmp_path / "keys.toml", "".join(f"k{i} = 1\n" for i in range(count)))
+    assert config.stat().st_size <= cli.MAX_CONFIG_BYTES
+    started = time.perf_counter()
+    with pytest.raises(UsageError) as error:
+        spec_from_options(config, {"hidden": "relu"})
+    assert time.perf_counter() - started < 2.0
+    message = str(error.value)
+    assert message.startswith("unknown spec field(s) 'k0', 'k1', 'k10' and 4997 more; ")
+    assert message.endswith(f"(from {config})")
+    assert len(message) < 400
+
+
+def test_a_long_unknown_key_is_shortened(tmp_path: Path) -> None:
+    config = write(tmp_path / "long.toml", f"{'x' * 10000} = 1\n")
+    with pytest.raises(UsageError) as error:
+        spec_from_options(config)
+    assert "'xxxx" in str(error.value) and len(str(error.value)) < 400
 
 
 def test_bad_value_names_its_source(tmp_path: Path) -> None:
