@@ -45,6 +45,7 @@ __all__ = [
     "load_config",
     "main",
     "numerical_check",
+    "output_folder",
     "run_demo",
     "spec_from_options",
     "write_outputs",
@@ -304,6 +305,40 @@ def check_destination(folder: Path, names: Sequence[str], force: bool = False) -
     Nothing is created: a folder that does not exist yet must be creatable,
     which is checked on its nearest existing ancestor.
     """
+    try:
+        _check_destination(folder, names, force)
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte, a loop of links
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UsageError(
+            f"{_short_path(folder)}: cannot use as the output folder: {reason}"
+        ) from None
+
+
+#: The longest file or folder name (in bytes) the usual file systems take.
+_NAME_MAX = 255
+
+
+def _short_path(path: Path, width: int = 80) -> str:
+    text = str(path)
+    return text if len(text) <= width else f"{text[: width // 2]}...{text[-width // 2 :]}"
+
+
+def output_folder(text: str) -> Path:
+    """The ``--out`` value as a folder; an empty one is refused (not taken as ``.``)."""
+    if not text.strip():
+        raise UsageError(
+            f"--out: got {text!r}; expected a folder name (--out . for the current folder)"
+        )
+    return Path(text)
+
+
+def _check_destination(folder: Path, names: Sequence[str], force: bool) -> None:
+    for part in folder.parts:
+        if len(os.fsencode(part)) > _NAME_MAX:
+            raise UsageError(
+                f"{_short_path(folder)}: cannot use as the output folder: a name in it is "
+                f"{len(os.fsencode(part))} bytes long; at most {_NAME_MAX}"
+            )
     if folder.exists():
         if not folder.is_dir():
             raise UsageError(f"{folder}: exists and is not a folder")
@@ -689,7 +724,7 @@ def _numerical_checks(artifacts: Artifacts, bar: Progress) -> list[NumericalChec
 
 def _cmd_derive(args: argparse.Namespace) -> int:
     spec = _spec_from_args(args, args.config)
-    folder = Path(args.out)
+    folder = output_folder(args.out)
     names = _output_names(unrolled=args.unrolled, pdf=not args.no_pdf)
     check_destination(folder, names, force=args.force)
     with Progress(None, "symbptt derive") as bar:
@@ -839,7 +874,7 @@ _OWN_KINDS = ("parameter", "initial state", "series", "adjoint", "reducer")
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(
-        Path(args.out),
+        output_folder(args.out),
         optimizer=args.optimizer,
         iterations=args.iterations,
         hidden_units=args.hidden_units,

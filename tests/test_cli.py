@@ -563,6 +563,40 @@ def test_derive_leaves_nothing_half_written(
     assert list(out.iterdir()) == []
 
 
+@pytest.mark.parametrize("command", ["derive", "demo"])
+@pytest.mark.parametrize("out", ["", " "])
+def test_empty_out_is_refused(
+    command: str,
+    out: str,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run([command, "--out", out, "--no-pdf"], capsys)
+    assert code == 2
+    assert_one_line_error(err, "--out: got", "folder name")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["derive", "demo"])
+@pytest.mark.parametrize("shape", ["long", "long/inner", "new/long/inner"])
+def test_too_long_folder_name_is_one_line(
+    command: str,
+    shape: str,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(cli, "build_artifacts", lambda *a, **k: pytest.fail("work started"))
+    out = tmp_path / shape.replace("long", "a" * 300)
+    code, _, err = run([command, "--out", str(out), "--no-pdf"], capsys)
+    assert code == 2
+    assert_one_line_error(err, "output folder", "300 bytes")
+    assert len(err) < 300
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_derive_needs_out(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(["derive"], capsys)
     assert code == 2
