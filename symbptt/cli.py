@@ -22,12 +22,14 @@ generate is never overwritten without ``--force``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import heapq
 import importlib
 import os
+import shutil
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -898,12 +900,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (the console script exits with it)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return _main(argv)
+        with _scratch_folder():
+            return _main(argv)
     except SystemExit as exc:  # argparse's --help, --version and usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     except BrokenPipeError:  # `symbptt check ... | head`: the reader left, stop quietly
         _silence_stdout()
         return 141
+
+
+@contextlib.contextmanager
+def _scratch_folder() -> Iterator[None]:
+    """One temporary folder for the whole command, removed at its end, whatever happens.
+
+    The generated modules loaded to check and train (``load_module``) and the
+    TeX runs make their files under :func:`tempfile.gettempdir`; for the
+    command it points here, so nothing is left behind in ``/tmp``.
+    """
+    folder = tempfile.mkdtemp(prefix="symbptt-run-")
+    previous = tempfile.tempdir
+    tempfile.tempdir = folder
+    try:
+        yield
+    finally:
+        tempfile.tempdir = previous
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _silence_stdout() -> None:

@@ -22,11 +22,14 @@ the page is split into rows, or a part of it is given a short name first.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from itertools import pairwise
@@ -1721,36 +1724,71 @@ def _engine() -> list[str]:
     )
 
 
-def compile_pdf(tex: str) -> tuple[bytes, str]:
+#: How long pdflatex may take, both passes together, before it is stopped (seconds).
+#: A derivation compiles in a few seconds; a TeX installation that waits for a
+#: missing font to be generated, or for input, would otherwise be waited on for ever.
+TEX_TIMEOUT = 300.0
+
+
+def compile_pdf(tex: str, *, timeout: float | None = None) -> tuple[bytes, str]:
     """Compile a LaTeX document with pdflatex; returns the PDF bytes and the log.
 
     The PDF is reproducible: ``SOURCE_DATE_EPOCH`` is fixed and the documents
     set ``\\pdfinfoomitdate`` and ``\\pdftrailerid{}``.  Raises
     :class:`TeXNotFoundError` without pdflatex and :class:`TeXError` when
-    LaTeX fails.
+    LaTeX fails or takes longer than ``timeout`` seconds (default
+    :data:`TEX_TIMEOUT`; then pdflatex and everything it started are stopped).
+    Its working folder is removed in every case.
     """
     command = _engine()
+    timeout = TEX_TIMEOUT if timeout is None else timeout
     env = dict(os.environ)
     env.update({"SOURCE_DATE_EPOCH": "0", "FORCE_SOURCE_DATE": "1", "TZ": "UTC"})
+    deadline = time.monotonic() + timeout
     with tempfile.TemporaryDirectory(prefix="symbptt-tex-") as folder:
         path = Path(folder) / "derivation.tex"
         path.write_text(tex, encoding="utf-8")
         log = ""
         for _ in range(2):  # twice: the table of contents and references settle
-            done = subprocess.run(
-                [*command, "derivation.tex"],
-                cwd=folder,
-                env=env,
-                capture_output=True,
-                check=False,
-                timeout=600,
-            )
+            returncode = _run_tex([*command, "derivation.tex"], folder, env, deadline, timeout)
             log_path = Path(folder) / "derivation.log"
             log = log_path.read_text(encoding="latin-1") if log_path.exists() else ""
-            if done.returncode != 0:
+            if returncode != 0:
                 tail = "\n".join(log.splitlines()[-30:])
-                raise TeXError(f"pdflatex failed (exit {done.returncode}):\n{tail}", log)
+                raise TeXError(f"pdflatex failed (exit {returncode}):\n{tail}", log)
         return (Path(folder) / "derivation.pdf").read_bytes(), log
+
+
+def _run_tex(
+    command: list[str], folder: str, env: dict[str, str], deadline: float, timeout: float
+) -> int:
+    """Run one pdflatex pass in its own process group; stop the whole group at the deadline.
+
+    No pipes: a program pdflatex starts (mktexpk) could hold them open after
+    pdflatex is killed.  The log file is what is read.
+    """
+    process = subprocess.Popen(
+        command,
+        cwd=folder,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        return process.wait(timeout=max(deadline - time.monotonic(), 0.0))
+    except subprocess.TimeoutExpired:
+        raise TeXError(
+            f"pdflatex did not finish within {timeout:g} s and was stopped "
+            "(is the TeX installation waiting for input or making fonts?)",
+            "",
+        ) from None
+    finally:
+        if process.poll() is None:  # timed out, or interrupted (Ctrl-C)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def overfull_boxes(log: str, threshold_pt: float = 1.0) -> list[str]:

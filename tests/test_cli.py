@@ -516,6 +516,72 @@ def test_derive_without_tex_says_how_to_get_it(
     assert len(warning) == 1 and "install" in warning[0] and "pdflatex" in warning[0]
 
 
+def fake_pdflatex(folder: Path) -> Path:
+    """A pdflatex that hangs, with a child process that would keep a pipe open."""
+    folder.mkdir()
+    script = folder / "pdflatex"
+    script.write_text("#!/bin/sh\nsleep 60 &\nsleep 60\n", encoding="utf-8")
+    script.chmod(0o755)
+    return folder
+
+
+def test_a_hanging_pdflatex_is_stopped_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from symbptt.documents import TeXError, compile_pdf
+
+    bin_dir = fake_pdflatex(tmp_path / "bin")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    started = time.monotonic()
+    with pytest.raises(TeXError, match=r"^pdflatex did not finish within 1 s and was stopped"):
+        compile_pdf("\\documentclass{article}\\begin{document}x\\end{document}", timeout=1)
+    assert time.monotonic() - started < 10
+    assert list(scratch.iterdir()) == []
+
+
+def test_derive_with_a_hanging_pdflatex_says_so(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from symbptt import documents
+
+    bin_dir = fake_pdflatex(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(documents, "TEX_TIMEOUT", 1.0)
+    out = tmp_path / "out"
+    code, _, err = run(["derive", *QUICK, "--out", str(out)], capsys)
+    assert code == 1
+    warning = [line for line in err.splitlines() if "derivation.pdf" in line]
+    assert len(warning) == 1 and "did not finish within 1 s" in warning[0], err
+    assert "derivation.tex" in {p.name for p in out.iterdir()}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["derive", *QUICK, "--unrolled", "--out", "{out}"],
+        ["demo", "--iterations", "1", "--no-plots", "--out", "{out}"],
+    ],
+    ids=["derive", "demo"],
+)
+def test_commands_leave_nothing_in_the_temporary_folder(argv: list[str], tmp_path: Path) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    args = [arg.replace("{out}", str(tmp_path / "out")) for arg in argv]
+    done = subprocess.run(
+        [sys.executable, "-m", "symbptt", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "TMPDIR": str(scratch)},
+    )
+    assert done.returncode in (0, 1), done.stderr
+    assert (tmp_path / "out" / "gradients.py").exists()
+    assert list(scratch.iterdir()) == []
+
+
 def test_derive_never_overwrites_a_users_file(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
