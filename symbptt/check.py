@@ -107,7 +107,7 @@ from .evaluate import Evaluator
 from .exprlang import ExpressionError, Namespace
 from .graph import T_SYMBOL, Assignment, Graph, Symbols
 from .notation import NOTATIONS, SERIES_ROLES, Notation
-from .spec import ModelSpec
+from .spec import MAX_CHECK_STEPS, ModelSpec, SpecError
 
 __all__ = [
     "DPS",
@@ -1233,6 +1233,12 @@ def check(
         spec = spec.spec
     if not isinstance(spec, ModelSpec):
         raise TypeError(f"spec: expected a ModelSpec or a Derivation, got {type(spec).__name__}")
+    if spec.steps > MAX_CHECK_STEPS:
+        raise SpecError(
+            f"steps: got {spec.steps}; the checker proves a candidate for at most "
+            f"{MAX_CHECK_STEPS} steps (its expressions nest once per step); a sum_t formula "
+            "holds for every T, so check it at a smaller T"
+        )
     if isinstance(points, bool) or not isinstance(points, int) or points < 1:
         raise ValueError(f"points: got {points!r}; expected a positive integer")
     seed = _seed(rng)

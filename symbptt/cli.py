@@ -37,7 +37,15 @@ from typing import Any, NoReturn, TextIO
 from . import __version__
 from .presets import PRESETS
 from .progress import Progress
-from .spec import CHOICES, MAX_BATCH, MAX_SIZE, MAX_STEPS, ModelSpec, SpecError
+from .spec import (
+    CHOICES,
+    MAX_BATCH,
+    MAX_CHECK_STEPS,
+    MAX_SIZE,
+    MAX_STEPS,
+    ModelSpec,
+    SpecError,
+)
 
 __all__ = [
     "UsageError",
@@ -485,6 +493,7 @@ def _check_parser(sub: Any) -> argparse.ArgumentParser:
             "Check a hand-derived gradient written in the expression language against the "
             "derivation. Exit status 0 when equal, 1 when not, 2 on bad input. "
             "See `symbptt notations` for the names of each notation. "
+            f"It takes --steps up to {MAX_CHECK_STEPS} (a sum_t formula holds for every T). "
             "Put -- before an EXPR that starts with '-'."
         ),
     )

@@ -14,7 +14,15 @@ import numbers
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-__all__ = ["CHOICES", "MAX_BATCH", "MAX_SIZE", "MAX_STEPS", "ModelSpec", "SpecError"]
+__all__ = [
+    "CHOICES",
+    "MAX_BATCH",
+    "MAX_CHECK_STEPS",
+    "MAX_SIZE",
+    "MAX_STEPS",
+    "ModelSpec",
+    "SpecError",
+]
 
 
 class SpecError(ValueError):
@@ -53,6 +61,10 @@ _SIZE_FIELDS = ("n_in", "n_hidden", "n_out", "batch")
 #: The most time steps a spec may ask for: ``derive`` at T = 1000 takes about
 #: 30 s (the symbolic step form does not grow with T, the unrolled parts do).
 MAX_STEPS = 1000
+#: The most time steps ``check`` takes: its symbolic comparison walks expressions
+#: nested once per step (T = 200 passes Python's recursion limit for some
+#: models; T = 100 takes a few seconds for every model).
+MAX_CHECK_STEPS = 100
 #: The largest fixed size of a layer (n_in, n_hidden, n_out): the numerical
 #: check of the generated code perturbs every weight, which at 64 takes about a
 #: minute.  Leave a size out (symbolic) for larger layers.

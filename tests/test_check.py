@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import replace
 from typing import Any
 
@@ -10,11 +11,12 @@ import pytest
 import sympy as sp
 
 import symbptt
-from symbptt import ExpressionError, ModelSpec, derive
+from symbptt import ExpressionError, ModelSpec, SpecError, derive
 from symbptt.check import _rows_columns, check, correct_formula, names, names_text, namespace
 from symbptt.exprlang import parse
 from symbptt.notation import NOTATIONS
 from symbptt.presets import PRESETS
+from symbptt.spec import MAX_CHECK_STEPS
 from symbptt.testing import assert_gradient
 
 from .test_seeds import cs231n_rnn, min_char_rnn
@@ -468,3 +470,29 @@ def test_top_level_exports() -> None:
     result = symbptt.check(replace(SPEC, steps=2), "W_hy", "sum_t((y_hat[t] - y[t]) @ h[t].T) / m")
     assert isinstance(result, symbptt.CheckResult) and result.ok
     assert symbptt.check.names("aa") == names("aa")  # type: ignore[attr-defined]
+
+
+# -- the longest sequence -------------------------------------------------------------
+def test_check_refuses_more_steps_than_it_can_prove_up_front(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    check_module = importlib.import_module("symbptt.check")
+
+    monkeypatch.setattr(check_module, "_derivation", lambda *a: pytest.fail("work started"))
+    spec = ModelSpec(steps=MAX_CHECK_STEPS + 1)
+    with pytest.raises(SpecError, match=rf"^steps: got {MAX_CHECK_STEPS + 1}; .* at most 100"):
+        check(spec, "W_hh", "sum_t(delta[t] @ h[t-1].T)")
+    with pytest.raises(SpecError, match=r"^steps: got 1000"):
+        check(ModelSpec(steps=1000), "W_hh", "W_hh")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "fields",
+    [{}, {"notation": "layered", "mode": "many_to_one", "initial_state": "input"}],
+    ids=["xh", "layered_many_to_one_h0"],
+)
+def test_check_works_at_the_most_steps(fields: dict[str, Any]) -> None:
+    spec = ModelSpec(steps=MAX_CHECK_STEPS, **fields)
+    for name in derive(ModelSpec(steps=2, **fields)).gradients:
+        assert check(spec, name, correct_formula(spec, name).gradient).ok, name

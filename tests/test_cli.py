@@ -19,7 +19,7 @@ from symbptt import ModelSpec, __version__, cli, derive, load_module
 from symbptt.check import model_equations
 from symbptt.cli import UsageError, main, spec_from_options, write_outputs
 from symbptt.notation import NOTATIONS
-from symbptt.spec import CHOICES, MAX_BATCH, MAX_SIZE, MAX_STEPS, SpecError
+from symbptt.spec import CHOICES, MAX_BATCH, MAX_CHECK_STEPS, MAX_SIZE, MAX_STEPS, SpecError
 
 COMMANDS = ("derive", "check", "notations", "demo")
 
@@ -132,6 +132,20 @@ def test_limits_are_refused_before_any_work(
         assert_one_line_error(err, *needles)
         assert len(err) < 300
     assert not out.exists()
+
+
+def test_check_refuses_too_many_steps_up_front(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    check_module = importlib.import_module("symbptt.check")
+
+    monkeypatch.setattr(check_module, "_derivation", lambda *a: pytest.fail("work started"))
+    argv = ["check", "--steps", "1000", "--wrt", "W_hh", "sum_t(delta[t] @ h[t-1].T)"]
+    code, _, err = run(argv, capsys)
+    assert code == 2
+    assert_one_line_error(err, "steps: got 1000", f"at most {MAX_CHECK_STEPS} steps")
+    code, out, _ = run(["check", "--help"], capsys)
+    assert f"--steps up to {MAX_CHECK_STEPS}" in " ".join(out.split())
 
 
 def test_the_limits_and_defaults_are_in_the_help(capsys: pytest.CaptureFixture[str]) -> None:
