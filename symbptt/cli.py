@@ -474,7 +474,9 @@ def _derive_parser(sub: Any) -> argparse.ArgumentParser:
     out = p.add_argument_group("output")
     out.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     out.add_argument(
-        "--unrolled", action="store_true", help="also write gradients_unrolled.py (fixed T)"
+        "--unrolled",
+        action="store_true",
+        help=f"also write gradients_unrolled.py (fixed T, at most {MAX_UNROLLED_STEPS})",
     )
     out.add_argument("--no-pdf", action="store_true", help="do not build derivation.pdf")
     out.add_argument(
@@ -659,6 +661,10 @@ def _render_documents(derivation: Any, verify: bool) -> tuple[str, str]:
     return render_documents(derivation, verify=verify)
 
 
+#: The most steps ``--unrolled`` writes straight-line code for: its numerical check
+#: runs at its own T and costs O(T²) (T = 100: about 9 s in all; T = 1000: minutes).
+MAX_UNROLLED_STEPS = 100
+
 #: The largest relative error against central differences that passes (float64).
 GRADCHECK_TOLERANCE = 1e-6
 
@@ -735,6 +741,11 @@ def _numerical_checks(artifacts: Artifacts, bar: Progress) -> list[NumericalChec
 
 def _cmd_derive(args: argparse.Namespace) -> int:
     spec = _spec_from_args(args, args.config)
+    if args.unrolled and spec.steps > MAX_UNROLLED_STEPS:
+        raise UsageError(
+            f"--unrolled: T = {spec.steps} steps; straight-line code is written for at most "
+            f"{MAX_UNROLLED_STEPS} (gradients.py takes any T)"
+        )
     folder = output_folder(args.out)
     names = _output_names(unrolled=args.unrolled, pdf=not args.no_pdf)
     check_destination(folder, names, force=args.force)

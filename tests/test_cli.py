@@ -148,6 +148,17 @@ def test_check_refuses_too_many_steps_up_front(
     assert f"--steps up to {MAX_CHECK_STEPS}" in " ".join(out.split())
 
 
+def test_unrolled_is_refused_for_long_sequences_up_front(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli, "build_artifacts", lambda *a, **k: pytest.fail("work started"))
+    steps = str(cli.MAX_UNROLLED_STEPS + 1)
+    code, _, err = run(["derive", "--steps", steps, "--unrolled", "--out", str(tmp_path)], capsys)
+    assert code == 2
+    assert_one_line_error(err, "--unrolled", f"at most {cli.MAX_UNROLLED_STEPS}")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_limits_and_defaults_are_in_the_help(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["derive", "--help"], capsys)
     assert code == 0
