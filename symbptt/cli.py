@@ -34,6 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+try:
+    import fcntl
+except ImportError:  # Windows: runs into one folder are not locked
+    fcntl = None  # type: ignore[assignment]
+
 from . import __version__
 from .presets import PRESETS
 from .progress import Progress
@@ -56,6 +61,7 @@ __all__ = [
     "main",
     "numerical_check",
     "output_folder",
+    "output_lock",
     "run_demo",
     "spec_from_options",
     "write_outputs",
@@ -383,6 +389,7 @@ class Written:
 
     folder: Path
     files: list[Path] = field(default_factory=list)
+    removed: list[Path] = field(default_factory=list)  # earlier runs' outputs not written now
 
 
 def _umask() -> int:
@@ -391,7 +398,12 @@ def _umask() -> int:
     return mask
 
 
-def write_outputs(folder: Path, files: Mapping[str, bytes], force: bool = False) -> Written:
+def write_outputs(
+    folder: Path,
+    files: Mapping[str, bytes],
+    force: bool = False,
+    replaces: Sequence[str] = (),
+) -> Written:
     """Write ``files`` (name -> bytes) into ``folder``, all or nothing, each atomically.
 
     Before anything is written: the folder is created if needed, and every
@@ -399,6 +411,9 @@ def write_outputs(folder: Path, files: Mapping[str, bytes], force: bool = False)
     generate without ``force``, is a :class:`UsageError`).  Every file is
     then staged as a temporary file in the folder; only when all are staged
     are they renamed into place.  On failure the staged files are removed.
+    Then the files named in ``replaces`` that this run did not write, and
+    that an earlier run of symbptt wrote (they carry its marker), are
+    removed, so that no output of another spec stays beside the new ones.
     """
     check_destination(folder, list(files), force)
     try:
@@ -430,7 +445,70 @@ def write_outputs(folder: Path, files: Mapping[str, bytes], force: bool = False)
             reason = exc.strerror or str(exc)
             raise UsageError(f"{folder}: cannot write the outputs: {reason}") from None
         raise
+    for name in replaces:
+        stale = folder / name
+        if name not in files and stale.is_file() and generated_by_symbptt(stale):
+            try:
+                stale.unlink()
+            except OSError as exc:
+                raise UsageError(
+                    f"{stale}: written by an earlier run, cannot remove it: {exc.strerror}"
+                ) from None
+            result.removed.append(stale)
     return result
+
+
+@contextlib.contextmanager
+def output_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` for one run; a second run at once is refused.
+
+    The lock is ``flock`` on the folder itself (no lock file to leave
+    behind; released by the system if the process dies).  A folder made
+    here for the lock is removed again if the run leaves it empty.  Where
+    the system or file system has no ``flock``, runs are not locked.
+    """
+    made: list[Path] = []
+    missing = folder
+    while not missing.exists():
+        made.append(missing)
+        missing = missing.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{folder}: cannot create the output folder: {exc.strerror}") from None
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UsageError(
+                    f"{folder}: another symbptt run is writing into this folder; "
+                    "wait for it to finish or choose another --out"
+                ) from None
+            except OSError:  # no flock here (some network file systems): go on unlocked
+                pass
+        yield
+    finally:
+        os.close(descriptor)
+        for path in made:  # innermost first
+            try:
+                path.rmdir()
+            except OSError:  # not empty: the run wrote there
+                break
+
+
+#: Every file name derive and demo write: a run removes the ones of an earlier
+#: run (carrying symbptt's marker) that it does not write itself.
+_ALL_OUTPUTS = (
+    "gradients.py",
+    "gradients_unrolled.py",
+    "derivation.tex",
+    "derivation.md",
+    "derivation.pdf",
+    "loss.png",
+    "gradient_norms.png",
+)
 
 
 def _output_names(unrolled: bool, pdf: bool) -> list[str]:
@@ -749,14 +827,16 @@ def _cmd_derive(args: argparse.Namespace) -> int:
     folder = output_folder(args.out)
     names = _output_names(unrolled=args.unrolled, pdf=not args.no_pdf)
     check_destination(folder, names, force=args.force)
-    with Progress(None, "symbptt derive") as bar:
+    with output_lock(folder), Progress(None, "symbptt derive") as bar:
         artifacts = build_artifacts(spec, unrolled=args.unrolled, pdf=not args.no_pdf, progress=bar)
         bar.stage("writing the files")
-        written = write_outputs(folder, artifacts.files, force=args.force)
+        written = write_outputs(folder, artifacts.files, args.force, _ALL_OUTPUTS)
         checks = _numerical_checks(artifacts, bar)
     _print(f"{_describe(spec)}")
     for path in written.files:
         _print(f"wrote {path}")
+    for path in written.removed:
+        _print(f"removed {path} (an earlier run's, not written by this one)")
     for warning in artifacts.warnings:
         _print(f"warning: {warning}", sys.stderr)
     _print_checks(checks)
@@ -1069,91 +1149,102 @@ def run_demo(
         names += list(_PLOTS)
     check_destination(folder, names, force=force)
 
-    inputs, targets = DEMO_TEXT[:-1], DEMO_TEXT[1:]
-    _print(
-        f'symbptt demo: the seeds\' "{DEMO_TEXT}" example, characters {", ".join(HELLO)} '
-        f"one-hot; inputs {' '.join(inputs)}, targets {' '.join(targets)}"
-    )
-    _print(_describe(spec))
-    with Progress(None, "symbptt demo") as bar:
-        artifacts = build_artifacts(spec, unrolled=True, pdf=pdf, verify=verify, progress=bar)
-        checks = _numerical_checks(artifacts, bar)
-    _print_checks(checks)
-    for warning in artifacts.warnings:
-        _print(f"warning: {warning}", sys.stderr)
-
-    # train with the code just generated: the very source written to the folder
-    module = load_module(artifacts.files["gradients.py"].decode())
-    X, Y = _one_hot(inputs, HELLO), _one_hot(targets, HELLO)
-    params = module.init_params(len(HELLO), hidden_units, len(HELLO), rng=seed)
-    long_X = _one_hot(DEMO_LONG_TEXT[:-1], HELLO)
-    long_Y = _one_hot(DEMO_LONG_TEXT[1:], HELLO)
-    norms_before = gradient_norms(module, params, long_X, long_Y)
-    opt = _optimizer(optimizer)
-    _print(f"\ntraining {hidden_units} hidden units with {opt!r} (gradients.py):")
-    report = set(_report_points(iterations))
-    width = len(str(iterations))
-    with Progress(iterations, "training") as bar:
-
-        def show(iteration: int, value: float, grads: Any) -> None:
-            bar.update(1, f"loss {value:.4f}")
-            if iteration in report:
-                bar.close()
-                _print(f"  iteration {iteration:>{width}}   loss {value:8.4f}")
-
-        losses = fit(module, params, X, Y, optimizer=opt, iterations=iterations, callback=show)
-    _print(f"  {'trained':<{width + 10}}   loss {module.loss(params, X, Y):8.4f}")
-
-    predictions, _ = module.forward(params, X)
-    _print(f'\nwhat it predicts after each prefix of "{DEMO_TEXT}":')
-    learned = True
-    for t in range(len(inputs)):
-        probs = predictions[t, 0]
-        guess = HELLO[int(np.argmax(probs))]
-        right = guess == targets[t]
-        learned = learned and right
-        mark = "" if right else f"   wrong: expected {targets[t]!r}"
-        prefix = f'"{DEMO_TEXT[: t + 1]}"'
-        _print(f'  {prefix:<{len(inputs) + 2}} -> "{guess}"   p = {float(np.max(probs)):.3f}{mark}')
-
-    norms_hello = gradient_norms(module, params, X, Y)
-    norms_after = gradient_norms(module, params, long_X, long_Y)
-    last = len(norms_after) - 1
-    _print(
-        "\n||dL_T/dh_k||, the last step's loss against the hidden state after k steps, "
-        f'on "{inputs}":'
-    )
-    _print("  " + "   ".join(f"k={k}: {v:.2e}" for k, v in enumerate(norms_hello)))
-    _print(
-        f'  on "{DEMO_LONG_TEXT[:-1][:10]}..." (T = {last + 1}): from {norms_after[last]:.1e} '
-        f"at k = {last} to {norms_after[0]:.1e} at k = 0, "
-        f"{_times(norms_after[last] / norms_after[0])} smaller {last} steps back "
-        f"(untrained: {_times(norms_before[last] / norms_before[0])}): "
-        + ("the vanishing gradient" if norms_after[0] < norms_after[last] else "no vanishing here")
-    )
-
-    files = dict(artifacts.files)
-    if pyplot is not None:
-        files["loss.png"] = _loss_plot(pyplot, losses, opt)
-        files["gradient_norms.png"] = _norms_plot(
-            pyplot, norms_before, norms_after, DEMO_LONG_TEXT[:-1]
-        )
-    written = write_outputs(folder, files, force=force)
-    _print(f"\nwrote {folder}{os.sep}: {', '.join(p.name for p in written.files)}")
-    if pyplot is None and plots:
+    with output_lock(folder):
+        inputs, targets = DEMO_TEXT[:-1], DEMO_TEXT[1:]
         _print(
-            "plots: loss.png and gradient_norms.png need matplotlib: "
-            "pip install 'symbptt[plot]' (or pip install matplotlib), then run symbptt demo again"
+            f'symbptt demo: the seeds\' "{DEMO_TEXT}" example, characters {", ".join(HELLO)} '
+            f"one-hot; inputs {' '.join(inputs)}, targets {' '.join(targets)}"
         )
-    if not verify:
+        _print(_describe(spec))
+        with Progress(None, "symbptt demo") as bar:
+            artifacts = build_artifacts(spec, unrolled=True, pdf=pdf, verify=verify, progress=bar)
+            checks = _numerical_checks(artifacts, bar)
+        _print_checks(checks)
+        for warning in artifacts.warnings:
+            _print(f"warning: {warning}", sys.stderr)
+
+        # train with the code just generated: the very source written to the folder
+        module = load_module(artifacts.files["gradients.py"].decode())
+        X, Y = _one_hot(inputs, HELLO), _one_hot(targets, HELLO)
+        params = module.init_params(len(HELLO), hidden_units, len(HELLO), rng=seed)
+        long_X = _one_hot(DEMO_LONG_TEXT[:-1], HELLO)
+        long_Y = _one_hot(DEMO_LONG_TEXT[1:], HELLO)
+        norms_before = gradient_norms(module, params, long_X, long_Y)
+        opt = _optimizer(optimizer)
+        _print(f"\ntraining {hidden_units} hidden units with {opt!r} (gradients.py):")
+        report = set(_report_points(iterations))
+        width = len(str(iterations))
+        with Progress(iterations, "training") as bar:
+
+            def show(iteration: int, value: float, grads: Any) -> None:
+                bar.update(1, f"loss {value:.4f}")
+                if iteration in report:
+                    bar.close()
+                    _print(f"  iteration {iteration:>{width}}   loss {value:8.4f}")
+
+            losses = fit(module, params, X, Y, optimizer=opt, iterations=iterations, callback=show)
+        _print(f"  {'trained':<{width + 10}}   loss {module.loss(params, X, Y):8.4f}")
+
+        predictions, _ = module.forward(params, X)
+        _print(f'\nwhat it predicts after each prefix of "{DEMO_TEXT}":')
+        learned = True
+        for t in range(len(inputs)):
+            probs = predictions[t, 0]
+            guess = HELLO[int(np.argmax(probs))]
+            right = guess == targets[t]
+            learned = learned and right
+            mark = "" if right else f"   wrong: expected {targets[t]!r}"
+            prefix = f'"{DEMO_TEXT[: t + 1]}"'
+            _print(
+                f'  {prefix:<{len(inputs) + 2}} -> "{guess}"   p = {float(np.max(probs)):.3f}{mark}'
+            )
+
+        norms_hello = gradient_norms(module, params, X, Y)
+        norms_after = gradient_norms(module, params, long_X, long_Y)
+        last = len(norms_after) - 1
         _print(
-            "derivation.pdf/.md: the sympy.diff proof was skipped to keep the demo quick; "
-            "symbptt demo --verify (or symbptt derive) runs it"
+            "\n||dL_T/dh_k||, the last step's loss against the hidden state after k steps, "
+            f'on "{inputs}":'
         )
-    if not learned:
-        _print(f'the model did not learn "{inputs}" -> "{targets[-1]}"; try more --iterations')
-    ok = all(check.ok for check in checks)
-    return 0 if learned and ok and not artifacts.failed else 1
+        _print("  " + "   ".join(f"k={k}: {v:.2e}" for k, v in enumerate(norms_hello)))
+        _print(
+            f'  on "{DEMO_LONG_TEXT[:-1][:10]}..." (T = {last + 1}): from {norms_after[last]:.1e} '
+            f"at k = {last} to {norms_after[0]:.1e} at k = 0, "
+            f"{_times(norms_after[last] / norms_after[0])} smaller {last} steps back "
+            f"(untrained: {_times(norms_before[last] / norms_before[0])}): "
+            + (
+                "the vanishing gradient"
+                if norms_after[0] < norms_after[last]
+                else "no vanishing here"
+            )
+        )
+
+        files = dict(artifacts.files)
+        if pyplot is not None:
+            files["loss.png"] = _loss_plot(pyplot, losses, opt)
+            files["gradient_norms.png"] = _norms_plot(
+                pyplot, norms_before, norms_after, DEMO_LONG_TEXT[:-1]
+            )
+        written = write_outputs(folder, files, force, _ALL_OUTPUTS)
+        _print(f"\nwrote {folder}{os.sep}: {', '.join(p.name for p in written.files)}")
+        if written.removed:
+            removed = ", ".join(p.name for p in written.removed)
+            _print(f"removed {removed} (an earlier run's, not written by this one)")
+        if pyplot is None and plots:
+            _print(
+                "plots: loss.png and gradient_norms.png need matplotlib: "
+                "pip install 'symbptt[plot]' (or pip install matplotlib), "
+                "then run symbptt demo again"
+            )
+        if not verify:
+            _print(
+                "derivation.pdf/.md: the sympy.diff proof was skipped to keep the demo quick; "
+                "symbptt demo --verify (or symbptt derive) runs it"
+            )
+        if not learned:
+            _print(f'the model did not learn "{inputs}" -> "{targets[-1]}"; try more --iterations')
+        ok = all(check.ok for check in checks)
+        return 0 if learned and ok and not artifacts.failed else 1
 
 
 def _times(ratio: float) -> str:

@@ -651,7 +651,7 @@ def test_derive_leaves_nothing_half_written(
     code, _, err = run(["derive", *QUICK, "--out", str(out), "--no-pdf"], capsys)
     assert code == 2
     assert_one_line_error(err, "No space left on device")
-    assert list(out.iterdir()) == []
+    assert not out.exists()  # not even the folder, made for this run, is left
 
 
 @pytest.mark.parametrize("command", ["derive", "demo"])
@@ -686,6 +686,78 @@ def test_too_long_folder_name_is_one_line(
     assert_one_line_error(err, "output folder", "300 bytes")
     assert len(err) < 300
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_later_run_removes_what_an_earlier_one_wrote_and_this_one_does_not(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    code, _, err = run(["derive", *QUICK, "--unrolled", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert (out / "gradients_unrolled.py").exists()
+    earlier = {p.name for p in out.iterdir()}
+    fake_pdf = out / "derivation.pdf"  # as an earlier run with TeX would have left it
+    fake_pdf.write_bytes(b"%PDF-1.5\n% " + cli._marker().encode() + b"\n%%EOF\n")
+    users = out / "notes.txt"
+    users.write_text("mine\n", encoding="utf-8")
+    code, out_text, err = run(
+        ["derive", *QUICK, "--steps", "3", "--no-pdf", "--out", str(out)], capsys
+    )
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == sorted([*DOCS, "notes.txt"])
+    assert f"removed {out / 'gradients_unrolled.py'}" in out_text
+    assert f"removed {fake_pdf}" in out_text
+    assert "gradients_unrolled.py" in earlier
+
+
+def test_a_users_file_with_an_output_name_is_kept(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = out / "gradients_unrolled.py"
+    mine.write_text("# my own code\n", encoding="utf-8")
+    code, _, err = run(["derive", *QUICK, "--out", str(out)], capsys)
+    assert code == 0, err
+    assert mine.read_text(encoding="utf-8") == "# my own code\n"
+
+
+def test_a_second_run_into_a_locked_folder_is_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fcntl = pytest.importorskip("fcntl", reason="flock is POSIX-only")
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr(cli, "build_artifacts", lambda *a, **k: pytest.fail("work started"))
+    holder = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a first run holds it
+        for command in (["derive", *QUICK], ["demo", "--no-plots"]):
+            code, _, err = run([*command, "--out", str(out)], capsys)
+            assert code == 2
+            assert_one_line_error(err, str(out), "another symbptt run is writing")
+    finally:
+        os.close(holder)
+    assert list(out.iterdir()) == []
+
+
+def test_a_second_derive_process_is_refused_while_the_folder_is_locked(tmp_path: Path) -> None:
+    """The lock holds across processes: a run started while this one holds it is refused."""
+    fcntl = pytest.importorskip("fcntl", reason="flock is POSIX-only")
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        refused = symbptt_process("derive", *QUICK, "--no-pdf", "--out", str(out))
+    finally:
+        os.close(holder)
+    assert refused.returncode == 2
+    assert len(refused.stderr.splitlines()) == 1
+    assert "another symbptt run is writing into this folder" in refused.stderr
+    after = symbptt_process("derive", *QUICK, "--no-pdf", "--out", str(out))
+    assert after.returncode == 0, after.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(DOCS)
 
 
 def test_derive_needs_out(capsys: pytest.CaptureFixture[str]) -> None:
