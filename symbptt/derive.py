@@ -229,6 +229,12 @@ class Derivation:
 
 def derive(spec: ModelSpec | Graph) -> Derivation:
     """Derive every gradient of ``spec`` by matrix-level reverse mode."""
+    if not isinstance(spec, (ModelSpec, Graph)):
+        raise TypeError(
+            f"derive: expected a ModelSpec (or a Graph), got {type(spec).__name__} "
+            f"{repr(spec)[:40]}; build one with symbptt.ModelSpec(steps=..., ...) or, from "
+            "a dict, symbptt.ModelSpec.from_mapping(d)"
+        )
     graph = spec if isinstance(spec, Graph) else build_graph(spec)
     spec = graph.spec
     symbols = graph.symbols

@@ -187,3 +187,10 @@ def test_bias_broadcast_is_a_product_with_ones() -> None:
     db = next(a for a in d.contributions if a.param == "beta_1")
     assert db.expr.shape == d.graph.params["beta_1"].shape
     assert mexpr.is_matrix(db.expr)
+
+
+@pytest.mark.parametrize("value", [{"steps": 2}, "xh", None, 3])
+def test_derive_of_something_else_is_a_type_error_naming_what_it_expects(value: object) -> None:
+    with pytest.raises(TypeError, match=r"^derive: expected a ModelSpec \(or a Graph\), got ") as e:
+        symbptt.derive(value)  # type: ignore[arg-type]
+    assert type(value).__name__ in str(e.value) and "ModelSpec.from_mapping" in str(e.value)
