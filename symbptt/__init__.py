@@ -7,6 +7,7 @@ scalar differentiation, and prints it as documents and NumPy code.
 
 from __future__ import annotations
 
+from . import testing
 from .check import CheckResult, check
 from .derive import Derivation, derive
 from .documents import build_pdf, render_latex, render_markdown
@@ -51,5 +52,6 @@ __all__ = [
     "load_module",
     "render_latex",
     "render_markdown",
+    "testing",
     "truncated_bptt",
 ]
