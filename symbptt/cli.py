@@ -522,7 +522,23 @@ def _output_names(unrolled: bool, pdf: bool) -> list[str]:
 
 
 # -- output helpers -------------------------------------------------------------------
+class _StdoutNow:
+    """``sys.stdout`` as it is when written to (tests and callers may replace it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
+#: Progress off a terminal: each stage a line on stdout, flushed, so that a long
+#: run piped to a log shows what it is doing (the bar is for terminals only).
+_LINES: dict[str, Any] = {"lines": True, "line_stream": _StdoutNow()}
+
+
 def _print(text: str = "", stream: TextIO | None = None) -> None:
+    """One line of output, flushed at once (a piped stdout is not line-buffered)."""
     print(text, file=stream if stream is not None else sys.stdout, flush=True)
 
 
@@ -827,7 +843,7 @@ def _cmd_derive(args: argparse.Namespace) -> int:
     folder = output_folder(args.out)
     names = _output_names(unrolled=args.unrolled, pdf=not args.no_pdf)
     check_destination(folder, names, force=args.force)
-    with output_lock(folder), Progress(None, "symbptt derive") as bar:
+    with output_lock(folder), Progress(None, "symbptt derive", **_LINES) as bar:
         artifacts = build_artifacts(spec, unrolled=args.unrolled, pdf=not args.no_pdf, progress=bar)
         bar.stage("writing the files")
         written = write_outputs(folder, artifacts.files, args.force, _ALL_OUTPUTS)
@@ -1156,7 +1172,7 @@ def run_demo(
             f"one-hot; inputs {' '.join(inputs)}, targets {' '.join(targets)}"
         )
         _print(_describe(spec))
-        with Progress(None, "symbptt demo") as bar:
+        with Progress(None, "symbptt demo", **_LINES) as bar:
             artifacts = build_artifacts(spec, unrolled=True, pdf=pdf, verify=verify, progress=bar)
             checks = _numerical_checks(artifacts, bar)
         _print_checks(checks)

@@ -1,9 +1,11 @@
 """A one-line progress display for long derivations and trainings.
 
 It draws only when its stream is a terminal (``isatty()``), so logs, pipes
-and CI stay free of carriage returns and partial lines.  No dependency: the
-line is redrawn in place at most every ``interval`` seconds and erased when
-the work is done, leaving the terminal as it was.
+and CI stay free of carriage returns and partial lines; there, with
+``lines=True``, each stage is one whole line instead, flushed at once, so a
+long run piped to a log shows what it is doing.  No dependency: the line is
+redrawn in place at most every ``interval`` seconds and erased when the work
+is done, leaving the terminal as it was.
 
 >>> with Progress(total=300, label="training") as bar:
 ...     for i in range(300):
@@ -37,7 +39,9 @@ class Progress:
 
     ``total`` may be ``None`` for work of unknown length (then only the count
     and the info are shown).  ``enabled`` forces the display on or off; by
-    default it is on exactly when ``stream`` is a terminal.
+    default it is on exactly when ``stream`` is a terminal.  With ``lines``,
+    while the display is off, each :meth:`stage` is written as one line
+    (``label: info``) to ``line_stream`` (default: ``stream``) and flushed.
     """
 
     def __init__(
@@ -49,6 +53,8 @@ class Progress:
         enabled: bool | None = None,
         interval: float = 0.1,
         width: int = 24,
+        lines: bool = False,
+        line_stream: TextIO | None = None,
     ) -> None:
         self.total = total
         self.label = label
@@ -56,6 +62,8 @@ class Progress:
         self.enabled = on_terminal(self.stream) if enabled is None else enabled
         self.interval = interval
         self.width = width
+        self.lines = lines
+        self.line_stream = line_stream if line_stream is not None else self.stream
         self.done = 0
         self.info = ""
         self._last_draw = 0.0
@@ -81,6 +89,9 @@ class Progress:
         if self.enabled:
             self._draw()
             self._last_draw = time.monotonic()
+        elif self.lines:
+            self.line_stream.write(f"{self.label}: {info}\n")
+            self.line_stream.flush()
 
     def close(self) -> None:
         """Erase the line (the caller prints the lasting result)."""

@@ -1052,6 +1052,26 @@ def test_subprocess_reader_leaves_early() -> None:
     assert "Traceback" not in error
 
 
+def test_progress_lines_reach_a_pipe_while_the_run_goes_on(tmp_path: Path) -> None:
+    """Off a terminal each stage is a whole line on stdout, flushed at once (no bar)."""
+    command = [sys.executable, "-m", "symbptt", "derive", "--steps", "40", "--unrolled"]
+    process = subprocess.Popen(
+        [*command, "--no-pdf", "--out", str(tmp_path / "out")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    first = process.stdout.readline()
+    still_running = process.poll() is None
+    rest, err = process.communicate(timeout=300)
+    assert first == "symbptt derive: deriving the gradients\n"
+    assert still_running, "the first progress line came only when the run ended"
+    assert "symbptt derive: checking gradients_unrolled.py numerically\n" in rest
+    assert "\r" not in first + rest and err == ""
+    assert process.returncode == 0
+
+
 @pytest.mark.slow
 def test_subprocess_derive(tmp_path: Path) -> None:
     result = symbptt_process("derive", *QUICK, "--out", "out", "--no-pdf", cwd=tmp_path)

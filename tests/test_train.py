@@ -144,6 +144,20 @@ def test_progress_is_silent_off_a_terminal() -> None:
     assert stream.getvalue() == ""
 
 
+def test_progress_lines_off_a_terminal() -> None:
+    stream, lines = FakeTerminal(tty=False), FakeTerminal(tty=False)
+    with Progress(None, "derive", stream=stream, lines=True, line_stream=lines) as bar:
+        bar.stage("deriving")
+        bar.update(1, "ignored: no bar")
+        bar.stage("printing")
+    assert lines.getvalue() == "derive: deriving\nderive: printing\n"
+    assert stream.getvalue() == ""
+    on_stream = FakeTerminal(tty=False)
+    with Progress(None, "derive", stream=on_stream, lines=True) as bar:
+        bar.stage("deriving")
+    assert on_stream.getvalue() == "derive: deriving\n"
+
+
 def test_progress_draws_and_erases_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TERM", "xterm")
     stream = FakeTerminal(tty=True)
