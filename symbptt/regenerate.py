@@ -80,10 +80,22 @@ def regenerate(outdir: str | Path = "generated", documents: bool = True) -> list
     return written
 
 
+USAGE = "usage: python -m symbptt.regenerate [OUTDIR]"
+HELP = """\
+Rewrite the generated files of every preset model (symbptt.presets.PRESETS):
+OUTDIR/<preset>/gradients.py, gradients_unrolled.py, derivation.tex,
+derivation.md and derivation.pdf (the PDF needs pdflatex). OUTDIR defaults to
+./generated. Each file is replaced atomically; the same presets give the same
+bytes."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args in (["-h"], ["--help"]):
+        print(f"{USAGE}\n\n{HELP}")
+        return 0
     if len(args) > 1 or any(a.startswith("-") for a in args):
-        print("usage: python -m symbptt.regenerate [OUTDIR]", file=sys.stderr)
+        print(f"{USAGE} (--help: what it writes)", file=sys.stderr)
         return 2
     for path in regenerate(args[0] if args else "generated"):
         print(path)

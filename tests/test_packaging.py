@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,10 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
         check=False,
     )
     assert install.returncode == 0, install.stdout + install.stderr
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    assert "symbptt/py.typed" in names  # PEP 561: the package's annotations are used
+    assert any(name.endswith("licenses/LICENSE") for name in names), names
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     script = (
@@ -83,3 +88,32 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
         check=False,
     )
     assert cli.returncode == 0 and "0.1.0" in cli.stdout + cli.stderr
+
+
+def test_license_file_matches_pyproject() -> None:
+    from symbptt.cli import _toml_module  # tomllib, or tomli on Python 3.10
+
+    license_text = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    declared = _toml_module().loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert declared["project"]["license"] == {"text": "MIT"}
+    assert license_text.startswith("MIT License\n")
+    assert "Permission is hereby granted, free of charge" in license_text
+
+
+def test_the_package_is_typed() -> None:
+    assert (ROOT / "symbptt" / "py.typed").is_file()
+
+
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_regenerate_help(flag: str) -> None:
+    done = _run([sys.executable, "-m", "symbptt.regenerate", flag])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: python -m symbptt.regenerate [OUTDIR]\n")
+    assert "gradients_unrolled.py" in done.stdout and done.stderr == ""
+    assert not (ROOT / flag).exists()
+
+
+def test_regenerate_bad_arguments_are_one_line() -> None:
+    done = _run([sys.executable, "-m", "symbptt.regenerate", "--bogus"])
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "usage:" in done.stderr
