@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import heapq
 import importlib
+import json
 import os
 import shutil
 import sys
@@ -576,6 +578,7 @@ def _derive_parser(sub: Any) -> argparse.ArgumentParser:
     out.add_argument(
         "--force", action="store_true", help="overwrite files symbptt did not generate"
     )
+    _add_report_flags(p)
     return p
 
 
@@ -601,7 +604,27 @@ def _check_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--wrt", required=True, metavar="NAME", help="the parameter, e.g. W_hh")
     _add_spec_flags(p)
+    _add_report_flags(p)
     return p
+
+
+def _add_report_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("report (for scripts)").add_mutually_exclusive_group()
+    group.add_argument(
+        "--quiet",
+        dest="report",
+        action="store_const",
+        const="quiet",
+        default="text",
+        help="print nothing but warnings and errors (the exit status tells)",
+    )
+    group.add_argument(
+        "--json",
+        dest="report",
+        action="store_const",
+        const="json",
+        help="print one JSON object on stdout instead of text",
+    )
 
 
 def _notations_parser(sub: Any) -> argparse.ArgumentParser:
@@ -843,21 +866,38 @@ def _cmd_derive(args: argparse.Namespace) -> int:
     folder = output_folder(args.out)
     names = _output_names(unrolled=args.unrolled, pdf=not args.no_pdf)
     check_destination(folder, names, force=args.force)
-    with output_lock(folder), Progress(None, "symbptt derive", **_LINES) as bar:
+    shown = {"enabled": False} if args.report != "text" else _LINES
+    with output_lock(folder), Progress(None, "symbptt derive", **shown) as bar:
         artifacts = build_artifacts(spec, unrolled=args.unrolled, pdf=not args.no_pdf, progress=bar)
         bar.stage("writing the files")
         written = write_outputs(folder, artifacts.files, args.force, _ALL_OUTPUTS)
         checks = _numerical_checks(artifacts, bar)
-    _print(f"{_describe(spec)}")
-    for path in written.files:
-        _print(f"wrote {path}")
-    for path in written.removed:
-        _print(f"removed {path} (an earlier run's, not written by this one)")
+    ok = all(check.ok for check in checks) and not artifacts.failed
     for warning in artifacts.warnings:
         _print(f"warning: {warning}", sys.stderr)
-    _print_checks(checks)
-    ok = all(check.ok for check in checks)
-    return 0 if ok and not artifacts.failed else 1
+    if args.report == "json":
+        _print(
+            json.dumps(
+                {
+                    "ok": ok,
+                    "spec": spec.as_dict(),
+                    "spec_hash": spec.hash(),
+                    "written": [str(path) for path in written.files],
+                    "removed": [str(path) for path in written.removed],
+                    "warnings": artifacts.warnings,
+                    "checks": [dataclasses.asdict(check) for check in checks],
+                },
+                indent=2,
+            )
+        )
+    elif args.report == "text":
+        _print(f"{_describe(spec)}")
+        for path in written.files:
+            _print(f"wrote {path}")
+        for path in written.removed:
+            _print(f"removed {path} (an earlier run's, not written by this one)")
+        _print_checks(checks)
+    return 0 if ok else 1
 
 
 def _describe(spec: ModelSpec) -> str:
@@ -912,7 +952,20 @@ def _cmd_check(args: argparse.Namespace) -> int:
         raise UsageError(f"EXPR: {_expression_error(exc)}") from None
     except ValueError as exc:  # wrt names no gradient of the model
         raise UsageError(str(exc)) from None
-    _print(result.explain())
+    if args.report == "json":
+        report = {
+            "ok": result.ok,
+            "wrt": result.wrt,
+            "method": result.method,
+            "candidate": result.candidate,
+            "correct": str(result.formula),
+            "mistakes": list(result.mistake_names),
+            "sizes": result.sizes,
+            "explanation": result.explain(),
+        }
+        _print(json.dumps(report, indent=2, default=str))
+    elif args.report == "text":
+        _print(result.explain())
     return 0 if result.ok else 1
 
 

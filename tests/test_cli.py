@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
 import shutil
@@ -1050,6 +1051,34 @@ def test_subprocess_reader_leaves_early() -> None:
     process.stderr.close()
     assert process.wait(timeout=60) == 141
     assert "Traceback" not in error
+
+
+def test_derive_json_and_quiet(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code, text, err = run(["derive", *QUICK, "--no-pdf", "--out", str(out), "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(text)  # the whole of stdout is one JSON object
+    assert report["ok"] is True and report["spec"]["steps"] == 2
+    assert report["spec_hash"] == ModelSpec(**report["spec"]).hash()
+    assert sorted(Path(name).name for name in report["written"]) == sorted(DOCS)
+    assert [check["name"] for check in report["checks"]] == ["gradients.py"]
+    assert report["checks"][0]["ok"] is True and report["removed"] == []
+    code, text, err = run(["derive", *QUICK, "--no-pdf", "--out", str(out), "--quiet"], capsys)
+    assert code == 0 and text == "" and err == ""
+
+
+def test_check_json_and_quiet(capsys: pytest.CaptureFixture[str]) -> None:
+    wrong = ["check", "--wrt", "W_hh", "sum_t(delta[t] @ h[t].T)"]
+    code, text, _ = run([*wrong, "--json"], capsys)
+    assert code == 1
+    report = json.loads(text)
+    assert report["ok"] is False and report["wrt"] == "W_hh"
+    assert "off_by_one" in report["mistakes"] and "NOT EQUAL" in report["explanation"]
+    code, text, err = run([*wrong, "--quiet"], capsys)
+    assert (code, text, err) == (1, "", "")
+    code, _, err = run([*wrong, "--quiet", "--json"], capsys)
+    assert code == 2
+    assert_one_line_error(err, "--json", "--quiet")
 
 
 def test_progress_lines_reach_a_pipe_while_the_run_goes_on(tmp_path: Path) -> None:
