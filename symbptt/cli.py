@@ -187,7 +187,10 @@ _UNKNOWN_SHOWN = 3
 
 
 def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The spec fields of a TOML config file; any problem is a one-line :class:`UsageError`."""
+    """The spec fields of a TOML config file; any problem is a one-line :class:`UsageError`.
+
+    A file named ``pyproject.toml`` gives its ``[tool.symbptt]`` table.
+    """
     path = Path(path)
     try:
         with path.open("rb") as handle:
@@ -212,6 +215,11 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         data: dict[str, Any] = toml.loads(text)
     except toml.TOMLDecodeError as exc:
         raise UsageError(f"{path}: not valid TOML: {_one_line(str(exc))}") from None
+    if path.name == "pyproject.toml":  # a project's own file: the spec is its [tool.symbptt]
+        table = data.get("tool", {}).get("symbptt")
+        if not isinstance(table, dict):
+            raise UsageError(f"{path}: has no [tool.symbptt] table with the spec's fields")
+        return table
     return data
 
 
@@ -565,7 +573,12 @@ def _derive_parser(sub: Any) -> argparse.ArgumentParser:
             "against central finite differences and the relative error printed."
         ),
     )
-    p.add_argument("config", nargs="?", metavar="CONFIG.toml", help="spec fields in TOML")
+    p.add_argument(
+        "config",
+        nargs="?",
+        metavar="CONFIG.toml",
+        help="spec fields in TOML (or a pyproject.toml with a [tool.symbptt] table)",
+    )
     _add_spec_flags(p)
     out = p.add_argument_group("output")
     out.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")

@@ -283,6 +283,25 @@ def test_a_long_unknown_key_is_shortened(tmp_path: Path) -> None:
     assert "'xxxx" in str(error.value) and len(str(error.value)) < 400
 
 
+def test_pyproject_tool_symbptt_is_a_config(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    pyproject = write(
+        project / "pyproject.toml",
+        '[project]\nname = "mine"\n\n[tool.symbptt]\nsteps = 3\nhidden = "relu"\n',
+    )
+    spec = spec_from_options(pyproject, {"steps": 5})
+    assert (spec.steps, spec.hidden) == (5, "relu")
+    code, _, err = run(["check", str(pyproject), "--wrt", "W_hh", "x"], capsys)
+    assert code == 2  # "x" is no name: the spec was read, the expression refused
+    assert_one_line_error(err, "EXPR")
+    bare = write(project / "pyproject.toml", '[project]\nname = "mine"\n')
+    with pytest.raises(UsageError, match=r"has no \[tool\.symbptt\] table"):
+        spec_from_options(bare)
+
+
 def test_bad_value_names_its_source(tmp_path: Path) -> None:
     config = write(tmp_path / "m.toml", "hidden = 'nope'\n")
     with pytest.raises(UsageError, match=r"\(from .*m\.toml\)$"):
