@@ -486,9 +486,12 @@ def output_lock(folder: Path) -> Iterator[None]:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"{folder}: cannot create the output folder: {exc.strerror}") from None
-    descriptor = os.open(folder, os.O_RDONLY)
+    try:  # a folder we may write in but not read (mode -wx) cannot be opened: no lock
+        descriptor: int | None = os.open(folder, os.O_RDONLY)
+    except OSError:
+        descriptor = None
     try:
-        if fcntl is not None:
+        if fcntl is not None and descriptor is not None:
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -500,7 +503,8 @@ def output_lock(folder: Path) -> Iterator[None]:
                 pass
         yield
     finally:
-        os.close(descriptor)
+        if descriptor is not None:
+            os.close(descriptor)
         for path in made:  # innermost first
             try:
                 path.rmdir()

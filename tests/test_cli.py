@@ -761,6 +761,25 @@ def test_a_second_run_into_a_locked_folder_is_refused(
     assert list(out.iterdir()) == []
 
 
+def test_a_folder_that_cannot_be_read_is_still_written(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock needs the folder opened for reading; without that, the run goes on unlocked."""
+    out = tmp_path / "out"
+    out.mkdir()
+    real_open = os.open
+
+    def no_read(path: Any, flags: int, *args: Any) -> int:
+        if Path(path) == out and not flags & (os.O_WRONLY | os.O_RDWR):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(cli.os, "open", no_read)
+    code, _, err = run(["derive", *QUICK, "--no-pdf", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == sorted(DOCS)
+
+
 def test_a_second_derive_process_is_refused_while_the_folder_is_locked(tmp_path: Path) -> None:
     """The lock holds across processes: a run started while this one holds it is refused."""
     fcntl = pytest.importorskip("fcntl", reason="flock is POSIX-only")
