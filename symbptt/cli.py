@@ -1103,7 +1103,11 @@ def _scratch_folder() -> Iterator[None]:
     TeX runs make their files under :func:`tempfile.gettempdir`; for the
     command it points here, so nothing is left behind in ``/tmp``.
     """
-    folder = tempfile.mkdtemp(prefix="symbptt-run-")
+    try:
+        folder = tempfile.mkdtemp(prefix="symbptt-run-")
+    except OSError:  # no usable temporary folder: what needs one says so itself
+        yield
+        return
     previous = tempfile.tempdir
     tempfile.tempdir = folder
     try:

@@ -627,6 +627,15 @@ def test_commands_leave_nothing_in_the_temporary_folder(argv: list[str], tmp_pat
     assert list(scratch.iterdir()) == []
 
 
+def test_an_unusable_temporary_folder_does_not_stop_notations(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    code, out, err = run(["notations", "xh"], capsys)
+    assert code == 0, err
+    assert out.startswith("xh (the default)")
+
+
 def test_derive_never_overwrites_a_users_file(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
