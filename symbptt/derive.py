@@ -24,7 +24,6 @@ import sympy as sp
 
 from . import mexpr
 from .graph import T_SYMBOL, Assignment, Graph, Symbols, build_cell, build_graph, t_SYMBOL
-from .notation import PARAM_ROLES
 from .rules import rule_for
 from .spec import ModelSpec
 
@@ -55,15 +54,17 @@ def backprop(
     seeds: Mapping[Any, Any],
     leaves: set[Any],
     symbols: Symbols,
+    constants: frozenset[Any] = frozenset(),
 ) -> tuple[list[Assignment], dict[Any, list[tuple[Any, Any]]]]:
     """Reverse mode over ``assignments``.
 
     ``seeds`` maps symbols to their initial cotangents (the total loss to 1).
-    Returns the adjoint assignments in the order they are computed, and for
-    every leaf in ``leaves`` its contributions as ``(step, expression)`` in
-    forward step order.
+    Targets in ``constants`` are walked from their seed but receive nothing
+    (their seed is already their whole adjoint).  Returns the adjoint
+    assignments in the order they are computed, and for every leaf in
+    ``leaves`` its contributions as ``(step, expression)`` in forward step order.
     """
-    targets = {a.target for a in assignments}
+    targets = {a.target for a in assignments} - constants
     variables = targets | set(leaves)
     pending: dict[Any, list[Any]] = {symbol: [ct] for symbol, ct in seeds.items()}
     leaf_parts: dict[Any, list[tuple[Any, Any]]] = {}
@@ -100,10 +101,14 @@ class StepForm:
     """The loop body of BPTT for a generic step ``t``, derived once from one cell.
 
     ``body`` holds the forward assignments of step t and, after them, the
-    backward ones, written with δ_{t+1} = ∂L/∂z_{t+1} coming from the future.
-    For many-to-one models ``last`` is the backward pass of the last step (the
-    only one with an output); ``body`` then has no output.  Outside the model,
-    δ_{T+1} = 0 and h before the first step is the initial state.
+    backward ones.  What the future sends back arrives through the equations
+    of step t + 1 that read a state of step t (Elman: z_{t+1} = ... W_hh h_t;
+    LSTM: the four gates and c_{t+1}), seeded with those quantities' adjoints
+    at t + 1 (δ_{t+1}; di_{t+1}, ..., dc_{t+1}).  For many-to-one models
+    ``last`` is the backward pass of the last step (the only one with an
+    output); ``body`` then has no output.  Outside the model every adjoint
+    after the last step is 0 and a state before the first step is its
+    initial value.
     """
 
     t: sp.Symbol
@@ -127,30 +132,50 @@ def _contributions(
     return out
 
 
+def _next_reads(symbols: Symbols, t: Any) -> tuple[list[Assignment], dict[Any, Any]]:
+    """The equations of step t + 1 that read a state of step t, and their seeds.
+
+    Each is seeded with its target's adjoint at t + 1, which the backward pass
+    of step t + 1 has computed whole.
+    """
+    cell = symbols.cell
+    states = {state.key for state in cell.states}
+    extra: list[Assignment] = []
+    seeds: dict[Any, Any] = {}
+    nxt, _, _ = build_cell(symbols, t + 1, with_output=False)
+    for eq, assignment in zip(cell.equations, nxt, strict=False):
+        if any(key in states and offset < 0 for key, offset in eq.reads):
+            extra.append(Assignment(assignment.target, assignment.expr, "next", t + 1))
+            role = symbols.meta[assignment.target][0]
+            seeds[assignment.target] = symbols.adjoint(role, t + 1)
+    return extra, seeds
+
+
 def _step_form(spec: ModelSpec, graph: Graph) -> StepForm:
     symbols = Symbols(spec, graph.notation)
     t = t_SYMBOL
     loss_steps = T_SYMBOL if spec.mode == "many_to_many" else sp.Integer(1)
     scale = symbols.loss_scale(loss_steps)
     leaves = set(symbols.params.values())
+    cell_model = symbols.cell
+    previous = {symbols.series(state.key, t - 1) for state in cell_model.states}
 
     def cell(
         with_output: bool, with_next: bool
     ) -> tuple[tuple[Assignment, ...], tuple[Assignment, ...]]:
-        prev = symbols.series("hidden", t - 1)
-        forward, h, loss = build_cell(symbols, t, prev, with_output)
+        forward, _, loss = build_cell(symbols, t, with_output)
         seeds: dict[Any, Any] = {}
         extra: list[Assignment] = []
         if loss is not None:
             seeds[loss] = scale
         if with_next:
-            z_next = symbols.series("pre_activation", t + 1)
-            w_rec = symbols.param("recurrent_weight")
-            part = mexpr.matmul(w_rec, h) if symbols.layout == "column" else mexpr.matmul(h, w_rec)
-            extra.append(Assignment(z_next, part, "next_pre_activation", t + 1))
-            seeds[z_next] = symbols.adjoint("pre_activation", t + 1)
+            extra, next_seeds = _next_reads(symbols, t)
+            seeds.update(next_seeds)
         x = symbols.series("input", t)
-        adjoints, parts = backprop(forward + extra, seeds, leaves | {prev, x}, symbols)
+        constants = frozenset(a.target for a in extra)
+        adjoints, parts = backprop(
+            forward + extra, seeds, leaves | previous | {x}, symbols, constants
+        )
         names = [(name, sym) for name, sym in symbols.params.items()]
         own = {sym: [(at, part) for at, part in found if at == t] for sym, found in parts.items()}
         backward = adjoints + _contributions(symbols, own, names)
@@ -240,7 +265,7 @@ def derive(spec: ModelSpec | Graph) -> Derivation:
     symbols = graph.symbols
     order: list[tuple[str, Any]] = list(symbols.params.items())
     if spec.initial_state == "input":
-        order.append((graph.notation.initial_ascii, graph.initial))
+        order += [(initial.name, initial) for initial in graph.initials.values()]
     leaves = {symbol for _, symbol in order} | set(graph.inputs)
     adjoints, parts = backprop(graph.assignments, {graph.loss: sp.Integer(1)}, leaves, symbols)
     contributions = _contributions(symbols, parts, order)
@@ -259,10 +284,10 @@ def derive(spec: ModelSpec | Graph) -> Derivation:
         target = sp.MatrixSymbol("d" + name, *symbol.shape)
         symbols.meta[target] = ("gradient", None)
         sums.append(Assignment(target, total, "gradient", None, name))
-    roles = {symbols.notation.param(role).ascii: role for role in PARAM_ROLES}
-    roles = {name: role for name, role in roles.items() if name in symbols.params}
+    roles = {name: symbols.meta[symbol][0] for name, symbol in symbols.params.items()}
     if spec.initial_state == "input":
-        roles[graph.notation.initial_ascii] = "initial_state"
+        for initial in graph.initials.values():
+            roles[initial.name] = "initial_state"
     table: dict[str, Any] = {
         role: symbols.params[name] for name, role in roles.items() if name in symbols.params
     }
@@ -292,13 +317,15 @@ def instantiate(
     symbols = graph.symbols
     first, last = graph.steps[0], graph.steps[-1]
     mapping: dict[Any, Any] = {T_SYMBOL: sp.Integer(len(graph.steps))}
+    notation = graph.notation
+    states = {notation.name_of(key).role: initial for key, initial in graph.initials.items()}
     for generic, (role, at) in step_form.symbols.meta.items():
         if at is None or not isinstance(at, sp.Basic) or not at.free_symbols:
             continue
         k = int(at.subs(step_form.t, step))
-        if role == "hidden" and k < first:
-            mapping[generic] = graph.initial
-        elif role == "adjoint_pre_activation" and k > last:
+        if role in states and k < first:
+            mapping[generic] = states[role]
+        elif role.startswith("adjoint_") and k > last:
             mapping[generic] = sp.ZeroMatrix(*generic.shape)
         elif role == "loss":
             mapping[generic] = symbols.step_loss(k)

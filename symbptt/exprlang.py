@@ -98,6 +98,7 @@ __all__ = [
     "Namespace",
     "names_used",
     "parse",
+    "syntax_tree",
 ]
 
 MAX_LENGTH = 2000
@@ -230,6 +231,27 @@ def parse(text: str, ns: Namespace) -> sympy.Basic:
     tree, src = _parse_tree(text)
     _validate(tree.body, src, ns)
     return _Evaluator(src, ns).eval(tree.body, {})
+
+
+def syntax_tree(text: str) -> tuple[ast.expr, Callable[[str, ast.AST], ExpressionError]]:
+    """The checked syntax tree of ``text`` and a maker of errors pointing into it.
+
+    The tree has passed the same whitelist as :func:`parse` (no namespace yet):
+    other builders (the cell equations of :mod:`symbptt.model`) walk it with
+    their own meaning of names, never executing anything.  ``error(message,
+    node)`` returns an :class:`ExpressionError` with a caret under ``node``.
+
+    Raises:
+        ExpressionError: for syntax, limits and refused constructs.
+    """
+    tree, src = _parse_tree(text)
+    _validate(tree.body, src, None)
+
+    def error(message: str, node: ast.AST) -> ExpressionError:
+        pos = src.binop_pos(node) if isinstance(node, ast.BinOp) else src.start(node)
+        return src.error(message, pos)
+
+    return tree.body, error
 
 
 def names_used(text: str) -> frozenset[str]:

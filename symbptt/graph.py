@@ -18,7 +18,7 @@ from typing import Any
 import sympy as sp
 
 from . import functions, mexpr
-from .notation import NOTATIONS, PARAM_ROLES, Notation
+from .model import Notation, equations
 from .spec import ModelSpec
 
 __all__ = ["T_SYMBOL", "Assignment", "Graph", "Symbols", "build_cell", "build_graph", "t_SYMBOL"]
@@ -40,15 +40,18 @@ class Assignment:
 
 
 class Symbols:
-    """Makes the model's symbols with the notation's names and the spec's shapes.
+    """The symbol registry of one model: (quantity, step) <-> symbol.
 
-    Every symbol it makes is recorded in ``meta`` as ``(role, step)``, so a
-    generic-step symbol (step ``t - 1``) can be instantiated at any concrete
-    step.
+    Symbols get the notation's names and the spec's shapes.  Every symbol it
+    makes is recorded in ``meta`` as ``(role, step)`` (the role is the cell
+    file's key unless the file tags it), so a generic-step symbol (step
+    ``t - 1``) can be instantiated at any concrete step and nothing parses
+    names back out of strings.
     """
 
     def __init__(self, spec: ModelSpec, notation: Notation) -> None:
         self.spec = spec
+        self.cell = spec.model
         self.notation = notation
         self.layout = notation.layout
 
@@ -65,68 +68,88 @@ class Symbols:
         }
         self.meta: dict[Any, tuple[str, Any]] = {}
         self.params: dict[str, sp.MatrixSymbol] = {}
-        for role in PARAM_ROLES:
-            if not spec.bias and role.endswith("_bias"):
+        self._keys: dict[str, str] = {}  # parameter ASCII name -> key in the cell file
+        for entry in notation.params:
+            if not spec.bias and self._is_bias(entry.key):
                 continue
-            param = notation.param(role)
-            symbol = sp.MatrixSymbol(param.ascii, *self.param_shape(role))
-            self.params[param.ascii] = symbol
-            self.meta[symbol] = (role, None)
+            symbol = sp.MatrixSymbol(entry.ascii, *self.param_shape(entry.key))
+            self.params[entry.ascii] = symbol
+            self._keys[entry.ascii] = entry.key
+            self.meta[symbol] = (entry.role, None)
+        self.initials: dict[str, Any] = {}
+        for state in self.cell.states:
+            entry = notation.name_of(state.key)
+            shape = self.series_shape(state.key)
+            if spec.initial_state == "zero":
+                self.initials[state.key] = sp.ZeroMatrix(*shape)
+            else:
+                symbol = sp.MatrixSymbol(entry.initial, *shape)
+                self.initials[state.key] = symbol
+                self.meta[symbol] = ("initial_state", None)
 
     # -- shapes -------------------------------------------------------------------
-    def _units(self, role: str) -> Any:
-        n = self.sizes
-        return {
-            "input": n["n_in"],
-            "pre_activation": n["n_hidden"],
-            "hidden": n["n_hidden"],
-            "output_pre_activation": n["n_out"],
-            "output": n["n_out"],
-            "target": n["n_out"],
-        }[role]
+    def _is_bias(self, key: str) -> bool:
+        return key == "b_out" or (key != "W_out" and self.cell.parameter(key).kind == "bias")
+
+    def _size(self, name: str | int) -> Any:
+        return sp.Integer(1) if name == 1 else self.sizes[str(name)]
+
+    def units(self, key: str) -> Any:
+        """The number of units of a per-step quantity (by key or role)."""
+        key = self.notation.name_of(key).key
+        if key in ("logits", "y_hat", "y"):
+            return self.sizes["n_out"]
+        return self.sizes[self.cell.quantity(key).size]
 
     def series_shape(self, role: str) -> tuple[Any, Any]:
-        units, batch = self._units(role), self.sizes["batch"]
+        units, batch = self.units(role), self.sizes["batch"]
         return (units, batch) if self.layout == "column" else (batch, units)
 
     def param_shape(self, role: str) -> tuple[Any, Any]:
-        n0, n1, n2 = self.sizes["n_in"], self.sizes["n_hidden"], self.sizes["n_out"]
-        column = {
-            "input_weight": (n1, n0),
-            "recurrent_weight": (n1, n1),
-            "output_weight": (n2, n1),
-            "hidden_bias": (n1, sp.Integer(1)),
-            "output_bias": (n2, sp.Integer(1)),
-        }[role]
-        if self.layout == "column" or role.endswith("_bias"):
+        key = self.notation.name_of(role).key
+        if key == "W_out":
+            column = (self.sizes["n_out"], self.units(self.cell.readout))
+        elif key == "b_out":
+            column = (self.sizes["n_out"], sp.Integer(1))
+        else:
+            rows, cols = self.cell.parameter(key).shape
+            column = (self._size(rows), self._size(cols))
+        if self.layout == "column" or self._is_bias(key):
             return column
         return (column[1], column[0])
 
     # -- symbols ------------------------------------------------------------------
     def param(self, role: str) -> Any:
-        if not self.spec.bias and role.endswith("_bias"):
-            return None
-        return self.params[self.notation.param(role).ascii]
+        """The parameter with this key or role, or None for a bias the spec leaves out."""
+        entry = self.notation.name_of(role)
+        return self.params.get(entry.ascii)
+
+    def key_of_param(self, ascii_name: str) -> str:
+        return self._keys[ascii_name]
 
     @staticmethod
     def step_name(step: Any) -> str:
         return str(step).replace(" ", "")
 
     def series(self, role: str, step: Any) -> sp.MatrixSymbol:
-        ascii_name = self.notation.series_of(role).ascii
-        symbol = sp.MatrixSymbol(f"{ascii_name}_{self.step_name(step)}", *self.series_shape(role))
-        self.meta[symbol] = (role, step)
+        entry = self.notation.name_of(role)
+        symbol = sp.MatrixSymbol(f"{entry.ascii}_{self.step_name(step)}", *self.series_shape(role))
+        self.meta[symbol] = (entry.role, step)
         return symbol
 
     def adjoint(self, role: str, step: Any) -> sp.MatrixSymbol:
-        """The adjoint dL/d(series) at ``step``; the hidden pre-activation's is delta."""
-        name = "delta" if role == "pre_activation" else "d" + self.notation.series_of(role).ascii
+        """The adjoint dL/d(series) at ``step`` (named as the notation says, e.g. delta)."""
+        entry = self.notation.name_of(role)
+        name = entry.adjoint_ascii
         symbol = sp.MatrixSymbol(f"{name}_{self.step_name(step)}", *self.series_shape(role))
-        self.meta[symbol] = ("adjoint_" + role, step)
+        self.meta[symbol] = ("adjoint_" + entry.role, step)
         return symbol
 
     def contribution(self, param: str, step: Any) -> sp.MatrixSymbol:
-        shape = self.params[param].shape if param in self.params else self.initial.shape
+        if param in self.params:
+            shape = self.params[param].shape
+        else:
+            shape = next(s.shape for s in self.initials.values() if getattr(s, "name", "") == param)
         symbol = sp.MatrixSymbol(f"d{param}_{self.step_name(step)}", *shape)
         self.meta[symbol] = ("contribution", step)
         return symbol
@@ -138,11 +161,8 @@ class Symbols:
 
     @property
     def initial(self) -> Any:
-        if self.spec.initial_state == "zero":
-            return sp.ZeroMatrix(*self.series_shape("hidden"))
-        symbol = sp.MatrixSymbol(self.notation.initial_ascii, *self.series_shape("hidden"))
-        self.meta[symbol] = ("initial_state", None)
-        return symbol
+        """The initial value of the cell's first state (its only one for Elman)."""
+        return self.initials[self.cell.states[0].key]
 
     def loss_scale(self, loss_steps: Any) -> Any:
         """The factor in front of the sum of per-step losses (time and batch means)."""
@@ -154,32 +174,41 @@ class Symbols:
         return factor
 
 
-def _affine(symbols: Symbols, weight_role: str, inputs: Any, bias_role: str) -> Any:
-    """``W x + b 1^T`` (column) or ``X W + 1 b^T`` (row)."""
-    weight = symbols.param(weight_role)
-    product = (
-        mexpr.matmul(weight, inputs) if symbols.layout == "column" else mexpr.matmul(inputs, weight)
-    )
-    bias = symbols.param(bias_role)
-    if bias is None:
-        return product
-    return mexpr.add(product, mexpr.broadcast_bias(bias, symbols.layout, symbols.sizes["batch"]))
+class _StepEnv:
+    """One step of the model for :func:`symbptt.model.equations.build`."""
 
+    def __init__(self, symbols: Symbols, step: Any, first: bool) -> None:
+        self.symbols = symbols
+        self.layout = symbols.layout
+        self.step = step
+        self.first = first
+        self.recurrent_first = symbols.notation.recurrent_first
 
-def _pre_activation(symbols: Symbols, x: Any, prev: Any) -> Any:
-    layout = symbols.layout
-    w_in, w_rec = symbols.param("input_weight"), symbols.param("recurrent_weight")
-    if layout == "column":
-        from_input, from_state = mexpr.matmul(w_in, x), mexpr.matmul(w_rec, prev)
-    else:
-        from_input, from_state = mexpr.matmul(x, w_in), mexpr.matmul(prev, w_rec)
-    terms = (
-        [from_state, from_input] if symbols.notation.recurrent_first else [from_input, from_state]
-    )
-    bias = symbols.param("hidden_bias")
-    if bias is not None:
-        terms.append(mexpr.broadcast_bias(bias, layout, symbols.sizes["batch"]))
-    return mexpr.add(*terms)
+    def param(self, key: str) -> Any:
+        symbols = self.symbols
+        symbol = symbols.param(key)
+        if symbols._is_bias(key):
+            rows = symbols.param_shape(key)[0]
+            batch = symbols.sizes["batch"]
+            if symbol is None:
+                return (
+                    sp.ZeroMatrix(rows, batch)
+                    if self.layout == "column"
+                    else sp.ZeroMatrix(batch, rows)
+                )
+            return mexpr.broadcast_bias(symbol, self.layout, batch)
+        return symbol
+
+    def series(self, key: str, offset: int) -> Any:
+        if offset < 0 and self.first:
+            return self.symbols.initials[key]
+        return self.symbols.series(key, self.step + offset)
+
+    def function(self, name: str) -> Any:
+        cell = self.symbols.cell
+        if name == cell.activation:
+            return functions.ACTIVATIONS[self.symbols.spec.hidden]
+        return functions.ACTIVATIONS.get(name)
 
 
 def _output_activation(symbols: Symbols, pre: Any) -> Any:
@@ -189,33 +218,49 @@ def _output_activation(symbols: Symbols, pre: Any) -> Any:
     return functions.elementwise(spec.output, pre)
 
 
+def _head(symbols: Symbols, readout: Any) -> Any:
+    """``W_out r + b_out 1^T`` (column) or ``R W_out + 1 b_out^T`` (row)."""
+    weight = symbols.param("W_out")
+    if symbols.layout == "column":
+        product = mexpr.matmul(weight, readout)
+    else:
+        product = mexpr.matmul(readout, weight)
+    bias = symbols.param("b_out")
+    if bias is None:
+        return product
+    return mexpr.add(product, mexpr.broadcast_bias(bias, symbols.layout, symbols.sizes["batch"]))
+
+
 def build_cell(
-    symbols: Symbols, step: Any, prev: Any, with_output: bool
+    symbols: Symbols, step: Any, with_output: bool, first: bool = False
 ) -> tuple[list[Assignment], Any, Any]:
-    """The assignments of one step; returns them, the hidden state and the step loss (or None)."""
+    """The assignments of one step, from the cell's equations and the spec's output layer.
+
+    Returns them, the readout symbol and the step loss (or None).  At the
+    ``first`` step, states at t - 1 are the initial states.
+    """
     spec = symbols.spec
-    x = symbols.series("input", step)
-    z = symbols.series("pre_activation", step)
-    h = symbols.series("hidden", step)
-    out = [
-        Assignment(z, _pre_activation(symbols, x, prev), "pre_activation", step),
-        Assignment(h, functions.elementwise(spec.hidden, z), "hidden", step),
-    ]
+    cell = symbols.cell
+    env = _StepEnv(symbols, step, first)
+    out = []
+    for eq in cell.equations:
+        target = symbols.series(eq.target, step)
+        expr = equations.build(eq.tree, env, eq.error)
+        out.append(Assignment(target, expr, symbols.meta[target][0], step))
+    readout = symbols.series(cell.readout, step)
     if not with_output:
-        return out, h, None
+        return out, readout, None
     axis = 0 if symbols.layout == "column" else 1
-    o = symbols.series("output_pre_activation", step)
-    y_hat = symbols.series("output", step)
-    y = symbols.series("target", step)
+    o = symbols.series("logits", step)
+    y_hat = symbols.series("y_hat", step)
+    y = symbols.series("y", step)
     loss = symbols.step_loss(step)
     out += [
-        Assignment(
-            o, _affine(symbols, "output_weight", h, "output_bias"), "output_pre_activation", step
-        ),
+        Assignment(o, _head(symbols, readout), "output_pre_activation", step),
         Assignment(y_hat, _output_activation(symbols, o), "output", step),
         Assignment(loss, mexpr.OutputLoss(o, y_hat, y, spec.output, spec.loss, axis), "loss", step),
     ]
-    return out, h, loss
+    return out, readout, loss
 
 
 @dataclass(frozen=True)
@@ -232,6 +277,7 @@ class Graph:
     targets: tuple[Any, ...]
     initial: Any
     definitions: dict[Any, Any] = field(default_factory=dict)
+    initials: dict[str, Any] = field(default_factory=dict)  # state key -> initial value
 
     @property
     def params(self) -> dict[str, sp.MatrixSymbol]:
@@ -240,17 +286,15 @@ class Graph:
 
 def build_graph(spec: ModelSpec) -> Graph:
     """Unroll ``spec`` for ``spec.steps`` steps (iteratively)."""
-    notation = NOTATIONS[spec.notation]
+    notation = spec.model.notations[spec.notation]
     symbols = Symbols(spec, notation)
-    steps = notation.steps(spec.steps)
-    initial = symbols.initial
-    prev = initial
+    steps = tuple(notation.steps(spec.steps))
     assignments: list[Assignment] = []
     losses: list[Any] = []
     targets: list[Any] = []
     for step in steps:
         with_output = spec.mode == "many_to_many" or step == steps[-1]
-        cell, prev, loss = build_cell(symbols, step, prev, with_output)
+        cell, _, loss = build_cell(symbols, step, with_output, first=step == steps[0])
         assignments += cell
         if loss is not None:
             losses.append(loss)
@@ -268,6 +312,7 @@ def build_graph(spec: ModelSpec) -> Graph:
         steps=steps,
         inputs=tuple(symbols.series("input", step) for step in steps),
         targets=tuple(targets),
-        initial=initial,
+        initial=symbols.initial,
         definitions={a.target: a.expr for a in assignments},
+        initials=dict(symbols.initials),
     )

@@ -121,6 +121,7 @@ class ModelSpec:
     n_hidden: int | None = None
     n_out: int | None = None
     batch: int | None = None
+    cell: str = "elman"
 
     def __post_init__(self) -> None:
         steps = _integer(self.steps)
@@ -130,7 +131,10 @@ class ModelSpec:
                 f"and at most {MAX_STEPS}"
             )
         object.__setattr__(self, "steps", steps)
+        model = self._check_cell()
         for name, allowed in _choices().items():
+            if name == "notation":  # a cell's own notations, checked below
+                continue
             value = getattr(self, name)
             if value not in allowed:
                 raise SpecError(
@@ -156,6 +160,36 @@ class ModelSpec:
                 f"loss: {self.loss!r} cannot follow output {self.output!r}: {why} "
                 f"(allowed outputs for it: {', '.join(map(repr, outputs))})"
             )
+        if self.notation not in model.notations:
+            raise SpecError(
+                f"notation: got {self.notation!r}; the {model.name} cell is written in "
+                f"{', '.join(map(repr, model.notations))}"
+            )
+        if model.activation is None and self.hidden != "tanh":
+            raise SpecError(
+                f"hidden: got {self.hidden!r}; the {model.name} cell fixes its own activations "
+                "in its equations, so hidden stays at its default 'tanh'"
+            )
+
+    def _check_cell(self) -> Any:
+        from .model import load_cell
+
+        cell = self.cell
+        if hasattr(cell, "__fspath__"):
+            cell = str(cell.__fspath__())
+            object.__setattr__(self, "cell", cell)
+        if not isinstance(cell, str):
+            raise SpecError(
+                f"cell: got {_shown(cell)}; expected a built-in cell name or a .toml file path"
+            )
+        return load_cell(cell)
+
+    @property
+    def model(self) -> Any:
+        """The :class:`~symbptt.model.Cell` this spec's ``cell`` names (loaded once, cached)."""
+        from .model import load_cell
+
+        return load_cell(self.cell)
 
     # -- identity -----------------------------------------------------------------
     def as_dict(self) -> dict[str, Any]:

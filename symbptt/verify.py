@@ -11,6 +11,7 @@ Scalar differentiation grows about exponentially with T: use small sizes.
 
 from __future__ import annotations
 
+import ast
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,7 @@ import sympy as sp
 from . import functions
 from .derive import Derivation, derive
 from .evaluate import Evaluator
-from .notation import NOTATIONS
+from .graph import Symbols
 from .spec import ModelSpec
 
 __all__ = ["DPS", "ScalarProof", "random_values", "scalar_loss", "scalar_proof"]
@@ -60,45 +61,126 @@ def _sizes(spec: ModelSpec) -> tuple[int, int, int, int]:
     return sizes  # type: ignore[return-value]
 
 
+class _Explicit:
+    """Evaluates a cell equation's syntax tree on explicit SymPy matrices, column layout.
+
+    Written apart from the derivation's builder (:mod:`symbptt.model.equations`)
+    and its rules: names are looked up in plain dicts, ``@`` is ``Matrix.__mul__``,
+    ``*`` is elementwise, functions apply their scalar definitions entry by entry.
+    """
+
+    def __init__(self, spec: ModelSpec, params: dict[str, sp.Matrix], m: int) -> None:
+        self.spec = spec
+        self.cell = spec.model
+        self.params = params
+        self.m = m
+        self.values: dict[tuple[str, int], sp.Matrix] = {}
+
+    def function(self, name: str) -> sp.Expr:
+        if name == self.cell.activation:
+            return functions.ACTIVATIONS[self.spec.hidden].definition
+        return functions.ACTIVATIONS[name].definition
+
+    def __call__(self, node: ast.AST) -> Any:
+        if isinstance(node, ast.Constant):
+            return sp.nsimplify(node.value)
+        if isinstance(node, ast.Name):
+            value = self.params.get(node.id)
+            if value is None:  # a bias the spec leaves out
+                rows = self.spec.model.parameter(node.id).shape[0]
+                size = self.spec.n_in if rows == "n_in" else self.spec.n_hidden
+                return sp.zeros(size, self.m)
+            if self.cell.parameter(node.id).kind == "bias":
+                return value * sp.ones(1, self.m)
+            return value
+        if isinstance(node, ast.Subscript):
+            assert isinstance(node.value, ast.Name)
+            index = node.slice
+            offset = 0
+            if isinstance(index, ast.BinOp):
+                assert isinstance(index.right, ast.Constant)
+                step = index.right.value
+                assert isinstance(step, int)
+                offset = -step if isinstance(index.op, ast.Sub) else step
+            return self.values[(node.value.id, offset)]
+        if isinstance(node, ast.UnaryOp):
+            value = self(node.operand)
+            return -value if isinstance(node.op, ast.USub) else value
+        if isinstance(node, ast.Attribute):
+            return self(node.value).T
+        if isinstance(node, ast.Call):
+            assert isinstance(node.func, ast.Name)
+            return _apply(self.function(node.func.id), self(node.args[0]))
+        if isinstance(node, ast.BinOp):
+            a, b = self(node.left), self(node.right)
+            am, bm = isinstance(a, sp.MatrixBase), isinstance(b, sp.MatrixBase)
+            if isinstance(node.op, (ast.Add, ast.Sub)):
+                if not am:
+                    a = a * sp.ones(*b.shape)
+                if not bm:
+                    b = b * sp.ones(*a.shape)
+                return a + b if isinstance(node.op, ast.Add) else a - b
+            if isinstance(node.op, ast.Mult):
+                return a.multiply_elementwise(b) if am and bm else a * b
+            if isinstance(node.op, ast.MatMult):
+                return a * b
+            if isinstance(node.op, ast.Div):
+                return a / b
+            if isinstance(node.op, ast.Pow):
+                return a.applyfunc(lambda v: v**b) if am else a**b
+        raise TypeError(f"the scalar oracle cannot evaluate {ast.dump(node)}")
+
+
 def scalar_loss(spec: ModelSpec, values: dict[str, Any]) -> sp.Expr:
-    """The loss of ``spec`` with explicit matrices ``values`` (by ASCII name; x/y as lists)."""
-    notation = NOTATIONS[spec.notation]
+    """The loss of ``spec`` with explicit matrices ``values``.
+
+    ``values`` holds every parameter and initial state by its ASCII name (in
+    the notation's layout) and the lists ``"x"`` and ``"y"``.  The loss is
+    built in the column layout from the cell file's equations (a row-layout
+    notation's matrices are transposed first): it is the same number.
+    """
+    cell = spec.model
+    notation = cell.notations[spec.notation]
     column = notation.layout == "column"
-    p: dict[str, Any] = {param.role: values.get(param.ascii) for param in notation.params}
-    hidden = functions.ACTIVATIONS[spec.hidden].definition
-    xs, ys = values["x"], values["y"]
+
+    def col(matrix: sp.Matrix, bias: bool = False) -> sp.Matrix:
+        return matrix if column or bias else matrix.T
+
+    params: dict[str, sp.Matrix] = {}
+    for entry in notation.params:
+        if entry.ascii in values:
+            is_bias = entry.key == "b_out" or (
+                entry.key != "W_out" and cell.parameter(entry.key).kind == "bias"
+            )
+            params[entry.key] = col(values[entry.ascii], is_bias)
     _, n1, _, m = _sizes(spec)
-    h = values.get("h0")
-    if h is None:
-        h = sp.zeros(n1, m) if column else sp.zeros(m, n1)
+    explicit = _Explicit(spec, params, m)
+    for state in cell.states:
+        initial = notation.name_of(state.key).initial
+        size = spec.n_in if state.size == "n_in" else n1
+        start = values.get(initial)
+        explicit.values[(state.key, 0)] = col(start) if start is not None else sp.zeros(size, m)
+    xs, ys = values["x"], values["y"]
     losses = []
     steps = spec.steps
     loss_def = functions.LOSSES[spec.loss].definition
     for k in range(steps):
-        if column:
-            z = p["recurrent_weight"] * h + p["input_weight"] * xs[k]
-            if spec.bias:
-                z += p["hidden_bias"] * sp.ones(1, m)
-        else:
-            z = h * p["recurrent_weight"] + xs[k] * p["input_weight"]
-            if spec.bias:
-                z += sp.ones(m, 1) * p["hidden_bias"].T
-        h = _apply(hidden, z)
+        previous = {state.key: explicit.values[(state.key, 0)] for state in cell.states}
+        explicit.values = {(key, -1): value for key, value in previous.items()}
+        explicit.values[(cell.inputs[0].key, 0)] = col(xs[k])
+        for eq in cell.equations:
+            explicit.values[(eq.target, 0)] = explicit(eq.tree)
         if spec.mode == "many_to_one" and k != steps - 1:
             continue
-        if column:
-            o = p["output_weight"] * h
-            if spec.bias:
-                o += p["output_bias"] * sp.ones(1, m)
-        else:
-            o = h * p["output_weight"]
-            if spec.bias:
-                o += sp.ones(m, 1) * p["output_bias"].T
+        readout = explicit.values[(cell.readout, 0)]
+        o = params["W_out"] * readout
+        if spec.bias:
+            o += params["b_out"] * sp.ones(1, m)
         if spec.output == "softmax":
-            pred = _softmax(o, 0 if column else 1)
+            pred = _softmax(o, 0)
         else:
             pred = _apply(functions.OUTPUTS[spec.output].definition, o)
-        target = ys[k] if spec.mode == "many_to_many" else ys[0]
+        target = col(ys[k] if spec.mode == "many_to_many" else ys[0])
         losses.append(
             sp.Add(
                 *(
@@ -118,34 +200,23 @@ def scalar_loss(spec: ModelSpec, values: dict[str, Any]) -> sp.Expr:
 
 def random_values(spec: ModelSpec, rng: np.random.Generator) -> dict[str, Any]:
     """Random 30-digit values for every matrix of the model, keyed by ASCII name."""
-    notation = NOTATIONS[spec.notation]
-    column = notation.layout == "column"
-    n0, n1, n2, m = _sizes(spec)
+    symbols = Symbols(spec, spec.model.notations[spec.notation])
+    column = symbols.layout == "column"
+    _sizes(spec)
 
-    def mat(rows: int, cols: int, scale: float = 0.6) -> sp.Matrix:
+    def mat(shape: tuple[Any, Any], scale: float = 0.6) -> sp.Matrix:
+        rows, cols = int(shape[0]), int(shape[1])
         data = rng.normal(scale=scale, size=(rows, cols))
         return sp.Matrix(rows, cols, [sp.Float(repr(float(v)), DPS) for v in data.ravel()])
 
-    def shaped(units: int) -> tuple[int, int]:
-        return (units, m) if column else (m, units)
-
-    shapes: dict[str, tuple[int, int]] = {
-        "input_weight": (n1, n0) if column else (n0, n1),
-        "recurrent_weight": (n1, n1),
-        "output_weight": (n2, n1) if column else (n1, n2),
-        "hidden_bias": (n1, 1),
-        "output_bias": (n2, 1),
-    }
-    values: dict[str, Any] = {}
-    for param in notation.params:
-        if param.role.endswith("_bias") and not spec.bias:
-            continue
-        values[param.ascii] = mat(*shapes[param.role])
-    values["x"] = [mat(*shaped(n0), 1.0) for _ in range(spec.steps)]
+    values: dict[str, Any] = {name: mat(p.shape) for name, p in symbols.params.items()}
+    values["x"] = [mat(symbols.series_shape("input"), 1.0) for _ in range(spec.steps)]
     count = spec.steps if spec.mode == "many_to_many" else 1
-    values["y"] = [_target(spec, shaped(n2), rng, column) for _ in range(count)]
+    shape = symbols.series_shape("target")
+    values["y"] = [_target(spec, (int(shape[0]), int(shape[1])), rng, column) for _ in range(count)]
     if spec.initial_state == "input":
-        values["h0"] = mat(*shaped(n1))
+        for initial in symbols.initials.values():
+            values[initial.name] = mat(initial.shape)
     return values
 
 
@@ -203,7 +274,8 @@ def _env(d: Derivation, values: dict[str, Any]) -> dict[Any, Any]:
     for symbol, value in zip(graph.targets, values["y"], strict=True):
         env[symbol] = arr(value)
     if d.spec.initial_state == "input":
-        env[graph.initial] = arr(values["h0"])
+        for initial in graph.initials.values():
+            env[initial] = arr(values[initial.name])
     for key, size in graph.symbols.sizes.items():
         if isinstance(size, sp.Symbol):
             env[size] = getattr(d.spec, key)
@@ -224,20 +296,17 @@ def scalar_proof(
         d = derive(spec)
         values = random_values(spec, rng)
         env = _env(d, values)
-        notation = NOTATIONS[spec.notation]
-        key_of = {p.ascii: p.ascii for p in notation.params}
-        key_of[notation.initial_ascii] = "h0"
         worst = mpmath.mpf(0)
         count = 0
-        w = sp.Symbol("w")
         for name in names or list(d.gradients):
             derived = Evaluator(env, backend="mp", dps=DPS)(d.gradient(name, expand=True))
-            original = values[key_of[name]]
+            original = values[name]
+            w = sp.Symbol("w", real=True)  # real: SymPy's assumption queries stay cheap
             for i in range(original.shape[0]):
                 for j in range(original.shape[1]):
                     changed = original.copy()
                     changed[i, j] = w
-                    loss = scalar_loss(spec, {**values, key_of[name]: changed})
+                    loss = scalar_loss(spec, {**values, name: changed})
                     exact = sp.diff(loss, w).xreplace({w: original[i, j]}).evalf(DPS)
                     exact_mp = mpmath.mpf(str(exact))
                     error = abs(exact_mp - derived[i, j]) / max(1, abs(exact_mp))

@@ -143,14 +143,14 @@ def test_exact_equality_for_a_polynomial_model(notation: str) -> None:
         env.update(
             {s: np.array(m.tolist(), dtype=object) for s, m in zip(symbols, matrices, strict=True)}
         )
-    h0 = sp.Matrix(*graph.initial.shape, lambda i, j: sp.Symbol(f"h0[{i},{j}]"))
-    explicit["h0"] = h0
-    env[graph.initial] = np.array(h0.tolist(), dtype=object)
+    for initial in graph.initials.values():
+        h0 = sp.Matrix(*initial.shape, lambda i, j, n=initial.name: sp.Symbol(f"{n}[{i},{j}]"))
+        explicit[initial.name] = h0
+        env[initial] = np.array(h0.tolist(), dtype=object)
     loss = verify.scalar_loss(spec, explicit)  # type: ignore[arg-type]
-    keys = {p.ascii: p.ascii for p in d.notation.params} | {d.notation.initial_ascii: "h0"}
     for name in d.gradients:
         derived = Evaluator(env, backend="mp")(d.gradient(name))
-        matrix = explicit[keys[name]]
+        matrix = explicit[name]
         for i in range(matrix.rows):  # type: ignore[attr-defined]
             for j in range(matrix.cols):  # type: ignore[attr-defined]
                 exact = sp.diff(loss, matrix[i, j])  # type: ignore[index]

@@ -1,0 +1,24 @@
+"""The model representation every stage reads: cells as data, with their notations.
+
+``load_cell("lstm")`` and ``load_cell("my_cell.toml")`` go through one code
+path (:mod:`symbptt.model.load`); a :class:`Cell` holds the equations and the
+:class:`Notation` s.  See docs/cells.md for the file format.
+"""
+
+from .cell import HEAD_KEYS, HEAD_ROLES, Cell, Equation, Name, Notation, Parameter, Quantity
+from .load import BUILTIN_CELLS, MAX_CELL_BYTES, CellWarning, load_cell
+
+__all__ = [
+    "BUILTIN_CELLS",
+    "HEAD_KEYS",
+    "HEAD_ROLES",
+    "MAX_CELL_BYTES",
+    "Cell",
+    "CellWarning",
+    "Equation",
+    "Name",
+    "Notation",
+    "Parameter",
+    "Quantity",
+    "load_cell",
+]
