@@ -21,6 +21,7 @@ from functools import cached_property
 from typing import Any
 
 import sympy as sp
+from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
 from . import mexpr
 from .graph import T_SYMBOL, Assignment, Graph, Symbols, build_cell, build_graph, t_SYMBOL
@@ -47,6 +48,13 @@ def _push(expr: Any, ct: Any, out: Any, variables: set[Any], sink: list[tuple[An
             continue
         for child, child_ct in reversed(rule_for(node)(node_ct, node_out, node)):
             stack.append((child, child_ct, child))
+
+
+def _applies_to_expression(expr: Any) -> bool:
+    """True for ``f(argument)`` applied elementwise to more than a single symbol."""
+    return isinstance(expr, ElementwiseApplyFunction) and not isinstance(
+        expr.expr, sp.MatrixSymbol
+    )
 
 
 def backprop(
@@ -76,16 +84,24 @@ def backprop(
         total = mexpr.add(*reversed(parts))
         if mexpr.is_zero(total):
             continue
+        expr, out = assignment.expr, assignment.target
         if mexpr.is_matrix(assignment.target):
             role, step = symbols.meta[assignment.target]
             adjoint = symbols.adjoint(role, step)
             if total != adjoint:
                 adjoints.append(Assignment(adjoint, total, "adjoint_" + role, step))
             ct = adjoint
+            if _applies_to_expression(expr):
+                # q = f(a + b ...): name the argument's adjoint (δ^q = dq ⊙ f'), once per step
+                pre = symbols.pre_adjoint(role, step)
+                if assignment.target not in constants:
+                    ((_, pre_ct),) = rule_for(expr)(ct, out, expr)
+                    adjoints.append(Assignment(pre, pre_ct, "pre_adjoint_" + role, step))
+                expr, out, ct = expr.expr, expr.expr, pre
         else:
             ct = total
         sink: list[tuple[Any, Any]] = []
-        _push(assignment.expr, ct, assignment.target, variables, sink)
+        _push(expr, ct, out, variables, sink)
         for symbol, part in sink:
             if symbol in targets:
                 pending.setdefault(symbol, []).append(part)
@@ -208,7 +224,9 @@ class Derivation:
     @property
     def adjoints(self) -> tuple[Assignment, ...]:
         """The adjoint recursion (δ_t and the other adjoints), in the order computed."""
-        return tuple(a for a in self.assignments if a.kind.startswith("adjoint_"))
+        return tuple(
+            a for a in self.assignments if a.kind.startswith(("adjoint_", "pre_adjoint_"))
+        )
 
     @property
     def contributions(self) -> tuple[Assignment, ...]:
@@ -325,10 +343,12 @@ def instantiate(
         k = int(at.subs(step_form.t, step))
         if role in states and k < first:
             mapping[generic] = states[role]
-        elif role.startswith("adjoint_") and k > last:
+        elif role.startswith(("adjoint_", "pre_adjoint_")) and k > last:
             mapping[generic] = sp.ZeroMatrix(*generic.shape)
         elif role == "loss":
             mapping[generic] = symbols.step_loss(k)
+        elif role.startswith("pre_adjoint_"):
+            mapping[generic] = symbols.pre_adjoint(role[len("pre_adjoint_") :], k)
         elif role.startswith("adjoint_"):
             mapping[generic] = symbols.adjoint(role[len("adjoint_") :], k)
         elif role == "contribution":
@@ -343,7 +363,7 @@ def instantiate(
         out.append(
             Assignment(
                 assignment.target.xreplace(mapping),
-                assignment.expr.xreplace(mapping),
+                mexpr.substitute(assignment.expr, mapping),
                 assignment.kind,
                 concrete,
                 assignment.param,

@@ -179,23 +179,7 @@ class RowForm:
 # ---------------------------------------------------------------------------- zeros
 def _without(expr: Any, zeros: Mapping[Any, Any]) -> Any:
     """``expr`` with ``zeros`` substituted and the zero terms and products dropped."""
-    if isinstance(expr, (sp.MatrixSymbol, sp.Symbol)):
-        return zeros.get(expr, expr)
-    if not isinstance(expr, sp.Basic) or not expr.args or isinstance(expr, sp.Lambda):
-        return expr
-    args = [_without(arg, zeros) for arg in expr.args]
-    if isinstance(expr, sp.MatAdd):
-        return mexpr.add(*args)
-    if isinstance(expr, sp.MatMul):
-        coeff = sp.Mul(*(a for a in args if not mexpr.is_matrix(a)))
-        return mexpr.scale(coeff, mexpr.matmul(*(a for a in args if mexpr.is_matrix(a))))
-    if isinstance(expr, sp.HadamardProduct):
-        return mexpr.hadamard(*args)
-    if isinstance(expr, sp.Transpose):
-        return mexpr.transpose(args[0])
-    if any(isinstance(a, sp.ZeroMatrix) for a in args):
-        raise NotImplementedError(f"a zero inside {type(expr).__name__}")
-    return expr.func(*args)
+    return mexpr.substitute(expr, zeros)
 
 
 # ---------------------------------------------------------------------------- code lines

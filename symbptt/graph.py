@@ -145,6 +145,14 @@ class Symbols:
         self.meta[symbol] = ("adjoint_" + entry.role, step)
         return symbol
 
+    def pre_adjoint(self, role: str, step: Any) -> sp.MatrixSymbol:
+        """The adjoint of the argument of ``q = f(argument)`` (LSTM: δ^i_t for i = σ(...))."""
+        entry = self.notation.name_of(role)
+        name = "delta_" + entry.ascii
+        symbol = sp.MatrixSymbol(f"{name}_{self.step_name(step)}", *self.series_shape(role))
+        self.meta[symbol] = ("pre_adjoint_" + entry.role, step)
+        return symbol
+
     def contribution(self, param: str, step: Any) -> sp.MatrixSymbol:
         if param in self.params:
             shape = self.params[param].shape

@@ -19,6 +19,7 @@ from typing import Any
 
 import sympy as sp
 from sympy.core.symbol import Str
+from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "ones",
     "scale",
     "split_scale",
+    "substitute",
     "sum_columns",
     "transpose",
     "zeros",
@@ -132,6 +134,35 @@ def transpose(expr: Any) -> Any:
     if isinstance(expr, (sp.ZeroMatrix, sp.OneMatrix)):
         return type(expr)(expr.shape[1], expr.shape[0])
     return sp.Transpose(expr)
+
+
+def substitute(expr: Any, mapping: Any) -> Any:
+    """``expr`` with ``mapping`` substituted and the zero terms and products dropped.
+
+    Where ``mapping`` sends a symbol to a zero matrix (an adjoint after the last
+    step), sums lose the term and products vanish, as the constructors do.
+    """
+    if isinstance(expr, (sp.MatrixSymbol, sp.Symbol)):
+        return mapping.get(expr, expr)
+    if not isinstance(expr, sp.Basic) or not expr.args or isinstance(expr, sp.Lambda):
+        return expr
+    args = [substitute(arg, mapping) for arg in expr.args]
+    if isinstance(expr, sp.MatAdd):
+        return add(*args)
+    if isinstance(expr, sp.MatMul):
+        coeff = sp.Mul(*(a for a in args if not is_matrix(a)))
+        return scale(coeff, matmul(*(a for a in args if is_matrix(a))))
+    if isinstance(expr, sp.HadamardProduct):
+        return hadamard(*args)
+    if isinstance(expr, sp.HadamardPower) and isinstance(args[0], sp.ZeroMatrix):
+        return args[0]
+    if isinstance(expr, sp.Transpose):
+        return transpose(args[0])
+    if any(isinstance(a, sp.ZeroMatrix) for a in args) and not isinstance(
+        expr, ElementwiseApplyFunction
+    ):
+        raise NotImplementedError(f"a zero inside {type(expr).__name__}")
+    return expr.func(*args)
 
 
 def broadcast_bias(bias: Any, layout: str, batch: Any) -> Any:

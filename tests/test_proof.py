@@ -93,6 +93,84 @@ def test_the_spread_covers_every_combination() -> None:
     assert len(seen) == len(CASES)
 
 
+def _gated_cases() -> list[symbptt.ModelSpec]:
+    """Every gated cell × (output, loss) × mode × time reduction × layout; T cycles 1, 2.
+
+    Sizes (n_in, n_hidden, n_out, m) = (1, 2, 2, 1) keep sympy.diff of an LSTM
+    under a minute; T = 3 is proven below for each cell and layout.
+    """
+    specs = []
+    combos = itertools.product(("lstm", "gru"), PAIRS, MODES, TIME, ("xh", "layered"))
+    for index, (cell, (output, loss), mode, time, notation) in enumerate(combos):
+        specs.append(
+            symbptt.ModelSpec(
+                cell=cell,
+                steps=1 + index % 2,
+                output=output,
+                loss=loss,
+                mode=mode,
+                time_reduction=time,
+                batch_reduction=("mean", "sum")[index % 2],
+                notation=notation,
+                bias=index % 5 != 4,
+                initial_state=("zero", "input")[(index // 2) % 2],
+                n_in=1,
+                n_hidden=2,
+                n_out=2,
+                batch=1,
+            )
+        )
+    return specs
+
+
+GATED = _gated_cases()
+
+
+def _gated_id(spec: symbptt.ModelSpec) -> str:
+    return f"{spec.cell}-{_id(spec)}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", GATED, ids=_gated_id)
+def test_every_gated_entry_equals_scalar_diff(spec: symbptt.ModelSpec) -> None:
+    rng = np.random.default_rng(int(spec.hash(), 16))
+    proof = verify.scalar_proof(spec, rng)
+    assert proof.ok, f"max relative error {proof.max_relative_error:.3e}"
+
+
+def test_the_gated_spread_covers_every_combination() -> None:
+    assert len(GATED) == 2 * 7 * 2 * 2 * 2
+    seen = {(c.cell, c.output, c.loss, c.mode, c.time_reduction, c.notation) for c in GATED}
+    assert len(seen) == len(GATED)
+    assert {(c.cell, c.steps) for c in GATED} == {(a, b) for a in ("lstm", "gru") for b in (1, 2)}
+    assert {c.initial_state for c in GATED} == {"zero", "input"}
+    assert {c.bias for c in GATED} == {True, False}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("notation", ["xh", "layered"])
+def test_gated_cells_at_three_steps(cell: str, notation: str, rng: np.random.Generator) -> None:
+    spec = symbptt.ModelSpec(
+        cell=cell,
+        steps=3,
+        notation=notation,
+        n_in=1,
+        n_hidden=2,
+        n_out=2,
+        batch=1,
+        initial_state="input",
+    )
+    proof = verify.scalar_proof(spec, rng)
+    assert proof.entries == sum(int(p.shape[0] * p.shape[1]) for p in spec_params(spec))
+    assert proof.ok, f"max relative error {proof.max_relative_error:.3e}"
+
+
+def spec_params(spec: symbptt.ModelSpec) -> list[sp.MatrixSymbol]:
+    graph = symbptt.derive(spec).graph
+    return [*graph.params.values(), *graph.initials.values()]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("notation", ["xh", "uvw", "layered", "aa"])
 @pytest.mark.parametrize("steps", [1, 2, 3])

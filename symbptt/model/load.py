@@ -88,6 +88,7 @@ class _Reader:
     def __init__(self, source: str, text: str) -> None:
         self.source = source
         self.text = text
+        self.unused: list[str] = []
 
     def fail(self, what: str, line: int = 0) -> SpecError:
         where = f"{self.source}, line {line}" if line else self.source
@@ -180,6 +181,12 @@ class _Reader:
         for key, table in notations.items():
             self.identifier(key, "the notation name")
             cell.notations[key] = self.notation(cell, key, table)
+        for unused in self.unused:
+            warnings.warn(
+                f"cell file {self.source}: the parameter {unused!r} is not used by any equation",
+                CellWarning,
+                stacklevel=5,
+            )
         return cell
 
     def quantities(self, table: dict[str, Any], kind: str, where: str) -> tuple[Quantity, ...]:
@@ -319,12 +326,7 @@ class _Reader:
             raise self.fail(
                 f"the state {state!r} is never updated; expected an equation {state}[t] = ..."
             )
-        for name in sorted(params - used_params):
-            warnings.warn(
-                f"cell file {self.source}: the parameter {name!r} is not used by any equation",
-                CellWarning,
-                stacklevel=4,
-            )
+        self.unused = sorted(params - used_params)
         return tuple(out)
 
     @staticmethod
