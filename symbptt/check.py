@@ -106,7 +106,8 @@ from .derive import Derivation, StepForm, derive
 from .evaluate import Evaluator
 from .exprlang import ExpressionError, Namespace
 from .graph import T_SYMBOL, Assignment, Graph, Symbols
-from .notation import NOTATIONS, SERIES_ROLES, Notation
+from .model import load_cell
+from .notation import NOTATIONS, Notation
 from .spec import MAX_CHECK_STEPS, ModelSpec, SpecError
 
 __all__ = [
@@ -156,66 +157,151 @@ class NameInfo:
         return f"{self.name:<16} {self.description}"
 
 
-def _notation_of(obj: str | Notation | ModelSpec | Derivation) -> Notation:
-    if isinstance(obj, Notation):
-        return obj
+def _spec_of(obj: str | Notation | ModelSpec | Derivation) -> ModelSpec:
+    """The spec a :func:`names` argument stands for (a notation name means the Elman cell's)."""
     if isinstance(obj, Derivation):
-        return obj.graph.notation
+        return obj.spec
     if isinstance(obj, ModelSpec):
-        return NOTATIONS[obj.notation]
-    if obj in NOTATIONS:
-        return NOTATIONS[obj]
+        return obj
+    if isinstance(obj, Notation):
+        if NOTATIONS.get(obj.name) == obj:
+            return ModelSpec(notation=obj.name)
+        try:
+            cell = load_cell(obj.cell)
+        except (SpecError, OSError) as exc:
+            raise ValueError(
+                f"notation {obj.name!r} of cell {obj.cell!r}: pass the spec (ModelSpec(cell=...)) "
+                f"instead ({exc})"
+            ) from None
+        if cell.notations.get(obj.name) == obj:
+            return ModelSpec(cell=obj.cell, notation=obj.name)
+        raise ValueError(
+            f"notation {obj.name!r} is not one of the cell {obj.cell!r}'s: pass the spec instead"
+        )
+    if isinstance(obj, str) and obj in NOTATIONS:
+        return ModelSpec(notation=obj)
     raise ValueError(f"unknown notation {obj!r}; expected one of {', '.join(NOTATIONS)}")
 
 
-def _generic_symbols(notation: Notation) -> Symbols:
-    """The notation's symbols at symbolic sizes (n_0, n_1, n_2, m)."""
-    return Symbols(ModelSpec(notation=notation.name), notation)
+def _notation_of(obj: str | Notation | ModelSpec | Derivation) -> Notation:
+    if isinstance(obj, Notation):
+        return obj
+    spec = _spec_of(obj)
+    return spec.model.notations[spec.notation]
+
+
+@lru_cache(maxsize=32)
+def _generic_derivation(cell: str, notation: str) -> Derivation:
+    """The cell in a notation at symbolic sizes, two steps: its symbols and roles."""
+    return derive(ModelSpec(cell=cell, notation=notation, steps=2))
+
+
+def _label(notation: Notation, role: str) -> str | None:
+    """The expression language's name of a step-indexed role (series or adjoint), or None."""
+    for prefix, make in (
+        ("pre_adjoint_", lambda e: "delta_" + e.ascii),
+        ("adjoint_", lambda e: e.adjoint_ascii),
+        ("", lambda e: e.ascii if e.kind == "series" else None),
+    ):
+        if role.startswith(prefix):
+            try:
+                entry = notation.name_of(role[len(prefix) :])
+            except KeyError:
+                return None
+            return make(entry)
+    return None  # pragma: no cover - the empty prefix matches every role
+
+
+def _base_role(role: str) -> str:
+    """The quantity an adjoint role belongs to (``adjoint_h`` -> ``h``)."""
+    for prefix in ("pre_adjoint_", "adjoint_"):
+        if role.startswith(prefix):
+            return role[len(prefix) :]
+    return role
+
+
+def _step_roles(d: Derivation) -> list[str]:
+    """Every step-indexed role of the model: series in the notation's order, then adjoints."""
+    found: set[str] = set()
+    for meta in (d.graph.symbols.meta, d.step_form.symbols.meta):
+        for role, step in meta.values():
+            if step is not None and _label(d.graph.notation, role) is not None:
+                found.add(role)
+    order: list[str] = []
+    series = [entry.role for entry in d.graph.notation.series]
+    for prefix in ("", "adjoint_", "pre_adjoint_"):
+        order += [prefix + role for role in series if prefix + role in found]
+    return order
+
+
+def _function_names(cell: Any) -> list[str]:
+    """The named functions the cell's equations call (besides its free activation)."""
+    out: list[str] = []
+    for eq in cell.equations:
+        for node in ast.walk(eq.tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                name = node.func.id
+                if name != cell.activation and name in functions.ACTIVATIONS and name not in out:
+                    out.append(name)
+    return out
+
+
+_FUNCTION_INFO = {
+    "tanh": "elementwise tanh",
+    "sigmoid": "elementwise logistic sigmoid 1/(1+exp(-A))",
+    "exp": "elementwise exp",
+    "log": "elementwise natural log",
+}
 
 
 def names(notation: str | Notation | ModelSpec | Derivation) -> tuple[NameInfo, ...]:
-    """The names of the expression language in a notation (a name, a spec or a derivation)."""
-    nota = _notation_of(notation)
+    """The names of the expression language of a model.
+
+    ``notation`` is a spec (any cell), a derivation, or a notation of the Elman
+    cell by name (``"aa"``).  The names come from the model's symbol registry:
+    every parameter, initial state, step-indexed quantity and adjoint.
+    """
+    spec = _spec_of(notation)
+    d = _generic_derivation(spec.cell, spec.notation)
+    nota = d.graph.notation
+    cell = d.graph.symbols.cell
     first = nota.t0
     last = "T" if first == 1 else "T-1"
     before = first - 1
     after = "T+1" if first == 1 else "T"
-    symbols = _generic_symbols(nota)
-    hidden_shape = _shape_text(symbols.series_shape("hidden"))  # also the pre-activation's
+    symbols = d.graph.symbols
+    states = {state.key for state in cell.states}
     out: list[NameInfo] = []
     for param in nota.params:
-        shape = _shape_text(symbols.param_shape(param.role))
+        shape = _shape_text(symbols.param_shape(param.key))
         out.append(NameInfo(param.ascii, "parameter", f"{param.description} {shape}"))
-    hidden = nota.series_of("hidden").ascii
-    out.append(
-        NameInfo(
-            nota.initial_ascii,
-            "initial state",
-            f"initial hidden state = {hidden}[{before}] {hidden_shape} "
-            "(zero unless the spec has initial_state='input')",
-        )
-    )
-    for role in SERIES_ROLES:
-        series = nota.series_of(role)
-        extra = ""
-        if role == "hidden":
-            extra = f"; {series.ascii}[{before}] is the initial state"
+    for state in cell.states:
+        entry = nota.name_of(state.key)
         out.append(
             NameInfo(
-                f"{series.ascii}[t]",
-                "series",
-                f"{series.description} {_shape_text(symbols.series_shape(role))}, "
-                f"t = {first}..{last}{extra}",
+                entry.initial,
+                "initial state",
+                f"initial {entry.description} = {entry.ascii}[{before}] "
+                f"{_shape_text(symbols.series_shape(state.key))} "
+                "(zero unless the spec has initial_state='input')",
             )
         )
-    pre = nota.series_of("pre_activation").ascii
-    out.append(
-        NameInfo(
-            "delta[t]",
-            "adjoint",
-            f"δ_t = ∂L/∂{pre}[t] {hidden_shape}; delta[{after}] = 0",
+    for role in _step_roles(d):
+        label = _label(nota, role)
+        entry = nota.name_of(_base_role(role))
+        shape = _shape_text(symbols.series_shape(entry.key))
+        if role == entry.role:
+            extra = f"; {entry.ascii}[{before}] is the initial state" if entry.key in states else ""
+            text = f"{entry.description} {shape}, t = {first}..{last}{extra}"
+            out.append(NameInfo(f"{label}[t]", "series", text))
+            continue
+        of = f"{entry.ascii}[t]"
+        if role.startswith("pre_adjoint_"):
+            of = f"the argument of the function in {entry.ascii}[t] = f(...)"
+        lead = "δ_t = " if label == "delta" else ""
+        out.append(
+            NameInfo(f"{label}[t]", "adjoint", f"{lead}∂L/∂{of} {shape}; {label}[{after}] = 0")
         )
-    )
     out.append(NameInfo("T", "scalar", "the number of steps"))
     out += [
         NameInfo("m", "size", "the batch size (examples per step)"),
@@ -223,11 +309,13 @@ def names(notation: str | Notation | ModelSpec | Derivation) -> tuple[NameInfo, 
         NameInfo("n_1", "size", "the hidden size"),
         NameInfo("n_2", "size", "the output size"),
     ]
+    out += [NameInfo(f"{name}(A)", "function", text) for name, text in _FUNCTION_INFO.items()]
     out += [
-        NameInfo("tanh(A)", "function", "elementwise tanh"),
-        NameInfo("sigmoid(A)", "function", "elementwise logistic sigmoid 1/(1+exp(-A))"),
-        NameInfo("exp(A)", "function", "elementwise exp"),
-        NameInfo("log(A)", "function", "elementwise natural log"),
+        NameInfo(f"{name}(A)", "function", f"elementwise {name}")
+        for name in _function_names(cell)
+        if name not in _FUNCTION_INFO
+    ]
+    out += [
         NameInfo("softmax(A)", "function", "softmax over the output units of each example"),
         NameInfo("ones(r, c)", "function", "the r x c matrix of ones (r, c: sizes or integers)"),
         NameInfo("diag(v)", "function", "the diagonal matrix of a vector (batch size 1)"),
@@ -244,9 +332,10 @@ def names(notation: str | Notation | ModelSpec | Derivation) -> tuple[NameInfo, 
 
 def names_text(notation: str | Notation | ModelSpec | Derivation) -> str:
     """:func:`names` as a block of text, one name a line."""
-    nota = _notation_of(notation)
-    lines = [f"expression language names ({nota.name}):"]
-    lines += [f"  {info}" for info in names(nota)]
+    spec = _spec_of(notation)
+    cell = "" if spec.cell == "elman" else f"{spec.model.name} cell, "
+    lines = [f"expression language names ({cell}{spec.notation}):"]
+    lines += [f"  {info}" for info in names(spec)]
     lines.append("  operators: @ (matrix product), * (elementwise), / + - ** .T")
     return "\n".join(lines)
 
@@ -255,14 +344,21 @@ def names_text(notation: str | Notation | ModelSpec | Derivation) -> str:
 def _table(graph: Graph) -> dict[tuple[str, int], Any]:
     """(role, step) -> the graph's symbol, for the series and the adjoints."""
     table: dict[tuple[str, int], Any] = {}
+    notation = graph.notation
     for symbol, (role, step) in graph.symbols.meta.items():
-        if isinstance(step, int) and (role in SERIES_ROLES or role.startswith("adjoint_")):
+        if isinstance(step, int) and _label(notation, role) is not None:
             table[(role, step)] = symbol
     return table
 
 
 def _steps_text(steps: tuple[int, ...]) -> str:
     return f"{steps[0]}..{steps[-1]}"
+
+
+def _state_initials(graph: Graph) -> dict[str, Any]:
+    """Role of each state -> its initial value (a symbol, or zero)."""
+    notation = graph.notation
+    return {notation.name_of(key).role: value for key, value in graph.initials.items()}
 
 
 def _series_at(
@@ -273,23 +369,24 @@ def _series_at(
     found = table.get((role, step))
     if found is not None:
         return found
-    if role == "hidden" and step == first - 1:
-        return graph.initial
-    if role == "adjoint_pre_activation":
-        if step == last + 1:
-            return sp.ZeroMatrix(*graph.symbols.series_shape("pre_activation"))
-        if first <= step <= last:
-            return sp.ZeroMatrix(*graph.symbols.series_shape("pre_activation"))
+    initials = _state_initials(graph)
+    if role in initials and step == first - 1:
+        return initials[role]
+    base = _base_role(role)
+    adjoint = base != role
+    if adjoint and (step == last + 1 or (first <= step <= last and (base, step) in table)):
+        # after the last step, or a step where nothing reaches it: zero
+        return sp.ZeroMatrix(*graph.symbols.series_shape(base))
     if first <= step <= last:
         raise ExpressionError(
             f"{label}[{step}] does not exist: in this many_to_one model only the last step "
             f"({last}) has an output and a target"
         )
     hint = ""
-    if role == "hidden":
+    if role in initials:
         hint = f" ({label}[{first - 1}] is the initial state)"
-    elif role == "adjoint_pre_activation":
-        hint = f" (delta[{last + 1}], one step after the last, is zero)"
+    elif adjoint:
+        hint = f" ({label}[{last + 1}], one step after the last, is zero)"
     raise ExpressionError(
         f"{label}[{step}] is outside the model: its steps are {_steps_text(steps)}{hint}"
     )
@@ -310,7 +407,9 @@ def _elementwise_fn(
     return build
 
 
-def _functions(layout: str, sizes: Iterable[Any]) -> dict[str, Callable[..., Any]]:
+def _functions(
+    layout: str, sizes: Iterable[Any], extra: Iterable[str] = ()
+) -> dict[str, Callable[..., Any]]:
     z = functions.z
     size_set = {s for s in sizes if not isinstance(s, sp.Integer)}
 
@@ -343,7 +442,7 @@ def _functions(layout: str, sizes: Iterable[Any]) -> dict[str, Callable[..., Any
 
     tanh = functions.ACTIVATIONS["tanh"].function
     sigmoid = functions.ACTIVATIONS["sigmoid"].function
-    return {
+    out: dict[str, Callable[..., Any]] = {
         "tanh": _elementwise_fn("tanh", tanh, sp.tanh),
         "sigmoid": _elementwise_fn("sigmoid", sigmoid, lambda v: 1 / (1 + sp.exp(-v))),
         "exp": _elementwise_fn("exp", sp.Lambda(z, sp.exp(z)), sp.exp),
@@ -352,10 +451,21 @@ def _functions(layout: str, sizes: Iterable[Any]) -> dict[str, Callable[..., Any
         "ones": ones,
         "diag": diag,
     }
+    for name in extra:  # a function a cell's equations call (relu, softplus, ...)
+        if name not in out:
+            activation = functions.ACTIVATIONS[name]
+            scalar = sp.Lambda(z, activation.definition)
+            out[name] = _elementwise_fn(name, activation.function, scalar)
+    return out
 
 
 def namespace(d: Derivation) -> Namespace:
-    """The expression language's :class:`~symbptt.exprlang.Namespace` of a derivation."""
+    """The expression language's :class:`~symbptt.exprlang.Namespace` of a derivation.
+
+    Built from the graph's symbol registry: the parameters, the initial
+    states, every step-indexed quantity and every adjoint, in the notation's
+    names (``h[t]``, ``c[t]``, ``dc[t]``, ``delta_f[t]``, ``delta[t]``).
+    """
     graph = d.graph
     notation = graph.notation
     table = _table(graph)
@@ -363,16 +473,17 @@ def namespace(d: Derivation) -> Namespace:
     sizes = graph.symbols.sizes
     for key, label in _SIZE_FIELDS:
         constants[label] = sizes[key]
-    constants.setdefault(notation.initial_ascii, graph.initial)
+    for key, value in graph.initials.items():
+        constants.setdefault(notation.name_of(key).initial, value)
     indexed: dict[str, Callable[[int], Any]] = {}
-    for role in SERIES_ROLES:
-        label = notation.series_of(role).ascii
-        indexed[label] = _bind_series(graph, table, role, label)
-    indexed["delta"] = _bind_series(graph, table, "adjoint_pre_activation", "delta")
+    for role in _step_roles(d):
+        label = _label(notation, role)
+        assert label is not None
+        indexed.setdefault(label, _bind_series(graph, table, role, label))
     return Namespace(
         constants=constants,
         indexed=indexed,
-        functions=_functions(notation.layout, sizes.values()),
+        functions=_functions(notation.layout, sizes.values(), _function_names(graph.symbols.cell)),
         steps=graph.steps,
         scalars={"T": len(graph.steps)},
     )
@@ -537,7 +648,8 @@ def _naming(
 ) -> Callable[[Any], str]:
     """Symbol -> its name in the expression language (``h[t-1]``, ``delta[3]``, ``W_hh``).
 
-    ``shift(role, step)`` may move the step printed for a role.
+    Read from the registry's ``meta`` (role, step).  ``shift(role, step)`` may
+    move the step printed for a role.
     """
     meta = graph_symbols.meta
 
@@ -546,18 +658,11 @@ def _naming(
         if info is None:
             return str(symbol.name)
         role, step = info
-        if step is None:
-            if role == "initial_state":
-                return notation.initial_ascii
+        label = _label(notation, role) if step is not None else None
+        if label is None:
             return str(symbol.name)
         if shift is not None:
             step = shift(role, step)
-        if role == "adjoint_pre_activation":
-            label = "delta"
-        elif role in SERIES_ROLES:
-            label = notation.series_of(role).ascii
-        else:
-            return str(symbol.name)
         return f"{label}[{Symbols.step_name(step)}]"
 
     return name
@@ -575,13 +680,63 @@ class Formula:
         return "\n".join([self.gradient, *(f"  where {line}" for line in self.where)])
 
 
-def _inline(assignments: Iterable[Assignment]) -> dict[Any, Any]:
-    """Adjoint and contribution expressions with every adjoint but δ substituted."""
+def _is_adjoint(kind: str) -> bool:
+    return kind.startswith(("adjoint_", "pre_adjoint_"))
+
+
+def _is_forward(notation: Notation, role: str) -> bool:
+    """A step-indexed quantity of the forward pass (not an adjoint)."""
+    return not _is_adjoint(role) and _label(notation, role) is not None
+
+
+def _has_roles(notation: Notation, roles: Iterable[str]) -> bool:
+    return all(any(entry.role == role for entry in notation.names) for role in roles)
+
+
+def _kept(d: Derivation) -> tuple[str, ...]:
+    """The adjoint roles the formulas keep by name (in the order the step computes them).
+
+    Read from the generic step: an adjoint that the step reads one step later
+    (it carries the recursion: δ_{t+1} in Elman, dc_{t+1} and δ^i_{t+1} in an
+    LSTM) or that two other adjoints of the step read (dh_t in an LSTM).
+    Every other adjoint is written out where it is used.
+    """
+    form = d.step_form
+    meta = form.symbols.meta
+    carried: set[str] = set()
+    shared: set[str] = set()
+    bodies = [form.backward] + ([form.last_backward] if form.last_backward else [])
+    for body in bodies:
+        readers: dict[str, int] = {}
+        for a in body:
+            seen: set[str] = set()
+            for symbol in a.expr.free_symbols:
+                role, step = meta.get(symbol, ("", None))
+                if not _is_adjoint(role):
+                    continue
+                if isinstance(step, sp.Basic) and step != form.t:
+                    carried.add(role)
+                elif _is_adjoint(a.kind):
+                    seen.add(role)
+            for role in seen:
+                readers[role] = readers.get(role, 0) + 1
+        shared |= {role for role, count in readers.items() if count >= 2}
+    order: list[str] = []
+    for body in bodies:
+        for a in body:
+            if _is_adjoint(a.kind) and a.kind not in order and a.kind in carried | shared:
+                order.append(a.kind)
+    return tuple(order)
+
+
+def _inline(assignments: Iterable[Assignment], kept: Iterable[str]) -> dict[Any, Any]:
+    """Adjoint and contribution expressions with every adjoint not ``kept`` substituted."""
+    keep = set(kept)
     defs: dict[Any, Any] = {}
     out: dict[Any, Any] = {}
     for a in assignments:
         expr = a.expr.xreplace(defs)
-        if a.kind in ("adjoint_output_pre_activation", "adjoint_hidden"):
+        if _is_adjoint(a.kind) and a.kind not in keep:
             defs[a.target] = expr
         out[a.target] = expr
     return out
@@ -590,13 +745,6 @@ def _inline(assignments: Iterable[Assignment]) -> dict[Any, Any]:
 def _contribution_of(assignments: Iterable[Assignment], name: str) -> Assignment | None:
     for a in assignments:
         if a.kind == "contribution" and a.param == name:
-            return a
-    return None
-
-
-def _delta_of(assignments: Iterable[Assignment]) -> Assignment | None:
-    for a in assignments:
-        if a.kind == "adjoint_pre_activation":
             return a
     return None
 
@@ -621,9 +769,9 @@ def _printers(d: Derivation) -> tuple[_Printer, _Printer, Any]:
 def model_equations(model: ModelSpec | Derivation) -> tuple[tuple[str, str], ...]:
     """The model's equations, printed in the expression language from its derivation.
 
-    The forward assignments of the generic step ``t`` (pre-activation, hidden
-    state, output pre-activation, prediction, the loss of a step) and the
-    total loss, as ``(left-hand side, right-hand side)`` pairs.
+    The forward assignments of the generic step ``t`` (the cell's equations,
+    output pre-activation, prediction, the loss of a step) and the total loss,
+    as ``(left-hand side, right-hand side)`` pairs.
     """
     d = model if isinstance(model, Derivation) else _derivation(model)
     printer, _, _ = _printers(d)
@@ -651,29 +799,32 @@ def model_equations(model: ModelSpec | Derivation) -> tuple[tuple[str, str], ...
     return tuple(rows)
 
 
-def _delta_lines(d: Derivation) -> tuple[str, ...]:
-    """The δ recursion in the expression language, and what lies outside the steps."""
+def _recursion_lines(d: Derivation) -> tuple[str, ...]:
+    """The kept adjoints' recursion in the expression language, and what lies outside."""
     form = d.step_form
     notation = d.graph.notation
     printer, last_printer, last_step = _printers(d)
+    kept = _kept(d)
     lines: list[str] = []
-    delta_body = _delta_of(form.backward)
-    if form.last_backward is None:
-        if delta_body is not None:
-            lines.append(f"delta[t] = {printer(_inline(form.backward)[delta_body.target])}")
-    else:
-        delta_last = _delta_of(form.last_backward)
-        if delta_last is not None:
-            value = last_printer(_inline(form.last_backward)[delta_last.target])
-            lines.append(f"delta[{Symbols.step_name(last_step)}] = {value}")
-        if delta_body is not None:
-            value = printer(_inline(form.backward)[delta_body.target])
-            lines.append(f"delta[t] = {value}  (t < {Symbols.step_name(last_step)})")
+    suffix = ""
+    if form.last_backward is not None:
+        defs = _inline(form.last_backward, kept)
+        for a in form.last_backward:
+            if a.kind in kept:
+                lines.append(f"{last_printer(a.target)} = {last_printer(defs[a.target])}")
+        suffix = f"  (t < {Symbols.step_name(last_step)})"
+    defs = _inline(form.backward, kept)
+    for a in form.backward:
+        if a.kind in kept:
+            lines.append(f"{printer(a.target)} = {printer(defs[a.target])}{suffix}")
     first = notation.t0
-    hidden = notation.series_of("hidden").ascii
-    initial = "0" if d.spec.initial_state == "zero" else notation.initial_ascii
     after = "T+1" if first == 1 else "T"
-    lines.append(f"delta[{after}] = 0, {hidden}[{first - 1}] = {initial}")
+    outside = [f"{_label(notation, role)}[{after}] = 0" for role in kept]
+    for key in d.graph.initials:
+        entry = notation.name_of(key)
+        initial = "0" if d.spec.initial_state == "zero" else entry.initial
+        outside.append(f"{entry.ascii}[{first - 1}] = {initial}")
+    lines.append(", ".join(outside))
     return tuple(lines)
 
 
@@ -682,19 +833,20 @@ def _generic_formula(d: Derivation, name: str) -> str | None:
     if name not in d.graph.params:
         return None
     form = d.step_form
+    kept = _kept(d)
     printer, last_printer, _ = _printers(d)
     body = _contribution_of(form.backward, name)
     if form.last_backward is None:
         if body is None:
             return None
-        return f"sum_t({printer(_inline(form.backward)[body.target])})"
+        return f"sum_t({printer(_inline(form.backward, kept)[body.target])})"
     last = _contribution_of(form.last_backward, name)
     if last is None:
         return None
-    last_defs = _inline(form.last_backward)
+    last_defs = _inline(form.last_backward, kept)
     if body is None:
         return last_printer(last_defs[last.target])
-    body_text = printer(_inline(form.backward)[body.target])
+    body_text = printer(_inline(form.backward, kept)[body.target])
     if printer(last_defs[last.target]) != body_text:
         return None
     return f"sum_t({body_text})"
@@ -704,7 +856,7 @@ def _unrolled_formula(d: Derivation, name: str) -> str:
     """The gradient as the explicit sum of its per-step contributions."""
     graph = d.graph
     printer = _Printer(_naming(graph.symbols, graph.notation))
-    defs = _inline(a for a in d.assignments if a.kind != "gradient")
+    defs = _inline((a for a in d.assignments if a.kind != "gradient"), _kept(d))
     terms = [printer(defs[c.target]) for c in d.contributions if c.param == name]
     if not terms:
         rows, cols = d.gradients[name].shape
@@ -794,7 +946,7 @@ def correct_formula(spec: ModelSpec, wrt: str) -> Formula:
     generic = _generic_formula(d, name)
     if generic is None or not _formula_agrees(spec, name, generic):
         generic = _unrolled_formula(d, name)
-    return Formula(generic, _delta_lines(d))
+    return Formula(generic, _recursion_lines(d))
 
 
 def _formula_agrees(spec: ModelSpec, name: str, text: str) -> bool:
@@ -998,7 +1150,8 @@ def _leaves(
     for symbol in graph.targets:
         leaves[symbol] = _target_value(work, _shape(symbol), rng, kind, same_class)
     if work.spec.initial_state == "input":
-        leaves[graph.initial] = rng.normal(scale=0.5, size=_shape(graph.initial))
+        for initial in graph.initials.values():
+            leaves[initial] = rng.normal(scale=0.5, size=_shape(initial))
     return leaves
 
 
@@ -1509,22 +1662,23 @@ class _Checker:
 
 
 def _quantities_with_shape(work: _Work, shape: tuple[int, int]) -> list[str]:
-    notation = work.notation
     symbols = work.graph.symbols
     out = []
-    for role in SERIES_ROLES:
-        if tuple(int(v) for v in symbols.series_shape(role)) == shape:
-            out.append(f"{notation.series_of(role).ascii}[t]")
-    if tuple(int(v) for v in symbols.series_shape("pre_activation")) == shape:
-        out.append("delta[t]")
+    for role in _step_roles(work.d):
+        if tuple(int(v) for v in symbols.series_shape(_base_role(role))) == shape:
+            out.append(f"{_label(work.notation, role)}[t]")
     return out
 
 
 # ================================================================ callables: arrays
 def _arrays(
     work: _Work, leaves: Mapping[Any, np.ndarray]
-) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray | None]:
-    """The generated module's arguments (params, X, Y, h0) for a point's leaves."""
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, dict[str, np.ndarray | None]]:
+    """The generated module's arguments for a point's leaves.
+
+    ``(params, X, Y, initial_states)``: the initial states by keyword, the
+    state's key and ``0`` (``h0``, ``c0``), each (m, n) or None when zero.
+    """
     graph = work.graph
     column = work.notation.layout == "column"
 
@@ -1535,15 +1689,16 @@ def _arrays(
     X = np.stack([batch_major(leaves[x]) for x in graph.inputs])
     ys = [batch_major(leaves[y]) for y in graph.targets]
     Y = np.stack(ys) if work.spec.mode == "many_to_many" else ys[0]
-    h0 = None
-    if work.spec.initial_state == "input":
-        h0 = batch_major(leaves[graph.initial])
-    return params, X, Y, h0
+    initials: dict[str, np.ndarray | None] = {}
+    for key, initial in graph.initials.items():
+        given = work.spec.initial_state == "input"
+        initials[f"{key}0"] = batch_major(leaves[initial]) if given else None
+    return params, X, Y, initials
 
 
 def _call(fn: Callable[..., Any], work: _Work, leaves: Mapping[Any, np.ndarray], name: str) -> Any:
-    params, X, Y, h0 = _arrays(work, leaves)
-    result = fn(params, X, Y, h0)
+    params, X, Y, initials = _arrays(work, leaves)
+    result = fn(params, X, Y, **initials)
     if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], Mapping):
         result = result[1]
     if isinstance(result, Mapping):
@@ -1584,8 +1739,8 @@ class _Reference:
             self.source = f"the derivation evaluated in float64 ({why})"
 
     def _module_gradient(self, point: _Point, name: str) -> Any:
-        params, X, Y, h0 = _arrays(self.work, point.leaves)
-        _, grads = self.module.loss_and_gradients(params, X, Y, h0)
+        params, X, Y, initials = _arrays(self.work, point.leaves)
+        _, grads = self.module.loss_and_gradients(params, X, Y, **initials)
         return np.asarray(grads[name], dtype=float)
 
     def gradient(self, point: _Point, name: str) -> Any:
@@ -1630,21 +1785,21 @@ def _symbolic_equal(work: _Work, expr: Any, name: str) -> str | None:
     budget, or not equal as polynomials, which proves nothing).
     """
     graph = work.graph
-    forward = [
-        a
-        for a in graph.assignments
-        if a.kind in ("pre_activation", "hidden", "output_pre_activation", "output")
-    ]
+    forward = [a for a in graph.assignments if a.kind not in ("loss", "total_loss")]
     canonical = {a.expr: a.target for a in forward}
     canonical.update({work.d.value_of(a.target): a.target for a in forward})
     expr = expr.xreplace(canonical)
     meta = graph.symbols.meta
     defs = {a.target: a.expr for a in work.d.assignments}
-    deltas = {s for s, (role, _) in meta.items() if role == "adjoint_pre_activation"}
+    kept = set(_kept(work.d))
+    notation = work.notation
+    named = {s for s, (role, _) in meta.items() if role in kept}
+    labels = ", ".join(f"{_label(notation, role)}[t]" for role in _kept(work.d))
+    plural = "as a symbol" if len(kept) == 1 else "as symbols"
     target = _gradient_symbol(work, name)
     levels = (
-        ("with delta[t] as a symbol", {k: v for k, v in defs.items() if k not in deltas}),
-        ("with delta[t] expanded", defs),
+        (f"with {labels} {plural}", {k: v for k, v in defs.items() if k not in named}),
+        (f"with {labels} expanded", defs),
     )
     for label, level_defs in levels:
         try:
@@ -1661,6 +1816,19 @@ def _symbolic_equal(work: _Work, expr: Any, name: str) -> str | None:
     return None
 
 
+def _leaf_name(leaf: Any) -> str:
+    return str(leaf.name) if isinstance(leaf, sp.MatrixSymbol) else str(leaf)
+
+
+def _function_of_leaf(node: Any, defs: Mapping[Any, Any]) -> bool:
+    """``f(q)`` applied elementwise to a symbol the proof does not expand (tanh(c_t))."""
+    if not isinstance(node, ElementwiseApplyFunction):
+        return False
+    (var,) = node.function.variables
+    inner = node.expr
+    return node.function.expr != var and isinstance(inner, sp.MatrixSymbol) and inner not in defs
+
+
 class _NotPolynomial(Exception):
     """The expression is not a polynomial in the entries (or too big to expand)."""
 
@@ -1675,7 +1843,7 @@ class _PolyExplicit:
     def __init__(self, defs: Mapping[Any, Any], roots: Sequence[Any], domain: Any) -> None:
         self.defs = defs
         self.domain = domain
-        leaves = sorted(self._leaves(roots), key=lambda s: str(s.name))
+        leaves = sorted(self._leaves(roots), key=_leaf_name)
         gens: list[sp.Symbol] = []
         self.index: dict[Any, list[list[int]]] = {}
         for leaf in leaves:
@@ -1683,7 +1851,8 @@ class _PolyExplicit:
             self.index[leaf] = [
                 [len(gens) + i * cols + j for j in range(cols)] for i in range(rows)
             ]
-            gens += [sp.Symbol(f"{leaf.name}[{i},{j}]") for i in range(rows) for j in range(cols)]
+            label = _leaf_name(leaf)
+            gens += [sp.Symbol(f"{label}[{i},{j}]") for i in range(rows) for j in range(cols)]
         if not gens:
             gens = [sp.Symbol("_")]
         self.ring, *self.gens = sp.ring(gens, domain)
@@ -1704,6 +1873,8 @@ class _PolyExplicit:
                     stack.append(self.defs[node])
                 else:
                     leaves.add(node)
+            elif _function_of_leaf(node, self.defs):
+                leaves.add(node)  # tanh(c_t): its entries are variables of their own
             elif isinstance(node, sp.Basic):
                 stack.extend(node.args)
         return leaves
@@ -1720,6 +1891,14 @@ class _PolyExplicit:
             raise _NotPolynomial("too many terms")
         self.memo[expr] = value
         return value
+
+    def _generators(self, leaf: Any) -> Any:
+        index = self.index[leaf]
+        out = np.empty((len(index), len(index[0])), dtype=object)
+        for i, row in enumerate(index):
+            for j, k in enumerate(row):
+                out[i, j] = self.gens[k]
+        return out
 
     def _spend(self, amount: Any) -> None:
         self.work += int(amount)
@@ -1746,12 +1925,7 @@ class _PolyExplicit:
         if isinstance(expr, sp.MatrixSymbol):
             if expr in self.defs:
                 return self(self.defs[expr])
-            index = self.index[expr]
-            out = np.empty((len(index), len(index[0])), dtype=object)
-            for i, row in enumerate(index):
-                for j, k in enumerate(row):
-                    out[i, j] = self.gens[k]
-            return out
+            return self._generators(expr)
         rows, cols = int(expr.shape[0]), int(expr.shape[1])
         if isinstance(expr, sp.ZeroMatrix):
             return self._filled(rows, cols, self.ring.zero)
@@ -1797,6 +1971,8 @@ class _PolyExplicit:
             (var,) = expr.function.variables
             if expr.function.expr == var:
                 return self(expr.expr)
+            if expr in self.index:
+                return self._generators(expr)
             raise _NotPolynomial("an elementwise function")
         if isinstance(expr, DiagMatrix):
             vector = list(self(expr.args[0]).reshape(-1))
@@ -1828,14 +2004,19 @@ class _Diagnosis:
     def _adjoint_variants(self) -> list[tuple[tuple[str, str, str], list[Assignment]]]:
         work = self.work
         spec = work.spec
-        adjoints = [a for a in work.d.assignments if a.kind.startswith("adjoint_")]
+        adjoints = list(work.d.adjoints)
         out_knobs: Sequence[str] = ("ok",)
         if spec.output == "softmax" and spec.loss == "cross_entropy":
             out_knobs = _OUT_KNOBS
-        uses_delta = self._uses_delta()
+        # The recurrence and activation mistakes are written for a cell whose file tags a
+        # hidden state, its pre-activation and a recurrent weight (the Elman roles); other
+        # cells get no such mistake named (a later issue names gated cells' mistakes).
+        uses_delta = self._uses_delta() and _has_roles(
+            work.notation, ("pre_activation", "hidden", "recurrent_weight")
+        )
         rec_knobs: Sequence[str] = _REC_KNOBS if uses_delta else ("ok",)
         der_knobs: Sequence[str] = ("ok",)
-        if uses_delta and spec.hidden != "identity":
+        if uses_delta and spec.hidden != "identity" and work.graph.symbols.cell.activation:
             der_knobs = _DER_KNOBS
         variants = []
         for out_k in out_knobs:
@@ -1937,16 +2118,17 @@ class _Diagnosis:
             if contribution is None:
                 continue
             mapping: dict[Any, Any] = {}
+            initials = _state_initials(graph)
             for symbol in contribution.expr.free_symbols:
                 role, at = form.symbols.meta.get(symbol, ("", None))
                 if not isinstance(at, sp.Basic):
                     continue
                 k = int(at.subs(form.t, step))
-                if role in ("hidden", "input"):
+                if _is_forward(work.notation, role):
                     k += offset
                 found = work.table.get((role, k))
-                if found is None:
-                    found = graph.initial if role == "hidden" and k == first - 1 else None
+                if found is None and role in initials and k == first - 1:
+                    found = initials[role]
                 mapping[symbol] = found if found is not None else sp.ZeroMatrix(*symbol.shape)
             out.append(contribution.expr.xreplace(mapping))
         return out
@@ -1992,20 +2174,15 @@ class _Diagnosis:
         for (role, step), symbol in sorted(
             work.table.items(), key=lambda item: (item[0][0], item[0][1])
         ):
-            if not role.startswith("adjoint_") or tuple(symbol.shape) != shape:
+            if not _is_adjoint(role) or tuple(symbol.shape) != shape:
                 continue
-            base = role[len("adjoint_") :]
-            label = "delta" if base == "pre_activation" else notation.series_of(base).ascii
+            label = _label(notation, role)
             values = [p.env_f.get(symbol) for p in points]
-            out.append(
-                (
-                    (
-                        "wrong_quantity",
-                        f"∂L/∂{label}[{step}]" if label != "delta" else f"delta[{step}]",
-                    ),
-                    values,
-                )
-            )
+            base = notation.name_of(_base_role(role)).ascii
+            shown = f"∂L/∂{base}[{step}]" if role.startswith("adjoint_") else f"{label}[{step}]"
+            if label == "delta":
+                shown = f"delta[{step}]"
+            out.append((("wrong_quantity", shown), values))
         loss = functions.LOSSES[work.spec.loss]
         for step in work.graph.steps:
             pred = work.table.get(("output", step))
@@ -2016,7 +2193,7 @@ class _Diagnosis:
                 loss.derivative, {functions.a: pred, functions.y: target}, pred.shape
             )
             values = [_evaluate(derivative, p.env_f, "float") for p in points]
-            label = notation.series_of("output").ascii
+            label = notation.name_of("output").ascii
             out.append((("wrong_quantity", f"∂L/∂{label}[{step}]"), values))
         return out
 
@@ -2186,11 +2363,16 @@ class _KnobText:
         self.orig = orig
         self.name = name
         notation = work.notation
-        self.pred = notation.series_of("output").ascii
-        self.target = notation.series_of("target").ascii
-        self.h = notation.series_of("hidden").ascii
-        self.z = notation.series_of("pre_activation").ascii
-        self.w = notation.param("recurrent_weight").ascii
+
+        def ascii_of(role: str) -> str:
+            # the Elman roles exist only where the recurrence mistakes are searched
+            return notation.name_of(role).ascii if _has_roles(notation, (role,)) else role
+
+        self.pred = ascii_of("output")
+        self.target = ascii_of("target")
+        self.h = ascii_of("hidden")
+        self.z = ascii_of("pre_activation")
+        self.w = ascii_of("recurrent_weight")
         self.column = notation.layout == "column"
 
     def _derivative_text(self, form: str) -> str:
@@ -2264,12 +2446,14 @@ class _KnobText:
         if contribution is None:
             return ""
 
+        notation = self.orig.graph.notation
+
         def shift(role: str, step: Any) -> Any:
-            if role in ("hidden", "input") and isinstance(step, sp.Basic):
+            if _is_forward(notation, role) and isinstance(step, sp.Basic):
                 return step + offset
             return step
 
-        defs = _inline(form.backward)
+        defs = _inline(form.backward, _kept(self.orig))
         printer = _Printer(_naming(form.symbols, self.orig.graph.notation, shift))
         return printer(defs[contribution.target])
 
