@@ -120,6 +120,7 @@ def _default(name: str) -> str:
 #: ModelSpec itself (so activations registered at run time are accepted).
 _SPEC_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("steps", int, f"number of time steps T, 1 to {MAX_STEPS}"),
+    ("cell", str, "recurrent cell: elman, lstm, gru, or a .toml cell file (see `symbptt cells`)"),
     ("hidden", str, "hidden activation: " + ", ".join(CHOICES["hidden"])),
     ("output", str, "output activation: " + ", ".join(CHOICES["output"])),
     ("loss", str, "loss: " + ", ".join(CHOICES["loss"])),
@@ -249,6 +250,9 @@ def spec_from_options(
     if config is not None:
         data = load_config(config)
         _refuse_unknown_keys(data, str(config))
+        cell = data.get("cell")
+        if isinstance(cell, str) and cell.endswith(".toml") and not Path(cell).is_absolute():
+            data = {**data, "cell": str(Path(config).parent / cell)}  # beside the config file
         fields.update(data)
         source.update(dict.fromkeys(data, str(config)))
     for name, value in (flags or {}).items():
@@ -658,6 +662,22 @@ def _notations_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
+def _cells_parser(sub: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(
+        allow_abbrev=False,
+        name="cells",
+        help="the built-in cells (elman, lstm, gru) with their equations; or check a cell file",
+        description=(
+            "List the built-in recurrent cells: their states, parameters, step equations "
+            "(column layout: examples are columns) and notations. Given a .toml cell file, "
+            "read it (it is parsed, never executed) and show it the same way, or say in one "
+            "line what is wrong with it."
+        ),
+    )
+    p.add_argument("name", nargs="?", metavar="NAME|FILE", help="show only this cell")
+    return p
+
+
 def _demo_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
         allow_abbrev=False,
@@ -724,6 +744,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "derive": _derive_parser(sub),
         "check": _check_parser(sub),
         "notations": _notations_parser(sub),
+        "cells": _cells_parser(sub),
         "demo": _demo_parser(sub),
     }
     return parser, commands
@@ -1056,6 +1077,47 @@ def _cmd_notations(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cells(args: argparse.Namespace) -> int:
+    from .model import BUILTIN_CELLS, load_cell
+
+    chosen = [args.name] if args.name else list(BUILTIN_CELLS)
+    cells = []
+    for name in chosen:
+        try:
+            cells.append(load_cell(name))
+        except SpecError as exc:
+            raise UsageError(_one_line(str(exc))) from None
+    blocks = []
+    for cell in cells:
+        default = " (the default)" if cell.name == ModelSpec().cell else ""
+        where = "" if cell.source.endswith("(built-in)") else f" from {cell.source}"
+        lines = [
+            f"{cell.name}{default}: {cell.title}{where}",
+            f"  {cell.description}",
+            f"  reference: {cell.reference}",
+            "  states: "
+            + ", ".join(f"{q.key} ({q.size}, initial {q.key}0)" for q in cell.states)
+            + f"; the output layer reads {cell.readout}",
+            "  parameters: "
+            + ", ".join(
+                f"{p.key} ({p.shape[0]} x {p.shape[1]}, {p.kind})" for p in cell.parameters
+            ),
+        ]
+        if cell.activation:
+            lines.append(f"  {cell.activation}: the spec's hidden activation (--hidden)")
+        lines.append("  equations (column layout):")
+        lines += [f"    {eq.text}" for eq in cell.equations]
+        notations = []
+        for notation in cell.notations.values():
+            shown = ", ".join(entry.ascii for entry in notation.params)
+            notations.append(f"    {notation.name} ({notation.layout}): {shown}")
+        lines.append("  notations and their parameter names:")
+        lines += notations
+        blocks.append("\n".join(lines))
+    _print("\n\n".join(blocks))
+    return 0
+
+
 #: Kinds of expression-language names that differ between notations.
 _OWN_KINDS = ("parameter", "initial state", "series", "adjoint", "reducer")
 
@@ -1078,6 +1140,7 @@ _COMMANDS = {
     "derive": _cmd_derive,
     "check": _cmd_check,
     "notations": _cmd_notations,
+    "cells": _cmd_cells,
     "demo": _cmd_demo,
 }
 

@@ -91,6 +91,10 @@ class Symbols:
     def _is_bias(self, key: str) -> bool:
         return key == "b_out" or (key != "W_out" and self.cell.parameter(key).kind == "bias")
 
+    def _per_unit(self, key: str) -> bool:
+        """A bias or a vector parameter: (n, 1), broadcast over the examples in both layouts."""
+        return key == "b_out" or (key != "W_out" and self.cell.parameter(key).per_unit)
+
     def _size(self, name: str | int) -> Any:
         return sp.Integer(1) if name == 1 else self.sizes[str(name)]
 
@@ -114,7 +118,7 @@ class Symbols:
         else:
             rows, cols = self.cell.parameter(key).shape
             column = (self._size(rows), self._size(cols))
-        if self.layout == "column" or self._is_bias(key):
+        if self.layout == "column" or self._per_unit(key):
             return column
         return (column[1], column[0])
 
@@ -195,7 +199,7 @@ class _StepEnv:
     def param(self, key: str) -> Any:
         symbols = self.symbols
         symbol = symbols.param(key)
-        if symbols._is_bias(key):
+        if symbols._per_unit(key):
             rows = symbols.param_shape(key)[0]
             batch = symbols.sizes["batch"]
             if symbol is None:

@@ -90,7 +90,7 @@ class _Explicit:
                 rows = self.spec.model.parameter(node.id).shape[0]
                 size = self.spec.n_in if rows == "n_in" else self.spec.n_hidden
                 return sp.zeros(size, self.m)
-            if self.cell.parameter(node.id).kind == "bias":
+            if self.cell.parameter(node.id).per_unit:
                 return value * sp.ones(1, self.m)
             return value
         if isinstance(node, ast.Subscript):
@@ -150,7 +150,7 @@ def scalar_loss(spec: ModelSpec, values: dict[str, Any]) -> sp.Expr:
     for entry in notation.params:
         if entry.ascii in values:
             is_bias = entry.key == "b_out" or (
-                entry.key != "W_out" and cell.parameter(entry.key).kind == "bias"
+                entry.key != "W_out" and cell.parameter(entry.key).per_unit
             )
             params[entry.key] = col(values[entry.ascii], is_bias)
     _, n1, _, m = _sizes(spec)

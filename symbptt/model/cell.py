@@ -189,7 +189,12 @@ class Parameter:
 
     key: str
     shape: tuple[str | int, str | int]
-    kind: str  # "weight" or "bias" (a bias is added to every example)
+    kind: str  # "weight", "bias" or "vector" (bias and vector are per unit, for every example)
+
+    @property
+    def per_unit(self) -> bool:
+        """A column vector applied to every example (a bias, or a peephole's diagonal weights)."""
+        return self.kind in ("bias", "vector")
 
 
 @dataclass(frozen=True)

@@ -221,11 +221,13 @@ class _Reader:
                     f"each one of {', '.join(SIZES)} or 1"
                 )
             kind = entry.get("kind")
-            if kind not in ("weight", "bias"):
-                raise self.fail(f"[parameters] {key} has kind {kind!r}; expected weight or bias")
-            if kind == "bias" and (shape[1] != 1 or shape[0] == 1):
+            if kind not in ("weight", "bias", "vector"):
                 raise self.fail(
-                    f"[parameters] {key} is a bias of shape {shape!r}; expected [size, 1]"
+                    f"[parameters] {key} has kind {kind!r}; expected weight, bias or vector"
+                )
+            if kind != "weight" and (shape[1] != 1 or shape[0] == 1):
+                raise self.fail(
+                    f"[parameters] {key} is a {kind} of shape {shape!r}; expected [size, 1]"
                 )
             out.append(Parameter(key, (shape[0], shape[1]), kind))
         return tuple(out)
@@ -450,7 +452,7 @@ class _Reader:
         self, cell: Cell, notation: str, table: dict[str, Any], t0: int, style: str
     ) -> tuple[Name, ...]:
         where = f"[notations.{notation}.names]"
-        weights = [p.key for p in cell.parameters if p.kind == "weight"] + ["W_out"]
+        weights = [p.key for p in cell.parameters if p.kind in ("weight", "vector")] + ["W_out"]
         biases = [p.key for p in cell.parameters if p.kind == "bias"] + ["b_out"]
         series = [q.key for q in cell.inputs] + [eq.target for eq in cell.equations]
         series += ["logits", "y_hat", "y"]
@@ -537,7 +539,7 @@ class _ShapeEnv:
     def param(self, key: str) -> Any:
         p = self.cell.parameter(key)
         symbol = sp.MatrixSymbol(key, self.size(p.shape[0]), self.size(p.shape[1]))
-        if p.kind == "bias":
+        if p.per_unit:
             return mexpr.broadcast_bias(symbol, "column", self.batch)
         return symbol
 

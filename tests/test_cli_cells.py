@@ -1,0 +1,82 @@
+"""The command line and cells: `symbptt cells`, `--cell` and `cell` in a config file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from symbptt import cli
+from symbptt.model import load_cell
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_cells_lists_the_builtin_cells_with_their_equations(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["cells"]) == 0
+    out = capsys.readouterr().out
+    for name in ("elman", "lstm", "gru"):
+        cell = load_cell(name)
+        assert f"{name}" in out
+        for eq in cell.equations:
+            assert eq.text in out
+        for notation in cell.notations:
+            assert f"    {notation} (" in out
+
+
+def test_cells_reads_a_user_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["cells", str(EXAMPLES / "lstm_peephole.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "lstm_peephole: LSTM with peepholes from" in out
+    assert "w_ci (n_hidden x 1, vector)" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["cells", "tree"], "cell: got 'tree'; expected one of elman, lstm, gru"),
+        (["cells", "nothere.toml"], "cell file nothere.toml: cannot be read"),
+        (
+            ["check", "--cell", "lstm", "--notation", "aa", "--wrt", "W_hf", "W_hf"],
+            "the lstm cell is written in",
+        ),
+        (
+            ["check", "--cell", "gru", "--hidden", "relu", "--wrt", "W_hz", "W_hz"],
+            "fixes its own activations",
+        ),
+    ],
+)
+def test_bad_cells_are_one_line_and_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def test_a_bad_cell_file_is_one_line_naming_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (EXAMPLES / "gru_pytorch.toml").read_text().replace("h[t-1] + b_hn", "h[t+1] + b_hn")
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    assert cli.main(["cells", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"cell file {path}, line " in err
+    assert "h[t+1] reads a future step" in err
+    assert err.count("\n") == 1
+
+
+def test_a_config_file_names_its_cell_beside_itself(tmp_path: Path) -> None:
+    (tmp_path / "my_cell.toml").write_text((EXAMPLES / "gru_pytorch.toml").read_text())
+    config = tmp_path / "model.toml"
+    config.write_text('cell = "my_cell.toml"\nsteps = 3\n')
+    spec = cli.spec_from_options(config)
+    assert spec.cell == str(tmp_path / "my_cell.toml")
+    assert spec.model.name == "gru_pytorch"
+    flagged = cli.spec_from_options(config, {"cell": "lstm"})
+    assert flagged.cell == "lstm"
