@@ -1,27 +1,51 @@
-"""Runtime of the generated rolled module against a hand-written per-step NumPy BPTT.
+"""Runtime of the generated rolled modules against hand-written NumPy BPTT.
 
-    python benchmarks/runtime.py [--repeats N] [--quick]
+    python benchmarks/runtime.py [--repeats N] [--quick] [--cells elman,lstm,gru]
+                                 [--skip-large] [--no-torch]
 
-One process, one BLAS thread (set before NumPy is imported), the two
+One process, one BLAS thread, float64 (and float32 for Elman), the
 implementations called alternately on the same data, the median of many
 calls each; the ratio is generated / hand-written (lower is better), both
 computing the loss and every parameter gradient (``loss_and_gradients``).
-The model is the xh preset's (tanh hidden, softmax output, cross-entropy,
-sum over time, mean over the batch), column layout as in min-char-rnn.
-When PyTorch is importable (an optional extra, not a dependency), a second
-interleaved pass times ``torch.nn.RNN`` + ``nn.Linear`` + the loss with
-``backward()`` (one thread) and prints generated / torch: that pass is kept
-apart because torch's calls evict the caches the other two share.
+The baselines live in ``benchmarks/baselines.py`` (``tests/test_baselines.py``
+proves them):
+
+* Elman: the xh preset's model (tanh hidden, softmax output, cross-entropy,
+  sum over time, mean over the batch) against the per-step BPTT of
+  min-char-rnn, batched.  When PyTorch is importable (an optional extra, not a
+  dependency), a second interleaved pass times ``torch.nn.RNN`` +
+  ``nn.Linear`` + the loss with ``backward()`` (one thread) and prints
+  generated / torch: that pass is kept apart because torch's calls evict the
+  caches the other two share.
+* LSTM and GRU (the cell files' equations, the same head and loss) against
+  hoisted CS231n-style NumPy (input projections of all steps in one product
+  before the loop, parameter gradients as one product over the stacked steps
+  after it, in-place buffers).  Each baseline is first checked against central
+  finite differences at a small size, and against the generated module's
+  gradients (to 1e-10) at every size timed.  While ``symbptt.emit_numpy``
+  cannot emit the cell yet, only the baseline is timed and the script says why.
+
+OpenBLAS settings that slow current NumPy on these machines
+(``OPENBLAS_CORETYPE``, ``OPENBLAS_L2_SIZE``; ../shared/FACTS.md) are removed
+from this process's environment before NumPy is imported: this run only.
+One BLAS thread: threadpoolctl when it is installed, else the thread variables
+set before NumPy is imported.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
-for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_variable] = "1"
+UNSET = [name for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if name in os.environ]
+for _variable in UNSET:
+    del os.environ[_variable]
+THREADPOOLCTL = importlib.util.find_spec("threadpoolctl") is not None
+if not THREADPOOLCTL:
+    for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_variable] = "1"
 
-import argparse  # noqa: E402 - after the thread settings
+import argparse  # noqa: E402 - after the environment settings
 import statistics  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -31,41 +55,23 @@ import numpy as np  # noqa: E402
 
 import symbptt  # noqa: E402
 
+try:  # as a script (benchmarks/ is sys.path[0]) or as benchmarks.runtime
+    import baselines  # type: ignore[import-not-found, no-redef]
+except ImportError:
+    from benchmarks import baselines  # type: ignore[no-redef]
+
 SIZES = [(25, 1, 65, 100, 65), (50, 32, 64, 128, 64), (100, 64, 256, 512, 256), (10, 1, 4, 8, 4)]
 TARGETS = {SIZES[0]: 0.25, SIZES[1]: 0.85, SIZES[2]: 0.95, SIZES[3]: 0.35}
 SPEC = symbptt.ModelSpec(steps=25, notation="xh", hidden="tanh", output="softmax")
-
-
-def hand_written(params: dict[str, Any], X: Any, Y: Any, h0: Any) -> tuple[float, dict[str, Any]]:
-    """Per-step BPTT in the style of min-char-rnn, batched: columns are examples."""
-    W_xh, W_hh, W_hy = params["W_xh"], params["W_hh"], params["W_hy"]
-    b_h, b_y = params["b_h"], params["b_y"]
-    T, m, _ = X.shape
-    xs, hs, ps = {}, {}, {}
-    hs[-1] = h0.T
-    loss = 0.0
-    for t in range(T):
-        xs[t] = X[t].T
-        hs[t] = np.tanh(W_xh @ xs[t] + W_hh @ hs[t - 1] + b_h)
-        o = W_hy @ hs[t] + b_y
-        e = np.exp(o - o.max(axis=0, keepdims=True))
-        ps[t] = e / e.sum(axis=0, keepdims=True)
-        loss -= float(np.sum(Y[t].T * np.log(ps[t])))
-    dW_xh, dW_hh, dW_hy = np.zeros_like(W_xh), np.zeros_like(W_hh), np.zeros_like(W_hy)
-    db_h, db_y = np.zeros_like(b_h), np.zeros_like(b_y)
-    dh_next = np.zeros_like(hs[0])
-    for t in reversed(range(T)):
-        do = (ps[t] - Y[t].T) / m
-        dW_hy += do @ hs[t].T
-        db_y += do.sum(axis=1, keepdims=True)
-        dh = W_hy.T @ do + dh_next
-        dz = (1 - hs[t] * hs[t]) * dh
-        db_h += dz.sum(axis=1, keepdims=True)
-        dW_xh += dz @ xs[t].T
-        dW_hh += dz @ hs[t - 1].T
-        dh_next = W_hh.T @ dz
-    gradients = {"W_xh": dW_xh, "W_hh": dW_hh, "W_hy": dW_hy, "b_h": db_h, "b_y": db_y}
-    return loss / m, gradients
+LARGE = (100, 64, 256, 512, 256)
+#: The gated cells' sizes (T, m, n_in, n_hidden, n_out) and target ratio (issue 9).
+GATED_SIZES = [(25, 1, 65, 100, 65), (50, 32, 64, 128, 64), LARGE]
+GATED_TARGET = 1.0
+#: The number of stacked gate blocks of each cell (work per step, for the repeats).
+GATES = {"elman": 1, "lstm": 4, "gru": 3}
+#: The small size of the finite-difference check of the baselines.
+CHECK_SIZE = (4, 3, 3, 5, 4)
+hand_written = baselines.elman
 
 
 def torch_step(sizes: tuple[int, ...], dtype: Any) -> Callable[[], Any] | None:
@@ -119,26 +125,45 @@ def median_times(functions: list[Callable[[], Any]], repeats: int) -> list[float
     return [statistics.median(t) for t in times]
 
 
-def repeats_for(sizes: tuple[int, ...], base: int) -> int:
+def repeats_for(sizes: tuple[int, ...], base: int, gates: int = 1) -> int:
     T, m, n_in, n_hidden, n_out = sizes
-    work = T * m * n_hidden * (n_in + n_hidden + n_out)
+    work = T * m * n_hidden * (gates * (n_in + n_hidden) + n_out)
     return max(7, min(base, int(base * 2e5 / max(work, 1))))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=200, help="calls per size (at most)")
-    parser.add_argument("--quick", action="store_true", help="fewer calls, for a smoke test")
-    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
-    args = parser.parse_args()
-    base = 10 if args.quick else args.repeats
+def max_relative_error(grads: dict[str, Any], reference: dict[str, Any]) -> float:
+    """The largest |a - b| / max(1, max |b|) over the parameters (same keys expected)."""
+    if set(grads) != set(reference):
+        raise AssertionError(f"parameters differ: {sorted(grads)} vs {sorted(reference)}")
+    return max(
+        float(np.abs(grads[k] - reference[k]).max()) / max(1.0, float(np.abs(reference[k]).max()))
+        for k in reference
+    )
+
+
+def check_baseline(cell: str) -> float:
+    """The baseline's gradients against central finite differences at CHECK_SIZE."""
+    T, m, n_in, n_hidden, n_out = CHECK_SIZE
+    rng = np.random.default_rng(1)
+    params = baselines.init_params(cell, n_in, n_hidden, n_out, rng=rng, bias_scale=0.5)
+    X, Y = baselines.random_data(T, m, n_in, n_out, rng=rng)
+    function = baselines.BASELINES[cell]
+    _, grads = function(params, X, Y)
+    differences = baselines.central_differences(lambda p: function(p, X, Y)[0], params, 1e-5)
+    error = max_relative_error(grads, differences)
+    if error > 1e-7:
+        raise AssertionError(f"{cell} baseline vs finite differences: {error:.1e} > 1e-7")
+    return error
+
+
+def run_elman(base: int, sizes_run: list[tuple[int, ...]], use_torch: bool) -> bool:
+    """The Elman table; returns whether some target was missed."""
     module = symbptt.load_module(symbptt.emit_numpy(SPEC))
-    print(f"symbptt {symbptt.__version__}, NumPy {np.__version__}, one BLAS thread")
-    print(f"model: {SPEC.notation} notation, {SPEC.hidden}, {SPEC.output}, {SPEC.loss}")
+    print(f"Elman: {SPEC.notation} notation, {SPEC.hidden}, {SPEC.output}, {SPEC.loss}")
     header = f"{'(T, m, n_in, n_hidden, n_out)':32} {'dtype':8} {'generated':>11} {'by hand':>11}"
     print(header + f" {'ratio':>6} {'target':>6} {'vs torch':>9}")
     failed = False
-    for sizes in SIZES:
+    for sizes in sizes_run:
         for dtype in (np.float64, np.float32):
             params, X, Y, h0 = data(sizes, dtype, module)
             loss, grads = module.loss_and_gradients(params, X, Y, h0)
@@ -159,7 +184,7 @@ def main() -> None:
             repeats = repeats_for(sizes, base)
             medians = median_times([generated, by_hand], repeats)
             ratio = medians[0] / medians[1]
-            torch_call = None if args.no_torch else torch_step(sizes, dtype)
+            torch_call = torch_step(sizes, dtype) if use_torch else None
             versus = f"{'-':>9}"
             if torch_call is not None:  # a pass of its own: torch's calls evict the caches
                 mine, theirs = median_times([generated, torch_call], repeats)
@@ -170,7 +195,101 @@ def main() -> None:
                 f"{sizes!s:32} {np.dtype(dtype).name:8} {medians[0] * 1e3:9.3f}ms"
                 f" {medians[1] * 1e3:9.3f}ms {ratio:6.3f} {target:6.2f} {versus}"
             )
-    print("all targets met" if not failed else "some targets missed")
+    return failed
+
+
+def run_gated(cell: str, base: int, sizes_run: list[tuple[int, ...]]) -> bool:
+    """The table of a gated cell; returns whether some target was missed."""
+    start = time.perf_counter()
+    error = check_baseline(cell)
+    seconds = time.perf_counter() - start
+    print(f"\n{cell.upper()}: baseline vs central differences at {CHECK_SIZE}: {error:.1e}")
+    print(f"  ({seconds:.1f} s; relative to max(1, |gradient|))")
+    module, why = baselines.generated_module(cell)
+    if module is None:
+        print(f"  generated module not available: {why}")
+        print("  timing the baseline alone")
+    header = f"{'(T, m, n_in, n_hidden, n_out)':32} {'dtype':8} {'generated':>11} {'baseline':>11}"
+    print(header + f" {'ratio':>6} {'target':>6} {'max diff':>9}")
+    failed = False
+    function = baselines.BASELINES[cell]
+    for sizes in sizes_run:
+        T, m, n_in, n_hidden, n_out = sizes
+        rng = np.random.default_rng(0)
+        params = baselines.init_params(cell, n_in, n_hidden, n_out, rng=rng)
+        X, Y = baselines.random_data(T, m, n_in, n_out, rng=rng)
+        workspace: dict[str, Any] = {}  # the baseline keeps its buffers, as the module does
+
+        def by_hand(p: Any = params, x: Any = X, y: Any = Y, ws: Any = workspace) -> Any:
+            return function(p, x, y, workspace=ws)
+
+        calls = [by_hand]
+        agreement = f"{'-':>9}"
+        if module is not None:
+
+            def generated(p: Any = params, x: Any = X, y: Any = Y) -> Any:
+                return module.loss_and_gradients(p, x, y)
+
+            loss, grads = generated()
+            ref_loss, ref_grads = function(params, X, Y)
+            difference = max_relative_error(grads, ref_grads)
+            if difference > 1e-10 or abs(loss - ref_loss) > 1e-10 * max(1.0, abs(ref_loss)):
+                raise AssertionError(
+                    f"{cell} {sizes}: generated vs baseline differ: gradients {difference:.1e},"
+                    f" loss {loss!r} vs {ref_loss!r}"
+                )
+            agreement = f"{difference:9.1e}"
+            calls = [generated, by_hand]
+        medians = median_times(calls, repeats_for(sizes, base, GATES[cell]))
+        if module is None:
+            mine, ratio_text = f"{'-':>11}", f"{'-':>6}"
+        else:
+            ratio = medians[0] / medians[1]
+            failed |= ratio > GATED_TARGET
+            mine, ratio_text = f"{medians[0] * 1e3:9.3f}ms", f"{ratio:6.3f}"
+        print(
+            f"{sizes!s:32} {'float64':8} {mine} {medians[-1] * 1e3:9.3f}ms"
+            f" {ratio_text} {GATED_TARGET:6.2f} {agreement}"
+        )
+    return failed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=200, help="calls per size (at most)")
+    parser.add_argument("--quick", action="store_true", help="fewer calls, for a smoke test")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    parser.add_argument(
+        "--cells", default="elman,lstm,gru", help="comma-separated cells (default: all three)"
+    )
+    parser.add_argument(
+        "--skip-large", action="store_true", help=f"leave out the largest size {LARGE}"
+    )
+    args = parser.parse_args()
+    cells = [cell.strip() for cell in args.cells.split(",") if cell.strip()]
+    unknown = [cell for cell in cells if cell not in GATES]
+    if unknown:
+        parser.error(f"--cells: unknown {', '.join(unknown)}; expected some of elman, lstm, gru")
+    base = 10 if args.quick else args.repeats
+
+    if THREADPOOLCTL:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=1)
+        threads = "one BLAS thread (threadpoolctl)"
+    else:
+        threads = "one BLAS thread (environment variables; threadpoolctl is not installed)"
+    print(f"symbptt {symbptt.__version__}, NumPy {np.__version__}, {threads}")
+    print(f"unset for this run: {', '.join(UNSET) if UNSET else 'nothing'}")
+    failed = False
+    if "elman" in cells:
+        sizes = [s for s in SIZES if not (args.skip_large and s == LARGE)]
+        failed |= run_elman(base, sizes, not args.no_torch)
+    for cell in cells:
+        if cell != "elman":
+            sizes = [s for s in GATED_SIZES if not (args.skip_large and s == LARGE)]
+            failed |= run_gated(cell, base, sizes)
+    print("\nall targets met" if not failed else "\nsome targets missed")
 
 
 if __name__ == "__main__":
