@@ -271,6 +271,7 @@ def names(notation: str | Notation | ModelSpec | Derivation) -> tuple[NameInfo, 
     after = "T+1" if first == 1 else "T"
     symbols = d.graph.symbols
     states = {state.key for state in cell.states}
+    cell_targets = {eq.target for eq in cell.equations}
     out: list[NameInfo] = []
     for param in nota.params:
         shape = _shape_text(symbols.param_shape(param.key))
@@ -297,7 +298,13 @@ def names(notation: str | Notation | ModelSpec | Derivation) -> tuple[NameInfo, 
             continue
         of = f"{entry.ascii}[t]"
         if role.startswith("pre_adjoint_"):
-            of = f"the argument of the function in {entry.ascii}[t] = f(...)"
+            tree = cell.equation_of(entry.key).tree if entry.key in cell_targets else None
+            fn = (
+                tree.func.id
+                if isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name)
+                else "f"
+            )
+            of = f"a, where {entry.ascii}[t] = {fn}(a)"
         lead = "δ_t = " if label == "delta" else ""
         out.append(
             NameInfo(f"{label}[t]", "adjoint", f"{lead}∂L/∂{of} {shape}; {label}[{after}] = 0")
@@ -377,6 +384,8 @@ def _series_at(
     if adjoint and (step == last + 1 or (first <= step <= last and (base, step) in table)):
         # after the last step, or a step where nothing reaches it: zero
         return sp.ZeroMatrix(*graph.symbols.series_shape(base))
+    if step == last + 1 and _base_role(role) == role and _in_cell(graph, role):
+        return _after_last(graph, role, label, step)
     if first <= step <= last:
         raise ExpressionError(
             f"{label}[{step}] does not exist: in this many_to_one model only the last step "
@@ -390,6 +399,42 @@ def _series_at(
     raise ExpressionError(
         f"{label}[{step}] is outside the model: its steps are {_steps_text(steps)}{hint}"
     )
+
+
+#: Stand-ins for a cell's quantity one step after the last, and why each may not stay.
+_OUTSIDE: dict[Any, str] = {}
+
+
+def _in_cell(graph: Graph, role: str) -> bool:
+    cell = graph.symbols.cell
+    keys = {q.key for q in cell.quantities}
+    return graph.notation.name_of(role).key in keys
+
+
+def _after_last(graph: Graph, role: str, label: str, step: int) -> Any:
+    """``f[T+1]``: allowed only where an adjoint one step after the last (zero) cancels it.
+
+    The recursion ``dc[t] = ... + dc[t+1] * f[t+1]`` holds at t = T too because
+    dc[T+1] = 0; the stand-in vanishes with that product.  One left in a
+    formula is refused by :func:`_refuse_outside`.
+    """
+    shape = graph.symbols.series_shape(role)
+    symbol = sp.MatrixSymbol(f"{label}[{step}]", *shape)
+    _OUTSIDE[symbol] = (
+        f"{label}[{step}] is outside the model: its steps are {_steps_text(graph.steps)} "
+        f"(one step after the last it may appear only multiplied by an adjoint of that "
+        f"step, which is zero)"
+    )
+    return symbol
+
+
+def _refuse_outside(expr: Any) -> Any:
+    """``expr``, unless a quantity after the last step stayed in it (ExpressionError)."""
+    if isinstance(expr, sp.Basic):
+        for node in sorted(expr.atoms(sp.MatrixSymbol), key=str):
+            if node in _OUTSIDE:
+                raise ExpressionError(_OUTSIDE[node])
+    return expr
 
 
 def _elementwise_fn(
@@ -819,7 +864,11 @@ def _recursion_lines(d: Derivation) -> tuple[str, ...]:
             lines.append(f"{printer(a.target)} = {printer(defs[a.target])}{suffix}")
     first = notation.t0
     after = "T+1" if first == 1 else "T"
-    outside = [f"{_label(notation, role)}[{after}] = 0" for role in kept]
+    outside = [
+        f"{label}[{after}] = 0"
+        for label in (_label(notation, role) for role in kept)
+        if any(f"{label}[t+1]" in line for line in lines)
+    ]
     for key in d.graph.initials:
         entry = notation.name_of(key)
         initial = "0" if d.spec.initial_state == "zero" else entry.initial
@@ -951,9 +1000,9 @@ def correct_formula(spec: ModelSpec, wrt: str) -> Formula:
 
 def _formula_agrees(spec: ModelSpec, name: str, text: str) -> bool:
     try:
-        exprlang.parse(text, _namespace_of(spec))
+        _refuse_outside(exprlang.parse(text, _namespace_of(spec)))
         work = _work(spec)
-        expr = _prepare(exprlang.parse(text, work.ns))
+        expr = _prepare(_refuse_outside(exprlang.parse(text, work.ns)))
     except ExpressionError:
         return False
     target = _gradient_symbol(work, name)
@@ -1399,8 +1448,8 @@ def check(
     name = _resolve_wrt(orig, wrt)
     checker = _Checker(spec, _work(spec), orig, name, correct_formula(spec, name), seed, points)
     if isinstance(candidate, str):
-        exprlang.parse(candidate, _namespace_of(spec))  # shapes in the spec's own sizes
-        expr = _prepare(exprlang.parse(candidate, checker.work.ns))
+        _refuse_outside(exprlang.parse(candidate, _namespace_of(spec)))  # the spec's sizes
+        expr = _prepare(_refuse_outside(exprlang.parse(candidate, checker.work.ns)))
         return checker.check_expression(expr, candidate, text=candidate)
     if isinstance(candidate, sp.Basic):
         return checker.check_expression(
@@ -1797,10 +1846,10 @@ def _symbolic_equal(work: _Work, expr: Any, name: str) -> str | None:
     labels = ", ".join(f"{_label(notation, role)}[t]" for role in _kept(work.d))
     plural = "as a symbol" if len(kept) == 1 else "as symbols"
     target = _gradient_symbol(work, name)
-    levels = (
+    levels = [
         (f"with {labels} {plural}", {k: v for k, v in defs.items() if k not in named}),
         (f"with {labels} expanded", defs),
-    )
+    ]
     for label, level_defs in levels:
         try:
             try:
@@ -2588,7 +2637,7 @@ def _term_steps(text: str, work: _Work, name: str, point: _Point) -> tuple[int, 
     differing = []
     for step in work.graph.steps:
         try:
-            term = _prepare(evaluator.eval(node.args[0], {"t": step}))
+            term = _prepare(_refuse_outside(evaluator.eval(node.args[0], {"t": step})))
         except ExpressionError:
             return None
         if not mexpr.is_matrix(term):
