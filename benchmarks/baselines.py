@@ -392,10 +392,10 @@ def gru(
     dW_hh = D[:, 2 * n :].T @ rh.reshape(T * m, n)  # Σ_t δg_t (r_t ⊙ h_{t-1})^T
     db = D.sum(axis=0).reshape(-1, 1)
     grads = {}
-    for j, k in enumerate(GRU_GATES):
+    for j, key in enumerate(GRU_GATES):
         rows = slice(j * n, (j + 1) * n)
-        grads[f"W_x{k}"] = dW_x[rows]
-        grads[f"b_{k}"] = db[rows]
+        grads[f"W_x{key}"] = dW_x[rows]
+        grads[f"b_{key}"] = db[rows]
     grads["W_hr"] = dW_rz[:n]
     grads["W_hz"] = dW_rz[n:]
     grads["W_hh"] = dW_hh

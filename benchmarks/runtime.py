@@ -34,6 +34,7 @@ set before NumPy is imported.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 
@@ -48,33 +49,35 @@ if not THREADPOOLCTL:
 import argparse  # noqa: E402 - after the environment settings
 import statistics  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
 from typing import Any  # noqa: E402
 
+import baselines  # noqa: E402 - benchmarks/baselines.py: run as a script, benchmarks/ is on sys.path
 import numpy as np  # noqa: E402
 
 import symbptt  # noqa: E402
 
-try:  # as a script (benchmarks/ is sys.path[0]) or as benchmarks.runtime
-    import baselines  # type: ignore[import-not-found, no-redef]
-except ImportError:
-    from benchmarks import baselines  # type: ignore[no-redef]
-
-SIZES = [(25, 1, 65, 100, 65), (50, 32, 64, 128, 64), (100, 64, 256, 512, 256), (10, 1, 4, 8, 4)]
+Sizes = tuple[int, int, int, int, int]  # (T, m, n_in, n_hidden, n_out)
+SIZES: list[Sizes] = [
+    (25, 1, 65, 100, 65),
+    (50, 32, 64, 128, 64),
+    (100, 64, 256, 512, 256),
+    (10, 1, 4, 8, 4),
+]
 TARGETS = {SIZES[0]: 0.25, SIZES[1]: 0.85, SIZES[2]: 0.95, SIZES[3]: 0.35}
 SPEC = symbptt.ModelSpec(steps=25, notation="xh", hidden="tanh", output="softmax")
-LARGE = (100, 64, 256, 512, 256)
+LARGE: Sizes = (100, 64, 256, 512, 256)
 #: The gated cells' sizes (T, m, n_in, n_hidden, n_out) and target ratio (issue 9).
-GATED_SIZES = [(25, 1, 65, 100, 65), (50, 32, 64, 128, 64), LARGE]
+GATED_SIZES: list[Sizes] = [(25, 1, 65, 100, 65), (50, 32, 64, 128, 64), LARGE]
 GATED_TARGET = 1.0
 #: The number of stacked gate blocks of each cell (work per step, for the repeats).
 GATES = {"elman": 1, "lstm": 4, "gru": 3}
 #: The small size of the finite-difference check of the baselines.
-CHECK_SIZE = (4, 3, 3, 5, 4)
+CHECK_SIZE: Sizes = (4, 3, 3, 5, 4)
 hand_written = baselines.elman
 
 
-def torch_step(sizes: tuple[int, ...], dtype: Any) -> Callable[[], Any] | None:
+def torch_step(sizes: Sizes, dtype: Any) -> Callable[[], Any] | None:
     """torch.nn.RNN + nn.Linear + cross-entropy with backward(), or None without torch."""
     try:
         import torch
@@ -100,7 +103,7 @@ def torch_step(sizes: tuple[int, ...], dtype: Any) -> Callable[[], Any] | None:
     return step
 
 
-def data(sizes: tuple[int, ...], dtype: Any, module: Any) -> tuple[Any, ...]:
+def data(sizes: Sizes, dtype: Any, module: Any) -> tuple[Any, ...]:
     T, m, n_in, n_hidden, n_out = sizes
     rng = np.random.default_rng(0)
     params = module.init_params(n_in, n_hidden, n_out, rng=rng, dtype=dtype)
@@ -112,7 +115,7 @@ def data(sizes: tuple[int, ...], dtype: Any, module: Any) -> tuple[Any, ...]:
     return params, X, Y, h0
 
 
-def median_times(functions: list[Callable[[], Any]], repeats: int) -> list[float]:
+def median_times(functions: Sequence[Callable[[], Any]], repeats: int) -> list[float]:
     """Median wall time of each function, calling them in turn (interleaved)."""
     times: list[list[float]] = [[] for _ in functions]
     for function in functions:  # warm up: caches, workspaces
@@ -125,7 +128,7 @@ def median_times(functions: list[Callable[[], Any]], repeats: int) -> list[float
     return [statistics.median(t) for t in times]
 
 
-def repeats_for(sizes: tuple[int, ...], base: int, gates: int = 1) -> int:
+def repeats_for(sizes: Sizes, base: int, gates: int = 1) -> int:
     T, m, n_in, n_hidden, n_out = sizes
     work = T * m * n_hidden * (gates * (n_in + n_hidden) + n_out)
     return max(7, min(base, int(base * 2e5 / max(work, 1))))
@@ -156,7 +159,7 @@ def check_baseline(cell: str) -> float:
     return error
 
 
-def run_elman(base: int, sizes_run: list[tuple[int, ...]], use_torch: bool) -> bool:
+def run_elman(base: int, sizes_run: Sequence[Sizes], use_torch: bool) -> bool:
     """The Elman table; returns whether some target was missed."""
     module = symbptt.load_module(symbptt.emit_numpy(SPEC))
     print(f"Elman: {SPEC.notation} notation, {SPEC.hidden}, {SPEC.output}, {SPEC.loss}")
@@ -198,7 +201,7 @@ def run_elman(base: int, sizes_run: list[tuple[int, ...]], use_torch: bool) -> b
     return failed
 
 
-def run_gated(cell: str, base: int, sizes_run: list[tuple[int, ...]]) -> bool:
+def run_gated(cell: str, base: int, sizes_run: Sequence[Sizes]) -> bool:
     """The table of a gated cell; returns whether some target was missed."""
     start = time.perf_counter()
     error = check_baseline(cell)
@@ -223,7 +226,7 @@ def run_gated(cell: str, base: int, sizes_run: list[tuple[int, ...]]) -> bool:
         def by_hand(p: Any = params, x: Any = X, y: Any = Y, ws: Any = workspace) -> Any:
             return function(p, x, y, workspace=ws)
 
-        calls = [by_hand]
+        calls: list[Callable[[], Any]] = [by_hand]
         agreement = f"{'-':>9}"
         if module is not None:
 
@@ -273,9 +276,7 @@ def main() -> None:
     base = 10 if args.quick else args.repeats
 
     if THREADPOOLCTL:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(limits=1)
+        importlib.import_module("threadpoolctl").threadpool_limits(limits=1)
         threads = "one BLAS thread (threadpoolctl)"
     else:
         threads = "one BLAS thread (environment variables; threadpoolctl is not installed)"
