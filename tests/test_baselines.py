@@ -1,9 +1,11 @@
 """The hand-written baselines of benchmarks/runtime.py are themselves right.
 
 Their gradients equal central finite differences of their own loss (the oracle)
-at a small size, with nonzero initial states and biases, and equal the
-generated module's gradients whenever ``symbptt.emit_numpy`` can emit the cell.
-Their parameters are the cell files' (names, shapes) plus the xh head.
+at a small size, with nonzero initial states and biases; their loss and
+gradients equal symbptt's derivation evaluated at the same point (so the
+forward pass is the cell file's, and the two independent derivations agree);
+and they equal the generated module's gradients whenever ``symbptt.emit_numpy``
+can emit the cell.  Their parameters are the cell files' plus the xh head.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+import symbptt
 from benchmarks import baselines
+from symbptt.evaluate import Evaluator
 from symbptt.model import load_cell
 
 CELLS = ("elman", "lstm", "gru")
@@ -59,6 +63,40 @@ def test_gradients_equal_finite_differences(cell: str, rng: np.random.Generator)
         scale = max(1.0, float(np.abs(expected).max()))
         error = float(np.abs(grads[name] - expected).max())
         assert error <= 1e-7 * scale, (name, error)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_loss_and_gradients_equal_the_derivation(cell: str, rng: np.random.Generator) -> None:
+    params, X, Y, initial = problem(cell, rng)
+    loss, grads = baselines.BASELINES[cell](params, X, Y, **initial)
+    spec = symbptt.ModelSpec(
+        cell=cell,
+        steps=T,
+        batch=M,
+        n_in=SIZES["n_in"],
+        n_hidden=SIZES["n_hidden"],
+        n_out=SIZES["n_out"],
+        notation="xh",
+        output="softmax",
+        loss="cross_entropy",
+        mode="many_to_many",
+        time_reduction="sum",
+        batch_reduction="mean",
+        initial_state="input",
+    )
+    derivation = symbptt.derive(spec)
+    graph = derivation.graph
+    env: dict[object, object] = {graph.params[name]: value for name, value in params.items()}
+    env.update({x: X[k].T for k, x in enumerate(graph.inputs)})  # column layout: x_t (n_in, m)
+    env.update({y: Y[k].T for k, y in enumerate(graph.targets)})
+    env.update({symbol: initial[f"{key}0"].T for key, symbol in graph.initials.items()})
+    evaluate = Evaluator(env)
+    evaluate.run(graph.assignments + derivation.assignments)
+    assert float(evaluate.env[graph.loss]) == pytest.approx(loss, rel=1e-12)
+    for name, value in grads.items():
+        np.testing.assert_allclose(
+            value, evaluate(derivation.gradients[name]), rtol=1e-10, atol=1e-12, err_msg=name
+        )
 
 
 @pytest.mark.parametrize("cell", ("lstm", "gru"))
