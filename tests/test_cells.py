@@ -273,3 +273,15 @@ def test_the_step_form_at_every_step_equals_the_unrolled_derivation(
                 np.testing.assert_allclose(value, expected, rtol=1e-12, atol=1e-14)
                 compared += 1
     assert compared >= len(graph.steps)
+
+
+def test_the_readme_cell_file_loads_and_derives(tmp_path: Path) -> None:
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text("utf-8")
+    (block,) = re.findall(r"^```toml\n(.*?)^```", readme, re.MULTILINE | re.DOTALL)
+    path = _write(tmp_path, block, "my_cell.toml")
+    spec = symbptt.ModelSpec(cell=str(path), steps=3)
+    elman = symbptt.ModelSpec(steps=3)
+    mine, reference = symbptt.derive(spec), symbptt.derive(elman)
+    assert set(mine.gradients) == set(reference.gradients)
