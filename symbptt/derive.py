@@ -138,12 +138,20 @@ class StepForm:
 def _contributions(
     symbols: Symbols, leaf_parts: Mapping[Any, list[tuple[Any, Any]]], order: list[tuple[str, Any]]
 ) -> list[Assignment]:
-    """Named per-step contributions of the leaves in ``order`` ((name, symbol) pairs)."""
+    """Named per-step contributions of the leaves in ``order`` ((name, symbol) pairs).
+
+    A leaf read by several equations of one step (an LSTM's h_0 by its four
+    gates) gets one contribution per step: the sum of its parts.
+    """
     out: list[Assignment] = []
     for name, symbol in order:
+        by_step: dict[Any, list[Any]] = {}
         for step, part in leaf_parts.get(symbol, []):
+            by_step.setdefault(step, []).append(part)
+        for step, parts in by_step.items():
+            total = mexpr.add(*parts)
             out.append(
-                Assignment(symbols.contribution(name, step), part, "contribution", step, name)
+                Assignment(symbols.contribution(name, step), total, "contribution", step, name)
             )
     return out
 
