@@ -910,6 +910,8 @@ def _unrolled_formula(d: Derivation, name: str) -> str:
     if not terms:
         rows, cols = d.gradients[name].shape
         return f"0 * ones({rows}, {cols})"
+    if len(terms) == 1:
+        return terms[0]
     return " + ".join(f"({t})" if " + " in t or " - " in t else t for t in terms)
 
 
