@@ -6,17 +6,24 @@
     r.ok           # True or False
     r.explain()    # a short, readable report
 
+Every cell works the same way (the Elman RNN in its four notations, the LSTM,
+the GRU, a user's cell file): the names come from the model's symbol registry.
+
 A candidate is one of
 
 * a string in the expression language of :mod:`symbptt.exprlang` over the
-  names of the spec's notation (:func:`names` lists them; below);
+  names of the model (:func:`names` lists them; below);
 * a SymPy matrix expression in the derivation's symbols (``derive(spec)``:
-  parameters, ``graph.symbols.series(role, step)``, the adjoints ``delta_t``);
-* a Python callable ``f(params, X, Y, h0)`` taking the arrays of the generated
-  NumPy module (time-major ``X`` (T, m, n_in), ``Y`` (T, m, n_out) or
-  (m, n_out) for many_to_one, ``params`` by ASCII name in the notation's
-  shapes with biases (n, 1), ``h0`` (m, n_hidden) or None) and returning the
-  gradient of ``wrt``, or a dict holding it under that name.
+  parameters, ``graph.symbols.series(key, step)``, the adjoints ``delta_t``,
+  ``dc_t``, ``delta_i_t``, ...);
+* a Python callable ``f(params, X, Y, **initial_states)`` taking the arrays of
+  the generated NumPy module (time-major ``X`` (T, m, n_in), ``Y`` (T, m,
+  n_out) or (m, n_out) for many_to_one, ``params`` by ASCII name in the
+  notation's shapes with biases (n, 1)) and one keyword per recurrent state,
+  its key and ``0`` (``h0``; an LSTM's ``h0`` and ``c0``), each (m, n_hidden)
+  or None when the spec's initial state is zero; it returns the gradient of
+  ``wrt`` (an initial state's in the notation's shape), or a dict holding it
+  under that name, or ``(loss, dict)``.
 
 Verdicts
 --------
@@ -27,11 +34,13 @@ derivation; the expected value is the derivation's gradient at the same
 point.  When the candidate agrees everywhere the checker tries to prove it:
 both sides become explicit matrices at those sizes whose entries are
 polynomials (over the rationals) in the entries of the parameters, inputs,
-targets and forward quantities, first with δ_t kept as a symbol, then with δ_t
-expanded (f(z_t) and softmax(o_t) in the candidate read as h_t and ŷ_t), and
-they must be the same polynomials; the report says ``method == "symbolic"``
-when that succeeds, else ``"numeric at N points, 30 digits"`` (the proof gives
-up on non-polynomial candidates and past a work budget).  Callables are
+targets and forward quantities (and of f(q_t) for a forward quantity q_t, such
+as an LSTM's tanh(c_t)), first with the adjoints the correct formula keeps by
+name (δ_t) as symbols, then with them expanded (f(z_t) and softmax(o_t) in the
+candidate read as h_t and ŷ_t), and they must be the same polynomials; the
+report says ``method == "symbolic"`` when that succeeds, else ``"numeric at
+N points, 30 digits"`` (the proof gives up on non-polynomial candidates and
+past a work budget).  Callables are
 compared in float64 (relative tolerance 1e-6) with the generated module (or,
 where code generation is not available, with the derivation evaluated in
 float64).  A candidate of the wrong shape gets ``method == "shape check"``.
@@ -56,6 +65,15 @@ shapes.  Malformed text raises :class:`~symbptt.exprlang.ExpressionError`
 
 Names of the expression language
 --------------------------------
+Every parameter by its ASCII name in the notation (``W_hh``; ``W_xi``, ...);
+every initial state by its name (``h_0``; an LSTM's ``h_0`` and ``c_0``);
+every step-indexed quantity of the cell and the output layer as ``name[t]``
+(Elman xh: ``x z h o y_hat y``; LSTM xh: ``x i f o g c h s y_hat y``); the
+adjoint of each, ∂L/∂q[t], by the notation's adjoint name (``dh[t]``,
+``dc[t]``; ``delta[t]`` for the Elman pre-activation); and for a quantity
+``q[t] = f(a)`` the adjoint of its argument, ``delta_q[t]`` (an LSTM's
+``delta_i[t]`` = ∂L/∂(W_xi x[t] + W_hi h[t-1] + b_i)).  For the Elman cell:
+
 =====================  =============  =============  ================  ==============
 role                   xh             uvw            layered           aa
 =====================  =============  =============  ================  ==============
@@ -74,16 +92,29 @@ initial state          ``h_0``        ``h_0``        ``H_init``        ``a_0``
 same as                ``h[0]``       ``h[0]``       ``H1[-1]``        ``a[0]``
 =====================  =============  =============  ================  ==============
 
-In every notation ``delta[t]`` is δ_t = ∂L/∂(hidden pre-activation at t),
-``T`` the number of steps, ``m`` the batch size and ``n_0``, ``n_1``, ``n_2``
-the input, hidden and output sizes; the functions are ``tanh exp log sigmoid``
-(elementwise), ``softmax`` (over the output units), ``ones(rows, cols)`` and
+``T`` is the number of steps, ``m`` the batch size and ``n_0``, ``n_1``,
+``n_2`` the input, hidden and output sizes; the functions are ``tanh exp log
+sigmoid`` (elementwise, and any other function the cell's equations call),
+``softmax`` (over the output units), ``ones(rows, cols)`` and
 ``diag(vector)``; the reducers ``sum_t``, ``sum_k`` and ``prod_j``
-(:mod:`symbptt.exprlang`).  Steps run 1..T (0..T-1 in ``layered``); the step
-before the first is the initial state, ``delta`` one step after the last is
-zero, and any other step outside the model is an error.  In many_to_one
-models only the last step has an output and a target.  As in its seed, the
-``aa`` notation calls the prediction ``y`` and the target ``y_hat``.
+(:mod:`symbptt.exprlang`).  Steps run 1..T (0..T-1 in Elman's ``layered``);
+a state one step before the first is its initial value, an adjoint one step
+after the last is zero (so is one at a step nothing reaches), a cell's
+quantity one step after the last may appear only where such a zero adjoint
+cancels it (``dc[t+1] * f[t+1]``), and any other step outside the model is
+an error.  In many_to_one models only the last step has an output and a
+target.  As in its seed, the ``aa`` notation calls the prediction ``y`` and
+the target ``y_hat``.
+
+The correct formula keeps by name the adjoints that carry the recursion (read
+one step later: δ_{t+1}; an LSTM's dc_{t+1}, δ^i_{t+1}, ...) or that two other
+adjoints read (an LSTM's dh_t), each with its line of the recursion; other
+adjoints are written out.  The named mistakes below (a missing recurrent term,
+the activation's derivative) are searched where the cell's file tags the Elman
+roles (hidden, pre_activation, recurrent_weight); for other cells only the
+cell-independent ones (transpose, sign and factors, off-by-one step, the last
+step only, the output layer's, another quantity's gradient) are, and a
+difference no mistake explains says so.
 """
 
 from __future__ import annotations
@@ -1423,7 +1454,7 @@ def check(
             role (``"recurrent_weight"``) or the initial state's name.
         candidate: a formula in the expression language, a SymPy matrix
             expression in the derivation's symbols, or a callable
-            ``f(params, X, Y, h0)`` (see the module docstring).
+            ``f(params, X, Y, **initial_states)`` (``h0=``, ``c0=``; the module docstring).
         points: how many random instances to compare at.
         rng: a NumPy generator or an integer seed (default: a fixed seed, so
             the same call gives the same report).

@@ -7,9 +7,12 @@
     def test_my_derivation():
         assert_gradient(spec, "W_hh", "sum_t(delta[t] @ h[t-1].T)")
 
-A wrong candidate fails with the checker's report (counterexample, the
-mistake it matches, the correct formula); a malformed one raises
-:class:`~symbptt.exprlang.ExpressionError`.
+Any cell works: ``assert_gradient(ModelSpec(cell="lstm"), "W_hf",
+"sum_t(delta_f[t] @ h[t-1].T)")``, or a hand-written backward pass as a
+callable ``f(params, X, Y, h0=None, c0=None)``.  A wrong candidate fails with
+the checker's report (counterexample, the steps and losses where it differs,
+the mistake it matches where one does, the correct formula); a malformed one
+raises :class:`~symbptt.exprlang.ExpressionError`.
 """
 
 from __future__ import annotations
