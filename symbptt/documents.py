@@ -23,8 +23,10 @@ the page is split into rows, or a part of it is given a short name first.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -54,6 +56,7 @@ from .latex_printer import (
     param_name,
     partial_name,
     series_name,
+    state_initial_name,
     symbol_names,
 )
 from .notation import PARAM_ROLES, Notation
@@ -252,9 +255,13 @@ def _width_seq(tex: str, i: int, stop: str | None) -> tuple[float, int]:
 
 
 # ---------------------------------------------------------------------------- helpers
+#: ``\hat{y}``, ``\tilde{C}_t``: an accented letter, perhaps indexed.
+_TEX_WORD = re.compile(r"\\[A-Za-z]+\{[A-Za-z0-9]+\}(_[A-Za-z0-9]+)?")
+
+
 def _is_math_word(word: str) -> bool:
     """``L_1``, ``n_0`` or ``\\hat{y}``: a word of project prose that is a formula."""
-    if word.startswith("\\hat{") and word.endswith("}"):
+    if _TEX_WORD.fullmatch(word):
         return True
     return len(word) >= 3 and word[0].isalpha() and word[1] == "_" and word[2:].isalnum()
 
@@ -359,6 +366,57 @@ def _seed(spec: ModelSpec) -> int:
     return int(spec.hash()[:8], 16)
 
 
+def _term_classes(cell: Any) -> dict[str, tuple[str, int]]:
+    """Where the terms of a cell's sums go when printed (see ``BPTTLatexPrinter``).
+
+    A state and its adjoint are recurrent, a bias is a bias, and the named
+    pre-activation adjoints (δ^i, δ^f, ...) come in the order of the cell's
+    equations.  The Elman roles keep their own places (the printer's table wins).
+    """
+    classes: dict[str, tuple[str, int]] = {}
+    for state in cell.states:
+        role = cell.role_of(state.key)
+        classes[role] = ("recurrent", 1)
+        classes["adjoint_" + role] = ("recurrent", 4)
+    for k, equation in enumerate(cell.equations):
+        classes["pre_adjoint_" + cell.role_of(equation.target)] = ("recurrent", 10 + k)
+    for parameter in cell.parameters:
+        if parameter.kind == "bias":
+            classes[cell.role_of(parameter.key)] = ("bias", 0)
+    return classes
+
+
+def _teaching_shape(derivation: Derivation) -> bool:
+    """True when the cell is one state updated as ``state = f(affine)``.
+
+    The teaching sections (the chain rule path by path, the general formula
+    with its product of step Jacobians, the local derivatives) are derived
+    for exactly that shape: a cell with one state whose first equation is an
+    affine sum of the input and the previous state and whose second applies
+    the spec's free activation to it.  They still read the quantities through
+    the Elman roles the cell file tags (pre_activation, hidden, input_weight,
+    recurrent_weight, hidden_bias); a cell of this shape without those tags,
+    and every other cell, gets the general document.
+    """
+    cell = derivation.spec.model
+    if len(cell.states) != 1 or len(cell.equations) != 2 or cell.activation is None:
+        return False
+    tags = set(dict(cell.roles).values()) | {cell.role_of(p.key) for p in cell.parameters}
+    needed = {"pre_activation", "hidden", "input_weight", "recurrent_weight", "hidden_bias"}
+    if not needed <= tags:
+        return False
+    first, second = derivation.step_form.forward[:2]
+    affine = isinstance(first.expr, sp.MatAdd) and all(
+        isinstance(term, (sp.MatMul, sp.MatrixSymbol)) for term in first.expr.args
+    )
+    applies = (
+        isinstance(second.expr, ElementwiseApplyFunction)
+        and second.expr.expr == first.target
+        and second.expr.function == functions.ACTIVATIONS[derivation.spec.hidden].function
+    )
+    return affine and applies and cell.readout == cell.states[0].key
+
+
 # ---------------------------------------------------------------------------- the writer
 class _Writer:
     """Prints every formula of one derivation into the templates' context."""
@@ -379,13 +437,8 @@ class _Writer:
             roles.update(meta)
         self.names = symbol_names(self.notation, metas)
         self.roles = roles
-        self.printer = BPTTLatexPrinter(
-            {
-                "names": self.names,
-                "roles": self.roles,
-                "recurrent_first": self.notation.recurrent_first,
-            }
-        )
+        self.classes = _term_classes(self.spec.model)
+        self.printer = self._make_printer()
         self._aux = 0
         self.t = self.form.t
         self.first = self.graph.steps[0]
@@ -394,6 +447,16 @@ class _Writer:
         self.T_last = T_SYMBOL + self.notation.t0 - 1
 
     # -- printing ---------------------------------------------------------------------
+    def _make_printer(self) -> BPTTLatexPrinter:
+        return BPTTLatexPrinter(
+            {
+                "names": self.names,
+                "roles": self.roles,
+                "recurrent_first": self.notation.recurrent_first,
+                "classes": self.classes,
+            }
+        )
+
     def tex(self, expr: Any) -> str:
         return str(self.printer.doprint(expr))
 
@@ -407,13 +470,7 @@ class _Writer:
         self.roles[symbol] = meta
         found = symbol_names(self.notation, [{symbol: meta}])
         self.names.update(found)
-        self.printer = BPTTLatexPrinter(
-            {
-                "names": self.names,
-                "roles": self.roles,
-                "recurrent_first": self.notation.recurrent_first,
-            }
-        )
+        self.printer = self._make_printer()
 
     def named(self, symbol: Any) -> TeXName:
         return self.printer.name(symbol)
@@ -489,13 +546,7 @@ class _Writer:
         self._aux += 1
         aux = sp.MatrixSymbol(f"A_{self._aux}", *widest.shape)
         self.names[aux] = TeXName(rf"A_{{{self._aux}}}")
-        self.printer = BPTTLatexPrinter(
-            {
-                "names": self.names,
-                "roles": self.roles,
-                "recurrent_first": self.notation.recurrent_first,
-            }
-        )
+        self.printer = self._make_printer()
         before = self._fit(self.tex(aux), widest, "=")
         return before + self._fit(lhs, expr.xreplace({widest: aux}), rel)
 
@@ -521,6 +572,7 @@ class _Writer:
     # -- context ----------------------------------------------------------------------
     def context(self) -> dict[str, Any]:
         return {
+            "layout": "teaching",
             "meta": self.meta(),
             "model": self.model(),
             "forward": self.forward(),
@@ -541,9 +593,11 @@ class _Writer:
             "many_to_many": "many-to-many (an output and a loss at every step)",
             "many_to_one": "many-to-one (an output and a loss at the last step only)",
         }
+        cell = spec.model
         items = [
+            ("cell", cell.title),
             ("time steps", f"T = {spec.steps}"),
-            ("hidden activation", spec.hidden),
+            *([("hidden activation", spec.hidden)] if cell.activation else []),
             ("output layer", spec.output),
             ("loss", spec.loss.replace("_", " ")),
             ("mode", words[spec.mode]),
@@ -554,6 +608,7 @@ class _Writer:
         ]
         return {
             "name": self.name,
+            "cell": cell.title,
             "notation": notation.name,
             "seed": notation.seed,
             "layout": notation.layout,
@@ -759,13 +814,13 @@ class _Writer:
     def function_defs(self) -> dict[str, Any]:
         notation, spec = self.notation, self.spec
         z = functions.z
-        hidden = functions.ACTIVATIONS[spec.hidden]
-        f = self._fn_name(notation.hidden_fn)
         zt = self.tex(z)
-        defs: dict[str, Any] = {
-            "hidden": rf"{f}({zt}) = {self.tex(hidden.definition)}",
-            "hidden_latex": rf"{f} = {self.printer.activation_name(hidden)}",
-        }
+        defs: dict[str, Any] = {}
+        if notation.hidden_fn:  # the cell's free activation, the spec's hidden one
+            hidden = functions.ACTIVATIONS[spec.hidden]
+            f = self._fn_name(notation.hidden_fn)
+            defs["hidden"] = rf"{f}({zt}) = {self.tex(hidden.definition)}"
+            defs["hidden_latex"] = rf"{f} = {self.printer.activation_name(hidden)}"
         g = self._fn_name(notation.output_fn)
         output = functions.OUTPUTS[spec.output]
         o_base = self.notation.series_of("output_pre_activation").base
@@ -1381,13 +1436,7 @@ class _Writer:
         raise KeyError(f"no {role} at step {step} in {expr}")
 
     def _refresh(self) -> None:
-        self.printer = BPTTLatexPrinter(
-            {
-                "names": self.names,
-                "roles": self.roles,
-                "recurrent_first": self.notation.recurrent_first,
-            }
-        )
+        self.printer = self._make_printer()
 
     def form_backward(self) -> tuple[Any, ...]:
         form = self.form
@@ -1417,12 +1466,12 @@ class _Writer:
         if form.last_backward is not None:
             for assignment in form.last_backward:
                 last_rows += self.rows(self.tex(assignment.target), assignment.expr)
-        boundary = delta_name(notation, self.T_last + 1).tex()
+        boundary = self._boundary()
         sums: list[str] = []
         for name, role in self.d.roles.items():
             contributions = [c for c in d.contributions if c.param == name]
             generic = [a for a in (*form.backward, *(form.last_backward or ())) if a.param == name]
-            gradient = partial_name(notation, self._leaf_name(role)).tex()
+            gradient = partial_name(notation, self._leaf_name(name, role)).tex()
             if not contributions:
                 sums.append(rf"{gradient} &= \mathbf{{0}}")
                 continue
@@ -1453,23 +1502,35 @@ class _Writer:
         gradient_rows: list[str] = []
         for name, role in d.roles.items():
             gradient_rows += self.long_sum_rows(
-                partial_name(notation, self._leaf_name(role)).tex(), d.gradients[name]
+                partial_name(notation, self._leaf_name(name, role)).tex(), d.gradients[name]
             )
         return {
             "body_rows": body_rows,
             "last_rows": last_rows,
             "many_to_one": self.spec.mode == "many_to_one",
             "boundary": boundary,
-            "boundary_row": rf"{boundary} = "
-            + self.tex(sp.ZeroMatrix(*self.graph.symbols.series_shape("pre_activation"))),
+            "boundary_row": rf"{boundary} = {self._zero_tex()}",
             "sums": sums,
             "unrolled": unrolled,
             "gradient_rows": gradient_rows,
             "elided": len(self.graph.steps) > UNROLL_LIMIT,
-            "initial": initial_name(notation).tex(),
+            "initial": self._initial_tex(),
             "initial_zero": self.spec.initial_state == "zero",
             "last_step": self.step_tex(self.T_last),
         }
+
+    def _boundary(self) -> str:
+        """What is zero after the last step (the δ of the step after it)."""
+        return delta_name(self.notation, self.T_last + 1).tex()
+
+    def _zero_tex(self) -> str:
+        return self.tex(sp.ZeroMatrix(*self.graph.symbols.series_shape("pre_activation")))
+
+    def _initial_tex(self) -> str:
+        """The initial state(s), comma-separated."""
+        return ", ".join(
+            state_initial_name(self.notation, state.key).tex() for state in self.spec.model.states
+        )
 
     def _at(self, expr: Any, step: Any) -> Any:
         """A generic-step expression at ``step`` (an expression of T, say)."""
@@ -1478,12 +1539,14 @@ class _Writer:
             if not isinstance(at, sp.Basic) or not at.free_symbols:
                 continue
             k = at.subs(self.t, step)
-            if role.startswith("adjoint_"):
+            if role.startswith("pre_adjoint_"):
+                symbol = self.gen.pre_adjoint(role[len("pre_adjoint_") :], k)
+            elif role.startswith("adjoint_"):
                 symbol = self.gen.adjoint(role[len("adjoint_") :], k)
-            elif role in ("input", "hidden", "pre_activation", "output", "target"):
-                symbol = self.gen.series(role, k)
-            else:
+            elif role in ("loss", "contribution", "gradient", "total_loss", "initial_state"):
                 continue
+            else:
+                symbol = self.gen.series(role, k)
             self._register(symbol, self.gen.meta[symbol])
             mapping[generic] = symbol
         return expr.xreplace(mapping)
@@ -1494,9 +1557,13 @@ class _Writer:
             return rf"\left({text}\right)"
         return text
 
-    def _leaf_name(self, role: str) -> TeXName:
+    def _leaf_name(self, name: str, role: str) -> TeXName:
+        """The TeX name of a parameter or initial state, by its ASCII ``name`` and role."""
         if role == "initial_state":
-            return initial_name(self.notation)
+            for state in self.spec.model.states:
+                entry = self.notation.name_of(state.key)
+                if entry.initial == name:
+                    return state_initial_name(self.notation, state.key)
         return param_name(self.notation, role)
 
     # -- 7. updates -------------------------------------------------------------------
@@ -1510,7 +1577,7 @@ class _Writer:
                 continue
             symbol = self.graph.symbols.params[name]
             gradient = sp.MatrixSymbol("d" + name, *symbol.shape)
-            self.names[gradient] = partial_name(notation, self._leaf_name(role))
+            self.names[gradient] = partial_name(notation, self._leaf_name(name, role))
             self.roles[gradient] = ("gradient", None)
             self._refresh()
             update = sp.MatAdd(symbol, sp.MatMul(-eta, gradient))
@@ -1590,7 +1657,7 @@ class _Writer:
             },
             "eta": self.tex(eta),
             "initial_input": self.spec.initial_state == "input",
-            "initial": initial_name(notation).tex(),
+            "initial": self._initial_tex(),
         }
 
     # -- 8. verified ------------------------------------------------------------------
@@ -1619,8 +1686,8 @@ class _Writer:
             "sizes": [rf"{self.tex(sp.Symbol(n))} = {v}" for n, v in sizes],
             "entries": proof.entries,
             "gradients": [
-                partial_name(self.notation, self._leaf_name(role)).tex()
-                for role in self.d.roles.values()
+                partial_name(self.notation, self._leaf_name(name, role)).tex()
+                for name, role in self.d.roles.items()
             ],
             "error": _sci(proof.max_relative_error),
             "digits": proof.digits,
@@ -1635,8 +1702,389 @@ class _Writer:
             return {"ran": False, "error": f"{type(exc).__name__}: {exc}"}
         return {
             "ran": True,
+            "sizes": self._numerical_sizes(),
             "error": _sci(float(result.max_relative_error)),
             "ok": bool(result.ok),
+        }
+
+    def _numerical_sizes(self) -> list[str]:
+        """The sizes :func:`gradcheck.gradcheck` runs at: the spec's, else its defaults."""
+        spec = self.spec
+        problem = inspect.signature(gradcheck.random_problem).parameters
+        check = inspect.signature(gradcheck.gradcheck).parameters
+        sizes = [
+            ("n_0", spec.n_in or problem["n_in"].default),
+            ("n_1", spec.n_hidden or problem["n_hidden"].default),
+            ("n_2", spec.n_out or problem["n_out"].default),
+            ("m", spec.batch or check["batch"].default),
+            ("T", spec.steps),
+        ]
+        return [rf"{self.tex(sp.Symbol(n))} = {v}" for n, v in sizes]
+
+
+# ---------------------------------------------------------------------------- every cell
+#: The kinds of the output layer's assignments (the rest of a step is the cell).
+_HEAD_KINDS = ("output_pre_activation", "output", "loss")
+
+
+class _CellWriter(_Writer):
+    """The document of any cell, read from its equations, states and parameters.
+
+    Sections: the model (the cell's equations at step t, printed from the step
+    form, the output layer, the functions the cell applies, the symbols), the
+    forward pass unrolled, the loss, the adjoint recursion per state with
+    every carry from step t + 1 and the named pre-activation adjoints, the
+    gradients as sums over the steps, the updates, and what was verified.
+    """
+
+    def context(self) -> dict[str, Any]:
+        return {
+            "layout": "cell",
+            "meta": self.meta(),
+            "model": self.cell_model(),
+            "forward": self.cell_forward(),
+            "loss": self.loss(),
+            "backward": self.backward(),
+            "bptt": self.cell_bptt(),
+            "updates": self.updates(),
+            "verified": self.verified(),
+        }
+
+    def cell_bptt(self) -> dict[str, Any]:
+        found = self.bptt()
+        found["sums"] = self._paired(found["sums"])
+        found["unrolled"] = self._paired(found["unrolled"])
+        return found
+
+    # -- names --------------------------------------------------------------------
+    def _boundary(self) -> str:
+        """Every adjoint the step after the last one would send back."""
+        names = [self.tex(self._at(symbol, self.T_last)) for symbol in self._carried()]
+        return " = ".join(names) if names else self._initial_tex()
+
+    def _zero_tex(self) -> str:
+        return r"\mathbf{0}"
+
+    def _carried(self) -> list[Any]:
+        """The adjoints of step t + 1 the backward pass of step t reads, in reading order."""
+        t = self.t
+        found: list[Any] = []
+        pools = [
+            self.form.backward,
+            *([self.form.last_backward] if self.form.last_backward else []),
+        ]
+        for pool in pools:
+            for assignment in pool:
+                for atom in _atoms(assignment.expr):
+                    role, at = self.roles.get(atom, ("", None))
+                    carried = role.startswith(("adjoint_", "pre_adjoint_")) and at == t + 1
+                    if carried and atom not in found:
+                        found.append(atom)
+        return found
+
+    # -- 1. the model -------------------------------------------------------------
+    def _pool(self) -> tuple[Any, ...]:
+        """The forward assignments of a generic step with an output."""
+        form = self.form
+        return form.last_forward if form.last_forward is not None else form.forward
+
+    def cell_model(self) -> dict[str, Any]:
+        cell, notation, spec = self.spec.model, self.notation, self.spec
+        pool = self._pool()
+        equations: list[str] = []
+        for assignment in pool:
+            if assignment.kind in _HEAD_KINDS:
+                continue
+            equations += self.rows(self.tex(assignment.target), assignment.expr)
+        head: list[str] = []
+        for assignment in pool:
+            if assignment.kind not in _HEAD_KINDS:
+                continue
+            if assignment.kind == "loss":
+                node = assignment.expr
+                via = rf"\ell({self.tex(node.pred)}, {self.tex(node.target)})"
+                head += self.rows(self.tex(assignment.target), node, via=via)
+            elif assignment.kind == "output" and notation.output_fn:
+                pre = next(a.target for a in pool if a.kind == "output_pre_activation")
+                fn = self._function_symbol(notation.output_fn, pre)
+                lhs, rhs = self.tex(assignment.target), self.tex(assignment.expr)
+                head.append(rf"{lhs} &= {self.tex(fn)} = {rhs}")
+            else:
+                head += self.rows(self.tex(assignment.target), assignment.expr)
+        states = []
+        for state in cell.states:
+            entry = notation.name_of(state.key)
+            states.append(
+                {
+                    "name": series_name(notation, state.key, self.t).tex(),
+                    "previous": series_name(notation, state.key, self.t - 1).tex(),
+                    "initial": state_initial_name(notation, state.key).tex(),
+                    "meaning": prose(entry.description),
+                }
+            )
+        defs = self.function_defs()
+        return {
+            "title": cell.title,
+            "description": cell.description,
+            "reference": cell.reference,
+            "source": cell.source,
+            "equations": equations,
+            "head": head,
+            "states": states,
+            "readout": series_name(notation, cell.readout, self.t).tex(),
+            "t_range": self.t_range(),
+            "table": self.cell_table(),
+            "sizes": self.sizes(),
+            "activations": self.cell_functions(),
+            "functions": defs,
+            "output_fn": self._fn_name(notation.output_fn) if notation.output_fn else "",
+            "output": spec.output,
+            "loss": spec.loss.replace("_", " "),
+            "row": notation.layout == "row",
+            "bias": spec.bias,
+            "initial_zero": spec.initial_state == "zero",
+            "notes": list(notation.notes),
+        }
+
+    def cell_functions(self) -> list[dict[str, str]]:
+        """The elementwise functions of the cell's equations: definition and derivative."""
+        seen: list[Any] = []
+        for assignment in self._pool():
+            if assignment.kind in _HEAD_KINDS:
+                continue
+            stack = [assignment.expr]
+            while stack:
+                node = stack.pop()
+                if isinstance(node, ElementwiseApplyFunction):
+                    activation = functions.activation_for(node.function)
+                    if activation.name not in [a.name for a in seen]:
+                        seen.append(activation)
+                if isinstance(node, sp.Basic):
+                    stack.extend(reversed(node.args))
+        out = []
+        z = functions.z
+        for activation in seen:
+            name = self.printer.activation_name(activation)
+            applied = self.tex(
+                functions.elementwise(activation.function, sp.MatrixSymbol("z", 1, 1))
+            )
+            expr, written_in = activation.derivative
+            a_ph = sp.Dummy("a")
+            printer = self.printer.with_names({a_ph: TeXName(applied)})
+            derivative = str(printer.doprint(expr.xreplace({functions.a: a_ph})))
+            definition = self.tex(activation.definition)
+            out.append(
+                {
+                    "name": name,
+                    "ascii": activation.name,
+                    # tanh is its own definition: nothing to say but its derivative
+                    "definition": "" if definition == applied else rf"{applied} = {definition}",
+                    "derivative": rf"{name}'({self.tex(z)}) = {derivative}",
+                    "through_output": written_in == "output",
+                }
+            )
+        return out
+
+    def cell_table(self) -> list[dict[str, Any]]:
+        """Every symbol of the model with its shape and meaning, in the notation's names."""
+        cell, notation, symbols, t = self.spec.model, self.notation, self.graph.symbols, self.t
+
+        def shape_tex(shape: tuple[Any, Any]) -> tuple[str, str]:
+            rows_, cols = shape
+            kind = "vector" if cols == 1 else "matrix"
+            return rf"{self.tex(rows_)} \times {self.tex(cols)}", kind
+
+        def row(symbol: str, shape: tuple[Any, Any], meaning: list[tuple[str, bool]]) -> Any:
+            shape_text, kind = shape_tex(shape)
+            return {"symbol": symbol, "shape": shape_text, "kind": kind, "meaning": meaning}
+
+        rows: list[dict[str, Any]] = []
+        keys = [q.key for q in cell.quantities] + ["logits", "y_hat", "y"]
+        for key in keys:
+            entry = notation.name_of(key)
+            rows.append(
+                row(
+                    series_name(notation, key, t).tex(),
+                    symbols.series_shape(key),
+                    prose(entry.description),
+                )
+            )
+        for name in symbols.params:
+            key = symbols.key_of_param(name)
+            entry = notation.name_of(key)
+            rows.append(
+                row(
+                    param_name(notation, key).tex(),
+                    symbols.param_shape(key),
+                    prose(entry.description),
+                )
+            )
+        for state in cell.states:
+            how = " (zero)" if self.spec.initial_state == "zero" else " (an input)"
+            entry = notation.name_of(state.key)
+            rows.append(
+                row(
+                    state_initial_name(notation, state.key).tex(),
+                    symbols.series_shape(state.key),
+                    prose("initial " + entry.description + how),
+                )
+            )
+        for assignment in self.form.backward:
+            if assignment.kind.startswith("pre_adjoint_"):
+                role = assignment.kind[len("pre_adjoint_") :]
+                entry = notation.name_of(role)
+                rows.append(
+                    row(
+                        self.tex(assignment.target),
+                        assignment.target.shape,
+                        [
+                            ("error at the argument of ", False),
+                            (series_name(notation, role, t).tex(), True),
+                        ],
+                    )
+                )
+        rows.append(
+            {
+                "symbol": loss_name(notation, t).tex(),
+                "shape": r"1 \times 1",
+                "kind": "scalar",
+                "meaning": [("loss of step ", False), ("t", True)],
+            }
+        )
+        rows.append(
+            {
+                "symbol": loss_name(notation).tex(),
+                "shape": r"1 \times 1",
+                "kind": "scalar",
+                "meaning": prose("total loss"),
+            }
+        )
+        return rows
+
+    # -- 2. forward pass ----------------------------------------------------------
+    def cell_forward(self) -> dict[str, Any]:
+        graph, spec = self.graph, self.spec
+        by_step: dict[int, list[Any]] = {}
+        for assignment in graph.assignments:
+            if assignment.step is not None and assignment.kind != "loss":
+                by_step.setdefault(assignment.step, []).append(assignment)
+        groups: list[dict[str, Any]] = []
+        for step in self._elide(graph.steps):
+            if step is None:
+                groups.append({"step": None, "rows": [r"&\;\;\vdots"]})
+                continue
+            rows: list[str] = []
+            for assignment in by_step[step]:
+                rows += self.rows(self.tex(assignment.target), assignment.expr)
+            groups.append({"step": step, "rows": rows})
+        return {
+            "groups": groups,
+            "initial": self._initial_tex(),
+            "initial_zero": spec.initial_state == "zero",
+            "first": self.first,
+            "last": self.last,
+            "elided": len(graph.steps) > UNROLL_LIMIT,
+            "many_to_one": spec.mode == "many_to_one",
+        }
+
+    # -- 4. the adjoint recursion ------------------------------------------------
+    def backward(self) -> dict[str, Any]:
+        cell, notation, form = self.spec.model, self.notation, self.form
+        t = self.t
+
+        def recursion(pool: tuple[Any, ...]) -> list[str]:
+            rows: list[str] = []
+            for assignment in pool:
+                if assignment.kind.startswith(("adjoint_", "pre_adjoint_")):
+                    rows += self.rows(self.tex(assignment.target), assignment.expr)
+            return rows
+
+        def contributions(pool: tuple[Any, ...]) -> list[str]:
+            rows: list[str] = []
+            for assignment in pool:
+                if assignment.kind == "contribution":
+                    rows += self.rows(self.tex(assignment.target), assignment.expr)
+            return rows
+
+        states = []
+        for state in cell.states:
+            role = cell.role_of(state.key)
+            adjoint = next((a for a in form.backward if a.kind == "adjoint_" + role), None)
+            carries: list[str] = []
+            if adjoint is not None:
+                terms = (
+                    adjoint.expr.args if isinstance(adjoint.expr, sp.MatAdd) else (adjoint.expr,)
+                )
+                for term in terms:
+                    if any(self.roles.get(a, ("", None))[1] == t + 1 for a in _atoms(term)):
+                        carries.append(self.tex(term))
+            states.append(
+                {
+                    "name": series_name(notation, state.key, t).tex(),
+                    "adjoint": self.tex(adjoint.target) if adjoint is not None else "",
+                    "carries": carries,
+                }
+            )
+        pre = []
+        for assignment in form.backward:
+            if assignment.kind.startswith("pre_adjoint_"):
+                role = assignment.kind[len("pre_adjoint_") :]
+                pre.append(
+                    {
+                        "name": self.tex(assignment.target),
+                        "of": series_name(notation, role, t).tex(),
+                    }
+                )
+        last = form.last_backward
+        return {
+            "rows": recursion(form.backward),
+            "last_rows": recursion(last) if last is not None else [],
+            "contributions": self._paired(contributions(form.backward)),
+            "last_contributions": self._paired(contributions(last)) if last is not None else [],
+            "states": states,
+            "pre": pre,
+            "boundary": self._boundary(),
+            "many_to_one": self.spec.mode == "many_to_one",
+            "last_step": self.step_tex(self.T_last),
+            "copy_mark": f"({self.tex(t)})",
+            "next": self.tex(t + 1),
+            "after": self.tex(self.T_last + 1),
+            "at_last": self.tex(sp.Eq(t, self.T_last, evaluate=False)),
+            "example": self._example(),
+        }
+
+    @staticmethod
+    def _paired(rows: list[str]) -> list[str]:
+        """One-line rows two to a line (``a &= b & c &= d``) when the columns fit the width.
+
+        An ``align`` makes every column as wide as its widest entry, so the
+        rows are paired only when the widest left pair and the widest right
+        pair fit side by side; otherwise they stay one to a line.
+        """
+        if len(rows) < 2 or any(row.count("&") != 1 for row in rows):
+            return rows
+        halves = [row.split("&", 1) for row in rows]
+
+        def widest(part: int, parity: int) -> float:
+            return max(tex_width(half[part]) for half in halves[parity::2])
+
+        total = sum(widest(part, parity) for part in (0, 1) for parity in (0, 1))
+        if total + 8.0 > ROW_WIDTH:
+            return rows
+        out = [f"{first} & {second}" for first, second in zip(rows[::2], rows[1::2], strict=False)]
+        if len(rows) % 2:
+            out.append(rows[-1])
+        return out
+
+    def _example(self) -> dict[str, str]:
+        """The placeholders the prose of the adjoint section speaks of: q, ∂L/∂q, q = φ(a), δ^q."""
+        q, a = sp.MatrixSymbol("q", 1, 1), sp.MatrixSymbol("a", 1, 1)
+        phi = self._function_symbol(r"\phi", a)
+        return {
+            "q": self.tex(q),
+            "adjoint": partial_name(self.notation, TeXName(self.tex(q))).tex(),
+            "applied": self.tex(sp.Eq(q, phi, evaluate=False)),
+            "delta": TeXName(r"\delta", self.tex(q)).tex(),
         }
 
 
@@ -1649,9 +2097,15 @@ def _as_derivation(spec: ModelSpec | Derivation) -> Derivation:
     raise TypeError(f"expected a ModelSpec or a Derivation, got {type(spec).__name__}")
 
 
+def _writer(derivation: Derivation, name: str | None, verify: bool) -> _Writer:
+    """The teaching writer for a one-state ``f(affine)`` cell, the general one otherwise."""
+    if _teaching_shape(derivation):
+        return _Writer(derivation, name, verify)
+    return _CellWriter(derivation, name, verify)
+
+
 def _context(spec: ModelSpec | Derivation, name: str | None, verify: bool) -> dict[str, Any]:
-    writer = _Writer(_as_derivation(spec), name, verify)
-    return writer.context()
+    return _writer(_as_derivation(spec), name, verify).context()
 
 
 def render_latex(

@@ -32,7 +32,7 @@ from sympy.printing.latex import LatexPrinter
 
 from . import functions, mexpr
 from .graph import Symbols
-from .notation import PARAM_ROLES, Notation
+from .notation import Notation
 
 __all__ = [
     "BPTTLatexPrinter",
@@ -40,7 +40,9 @@ __all__ = [
     "escape_math_text",
     "escape_tex",
     "param_name",
+    "pre_adjoint_name",
     "series_name",
+    "state_initial_name",
     "symbol_names",
 ]
 
@@ -175,6 +177,7 @@ def series_name(notation: Notation, role: str, step: Any) -> TeXName:
 
 
 def param_name(notation: Notation, role: str) -> TeXName:
+    """A parameter's name, by its key or role (``W_{xh}``, ``W_{xi}``)."""
     return TeXName(notation.param(role).latex)
 
 
@@ -204,11 +207,45 @@ def partial_name(notation: Notation, of: TeXName) -> TeXName:
     )
 
 
+def pre_adjoint_name(notation: Notation, role: str, step: Any) -> TeXName:
+    r"""The adjoint of the argument of ``q = f(argument)``: ``\delta^{q}_{t}``.
+
+    The quantity's LaTeX name is the superscript, the step the notation's index
+    (``\delta^{i}_{t}`` for the LSTM input gate; ``\delta_{i}^{(t)}`` in the
+    ``sup`` style, where the superscript holds the step).
+    """
+    entry = notation.name_of(role)
+    if notation.style == "sup":
+        return TeXName(rf"\delta_{{{entry.latex}}}", f"({_step_tex(step)})")
+    if notation.style == "call":
+        return TeXName(rf"\delta^{{{entry.latex}}}\left({_step_tex(step)}\right)")
+    return TeXName(notation.index(r"\delta", step, entry.layer), entry.latex)
+
+
+def state_initial_name(notation: Notation, key: str) -> TeXName:
+    """The initial value of the state ``key`` (``h_0``, ``c_0``, ``H_{init}``)."""
+    state = notation.name_of(key)
+    before = notation.t0 - 1
+    if notation.index(state.base, before, state.layer) == state.initial_latex:
+        return _indexed(notation, state.base, before, state.layer)
+    return TeXName(state.initial_latex)
+
+
+def _initial_of(notation: Notation, ascii_name: str) -> TeXName | None:
+    """The initial value named ``ascii_name`` (any state's), or None."""
+    for state in notation.states:
+        if state.initial == ascii_name:
+            return state_initial_name(notation, state.key)
+    return None
+
+
 def _name_for(notation: Notation, symbol: Any, role: str, step: Any) -> TeXName | None:
-    if role in PARAM_ROLES:
+    if step is None and role in {n.role for n in notation.params}:
         return param_name(notation, role)
     if role == "initial_state":
-        return initial_name(notation)
+        return _initial_of(notation, str(getattr(symbol, "name", "")))
+    if role.startswith("pre_adjoint_"):
+        return pre_adjoint_name(notation, role[len("pre_adjoint_") :], step)
     if role == "loss":
         return loss_name(notation, step)
     if role == "total_loss":
@@ -242,9 +279,7 @@ def _param_of(notation: Notation, ascii_name: str) -> TeXName | None:
     for param in notation.params:
         if param.ascii == ascii_name:
             return TeXName(param.latex)
-    if ascii_name == notation.initial_ascii:
-        return initial_name(notation)
-    return None
+    return _initial_of(notation, ascii_name)
 
 
 def symbol_names(
@@ -339,6 +374,10 @@ class BPTTLatexPrinter(LatexPrinter):  # type: ignore[misc]
         ``"product"`` prints a Hadamard square as ``h \\odot h``; ``"power"`` as ``h^{\\odot 2}``.
     ``transpose``
         the superscript of a transpose (``\\top``).
+    ``classes``
+        ``role -> (class, rank)`` for roles beyond the Elman ones, where a term of a sum
+        goes (``"input"``, ``"recurrent"``, ``"output"``, ``"bias"``, ...; see
+        ``_ROLE_CLASS``): a cell's states are recurrent, its biases bias.
     """
 
     printmethod = "_symbptt_latex"
@@ -349,12 +388,17 @@ class BPTTLatexPrinter(LatexPrinter):  # type: ignore[misc]
         "recurrent_first": False,
         "hadamard_power": "product",
         "transpose": r"\top",
+        "classes": None,
     }
 
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
         super().__init__(settings)
         self._names: dict[Any, TeXName] = dict(self._settings["names"] or {})
         self._roles: dict[Any, tuple[str, Any]] = dict(self._settings["roles"] or {})
+        self._classes: dict[str, tuple[str, int]] = {
+            **_ROLE_CLASS,
+            **(self._settings["classes"] or {}),
+        }
         if self._settings["hadamard_power"] not in ("product", "power"):
             raise ValueError(
                 f"hadamard_power: got {self._settings['hadamard_power']!r}; "
@@ -366,6 +410,7 @@ class BPTTLatexPrinter(LatexPrinter):  # type: ignore[misc]
         settings = dict(self._settings)
         settings["names"] = {**self._names, **extra}
         settings["roles"] = self._roles
+        settings["classes"] = self._settings["classes"]
         for key in list(settings):
             if key not in self._default_settings:
                 del settings[key]
@@ -554,7 +599,7 @@ class BPTTLatexPrinter(LatexPrinter):  # type: ignore[misc]
             return (order["const"], 0, 0)
         for atom in atoms:
             role, step = self._roles.get(atom, ("", None))
-            klass, rank = _ROLE_CLASS.get(role, ("other", 0))
+            klass, rank = self._classes.get(role, ("other", 0))
             if role == "contribution":
                 klass = "other"
             key = (order[klass], rank)

@@ -498,7 +498,7 @@ def test_user_names_are_escaped() -> None:
     ) in tex
     md = render_markdown(spec, name=NASTY_NAME, verify=False)
     assert (
-        r"# Backpropagation Through Time for an Elman RNN: My model &amp; co\_1 #2 {x} 100% "
+        r"# Backpropagation Through Time: Elman RNN: My model &amp; co\_1 #2 {x} 100% "
         r"\$5 \~a^b \\c &lt;d&gt; \|e\| \*f\* \[g\](h)"
     ) in md
 
