@@ -214,13 +214,6 @@ def _spec_of(obj: str | Notation | ModelSpec | Derivation) -> ModelSpec:
     raise ValueError(f"unknown notation {obj!r}; expected one of {', '.join(NOTATIONS)}")
 
 
-def _notation_of(obj: str | Notation | ModelSpec | Derivation) -> Notation:
-    if isinstance(obj, Notation):
-        return obj
-    spec = _spec_of(obj)
-    return spec.model.notations[spec.notation]
-
-
 @lru_cache(maxsize=32)
 def _generic_derivation(cell: str, notation: str) -> Derivation:
     """The cell in a notation at symbolic sizes, two steps: its symbols and roles."""
@@ -229,18 +222,15 @@ def _generic_derivation(cell: str, notation: str) -> Derivation:
 
 def _label(notation: Notation, role: str) -> str | None:
     """The expression language's name of a step-indexed role (series or adjoint), or None."""
-    for prefix, make in (
-        ("pre_adjoint_", lambda e: "delta_" + e.ascii),
-        ("adjoint_", lambda e: e.adjoint_ascii),
-        ("", lambda e: e.ascii if e.kind == "series" else None),
-    ):
-        if role.startswith(prefix):
-            try:
-                entry = notation.name_of(role[len(prefix) :])
-            except KeyError:
-                return None
-            return make(entry)
-    return None  # pragma: no cover - the empty prefix matches every role
+    try:
+        entry = notation.name_of(_base_role(role))
+    except KeyError:
+        return None
+    if role.startswith("pre_adjoint_"):
+        return "delta_" + entry.ascii
+    if role.startswith("adjoint_"):
+        return entry.adjoint_ascii
+    return entry.ascii if entry.kind == "series" else None
 
 
 def _base_role(role: str) -> str:
@@ -553,8 +543,7 @@ def namespace(d: Derivation) -> Namespace:
         constants.setdefault(notation.name_of(key).initial, value)
     indexed: dict[str, Callable[[int], Any]] = {}
     for role in _step_roles(d):
-        label = _label(notation, role)
-        assert label is not None
+        label = _label(notation, role) or role
         indexed.setdefault(label, _bind_series(graph, table, role, label))
     return Namespace(
         constants=constants,
