@@ -1468,26 +1468,19 @@ class _Writer:
                 last_rows += self.rows(self.tex(assignment.target), assignment.expr)
         boundary = self._boundary()
         sums: list[str] = []
-        for name, role in self.d.roles.items():
-            contributions = [c for c in d.contributions if c.param == name]
-            generic = [a for a in (*form.backward, *(form.last_backward or ())) if a.param == name]
-            gradient = partial_name(notation, self._leaf_name(name, role)).tex()
-            if not contributions:
+        for name, (kind, lo, assignment) in self.gradient_forms().items():
+            gradient = partial_name(notation, self._leaf_name(name, self.d.roles[name])).tex()
+            if kind == "zero":
                 sums.append(rf"{gradient} &= \mathbf{{0}}")
-                continue
-            steps = sorted({c.step for c in contributions})
-            if len(steps) == 1 and steps[0] == self.last and self.spec.steps > 1:
-                expr = self._at(generic[0].expr, self.T_last) if generic else contributions[0].expr
-                sums += self.rows(gradient, expr)
-                continue
-            lo = steps[0]
-            if not generic:
+            elif kind == "last":
+                sums += self.rows(gradient, self._at(assignment.expr, self.T_last))
+            elif kind == "concrete":
                 sums += self.rows(gradient, d.gradients[name])
-                continue
-            sums.append(
-                rf"{gradient} &= \sum_{{{self.tex(self.t)}={lo}}}^{{{self.tex(self.T_last)}}} "
-                rf"{self._paren_sum(generic[0].expr)}"
-            )
+            else:
+                sums.append(
+                    rf"{gradient} &= \sum_{{{self.tex(self.t)}={lo}}}^{{{self.tex(self.T_last)}}} "
+                    rf"{self._paren_sum(assignment.expr)}"
+                )
         unrolled: list[str] = []
         adjoints = list(d.adjoints)
         by_step: dict[int, list[Any]] = {}
@@ -1518,6 +1511,33 @@ class _Writer:
             "initial_zero": self.spec.initial_state == "zero",
             "last_step": self.step_tex(self.T_last),
         }
+
+    def gradient_forms(self) -> dict[str, tuple[str, int, Any]]:
+        """How each gradient is written for a general T: ``(kind, first step, assignment)``.
+
+        ``"sum"``: the loop body's contribution summed from the first step that
+        contributes to the last; ``"last"``: the last step's contribution alone
+        (an output parameter of a many-to-one model); ``"zero"``; ``"concrete"``:
+        no generic form (an initial state), the gradient at this T.
+        """
+        form, d = self.form, self.d
+        out: dict[str, tuple[str, int, Any]] = {}
+        for name in d.roles:
+            contributions = [c for c in d.contributions if c.param == name]
+            body = [a for a in form.backward if a.param == name]
+            last = [a for a in (form.last_backward or ()) if a.param == name]
+            steps = sorted({c.step for c in contributions})
+            if not contributions and not body:
+                out[name] = ("zero", 0, None)
+            elif not body and last:
+                out[name] = ("last", self.last, last[0])
+            elif not body:
+                out[name] = ("concrete", 0, None)
+            else:
+                # the first step that contributes; none here (T = 1, a zero initial state in
+                # the term): the general sum starts one step later and is empty for this T
+                out[name] = ("sum", steps[0] if steps else self.first + 1, body[0])
+        return out
 
     def _boundary(self) -> str:
         """What is zero after the last step (the δ of the step after it)."""
@@ -2325,7 +2345,7 @@ def _umask() -> int:
 # ---------------------------------------------------------------------------- Jupyter
 def derivation_summary_latex(derivation: Derivation) -> str:
     """A short summary for Jupyter: the δ recursion and every gradient as a sum over t."""
-    writer = _Writer(derivation, None, verify=False)
+    writer = _writer(derivation, None, verify=False)
     form = derivation.step_form
     rows: list[str] = []
     if form.last_backward is not None:
@@ -2337,6 +2357,6 @@ def derivation_summary_latex(derivation: Derivation) -> str:
         if assignment.kind.startswith("adjoint_"):
             rows += writer.rows(writer.tex(assignment.target), assignment.expr)
     bptt = writer.bptt()
-    rows.append(rf"{bptt['boundary']} &= \mathbf{{0}}")
+    rows.append(rf"{bptt['boundary']} &= {writer._zero_tex()}")
     rows += bptt["sums"]
     return "$$\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}$$"

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import itertools
 import re
+from dataclasses import replace
 
 import pytest
 import sympy as sp
 
-from symbptt import ModelSpec, derive
+from symbptt import ModelSpec, derive, mexpr
+from symbptt.derive import instantiate
 from symbptt.documents import (
     _CellWriter,
     _teaching_shape,
@@ -404,3 +406,55 @@ def test_cell_documents_compile_at_concrete_sizes(
     spec = make_spec(cells, cell, notation, steps, sizes, mode=mode, initial_state=initial)  # type: ignore[arg-type]
     _, log = compile_pdf(render_latex(spec, verify=False))
     assert overfull_boxes(log) == []
+
+
+ELMAN_SPECS = [
+    ModelSpec(steps=2),
+    ModelSpec(steps=1),
+    ModelSpec(steps=3, mode="many_to_one", notation="layered"),
+    ModelSpec(steps=2, mode="many_to_one", initial_state="input", notation="aa"),
+]
+
+
+def _check_sums(spec: ModelSpec) -> None:
+    """Each gradient's general form is the derivation's gradient at this T and at T + 1.
+
+    The forms are read at ``spec.steps``; a form that holds only for that T (a
+    sum written as its last term) fails at T + 1.
+    """
+    d = derive(spec)
+    writer = _writer(d, None, False)
+    forms = writer.gradient_forms()
+    assert set(forms) == set(d.gradients)
+    for later in (d, derive(replace(spec, steps=spec.steps + 1))):
+        last = later.graph.steps[-1]
+        for name, (kind, lo, assignment) in forms.items():
+            gradient = later.gradients[name]
+            if kind == "sum":
+                terms = [
+                    instantiate((assignment,), d.step_form, k, later.graph)[0].expr
+                    for k in range(lo, last + 1)
+                ]
+                total = mexpr.add(*terms) if terms else sp.ZeroMatrix(*gradient.shape)
+                assert total == gradient, (name, later.spec.steps)
+            elif kind == "last":
+                expr = instantiate((assignment,), d.step_form, last, later.graph)[0].expr
+                assert expr == gradient, (name, later.spec.steps)
+            elif kind == "zero":
+                assert isinstance(gradient, sp.ZeroMatrix)
+            else:
+                assert kind == "concrete" and name not in d.graph.params
+
+
+@pytest.mark.parametrize("case", GRID, ids=ids)
+def test_general_sums_instantiate_to_the_gradients(
+    case: tuple[object, ...], cells: dict[str, str]
+) -> None:
+    cell, notation, steps, sizes, mode, initial = case
+    _check_sums(make_spec(cells, cell, notation, steps, sizes, mode=mode, initial_state=initial))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("spec", ELMAN_SPECS, ids=str)
+def test_general_sums_instantiate_to_the_gradients_for_elman(spec: ModelSpec) -> None:
+    """T = 2: W_hh contributes at the last step only, and is still a sum over t >= 2."""
+    _check_sums(spec)
