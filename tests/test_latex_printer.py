@@ -404,3 +404,86 @@ def test_escape_math_text() -> None:
     assert escape_math_text("soft_plus#2") == r"soft\_plus\#2"
     assert escape_math_text("x^y~z") == r"x\hat{}y\sim z"
     assert escape_math_text("é") == r"\text{é}"
+
+
+# -- every cell: pre-activation adjoints, initial states, term classes ---------------
+def _cell_printer(cell: str, notation: str, **settings: Any) -> tuple[Symbols, BPTTLatexPrinter]:
+    spec = ModelSpec(cell=cell, notation=notation, initial_state="input")
+    symbols = Symbols(spec, spec.model.notations[notation])
+    return symbols, BPTTLatexPrinter(
+        {"names": symbol_names(symbols.notation, [symbols.meta]), "roles": symbols.meta, **settings}
+    )
+
+
+@pytest.mark.parametrize(
+    ("cell", "notation", "role", "expected"),
+    [
+        ("lstm", "xh", "i", r"\delta_{t}^{i}"),
+        ("lstm", "layered", "g", r"\delta_{t}^{\tilde{C}}"),
+        ("gru", "xh", "g", r"\delta_{t}^{\tilde{h}}"),
+    ],
+)
+def test_pre_adjoint_is_delta_with_the_quantity_as_superscript(
+    cell: str, notation: str, role: str, expected: str
+) -> None:
+    symbols, _ = _cell_printer(cell, notation)
+    symbol = symbols.pre_adjoint(role, sp.Symbol("t", integer=True))
+    printer = BPTTLatexPrinter({"names": symbol_names(symbols.notation, [symbols.meta])})
+    assert printer.doprint(symbol) == expected
+    head, sup = expected.rsplit("^", 1)
+    assert printer.doprint(symbol.T) == f"{head}^{{{sup[1:-1]}\\top}}"
+
+
+@pytest.mark.parametrize(
+    ("style", "expected"),
+    [
+        ("sup", r"\delta_{i}^{(t)}"),
+        ("call", r"\delta^{i}\left(t\right)"),
+        ("sub", r"\delta_{t}^{i}"),
+    ],
+)
+def test_pre_adjoint_name_in_every_index_style(style: str, expected: str) -> None:
+    from dataclasses import replace
+
+    from symbptt.latex_printer import pre_adjoint_name
+
+    notation = replace(ModelSpec(cell="lstm").model.notations["xh"], style=style)
+    assert pre_adjoint_name(notation, "i", sp.Symbol("t")).tex() == expected
+
+
+def test_every_initial_state_is_named() -> None:
+    symbols, printer = _cell_printer("lstm", "xh")
+    assert printer.doprint(symbols.initials["h"]) == "h_0"
+    assert printer.doprint(symbols.initials["c"]) == "c_0"
+    symbols, printer = _cell_printer("lstm", "layered")
+    assert printer.doprint(symbols.initials["c"]) == "C_0"
+
+
+def test_term_classes_order_a_cells_sums() -> None:
+    """Input before state before bias, and the gates' δ in the order of the equations."""
+    t = sp.Symbol("t", integer=True)
+    symbols, _ = _cell_printer("lstm", "xh")
+    x, h = symbols.series("input", t), symbols.series("h", t - 1)
+    w_x, w_h, b = symbols.param("W_xi"), symbols.param("W_hi"), symbols.param("b_i")
+    batch = symbols.sizes["batch"]
+    expr = sp.MatAdd(w_h * h, mexpr.broadcast_bias(b, "column", batch), w_x * x)
+    deltas = [symbols.pre_adjoint(q, t + 1) for q in ("i", "f", "o", "g")]
+    weights = [symbols.param(f"W_h{q}") for q in ("i", "f", "o", "c")]
+    carry = sp.MatAdd(*(w.T * d for w, d in zip(weights, deltas, strict=True)))
+    classes = {
+        "h": ("recurrent", 1),
+        "b_i": ("bias", 0),
+        **{f"pre_adjoint_{q}": ("recurrent", 10 + k) for k, q in enumerate("ifog")},
+    }
+    printer = BPTTLatexPrinter(
+        {
+            "names": symbol_names(symbols.notation, [symbols.meta]),
+            "roles": symbols.meta,
+            "classes": classes,
+        }
+    )
+    assert printer.doprint(expr) == r"W_{xi} x_{t} + W_{hi} h_{t - 1} + b_i \mathbf{1}^{\top}"
+    assert printer.doprint(carry) == (
+        r"W_{hi}^{\top} \delta_{t + 1}^{i} + W_{hf}^{\top} \delta_{t + 1}^{f} + "
+        r"W_{ho}^{\top} \delta_{t + 1}^{o} + W_{hc}^{\top} \delta_{t + 1}^{g}"
+    )
