@@ -1997,6 +1997,9 @@ class _CellWriter(_Writer):
             for assignment in by_step[step]:
                 rows += self.rows(self.tex(assignment.target), assignment.expr)
             groups.append({"step": step, "rows": rows})
+        paired = self._paired_groups([group["rows"] for group in groups])
+        for group, rows in zip(groups, paired, strict=True):
+            group["rows"] = rows
         return {
             "groups": groups,
             "initial": self._initial_tex(),
@@ -2075,25 +2078,35 @@ class _CellWriter(_Writer):
 
     @staticmethod
     def _paired(rows: list[str]) -> list[str]:
-        """One-line rows two to a line (``a &= b & c &= d``) when the columns fit the width.
+        """One-line rows two to a line (``a &= b & c &= d``) when the columns fit the width."""
+        return _CellWriter._paired_groups([rows])[0]
+
+    @staticmethod
+    def _paired_groups(groups: list[list[str]]) -> list[list[str]]:
+        """The rows of every group paired (within its group), or all left as they are.
 
         An ``align`` makes every column as wide as its widest entry, so the
         rows are paired only when the widest left pair and the widest right
-        pair fit side by side; otherwise they stay one to a line.
+        pair of all the groups fit side by side.
         """
+        rows = [row for group in groups for row in group]
         if len(rows) < 2 or any(row.count("&") != 1 for row in rows):
-            return rows
-        halves = [row.split("&", 1) for row in rows]
+            return groups
+        halves = [[row.split("&", 1) for row in group] for group in groups]
 
         def widest(part: int, parity: int) -> float:
-            return max(tex_width(half[part]) for half in halves[parity::2])
+            return max(
+                (tex_width(half[part]) for group in halves for half in group[parity::2]),
+                default=0.0,
+            )
 
         total = sum(widest(part, parity) for part in (0, 1) for parity in (0, 1))
         if total + 8.0 > ROW_WIDTH:
-            return rows
-        out = [f"{first} & {second}" for first, second in zip(rows[::2], rows[1::2], strict=False)]
-        if len(rows) % 2:
-            out.append(rows[-1])
+            return groups
+        out = []
+        for group in groups:
+            paired = [f"{a} & {b}" for a, b in zip(group[::2], group[1::2], strict=False)]
+            out.append(paired + ([group[-1]] if len(group) % 2 else []))
         return out
 
     def _example(self) -> dict[str, str]:
