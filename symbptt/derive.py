@@ -268,6 +268,15 @@ class Derivation:
             raise KeyError(f"no gradient named {name!r}; this derivation has {known}") from None
         return gradient.xreplace(self._expanded) if expand else gradient
 
+    @property
+    def named(self) -> dict[str, Any]:
+        """Every parameter and initial-state symbol by its ASCII name (``symbols`` is by role)."""
+        out: dict[str, Any] = dict(self.graph.params)
+        for initial in self.graph.initials.values():
+            if isinstance(initial, sp.MatrixSymbol):
+                out[initial.name] = initial
+        return out
+
     def value_of(self, symbol: Any) -> Any:
         """An intermediate symbol written in the leaves only."""
         return self._expanded.get(symbol, symbol)

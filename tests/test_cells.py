@@ -285,3 +285,11 @@ def test_the_readme_cell_file_loads_and_derives(tmp_path: Path) -> None:
     elman = symbptt.ModelSpec(steps=3)
     mine, reference = symbptt.derive(spec), symbptt.derive(elman)
     assert set(mine.gradients) == set(reference.gradients)
+
+
+def test_derivation_symbols_by_role_and_by_name() -> None:
+    d = symbptt.derive(symbptt.ModelSpec(cell="lstm", steps=2, initial_state="input"))
+    assert set(d.named) == set(d.gradients)
+    assert d.named["W_hf"] is d.symbols["W_hf"]  # a gated cell's role is its key
+    elman = symbptt.derive(symbptt.ModelSpec(steps=2))
+    assert elman.named["W_hh"] is elman.symbols["recurrent_weight"]
