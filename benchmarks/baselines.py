@@ -1,8 +1,9 @@
 """Hand-written NumPy BPTT baselines: Elman, LSTM and GRU, forward and backward.
 
-The references the generated modules are timed against (``runtime.py``) and
-checked against (``tests/test_baselines.py``: central finite differences, and
-the generated module's gradients).  Each function takes what a generated
+The references the generated modules are timed against (``runtime.py``),
+themselves checked (``tests/test_baselines.py``) against central finite
+differences, symbptt's derivation evaluated at the same point, and the
+generated module's gradients.  Each function takes what a generated
 module's ``loss_and_gradients`` takes and returns what it returns::
 
     loss, grads = lstm(params, X, Y, h0=None, c0=None)
@@ -56,7 +57,6 @@ Workspace = dict[str, Array]
 LSTM_GATES = ("i", "f", "o", "c")
 LSTM_STACK = ("o", "i", "f", "c")
 GRU_GATES = ("r", "z", "h")
-HEAD = ("W_hy", "b_y")
 
 
 def parameter_shapes(cell: str, n_in: int, n_hidden: int, n_out: int) -> dict[str, tuple[int, int]]:
