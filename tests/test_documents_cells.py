@@ -458,3 +458,19 @@ def test_general_sums_instantiate_to_the_gradients(
 def test_general_sums_instantiate_to_the_gradients_for_elman(spec: ModelSpec) -> None:
     """T = 2: W_hh contributes at the last step only, and is still a sum over t >= 2."""
     _check_sums(spec)
+
+
+@pytest.mark.tex
+@pytest.mark.slow
+@pytest.mark.parametrize(("cell", "notation"), CELLS)
+def test_long_sequences_are_elided_and_compile(
+    cell: str, notation: str, cells: dict[str, str]
+) -> None:
+    require_pdflatex()
+    spec = make_spec(
+        cells, cell, notation, 10, None, bias=False, time_reduction="mean", initial_state="input"
+    )
+    tex = render_latex(spec, verify=False)
+    assert r"\vdots" in tex and r"\dots" in tex
+    _, log = compile_pdf(tex)
+    assert overfull_boxes(log) == []

@@ -75,6 +75,10 @@ class _CellWriter(_Writer):
     gradients as sums over the steps, the updates, and what was verified.
     """
 
+    #: A little narrower than the teaching writer's rows: a cell's sums carry wider terms
+    #: (``(r_t \odot h_{t-1})^\top \delta^{\tilde{h}}_t``) than ``tex_width`` reckons.
+    row_width = ROW_WIDTH - 6.0
+
     def context(self) -> dict[str, Any]:
         return {
             "layout": "cell",
@@ -394,13 +398,11 @@ class _CellWriter(_Writer):
             "example": self._example(),
         }
 
-    @staticmethod
-    def _paired(rows: list[str]) -> list[str]:
+    def _paired(self, rows: list[str]) -> list[str]:
         """One-line rows two to a line (``a &= b & c &= d``) when the columns fit the width."""
-        return _CellWriter._paired_groups([rows])[0]
+        return self._paired_groups([rows])[0]
 
-    @staticmethod
-    def _paired_groups(groups: list[list[str]]) -> list[list[str]]:
+    def _paired_groups(self, groups: list[list[str]]) -> list[list[str]]:
         """The rows of every group paired (within its group), or all left as they are.
 
         An ``align`` makes every column as wide as its widest entry, so the
@@ -419,7 +421,7 @@ class _CellWriter(_Writer):
             )
 
         total = sum(widest(part, parity) for part in (0, 1) for parity in (0, 1))
-        if total + 8.0 > ROW_WIDTH:
+        if total + 8.0 > self.row_width:
             return groups
         out = []
         for group in groups:

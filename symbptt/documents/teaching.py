@@ -82,6 +82,9 @@ def _term_classes(cell: Any) -> dict[str, tuple[str, int]]:
 class _Writer:
     """Prints every formula of one derivation into the templates' context."""
 
+    #: The widest row, in units of about one math letter (see ``tex_width``).
+    row_width = ROW_WIDTH
+
     def __init__(self, derivation: Derivation, name: str | None, verify: bool) -> None:
         self.d = derivation
         self.spec = derivation.spec
@@ -157,7 +160,7 @@ class _Writer:
 
     def _fit(self, lhs: str, expr: Any, rel: str, via: str = "") -> list[str]:
         text = self.tex(expr)
-        budget = ROW_WIDTH - tex_width(lhs) - 2.0
+        budget = self.row_width - tex_width(lhs) - 2.0
         if via and tex_width(text) + tex_width(via) + 2.0 <= budget:
             return [rf"{lhs} &{rel} {via} = {text}"]
         if via:
@@ -182,7 +185,7 @@ class _Writer:
         """``lhs = t1 ± t2 ...`` on as many rows as the width needs."""
         out: list[str] = []
         line = ""
-        budget = ROW_WIDTH - tex_width(lhs) - 2.0
+        budget = self.row_width - tex_width(lhs) - 2.0
         for sign, term in terms:
             piece = term if not line and not out and sign == "+" else f"{sign} {term}"
             if not line and not out and sign == "-":
@@ -226,7 +229,7 @@ class _Writer:
         (its widest left-hand side), which every row is indented by.
         """
         indent = tex_width(lhs) if column is None else column
-        lines = _pack(list(factors), ROW_WIDTH - indent - 4.0 - tex_width(lead))
+        lines = _pack(list(factors), self.row_width - indent - 4.0 - tex_width(lead))
         first = f"{lead} {lines[0]}" if lead else rf"{lhs} &{rel} {lines[0]}"
         return [first] + [rf"&\qquad {rest}" for rest in lines[1:]]
 
@@ -808,7 +811,7 @@ class _Writer:
             candidate = rf"{coeff} {body_terms[0]}"
         else:
             candidate = " + ".join(body_terms)
-        if tex_width(candidate) + tex_width(lhs) + 2 <= ROW_WIDTH:
+        if tex_width(candidate) + tex_width(lhs) + 2 <= self.row_width:
             return [rf"{lhs} &= {candidate}"]
         rows = [rf"{lhs} &= {coeff} \biggl({body_terms[0]}" if coeff else rf"{lhs} &= {terms[0]}"]
         for term in body_terms[1:-1]:
@@ -918,7 +921,7 @@ class _Writer:
         for i, rest in enumerate(rests):
             pieces += [*(["+"] if i else []), *rest]
         pieces[-1] += r" \biggr]"
-        lines = _pack(pieces, ROW_WIDTH - tex_width(lhs) - 6.0)
+        lines = _pack(pieces, self.row_width - tex_width(lhs) - 6.0)
         return [rf"{lhs} &= {lines[0]}"] + [rf"&\qquad {line}" for line in lines[1:]]
 
     def _notes(self, paths: list[list[Any]], name: TeXName) -> list[dict[str, Any]]:
