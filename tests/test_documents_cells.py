@@ -474,3 +474,13 @@ def test_long_sequences_are_elided_and_compile(
     assert r"\vdots" in tex and r"\dots" in tex
     _, log = compile_pdf(tex)
     assert overfull_boxes(log) == []
+
+
+@pytest.mark.parametrize(("cell", "notation"), CELLS)
+def test_repr_latex_summary_for_every_cell(cell: str, notation: str, cells: dict[str, str]) -> None:
+    spec = make_spec(cells, cell, notation, 2, None)
+    summary = derive(spec)._repr_latex_()
+    assert summary.startswith("$$\\begin{aligned}") and summary.endswith("\\end{aligned}$$")
+    names = expected_names(spec)
+    for row in names["states"] + names["gradients"]:
+        assert row in summary
