@@ -280,6 +280,7 @@ def test_every_gradient_and_adjoint_is_in_the_document(
             assert r"\delta" in text and f"{{{latex}}}" in text, latex
     assert "The adjoint recursion" in tex and "Gradients" in tex
     assert "chain rule, parameter by parameter" not in tex  # the Elman teaching sections
+    _check_github_math(md)
 
 
 @pytest.mark.parametrize(("cell", "notation"), CELLS)
@@ -349,6 +350,11 @@ def test_markdown_renders_inline_math_github_style(
     md = render_markdown(
         make_spec(cells, cell, notation, 3, None, mode="many_to_one"), verify=False
     )
+    _check_github_math(md)
+
+
+def _check_github_math(md: str) -> None:
+    """$x$ spans without inner spaces, $$ on its own line after a blank one, MathJax only."""
     spans = _math_spans(md)
     used: set[str] = set()
     for span in spans:
