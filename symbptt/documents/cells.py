@@ -101,8 +101,12 @@ class _CellWriter(_Writer):
     # -- names --------------------------------------------------------------------
     def _boundary(self) -> str:
         """Every adjoint the step after the last one would send back."""
-        names = [self.tex(self._at(symbol, self.T_last)) for symbol in self._carried()]
-        return " = ".join(names) if names else self._initial_tex()
+        carried = [self._at(symbol, self.T_last) for symbol in self._carried()]
+        if not carried:  # nothing read from step t + 1: name the readout state's adjoint
+            after = self.gen.adjoint(self.spec.model.readout, self.T_last + 1)
+            self._register(after, self.gen.meta[after])
+            carried = [after]
+        return " = ".join(self.tex(symbol) for symbol in carried)
 
     def _zero_tex(self) -> str:
         return r"\mathbf{0}"
