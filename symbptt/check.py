@@ -1858,10 +1858,13 @@ def _symbolic_equal(work: _Work, expr: Any, name: str) -> str | None:
     graph = work.graph
     forward = [a for a in graph.assignments if a.kind not in ("loss", "total_loss")]
     canonical = {a.expr: a.target for a in forward}
-    canonical.update({work.d.value_of(a.target): a.target for a in forward})
+    defs = {a.target: a.expr for a in work.d.assignments}
+    if not expr.free_symbols & (set(defs) | {a.target for a in forward}):
+        # a candidate in the leaves only (derive(spec).gradient(name, expand=True)): find the
+        # forward quantities in it.  Not otherwise: the expanded forms grow fast with T.
+        canonical.update({work.d.value_of(a.target): a.target for a in forward})
     expr = expr.xreplace(canonical)
     meta = graph.symbols.meta
-    defs = {a.target: a.expr for a in work.d.assignments}
     kept = set(_kept(work.d))
     notation = work.notation
     named = {s for s, (role, _) in meta.items() if role in kept}
