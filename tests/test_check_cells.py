@@ -390,3 +390,37 @@ def test_hand_written_numpy_lstm_is_equal_and_its_bug_is_not() -> None:
     assert result.mistakes == (), result.explain()
     # the gradient of the output layer does not see the bug
     assert check(spec, "W_hy", forgot_dc_next, points=4).ok
+
+
+# ------------------------------------------------------------------ other candidates
+def test_sympy_candidates_of_a_gated_cell() -> None:
+    spec = ModelSpec(cell="gru", steps=2)
+    d = derive(spec)
+    for name in d.gradients:
+        assert check(spec, name, d.gradients[name], points=3).ok, name
+    wrong = check(spec, "W_hz", -d.gradients["W_hz"], points=3)
+    assert wrong.mistake_names == ("sign",), wrong.explain()
+    assert wrong.candidate.startswith("-delta_z[")
+
+
+def test_names_of_a_cell_notation_and_bad_names() -> None:
+    spec = ModelSpec(cell="lstm", notation="layered")
+    nota = spec.model.notations["layered"]
+    assert names(nota) == names(spec)
+    shown = {info.name for info in names(nota)}
+    assert {"H[t]", "C[t]", "C_tilde[t]", "dC[t]", "delta_C_tilde[t]", "H_0", "C_0"} <= shown
+    with pytest.raises(ValueError, match="unknown notation"):
+        names("lstm")
+    with pytest.raises(ExpressionError, match="unknown name 'delta'"):
+        check(ModelSpec(cell="lstm", steps=2), "W_hf", "sum_t(delta[t] @ h[t-1].T)")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_check_works_at_the_most_steps(cell: str) -> None:
+    from symbptt.spec import MAX_CHECK_STEPS
+
+    fields: dict[str, Any] = {"cell": cell, "mode": "many_to_one", "initial_state": "input"}
+    spec = ModelSpec(steps=MAX_CHECK_STEPS, **fields)
+    for name in derive(ModelSpec(steps=2, **fields)).gradients:
+        result = check(spec, name, correct_formula(spec, name).gradient, points=3)
+        assert result.ok, result.explain()
