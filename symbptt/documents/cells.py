@@ -95,7 +95,7 @@ class _CellWriter(_Writer):
     def cell_bptt(self) -> dict[str, Any]:
         found = self.bptt()
         found["sums"] = self._paired(found["sums"])
-        found["unrolled"] = self._paired(found["unrolled"])
+        found["unrolled"] = self._unrolled()
         return found
 
     # -- names --------------------------------------------------------------------
@@ -342,11 +342,8 @@ class _CellWriter(_Writer):
         t = self.t
 
         def recursion(pool: tuple[Any, ...]) -> list[str]:
-            rows: list[str] = []
-            for assignment in pool:
-                if assignment.kind.startswith(("adjoint_", "pre_adjoint_")):
-                    rows += self.rows(self.tex(assignment.target), assignment.expr)
-            return rows
+            kinds = ("adjoint_", "pre_adjoint_")
+            return self._adjoint_rows([a for a in pool if a.kind.startswith(kinds)])
 
         def contributions(pool: tuple[Any, ...]) -> list[str]:
             rows: list[str] = []
@@ -432,6 +429,52 @@ class _CellWriter(_Writer):
             paired = [f"{a} & {b}" for a, b in zip(group[::2], group[1::2], strict=False)]
             out.append(paired + ([group[-1]] if len(group) % 2 else []))
         return out
+
+    def _adjoint_rows(self, assignments: list[Any]) -> list[str]:
+        """Adjoint rows, a quantity's ``dq`` and its argument's ``δ^q`` side by side.
+
+        The two share a line (``a &= b \\qquad c = d``; only the first is
+        aligned) when the block's widest left-hand side and both fit the
+        width; otherwise every row has its own line.
+        """
+        paired: list[str] = []
+        single: list[str] = []
+        k = 0
+        while k < len(assignments):
+            now = assignments[k]
+            if now is None:  # steps left out
+                paired.append(r"&\;\;\vdots")
+                single.append(r"&\;\;\vdots")
+                k += 1
+                continue
+            first = self.rows(self.tex(now.target), now.expr)
+            single += first
+            after = assignments[k + 1] if k + 1 < len(assignments) else None
+            if after is not None and after.kind == "pre_" + now.kind:
+                second = self.rows(self.tex(after.target), after.expr)
+                single += second
+                k += 2
+                if len(first) == 1 and len(second) == 1:
+                    paired.append(first[0] + r" \qquad " + second[0].replace("&=", "=", 1))
+                else:
+                    paired += first + second
+                continue
+            paired += first
+            k += 1
+        column = max((tex_width(row.split("&", 1)[0]) for row in paired), default=0.0)
+        if any(column + tex_width(row.split("&", 1)[-1]) > self.row_width for row in paired):
+            return single
+        return paired
+
+    def _unrolled(self) -> list[str]:
+        """The backward pass at this T, step by step (middle steps left out for long T)."""
+        by_step: dict[int, list[Any]] = {}
+        for assignment in self.d.adjoints:
+            by_step.setdefault(assignment.step, []).append(assignment)
+        flat: list[Any] = []
+        for step in self._elide(sorted(by_step, reverse=True)):
+            flat += [None] if step is None else by_step[step]
+        return self._adjoint_rows(flat)
 
     def _example(self) -> dict[str, str]:
         """The placeholders the prose of the adjoint section speaks of: q, ∂L/∂q, q = φ(a), δ^q."""
