@@ -255,6 +255,38 @@ def _step_roles(d: Derivation) -> list[str]:
     return order
 
 
+def _labelled_roles(d: Derivation) -> list[tuple[str, str]]:
+    """``(role, name)`` of every step-indexed role; a name that stands for two things is refused.
+
+    Raises:
+        SpecError: two quantities, or a quantity and an adjoint, a parameter, an
+            initial state, a size or a function, share a name in the notation.
+    """
+    graph = d.graph
+    notation = graph.notation
+    cell = graph.symbols.cell
+    owners: dict[str, str] = {name: "a parameter" for name in graph.params}
+    owners.update({notation.name_of(key).initial: "an initial state" for key in graph.initials})
+    owners.update({label: "a size" for _, label in _SIZE_FIELDS})
+    owners.update({name: "a function" for name in (*_FUNCTION_INFO, "softmax", "ones", "diag")})
+    owners.update({name: "a function" for name in _function_names(cell)})
+    owners.update({name: "reserved" for name in ("t", "k", "j", "T", "sum_t", "sum_k", "prod_j")})
+    out: list[tuple[str, str]] = []
+    for role in _step_roles(d):
+        label = _label(notation, role) or role
+        base = notation.name_of(_base_role(role))
+        what = f"the adjoint of {base.ascii}" if _is_adjoint(role) else f"the series {label}"
+        if label in owners:
+            raise SpecError(
+                f"cell {cell.name}, notation {notation.name}: the name {label!r} stands for "
+                f"{what} and for {owners[label]}; give one of them another name in the "
+                "notation's names (an adjoint's with adjoint = \"...\")"
+            )
+        owners[label] = what
+        out.append((role, label))
+    return out
+
+
 def _function_names(cell: Any) -> list[str]:
     """The named functions the cell's equations call (besides its free activation)."""
     out: list[str] = []
@@ -308,8 +340,7 @@ def names(notation: str | Notation | ModelSpec | Derivation) -> tuple[NameInfo, 
                 "(zero unless the spec has initial_state='input')",
             )
         )
-    for role in _step_roles(d):
-        label = _label(nota, role)
+    for role, label in _labelled_roles(d):
         entry = nota.name_of(_base_role(role))
         shape = _shape_text(symbols.series_shape(entry.key))
         if role == entry.role:
@@ -542,9 +573,8 @@ def namespace(d: Derivation) -> Namespace:
     for key, value in graph.initials.items():
         constants.setdefault(notation.name_of(key).initial, value)
     indexed: dict[str, Callable[[int], Any]] = {}
-    for role in _step_roles(d):
-        label = _label(notation, role) or role
-        indexed.setdefault(label, _bind_series(graph, table, role, label))
+    for role, label in _labelled_roles(d):
+        indexed[label] = _bind_series(graph, table, role, label)
     return Namespace(
         constants=constants,
         indexed=indexed,

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from symbptt import ExpressionError, ModelSpec, derive
+from symbptt import ExpressionError, ModelSpec, SpecError, derive
 from symbptt.check import check, correct_formula, names, names_text, namespace
 from symbptt.exprlang import parse
 from symbptt.testing import assert_gradient
@@ -81,10 +81,14 @@ def _spec(cell: str, notation: str, mgu: Path, **fields: Any) -> ModelSpec:
 
 CASES = [("lstm", "xh"), ("lstm", "layered"), ("gru", "xh"), ("gru", "layered"), ("mgu", "xh")]
 IDS = [f"{cell}-{notation}" for cell, notation in CASES]
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+#: The shipped example cell files (PyTorch's GRU, a peephole LSTM with vector weights) too.
+ALL_CASES = CASES + [(str(path), "xh") for path in sorted(EXAMPLES.glob("*.toml"))]
+ALL_IDS = IDS + [Path(cell).stem for cell, _ in ALL_CASES[len(CASES) :]]
 
 
 # ------------------------------------------------------------------------------ names
-@pytest.mark.parametrize(("cell", "notation"), CASES, ids=IDS)
+@pytest.mark.parametrize(("cell", "notation"), ALL_CASES, ids=ALL_IDS)
 def test_names_list_every_quantity_and_adjoint_and_parse(
     cell: str, notation: str, mgu_path: Path
 ) -> None:
@@ -110,6 +114,27 @@ def test_names_list_every_quantity_and_adjoint_and_parse(
     assert f"{notation}):" in names_text(spec).splitlines()[0]
 
 
+def test_a_name_for_two_things_is_refused(tmp_path: Path) -> None:
+    # the candidate g written "m": the batch size has the same name
+    path = tmp_path / "clash.toml"
+    path.write_text(MGU_CELL.replace('g = { ascii = "g"', 'g = { ascii = "m"'), encoding="utf-8")
+    spec = ModelSpec(cell=str(path), steps=2)
+    with pytest.raises(SpecError, match=r"'m' stands for the series m and for a size"):
+        check(spec, "W_hf", "W_hf")
+    with pytest.raises(SpecError, match="another name in the notation"):
+        names(spec)
+    # g written "dh" works once the adjoint of h is named otherwise in the notation
+    h_entry = 'h = { ascii = "h", latex = "h" }'
+    renamed = MGU_CELL.replace('g = { ascii = "g"', 'g = { ascii = "dh"').replace(
+        h_entry, h_entry[:-2] + ', adjoint = "gh" }'
+    )
+    path = tmp_path / "renamed.toml"
+    path.write_text(renamed, encoding="utf-8")
+    spec = ModelSpec(cell=str(path), steps=2)
+    assert {"dh[t]", "gh[t]"} <= {info.name for info in names(spec)}
+    assert check(spec, "W_hf", correct_formula(spec, "W_hf").gradient, points=2).ok
+
+
 def test_lstm_names_and_steps_outside_the_model() -> None:
     spec = ModelSpec(cell="lstm", steps=3)
     shown = {info.name for info in names(spec)}
@@ -127,7 +152,7 @@ def test_lstm_names_and_steps_outside_the_model() -> None:
 
 
 # ---------------------------------------------------------------------- correct formula
-@pytest.mark.parametrize(("cell", "notation"), CASES, ids=IDS)
+@pytest.mark.parametrize(("cell", "notation"), ALL_CASES, ids=ALL_IDS)
 def test_correct_formula_of_every_parameter_is_equal(
     cell: str, notation: str, mgu_path: Path
 ) -> None:
