@@ -2544,22 +2544,31 @@ class _KnobText:
         return knob
 
     def _contribution_text(self, offset: int) -> str:
-        """The generic step's term of the gradient, its h and x moved by ``offset`` steps."""
+        """The generic step's term of the gradient, the quantities it reads moved by ``offset``.
+
+        Only the forward quantities the contribution itself reads move (h[t-1] in
+        δ_t h_{t-1}^T), as in the mutation :meth:`_Diagnosis._generic_terms`
+        compares with; the adjoints written out into it do not.
+        """
         form = self.orig.step_form
         contribution = _contribution_of(form.backward, self.name)
         if contribution is None:
             return ""
-
         notation = self.orig.graph.notation
-
-        def shift(role: str, step: Any) -> Any:
+        meta = form.symbols.meta
+        moved: dict[Any, Any] = {}
+        for symbol in contribution.expr.free_symbols:
+            role, step = meta.get(symbol, ("", None))
             if _is_forward(notation, role) and isinstance(step, sp.Basic):
-                return step + offset
-            return step
-
+                moved[symbol] = form.symbols.series(role, step + offset)
         defs = _inline(form.backward, _kept(self.orig))
-        printer = _Printer(_naming(form.symbols, self.orig.graph.notation, shift))
-        return printer(defs[contribution.target])
+        written_out = {
+            a.target: defs[a.target]
+            for a in form.backward
+            if _is_adjoint(a.kind) and a.kind not in _kept(self.orig)
+        }
+        expr = contribution.expr.xreplace(moved).xreplace(written_out)
+        return _Printer(_naming(form.symbols, notation))(expr)
 
 
 def _common_factor(got: Sequence[Any], values: Sequence[Any]) -> float | None:

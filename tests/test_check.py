@@ -304,6 +304,10 @@ def test_mistake_descriptions_use_the_notation() -> None:
     )
     aa = check(PRESETS["aa_hello"], "b_y", "sum_t(y[t] - 1)")
     assert "-(1 - y[t]) (= y[t] - 1) where y[t] - y_hat[t] belongs" in aa.explain()
+    # only what the term reads moves a step: not the output error written out into it
+    late = check(SPEC, "W_hy", "sum_t((y_hat[t] - y[t]) @ h[t-1].T) / m")
+    wrong, right = "((y_hat[t] - y[t]) / m) @ h[t-1].T", "((y_hat[t] - y[t]) / m) @ h[t].T"
+    assert f"off-by-one step: {wrong} where {right} belongs" in late.explain()
 
 
 def test_no_common_mistake() -> None:
