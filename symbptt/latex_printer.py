@@ -181,8 +181,9 @@ def param_name(notation: Notation, role: str) -> TeXName:
     return TeXName(notation.param(role).latex)
 
 
-def delta_name(notation: Notation, step: Any) -> TeXName:
-    layer = notation.series_of("pre_activation").layer
+def delta_name(notation: Notation, step: Any, role: str = "pre_activation") -> TeXName:
+    """``\\delta_t``: the adjoint of the pre-activation ``role`` (Elman's z) at ``step``."""
+    layer = notation.series_of(role).layer
     return _indexed(notation, r"\delta", step, layer)
 
 
@@ -192,12 +193,9 @@ def loss_name(notation: Notation, step: Any = None) -> TeXName:
     return _indexed(notation, notation.loss_latex, step)
 
 
-def initial_name(notation: Notation) -> TeXName:
-    hidden = notation.series_of("hidden")
-    before = notation.t0 - 1
-    if notation.index(hidden.base, before, hidden.layer) == notation.initial_latex:
-        return _indexed(notation, hidden.base, before, hidden.layer)
-    return TeXName(notation.initial_latex)
+def initial_name(notation: Notation, role: str = "hidden") -> TeXName:
+    """The initial value of the state ``role`` (Elman's hidden state)."""
+    return state_initial_name(notation, role)
 
 
 def partial_name(notation: Notation, of: TeXName) -> TeXName:
@@ -239,7 +237,9 @@ def _initial_of(notation: Notation, ascii_name: str) -> TeXName | None:
     return None
 
 
-def _name_for(notation: Notation, symbol: Any, role: str, step: Any) -> TeXName | None:
+def _name_for(
+    notation: Notation, symbol: Any, role: str, step: Any, delta_of: str = "pre_activation"
+) -> TeXName | None:
     if step is None and role in {n.role for n in notation.params}:
         return param_name(notation, role)
     if role == "initial_state":
@@ -250,8 +250,8 @@ def _name_for(notation: Notation, symbol: Any, role: str, step: Any) -> TeXName 
         return loss_name(notation, step)
     if role == "total_loss":
         return loss_name(notation)
-    if role == "adjoint_pre_activation":
-        return delta_name(notation, step)
+    if role == "adjoint_" + delta_of:
+        return delta_name(notation, step, delta_of)
     if role.startswith("adjoint_"):
         return partial_name(notation, series_name(notation, role[len("adjoint_") :], step))
     if role in ("contribution", "gradient"):
@@ -283,13 +283,19 @@ def _param_of(notation: Notation, ascii_name: str) -> TeXName | None:
 
 
 def symbol_names(
-    notation: Notation, metas: Iterable[Mapping[Any, tuple[str, Any]]]
+    notation: Notation,
+    metas: Iterable[Mapping[Any, tuple[str, Any]]],
+    delta_of: str = "pre_activation",
 ) -> dict[Any, TeXName]:
-    """``symbol -> TeXName`` for every symbol recorded in the ``meta`` maps (role, step)."""
+    """``symbol -> TeXName`` for every symbol recorded in the ``meta`` maps (role, step).
+
+    The adjoint of the quantity whose role is ``delta_of`` (Elman's pre-activation)
+    is written ``\\delta``; every other adjoint as a partial derivative.
+    """
     names: dict[Any, TeXName] = {}
     for meta in metas:
         for symbol, (role, step) in meta.items():
-            name = _name_for(notation, symbol, role, step)
+            name = _name_for(notation, symbol, role, step, delta_of)
             if name is not None:
                 names[symbol] = name
     return names

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import sympy as sp
@@ -331,16 +332,56 @@ def test_lstm_recursion_has_every_carry_and_named_pre_adjoint() -> None:
 
 
 def test_the_teaching_sections_are_chosen_by_the_equations(cells: dict[str, str]) -> None:
-    """One state updated as f(affine), tagged: teaching sections; anything else: general."""
+    """One state updated as f(affine): teaching sections, tagged or not; anything else: general."""
     assert _teaching_shape(derive(ModelSpec(steps=2)))
     for name in ("lstm", "gru"):
         assert not _teaching_shape(derive(ModelSpec(cell=name, steps=2)))
+    assert not _teaching_shape(derive(ModelSpec(cell=cells["user"], notation="sup", steps=2)))
     plain = ModelSpec(cell=cells["plain"], steps=3)
-    assert not _teaching_shape(derive(plain))
-    assert type(_writer(derive(plain), None, False)) is _CellWriter
-    assert type(_writer(derive(ModelSpec(steps=2)), None, False)) is _Writer
+    assert _teaching_shape(derive(plain))
+    assert type(_writer(derive(plain), None, False)) is _Writer
+    assert type(_writer(derive(ModelSpec(cell="gru", steps=2)), None, False)) is _CellWriter
     tex = render_latex(plain, verify=False)
-    assert r"\frac{\partial L}{\partial W_h} &= \sum_{t=2}^{T}" in tex
+    assert "The chain rule, parameter by parameter" in tex
+    assert r"\frac{\partial L}{\partial W_h} &= \sum_{t=2}^{T} \delta_{t} h_{t - 1}^{\top}" in tex
+
+
+def _untagged(text: str) -> str:
+    """A cell file with its Elman role tags taken out (the [roles] table, role = ...)."""
+    text = re.sub(r", role = \"[a-z_]+\"", "", text)
+    return re.sub(r"\[roles\]\n(?:#.*\n)?(?:[a-z]+ = \"[a-z_]+\"\n)+", "", text)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"notation": "xh", "steps": 3},
+        {"notation": "layered", "steps": 2, "mode": "many_to_one", "initial_state": "input"},
+        {"notation": "uvw", "steps": 4, "bias": False, "hidden": "relu"},
+        {"notation": "aa", "steps": 1, "time_reduction": "mean"},
+    ],
+    ids=str,
+)
+def test_an_untagged_elman_cell_file_reads_as_the_tagged_one(
+    fields: dict[str, object], tmp_path: Path
+) -> None:
+    """The teaching document read off the equations equals the one read off the role tags."""
+    import symbptt.model
+
+    source = Path(symbptt.model.__file__).parent / "cells" / "elman.toml"
+    text = source.read_text(encoding="utf-8")
+    untagged = _untagged(text)
+    assert "role" not in untagged.replace("roles", "").split("[notations")[0]
+    path = tmp_path / "elman_untagged.toml"
+    path.write_text(untagged, encoding="utf-8")
+    tagged = render_documents(ModelSpec(**fields), verify=False)  # type: ignore[arg-type]
+    plain = render_documents(ModelSpec(cell=str(path), **fields), verify=False)  # type: ignore[arg-type]
+
+    def body(text: str) -> list[str]:
+        return [line for line in text.splitlines() if "hash" not in line]
+
+    for ours, theirs in zip(plain, tagged, strict=True):  # LaTeX, Markdown
+        assert body(ours) == body(theirs)
 
 
 @pytest.mark.parametrize(("cell", "notation"), CELLS)

@@ -26,38 +26,21 @@ from ..latex_printer import (
     state_initial_name,
 )
 from .layout import ROW_WIDTH, UNROLL_LIMIT, _atoms, prose, tex_width
-from .teaching import _Writer
+from .teaching import _Writer, teaching_roles
 
 
 def _teaching_shape(derivation: Derivation) -> bool:
     """True when the cell is one state updated as ``state = f(affine)``.
 
     The teaching sections (the chain rule path by path, the general formula
-    with its product of step Jacobians, the local derivatives) are derived
-    for exactly that shape: a cell with one state whose first equation is an
-    affine sum of the input and the previous state and whose second applies
-    the spec's free activation to it.  They still read the quantities through
-    the Elman roles the cell file tags (pre_activation, hidden, input_weight,
-    recurrent_weight, hidden_bias); a cell of this shape without those tags,
-    and every other cell, gets the general document.
+    with its product of step Jacobians, the local derivatives) are derived for
+    exactly that shape, read off the equations by
+    :func:`~.teaching.teaching_roles`: one state, read by the output layer,
+    whose first equation is an affine sum of the input and the previous state
+    and whose second applies the spec's free activation to it.  Every other
+    cell gets the general document.
     """
-    cell = derivation.spec.model
-    if len(cell.states) != 1 or len(cell.equations) != 2 or cell.activation is None:
-        return False
-    tags = set(dict(cell.roles).values()) | {cell.role_of(p.key) for p in cell.parameters}
-    needed = {"pre_activation", "hidden", "input_weight", "recurrent_weight", "hidden_bias"}
-    if not needed <= tags:
-        return False
-    first, second = derivation.step_form.forward[:2]
-    affine = isinstance(first.expr, sp.MatAdd) and all(
-        isinstance(term, (sp.MatMul, sp.MatrixSymbol)) for term in first.expr.args
-    )
-    applies = (
-        isinstance(second.expr, ElementwiseApplyFunction)
-        and second.expr.expr == first.target
-        and second.expr.function == functions.ACTIVATIONS[derivation.spec.hidden].function
-    )
-    return affine and applies and cell.readout == cell.states[0].key
+    return teaching_roles(derivation) is not None
 
 
 # ---------------------------------------------------------------------------- every cell

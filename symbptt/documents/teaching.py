@@ -78,6 +78,81 @@ def _term_classes(cell: Any) -> dict[str, tuple[str, int]]:
     return classes
 
 
+#: The quantities the teaching sections speak of, by their Elman role names.
+TEACHING_ROLES = ("pre_activation", "hidden", "input_weight", "recurrent_weight", "hidden_bias")
+
+
+def teaching_roles(derivation: Derivation) -> dict[str, str] | None:
+    """The cell's roles of the quantities the teaching sections speak of, or None.
+
+    Read from the equations: a cell with one state, read by the output layer,
+    whose first equation is an affine sum ``z = W_x x + W_h h_{t-1} + b`` (each
+    term a weight times the input or the previous state, or a bias) and whose
+    second applies the spec's hidden activation to it, ``h = f(z)``.  Returns
+    ``{"pre_activation": role of z, "hidden": role of h, "input_weight": ...,
+    "recurrent_weight": ..., "hidden_bias": ...}`` (the Elman cell file's tags,
+    or the keys of a cell file that tags nothing); None for any other cell.
+    """
+    cell, spec = derivation.spec.model, derivation.spec
+    if len(cell.states) != 1 or len(cell.equations) != 2 or cell.activation is None:
+        return None
+    state = cell.states[0].key
+    if cell.equations[1].target != state or cell.readout != state:
+        return None
+    first, second = derivation.step_form.forward[:2]
+    hidden_fn = functions.ACTIVATIONS[spec.hidden].function
+    applies = isinstance(second.expr, ElementwiseApplyFunction) and second.expr.expr == first.target
+    if not applies or second.expr.function != hidden_fn:
+        return None
+    meta = derivation.step_form.symbols.meta
+    found = {
+        "pre_activation": cell.role_of(cell.equations[0].target),
+        "hidden": cell.role_of(state),
+    }
+    biases = [p.key for p in cell.parameters if p.kind == "bias"]
+    if len(biases) > 1:
+        return None
+    if biases:
+        found["hidden_bias"] = cell.role_of(biases[0])
+    terms = first.expr.args if isinstance(first.expr, sp.MatAdd) else (first.expr,)
+    for term in terms:
+        atoms = [meta.get(a, ("", None)) for a in _atoms(term)]
+        series = [role for role, step in atoms if step is not None]
+        params = [role for role, step in atoms if step is None and role]
+        if not isinstance(term, sp.MatMul) or len(params) != 1 or len(series) > 1:
+            return None
+        if series == ["input"]:
+            found["input_weight"] = params[0]
+        elif series == [found["hidden"]]:
+            found["recurrent_weight"] = params[0]
+        elif series or params[0] != found.get("hidden_bias"):
+            return None
+    found.setdefault("hidden_bias", "hidden_bias")  # no bias at all: nothing is looked up
+    if "input_weight" not in found or "recurrent_weight" not in found:
+        return None
+    return found
+
+
+def _teaching_classes(roles: dict[str, str]) -> dict[str, tuple[str, int]]:
+    """The Elman roles' places in a sum (``_ROLE_CLASS``), under the cell's own roles."""
+    places = {
+        "pre_activation": ("recurrent", 5),
+        "adjoint_pre_activation": ("recurrent", 3),
+        "hidden": ("recurrent", 1),
+        "adjoint_hidden": ("recurrent", 4),
+        "input_weight": ("input", 1),
+        "recurrent_weight": ("recurrent", 0),
+        "hidden_bias": ("bias", 0),
+    }
+    out = {}
+    for role, place in places.items():
+        if role.startswith("adjoint_"):
+            out["adjoint_" + roles[role[len("adjoint_") :]]] = place
+        else:
+            out[roles[role]] = place
+    return out
+
+
 # ---------------------------------------------------------------------------- the writer
 class _Writer:
     """Prints every formula of one derivation into the templates' context."""
@@ -99,9 +174,11 @@ class _Writer:
         roles: dict[Any, tuple[str, Any]] = {}
         for meta in metas:
             roles.update(meta)
-        self.names = symbol_names(self.notation, metas)
+        #: the cell's roles of the teaching sections' quantities (Elman's names as keys)
+        self.k = teaching_roles(derivation) or {role: role for role in TEACHING_ROLES}
+        self.names = symbol_names(self.notation, metas, self.k["pre_activation"])
         self.roles = roles
-        self.classes = _term_classes(self.spec.model)
+        self.classes = {**_term_classes(self.spec.model), **_teaching_classes(self.k)}
         self.printer = self._make_printer()
         self._aux = 0
         self.t = self.form.t
@@ -109,6 +186,10 @@ class _Writer:
         self.last = self.graph.steps[-1]
         #: the generic last step: T (t0 = 1) or T - 1 (t0 = 0)
         self.T_last = T_SYMBOL + self.notation.t0 - 1
+
+    def _param_roles(self) -> tuple[str, ...]:
+        """The parameters' roles in the order the documents list them (Elman's PARAM_ROLES)."""
+        return tuple(self.k.get(role, role) for role in PARAM_ROLES)
 
     # -- printing ---------------------------------------------------------------------
     def _make_printer(self) -> BPTTLatexPrinter:
@@ -132,7 +213,7 @@ class _Writer:
 
     def _register(self, symbol: Any, meta: tuple[str, Any]) -> None:
         self.roles[symbol] = meta
-        found = symbol_names(self.notation, [{symbol: meta}])
+        found = symbol_names(self.notation, [{symbol: meta}], self.k["pre_activation"])
         self.names.update(found)
         self.printer = self._make_printer()
 
@@ -311,8 +392,8 @@ class _Writer:
 
     def model(self) -> dict[str, Any]:
         notation, spec = self.notation, self.spec
-        z = self._generic("pre_activation")
-        h = self._generic("hidden")
+        z = self._generic(self.k["pre_activation"])
+        h = self._generic(self.k["hidden"])
         o = self._generic("output_pre_activation")
         y_hat = self._generic("output")
         loss = self._generic("loss")
@@ -352,7 +433,7 @@ class _Writer:
             "recurrent_first": notation.recurrent_first,
             "notes": list(notation.notes),
             "seed": notation.seed,
-            "initial": initial_name(notation).tex(),
+            "initial": initial_name(notation, self.k["hidden"]).tex(),
             "initial_zero": spec.initial_state == "zero",
             "layout": notation.layout,
         }
@@ -365,7 +446,8 @@ class _Writer:
         terms = list(expr.args) if isinstance(expr, sp.MatAdd) else [expr]
         plain = []
         for term in terms:
-            bias = [a for a in _atoms(term) if self.roles.get(a, ("",))[0].endswith("_bias")]
+            biases = (self.k["hidden_bias"], "output_bias")
+            bias = [a for a in _atoms(term) if self.roles.get(a, ("",))[0] in biases]
             plain.append(bias[0] if bias else term)
         return self.printer.sum_of(plain)
 
@@ -382,7 +464,8 @@ class _Writer:
             kind = "vector" if cols == 1 else "matrix"
             return rf"{self.tex(rows_)} \times {self.tex(cols)}", kind
 
-        for role in ("input", "pre_activation", "hidden", "output_pre_activation", "output"):
+        k = self.k
+        for role in ("input", k["pre_activation"], k["hidden"], "output_pre_activation", "output"):
             series = notation.series_of(role)
             shape, kind = shape_tex(symbols.series_shape(role))
             rows.append(
@@ -403,7 +486,7 @@ class _Writer:
                 "meaning": prose(target.description),
             }
         )
-        for role in PARAM_ROLES:
+        for role in self._param_roles():
             if symbols.param(role) is None:
                 continue
             param = notation.param(role)
@@ -416,10 +499,10 @@ class _Writer:
                     "meaning": prose(param.description),
                 }
             )
-        shape, kind = shape_tex(symbols.series_shape("hidden"))
+        shape, kind = shape_tex(symbols.series_shape(self.k["hidden"]))
         rows.append(
             {
-                "symbol": initial_name(notation).tex(),
+                "symbol": initial_name(notation, self.k["hidden"]).tex(),
                 "shape": shape,
                 "kind": kind,
                 "meaning": prose(
@@ -428,10 +511,10 @@ class _Writer:
                 ),
             }
         )
-        shape, kind = shape_tex(symbols.series_shape("pre_activation"))
+        shape, kind = shape_tex(symbols.series_shape(self.k["pre_activation"]))
         rows.append(
             {
-                "symbol": delta_name(notation, t).tex(),
+                "symbol": delta_name(notation, t, self.k["pre_activation"]).tex(),
                 "shape": shape,
                 "kind": kind,
                 "meaning": prose("error at the hidden pre-activation"),
@@ -519,14 +602,14 @@ class _Writer:
         if not self.spec.bias:
             return {"bias": False}
         symbols = self.gen
-        hidden_bias = symbols.param("hidden_bias")
+        hidden_bias = symbols.param(self.k["hidden_bias"])
         terms = list(z_expr.args) if isinstance(z_expr, sp.MatAdd) else [z_expr]
         rest = [term for term in terms if hidden_bias not in _atoms(term)]
         bias_term = next(term for term in terms if hidden_bias in _atoms(term))
         batch = self.graph.symbols.sizes["batch"]
         return {
             "bias": True,
-            "hidden_bias": param_name(self.notation, "hidden_bias").tex(),
+            "hidden_bias": param_name(self.notation, self.k["hidden_bias"]).tex(),
             "output_bias": param_name(self.notation, "output_bias").tex(),
             "bias_term": self.tex(bias_term),
             "rest": self.tex(mexpr.add(*rest)),
@@ -557,14 +640,14 @@ class _Writer:
                 continue
             rows: list[str] = []
             for assignment in by_step[step]:
-                if assignment.kind == "pre_activation" and step == self.first:
+                if assignment.kind == self.k["pre_activation"] and step == self.first:
                     rows += self._first_step(assignment)
                 else:
                     rows += self.rows(self.tex(assignment.target), assignment.expr)
             groups.append({"step": step, "rows": rows})
         return {
             "groups": groups,
-            "initial": initial_name(self.notation).tex(),
+            "initial": initial_name(self.notation, self.k["hidden"]).tex(),
             "initial_zero": spec.initial_state == "zero",
             "first": self.first,
             "last": self.last,
@@ -574,7 +657,7 @@ class _Writer:
 
     def _first_step(self, assignment: Any) -> list[str]:
         """z at the first step, written from the generic cell with the initial state."""
-        generic = self._generic("pre_activation", last=len(self.graph.steps) == 1)
+        generic = self._generic(self.k["pre_activation"], last=len(self.graph.steps) == 1)
         mapping = self._instantiate_map(self.first)
         lhs = self.tex(assignment.target)
         general = generic.expr.xreplace(mapping)
@@ -590,11 +673,11 @@ class _Writer:
             if not isinstance(at, sp.Basic) or not at.free_symbols:
                 continue
             k = int(at.subs(self.t, step))
-            if role == "hidden" and k < self.first:
+            if role == self.k["hidden"] and k < self.first:
                 initial = sp.MatrixSymbol(self.notation.initial_ascii, *generic.shape)
                 self._register(initial, ("initial_state", None))
                 mapping[generic] = initial
-            elif role in ("input", "hidden", "pre_activation", "output", "target"):
+            elif role in ("input", self.k["hidden"], self.k["pre_activation"], "output", "target"):
                 mapping[generic] = self.sym(role, k)
         return mapping
 
@@ -682,7 +765,7 @@ class _Writer:
 
     def _paths(self, deps: dict[Any, list[Any]], start: Any, leaf: Any) -> list[list[Any]]:
         """Every path from ``start`` to ``leaf`` (iterative), projected on the seeds' nodes."""
-        keep = {"loss", "output", "hidden", "initial_state", *PARAM_ROLES}
+        keep = {"loss", "output", self.k["hidden"], "initial_state", *self._param_roles()}
         if self.notation.name in _THROUGH_OUTPUT_PRE:
             keep.add("output_pre_activation")
         found: list[list[Any]] = []
@@ -708,13 +791,22 @@ class _Writer:
         graph = self.graph
         losses = [a for a in graph.assignments if a.kind == "loss"]
         leaves: list[tuple[str, Any, TeXName]] = []
-        order = ("output_weight", "output_bias", "input_weight", "recurrent_weight", "hidden_bias")
+        k = self.k
+        order = (
+            "output_weight",
+            "output_bias",
+            k["input_weight"],
+            k["recurrent_weight"],
+            k["hidden_bias"],
+        )
         for role in order:
             symbol = graph.symbols.param(role)
             if symbol is not None:
                 leaves.append((role, symbol, param_name(self.notation, role)))
         if self.spec.initial_state == "input":
-            leaves.append(("initial_state", graph.initial, initial_name(self.notation)))
+            leaves.append(
+                ("initial_state", graph.initial, initial_name(self.notation, self.k["hidden"]))
+            )
         count = T_SYMBOL if self.spec.mode == "many_to_many" else sp.Integer(1)
         scale = self.graph.symbols.loss_scale(count)
         concrete_scale = self.graph.symbols.loss_scale(len(losses))
@@ -756,7 +848,7 @@ class _Writer:
         notation = self.notation
         total = loss_name(notation)
         recurrent = any(
-            any(self.roles.get(n, ("",))[0] == "hidden" for n in path)
+            any(self.roles.get(n, ("",))[0] == self.k["hidden"] for n in path)
             for _, _, paths in per_step
             for path in paths
         )
@@ -837,7 +929,7 @@ class _Writer:
         head_roles = []
         for node in sample:
             node_role = self.roles.get(node, ("",))[0]
-            if node_role in ("hidden", role) or node == sample[-1]:
+            if node_role in (self.k["hidden"], role) or node == sample[-1]:
                 break
             head_roles.append(node_role)
 
@@ -852,26 +944,27 @@ class _Writer:
             nodes = [*head_nodes, name]
             factors = [self.partial(a, b) for a, b in pairwise(nodes)]
             return rf"{lhs} &= " + " ".join(factors)
-        hidden_t = series_name(notation, "hidden", t)
+        hidden = self.k["hidden"]
+        hidden_t = series_name(notation, hidden, t)
         head = [*head_nodes, hidden_t]
         factors = [self.partial(a, b) for a, b in pairwise(head)]
         # the steps k whose hidden state reads the parameter directly
         ks = {
             a.step
             for a in self.graph.assignments
-            if a.kind == "pre_activation" and symbol in _atoms(a.expr)
+            if a.kind == self.k["pre_activation"] and symbol in _atoms(a.expr)
         }
         k_low = min(ks)
         single_k = len(ks) == 1
         k_sym = sp.Integer(k_low) if single_k else k
         step_jacobian = self.partial(
-            series_name(notation, "hidden", j), series_name(notation, "hidden", j - 1)
+            series_name(notation, hidden, j), series_name(notation, hidden, j - 1)
         )
         prod = (
             rf"\left(\prod_{{{self.tex(j)}={self.tex(k_sym + 1)}}}^{{{self.tex(t)}}} "
             rf"{step_jacobian}\right)"
         )
-        direct = self.partial(series_name(notation, "hidden", k_sym), name)
+        direct = self.partial(series_name(notation, hidden, k_sym), name)
         body = " ".join([*factors, prod, direct])
         if single_k:
             return rf"{lhs} &= {body}"
@@ -929,7 +1022,7 @@ class _Writer:
         depends: dict[Any, list[str]] = {}
         order: list[Any] = []
         for path in paths:
-            hidden = [n for n in path if self.roles.get(n, ("",))[0] == "hidden"]
+            hidden = [n for n in path if self.roles.get(n, ("",))[0] == self.k["hidden"]]
             for a, b in zip(hidden, [*hidden[1:], None], strict=False):
                 if a not in depends:
                     depends[a] = []
@@ -945,17 +1038,23 @@ class _Writer:
 
     def _not_direct(self, symbol: Any, name: TeXName, role: str) -> list[dict[str, str]]:
         """Hidden states whose pre-activation does not read the parameter (and why)."""
-        if role not in ("input_weight", "recurrent_weight", "hidden_bias", "initial_state"):
+        k = self.k
+        if role not in (
+            k["input_weight"],
+            k["recurrent_weight"],
+            k["hidden_bias"],
+            "initial_state",
+        ):
             return []
         out = []
         for assignment in self.graph.assignments:
-            if assignment.kind != "pre_activation":
+            if assignment.kind != self.k["pre_activation"]:
                 continue
             if symbol in _atoms(assignment.expr):
                 continue
-            hidden = self.sym("hidden", assignment.step)
+            hidden = self.sym(self.k["hidden"], assignment.step)
             why = ""
-            if role == "recurrent_weight" and self.spec.initial_state == "zero":
+            if role == self.k["recurrent_weight"] and self.spec.initial_state == "zero":
                 why = "zero_initial"
             if role == "initial_state":
                 why = "later"
@@ -1032,20 +1131,23 @@ class _Writer:
         # ∂h/∂... : the activation's derivative
         hidden = functions.ACTIVATIONS[spec.hidden]
         j = sp.Symbol("j", integer=True)
-        h_j, z_j = self.sym("hidden", j), self.sym("pre_activation", j)
-        h_prev = series_name(notation, "hidden", j - 1)
+        hidden_role, pre_role = self.k["hidden"], self.k["pre_activation"]
+        h_j, z_j = self.sym(hidden_role, j), self.sym(pre_role, j)
+        h_prev = series_name(notation, hidden_role, j - 1)
         f_prime = hidden.derivative_of(h_j, z_j)
         # ∂h_j/∂h_{j-1}: diag(f') times the factor multiplying h_{j-1} in the pre-activation
-        left, right = self._factor_of(self._generic("pre_activation").expr, "hidden", t - 1)
+        left, right = self._factor_of(self._generic(pre_role).expr, hidden_role, t - 1)
         diag = DiagMatrix(f_prime)
         jacobian = sp.MatMul(diag, *left) if left else sp.MatMul(*right, diag)
         jac_lhs = self.partial(self.named(h_j), h_prev)
         # ∂o_t/∂h_t: the factor multiplying h_t in the output pre-activation
-        o_left, o_right = self._factor_of(self._generic("output_pre_activation").expr, "hidden", t)
+        o_left, o_right = self._factor_of(
+            self._generic("output_pre_activation").expr, hidden_role, t
+        )
         o_factors = o_left or o_right
         o_h = o_factors[0] if len(o_factors) == 1 else sp.MatMul(*o_factors)
         a_ph = sp.Dummy("a")
-        h_t_sym, z_t_sym = self.sym("hidden", t), self.sym("pre_activation", t)
+        h_t_sym, z_t_sym = self.sym(hidden_role, t), self.sym(pre_role, t)
         printer = self.printer.with_names({a_ph: self.named(h_t_sym)})
         expr, written_in = hidden.derivative
         f = self._fn_name(notation.hidden_fn)
@@ -1116,7 +1218,7 @@ class _Writer:
     def _delta_rows(self) -> list[str]:
         rows: list[str] = []
         for assignment in self.form_backward():
-            if assignment.kind == "adjoint_pre_activation":
+            if assignment.kind == "adjoint_" + self.k["pre_activation"]:
                 rows += self.rows(self.tex(assignment.target), assignment.expr)
         return rows
 
@@ -1205,10 +1307,10 @@ class _Writer:
 
     def _boundary(self) -> str:
         """What is zero after the last step (the δ of the step after it)."""
-        return delta_name(self.notation, self.T_last + 1).tex()
+        return delta_name(self.notation, self.T_last + 1, self.k["pre_activation"]).tex()
 
     def _zero_tex(self) -> str:
-        return self.tex(sp.ZeroMatrix(*self.graph.symbols.series_shape("pre_activation")))
+        return self.tex(sp.ZeroMatrix(*self.graph.symbols.series_shape(self.k["pre_activation"])))
 
     def _initial_tex(self) -> str:
         """The initial state(s), comma-separated."""
