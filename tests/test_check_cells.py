@@ -449,3 +449,86 @@ def test_check_works_at_the_most_steps(cell: str) -> None:
     for name in derive(ModelSpec(steps=2, **fields)).gradients:
         result = check(spec, name, correct_formula(spec, name).gradient, points=3)
         assert result.ok, result.explain()
+
+
+def numpy_gru_rows(
+    params: dict[str, np.ndarray],
+    X: np.ndarray,
+    Y: np.ndarray,
+    h0: np.ndarray | None = None,
+    *,
+    carry: bool = True,
+) -> tuple[float, dict[str, np.ndarray]]:
+    """A d2l-style GRU in the row layout (X_t W_xr + H_{t-1} W_hr + b_r), hand-written.
+
+    Biases are (n, 1) columns, broadcast over the rows of the batch.  ``carry=False``
+    drops the direct path dH_{t+1} * Z_{t+1} from dH_t.
+    """
+    T, m, _ = X.shape
+    n_h = params["W_hr"].shape[0]
+    H = np.zeros((m, n_h)) if h0 is None else h0.copy()
+    cache = []
+    loss = 0.0
+    for t in range(T):
+        x = X[t]
+        R = _sigmoid(x @ params["W_xr"] + H @ params["W_hr"] + params["b_r"].T)
+        Z = _sigmoid(x @ params["W_xz"] + H @ params["W_hz"] + params["b_z"].T)
+        G = np.tanh(x @ params["W_xh"] + (R * H) @ params["W_hh"] + params["b_h"].T)
+        H_next = Z * H + (1 - Z) * G
+        S = H_next @ params["W_hq"] + params["b_q"].T
+        P = np.exp(S - S.max(axis=1, keepdims=True))
+        P /= P.sum(axis=1, keepdims=True)
+        loss += float(-np.sum(Y[t] * np.log(P))) / m
+        cache.append((x, H, R, Z, G, H_next, P))
+        H = H_next
+    grads = {name: np.zeros_like(value) for name, value in params.items()}
+    dH_next = np.zeros((m, n_h))
+    for t in reversed(range(T)):
+        x, H_prev, R, Z, G, H_t, P = cache[t]
+        dO = (P - Y[t]) / m
+        grads["W_hq"] += H_t.T @ dO
+        grads["b_q"] += dO.sum(axis=0)[:, None]
+        dH = dO @ params["W_hq"].T + dH_next
+        dG = dH * (1 - Z) * (1 - G**2)
+        dZ = dH * (H_prev - G) * Z * (1 - Z)
+        dRH = dG @ params["W_hh"].T
+        dR = dRH * H_prev * R * (1 - R)
+        for gate, d, h_in in (("r", dR, H_prev), ("z", dZ, H_prev), ("h", dG, R * H_prev)):
+            grads[f"W_x{gate}"] += x.T @ d
+            grads[f"W_h{gate}"] += h_in.T @ d
+            grads[f"b_{gate}"] += d.sum(axis=0)[:, None]
+        dH_next = dR @ params["W_hr"].T + dZ @ params["W_hz"].T + dRH * R
+        if carry:
+            dH_next += dH * Z
+    grads["H_0"] = dH_next
+    return loss, grads
+
+
+def test_hand_written_numpy_gru_in_rows_is_equal_and_its_bug_is_not() -> None:
+    spec = ModelSpec(cell="gru", notation="layered", steps=3, initial_state="input")
+    rng = np.random.default_rng(1)
+    n_in, n_h, n_out, m, T = 3, 4, 5, 2, 3
+    params = {}
+    for gate in ("r", "z", "h"):
+        params[f"W_x{gate}"] = rng.normal(scale=0.5, size=(n_in, n_h))
+        params[f"W_h{gate}"] = rng.normal(scale=0.5, size=(n_h, n_h))
+        params[f"b_{gate}"] = rng.normal(scale=0.5, size=(n_h, 1))
+    params["W_hq"] = rng.normal(scale=0.5, size=(n_h, n_out))
+    params["b_q"] = rng.normal(scale=0.5, size=(n_out, 1))
+    X = rng.normal(size=(T, m, n_in))
+    Y = np.eye(n_out)[rng.integers(0, n_out, size=(T, m))]
+    h0 = rng.normal(size=(m, n_h))
+    _, grads = numpy_gru_rows(params, X, Y, h0)
+    numeric = _finite_differences(numpy_gru_rows, params, (X, Y, h0))
+    for name, value in numeric.items():
+        np.testing.assert_allclose(grads[name], value, rtol=1e-5, atol=1e-8, err_msg=name)
+    for name in derive(spec).gradients:
+        result = check(spec, name, numpy_gru_rows, points=4)
+        assert result.ok, (name, result.explain())
+
+    def no_direct_path(p: Any, X: Any, Y: Any, h0: Any = None) -> Any:
+        return numpy_gru_rows(p, X, Y, h0, carry=False)
+
+    result = check(spec, "W_hz", no_direct_path, points=4)
+    assert not result.ok and result.mistakes == (), result.explain()
+    assert result.loss_steps == derive(spec).graph.steps[1:], result.explain()
