@@ -52,9 +52,7 @@ def _push(expr: Any, ct: Any, out: Any, variables: set[Any], sink: list[tuple[An
 
 def _applies_to_expression(expr: Any) -> bool:
     """True for ``f(argument)`` applied elementwise to more than a single symbol."""
-    return isinstance(expr, ElementwiseApplyFunction) and not isinstance(
-        expr.expr, sp.MatrixSymbol
-    )
+    return isinstance(expr, ElementwiseApplyFunction) and not isinstance(expr.expr, sp.MatrixSymbol)
 
 
 def backprop(
@@ -232,9 +230,7 @@ class Derivation:
     @property
     def adjoints(self) -> tuple[Assignment, ...]:
         """The adjoint recursion (δ_t and the other adjoints), in the order computed."""
-        return tuple(
-            a for a in self.assignments if a.kind.startswith(("adjoint_", "pre_adjoint_"))
-        )
+        return tuple(a for a in self.assignments if a.kind.startswith(("adjoint_", "pre_adjoint_")))
 
     @property
     def contributions(self) -> tuple[Assignment, ...]:

@@ -138,6 +138,10 @@ def test_spec_accepts_a_path_object_and_names_the_cell(tmp_path: Path) -> None:
         (('"r[t] = sigmoid', '"r = sigmoid'), r"expected 'name\[t\] = expression'"),
         (("equations = [", "equations = [ 1,"), r"an equation is 1"),
         (("[inputs]", "[inputs"), r"not valid TOML"),
+        (
+            ('g = { ascii = "g"', 'g = { ascii = "dh"'),
+            r"the adjoint of h and g are both called 'dh'",
+        ),
     ],
 )
 def test_bad_cell_files_are_refused_naming_file_line_and_equation(

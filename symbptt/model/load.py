@@ -505,7 +505,30 @@ class _Reader:
                     initial_latex=initial_latex,
                 )
             )
+        self.distinct_derived_names(where, out)
         return tuple(out)
+
+    def distinct_derived_names(self, where: str, names: list[Name]) -> None:
+        """The names derived from the notation's (adjoints, δs, initial states) clash with none."""
+        seen: dict[str, str] = {}
+        for entry in names:
+            derived = [(entry.ascii, entry.key)]
+            if entry.kind == "series":
+                derived += [
+                    (entry.adjoint_ascii, f"the adjoint of {entry.key}"),
+                    ("delta_" + entry.ascii, f"the argument's adjoint of {entry.key}"),
+                ]
+            else:
+                derived.append(("d" + entry.ascii, f"the gradient of {entry.key}"))
+            if entry.initial:
+                derived.append((entry.initial, f"the initial value of {entry.key}"))
+            for name, what in derived:
+                if name in seen and seen[name] != what:
+                    raise self.fail(
+                        f"{where}: {what} and {seen[name]} are both called {name!r}; "
+                        "rename one of them"
+                    )
+                seen[name] = what
 
 
 def _is_called(tree: ast.AST, name: ast.Name) -> bool:
