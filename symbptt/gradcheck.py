@@ -7,7 +7,8 @@ Used by the tests, the documents and the command line:
   cross-entropy, reals for squared error);
 * :func:`finite_difference_errors` compares the module's gradients with central
   finite differences of its own loss, in float64, and returns the largest
-  relative error per parameter (and for ``X`` and ``h0``);
+  relative error per parameter, for ``X`` and for every initial state (``h0``,
+  and ``c0`` for an LSTM: the module's ``STATES``);
 * :func:`gradcheck` does the first for a spec (or a module): the summary the
   documents and the command line report;
 * :func:`taylor_test` checks, along a random direction ``v``, that the
@@ -20,6 +21,7 @@ Used by the tests, the documents and the command line:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -33,6 +35,7 @@ __all__ = [
     "TaylorResult",
     "finite_difference_errors",
     "gradcheck",
+    "initial_arguments",
     "random_problem",
     "relative_error",
     "taylor_test",
@@ -41,17 +44,29 @@ __all__ = [
 Array = NDArray[Any]
 
 
+def initial_arguments(module: ModuleType) -> tuple[str, ...]:
+    """The keywords of a module's initial states, in order: ``("h0",)``, ``("h0", "c0")``."""
+    return tuple(f"{key}0" for key in getattr(module, "STATES", ("h",)))
+
+
 @dataclass
 class Problem:
-    """Arguments of a generated module's functions: ``params``, ``X``, ``Y`` and ``h0``."""
+    """Arguments of a generated module's functions: ``params``, ``X``, ``Y`` and the
+    initial states ``initial`` (by keyword: ``{"h0": ..., "c0": ...}``; None for zeros)."""
 
     params: dict[str, Array]
     X: Array
     Y: Array
-    h0: Array | None
+    initial: dict[str, Array | None] = field(default_factory=dict)
 
-    def args(self) -> tuple[dict[str, Array], Array, Array, Array | None]:
-        return self.params, self.X, self.Y, self.h0
+    @property
+    def h0(self) -> Array | None:
+        """The first state's initial value (the only one of a one-state cell)."""
+        return next(iter(self.initial.values()), None)
+
+    def args(self) -> tuple[Any, ...]:
+        """``(params, X, Y, h0, ...)``: positional arguments of the module's functions."""
+        return (self.params, self.X, self.Y, *self.initial.values())
 
 
 def random_problem(
@@ -69,8 +84,8 @@ def random_problem(
     """Random arguments for ``module`` (sizes fixed by its spec win over the ones given).
 
     Weights and biases are drawn with standard deviation ``scale`` (biases too,
-    so that their gradients are tested away from zero), ``h0`` likewise unless
-    ``initial_state`` is False (then ``h0`` is None: zeros).
+    so that their gradients are tested away from zero), every initial state
+    likewise unless ``initial_state`` is False (then each is None: zeros).
     """
     rng = np.random.default_rng(rng)
     sizes = module.SIZES
@@ -94,8 +109,14 @@ def random_problem(
         Y = (rng.random(shape) < 0.5).astype(float)
     else:
         Y = rng.normal(size=shape)
-    h0 = rng.normal(scale=scale, size=(batch, n_hidden)).astype(dtype) if initial_state else None
-    return Problem(params, X, Y.astype(dtype), h0)
+    sizes = {"n_in": n_in, "n_hidden": n_hidden}
+    state_sizes = getattr(module, "STATE_SIZES", {"h": "n_hidden"})
+    initial: dict[str, Array | None] = {}
+    for key in getattr(module, "STATES", ("h",)):
+        shape = (batch, sizes[state_sizes[key]])
+        value = rng.normal(scale=scale, size=shape).astype(dtype) if initial_state else None
+        initial[f"{key}0"] = value
+    return Problem(params, X, Y.astype(dtype), initial)
 
 
 def relative_error(actual: Array, expected: Array, floor: float = 0.0) -> float:
@@ -122,39 +143,50 @@ def _central_differences(loss: Any, array: Array, eps: float) -> Array:
     return out
 
 
+def _initial_values(
+    module: ModuleType, params: Mapping[str, Array], X: Array, Y: Array, problem: Problem
+) -> dict[str, Array]:
+    """Every initial state of ``problem``, zeros (of the state's shape) where it is None."""
+    values = {name: problem.initial.get(name) for name in initial_arguments(module)}
+    if any(value is None for value in values.values()):
+        _, _, state = module.loss_and_all_gradients(params, X, Y)
+        for name, value in values.items():
+            if value is None:
+                values[name] = np.zeros_like(state[f"{name[:-1]}_T"])
+    return {name: value for name, value in values.items() if value is not None}
+
+
 def finite_difference_errors(
     module: ModuleType, problem: Problem, eps: float = 1e-5
 ) -> dict[str, float]:
     """Largest relative error of each gradient against central differences (float64).
 
-    Keys: the parameters, ``"X"`` and ``"h0"`` (the latter two from
-    ``loss_and_all_gradients``).  ``problem`` must be float64.  A difference
-    quotient carries rounding noise of about 1e-16 |L| / eps, so errors are
-    relative to at least ``1e-4 max(1, |L|)``: a gradient far smaller than the
-    loss is compared in absolute terms instead of measuring that noise.
+    Keys: the parameters, ``"X"`` and every initial state (``"h0"``, ``"c0"``, ...;
+    those from ``loss_and_all_gradients``).  ``problem`` must be float64.  A
+    difference quotient carries rounding noise of about 1e-16 |L| / eps, so
+    errors are relative to at least ``1e-4 max(1, |L|)``: a gradient far
+    smaller than the loss is compared in absolute terms instead of measuring
+    that noise.
     """
     if problem.X.dtype != np.float64:
         raise ValueError(f"problem: expected float64 arrays, got {problem.X.dtype}")
-    params, X, Y, h0 = problem.args()
-    h0 = h0 if h0 is not None else np.zeros((X.shape[1], params[_recurrent(module)].shape[0]))
-    value, gradients, state = module.loss_and_all_gradients(params, X, Y, h0)
+    params, X, Y = problem.params, problem.X, problem.Y
+    initial = _initial_values(module, params, X, Y, problem)
+    value, gradients, state = module.loss_and_all_gradients(params, X, Y, **initial)
     floor = 1e-4 * max(1.0, abs(value))
 
     def loss() -> float:
-        return float(module.loss(params, X, Y, h0))
+        return float(module.loss(params, X, Y, **initial))
 
     errors = {}
     for name in module.PARAMETERS:
         numeric = _central_differences(loss, params[name], eps)
         errors[name] = relative_error(gradients[name], numeric, floor)
     errors["X"] = relative_error(state["dX"], _central_differences(loss, X, eps), floor)
-    errors["h0"] = relative_error(state["dh0"], _central_differences(loss, h0, eps), floor)
+    for name, array in initial.items():
+        numeric = _central_differences(loss, array, eps)
+        errors[name] = relative_error(state[f"d{name}"], numeric, floor)
     return errors
-
-
-def _recurrent(module: ModuleType) -> str:
-    roles: dict[str, str] = module.ROLES
-    return next(name for name, role in roles.items() if role == "recurrent_weight")
 
 
 @dataclass
@@ -188,23 +220,23 @@ def taylor_test(
 ) -> TaylorResult:
     """Taylor-remainder and directional-derivative test along a random direction.
 
-    The direction perturbs every parameter and, with ``inputs``, X and h0 too
-    (their gradients from ``loss_and_all_gradients``).
+    The direction perturbs every parameter and, with ``inputs``, X and every
+    initial state too (their gradients from ``loss_and_all_gradients``).
     """
     rng = np.random.default_rng(rng)
-    params, X, Y, h0 = problem.args()
-    h0 = h0 if h0 is not None else np.zeros((X.shape[1], params[_recurrent(module)].shape[0]))
-    base, gradients, state = module.loss_and_all_gradients(params, X, Y, h0)
-    point = {**params, "X": X, "h0": h0}
-    grads = {**gradients, "X": state["dX"], "h0": state["dh0"]}
-    names = list(params) + (["X", "h0"] if inputs else [])
+    params, X, Y = problem.params, problem.X, problem.Y
+    initial = _initial_values(module, params, X, Y, problem)
+    base, gradients, state = module.loss_and_all_gradients(params, X, Y, **initial)
+    point = {**params, "X": X, **initial}
+    grads = {**gradients, "X": state["dX"], **{n: state[f"d{n}"] for n in initial}}
+    names = list(params) + (["X", *initial] if inputs else [])
     direction = {name: rng.normal(size=point[name].shape) for name in names}
     slope_along = sum(float(np.sum(grads[n] * direction[n])) for n in names)
 
     def loss_at(e: float) -> float:
         moved = {n: point[n] + e * direction[n] if n in direction else point[n] for n in point}
         ps = {n: moved[n] for n in params}
-        return float(module.loss(ps, moved["X"], Y, moved["h0"]))
+        return float(module.loss(ps, moved["X"], Y, **{n: moved[n] for n in initial}))
 
     remainders = [abs(loss_at(e) - base - e * slope_along) for e in steps]
     slopes = [

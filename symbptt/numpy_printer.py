@@ -50,6 +50,7 @@ __all__ = [
     "SumEntries",
     "activation_helper",
     "flatten_matmul",
+    "helper_form",
     "helper_source",
     "is_safe",
     "matmul_form",
@@ -252,6 +253,26 @@ def activation_helper(function: sp.Lambda) -> functions.Activation | None:
     if _single_call(body, functions.z) or body == functions.z:
         return None
     return registered
+
+
+def helper_form(function: sp.Lambda, shape: tuple[Any, Any]) -> tuple[Any, Any] | None:
+    """``(placeholder, matrix expression)``: a helper activation's safe form, lifted.
+
+    For an activation printed through a helper (:func:`activation_helper`), its
+    :func:`safe_form` as a matrix expression of ``placeholder`` (a matrix symbol
+    of ``shape`` standing for the argument), so that code generation can write
+    it into an array one NumPy call at a time (sigmoid: ``z / 2``, ``tanh``,
+    ``/ 2``, ``+ 1 / 2``).  None when it has no helper or cannot be lifted.
+    """
+    helper = activation_helper(function)
+    if helper is None:
+        return None
+    placeholder = sp.MatrixSymbol("_arg", *shape)
+    try:
+        lifted = functions.lift(safe_form(helper.definition), {functions.z: placeholder}, shape)
+    except TypeError:
+        return None
+    return placeholder, lifted
 
 
 def _single_call(body: sp.Basic, var: sp.Symbol) -> bool:

@@ -12,23 +12,26 @@ can drive a generated module with these or with their own loop.
 * :func:`clip_by_value` and :func:`clip_by_norm` (by the global norm of all
   gradients together), the usual cure for exploding gradients.
 * :func:`truncated_bptt`: the loss and gradients over windows of k steps,
-  the hidden state carried from one window to the next.
+  every state of the cell (h; h and c for an LSTM) carried from one window to
+  the next.
 * :func:`gradient_norms`: ‖∂L_T/∂h_k‖ against k, the vanishing/exploding
-  gradient picture, from the generated code's gradient with respect to h0.
+  gradient picture, from the generated code's gradient with respect to the
+  initial value of the state the output layer reads (h0).
 * :func:`fit`: a small training loop over all of these.
 
 Truncated BPTT
 --------------
 Full BPTT differentiates the loss of all T steps through all T steps.
 Truncated BPTT with window ``k`` cuts the sequence into windows of k steps
-(the last may be shorter).  Each window runs forward from the hidden state
-the previous window ended in (``h0`` of the generated module's
-``loss_and_all_gradients``, whose ``state["h_T"]`` is the final hidden
-state), so the forward pass and the loss are exactly those of the whole
-sequence; but the backward pass of a window stops at its first step: the
-state it starts from is treated as a constant, and ∂L/∂h at a window's start
-is dropped.  The parameter gradients are the sum of the windows' (weighted by
-the window's share of the steps when the loss is the mean over time).  With
+(the last may be shorter).  Each window runs forward from the states the
+previous window ended in (``h0`` and, for a cell of several states such as
+the LSTM, ``c0``, ... of the generated module's ``loss_and_all_gradients``,
+whose ``state["h_T"]``, ``state["c_T"]``, ... are the final states), so the
+forward pass and the loss are exactly those of the whole sequence; but the
+backward pass of a window stops at its first step: the states it starts from
+are treated as constants, and ∂L/∂h at a window's start is dropped.  The
+parameter gradients are the sum of the windows' (weighted by the window's
+share of the steps when the loss is the mean over time).  With
 ``k >= T`` there is one window, and it is full BPTT.  For many-to-one
 models only the last window has a loss; the earlier ones only carry the state.
 """
@@ -215,6 +218,33 @@ def _windows(steps: int, k: int) -> list[tuple[int, int]]:
     return [(start, min(start + int(k), steps)) for start in range(0, steps, int(k))]
 
 
+def _states(module: ModuleType) -> tuple[str, ...]:
+    """The module's states (``STATES``; a module without it has the one state h)."""
+    states: tuple[str, ...] = tuple(getattr(module, "STATES", ("h",)))
+    return states
+
+
+def _initial(
+    module: ModuleType, h0: Array | None, initial: Mapping[str, Array | None]
+) -> dict[str, Array | None]:
+    """The module's initial-state keywords (``h0``, ``c0``, ...) with their values."""
+    names = [f"{key}0" for key in _states(module)]
+    unknown = sorted(set(initial) - set(names[1:]))
+    if unknown:
+        raise TypeError(
+            f"unexpected initial state(s) {', '.join(unknown)}; this module takes "
+            f"{', '.join(names)}"
+        )
+    values: dict[str, Array | None] = {names[0]: h0}
+    values.update({name: initial.get(name) for name in names[1:]})
+    return values
+
+
+def _final(module: ModuleType, state: Mapping[str, Array]) -> dict[str, Array]:
+    """The final states of ``loss_and_all_gradients``'s ``state``, as initial-state keywords."""
+    return {f"{key}0": state[f"{key}_T"] for key in _states(module)}
+
+
 def truncated_bptt(
     module: ModuleType,
     params: Mapping[str, Array],
@@ -222,16 +252,21 @@ def truncated_bptt(
     Y: Array,
     k: int,
     h0: Array | None = None,
-) -> tuple[float, dict[str, Array], Array]:
+    **initial: Array | None,
+) -> tuple[float, dict[str, Array], Any]:
     """Loss and gradients by truncated BPTT over windows of ``k`` steps.
 
     ``module`` is a generated gradient module (rolled, so that windows of any
-    length work); ``X`` (T, m, n_in) and ``Y`` as for its
-    ``loss_and_gradients``.  Returns ``(loss, gradients, h_T)``: the loss of
+    length work); ``X`` (T, m, n_in), ``Y`` and the initial states (``h0``,
+    and ``c0``, ... for a cell of several states; None for zeros) as for its
+    ``loss_and_gradients``.  Returns ``(loss, gradients, final)``: the loss of
     the whole sequence (equal to the module's ``loss``), the truncated
-    gradients, and the final hidden state (m, n_hidden), which a caller passes
-    as ``h0`` to carry the state on into the next sequence (stateful
-    training over a long text).  With ``k >= T`` this is full BPTT.
+    gradients, and the final state: for a cell of one state its final value
+    (m, n_hidden), which a caller passes as ``h0`` to carry the state on into
+    the next sequence (stateful training over a long text); for a cell of
+    several states a dict of every final state by initial-state keyword
+    (``{"h0": h_T, "c0": c_T}``), passed on as ``**final``.  With ``k >= T``
+    this is full BPTT.
     """
     mode = _spec_field(module, "mode")
     mean_over_time = _spec_field(module, "time_reduction") == "mean"
@@ -239,38 +274,43 @@ def truncated_bptt(
     windows = _windows(steps, k)
     total = 0.0
     grads: dict[str, Array] = {}
-    h = h0
+    carried: Mapping[str, Array | None] = _initial(module, h0, initial)
     for start, stop in windows:
         last = stop == steps
         if mode == "many_to_one" and not last:
-            h = _advance(module, params, X[start:stop], h)
+            carried = _advance(module, params, X[start:stop], carried)
             continue
         window_y = Y if mode == "many_to_one" else Y[start:stop]
         value, window_grads, state = module.loss_and_all_gradients(
-            params, X[start:stop], window_y, h
+            params, X[start:stop], window_y, **carried
         )
         weight = (stop - start) / steps if mean_over_time and mode == "many_to_many" else 1.0
         total += weight * float(value)
         for name, grad in window_grads.items():
             scaled = grad * weight if weight != 1.0 else grad
             grads[name] = grads[name] + scaled if name in grads else np.array(scaled, copy=True)
-        h = state["h_T"]
-    assert h is not None
-    return total, grads, h
+        carried = _final(module, state)
+    if len(carried) == 1:
+        return total, grads, next(iter(carried.values()))
+    return total, grads, dict(carried)
 
 
-def _advance(module: ModuleType, params: Mapping[str, Array], X: Array, h0: Array | None) -> Array:
-    """The hidden state after running ``X`` from ``h0`` (a many-to-one window without a loss).
+def _advance(
+    module: ModuleType,
+    params: Mapping[str, Array],
+    X: Array,
+    initial: Mapping[str, Array | None],
+) -> dict[str, Any]:
+    """Every state after running ``X`` from ``initial`` (a many-to-one window without a loss).
 
-    The generated module returns the final state with the gradients; the
-    target only shapes the (discarded) loss, and the state does not depend on
+    The generated module returns the final states with the gradients; the
+    target only shapes the (discarded) loss, and the states do not depend on
     it, so the module's own predictions serve: a valid target for every loss
     (a cross-entropy target must sum to one over the units).
     """
-    predictions, _ = module.forward(params, X, h0)
-    _, _, state = module.loss_and_all_gradients(params, X, predictions, h0)
-    h_T: Array = state["h_T"]
-    return h_T
+    predictions, _ = module.forward(params, X, **initial)
+    _, _, state = module.loss_and_all_gradients(params, X, predictions, **initial)
+    return _final(module, state)
 
 
 # -- the vanishing / exploding gradient picture ---------------------------------------
@@ -302,33 +342,41 @@ def gradient_norms(
     X: Array,
     Y: Array,
     h0: Array | None = None,
+    **initial: Array | None,
 ) -> Array:
     """‖∂L_T/∂h_k‖ for k = 0, 1, ..., T−1: how far back the last step's loss reaches.
 
     ``L_T`` is the loss of the last step alone (reduced over the batch as the
-    spec says), ``h_k`` the hidden state after k steps (``h_0`` the initial
-    state) and the norm the Frobenius norm over the batch.  Each value is the
-    generated code's gradient with respect to its ``h0`` input: the
-    many-to-one version of the model (:func:`last_step_module`) run on steps
-    k+1..T from ``h0 = h_k``.  A curve that falls geometrically as k moves
-    away from T is the vanishing gradient; one that grows, exploding.
+    spec says), ``h_k`` the value after k steps of the state the output layer
+    reads (the module's ``READOUT``; ``h_0`` its initial value; the first state
+    when the output reads an intermediate quantity) and the norm the Frobenius
+    norm over the batch.  Each value is the generated code's gradient with
+    respect to that state's initial value: the many-to-one version of the
+    model (:func:`last_step_module`) run on steps k+1..T from the states after
+    k steps (every state carried; the others held fixed).  A curve that falls
+    geometrically as k moves away from T is the vanishing gradient; one that
+    grows, exploding.
 
     ``Y`` is the module's target: (T, m, n_out) for many-to-many (its last
-    step is used) or (m, n_out) for many-to-one.  Returns an array of T floats.
+    step is used) or (m, n_out) for many-to-one; the initial states (``h0``,
+    ``c0``, ...) as for the module.  Returns an array of T floats.
     """
     last = last_step_module(module)
     steps = int(np.shape(X)[0])
     target = Y if _spec_field(module, "mode") == "many_to_one" else Y[-1]
-    # the hidden states h_0 .. h_{T-1}, one step at a time
-    states: list[Array | None] = [h0]
-    h = h0
+    states = _states(module)
+    readout = getattr(module, "READOUT", states[0])
+    key = readout if readout in states else states[0]
+    # the states after 0 .. T-1 steps, one step at a time
+    carried: Mapping[str, Array | None] = _initial(module, h0, initial)
+    history = [carried]
     for step in range(steps - 1):
-        h = _advance(last, params, X[step : step + 1], h)
-        states.append(h)
+        carried = _advance(last, params, X[step : step + 1], carried)
+        history.append(carried)
     norms = np.empty(steps)
-    for k, h_k in enumerate(states):
-        _, _, state = last.loss_and_all_gradients(params, X[k:], target, h_k)
-        norms[k] = float(np.linalg.norm(np.asarray(state["dh0"], dtype=np.float64)))
+    for k, at_k in enumerate(history):
+        _, _, state = last.loss_and_all_gradients(params, X[k:], target, **at_k)
+        norms[k] = float(np.linalg.norm(np.asarray(state[f"d{key}0"], dtype=np.float64)))
     return norms
 
 
@@ -346,6 +394,7 @@ def fit(
     clip_norm: float | None = None,
     clip_value: float | None = None,
     callback: Callable[[int, float, Mapping[str, Array]], None] | None = None,
+    **initial: Array | None,
 ) -> list[float]:
     """Train ``params`` in place on one sequence; returns the loss before each update.
 
@@ -353,16 +402,21 @@ def fit(
     with windows of ``truncate`` steps), optional clipping (by value, then by
     global norm), then ``optimizer.step`` (default :class:`Adam`).
     ``callback(iteration, loss, grads)`` runs after each step (1-based).
+    ``h0`` and, for a cell of several states, ``c0``, ... are the initial
+    states (None for zeros).
     """
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
         raise ValueError(f"iterations: got {iterations!r}; expected an integer >= 0")
     optimizer = optimizer if optimizer is not None else Adam()
+    start = _initial(module, h0, initial)
+    first, *others = start
+    rest = {name: start[name] for name in others}
     losses: list[float] = []
     for iteration in range(1, iterations + 1):
         if truncate is None:
-            value, grads = module.loss_and_gradients(params, X, Y, h0)
+            value, grads = module.loss_and_gradients(params, X, Y, **start)
         else:
-            value, grads, _ = truncated_bptt(module, params, X, Y, truncate, h0)
+            value, grads, _ = truncated_bptt(module, params, X, Y, truncate, start[first], **rest)
         if clip_value is not None:
             grads = clip_by_value(grads, clip_value)
         if clip_norm is not None:

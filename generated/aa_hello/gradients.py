@@ -33,13 +33,13 @@ under that rule, and other targets raise ValueError.
 
 Functions: init_params, forward, loss, loss_and_gradients (the loss and the
 parameter gradients), loss_and_all_gradients (also the gradients of X and h0
-and the final hidden state: state['dX'], state['dh0'], state['h_T']).
+and the final activation (hidden state): state['dX'], state['dh0'], state['h_T']).
 float32 in, float32 out; bad shapes, dtypes or parameters raise ValueError.
 
 Schedule: what does not depend on the recurrence runs once over all steps
-(input projection, output layer, loss gradient, weight gradients); the loops
-hold the recurrent products only.  loss_and_gradients keeps its scratch
-arrays between calls (per thread); clear_workspace() frees them.
+(input projections, output layer, loss gradient, weight gradients); the loops
+hold what the states carry from step to step.  loss_and_gradients keeps its
+scratch arrays between calls (per thread); clear_workspace() frees them.
 """
 
 from __future__ import annotations
@@ -63,6 +63,14 @@ ROLES = {
     "b_y": "output_bias",
 }
 LAYOUT = "column"
+#: The cell's states: each has an initial value (keyword <state>0) and a final one.
+STATES = ("h",)
+#: The size of each state (its initial value is (m, size)).
+STATE_SIZES = {
+    "h": "n_hidden",
+}
+#: What the output layer reads (a state, or an intermediate quantity of the cell).
+READOUT = "h"
 #: The number of steps this module is unrolled for (None: any T).
 STEPS = None
 #: Sizes the spec fixes (None: any).
@@ -154,7 +162,7 @@ def loss_and_all_gradients(params, X, Y, h0=None):
 
     ``state["dX"]`` is the gradient with respect to X (T, m, n_in), ``state["dh0"]``
     the gradient with respect to h0 (m, n_hidden) and ``state["h_T"]`` the final
-    hidden state (m, n_hidden), to pass as h0 to the next chunk.
+    activation (hidden state) (m, n_hidden), to pass as h0 to the next chunk.
     """
     X, h0 = _check(params, X, Y, h0)
     ws = _workspace()
@@ -218,9 +226,9 @@ def _check(params, X, Y, h0):
             raise ArgumentError(
                 f"X: expected shape (T, m, n_in) with {name} = {SIZES[name]}, got {X.shape}"
             )
-    _expect("w_aa", params["w_aa"], None, X.dtype)
+    _expect("w_ax", params["w_ax"], None, X.dtype)
     _expect("w_ya", params["w_ya"], None, X.dtype)
-    n_hidden = params["w_aa"].shape[0]
+    n_hidden = params["w_ax"].shape[0]
     n_out = params["w_ya"].shape[0]
     for name, value in (("n_hidden", n_hidden), ("n_out", n_out)):
         if SIZES[name] is not None and value != SIZES[name]:
@@ -310,7 +318,7 @@ def _forward(params, X, h0, ws):
     np.dot(x_all, w_ax.T, out=net_a_all)
     net_a_all += b_a.T
     net_a_seq = net_a_all.reshape(T, m, n_hidden)
-    w_aa_T = w_aa.T
+    w_aa_T = w_aa.T.copy()
     tmp1 = _buffer(ws, "tmp1", (m, n_hidden), dtype)
     for t in range(T):
         a_prev = a_seq[t]
@@ -395,7 +403,7 @@ def _backward(params, cache, Y, ws, extras):
     np.subtract(1, da_dnet_a_all, out=da_dnet_a_all)
     da_dnet_a_seq = da_dnet_a_all.reshape(T, m, n_hidden)
     delta_seq = _buffer(ws, "delta_seq", (T, m, n_hidden), dtype)
-    # the last step: no delta from step t + 1
+    # the last step: no adjoint from step t + 1
     t = T - 1
     da_dnet_a_t = da_dnet_a_seq[t]
     da_t = da_seq[t]

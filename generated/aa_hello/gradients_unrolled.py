@@ -33,7 +33,7 @@ under that rule, and other targets raise ValueError.
 
 Functions: init_params, forward, loss, loss_and_gradients (the loss and the
 parameter gradients), loss_and_all_gradients (also the gradients of X and h0
-and the final hidden state: state['dX'], state['dh0'], state['h_T']).
+and the final activation (hidden state): state['dX'], state['dh0'], state['h_T']).
 float32 in, float32 out; bad shapes, dtypes or parameters raise ValueError.
 
 Straight-line code for T = 4 steps (X.shape[0] must be 4).
@@ -58,6 +58,14 @@ ROLES = {
     "b_y": "output_bias",
 }
 LAYOUT = "column"
+#: The cell's states: each has an initial value (keyword <state>0) and a final one.
+STATES = ("h",)
+#: The size of each state (its initial value is (m, size)).
+STATE_SIZES = {
+    "h": "n_hidden",
+}
+#: What the output layer reads (a state, or an intermediate quantity of the cell).
+READOUT = "h"
 #: The number of steps this module is unrolled for (None: any T).
 STEPS = 4
 #: Sizes the spec fixes (None: any).
@@ -147,7 +155,7 @@ def loss_and_all_gradients(params, X, Y, h0=None):
 
     ``state["dX"]`` is the gradient with respect to X (T, m, n_in), ``state["dh0"]``
     the gradient with respect to h0 (m, n_hidden) and ``state["h_T"]`` the final
-    hidden state (m, n_hidden), to pass as h0 to the next chunk.
+    activation (hidden state) (m, n_hidden), to pass as h0 to the next chunk.
     """
     X, h0 = _check(params, X, Y, h0)
     cache = _forward(params, X, h0)
@@ -186,9 +194,9 @@ def _check(params, X, Y, h0):
             raise ArgumentError(
                 f"X: expected shape (T, m, n_in) with {name} = {SIZES[name]}, got {X.shape}"
             )
-    _expect("w_aa", params["w_aa"], None, X.dtype)
+    _expect("w_ax", params["w_ax"], None, X.dtype)
     _expect("w_ya", params["w_ya"], None, X.dtype)
-    n_hidden = params["w_aa"].shape[0]
+    n_hidden = params["w_ax"].shape[0]
     n_out = params["w_ya"].shape[0]
     for name, value in (("n_hidden", n_hidden), ("n_out", n_out)):
         if SIZES[name] is not None and value != SIZES[name]:

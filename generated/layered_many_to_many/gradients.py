@@ -31,13 +31,13 @@ under that rule, and other targets raise ValueError.
 
 Functions: init_params, forward, loss, loss_and_gradients (the loss and the
 parameter gradients), loss_and_all_gradients (also the gradients of X and h0
-and the final hidden state: state['dX'], state['dh0'], state['h_T']).
+and the final hidden state of layer L_1: state['dX'], state['dh0'], state['h_T']).
 float32 in, float32 out; bad shapes, dtypes or parameters raise ValueError.
 
 Schedule: what does not depend on the recurrence runs once over all steps
-(input projection, output layer, loss gradient, weight gradients); the loops
-hold the recurrent products only.  loss_and_gradients keeps its scratch
-arrays between calls (per thread); clear_workspace() frees them.
+(input projections, output layer, loss gradient, weight gradients); the loops
+hold what the states carry from step to step.  loss_and_gradients keeps its
+scratch arrays between calls (per thread); clear_workspace() frees them.
 """
 
 from __future__ import annotations
@@ -61,6 +61,14 @@ ROLES = {
     "beta_2": "output_bias",
 }
 LAYOUT = "row"
+#: The cell's states: each has an initial value (keyword <state>0) and a final one.
+STATES = ("h",)
+#: The size of each state (its initial value is (m, size)).
+STATE_SIZES = {
+    "h": "n_hidden",
+}
+#: What the output layer reads (a state, or an intermediate quantity of the cell).
+READOUT = "h"
 #: The number of steps this module is unrolled for (None: any T).
 STEPS = None
 #: Sizes the spec fixes (None: any).
@@ -152,7 +160,7 @@ def loss_and_all_gradients(params, X, Y, h0=None):
 
     ``state["dX"]`` is the gradient with respect to X (T, m, n_in), ``state["dh0"]``
     the gradient with respect to h0 (m, n_hidden) and ``state["h_T"]`` the final
-    hidden state (m, n_hidden), to pass as h0 to the next chunk.
+    hidden state of layer L_1 (m, n_hidden), to pass as h0 to the next chunk.
     """
     X, h0 = _check(params, X, Y, h0)
     ws = _workspace()
@@ -216,9 +224,9 @@ def _check(params, X, Y, h0):
             raise ArgumentError(
                 f"X: expected shape (T, m, n_in) with {name} = {SIZES[name]}, got {X.shape}"
             )
-    _expect("W_h1", params["W_h1"], None, X.dtype)
+    _expect("W_1", params["W_1"], None, X.dtype)
     _expect("W_2", params["W_2"], None, X.dtype)
-    n_hidden = params["W_h1"].shape[0]
+    n_hidden = params["W_1"].shape[1]
     n_out = params["W_2"].shape[1]
     for name, value in (("n_hidden", n_hidden), ("n_out", n_out)):
         if SIZES[name] is not None and value != SIZES[name]:
@@ -392,14 +400,14 @@ def _backward(params, cache, Y, ws, extras):
     np.subtract(1, dH1_dZ1_all, out=dH1_dZ1_all)
     dH1_dZ1_seq = dH1_dZ1_all.reshape(T, m, n_hidden)
     delta_seq = _buffer(ws, "delta_seq", (T, m, n_hidden), dtype)
-    # the last step: no delta from step t + 1
+    # the last step: no adjoint from step t + 1
     t = T - 1
     dH1_dZ1_t = dH1_dZ1_seq[t]
     dH1_t = dH1_seq[t]
     delta_t = delta_seq[t]
     # grad of: H1_t = np.tanh(Z1_t)
     np.multiply(dH1_t, dH1_dZ1_t, out=delta_t)
-    W_h1_T = W_h1.T
+    W_h1_T = W_h1.T.copy()
     tmp2 = _buffer(ws, "tmp2", (m, n_hidden), dtype)
     for t in range(T - 2, -1, -1):
         delta_next = delta_seq[t + 1]
@@ -428,7 +436,7 @@ def _backward(params, cache, Y, ws, extras):
     }
     if not extras:
         return gradients, {}
-    # grad of: Z1_t = X_t @ W_1 + H1_prev @ W_h1 + beta_1.T, of x_t
+    # grad of: Z1_t = X_t @ W_1 + H1_prev @ W_h1 + beta_1.T, of X_t
     dX = (delta_all @ W_1.T).reshape(T, m, n_in)
     # grad of: Z1_t = X_t @ W_1 + H1_prev @ W_h1 + beta_1.T at the first step, of h0
     dh0 = delta_seq[0] @ W_h1.T

@@ -37,9 +37,9 @@ and the final hidden state: state['dX'], state['dh0'], state['h_T']).
 float32 in, float32 out; bad shapes, dtypes or parameters raise ValueError.
 
 Schedule: what does not depend on the recurrence runs once over all steps
-(input projection, output layer, loss gradient, weight gradients); the loops
-hold the recurrent products only.  loss_and_gradients keeps its scratch
-arrays between calls (per thread); clear_workspace() frees them.
+(input projections, output layer, loss gradient, weight gradients); the loops
+hold what the states carry from step to step.  loss_and_gradients keeps its
+scratch arrays between calls (per thread); clear_workspace() frees them.
 """
 
 from __future__ import annotations
@@ -63,6 +63,14 @@ ROLES = {
     "b_y": "output_bias",
 }
 LAYOUT = "column"
+#: The cell's states: each has an initial value (keyword <state>0) and a final one.
+STATES = ("h",)
+#: The size of each state (its initial value is (m, size)).
+STATE_SIZES = {
+    "h": "n_hidden",
+}
+#: What the output layer reads (a state, or an intermediate quantity of the cell).
+READOUT = "h"
 #: The number of steps this module is unrolled for (None: any T).
 STEPS = None
 #: Sizes the spec fixes (None: any).
@@ -218,9 +226,9 @@ def _check(params, X, Y, h0):
             raise ArgumentError(
                 f"X: expected shape (T, m, n_in) with {name} = {SIZES[name]}, got {X.shape}"
             )
-    _expect("W_hh", params["W_hh"], None, X.dtype)
+    _expect("W_xh", params["W_xh"], None, X.dtype)
     _expect("W_hy", params["W_hy"], None, X.dtype)
-    n_hidden = params["W_hh"].shape[0]
+    n_hidden = params["W_xh"].shape[0]
     n_out = params["W_hy"].shape[0]
     for name, value in (("n_hidden", n_hidden), ("n_out", n_out)):
         if SIZES[name] is not None and value != SIZES[name]:
@@ -310,7 +318,7 @@ def _forward(params, X, h0, ws):
     np.dot(x_all, W_xh.T, out=z_all)
     z_all += b_h.T
     z_seq = z_all.reshape(T, m, n_hidden)
-    W_hh_T = W_hh.T
+    W_hh_T = W_hh.T.copy()
     tmp1 = _buffer(ws, "tmp1", (m, n_hidden), dtype)
     for t in range(T):
         h_prev = h_seq[t]
@@ -395,7 +403,7 @@ def _backward(params, cache, Y, ws, extras):
     np.subtract(1, dh_dz_all, out=dh_dz_all)
     dh_dz_seq = dh_dz_all.reshape(T, m, n_hidden)
     delta_seq = _buffer(ws, "delta_seq", (T, m, n_hidden), dtype)
-    # the last step: no delta from step t + 1
+    # the last step: no adjoint from step t + 1
     t = T - 1
     delta_t = delta_seq[t]
     dh_dz_t = dh_dz_seq[t]

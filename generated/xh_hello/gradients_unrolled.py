@@ -58,6 +58,14 @@ ROLES = {
     "b_y": "output_bias",
 }
 LAYOUT = "column"
+#: The cell's states: each has an initial value (keyword <state>0) and a final one.
+STATES = ("h",)
+#: The size of each state (its initial value is (m, size)).
+STATE_SIZES = {
+    "h": "n_hidden",
+}
+#: What the output layer reads (a state, or an intermediate quantity of the cell).
+READOUT = "h"
 #: The number of steps this module is unrolled for (None: any T).
 STEPS = 4
 #: Sizes the spec fixes (None: any).
@@ -186,9 +194,9 @@ def _check(params, X, Y, h0):
             raise ArgumentError(
                 f"X: expected shape (T, m, n_in) with {name} = {SIZES[name]}, got {X.shape}"
             )
-    _expect("W_hh", params["W_hh"], None, X.dtype)
+    _expect("W_xh", params["W_xh"], None, X.dtype)
     _expect("W_hy", params["W_hy"], None, X.dtype)
-    n_hidden = params["W_hh"].shape[0]
+    n_hidden = params["W_xh"].shape[0]
     n_out = params["W_hy"].shape[0]
     for name, value in (("n_hidden", n_hidden), ("n_out", n_out)):
         if SIZES[name] is not None and value != SIZES[name]:

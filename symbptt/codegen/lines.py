@@ -1,0 +1,511 @@
+"""Lines of generated code: statements that fit the line, and in-place lowering.
+
+* :class:`Code` holds lines with the names each reads and defines, so unused
+  pure lines (views, workspace arrays) are pruned;
+* :func:`fit` prints ``target = expr`` and names subexpressions first while a
+  line is longer than :data:`WIDTH`;
+* :class:`Lowering` writes an expression into an existing array, one NumPy
+  call per line (``np.dot(a, b, out=z)``, ``z += b``): no full-size temporary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import sympy as sp
+from sympy.core.symbol import Str
+from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
+
+from .. import mexpr
+from ..numpy_printer import (
+    LogSumExp,
+    NumPyPrinter,
+    SumEntries,
+    flatten_matmul,
+    helper_form,
+    matmul_form,
+    stable_loss_matrix,
+)
+
+__all__ = [
+    "WIDTH",
+    "Code",
+    "Lowering",
+    "SharedPrinter",
+    "atomic",
+    "fit",
+    "layout",
+    "wrap_assignment",
+]
+
+
+@dataclass
+class Code:
+    """Lines of generated code, each with the names it reads and the name it defines.
+
+    A *pure* line only defines its name (a view, a reshape, a workspace
+    array): :meth:`prune` drops it when nothing after it reads the name.
+    """
+
+    entries: list[tuple[str, frozenset[str], str | None, bool]] = field(default_factory=list)
+
+    def add(
+        self, line: str, uses: Iterable[str] = (), defines: str | None = None, pure: bool = False
+    ) -> None:
+        self.entries.append((line, frozenset(uses), defines, pure))
+
+    def extend(self, other: Code, indent: int = 0) -> None:
+        pad = "    " * indent
+        self.entries += [
+            ("\n".join(pad + part if part else part for part in line.split("\n")), uses, name, pure)
+            for line, uses, name, pure in other.entries
+        ]
+
+    @property
+    def uses(self) -> set[str]:
+        return set().union(*(uses for _, uses, _, _ in self.entries)) if self.entries else set()
+
+    @property
+    def defines(self) -> list[str]:
+        return [d for _, _, d, _ in self.entries if d is not None]
+
+    def prune(self, live: Iterable[str]) -> Code:
+        """Drop pure lines whose name nothing later (nor ``live``) reads, and their comments."""
+        needed = set(live)
+        keep = [True] * len(self.entries)
+        for i in reversed(range(len(self.entries))):
+            _, uses, defines, pure = self.entries[i]
+            if pure and defines is not None and defines not in needed:
+                keep[i] = False
+                continue
+            needed |= uses
+        for i, (line, _, _, _) in enumerate(self.entries):
+            if line.strip().startswith("#"):
+                following = next(
+                    (
+                        j
+                        for j in range(i + 1, len(self.entries))
+                        if not self.entries[j][0].strip().startswith("#")
+                    ),
+                    None,
+                )
+                keep[i] = following is not None and keep[following]
+        return Code([entry for entry, kept in zip(self.entries, keep, strict=True) if kept])
+
+    def lines(self, indent: int = 4) -> list[str]:
+        """The lines, each laid out as ``ruff format`` would at ``indent`` more spaces."""
+        out = []
+        for line, _, _, _ in self.entries:
+            for part in line.split("\n"):
+                out += layout(part, indent).split("\n")
+        return out
+
+
+def layout(line: str, indent: int = 4) -> str:
+    """``line`` (inside a function body: ``indent`` spaces more) within :data:`WIDTH`.
+
+    An assignment ``name = ...`` or a call statement too long is split at its
+    last brackets, as ``ruff format`` splits it; comments and other lines stay.
+    """
+    text = line.lstrip(" ")
+    pad = line[: len(line) - len(text)]
+    at = indent + len(pad)
+    if at + len(text) <= WIDTH or text.startswith("#"):
+        return line
+    target, sep, rhs = text.partition(" = ")
+    if sep and target.isidentifier():
+        wrapped = wrap_assignment(target, rhs, at)
+    elif (
+        text.endswith(")") and "(" in text and text.split("(", 1)[0].replace(".", "").isidentifier()
+    ):
+        head, _, body = text[:-1].partition("(")
+        wrapped = _split_brackets(head + "(", body, ")", at)
+    else:
+        return line
+    return "\n".join(pad + part for part in wrapped.split("\n"))
+
+
+def _split_brackets(head: str, body: str, close: str, indent: int) -> str:
+    """``head`` / body / ``close`` on three lines, or the body's items one a line."""
+    if indent + 4 + len(body) <= WIDTH:
+        return "\n".join([head, "    " + body, close])
+    return "\n".join([head, *("    " + part + "," for part in _items(body)), close])
+
+
+def wrap_assignment(target: str, rhs: str, indent: int) -> str:
+    """``target = rhs``, on several lines as ``ruff format`` lays it out when it is too long.
+
+    The last pair of brackets is split (their content on one line, else one
+    item a line with a trailing comma); when even ``target = head(`` is too long
+    the right-hand side goes in parentheses.
+    """
+    line = f"{target} = {rhs}"
+    if indent + len(line) <= WIDTH or rhs[-1:] not in (")", "]"):
+        return line
+    close = rhs[-1]
+    opening = {")": "(", "]": "["}[close]
+    depth = 0
+    for j in range(len(rhs) - 1, -1, -1):
+        if rhs[j] in ")]":
+            depth += 1
+        elif rhs[j] in "([":
+            depth -= 1
+            if depth == 0:
+                break
+    if rhs[j] != opening:
+        return line
+    head, body = rhs[: j + 1], rhs[j + 1 : -1]
+    first = f"{target} = {head}"
+    if indent + len(first) <= WIDTH:
+        return _split_brackets(first, body, close, indent)
+    if indent + 4 + len(rhs) <= WIDTH:
+        return "\n".join([f"{target} = (", "    " + rhs, ")"])
+    return line
+
+
+def _items(body: str) -> list[str]:
+    """The comma-separated items of ``body`` at bracket depth 0."""
+    items, depth, start = [], 0, 0
+    for i, char in enumerate(body):
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append(body[start:i].strip())
+            start = i + 1
+    items.append(body[start:].strip())
+    return [item for item in items if item]
+
+
+class SharedPrinter(NumPyPrinter):
+    """The NumPy printer sharing one set of helpers across a module's printers."""
+
+    def __init__(self, names: Mapping[Any, str], helpers: set[str] | None = None) -> None:
+        super().__init__(names)
+        if helpers is not None:
+            self.helpers = helpers
+
+
+WIDTH = 88  # ruff format's default line length: printed lines never need wrapping
+
+
+def _trivial(expr: Any) -> bool:
+    if not isinstance(expr, sp.Basic) or isinstance(expr, (sp.Lambda, Str)):
+        return True
+    if isinstance(expr, sp.Transpose):
+        return isinstance(expr.arg, (sp.MatrixSymbol, sp.OneMatrix))
+    return bool(expr.is_Atom or isinstance(expr, (sp.MatrixSymbol, sp.OneMatrix)))
+
+
+def _children(expr: Any) -> list[Any]:
+    """The subexpressions a long line can be split at (with runs of atoms grouped)."""
+    if isinstance(expr, mexpr.OutputLoss):
+        return []
+    if isinstance(expr, ElementwiseApplyFunction):
+        args = [expr.expr]
+    else:
+        args = [a for a in expr.args if isinstance(a, sp.Basic)]
+    compound = [a for a in args if not _trivial(a)]
+    if compound or len(args) <= 2:
+        return compound
+    if isinstance(expr, (sp.MatAdd, sp.Add, sp.HadamardProduct, sp.Mul)):
+        return [expr.func(*args[: len(args) // 2])]
+    return []
+
+
+def _descendants(expr: Any) -> list[Any]:
+    """Every subexpression a long line can be split at, outermost first."""
+    out: list[Any] = []
+    stack = list(reversed(_children(expr)))
+    while stack:
+        node = stack.pop()
+        out.append(node)
+        stack.extend(reversed([c for c in _children(node) if c in node.args]))
+    return out
+
+
+def fit(
+    target: str,
+    expr: Any,
+    new_printer: Callable[[dict[Any, str]], SharedPrinter],
+    names: dict[Any, str],
+    indent: int = 4,
+    counter: list[int] | None = None,
+) -> list[tuple[str, str, set[str]]]:
+    """``target = expr`` as statements ``(name, code, names read)`` that each fit in :data:`WIDTH`.
+
+    While a line is too long, the smallest subexpression whose naming makes it
+    fit (else the largest) is assigned first to ``<target>_part<k>``; ``counter``
+    (one number in a list) numbers the parts when several calls share a target.
+    """
+    counter = [0] if counter is None else counter
+    if isinstance(expr, sp.Basic):
+        losses = expr.atoms(mexpr.OutputLoss)
+        expr = expr.xreplace({n: SumEntries(stable_loss_matrix(n)) for n in losses})
+    names = dict(names)
+    pending = [(target, expr)]
+    out: list[tuple[str, str, set[str]]] = []
+    while pending:
+        name, current = pending.pop()
+        printer = new_printer(names)
+        code = str(printer.doprint(current))
+        excess = indent + len(name) + 3 + len(code) - WIDTH
+        candidates = _descendants(current) if excess > 0 else []
+        if not candidates:
+            out.append((name, code, set(printer.used)))
+            continue
+        counter[0] += 1
+        part = f"{target}_part{counter[0]}"
+        lengths = [len(str(new_printer(names).doprint(c))) for c in candidates]
+        enough = [(length, i) for i, length in enumerate(lengths) if length - len(part) >= excess]
+        child = candidates[min(enough)[1] if enough else lengths.index(max(lengths))]
+        symbol = sp.MatrixSymbol(part, *child.shape) if mexpr.is_matrix(child) else sp.Symbol(part)
+        names[symbol] = part
+        if child in current.args or child not in _children(current):
+            replaced = current.xreplace({child: symbol})
+        else:  # a run of atoms grouped by _children
+            grouped = set(child.args)
+            replaced = current.func(symbol, *(a for a in current.args if a not in grouped))
+        if replaced == current:
+            out.append((name, code, set(printer.used)))
+            continue
+        pending.append((name, replaced))
+        pending.append((part, child))
+    return out
+
+
+def _constant(expr: Any) -> bool:
+    """An all-ones matrix times a number: a scalar constant added to every entry."""
+    if isinstance(expr, sp.OneMatrix):
+        return True
+    if isinstance(expr, sp.MatMul):
+        _, mats = flatten_matmul(expr)
+        return len(mats) == 1 and isinstance(mats[0], sp.OneMatrix)
+    return False
+
+
+def atomic(expr: Any) -> bool:
+    """An operand that is printed without computing a new full-size array."""
+    if not mexpr.is_matrix(expr) or _constant(expr):
+        return True
+    if isinstance(expr, (sp.MatrixSymbol, sp.OneMatrix, LogSumExp)):
+        return True
+    if isinstance(expr, sp.Transpose):
+        return isinstance(expr.arg, sp.MatrixSymbol)
+    if isinstance(expr, sp.MatMul):
+        coeff, mats, axis = matmul_form(expr)
+        if coeff != 1:
+            return False
+        if axis is not None:
+            return True
+        return len(mats) == 1 and atomic(mats[0])
+    return False
+
+
+class Lowering:
+    """Three-address code: an expression written into an existing array, in place.
+
+    Each line is one NumPy call (``np.dot(a, b, out=z)``, ``z += b``), so no
+    full-size temporary is allocated; an operand that is itself compound is
+    first written into a scratch array asked of ``scratch(shape)``.  Products
+    of 2-D arrays use ``np.dot``: with ``out`` it costs less per call than
+    ``np.matmul`` (the loops make many small calls) and calls the same BLAS.
+    """
+
+    def __init__(
+        self,
+        printer: SharedPrinter,
+        scratch: Callable[[tuple[Any, Any]], str],
+        indent: int = 4,
+        strided: frozenset[str] = frozenset(),
+    ) -> None:
+        self.printer = printer
+        self.scratch = scratch
+        self.indent = indent
+        self.strided = strided  # views np.dot cannot write into (out= must be contiguous)
+
+    def code(self, expr: Any) -> str:
+        return str(self.printer.doprint(expr))
+
+    def fresh(self, expr: Any, code: Code) -> str:
+        """The code of ``expr``; lines too long are split into named parts first."""
+        names = dict(self.printer.names)
+        parts = fit(self.target, expr, self._same_printer, names, self.indent, self.counter)
+        for name, text, used in parts[:-1]:
+            code.add(f"{name} = {text}", used, name)
+            self.printer.used |= used | {name}
+        self.printer.used |= parts[-1][2]
+        return parts[-1][1]
+
+    def _same_printer(self, names: dict[Any, str]) -> SharedPrinter:
+        return SharedPrinter(names, self.printer.helpers)
+
+    def short(self, expr: Any, out: Code) -> str:
+        """An atomic operand's code; a long one (a log-sum-exp) is named on a line of its own."""
+        code = self.code(expr)
+        if len(code) <= 40:
+            return code
+        text = self.fresh(expr, out)
+        self.counter[0] += 1
+        name = f"{self.target}_part{self.counter[0]}"
+        out.add(f"{name} = {text}", (), name)
+        self.scratches.add(name)
+        return name
+
+    def statement(self, expr: Any, target: str) -> Code:
+        """Lines writing ``expr`` into the array ``target`` (each line lists what all read)."""
+        self.printer.used.clear()
+        self.scratches: set[str] = set()
+        self.target = target
+        self.counter = [0]
+        code = self.assign(expr, target)
+        uses = frozenset(self.printer.used | self.scratches | {target})
+        return Code([(line, uses, None, False) for line, _, _, _ in code.entries])
+
+    def operand(self, expr: Any, out: Code) -> str:
+        if atomic(expr):
+            return self.short(expr, out)
+        buffer = self.scratch(expr.shape)
+        self.scratches.add(buffer)
+        out.extend(self.assign(expr, buffer))
+        return buffer
+
+    def assign(self, expr: Any, target: str) -> Code:
+        code = Code()
+        if atomic(expr):
+            text = self.short(expr, code)
+            if text != target:
+                code.add(f"{target}[...] = {text}")
+            return code
+        if isinstance(expr, sp.MatMul) and matmul_form(expr)[2] is not None:
+            coeff, mats, axis = matmul_form(expr)
+            if len(mats) == 1 and not isinstance(mats[0], sp.Transpose):
+                inner = self.operand(mats[0], code)
+                code.add(f"{target}[...] = {inner}.sum(axis={axis}, keepdims=True)")
+            else:
+                body = sp.MatMul(*flatten_matmul(expr)[1])
+                code.add(f"{target}[...] = {self.fresh(body, code)}")
+            self._scale(coeff, target, code)
+            return code
+        if isinstance(expr, sp.MatMul):
+            coeff, mats, axis = matmul_form(expr)
+            if axis is None and len(mats) >= 2:
+                left = self.operand(mats[0], code)
+                for i, factor in enumerate(mats[1:]):
+                    right = self.operand(factor, code)
+                    into = target
+                    if i < len(mats) - 2:
+                        into = self.scratch((mats[0].shape[0], factor.shape[1]))
+                        self.scratches.add(into)
+                    if into in self.strided:
+                        code.add(f"{into}[...] = {left} @ {right}")
+                    else:
+                        code.add(f"np.dot({left}, {right}, out={into})")
+                    left = into
+            else:
+                code.extend(self.assign(mats[0], target))
+            self._scale(coeff, target, code)
+            return code
+        if isinstance(expr, sp.MatAdd):
+            self._sum(list(expr.args), target, code)
+            return code
+        if isinstance(expr, sp.HadamardProduct):
+            factors = list(expr.args)
+            compound = [f for f in factors if not atomic(f)]
+            if compound:
+                code.extend(self.assign(compound[0], target))
+                rest = [f for f in factors if f is not compound[0]]
+            else:
+                a, b = factors[0], factors[1]
+                a_code, b_code = self.short(a, code), self.short(b, code)
+                code.add(f"np.multiply({a_code}, {b_code}, out={target})")
+                rest = factors[2:]
+            for factor in rest:
+                code.add(f"{target} *= {self.operand(factor, code)}")
+            return code
+        if isinstance(expr, sp.HadamardPower) and expr.exp == 2:
+            base = self.operand(expr.base, code) if atomic(expr.base) else None
+            if base is None:
+                code.extend(self.assign(expr.base, target))
+                base = target
+            code.add(f"np.multiply({base}, {base}, out={target})")
+            return code
+        if isinstance(expr, ElementwiseApplyFunction):
+            arg = expr.expr
+            if atomic(arg):
+                arg_code = self.short(arg, code)
+            else:
+                code.extend(self.assign(arg, target))
+                arg_code = target
+            call = self.printer.elementwise_into(expr, arg_code, target)
+            form = helper_form(expr.function, arg.shape) if call is None else None
+            if call is not None:
+                code.add(call)
+            elif form is not None:  # a helper's body, one NumPy call a line, in place
+                placeholder, body = form
+                self.printer.names[placeholder] = arg_code
+                code.extend(self.assign(body, target))
+                del self.printer.names[placeholder]
+            else:
+                placeholder = sp.MatrixSymbol("_arg", *arg.shape)
+                self.printer.names[placeholder] = arg_code
+                applied = expr.func(expr.function, placeholder)
+                code.add(f"{target}[...] = {self.fresh(applied, code)}")
+                del self.printer.names[placeholder]
+            return code
+        if isinstance(expr, mexpr.Softmax):
+            arg_code = self.operand(expr.arg, code)
+            self.printer.helpers.add("softmax")
+            code.add(f"softmax({arg_code}, axis={expr.axis}, out={target})")
+            return code
+        code.add(f"{target}[...] = {self.fresh(expr, code)}")
+        return code
+
+    def _sum(self, terms: list[Any], target: str, code: Code) -> None:
+        signed = [
+            (
+                NumPyPrinter._negative(t),
+                NumPyPrinter._negated(t) if NumPyPrinter._negative(t) else t,
+            )
+            for t in terms
+        ]
+        compound = [i for i, (_, t) in enumerate(signed) if not atomic(t)]
+        if compound:
+            positive = [i for i in compound if not signed[i][0]]
+            base = positive[0] if positive else compound[0]
+            rest = [i for i in range(len(signed)) if i != base]
+            code.extend(self.assign(signed[base][1], target))
+            if signed[base][0]:
+                atoms = [i for i in rest if not signed[i][0] and atomic(signed[i][1])]
+                if atoms:
+                    first_code = self.short(signed[atoms[0]][1], code)
+                    code.add(f"np.subtract({first_code}, {target}, out={target})")
+                    rest.remove(atoms[0])
+                else:
+                    code.add(f"np.negative({target}, out={target})")
+        else:
+            order = sorted(range(len(signed)), key=lambda i: signed[i][0])
+            first, second = order[0], order[1]
+            a, b = self.short(signed[first][1], code), self.short(signed[second][1], code)
+            if signed[first][0]:
+                code.add(f"np.add({a}, {b}, out={target})")
+                code.add(f"np.negative({target}, out={target})")
+            else:
+                op = "subtract" if signed[second][0] else "add"
+                code.add(f"np.{op}({a}, {b}, out={target})")
+            rest = order[2:]
+        for i in rest:
+            negative, term = signed[i]
+            code.add(f"{target} {'-=' if negative else '+='} {self.operand(term, code)}")
+
+    def _scale(self, coeff: Any, target: str, code: Code) -> None:
+        numer, denom = sp.fraction(sp.sympify(coeff))
+        if numer == -1:
+            code.add(f"np.negative({target}, out={target})")
+        elif numer != 1:
+            code.add(f"{target} *= {self.code(numer)}")
+        if denom != 1:
+            code.add(f"{target} /= {self.code(denom)}")

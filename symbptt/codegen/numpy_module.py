@@ -1,0 +1,422 @@
+"""The NumPy backend: a gradient module's text, rolled (any T) or unrolled (fixed T).
+
+The templates (``templates/gradients.py.jinja``, ``gradients_unrolled.py.jinja``
+and the shared ``_gradients_api.py.jinja``) lay the module out; every
+expression arrives printed here, from the derivation: the function bodies by
+:class:`~symbptt.codegen.numpy_rolled.RolledModule` or
+:class:`~symbptt.codegen.numpy_unrolled.UnrolledModule`, the docstring's
+equations by :func:`equations`.  What the module's API needs to know about the
+cell (its parameters and their shapes, its states and their sizes) comes from
+the cell and the notation, never from a recognised shape.
+
+Emission derives with symbolic sizes (so that ``b 1^T``, ``X 1`` and
+``1 1^T X`` stay distinguishable) and with the initial states as inputs
+(every module accepts them and can return their gradients); the spec's
+concrete sizes become run-time checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import textwrap
+from typing import Any
+
+import sympy as sp
+
+from .. import functions
+from ..derive import Derivation, derive
+from ..graph import T_SYMBOL, Symbols
+from ..notation import Notation
+from ..numpy_printer import NumPyPrinter, helper_source
+from ..spec import ModelSpec
+from ..templating import render
+from .module_parts import size_names
+from .numpy_rolled import RolledModule
+from .numpy_unrolled import UnrolledModule
+
+__all__ = ["emission_derivation", "emit_numpy", "equations"]
+
+
+def emission_derivation(source: ModelSpec | Derivation) -> tuple[ModelSpec, Derivation]:
+    """The user's spec and a derivation with symbolic sizes and the initial states as inputs."""
+    spec = source.spec if isinstance(source, Derivation) else source
+    if not isinstance(spec, ModelSpec):
+        raise TypeError(f"expected a ModelSpec or a Derivation, got {type(source).__name__}")
+    emission = dataclasses.replace(
+        spec, n_in=None, n_hidden=None, n_out=None, batch=None, initial_state="input"
+    )
+    if isinstance(source, Derivation) and source.spec == emission:
+        return spec, source
+    return spec, derive(emission)
+
+
+# ---------------------------------------------------------------------------- docstring
+def _base(symbol: Any, step: Any) -> str:
+    suffix = "_" + Symbols.step_name(step)
+    return str(symbol.name)[: -len(suffix)]
+
+
+def _doc_names(symbols: Symbols, notation: Notation, t: Any) -> dict[Any, str]:
+    """Per-step symbols in the notation's index style: ``h_(t-1)``, ``h^(t)``, ``a(t)``."""
+    names: dict[Any, str] = dict(size_names(symbols))
+    names.update({symbol: name for name, symbol in symbols.params.items()})
+    for symbol, (_, step) in symbols.meta.items():
+        if not (isinstance(step, sp.Basic) and step.free_symbols):
+            continue
+        base = _base(symbol, step)
+        index = str(step).replace(" ", "")
+        if notation.style == "sup":
+            names[symbol] = f"{base}^({index})"
+        elif notation.style == "call":
+            names[symbol] = f"{base}({index})"
+        else:
+            names[symbol] = f"{base}_{index}" if index == str(t) else f"{base}_({index})"
+    return names
+
+
+def equations(spec: ModelSpec, d: Derivation) -> list[str]:
+    """The model's equations in the notation's own layout, as docstring lines."""
+    sf = d.step_form
+    notation = d.notation
+    names = _doc_names(sf.symbols, notation, sf.t)
+    printer = NumPyPrinter(names)
+    statements = list(sf.last_forward or sf.forward)
+    lines = []
+    for a in statements:
+        target = printer.doprint(a.target)
+        if a.kind == "loss":
+            pred = sp.Symbol(printer.doprint(a.expr.pred))
+            truth = sp.Symbol(printer.doprint(a.expr.target))
+            loss = functions.LOSSES[spec.loss].definition.xreplace(
+                {functions.a: pred, functions.y: truth}
+            )
+            lines.append(f"{target} = sum over units and examples of {sp.sstr(loss)}")
+        else:
+            lines.append(f"{target} = {printer.doprint(a.expr)}")
+    steps = T_SYMBOL if spec.mode == "many_to_many" else sp.Integer(1)
+    scale = sf.symbols.loss_scale(steps)
+    total = sp.Symbol("_total")
+    loss_t = printer.doprint(next(a.target for a in statements if a.kind == "loss"))
+    what = f"sum over t of {loss_t}" if spec.mode == "many_to_many" else f"{loss_t} of the last t"
+    total_code = NumPyPrinter({total: f"({what})", **names}).doprint(scale * total)
+    lines.append(f"{notation.loss_ascii} = {total_code}")
+    return lines
+
+
+def _article(title: str) -> str:
+    """``a`` or ``an`` before ``title`` (an acronym is read letter by letter: an LSTM)."""
+    first = title.split()[0] if title.split() else title
+    if first[:1] in "AEIOUaeiou":
+        return "an"
+    if len(first) > 1 and first.isupper() and first[0] in "FHLMNRSX":
+        return "an"
+    return "a"
+
+
+def _join(words: list[str]) -> str:
+    if len(words) <= 1:
+        return "".join(words)
+    return ", ".join(words[:-1]) + " and " + words[-1]
+
+
+# ---------------------------------------------------------------------------- the API
+def _api(d: Derivation) -> dict[str, Any]:
+    """What the module's API needs: parameters, shapes, fan-ins, states and their sizes."""
+    symbols = d.graph.symbols
+    cell = symbols.cell
+    notation = d.notation
+    size_code = size_names(symbols)
+    printer = NumPyPrinter(size_code)
+
+    def code(dim: Any) -> str:
+        return str(printer.doprint(dim))
+
+    init = []
+    sources: dict[str, tuple[str, int]] = {}
+    for name, symbol in symbols.params.items():
+        key = symbols.key_of_param(name)
+        shape = f"({code(symbol.shape[0])}, {code(symbol.shape[1])})"
+        if key == "W_out":
+            fan_in: str | None = cell.quantity(cell.readout).size
+        elif key == "b_out" or cell.parameter(key).kind == "bias":
+            fan_in = None
+        else:
+            fan_in = str(cell.parameter(key).shape[1])
+        init.append({"name": name, "shape": shape, "fan_in": fan_in})
+        for axis, dim in enumerate(symbol.shape):
+            size = size_code.get(dim)
+            if size in ("n_hidden", "n_out") and size not in sources:
+                sources[size] = (name, axis)
+    states = []
+    for state in cell.states:
+        entry = notation.name_of(state.key)
+        states.append(
+            {
+                "key": state.key,
+                "argument": state.key + "0",
+                "size": state.size,
+                "initial": entry.initial,
+                "description": entry.description,
+            }
+        )
+    fallbacks: dict[str, str] = {}
+    for size in ("n_hidden", "n_out"):
+        if size not in sources:
+            fallbacks[size] = next((s["argument"] for s in states if s["size"] == size), "")
+    return {"init": init, "size_sources": sources, "size_fallbacks": fallbacks, "states": states}
+
+
+def _context(spec: ModelSpec, d: Derivation, unrolled: bool) -> dict[str, Any]:
+    notation = d.notation
+    cell = d.graph.symbols.cell
+    builder: RolledModule | UnrolledModule = (
+        UnrolledModule(spec, d) if unrolled else RolledModule(spec, d)
+    )
+    built = builder.build()
+    helpers = set(builder.helpers)
+    kernels = [{**built, "suffix": "", "what": ""}]
+    fused_width = fused_size = ""
+    if not unrolled:
+        fused = RolledModule(spec, d, fuse=True)
+        if fused.s.groups:
+            fused_built = fused.build()
+            for key in ("prediction", "finals"):
+                if fused_built[key] != built[key]:
+                    raise AssertionError(f"the fused schedule's {key} differs from the plain one's")
+            kernels.append({**fused_built, "suffix": "_fused", "what": " of the fused schedule"})
+            helpers |= fused.helpers
+            fused_size, fused_width = _group_width(fused, d)
+    symbols = d.graph.symbols
+    api = _api(d)
+    states = api["states"]
+    roles = {name: role for name, role in d.roles.items() if name in symbols.params}
+    many_to_one = spec.mode == "many_to_one"
+    column = notation.layout == "column"
+    finals = built["finals"]
+    if unrolled:
+        final_states = {key: f'cache["{name}"]' for key, name in finals.items()}
+        if many_to_one:
+            prediction = f'cache["{built["prediction"]}"]'
+        else:
+            prediction = "np.stack([cache[name] for name in _PREDICTIONS])"
+    else:
+        final_states = {key: f'cache["{name}"][-1]' for key, name in finals.items()}
+        name = built["prediction"]
+        prediction = (
+            f'cache["{name}"]'
+            if many_to_one
+            else f'cache["{name}"].reshape(X.shape[0], X.shape[1], -1)'
+        )
+    steps_text = ", ".join(str(s) for s in notation.steps(2)) + ", ...,"
+    first = notation.t0
+    last = "T" if first == 1 else "T - 1"
+    title = (
+        f"Gradients of {_article(cell.title)} {cell.title} by backpropagation through time, "
+        + (
+            f"unrolled for T = {spec.steps} steps."
+            if unrolled
+            else "rolled: any number of steps T."
+        )
+    )
+    header = [
+        "Generated by symbptt from SPEC below: do not edit.",
+        "Regenerate: python -m symbptt.regenerate (the presets in generated/); any spec:",
+        f"symbptt.emit_numpy(symbptt.ModelSpec(**SPEC){', unrolled=True' if unrolled else ''}).",
+        f"Model: {notation.title}; seed {notation.seed}."
+        if notation.seed
+        else f"Model: {notation.title}.",
+        f"Spec hash {spec.hash()}; SymPy {sp.__version__}.",
+    ]
+    data_shape = "(T, m, n_out)" if not many_to_one else "(m, n_out)"
+    layout = (
+        [
+            "Layout: column vectors, as in W x: a per-step quantity is (units, m); inside,",
+            "the code works on transposed views, one example per row: X[t] is x_t^T and",
+            "W x + b appears as x @ W.T + b.T.",
+        ]
+        if column
+        else ["Layout: rows, as in X W: a per-step quantity is (m, units), one example per row."]
+    )
+    # The fused output gradient (e.g. softmax - Y for cross-entropy) was derived
+    # with the targets summing to one over the units: the module checks it.
+    distribution = functions.LOSSES[spec.loss].distribution
+    targets_rule = (
+        [
+            f"Targets: {spec.loss} needs each target to sum to 1 over the n_out units",
+            "(one-hot or probabilities; Y.sum(axis=-1) == 1): the gradient is derived",
+            "under that rule, and other targets raise ValueError.",
+        ]
+        if distribution
+        else []
+    )
+    arguments = [s["argument"] for s in states]
+    initials = [s["initial"] for s in states]
+    several = len(states) > 1
+    initial_line = (
+        f"{_join(initials)} the initial state{'s' if several else ''} {_join(arguments)}):"
+    )
+    state_shapes = [f"{s['argument']} (m, {s['size']})" for s in states]
+    finals_text = _join([s["description"] for s in states])
+    gradient_keys = ", ".join(
+        [
+            "state['dX']",
+            *(f"state['d{a}']" for a in arguments),
+            *(f"state['{s['key']}_T']" for s in states),
+        ]
+    )
+    docstring = [
+        f"Equations (@ the matrix product, * elementwise; t = {steps_text} {last},",
+        initial_line,
+        *("    " + line for line in equations(spec, d)),
+        "",
+        "Shapes: X (T, m, n_in) time-major (X[t] holds step t), one example per row;",
+        f"Y {data_shape}; {_join(state_shapes)} or None for zeros; the parameters",
+        *(f"    {p['name']} {p['shape']}" for p in api["init"]),
+        "(biases are n x 1 vectors, as in the notation).",
+        *layout,
+        f"Reductions: {spec.time_reduction} over time, {spec.batch_reduction} over the batch.",
+        *targets_rule,
+        "",
+        "Functions: init_params, forward, loss, loss_and_gradients (the loss and the",
+        f"parameter gradients), loss_and_all_gradients (also the gradients of X and "
+        f"{_join(arguments)}",
+        f"and the final {finals_text}: {gradient_keys}).",
+        "float32 in, float32 out; bad shapes, dtypes or parameters raise ValueError.",
+    ]
+    if not unrolled:
+        docstring += [
+            "",
+            "Schedule: what does not depend on the recurrence runs once over all steps",
+            "(input projections, output layer, loss gradient, weight gradients); the loops",
+            "hold what the states carry from step to step.  loss_and_gradients keeps its",
+            "scratch arrays between calls (per thread); clear_workspace() frees them.",
+        ]
+    else:
+        docstring += [
+            "",
+            f"Straight-line code for T = {spec.steps} steps (X.shape[0] must be {spec.steps}).",
+        ]
+    docstring = _wrap(docstring)
+    spec_items = {
+        key: repr(value) if not isinstance(value, str) else f'"{value}"'
+        for key, value in spec.as_dict().items()
+    }
+    return {
+        **built,
+        "kernels": kernels,
+        "fused_width": fused_width,
+        "fused_size": fused_size,
+        "fused_step_size": FUSED_STEP_SIZE,
+        "helpers": [helper_source(name) for name in sorted(helpers)],
+        "title": title,
+        "header": header,
+        "docstring": docstring,
+        "parameters": list(symbols.params),
+        "roles": roles,
+        "layout": notation.layout,
+        "steps": spec.steps if unrolled else None,
+        "sizes": {
+            "n_in": spec.n_in,
+            "n_hidden": spec.n_hidden,
+            "n_out": spec.n_out,
+            "m": spec.batch,
+        },
+        "spec": spec_items,
+        "init": api["init"],
+        "size_sources": api["size_sources"],
+        "states": states,
+        "states_tuple": _tuple([s["key"] for s in states]),
+        "readout": cell.readout,
+        "initial_args": arguments,
+        "initial_keywords": ", ".join(f"{a}=None" for a in arguments),
+        "initial_call": ", ".join(arguments),
+        "initial_text": _join(arguments),
+        "size_fallbacks": api["size_fallbacks"],
+        "all_gradients_doc": _all_gradients_doc(states),
+        "prediction": prediction,
+        "prediction_shape": "(T, m, n_out), time-major" if not many_to_one else "(m, n_out)",
+        "final_states": final_states,
+        "target_shape": data_shape,
+        "targets_are_distributions": distribution,
+        "workspace": not unrolled,
+        "stacked_predictions": built.get("predictions", []) if not many_to_one else [],
+    }
+
+
+def _all_gradients_doc(states: list[dict[str, str]]) -> list[str]:
+    """The docstring of ``loss_and_all_gradients``: what ``state`` holds."""
+    parts = ['``state["dX"]`` is the gradient with respect to X (T, m, n_in)']
+    for s in states:
+        argument, size = s["argument"], s["size"]
+        parts.append(
+            f'``state["d{argument}"]`` the gradient with respect to {argument} (m, {size})'
+        )
+    parts += [
+        f'``state["{s["key"]}_T"]`` the final {s["description"]} (m, {s["size"]})' for s in states
+    ]
+    arguments = _join([s["argument"] for s in states])
+    text = (
+        ", ".join(parts[:-1]) + " and " + parts[-1] + f", to pass as {arguments} to the next chunk."
+    )
+    return textwrap.wrap(text, width=80, break_on_hyphens=False, break_long_words=False)
+
+
+def _tuple(words: list[str]) -> str:
+    """A tuple of strings as ruff formats it on one line: ``("h",)``, ``("h", "c")``."""
+    inner = ", ".join(f'"{w}"' for w in words)
+    return f"({inner},)" if len(words) == 1 else f"({inner})"
+
+
+#: The fused schedule runs for steps of at most this many entries (m times the units of a
+#: fused block): there the number of NumPy calls decides; above it, memory traffic and the
+#: shapes BLAS is fastest at (many small products beat one wide one for m of 4 to 8 here).
+FUSED_STEP_SIZE = 256
+
+
+def _group_width(fused: RolledModule, d: Derivation) -> tuple[str, str]:
+    """The size name of the fused blocks' units and the code of its value in ``_kernel``."""
+    symbols = d.graph.symbols
+    widths = {group.width for group in fused.s.groups.values()}
+    names = {v: k for k, v in symbols.sizes.items()}
+    size = names.get(max(widths, key=str), "") if widths else ""
+    if size == "n_in":
+        return "n_in", "X.shape[2]"
+    sources = _api(d)["size_sources"]
+    if size not in sources:
+        return "", ""
+    name, axis = sources[size]
+    return size, f'params["{name}"].shape[{axis}]'
+
+
+def _wrap(lines: list[str], width: int = 88) -> list[str]:
+    """Docstring lines no longer than ``width`` (long ones broken at spaces, indent kept)."""
+    out = []
+    for line in lines:
+        if len(line) <= width:
+            out.append(line)
+            continue
+        indent = line[: len(line) - len(line.lstrip())]
+        words = line.split(" ")
+        current = ""
+        for word in words:
+            candidate = f"{current} {word}" if current else word
+            if len(candidate) > width and current.strip():
+                out.append(current)
+                current = indent + "    " + word if indent else word
+            else:
+                current = candidate
+        out.append(current)
+    return out
+
+
+def emit_numpy(spec: ModelSpec | Derivation, unrolled: bool = False) -> str:
+    """The source of a NumPy module computing the loss and gradients of ``spec``.
+
+    ``unrolled=False`` gives the rolled module (any number of steps), ``True``
+    straight-line code for ``spec.steps`` steps.  A :class:`Derivation` is
+    accepted in place of its spec.  The text is the same for the same spec,
+    whatever the hash seed.
+    """
+    user_spec, d = emission_derivation(spec)
+    template = "gradients_unrolled.py.jinja" if unrolled else "gradients.py.jinja"
+    return render(template, **_context(user_spec, d, unrolled))

@@ -1,0 +1,208 @@
+"""The unrolled NumPy module's code: the derivation's own assignments, one per line, for T steps."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .. import mexpr
+from ..derive import Derivation
+from ..graph import Assignment
+from ..notation import Notation
+from ..spec import ModelSpec
+from .lines import Code, SharedPrinter, fit
+from .module_parts import assemble, size_names
+from .rowform import RowForm, transpose
+from .schedule import Stmt
+
+__all__ = ["UnrolledModule"]
+
+_ADJOINT = ("adjoint_", "pre_adjoint_")
+
+
+class UnrolledModule:
+    """The unrolled module's code: the derivation's assignments, one per line, for T steps."""
+
+    def __init__(self, spec: ModelSpec, d: Derivation) -> None:
+        self.spec, self.d = spec, d
+        self.notation: Notation = d.notation
+        self.column = self.notation.layout == "column"
+        graph = d.graph
+        self.rf = RowForm(graph.symbols)
+        self.sizes = size_names(graph.symbols)
+        self.param_names = {symbol: name for name, symbol in graph.params.items()}
+        self.names: dict[Any, str] = {**self.sizes, **self.param_names}
+        self.forward = [self._statement(a) for a in graph.assignments]
+        self.backward = [self._statement(a) for a in d.assignments]
+        self.helpers: set[str] = set()
+        # (role, step) -> symbol, built once: ``comments`` looks adjoints and
+        # primals up for every pair of statements, and a scan of ``rf.meta``
+        # per look-up made unrolled emission cubic in the number of steps.
+        self._by_role: dict[tuple[str, Any], Any] = {}
+        for symbol, (role, step) in self.rf.meta.items():
+            self._by_role.setdefault((role, step), symbol)
+        self._forward_reads = [f.expr.free_symbols for f in self.forward]
+        self._forwards_by_adjoint: dict[Any, list[int]] = {}
+        for index, forward in enumerate(self.forward):
+            if forward.kind not in ("loss", "total_loss"):
+                for prefix in ("adjoint_", "pre_adjoint_"):
+                    adjoint = self._adjoint_of(forward.target, prefix)
+                    if adjoint is not None:
+                        self._forwards_by_adjoint.setdefault(adjoint, []).append(index)
+        self._comment_lines: dict[int, str] = {}
+
+    def new_printer(self, names: Mapping[Any, str]) -> SharedPrinter:
+        return SharedPrinter(names, self.helpers)
+
+    def _statement(self, assignment: Assignment) -> Stmt:
+        row = self.rf.assignment(assignment)
+        return Stmt(row.target, row.expr, assignment.kind, assignment.param)
+
+    def code_of(self, expr: Any) -> tuple[str, set[str]]:
+        printer = self.new_printer(self.names)
+        return str(printer.doprint(expr)), set(printer.used)
+
+    def line_of(self, statement: Stmt) -> str:
+        printer = self.new_printer(self.names)
+        return f"{printer.doprint(statement.target)} = {printer.doprint(statement.expr)}"
+
+    def assign(self, code: Code, statement: Stmt, name: str | None = None) -> None:
+        target = name or str(self.new_printer(self.names).doprint(statement.target))
+        for part, text, used in fit(target, statement.expr, self.new_printer, self.names):
+            code.add(f"{part} = {text}", used, part, True)
+
+    def comments(self, statement: Stmt) -> list[str]:
+        """``# grad of: ...`` for the forward assignments a backward assignment comes from."""
+        reads = statement.expr.free_symbols
+        lines = []
+        primal = None
+        if statement.kind.startswith(_ADJOINT) or statement.kind == "contribution":
+            primal = self._primal_of(statement.target)
+            # Only the forward assignments whose adjoint this one reads can
+            # match; taken in forward order, as a scan of them all would.
+            candidates = sorted(
+                index
+                for s in reads
+                if self.rf.meta.get(s, ("",))[0].startswith(_ADJOINT)
+                for index in self._forwards_by_adjoint.get(s, ())
+            )
+            for index in candidates:
+                reads_of_forward = self._forward_reads[index]
+                if (
+                    statement.param in {str(p) for p in reads_of_forward}
+                    if statement.kind == "contribution"
+                    else primal in reads_of_forward
+                ):
+                    lines.append(self._forward_comment(index))
+        if not lines and primal is not None:
+            for index, forward in enumerate(self.forward):
+                if forward.kind == "loss" and primal in self._forward_reads[index]:
+                    lines.append(self._forward_comment(index))
+        return lines
+
+    def _forward_comment(self, index: int) -> str:
+        if index not in self._comment_lines:
+            self._comment_lines[index] = f"# grad of: {self.line_of(self.forward[index])}"
+        return self._comment_lines[index]
+
+    def _adjoint_of(self, symbol: Any, prefix: str = "adjoint_") -> Any:
+        role, step = self.rf.meta.get(symbol, (None, None))
+        return self._by_role.get((f"{prefix}{role}", step))
+
+    def _primal_of(self, symbol: Any) -> Any:
+        role, step = self.rf.meta.get(symbol, ("", None))
+        for prefix in _ADJOINT:
+            if role.startswith(prefix):
+                return self._by_role.get((role[len(prefix) :], step))
+        return None
+
+    def build(self) -> dict[str, Any]:
+        d, graph = self.d, self.d.graph
+        forward, loss, backward, extras = Code(), Code(), Code(), Code()
+        forward.add("T, m, n_in = X.shape", {"X"})
+        forward.add("dtype = X.dtype", {"X"}, "dtype", True)
+        printer = self.new_printer(self.names)
+        for i, x in enumerate(graph.inputs):
+            name = str(printer.doprint(self.rf.symbol(x)))
+            forward.add(f"{name} = X[{i}]", {"X"}, name, True)
+        for key, initial in graph.initials.items():
+            name = str(printer.doprint(self.rf.symbol(initial)))
+            forward.add(f"{name} = {key}0", {f"{key}0"}, name, True)
+        many_to_one = self.spec.mode == "many_to_one"
+        for i, y in enumerate(graph.targets):
+            name = str(printer.doprint(self.rf.symbol(y)))
+            loss.add(f"{name} = {'Y' if many_to_one else f'Y[{i}]'}", {"Y"}, name, True)
+            backward.add(f"{name} = {'Y' if many_to_one else f'Y[{i}]'}", {"Y"}, name, True)
+        for s in self.forward:
+            if s.kind in ("loss", "total_loss"):
+                node = s.expr
+                if isinstance(node, mexpr.OutputLoss) and node.output == "softmax":
+                    softmax = mexpr.Softmax(node.pre, node.axis)
+                    self.names[softmax] = str(self.new_printer(self.names).doprint(node.pred))
+                self.assign(loss, s)
+                self.names = {
+                    k: v for k, v in self.names.items() if not isinstance(k, mexpr.Softmax)
+                }
+            else:
+                self.assign(forward, s)
+        previous: list[str] = []
+        for s in self.backward:
+            comments = self.comments(s) if s.kind != "gradient" else ["# sum over the steps"]
+            if comments != previous:
+                for line in comments:
+                    backward.add(line)
+            previous = comments
+            self.assign(backward, s)
+        names: list[str] = []
+        for step in graph.steps:
+            name = f"dx_{step}"
+            value = d.input_gradients[step]
+            if mexpr.is_zero(value):
+                extras.add(f"{name} = np.zeros_like(X[0])", {"X"}, name, True)
+                continue
+            self.assign(extras, Stmt(None, self._row(value), "input"), name)
+            names.append(name)
+        extras.add(f"dX = np.stack([{', '.join(names)}])", set(names), "dX", True)
+        outputs = []
+        for key, initial in graph.initials.items():
+            name = f"d{key}0"
+            outputs.append(name)
+            value = d.gradients.get(initial.name)
+            if value is None or mexpr.is_zero(value):
+                held = str(printer.doprint(self.rf.symbol(initial)))
+                extras.add(f"{name} = np.zeros_like({held})", {held}, name, True)
+                continue
+            self.assign(extras, Stmt(None, self._row(value), "initial"), name)
+        loss_name = self.notation.loss_ascii
+        gradients = {name: f"d{name}" for name in self.param_names.values()}
+        output = graph.symbols.series("output", graph.steps[-1])
+        prediction = str(printer.doprint(self.rf.symbol(output)))
+        predictions = [
+            str(printer.doprint(self.rf.symbol(graph.symbols.series("output", step))))
+            for step in graph.steps
+        ]
+        finals = {
+            key: str(printer.doprint(self.rf.symbol(graph.symbols.series(key, graph.steps[-1]))))
+            for key in graph.initials
+        }
+        returned = set(predictions if not many_to_one else [prediction]) | set(finals.values())
+        parts = assemble(
+            forward,
+            loss,
+            backward,
+            extras,
+            gradients,
+            self.param_names.values(),
+            loss_name,
+            returned,
+            outputs,
+        )
+        return parts | {
+            "prediction": prediction,
+            "predictions": predictions,
+            "prediction_stacked": False,
+            "finals": finals,
+        }
+
+    def _row(self, expr: Any) -> Any:
+        return transpose(self.rf.expr(expr)) if self.column else expr
