@@ -24,6 +24,9 @@ proves them):
   finite differences at a small size, and against the generated module's
   gradients (to 1e-10) at every size timed.  While ``symbptt.emit_numpy``
   cannot emit the cell yet, only the baseline is timed and the script says why.
+  With PyTorch, a pass of its own times ``torch.nn.LSTM`` / ``torch.nn.GRU``
+  (PyTorch's GRU variant: the same work, not the same function) + the same
+  head and loss, and prints generated (else baseline) / torch.
 
 OpenBLAS settings that slow current NumPy on these machines
 (``OPENBLAS_CORETYPE``, ``OPENBLAS_L2_SIZE``; ../shared/FACTS.md) are removed
@@ -77,8 +80,10 @@ CHECK_SIZE: Sizes = (4, 3, 3, 5, 4)
 hand_written = baselines.elman
 
 
-def torch_step(sizes: Sizes, dtype: Any) -> Callable[[], Any] | None:
-    """torch.nn.RNN + nn.Linear + cross-entropy with backward(), or None without torch."""
+def torch_step(sizes: Sizes, dtype: Any, cell: str = "elman") -> Callable[[], Any] | None:
+    """torch.nn.RNN (LSTM, GRU) + nn.Linear + cross-entropy with backward(), or None
+    without torch.  torch's GRU is PyTorch's variant (r_t applied to W_hn h_{t-1} + b_hn):
+    the same work, not the same function."""
     try:
         import torch
     except ImportError:
@@ -86,7 +91,13 @@ def torch_step(sizes: Sizes, dtype: Any) -> Callable[[], Any] | None:
     torch.set_num_threads(1)
     T, m, n_in, n_hidden, n_out = sizes
     torch_dtype = torch.float64 if dtype == np.float64 else torch.float32
-    rnn = torch.nn.RNN(n_in, n_hidden, nonlinearity="tanh").to(torch_dtype)
+    if cell == "lstm":
+        rnn: Any = torch.nn.LSTM(n_in, n_hidden)
+    elif cell == "gru":
+        rnn = torch.nn.GRU(n_in, n_hidden)
+    else:
+        rnn = torch.nn.RNN(n_in, n_hidden, nonlinearity="tanh")
+    rnn = rnn.to(torch_dtype)
     linear = torch.nn.Linear(n_hidden, n_out).to(torch_dtype)
     x = torch.randn(T, m, n_in, dtype=torch_dtype)
     labels = torch.randint(0, n_out, (T * m,))
@@ -202,7 +213,7 @@ def run_elman(base: int, sizes_run: Sequence[Sizes], use_torch: bool) -> list[st
     return missed
 
 
-def run_gated(cell: str, base: int, sizes_run: Sequence[Sizes]) -> list[str]:
+def run_gated(cell: str, base: int, sizes_run: Sequence[Sizes], use_torch: bool) -> list[str]:
     """The table of a gated cell; returns the targets missed."""
     start = time.perf_counter()
     error = check_baseline(cell)
@@ -214,7 +225,7 @@ def run_gated(cell: str, base: int, sizes_run: Sequence[Sizes]) -> list[str]:
         print(f"  generated module not available: {why}")
         print("  timing the baseline alone")
     header = f"{'(T, m, n_in, n_hidden, n_out)':32} {'dtype':8} {'generated':>11} {'baseline':>11}"
-    print(header + f" {'ratio':>6} {'target':>6} {'max diff':>9}")
+    print(header + f" {'ratio':>6} {'target':>6} {'max diff':>9} {'vs torch':>9}")
     missed: list[str] = []
     function = baselines.BASELINES[cell]
     for sizes in sizes_run:
@@ -245,6 +256,12 @@ def run_gated(cell: str, base: int, sizes_run: Sequence[Sizes]) -> list[str]:
             agreement = f"{difference:9.1e}"
             calls = [generated, by_hand]
         medians = median_times(calls, repeats_for(sizes, base, GATES[cell]))
+        torch_call = torch_step(sizes, np.float64, cell) if use_torch else None
+        versus = f"{'-':>9}"
+        if torch_call is not None:  # a pass of its own: torch's calls evict the caches
+            repeats = repeats_for(sizes, base, GATES[cell])
+            ours, theirs = median_times([calls[0], torch_call], repeats)
+            versus = f"{ours / theirs:9.3f}"
         if module is None:
             mine, ratio_text = f"{'-':>11}", f"{'-':>6}"
         else:
@@ -254,7 +271,7 @@ def run_gated(cell: str, base: int, sizes_run: Sequence[Sizes]) -> list[str]:
             mine, ratio_text = f"{medians[0] * 1e3:9.3f}ms", f"{ratio:6.3f}"
         print(
             f"{sizes!s:32} {'float64':8} {mine} {medians[-1] * 1e3:9.3f}ms"
-            f" {ratio_text} {GATED_TARGET:6.2f} {agreement}"
+            f" {ratio_text} {GATED_TARGET:6.2f} {agreement} {versus}"
         )
     return missed
 
@@ -291,7 +308,7 @@ def main() -> None:
     for cell in cells:
         if cell != "elman":
             sizes = [s for s in GATED_SIZES if not (args.skip_large and s == LARGE)]
-            missed += run_gated(cell, base, sizes)
+            missed += run_gated(cell, base, sizes, not args.no_torch)
     print("\nall targets met" if not missed else "\ntargets missed:\n  " + "\n  ".join(missed))
 
 
