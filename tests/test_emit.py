@@ -250,24 +250,39 @@ def test_header_docstring_and_comments() -> None:
 
 def test_the_rolled_loop_holds_only_the_recurrence() -> None:
     source = symbptt.emit_numpy(XH)
-    loops: list[str] = []
-    inside = False
-    for line in source.splitlines():
-        if line.startswith("    for t in range("):
-            loops.append("")
-            inside = True
-        elif inside and line.startswith("        "):
-            if not line.strip().startswith("#"):
-                loops[-1] += line.strip() + "\n"
-        else:
-            inside = False
-    forward, backward = loops
+    forward, backward = loops(source)
     assert "np.dot(h_prev, W_hh_T, out=" in forward and "np.tanh(z_t, out=h_t)" in forward
     assert "W_xh" not in forward and "W_hy" not in forward
     assert "np.dot(delta_next, W_hh, out=" in backward
     assert "W_xh" not in backward and "W_hy" not in backward and "dW" not in backward
     assert "np.dot(x_all, W_xh.T, out=z_all)" in source
     assert "dW_xh = delta_all.T @ x_all" in source
+
+
+def loops(source: str) -> list[str]:
+    """The statements inside each ``for`` loop of a rolled module (its header left out)."""
+    out: list[str] = []
+    lines = source.splitlines()
+    i = 0
+    while i < len(lines):
+        if not lines[i].startswith("    for "):
+            i += 1
+            continue
+        header = ""
+        while not (lines[i].endswith(":") and not lines[i].startswith("     ")):
+            header += lines[i]
+            i += 1  # the header, perhaps on several lines, ends with "):" or ":"
+        header += lines[i]
+        i += 1
+        if "range(T" not in header and "[:T" not in header and "T - 1" not in header:
+            continue  # a loop of the API (validation), not a time loop
+        body = ""
+        while i < len(lines) and (lines[i].startswith("        ") or not lines[i].strip()):
+            if lines[i].strip() and not lines[i].strip().startswith("#"):
+                body += lines[i].strip() + "\n"
+            i += 1
+        out.append(body)
+    return out
 
 
 def _spread() -> list[tuple[ModelSpec, bool]]:

@@ -320,10 +320,7 @@ def _forward(params, X, h0, ws):
     net_a_seq = net_a_all.reshape(T, m, n_hidden)
     w_aa_T = w_aa.T.copy()
     tmp1 = _buffer(ws, "tmp1", (m, n_hidden), dtype)
-    for t in range(T):
-        a_prev = a_seq[t]
-        net_a_t = net_a_seq[t]
-        a_t = a_seq[t + 1]
+    for a_prev, net_a_t, a_t in zip(a_seq[:T], net_a_seq[:T], a_seq[1 : T + 1]):
         # net_a_t = a_prev @ w_aa.T + x_t @ w_ax.T + b_a.T
         np.dot(a_prev, w_aa_T, out=tmp1)
         net_a_t += tmp1
@@ -411,11 +408,12 @@ def _backward(params, cache, Y, ws, extras):
     # grad of: a_t = np.tanh(net_a_t)
     np.multiply(da_t, da_dnet_a_t, out=delta_t)
     tmp2 = _buffer(ws, "tmp2", (m, n_hidden), dtype)
-    for t in range(T - 2, -1, -1):
-        delta_next = delta_seq[t + 1]
-        da_t = da_seq[t]
-        da_dnet_a_t = da_dnet_a_seq[t]
-        delta_t = delta_seq[t]
+    for delta_next, da_t, da_dnet_a_t, delta_t in zip(
+        delta_seq[1:T][::-1],
+        da_seq[: T - 1][::-1],
+        da_dnet_a_seq[: T - 1][::-1],
+        delta_seq[: T - 1][::-1],
+    ):
         # grad of: net_a_next = a_t @ w_aa.T + x_next @ w_ax.T + b_a.T
         np.dot(delta_next, w_aa, out=tmp2)
         da_t += tmp2

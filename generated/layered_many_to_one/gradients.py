@@ -316,10 +316,7 @@ def _forward(params, X, h0, ws):
     Z1_all += beta_1.T
     Z1_seq = Z1_all.reshape(T, m, n_hidden)
     tmp1 = _buffer(ws, "tmp1", (m, n_hidden), dtype)
-    for t in range(T):
-        H1_prev = H1_seq[t]
-        Z1_t = Z1_seq[t]
-        H1_t = H1_seq[t + 1]
+    for H1_prev, Z1_t, H1_t in zip(H1_seq[:T], Z1_seq[:T], H1_seq[1 : T + 1]):
         # Z1_t = X_t @ W_1 + H1_prev @ W_h1 + beta_1.T
         np.dot(H1_prev, W_h1, out=tmp1)
         Z1_t += tmp1
@@ -397,10 +394,9 @@ def _backward(params, cache, Y, ws, extras):
     dW_2 = H1_t.T @ dZ2_t
     dbeta_2 = dZ2_t.sum(axis=0, keepdims=True).T
     W_h1_T = W_h1.T.copy()
-    for t in range(T - 2, -1, -1):
-        delta_next = delta_seq[t + 1]
-        dH1_dZ1_t = dH1_dZ1_seq[t]
-        delta_t = delta_seq[t]
+    for delta_next, dH1_dZ1_t, delta_t in zip(
+        delta_seq[1:T][::-1], dH1_dZ1_seq[: T - 1][::-1], delta_seq[: T - 1][::-1]
+    ):
         # grad of: Z1_next = X_next @ W_1 + H1_t @ W_h1 + beta_1.T
         np.dot(delta_next, W_h1_T, out=dH1_t)
         # grad of: H1_t = np.tanh(Z1_t)

@@ -320,10 +320,7 @@ def _forward(params, X, h0, ws):
     a_seq = a_all.reshape(T, m, n_hidden)
     W_T = W.T.copy()
     tmp1 = _buffer(ws, "tmp1", (m, n_hidden), dtype)
-    for t in range(T):
-        h_prev = h_seq[t]
-        a_t = a_seq[t]
-        h_t = h_seq[t + 1]
+    for h_prev, a_t, h_t in zip(h_seq[:T], a_seq[:T], h_seq[1 : T + 1]):
         # a_t = h_prev @ W.T + x_t @ U.T + b_h.T
         np.dot(h_prev, W_T, out=tmp1)
         a_t += tmp1
@@ -411,11 +408,12 @@ def _backward(params, cache, Y, ws, extras):
     # grad of: h_t = np.tanh(a_t)
     np.multiply(dh_t, dh_da_t, out=delta_t)
     tmp2 = _buffer(ws, "tmp2", (m, n_hidden), dtype)
-    for t in range(T - 2, -1, -1):
-        delta_next = delta_seq[t + 1]
-        dh_t = dh_seq[t]
-        delta_t = delta_seq[t]
-        dh_da_t = dh_da_seq[t]
+    for delta_next, dh_t, delta_t, dh_da_t in zip(
+        delta_seq[1:T][::-1],
+        dh_seq[: T - 1][::-1],
+        delta_seq[: T - 1][::-1],
+        dh_da_seq[: T - 1][::-1],
+    ):
         # grad of: a_next = h_t @ W.T + x_next @ U.T + b_h.T
         np.dot(delta_next, W, out=tmp2)
         dh_t += tmp2

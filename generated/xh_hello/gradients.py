@@ -320,10 +320,7 @@ def _forward(params, X, h0, ws):
     z_seq = z_all.reshape(T, m, n_hidden)
     W_hh_T = W_hh.T.copy()
     tmp1 = _buffer(ws, "tmp1", (m, n_hidden), dtype)
-    for t in range(T):
-        h_prev = h_seq[t]
-        z_t = z_seq[t]
-        h_t = h_seq[t + 1]
+    for h_prev, z_t, h_t in zip(h_seq[:T], z_seq[:T], h_seq[1 : T + 1]):
         # z_t = x_t @ W_xh.T + h_prev @ W_hh.T + b_h.T
         np.dot(h_prev, W_hh_T, out=tmp1)
         z_t += tmp1
@@ -411,11 +408,12 @@ def _backward(params, cache, Y, ws, extras):
     # grad of: h_t = np.tanh(z_t)
     np.multiply(dh_t, dh_dz_t, out=delta_t)
     tmp2 = _buffer(ws, "tmp2", (m, n_hidden), dtype)
-    for t in range(T - 2, -1, -1):
-        delta_next = delta_seq[t + 1]
-        dh_t = dh_seq[t]
-        delta_t = delta_seq[t]
-        dh_dz_t = dh_dz_seq[t]
+    for delta_next, dh_t, delta_t, dh_dz_t in zip(
+        delta_seq[1:T][::-1],
+        dh_seq[: T - 1][::-1],
+        delta_seq[: T - 1][::-1],
+        dh_dz_seq[: T - 1][::-1],
+    ):
         # grad of: z_next = x_next @ W_xh.T + h_t @ W_hh.T + b_h.T
         np.dot(delta_next, W_hh, out=tmp2)
         dh_t += tmp2

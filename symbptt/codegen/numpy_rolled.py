@@ -35,6 +35,24 @@ _STEP_SUFFIX = {-1: "_prev", 0: "_t", 1: "_next"}
 _ALL_SUFFIX = {-1: "_prev_all", 0: "_all", 1: "_next_all"}
 
 
+def _for_lines(targets: list[str], iterable: str, items: list[str]) -> str:
+    """``for a, b in zip(x, y):`` as ``ruff format`` lays it out (4 spaces of function body)."""
+    one = f"for {', '.join(targets)} in {iterable}:"
+    if 4 + len(one) <= WIDTH:
+        return one
+    head = f"for {', '.join(targets)} in zip("
+    inner = ", ".join(items)
+    if 4 + len(head) <= WIDTH:
+        lines = [head]
+    else:
+        lines = ["for (", *(f"    {t}," for t in targets), ") in zip("]
+    if 8 + len(inner) <= WIDTH and 4 + len(head) <= WIDTH:
+        lines.append(f"    {inner}")
+    else:
+        lines += [f"    {item}," for item in items]
+    return "\n".join([*lines, "):"])
+
+
 def _slice(start: str, stop: str) -> str:
     """``a:b`` spaced as ``ruff format`` spaces it (``n : 2 * n`` around a complex bound)."""
     if " " in start or " " in stop:
@@ -89,6 +107,8 @@ class RolledModule:
         self.buffers = _Buffers()
         self.helpers: set[str] = set()
         self.seq_index: dict[str, Callable[[str, int], str]] = {}
+        #: per-step views with no symbol of their own: name -> (code at step "@", names read)
+        self.extra_views: dict[str, tuple[str, set[str]]] = {}
         self.scratch_families: set[str] = set()
 
     # -- printing -----------------------------------------------------------------
@@ -197,8 +217,8 @@ class RolledModule:
 
         def index(t: str, offset: int) -> str:
             k = offset + shift
-            if t == "t":
-                return "t" if k == 0 else f"t + {k}" if k > 0 else f"t - {-k}"
+            if t in ("t", "@"):
+                return t if k == 0 else f"{t} + {k}" if k > 0 else f"{t} - {-k}"
             if t == "T - 1":
                 k -= 1
                 return "T" if k == 0 else f"T + {k}" if k > 0 else f"T - {-k}"
@@ -270,7 +290,58 @@ class RolledModule:
                 seen.add(name)
                 uses_t = used | ({"t"} if t == "t" else {"T"})
                 views.add(f"{name} = {code}", uses_t, name, True)
+            for name, (code, used) in sorted(self.extra_views.items()):
+                if name in uses and name not in seen:
+                    seen.add(name)
+                    views.add(f"{name} = {code.replace('@', t)}", used | {t}, name, True)
         return views
+
+    def loop(self, c: Code, body: Code, backward: bool) -> None:
+        """``for t, q_t, ... in zip(range(...), q_seq[...], ...):`` and ``body``.
+
+        The per-step views of the arrays the body reads come from iterating over
+        the arrays (made in C) rather than from indexing them at every step.  The
+        forward loop runs t = 0, ..., T - 1, the backward one t = T - 2, ..., 0.
+        """
+        s = self.s
+        targets: list[str] = []
+        sources: list[str] = []
+        uses: set[str] = {"T"}
+        seen: set[str] = set()
+        for _, entry_uses, _, _ in body.entries:
+            candidates = [
+                (name, self.view_code(symbol, "@"))
+                for symbol, name in sorted(self.names_step.items(), key=lambda kv: kv[1])
+                if symbol in s.base
+            ]
+            candidates += sorted(self.extra_views.items())
+            for name, found in candidates:
+                if name not in entry_uses or name in seen or found is None:
+                    continue
+                code, used = found
+                seen.add(name)
+                head, _, rest = code.partition("[@")
+                index, _, tail = rest.partition("]")  # "@ + 1, :, 2" -> the step and the rest
+                k = int(index.replace(" ", "").split(",")[0] or 0)
+                extra = index.split(",", 1)[1] if "," in index else ""
+                if backward:
+                    span = _slice(str(k) if k else "", f"T - {1 - k}" if k < 1 else "T")
+                    source = f"{head}[{span}{',' + extra if extra else ''}]{tail}[::-1]"
+                else:
+                    span = _slice(str(k) if k else "", f"T + {k}" if k else "T")
+                    source = f"{head}[{span}{',' + extra if extra else ''}]{tail}"
+                targets.append(name)
+                sources.append(source)
+                uses |= used
+        steps = "range(T - 2, -1, -1)" if backward else "range(T)"
+        if any("t" in entry_uses for _, entry_uses, _, _ in body.entries) or not targets:
+            targets.insert(0, "t")
+            sources.insert(0, steps)
+        if targets == ["t"]:
+            c.add(f"for t in {steps}:", uses)
+        else:
+            c.add(_for_lines(targets, f"zip({', '.join(sources)})", sources), uses)
+        c.extend(body, indent=1)
 
     def group_code(self, c: Code, phase: str) -> None:
         """The group arrays made in ``phase``, and stacked views of their blocks."""
@@ -464,10 +535,7 @@ class RolledModule:
                 loop.add(f"# {self.line_of(self._source(st))}")
             self.emit_loop_statement(st, loop, before)
         c.extend(before)
-        c.add("for t in range(T):", {"T"})
-        body = self.views(loop)
-        body.extend(loop)
-        c.extend(body, indent=1)
+        self.loop(c, loop, backward=False)
         for state in s.states:
             b = s.base[state.now]
             units, uses = self.units_code(state.now)
@@ -574,11 +642,15 @@ class RolledModule:
         for symbol in (blocks, st.target):
             block = s.blocks[s.base[symbol]]
             group = s.groups[block.group]
-            printer = self.new_printer(self.sizes)
-            index = self.seq_index[block.group]("t", s.offset[symbol])
+            index = self.seq_index[block.group]("@", s.offset[symbol])
             span = f"{block.start}:{block.stop}" if block.stop - block.start < group.count else ":"
-            parts.append(f"{block.group}_blocks[{index}, :, {span}]")
-            uses |= {f"{block.group}_blocks", "t", *printer.used}
+            name = f"{self.names_step[symbol]}3"  # the blocks as (m, blocks, units)
+            self.extra_views[name] = (
+                f"{block.group}_blocks[{index}, :, {span}]",
+                {f"{block.group}_blocks"},
+            )
+            parts.append(name)
+            uses.add(name)
         code.add(f"np.multiply({moving}[:, None, :], {parts[0]}, out={parts[1]})", uses)
 
     def fused_comments(self, st: Stmt, done: set[str]) -> list[str]:
@@ -751,10 +823,7 @@ class RolledModule:
                 loop.add(line)
             self.accumulate(st.expr, f"d{st.param}", loop, before)
         c.extend(before)
-        c.add("for t in range(T - 2, -1, -1):", {"T"})
-        loop_body = self.views(loop)
-        loop_body.extend(loop)
-        c.extend(loop_body, indent=1)
+        self.loop(c, loop, backward=True)
         for st in s.backward_loop:
             b = s.base[st.target]
             if st.target in s.alias or b not in self.seq_index or b in s.blocks:
