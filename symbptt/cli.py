@@ -873,16 +873,18 @@ def numerical_check(name: str, source: str, seed: int = 0) -> NumericalCheck:
     errors = finite_difference_errors(module, problem)
     worst = max(errors, key=lambda key: errors[key])
     steps, batch, n_in = problem.X.shape
-    n_hidden = problem.params[_recurrent_name(module)].shape[0]
+    n_hidden = _readout_size(module, problem.params)
     n_out = problem.Y.shape[-1]
     sizes = f"T={steps}, m={batch}, n_in={n_in}, n_hidden={n_hidden}, n_out={n_out}"
     error = float(errors[worst])
     return NumericalCheck(name, error < GRADCHECK_TOLERANCE, error, worst, sizes)
 
 
-def _recurrent_name(module: Any) -> str:
+def _readout_size(module: Any, params: Mapping[str, Any]) -> int:
+    """The size of the state the output layer reads, from the output weight (every cell has one)."""
     roles: dict[str, str] = module.ROLES
-    return next(name for name, role in roles.items() if role == "recurrent_weight")
+    weight = params[next(name for name, role in roles.items() if role == "output_weight")]
+    return int(weight.shape[1] if module.LAYOUT == "column" else weight.shape[0])
 
 
 def _numerical_checks(artifacts: Artifacts, bar: Progress) -> list[NumericalCheck]:
@@ -949,10 +951,12 @@ def _describe(spec: ModelSpec) -> str:
         )
         if value is not None
     )
+    cell = spec.model
     parts = [
+        f"{cell.name} cell",
         f"notation {spec.notation}",
         f"T={spec.steps}",
-        f"{spec.hidden} hidden",
+        *([f"{spec.hidden} hidden"] if cell.activation else []),
         f"{spec.output} output",
         spec.loss,
         spec.mode,
@@ -962,7 +966,10 @@ def _describe(spec: ModelSpec) -> str:
     if not spec.bias:
         parts.append("no bias")
     if spec.initial_state == "input":
-        parts.append("h0 an input")
+        initial = [f"{state.key}0" for state in cell.states]
+        parts.append(
+            f"{initial[0]} an input" if len(initial) == 1 else f"{' and '.join(initial)} inputs"
+        )
     if sizes:
         parts.append(sizes)
     return f"model: {', '.join(parts)} (spec {spec.hash()})"

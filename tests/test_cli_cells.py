@@ -80,3 +80,21 @@ def test_a_config_file_names_its_cell_beside_itself(tmp_path: Path) -> None:
     assert spec.model.name == "gru_pytorch"
     flagged = cli.spec_from_options(config, {"cell": "lstm"})
     assert flagged.cell == "lstm"
+
+
+@pytest.mark.slow  # the documents' sympy.diff proof of an LSTM
+def test_derive_writes_and_checks_an_lstm(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "lstm"
+    argv = ["derive", "--cell", "lstm", "--steps", "2", "--initial-state", "input"]
+    assert cli.main([*argv, "--unrolled", "--no-pdf", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "model: lstm cell, notation xh, T=2, softmax output" in text
+    assert "h0 and c0 inputs" in text
+    assert "tanh hidden" not in text
+    for name in ("gradients.py", "gradients_unrolled.py", "derivation.tex", "derivation.md"):
+        assert (out / name).is_file()
+    checks = [line for line in text.splitlines() if "max relative error" in line]
+    assert len(checks) == 2
+    assert all(line.split()[-6] == "OK" or " OK " in line for line in checks)
