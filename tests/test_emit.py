@@ -19,6 +19,7 @@ import sympy as sp
 
 import symbptt
 from symbptt import ModelSpec, emit, functions
+from symbptt.codegen.lines import Lowering, SharedPrinter, layout
 from symbptt.gradcheck import finite_difference_errors, random_problem, relative_error
 from symbptt.presets import PRESETS
 from symbptt.spec import CHOICES
@@ -228,6 +229,35 @@ def test_rolled_and_unrolled_agree(steps: int) -> None:
             assert relative_error(a[1][name], b[1][name]) < 1e-12, (spec, name)
         for name in ("dX", "dh0", "h_T"):
             assert relative_error(a[2][name], b[2][name]) < 1e-12, (spec, name)
+
+
+# -- lines -------------------------------------------------------------------------
+def test_a_helper_activation_is_written_in_place_one_call_a_line() -> None:
+    z = sp.MatrixSymbol("z", *sp.symbols("n m", integer=True, positive=True))
+    lowering = Lowering(SharedPrinter({}), lambda shape: "tmp")
+    code = lowering.statement(functions.elementwise("sigmoid", z), "out")
+    assert code.lines() == [
+        "out[...] = z",
+        "out /= 2",
+        "np.tanh(out, out=out)",
+        "out /= 2",
+        "out += 1 / 2",
+    ]
+
+
+def test_long_lines_are_laid_out_as_ruff_format_lays_them_out() -> None:
+    name = "x_long_name_here_abcdefghijklmno"
+    line = f'{name} = _buffer(ws, "{name}", (T, m, 4 * n_hidden), dtype)'
+    assert layout(line) == (f'{name} = _buffer(\n    ws, "{name}", (T, m, 4 * n_hidden), dtype\n)')
+    call = (
+        "    np.multiply(dc_t[:, None, :], blocks_abcdefghij[t, :, 1:4], "
+        "out=deltas_abcdefghij[t, :, 1:4])"
+    )
+    assert layout(call) == (
+        "    np.multiply(\n        dc_t[:, None, :],\n        blocks_abcdefghij[t, :, 1:4],\n"
+        "        out=deltas_abcdefghij[t, :, 1:4],\n    )"
+    )
+    assert layout("short = 1") == "short = 1"
 
 
 # -- the text ----------------------------------------------------------------------

@@ -14,6 +14,7 @@ from symbptt.numpy_printer import (
     NumPyPrinter,
     SumEntries,
     activation_helper,
+    helper_form,
     helper_source,
     is_safe,
     numpy_code,
@@ -222,3 +223,13 @@ def test_stable_forms_stay_finite_at_extreme_logits() -> None:
         values = eval(code, {"np": np, "u": u, "t": t})
     assert np.all(np.isfinite(values))
     assert values[0] == pytest.approx(1000.0) and values[2] == pytest.approx(1000.0)
+
+
+# -- helper activations written in place --------------------------------------------
+def test_helper_form_lifts_an_activations_safe_form() -> None:
+    form = functions.ACTIVATIONS["sigmoid"].function
+    found = helper_form(form, (n, m))
+    assert found is not None
+    placeholder, body = found
+    assert numpy_code(body, {placeholder: "z"}) == "1 / 2 + np.tanh(z / 2) / 2"
+    assert helper_form(functions.ACTIVATIONS["tanh"].function, (n, m)) is None  # one np call
