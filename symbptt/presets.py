@@ -1,4 +1,4 @@
-"""The seeds' own models: what ``generated/`` holds, one folder each."""
+"""The seeds' own models and the gated cells': what ``generated/`` holds, one folder each."""
 
 from __future__ import annotations
 
@@ -26,6 +26,18 @@ PRESETS: dict[str, ModelSpec] = {
     # 002: sequence to sequence and sequence to vector over 3 steps
     "layered_many_to_many": ModelSpec(steps=3, notation="layered", mode="many_to_many"),
     "layered_many_to_one": ModelSpec(steps=3, notation="layered", mode="many_to_one"),
+    # the gated cells (issue 9): "hello" through an LSTM; a GRU in d2l's row layout
+    "lstm_hello": ModelSpec(
+        cell="lstm",
+        steps=4,
+        notation="xh",
+        output="softmax",
+        loss="cross_entropy",
+        n_in=4,
+        n_out=4,
+        batch=1,
+    ),
+    "gru_layered": ModelSpec(cell="gru", steps=3, notation="layered"),
     # 003: "hello" in the a(t) notation
     "aa_hello": ModelSpec(
         steps=4,
