@@ -10,7 +10,6 @@ from __future__ import annotations
 from . import testing
 from .check import CheckResult, check
 from .derive import Derivation, derive
-from .documents import build_pdf, render_latex, render_markdown
 from .emit import emit_numpy, load_module
 from .exprlang import ExpressionError
 from .graph import build_graph
@@ -26,6 +25,7 @@ from .train import (
     gradient_norms,
     truncated_bptt,
 )
+from .verification import build_pdf, render_latex, render_markdown
 
 __version__ = "0.1.0"
 

@@ -810,10 +810,12 @@ def build_artifacts(
 
 
 def _render_documents(derivation: Any, verify: bool) -> tuple[str, str]:
-    """derivation.tex and derivation.md from one rendering (their checks run once)."""
+    """derivation.tex and derivation.md from one rendering (their checks run once, here)."""
     from .documents import render_documents
+    from .verification import run_checks
 
-    return render_documents(derivation, verify=verify)
+    checks = run_checks(derivation) if verify else None
+    return render_documents(derivation, checks=checks)
 
 
 #: The most steps ``--unrolled`` writes straight-line code for: its numerical check

@@ -27,6 +27,7 @@ from . import documents as _documents
 from .emit import emit_numpy
 from .presets import PRESETS
 from .spec import ModelSpec
+from .verification import run_checks
 
 __all__ = ["CODE_FILES", "main", "regenerate"]
 
@@ -53,7 +54,8 @@ def _write_documents_atomic(spec: ModelSpec, folder: Path) -> None:
     """The derivation documents of ``spec``, each renamed into ``folder`` once written."""
     staging = Path(tempfile.mkdtemp(prefix=".regenerate-", dir=folder))
     try:
-        for path in _documents.write_documents(spec, staging):
+        checks = run_checks(spec)  # the verifying stage; the documents print its results
+        for path in _documents.write_documents(spec, staging, checks=checks):
             os.replace(path, folder / path.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

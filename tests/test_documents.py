@@ -33,6 +33,7 @@ from symbptt.documents import (
     write_documents,
 )
 from symbptt.presets import PRESETS
+from symbptt.verification import run_checks
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,7 +63,13 @@ OTHER_SPECS = {
         steps=4, mode="many_to_one", initial_state="input", notation="uvw", n_hidden=3, batch=5
     ),
 }
-ALL_SPECS = {**PRESETS, **NOTATION_SPECS, **OTHER_SPECS}
+EVERY_SPEC = {**PRESETS, **NOTATION_SPECS, **OTHER_SPECS}
+#: The teaching documents (tests/test_documents_cells.py covers the gated cells' presets).
+ALL_SPECS = {
+    **{name: spec for name, spec in PRESETS.items() if spec.cell == "elman"},
+    **NOTATION_SPECS,
+    **OTHER_SPECS,
+}
 NASTY_NAME = "My model & co_1 #2 {x} 100% $5 ~a^b \\c <d> |e| *f* [g](h)"
 
 SECTIONS = (
@@ -79,12 +86,12 @@ SECTIONS = (
 
 @cache
 def tex_of(name: str) -> str:
-    return render_latex(ALL_SPECS[name], verify=False)
+    return render_latex(EVERY_SPEC[name])
 
 
 @cache
 def md_of(name: str) -> str:
-    return render_markdown(ALL_SPECS[name], verify=False)
+    return render_markdown(EVERY_SPEC[name])
 
 
 def require_pdflatex() -> None:
@@ -165,11 +172,11 @@ def test_loss_mean_over_time_as_in_000() -> None:
 def test_mean_over_time_in_the_notations_own_names(render: object) -> None:
     """The xh notation calls its loss L: the mean is printed with L and L_t, not J."""
     spec = ModelSpec(steps=3, notation="xh", time_reduction="mean")
-    text = render(spec, verify=False)  # type: ignore[operator]
+    text = render(spec)  # type: ignore[operator]
     assert r"as in $L = \frac{1}{T} \sum_{t=1}^{T} L_{t}$," in text
     assert "J^{(t)}" not in text and "J =" not in text
     layered = render(  # type: ignore[operator]
-        ModelSpec(steps=3, notation="layered", time_reduction="mean"), verify=False
+        ModelSpec(steps=3, notation="layered", time_reduction="mean")
     )
     assert r"as in $L = \frac{1}{T} \sum_{t=0}^{T - 1} L_{t}$," in layered
 
@@ -239,7 +246,7 @@ def test_jacobian_and_output_factor_read_off_the_graph() -> None:
         r"\operatorname{diag}(\mathbf{1} - h^{(j)} \odot h^{(j)}) W"
     ) in tex_of("uvw_mean")
     # a ReLU hidden layer: its own derivative inside diag
-    tex = render_latex(ModelSpec(steps=2, hidden="relu"), verify=False)
+    tex = render_latex(ModelSpec(steps=2, hidden="relu"))
     jacobian = tex.split(r"\frac{\partial h_{j}}{\partial h_{j - 1}} = ", 1)[1].split("\n", 1)[0]
     assert jacobian.startswith(r"\operatorname{diag}(") and jacobian.endswith("W_{hh}")
     assert r"\tanh" not in jacobian
@@ -294,7 +301,7 @@ def test_adam_defaults_are_read_from_the_optimiser(monkeypatch: pytest.MonkeyPat
         original(self, beta1=0.8, beta2=0.99, eps=1e-7)
 
     monkeypatch.setattr(symbptt.train.Adam, "__init__", other_defaults)
-    tex = render_latex(PRESETS["xh_hello"], verify=False)
+    tex = render_latex(PRESETS["xh_hello"])
     assert r"$\rho_{1} = 0.8$, $\rho_{2} = 0.99$, $\epsilon = 10^{-7}$" in tex
     assert "0.999" not in tex
 
@@ -363,10 +370,10 @@ def test_chain_terms_for_t3_match_the_graph_paths(
 ) -> None:
     spec = ModelSpec(steps=3, notation="xh", initial_state=initial_state)
     expected = _expected_paths(spec, role)
-    writer = _Writer(derive(spec), None, verify=False)
+    writer = _Writer(derive(spec), None, None)
     chain = writer.chain()
     entry = next(p for p in chain["params"] if p["name"] == param)
-    tex = render_latex(spec, verify=False)
+    tex = render_latex(spec)
     for step in entry["steps"]:
         t = step["step"]
         products = [_xh_product(t, hidden, param) for hidden in expected[t]]
@@ -491,12 +498,12 @@ def test_markdown_display_math_stands_on_its_own_lines() -> None:
 # -- escaping -----------------------------------------------------------------------
 def test_user_names_are_escaped() -> None:
     spec = PRESETS["xh_hello"]
-    tex = render_latex(spec, name=NASTY_NAME, verify=False)
+    tex = render_latex(spec, name=NASTY_NAME)
     assert (
         r"My model \& co\_1 \#2 \{x\} 100\% \$5 \textasciitilde{}a\textasciicircum{}b "
         r"\textbackslash{}c \textless{}d\textgreater{} \textbar{}e\textbar{} *f* [g](h)"
     ) in tex
-    md = render_markdown(spec, name=NASTY_NAME, verify=False)
+    md = render_markdown(spec, name=NASTY_NAME)
     assert (
         r"# Backpropagation Through Time: Elman RNN: My model &amp; co\_1 #2 {x} 100% "
         r"\$5 \~a^b \\c &lt;d&gt; \|e\| \*f\* \[g\](h)"
@@ -517,8 +524,8 @@ def test_registered_activation_names_are_escaped() -> None:
     functions.register_activation(name, sp.log(1 + sp.exp(functions.z)))
     try:
         spec = ModelSpec(steps=2, hidden=name)
-        tex = render_latex(spec, verify=False)
-        md = render_markdown(spec, verify=False)
+        tex = render_latex(spec)
+        md = render_markdown(spec)
         assert r"\operatorname{soft\_plus}(z_{t})" in tex
         assert r"(\texttt{soft\_plus})" in tex
         assert r"(`soft\_plus`)" in md or "(`soft_plus`)" in md
@@ -541,8 +548,8 @@ def test_prose_segments() -> None:
 # -- determinism --------------------------------------------------------------------
 def test_same_spec_same_bytes() -> None:
     spec = PRESETS["uvw_mean"]
-    assert render_latex(spec, verify=False) == render_latex(spec, verify=False)
-    assert render_markdown(spec, verify=False) == render_markdown(derive(spec), verify=False)
+    assert render_latex(spec) == render_latex(spec)
+    assert render_markdown(spec) == render_markdown(derive(spec))
 
 
 @pytest.mark.slow
@@ -553,8 +560,8 @@ def test_same_bytes_under_any_hash_seed() -> None:
         "from symbptt.presets import PRESETS\n"
         "h = hashlib.sha256()\n"
         "for name in ('uvw_mean', 'layered_many_to_one', 'aa_hello'):\n"
-        "    h.update(render_latex(PRESETS[name], verify=False).encode())\n"
-        "    h.update(render_markdown(PRESETS[name], verify=False).encode())\n"
+        "    h.update(render_latex(PRESETS[name]).encode())\n"
+        "    h.update(render_markdown(PRESETS[name]).encode())\n"
         "print(h.hexdigest())\n"
     )
     digests = set()
@@ -585,7 +592,7 @@ def test_a_check_that_cannot_run_is_reported(monkeypatch: pytest.MonkeyPatch) ->
         raise RuntimeError("no oracle for 50% & more")
 
     monkeypatch.setattr(symbptt.verify, "scalar_proof", broken)
-    tex, md = render_documents(PRESETS["xh_hello"])
+    tex, md = render_documents(PRESETS["xh_hello"], checks=run_checks(PRESETS["xh_hello"]))
     assert r"Could not be run: RuntimeError: no oracle for 50\% \& more." in tex
     assert "Could not be run: RuntimeError: no oracle for 50% &amp; more." in md
 
@@ -603,7 +610,7 @@ def test_a_failing_numerical_check_says_failed(monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(symbptt.gradcheck, "gradcheck", failing)
     monkeypatch.setattr(symbptt.verify, "scalar_proof", no_proof)
-    tex, md = render_documents(PRESETS["xh_hello"])
+    tex, md = render_documents(PRESETS["xh_hello"], checks=run_checks(PRESETS["xh_hello"]))
     for text in (tex, md):
         section = text.rsplit("Numerical check of the generated code", 1)[1]
         assert "5.0 \\times 10^{-1}" in section
@@ -619,7 +626,7 @@ def test_a_numerical_check_that_raises_is_reported(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(symbptt.gradcheck, "gradcheck", broken)
     monkeypatch.setattr(symbptt.verify, "scalar_proof", broken)
-    tex = render_latex(PRESETS["xh_hello"])
+    tex = render_latex(PRESETS["xh_hello"], checks=run_checks(PRESETS["xh_hello"]))
     section = tex.rsplit("Numerical check of the generated code", 1)[1]
     assert "Could not be run: ValueError: no module." in section
     assert "passed" not in section
@@ -627,7 +634,7 @@ def test_a_numerical_check_that_raises_is_reported(monkeypatch: pytest.MonkeyPat
 
 @pytest.mark.slow
 def test_verified_section_filled_from_checks_run() -> None:
-    tex = render_latex(PRESETS["layered_many_to_one"], verify=True)
+    tex = symbptt.render_latex(PRESETS["layered_many_to_one"])  # the checks run, then render
     section = tex.split("\\section{Verified}", 1)[1]
     assert "Scalar differentiation proof" in section
     assert "$n_{0} = 2$, $n_{1} = 2$, $n_{2} = 2$, $m = 2$, $T = 3$" in section
@@ -639,11 +646,49 @@ def test_verified_section_filled_from_checks_run() -> None:
 
 # -- API ----------------------------------------------------------------------------
 def test_public_api() -> None:
-    assert symbptt.render_latex is render_latex
-    assert symbptt.render_markdown is render_markdown
-    assert symbptt.build_pdf is build_pdf
+    import symbptt.verification as verification
+
+    # the public ones run the checks (the verifying stage), then the documents render
+    assert symbptt.render_latex is verification.render_latex
+    assert symbptt.render_markdown is verification.render_markdown
+    assert symbptt.build_pdf is verification.build_pdf
     with pytest.raises(TypeError, match="ModelSpec or a Derivation"):
-        render_latex("xh", verify=False)  # type: ignore[arg-type]
+        render_latex("xh")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="ModelSpec or a Derivation"):
+        symbptt.render_latex("xh")  # type: ignore[arg-type]
+
+
+def test_documents_import_no_proof_training_or_code_generation() -> None:
+    """The documents print what the verifying stage hands over; they never run it."""
+    import ast as pyast
+
+    package = Path(symbptt.__file__).parent / "documents"
+    for path in package.glob("*.py"):
+        tree = pyast.parse(path.read_text("utf-8"))
+        for node in pyast.walk(tree):
+            if isinstance(node, pyast.ImportFrom) and node.module:
+                top = node.module.split(".")[0]
+                assert top not in {
+                    "verify",
+                    "gradcheck",
+                    "train",
+                    "emit",
+                    "codegen",
+                    "verification",
+                } or (node.module == "verification" and _under_type_checking(tree, node)), (
+                    f"{path.name} imports {node.module}"
+                )
+
+
+def _under_type_checking(tree: object, node: object) -> bool:
+    import ast as pyast
+
+    return any(
+        isinstance(branch, pyast.If)
+        and getattr(branch.test, "id", "") == "TYPE_CHECKING"
+        and node in branch.body
+        for branch in pyast.walk(tree)  # type: ignore[arg-type]
+    )
 
 
 def test_repr_latex_summary() -> None:
@@ -662,12 +707,12 @@ def test_build_pdf_without_tex_says_how_to_install(
 ) -> None:
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(TeXNotFoundError, match="apt-get install texlive-latex-base"):
-        build_pdf(PRESETS["xh_hello"], tmp_path / "d.pdf", verify=False)
+        build_pdf(PRESETS["xh_hello"], tmp_path / "d.pdf")
     assert not (tmp_path / "d.pdf").exists()
 
 
 def test_write_documents_without_pdf(tmp_path: Path) -> None:
-    written = write_documents(PRESETS["aa_hello"], tmp_path / "out", pdf=False, verify=False)
+    written = write_documents(PRESETS["aa_hello"], tmp_path / "out", pdf=False)
     assert [p.name for p in written] == ["derivation.tex", "derivation.md"]
     assert written[0].read_text(encoding="utf-8") == tex_of("aa_hello")
     assert written[1].read_text(encoding="utf-8") == md_of("aa_hello")
@@ -692,7 +737,7 @@ def test_write_documents_replaces_atomically(
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", spy)
-    write_documents(PRESETS["aa_hello"], out, pdf=False, verify=False)
+    write_documents(PRESETS["aa_hello"], out, pdf=False)
     assert replaced == [("out", "derivation.tex"), ("out", "derivation.md")]
     assert sorted(p.name for p in out.iterdir()) == ["derivation.md", "derivation.tex"]
 
@@ -709,7 +754,7 @@ def test_write_documents_leaves_the_old_file_when_writing_fails(
 
     monkeypatch.setattr(os, "replace", broken)
     with pytest.raises(OSError, match="disk full"):
-        write_documents(PRESETS["aa_hello"], out, pdf=False, verify=False)
+        write_documents(PRESETS["aa_hello"], out, pdf=False)
     assert (out / "derivation.tex").read_text(encoding="utf-8") == "old tex"
     assert [p.name for p in out.iterdir()] == ["derivation.tex"]  # no temporary file left
 
@@ -747,12 +792,12 @@ def test_other_documents_compile_without_overfull_boxes(name: str) -> None:
 @pytest.mark.tex
 def test_nasty_name_compiles_and_pdf_is_reproducible(tmp_path: Path) -> None:
     require_pdflatex()
-    tex = render_latex(PRESETS["layered_many_to_one"], name=NASTY_NAME, verify=False)
+    tex = render_latex(PRESETS["layered_many_to_one"], name=NASTY_NAME)
     first, log = compile_pdf(tex)
     assert overfull_boxes(log) == []
     second, _ = compile_pdf(tex)
     assert first == second
-    written = write_documents(PRESETS["layered_many_to_one"], tmp_path, verify=False)
+    written = write_documents(PRESETS["layered_many_to_one"], tmp_path)
     assert [p.name for p in written] == ["derivation.tex", "derivation.md", "derivation.pdf"]
     expected, _ = compile_pdf(tex_of("layered_many_to_one"))
     assert (tmp_path / "derivation.pdf").read_bytes() == expected

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import sympy as sp
 
+import symbptt
 from symbptt import ModelSpec, derive, mexpr
 from symbptt.derive import instantiate
 from symbptt.documents import (
@@ -270,7 +271,7 @@ def test_every_gradient_and_adjoint_is_in_the_document(
 ) -> None:
     cell, notation, steps, sizes, mode, initial = case
     spec = make_spec(cells, cell, notation, steps, sizes, mode=mode, initial_state=initial)  # type: ignore[arg-type]
-    tex, md = render_documents(spec, verify=False)
+    tex, md = render_documents(spec)
     names = expected_names(spec)
     for text in (tex, md):
         for gradient in names["gradients"]:
@@ -289,7 +290,7 @@ def test_state_adjoints_name_what_step_t_plus_1_carries(
     cell: str, notation: str, cells: dict[str, str]
 ) -> None:
     spec = make_spec(cells, cell, notation, 3, None)
-    writer = _writer(derive(spec), None, False)
+    writer = _writer(derive(spec), None, None)
     assert isinstance(writer, _CellWriter)
     backward = writer.backward()
     names = expected_names(spec)
@@ -306,7 +307,7 @@ def test_state_adjoints_name_what_step_t_plus_1_carries(
 def test_lstm_recursion_has_every_carry_and_named_pre_adjoint() -> None:
     """dh_t gets W_h*^T δ^*_{t+1} from the four gates, dc_t gets dc_{t+1} ⊙ f_{t+1}."""
     spec = ModelSpec(cell="lstm", steps=4)
-    tex = render_latex(spec, verify=False)
+    tex = render_latex(spec)
     d = derive(spec)
     dh = next(a for a in d.step_form.backward if a.kind == "adjoint_h")
     dc = next(a for a in d.step_form.backward if a.kind == "adjoint_c")
@@ -339,9 +340,9 @@ def test_the_teaching_sections_are_chosen_by_the_equations(cells: dict[str, str]
     assert not _teaching_shape(derive(ModelSpec(cell=cells["user"], notation="sup", steps=2)))
     plain = ModelSpec(cell=cells["plain"], steps=3)
     assert _teaching_shape(derive(plain))
-    assert type(_writer(derive(plain), None, False)) is _Writer
-    assert type(_writer(derive(ModelSpec(cell="gru", steps=2)), None, False)) is _CellWriter
-    tex = render_latex(plain, verify=False)
+    assert type(_writer(derive(plain), None, None)) is _Writer
+    assert type(_writer(derive(ModelSpec(cell="gru", steps=2)), None, None)) is _CellWriter
+    tex = render_latex(plain)
     assert "The chain rule, parameter by parameter" in tex
     assert r"\frac{\partial L}{\partial W_h} &= \sum_{t=2}^{T} \delta_{t} h_{t - 1}^{\top}" in tex
 
@@ -374,8 +375,8 @@ def test_an_untagged_elman_cell_file_reads_as_the_tagged_one(
     assert "role" not in untagged.replace("roles", "").split("[notations")[0]
     path = tmp_path / "elman_untagged.toml"
     path.write_text(untagged, encoding="utf-8")
-    tagged = render_documents(ModelSpec(**fields), verify=False)  # type: ignore[arg-type]
-    plain = render_documents(ModelSpec(cell=str(path), **fields), verify=False)  # type: ignore[arg-type]
+    tagged = render_documents(ModelSpec(**fields))  # type: ignore[arg-type]
+    plain = render_documents(ModelSpec(cell=str(path), **fields))  # type: ignore[arg-type]
 
     def body(text: str) -> list[str]:
         return [line for line in text.splitlines() if "hash" not in line]
@@ -388,9 +389,7 @@ def test_an_untagged_elman_cell_file_reads_as_the_tagged_one(
 def test_markdown_renders_inline_math_github_style(
     cell: str, notation: str, cells: dict[str, str]
 ) -> None:
-    md = render_markdown(
-        make_spec(cells, cell, notation, 3, None, mode="many_to_one"), verify=False
-    )
+    md = render_markdown(make_spec(cells, cell, notation, 3, None, mode="many_to_one"))
     _check_github_math(md)
 
 
@@ -416,13 +415,13 @@ def _check_github_math(md: str) -> None:
 
 def test_same_spec_same_bytes(cells: dict[str, str]) -> None:
     spec = make_spec(cells, "user", "sup", 3, None)
-    assert render_latex(spec, verify=False) == render_latex(spec, verify=False)
+    assert render_latex(spec) == render_latex(spec)
 
 
 @pytest.mark.slow
 def test_verified_section_states_what_was_checked() -> None:
     spec = ModelSpec(cell="gru", steps=1, n_hidden=2, batch=1)
-    tex = render_latex(spec, verify=True)
+    tex = symbptt.render_latex(spec)  # the checks run, then render
     verified = tex[tex.index(r"\section{Verified}") :]
     assert "passed" in verified.split(r"\paragraph{Numerical")[0]
     assert "T = 1" in verified
@@ -437,7 +436,7 @@ def test_cell_documents_compile_without_overfull_boxes(
     cell: str, notation: str, cells: dict[str, str]
 ) -> None:
     require_pdflatex()
-    pdf, log = compile_pdf(render_latex(make_spec(cells, cell, notation, 3, None), verify=False))
+    pdf, log = compile_pdf(render_latex(make_spec(cells, cell, notation, 3, None)))
     assert pdf.startswith(b"%PDF")
     assert overfull_boxes(log) == []
 
@@ -451,7 +450,7 @@ def test_cell_documents_compile_at_concrete_sizes(
     require_pdflatex()
     cell, notation, steps, sizes, mode, initial = case
     spec = make_spec(cells, cell, notation, steps, sizes, mode=mode, initial_state=initial)  # type: ignore[arg-type]
-    _, log = compile_pdf(render_latex(spec, verify=False))
+    _, log = compile_pdf(render_latex(spec))
     assert overfull_boxes(log) == []
 
 
@@ -470,7 +469,7 @@ def _check_sums(spec: ModelSpec) -> None:
     sum written as its last term) fails at T + 1.
     """
     d = derive(spec)
-    writer = _writer(d, None, False)
+    writer = _writer(d, None, None)
     forms = writer.gradient_forms()
     assert set(forms) == set(d.gradients)
     for later in (d, derive(replace(spec, steps=spec.steps + 1))):
@@ -517,7 +516,7 @@ def test_long_sequences_are_elided_and_compile(
     spec = make_spec(
         cells, cell, notation, 10, None, bias=False, time_reduction="mean", initial_state="input"
     )
-    tex = render_latex(spec, verify=False)
+    tex = render_latex(spec)
     assert r"\vdots" in tex and r"\dots" in tex
     _, log = compile_pdf(tex)
     assert overfull_boxes(log) == []

@@ -43,7 +43,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..derive import Derivation, derive
 from ..latex_printer import escape_tex
@@ -52,6 +52,9 @@ from ..templating import render
 from .cells import _CellWriter, _teaching_shape, _writer  # noqa: F401 (the tests read them)
 from .layout import MARKER, REGENERATE, escape_markdown, prose, tex_width
 from .teaching import _Writer  # noqa: F401 (the tests read it)
+
+if TYPE_CHECKING:  # the results only: documents never run a check
+    from ..verification import Checks
 
 __all__ = [
     "MARKER",
@@ -67,6 +70,7 @@ __all__ = [
     "render_documents",
     "render_latex",
     "render_markdown",
+    "tex_engine",
     "tex_width",
     "write_documents",
 ]
@@ -87,37 +91,39 @@ def _as_derivation(spec: ModelSpec | Derivation) -> Derivation:
     raise TypeError(f"expected a ModelSpec or a Derivation, got {type(spec).__name__}")
 
 
-def _context(spec: ModelSpec | Derivation, name: str | None, verify: bool) -> dict[str, Any]:
-    return _writer(_as_derivation(spec), name, verify).context()
+def _context(
+    spec: ModelSpec | Derivation, name: str | None, checks: Checks | None
+) -> dict[str, Any]:
+    return _writer(_as_derivation(spec), name, checks).context()
 
 
 def render_latex(
-    spec: ModelSpec | Derivation, *, name: str | None = None, verify: bool = True
+    spec: ModelSpec | Derivation, *, name: str | None = None, checks: Checks | None = None
 ) -> str:
     """The derivation of ``spec`` as a complete LaTeX document.
 
-    ``name`` (a title given by the user) is escaped.  With ``verify`` the
-    scalar-differentiation proof (and the numerical check of the generated
-    code, when :mod:`symbptt.gradcheck` is available) run while the document
-    is built and their results fill its last section; without, it says "not run".
+    ``name`` (a title given by the user) is escaped.  ``checks`` are the
+    results of the verifying stage (:func:`symbptt.verification.run_checks`):
+    they fill the last section; without them it says the checks were not run.
+    ``symbptt.render_latex`` runs them first.
     """
-    context = _context(spec, name, verify)
+    context = _context(spec, name, checks)
     return render("derivation.tex.jinja", esc=escape_tex, **context)
 
 
 def render_markdown(
-    spec: ModelSpec | Derivation, *, name: str | None = None, verify: bool = True
+    spec: ModelSpec | Derivation, *, name: str | None = None, checks: Checks | None = None
 ) -> str:
     """The derivation of ``spec`` as GitHub Markdown (``$…$`` and ``$$…$$`` math only)."""
-    context = _context(spec, name, verify)
+    context = _context(spec, name, checks)
     return _tidy_markdown(render("derivation.md.jinja", esc=escape_markdown, **context))
 
 
 def render_documents(
-    spec: ModelSpec | Derivation, *, name: str | None = None, verify: bool = True
+    spec: ModelSpec | Derivation, *, name: str | None = None, checks: Checks | None = None
 ) -> tuple[str, str]:
-    """``(LaTeX, Markdown)`` from one derivation, with the checks run once for both."""
-    context = _context(spec, name, verify)
+    """``(LaTeX, Markdown)`` from one derivation and one set of check results."""
+    context = _context(spec, name, checks)
     tex = render("derivation.tex.jinja", esc=escape_tex, **context)
     md = _tidy_markdown(render("derivation.md.jinja", esc=escape_markdown, **context))
     return tex, md
@@ -247,11 +253,11 @@ def build_pdf(
     path: str | os.PathLike[str],
     *,
     name: str | None = None,
-    verify: bool = True,
+    checks: Checks | None = None,
 ) -> Path:
     """Write the derivation of ``spec`` as a PDF to ``path`` (needs pdflatex)."""
     _engine()  # fail before the work when there is no TeX
-    pdf, _ = compile_pdf(render_latex(spec, name=name, verify=verify))
+    pdf, _ = compile_pdf(render_latex(spec, name=name, checks=checks))
     target = Path(path)
     target.write_bytes(pdf)
     return target
@@ -263,12 +269,12 @@ def write_documents(
     pdf: bool = True,
     *,
     name: str | None = None,
-    verify: bool = True,
+    checks: Checks | None = None,
 ) -> list[Path]:
     """Write derivation.tex, derivation.md and (with ``pdf``) derivation.pdf in ``folder``."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    tex, md = render_documents(spec, name=name, verify=verify)
+    tex, md = render_documents(spec, name=name, checks=checks)
     pdf_bytes = compile_pdf(tex)[0] if pdf else None
     files: list[tuple[str, bytes]] = [
         ("derivation.tex", tex.encode("utf-8")),
@@ -308,7 +314,7 @@ def _umask() -> int:
 # ---------------------------------------------------------------------------- Jupyter
 def derivation_summary_latex(derivation: Derivation) -> str:
     """A short summary for Jupyter: the δ recursion and every gradient as a sum over t."""
-    writer = _writer(derivation, None, verify=False)
+    writer = _writer(derivation, None, None)
     form = derivation.step_form
     rows: list[str] = []
     if form.last_backward is not None:
@@ -323,3 +329,8 @@ def derivation_summary_latex(derivation: Derivation) -> str:
     rows.append(rf"{bptt['boundary']} &= {writer._zero_tex()}")
     rows += bptt["sums"]
     return "$$\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}$$"
+
+
+def tex_engine() -> list[str]:
+    """The TeX command documents are typeset with; :class:`TeXNotFoundError` without one."""
+    return _engine()

@@ -10,7 +10,7 @@ teaching writer to a cell of the one-state ``f(affine)`` shape
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
@@ -27,6 +27,9 @@ from ..latex_printer import (
 )
 from .layout import ROW_WIDTH, UNROLL_LIMIT, _atoms, prose, tex_width
 from .teaching import _Writer, teaching_roles
+
+if TYPE_CHECKING:  # the results only: documents never run a check
+    from ..verification import Checks
 
 
 def _teaching_shape(derivation: Derivation) -> bool:
@@ -471,8 +474,8 @@ class _CellWriter(_Writer):
         }
 
 
-def _writer(derivation: Derivation, name: str | None, verify: bool) -> _Writer:
+def _writer(derivation: Derivation, name: str | None, checks: Checks | None) -> _Writer:
     """The teaching writer for a one-state ``f(affine)`` cell, the general one otherwise."""
     if _teaching_shape(derivation):
-        return _Writer(derivation, name, verify)
-    return _CellWriter(derivation, name, verify)
+        return _Writer(derivation, name, checks)
+    return _CellWriter(derivation, name, checks)

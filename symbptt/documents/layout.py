@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import replace
 from typing import Any
 
 import sympy as sp
-
-from ..spec import ModelSpec
 
 #: The regeneration command written in every document's header.
 REGENERATE = "python -m symbptt.regenerate"
@@ -280,19 +277,3 @@ def _atoms(expr: Any) -> list[Any]:
         if isinstance(node, sp.Basic):
             stack.extend(reversed(node.args))
     return out
-
-
-def _proof_spec(spec: ModelSpec) -> ModelSpec:
-    """The spec at the small concrete sizes the scalar proof runs at."""
-    return replace(
-        spec,
-        steps=min(spec.steps, 3),
-        n_in=min(spec.n_in or 2, 3),
-        n_hidden=min(spec.n_hidden or 2, 2),
-        n_out=min(spec.n_out or 2, 3),
-        batch=min(spec.batch or 2, 2),
-    )
-
-
-def _seed(spec: ModelSpec) -> int:
-    return int(spec.hash()[:8], 16)

@@ -10,17 +10,15 @@ are read from the step form and are used by :class:`~.cells._CellWriter` too.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from itertools import pairwise
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.diagonal import DiagMatrix
 
-from .. import functions, gradcheck, mexpr, rules
+from .. import functions, mexpr, rules
 from ..derive import Derivation
 from ..graph import T_SYMBOL, Symbols
 from ..latex_printer import (
@@ -36,7 +34,7 @@ from ..latex_printer import (
     symbol_names,
 )
 from ..notation import PARAM_ROLES, Notation
-from ..train import Adam
+from ..optimizers import Adam
 from .layout import (
     _OPERATOR_PARTIALS,
     _THROUGH_OUTPUT_PRE,
@@ -50,12 +48,17 @@ from .layout import (
     _decimal,
     _elide,
     _pack,
-    _proof_spec,
     _sci,
-    _seed,
     prose,
     tex_width,
 )
+
+if TYPE_CHECKING:  # the results only: documents never run a check
+    from ..verification import Checks
+
+
+#: How the documents write the spec's sizes.
+_SIZE_SYMBOLS = {"n_in": "n_0", "n_hidden": "n_1", "n_out": "n_2", "batch": "m", "steps": "T"}
 
 
 def _term_classes(cell: Any) -> dict[str, tuple[str, int]]:
@@ -160,14 +163,14 @@ class _Writer:
     #: The widest row, in units of about one math letter (see ``tex_width``).
     row_width = ROW_WIDTH
 
-    def __init__(self, derivation: Derivation, name: str | None, verify: bool) -> None:
+    def __init__(self, derivation: Derivation, name: str | None, checks: Checks | None) -> None:
         self.d = derivation
         self.spec = derivation.spec
         self.graph = derivation.graph
         self.notation: Notation = derivation.notation
         self.form = derivation.step_form
         self.name = name
-        self.verify = verify
+        self.checks = checks
         self.operator = self.notation.name in _OPERATOR_PARTIALS
         self.gen = Symbols(self.spec, self.notation)  # symbols made here (generic j, k, ...)
         metas = [self.graph.symbols.meta, self.form.symbols.meta]
@@ -1448,28 +1451,23 @@ class _Writer:
 
     # -- 8. verified ------------------------------------------------------------------
     def verified(self) -> dict[str, Any]:
-        if not self.verify:
+        if self.checks is None:
             return {"ran": False, "scalar": None, "numerical": None}
         return {"ran": True, "scalar": self._scalar_check(), "numerical": self._numerical_check()}
 
-    def _scalar_check(self) -> dict[str, Any]:
-        from ..verify import scalar_proof
+    def _sizes_tex(self, sizes: Sequence[tuple[str, int | None]]) -> list[str]:
+        return [rf"{self.tex(sp.Symbol(_SIZE_SYMBOLS[n]))} = {v}" for n, v in sizes]
 
-        small = _proof_spec(self.spec)
-        try:
-            proof = scalar_proof(small, np.random.default_rng(_seed(self.spec)))
-        except Exception as exc:  # reported in the document, not hidden
-            return {"ran": False, "error": f"{type(exc).__name__}: {exc}"}
-        sizes = [
-            ("n_0", small.n_in),
-            ("n_1", small.n_hidden),
-            ("n_2", small.n_out),
-            ("m", small.batch),
-            ("T", small.steps),
-        ]
+    def _scalar_check(self) -> dict[str, Any]:
+        checks = self.checks
+        assert checks is not None
+        proof, small = checks.proof, checks.proof_spec
+        if proof is None:
+            return {"ran": False, "error": checks.proof_error}
+        sizes = [(name, getattr(small, name)) for name in _SIZE_SYMBOLS]
         return {
             "ran": True,
-            "sizes": [rf"{self.tex(sp.Symbol(n))} = {v}" for n, v in sizes],
+            "sizes": self._sizes_tex(sizes),
             "entries": proof.entries,
             "gradients": [
                 partial_name(self.notation, self._leaf_name(name, role)).tex()
@@ -1482,27 +1480,14 @@ class _Writer:
         }
 
     def _numerical_check(self) -> dict[str, Any]:
-        try:
-            result = gradcheck.gradcheck(self.spec, np.random.default_rng(_seed(self.spec)))
-        except Exception as exc:  # reported in the document, not hidden
-            return {"ran": False, "error": f"{type(exc).__name__}: {exc}"}
+        checks = self.checks
+        assert checks is not None
+        result = checks.numerical
+        if result is None:
+            return {"ran": False, "error": checks.numerical_error}
         return {
             "ran": True,
-            "sizes": self._numerical_sizes(),
+            "sizes": self._sizes_tex(checks.numerical_sizes),
             "error": _sci(float(result.max_relative_error)),
             "ok": bool(result.ok),
         }
-
-    def _numerical_sizes(self) -> list[str]:
-        """The sizes :func:`gradcheck.gradcheck` runs at: the spec's, else its defaults."""
-        spec = self.spec
-        problem = inspect.signature(gradcheck.random_problem).parameters
-        check = inspect.signature(gradcheck.gradcheck).parameters
-        sizes = [
-            ("n_0", spec.n_in or problem["n_in"].default),
-            ("n_1", spec.n_hidden or problem["n_hidden"].default),
-            ("n_2", spec.n_out or problem["n_out"].default),
-            ("m", spec.batch or check["batch"].default),
-            ("T", spec.steps),
-        ]
-        return [rf"{self.tex(sp.Symbol(n))} = {v}" for n, v in sizes]
