@@ -27,7 +27,7 @@ import numpy as np
 
 from . import documents, gradcheck
 from . import verify as scalar_oracle
-from .derive import Derivation, derive
+from .derive import Derivation
 from .spec import ModelSpec
 
 __all__ = ["Checks", "build_pdf", "proof_spec", "render_latex", "render_markdown", "run_checks"]
@@ -91,20 +91,12 @@ def run_checks(source: ModelSpec | Derivation) -> Checks:
     return Checks(small, proof, proof_error, numerical, numerical_error, _numerical_sizes(spec))
 
 
-def _derived(spec: ModelSpec | Derivation) -> Derivation:
-    if isinstance(spec, Derivation):
-        return spec
-    if isinstance(spec, ModelSpec):
-        return derive(spec)
-    raise TypeError(f"expected a ModelSpec or a Derivation, got {type(spec).__name__}")
-
-
 def render_latex(
     spec: ModelSpec | Derivation, *, name: str | None = None, verify: bool = True
 ) -> str:
     """The derivation of ``spec`` as a LaTeX document; with ``verify``, both checks run
     first and fill its last section (without, it says they were not run)."""
-    d = _derived(spec)
+    d = documents.as_derivation(spec)
     return documents.render_latex(d, name=name, checks=run_checks(d) if verify else None)
 
 
@@ -112,7 +104,7 @@ def render_markdown(
     spec: ModelSpec | Derivation, *, name: str | None = None, verify: bool = True
 ) -> str:
     """The derivation of ``spec`` as GitHub Markdown (checks as :func:`render_latex`)."""
-    d = _derived(spec)
+    d = documents.as_derivation(spec)
     return documents.render_markdown(d, name=name, checks=run_checks(d) if verify else None)
 
 
@@ -124,6 +116,6 @@ def build_pdf(
     verify: bool = True,
 ) -> Path:
     """Write the derivation of ``spec`` as a PDF to ``path`` (needs pdflatex)."""
-    d = _derived(spec)
+    d = documents.as_derivation(spec)
     documents.tex_engine()  # fail before the checks when there is no TeX
     return documents.build_pdf(d, path, name=name, checks=run_checks(d) if verify else None)

@@ -61,6 +61,7 @@ __all__ = [
     "REGENERATE",
     "TeXError",
     "TeXNotFoundError",
+    "as_derivation",
     "build_pdf",
     "compile_pdf",
     "derivation_summary_latex",
@@ -83,7 +84,8 @@ TEX_INSTALL_HINT = (
 
 
 # ---------------------------------------------------------------------------- public API
-def _as_derivation(spec: ModelSpec | Derivation) -> Derivation:
+def as_derivation(spec: ModelSpec | Derivation) -> Derivation:
+    """``spec`` derived (a Derivation is taken as it is); a clear TypeError for anything else."""
     if isinstance(spec, Derivation):
         return spec
     if isinstance(spec, ModelSpec):
@@ -94,7 +96,7 @@ def _as_derivation(spec: ModelSpec | Derivation) -> Derivation:
 def _context(
     spec: ModelSpec | Derivation, name: str | None, checks: Checks | None
 ) -> dict[str, Any]:
-    return _writer(_as_derivation(spec), name, checks).context()
+    return _writer(as_derivation(spec), name, checks).context()
 
 
 def render_latex(
