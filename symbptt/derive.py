@@ -15,7 +15,7 @@ a named assignment, and the gradient is their sum.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -211,6 +211,11 @@ def _step_form(spec: ModelSpec, graph: Graph) -> StepForm:
     return StepForm(t, forward, backward, last_forward, last_backward, symbols)
 
 
+#: How a derivation shows itself in Jupyter; :mod:`symbptt.documents` registers its summary
+#: here, so that the derivation never imports the documents (imports flow one way).
+LATEX_SUMMARY: list[Callable[[Derivation], str]] = []
+
+
 @dataclass(frozen=True)
 class Derivation:
     """Every stage of the derivation of a spec (see the module docstring)."""
@@ -277,10 +282,9 @@ class Derivation:
         """An intermediate symbol written in the leaves only."""
         return self._expanded.get(symbol, symbol)
 
-    def _repr_latex_(self) -> str:
-        from .documents import derivation_summary_latex
-
-        return derivation_summary_latex(self)
+    def _repr_latex_(self) -> str | None:
+        """Jupyter's view: the summary the documents stage registers (:data:`LATEX_SUMMARY`)."""
+        return LATEX_SUMMARY[0](self) if LATEX_SUMMARY else None
 
 
 def derive(spec: ModelSpec | Graph) -> Derivation:
@@ -365,8 +369,7 @@ def instantiate(
         elif role.startswith("adjoint_"):
             mapping[generic] = symbols.adjoint(role[len("adjoint_") :], k)
         elif role == "contribution":
-            name = generic.name[1 : -len(Symbols.step_name(at)) - 1]
-            mapping[generic] = symbols.contribution(name, k)
+            mapping[generic] = symbols.contribution(step_form.symbols.contributes_to[generic], k)
         else:
             mapping[generic] = symbols.series(role, k)
     out = []

@@ -67,6 +67,7 @@ class Symbols:
             "batch": size(spec.batch, "m"),
         }
         self.meta: dict[Any, tuple[str, Any]] = {}
+        self.contributes_to: dict[Any, str] = {}  # a contribution's symbol -> its parameter
         self.params: dict[str, sp.MatrixSymbol] = {}
         self._keys: dict[str, str] = {}  # parameter ASCII name -> key in the cell file
         for entry in notation.params:
@@ -164,6 +165,7 @@ class Symbols:
             shape = next(s.shape for s in self.initials.values() if getattr(s, "name", "") == param)
         symbol = sp.MatrixSymbol(f"d{param}_{self.step_name(step)}", *shape)
         self.meta[symbol] = ("contribution", step)
+        self.contributes_to[symbol] = param
         return symbol
 
     def step_loss(self, step: Any) -> sp.Symbol:

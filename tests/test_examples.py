@@ -45,3 +45,11 @@ def test_example_cells_equal_scalar_diff(name: str, rng: np.random.Generator) ->
     proof = verify.scalar_proof(spec, rng)
     assert proof.entries > 0
     assert proof.ok, f"max relative error {proof.max_relative_error:.3e}"
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+@pytest.mark.parametrize("unrolled", [False, True])
+def test_example_cells_generated_code_equals_finite_differences(name: str, unrolled: bool) -> None:
+    spec = symbptt.ModelSpec(cell=str(EXAMPLES / name), steps=3, initial_state="input")
+    result = symbptt.gradcheck.gradcheck(spec, rng=5, unrolled=unrolled)
+    assert result.ok, result

@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..derive import Derivation, derive
+from ..derive import LATEX_SUMMARY, Derivation, derive
 from ..latex_printer import escape_tex
 from ..spec import ModelSpec
 from ..templating import render
@@ -336,3 +336,6 @@ def derivation_summary_latex(derivation: Derivation) -> str:
 def tex_engine() -> list[str]:
     """The TeX command documents are typeset with; :class:`TeXNotFoundError` without one."""
     return _engine()
+
+
+LATEX_SUMMARY.append(derivation_summary_latex)  # Derivation._repr_latex_ shows it in Jupyter
