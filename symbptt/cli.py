@@ -42,6 +42,7 @@ except ImportError:  # Windows: runs into one folder are not locked
     fcntl = None  # type: ignore[assignment]
 
 from . import __version__
+from .files import stage
 from .presets import PRESETS
 from .progress import Progress
 from .spec import (
@@ -406,12 +407,6 @@ class Written:
     removed: list[Path] = field(default_factory=list)  # earlier runs' outputs not written now
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_outputs(
     folder: Path,
     files: Mapping[str, bytes],
@@ -436,19 +431,11 @@ def write_outputs(
         raise UsageError(f"{folder}: exists and is not a folder") from None
     except OSError as exc:
         raise UsageError(f"{folder}: cannot create the output folder: {exc.strerror}") from None
-    mode = 0o666 & ~_umask()
     staged: list[tuple[Path, Path]] = []
     result = Written(folder)
     try:
         for name, data in files.items():
-            fd, temp_name = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-            temp = Path(temp_name)
-            staged.append((temp, folder / name))
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(temp, mode)
+            staged.append((stage(folder, name, data), folder / name))
         for temp, target in staged:
             os.replace(temp, target)
             result.files.append(target)

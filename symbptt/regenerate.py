@@ -16,7 +16,6 @@ same bytes.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from . import documents as _documents
 from .emit import emit_numpy
+from .files import write_atomically
 from .presets import PRESETS
 from .spec import ModelSpec
 from .verification import run_checks
@@ -33,21 +33,6 @@ __all__ = ["CODE_FILES", "main", "regenerate"]
 
 #: The code files of each preset's folder, and whether each is unrolled.
 CODE_FILES = {"gradients.py": False, "gradients_unrolled.py": True}
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a new file beside ``path``, then rename it over ``path``."""
-    partial = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    # O_EXCL: never through a file or link already there; 0o666 less the umask,
-    # as a plain write would give.
-    fd = os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
 
 
 def _write_documents_atomic(spec: ModelSpec, folder: Path) -> None:
@@ -75,7 +60,7 @@ def regenerate(outdir: str | Path = "generated", documents: bool = True) -> list
         folder.mkdir(parents=True, exist_ok=True)
         for filename, unrolled in CODE_FILES.items():
             path = folder / filename
-            _write_atomic(path, emit_numpy(spec, unrolled=unrolled).encode("utf-8"))
+            write_atomically(path, emit_numpy(spec, unrolled=unrolled).encode("utf-8"))
             written.append(path)
         if documents:
             _write_documents_atomic(spec, folder)

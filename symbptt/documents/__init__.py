@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..derive import LATEX_SUMMARY, Derivation, derive
+from ..files import write_atomically
 from ..latex_printer import escape_tex
 from ..spec import ModelSpec
 from ..templating import render
@@ -287,30 +288,9 @@ def write_documents(
     written = []
     for file_name, data in files:
         target = out / file_name
-        _write_atomically(target, data)
+        write_atomically(target, data)
         written.append(target)
     return written
-
-
-def _write_atomically(target: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``target``, then rename it into place."""
-    fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp_name, 0o666 & ~_umask())
-        os.replace(temp_name, target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # ---------------------------------------------------------------------------- Jupyter
