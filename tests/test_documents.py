@@ -809,7 +809,7 @@ def test_nasty_name_compiles_and_pdf_is_reproducible(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_generated_documents_are_up_to_date(name: str) -> None:
     folder = ROOT / "generated" / name
-    tex, md = render_documents(PRESETS[name])
+    tex, md = render_documents(PRESETS[name], checks=run_checks(PRESETS[name]))
     assert (folder / "derivation.tex").read_text(encoding="utf-8") == tex, (
         f"generated/{name}/derivation.tex is stale: run python -m symbptt.regenerate"
     )
