@@ -296,10 +296,7 @@ class _CellWriter(_Writer):
     # -- 2. forward pass ----------------------------------------------------------
     def cell_forward(self) -> dict[str, Any]:
         graph, spec = self.graph, self.spec
-        by_step: dict[int, list[Any]] = {}
-        for assignment in graph.assignments:
-            if assignment.step is not None and assignment.kind != "loss":
-                by_step.setdefault(assignment.step, []).append(assignment)
+        by_step = self._forward_by_step()
         groups: list[dict[str, Any]] = []
         for step in self._elide(graph.steps):
             if step is None:

@@ -630,12 +630,17 @@ class _Writer:
             return list(steps)
         return [*steps[:3], None, *steps[-2:]]
 
-    def forward(self) -> dict[str, Any]:
-        graph, spec = self.graph, self.spec
+    def _forward_by_step(self) -> dict[int, list[Any]]:
+        """The forward assignments of each step (the loss terms left out), in order."""
         by_step: dict[int, list[Any]] = {}
-        for assignment in graph.assignments:
+        for assignment in self.graph.assignments:
             if assignment.step is not None and assignment.kind != "loss":
                 by_step.setdefault(assignment.step, []).append(assignment)
+        return by_step
+
+    def forward(self) -> dict[str, Any]:
+        graph, spec = self.graph, self.spec
+        by_step = self._forward_by_step()
         groups: list[dict[str, Any]] = []
         for step in self._elide(graph.steps):
             if step is None:
