@@ -168,8 +168,8 @@ def stable_unit_loss(output_name: str, loss_name: str) -> sp.Expr:
     * Otherwise the loss is composed with the output layer and rewritten by
       SymPy: for softmax, with three explicit units, ``expand_log`` turns
       ``log(exp(o_0) / sum_k exp(o_k))`` into ``o_0 - log(sum_k exp(o_k))`` and
-      that log becomes :data:`LSE`; a log of one minus the prediction stays
-      ``log(1 - a)`` (printed ``np.log1p(-a)``).  For an elementwise output the
+      that log becomes :data:`LSE` (softmax + binary cross-entropy, whose
+      log(1 - a) has no such form, is refused by the spec).  For an elementwise output the
       composition is simplified until it is safe (:func:`is_safe`): binary
       cross-entropy of a sigmoid becomes ``log(1 + exp(z)) - y z``.
     """
@@ -182,10 +182,9 @@ def stable_unit_loss(output_name: str, loss_name: str) -> sp.Expr:
         o = sp.symbols(f"o0:{_UNITS}", real=True)
         preds = output.definition_of(list(o))
         total = sp.Add(*(sp.exp(u) for u in o))
-        others = sp.Add(*(sp.exp(u) for u in o[1:]))
         expr = loss.definition.xreplace({a: preds[0]})
         expr = sp.expand_log(_together_logs(expr), force=True)
-        expr = expr.xreplace({sp.log(total): LSE, sp.log(others): LSE + sp.log(1 - a)})
+        expr = expr.xreplace({sp.log(total): LSE})
         expr = sp.expand(expr.xreplace({o[0]: z}))
         if expr.free_symbols - {a, y, z, LSE}:
             raise NotImplementedError(f"no stable form of {loss_name} after {output_name}")

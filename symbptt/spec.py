@@ -49,9 +49,12 @@ _LOSS_OUTPUTS: dict[str, tuple[tuple[str, ...], str]] = {
         "which only a softmax output gives",
     ),
     "binary_cross_entropy": (
-        ("sigmoid", "softmax"),
-        "binary_cross_entropy takes log(y_hat) and log(1 - y_hat), so every output must lie "
-        "in (0, 1): use a sigmoid (or softmax) output",
+        ("sigmoid",),
+        "binary_cross_entropy scores each output unit as an independent probability, "
+        "which a sigmoid output gives; after a softmax (units that sum to 1) its "
+        "log(1 - y_hat) has no overflow-free form in the generated code (NaN once a unit "
+        "saturates, at logits of 30 in float32), so that pair is refused: for one class "
+        "per example use softmax with cross_entropy",
     ),
     "squared_error": ((), ""),  # any output
 }

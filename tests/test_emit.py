@@ -13,12 +13,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import mpmath
 import numpy as np
 import pytest
 import sympy as sp
 
 import symbptt
-from symbptt import ModelSpec, emit, functions
+from symbptt import ModelSpec, emit, functions, verify
 from symbptt.codegen.lines import Lowering, SharedPrinter, layout
 from symbptt.gradcheck import finite_difference_errors, random_problem, relative_error
 from symbptt.presets import PRESETS
@@ -212,6 +213,67 @@ def test_logits_of_plus_minus_1000_give_finite_losses_and_gradients(output: str,
         assert value > 900 if loss != "squared_error" or output == "identity" else True
 
 
+def _exact_loss_and_output_bias_gradient(
+    spec: ModelSpec, p: Any, logits_bias: np.ndarray
+) -> tuple[float, np.ndarray]:
+    """The loss and d loss / d b_y by sympy.diff of the explicit unrolled loss.
+
+    The arrays' values enter as exact rationals and the expressions are evaluated
+    by mpmath with 1,200 digits: 1 - sigmoid(1000) = exp(-1000) survives the
+    subtraction (SymPy's evalf at fixed precision gives log(0) or noise there).
+    """
+    symbols = sp.symbols(f"b0:{len(logits_bias)}", real=True)
+
+    def exact(array: np.ndarray) -> sp.Matrix:
+        return sp.Matrix(array.astype(np.float64).tolist()).applyfunc(
+            lambda v: sp.Rational(float(v))
+        )
+
+    values: dict[str, Any] = {name: exact(value) for name, value in p.params.items()}
+    values["b_y"] = sp.Matrix(symbols)
+    values["x"] = [exact(x.T) for x in p.X]
+    values["y"] = [exact(target.T) for target in p.Y]
+    loss = verify.scalar_loss(spec, values)
+    exprs = [loss, *(sp.diff(loss, b) for b in symbols)]
+    evaluate = sp.lambdify(symbols, exprs, modules="mpmath")
+    with mpmath.workdps(1200):
+        value, *grads = evaluate(*(mpmath.mpf(float(v)) for v in logits_bias))
+        return float(value), np.array([float(g) for g in grads])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize(
+    ("output", "loss"),
+    [
+        ("softmax", "cross_entropy"),
+        ("sigmoid", "binary_cross_entropy"),
+        ("sigmoid", "squared_error"),
+        ("softmax", "squared_error"),
+    ],
+)
+def test_saturated_logits_give_the_exact_loss_and_gradient(
+    output: str, loss: str, dtype: Any
+) -> None:
+    """At logits of ±30, ±100 and ±1000 the module's loss and d/db_y equal the 50-digit values."""
+    spec = ModelSpec(steps=2, n_in=2, n_hidden=2, n_out=3, batch=2, output=output, loss=loss)
+    mod = module_for(spec)
+    for size in (30.0, 100.0, 1000.0):
+        # a logit of that size is known to within a few ulps of it, no better
+        tolerance = 1e-12 if dtype == np.float64 else 8 * size * float(np.finfo(dtype).eps)
+        p = random_problem(mod, dtype=dtype, initial_state=False)
+        logits_bias = np.array([size, -size, size], dtype=dtype)
+        p.params["b_y"][:, 0] = logits_bias
+        if loss == "cross_entropy":
+            p.Y[:] = np.array([0.0, 1.0, 0.0], dtype=dtype)
+        value, gradients = mod.loss_and_gradients(*p.args())
+        exact_value, expected = _exact_loss_and_output_bias_gradient(spec, p, logits_bias)
+        assert gradients["b_y"].dtype == dtype
+        assert float(value) == pytest.approx(exact_value, rel=tolerance), (size, dtype)
+        got = gradients["b_y"][:, 0].astype(np.float64)
+        assert np.allclose(got, expected, rtol=tolerance, atol=tolerance), (size, got, expected)
+
+
 @pytest.mark.parametrize("steps", [1, 2, 3, 4, 5, 6])
 def test_rolled_and_unrolled_agree(steps: int) -> None:
     specs = [
@@ -321,7 +383,7 @@ def _spread() -> list[tuple[ModelSpec, bool]]:
         for mode in CHOICES["mode"]:
             for unrolled in (False, True):
                 out.append((ModelSpec(steps=3, notation=notation, mode=mode), unrolled))
-    pairs = [("softmax", "binary_cross_entropy"), ("softmax", "squared_error")]
+    pairs = [("sigmoid", "binary_cross_entropy"), ("softmax", "squared_error")]
     pairs += [("sigmoid", "squared_error"), ("relu", "squared_error")]
     for (output, loss), hidden in zip(pairs, ("sigmoid", "relu", "identity", "tanh"), strict=True):
         spec = ModelSpec(steps=2, output=output, loss=loss, hidden=hidden, notation="aa")

@@ -33,7 +33,6 @@ from symbptt.spec import CHOICES
 ROOT = Path(__file__).resolve().parent.parent
 PAIRS = [
     ("softmax", "cross_entropy"),
-    ("softmax", "binary_cross_entropy"),
     ("softmax", "squared_error"),
     ("sigmoid", "binary_cross_entropy"),
     ("sigmoid", "squared_error"),

@@ -22,7 +22,6 @@ HIDDEN = ("tanh", "relu", "sigmoid", "identity")
 PAIRS = (
     ("softmax", "cross_entropy"),
     ("softmax", "squared_error"),
-    ("softmax", "binary_cross_entropy"),
     ("sigmoid", "binary_cross_entropy"),
     ("sigmoid", "squared_error"),
     ("identity", "squared_error"),

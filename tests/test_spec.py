@@ -61,6 +61,7 @@ def test_bias_must_be_bool() -> None:
         ("sigmoid", "cross_entropy"),
         ("identity", "cross_entropy"),
         ("relu", "cross_entropy"),
+        ("softmax", "binary_cross_entropy"),
     ],
 )
 def test_senseless_pairs_refused_with_reason(output: str, loss: str) -> None:
@@ -68,6 +69,15 @@ def test_senseless_pairs_refused_with_reason(output: str, loss: str) -> None:
         ModelSpec(output=output, loss=loss)
     message = str(err.value)
     assert loss in message and output in message and "allowed outputs" in message
+
+
+def test_softmax_binary_cross_entropy_refused_for_its_instability() -> None:
+    """No overflow-free form of log(1 - softmax): refused, pointing at the pairs that work."""
+    with pytest.raises(SpecError) as err:
+        ModelSpec(output="softmax", loss="binary_cross_entropy")
+    message = str(err.value)
+    assert "overflow" in message and "softmax with cross_entropy" in message
+    assert "'sigmoid'" in message
 
 
 def test_spec_error_is_value_error() -> None:
