@@ -494,7 +494,7 @@ def _elementwise_fn(
 ) -> Callable[[Any], Any]:
     def build(arg: Any) -> Any:
         if mexpr.is_matrix(arg):
-            return ElementwiseApplyFunction(lam, arg)
+            return functions.Apply(lam, arg)
         value = scalar(arg)
         if value.has(sp.zoo, sp.nan, sp.oo, -sp.oo) or value.is_extended_real is False:
             raise ExpressionError(f"{name}({arg}) is not a finite real number")

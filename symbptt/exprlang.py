@@ -81,7 +81,6 @@ from typing import Any, NoReturn
 
 import sympy
 from sympy.matrices.expressions import (
-    HadamardPower,
     HadamardProduct,
     Identity,
     MatAdd,
@@ -90,6 +89,8 @@ from sympy.matrices.expressions import (
     Transpose,
     ZeroMatrix,
 )
+
+from .mexpr import HadamardPower
 
 __all__ = [
     "MAX_DEPTH",

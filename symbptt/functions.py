@@ -33,6 +33,7 @@ __all__ = [
     "LOSSES",
     "OUTPUTS",
     "Activation",
+    "Apply",
     "Loss",
     "OutputGradient",
     "SoftmaxOutput",
@@ -171,13 +172,52 @@ def activation_for(function: sp.Lambda) -> Activation:
     return Activation(str(function.expr.func).lower(), body, rf"\operatorname{{{body.func}}}")
 
 
+class _Code(sp.Symbol):  # type: ignore[misc]
+    """A placeholder that prints as already-printed text (the argument of an :class:`Apply`)."""
+
+    def _latex(self, printer: Any) -> str:
+        return str(self.name)
+
+    def _numpycode(self, printer: Any) -> str:
+        return str(self.name)
+
+
+class Apply(ElementwiseApplyFunction):  # type: ignore[misc]
+    r"""A function of one variable applied to every entry of a matrix expression.
+
+    SymPy's own node, made first-class for SymPy's printers: ``sympy.latex``
+    writes a registered activation by its name as the documents do
+    (``\tanh\left(X\right)`` rather than SymPy's ``(z \mapsto \tanh z)_\circ(X)``),
+    any other function by its body at the argument; ``NumPyPrinter`` and
+    ``lambdify`` print the body as NumPy calls on the argument (``Max`` and
+    ``Min`` through ``Piecewise``, which NumPy evaluates elementwise).
+    """
+
+    def _body_at(self, printed: str, printer: Any) -> str:
+        (var,) = self.function.variables
+        body = self.function.expr
+        if body.has(sp.Max, sp.Min):
+            body = body.rewrite(sp.Piecewise)
+        return str(printer._print(body.xreplace({var: _Code(printed, real=True)})))
+
+    def _latex(self, printer: Any) -> str:
+        arg = printer._print(self.expr)
+        found = _BY_LAMBDA.get(self.function)
+        if found is not None:
+            return rf"{found.latex}\left({arg}\right)"
+        return self._body_at(rf"\left({arg}\right)", printer)
+
+    def _numpycode(self, printer: Any) -> str:
+        return f"({self._body_at(f'({printer._print(self.expr)})', printer)})"
+
+
 def elementwise(function: sp.Lambda | Activation | str, arg: sp.Basic) -> sp.Basic:
     """``function`` applied to every entry of the matrix expression ``arg``."""
     if isinstance(function, str):
         function = ACTIVATIONS[function]
     if isinstance(function, Activation):
         function = function.function
-    return ElementwiseApplyFunction(function, arg)
+    return Apply(function, arg)
 
 
 # ---------------------------------------------------------------------------- lifting
@@ -216,9 +256,7 @@ def lift(
     if isinstance(expr, sp.Function) and expr.args:
         inner, *rest = expr.args
         if not any(rest_arg.free_symbols & set(mapping) for rest_arg in rest):
-            return ElementwiseApplyFunction(
-                sp.Lambda(z, expr.func(z, *rest)), lift(inner, mapping, shape, rewrite)
-            )
+            return Apply(sp.Lambda(z, expr.func(z, *rest)), lift(inner, mapping, shape, rewrite))
     raise TypeError(f"cannot lift {expr!r} to a matrix expression")
 
 
@@ -228,7 +266,7 @@ class SoftmaxOutput:
     """The softmax over the output units, defined on an explicit list of units."""
 
     name: str = "softmax"
-    latex: str = r"\operatorname{softmax}"
+    latex: str = mexpr.Softmax.latex_name
 
     @staticmethod
     def definition_of(units: list[sp.Expr]) -> list[sp.Expr]:

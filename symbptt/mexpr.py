@@ -24,6 +24,7 @@ from sympy.matrices.expressions.matexpr import MatrixExpr
 
 __all__ = [
     "AxisExpr",
+    "HadamardPower",
     "OutputLoss",
     "Softmax",
     "add",
@@ -122,10 +123,18 @@ def hadamard(*factors: Any) -> Any:
     return scale(coeff, body)
 
 
-def hadamard_power(base: Any, exp: int) -> Any:
+class HadamardPower(sp.HadamardPower):  # type: ignore[misc]
+    """SymPy's elementwise power, printable by SymPy's ``NumPyPrinter`` and ``lambdify``."""
+
+    def _numpycode(self, printer: Any) -> str:
+        power = printer._module_format("numpy.power")
+        return f"{power}({printer._print(self.base)}, {printer._print(self.exp)})"
+
+
+def hadamard_power(base: Any, exp: Any) -> Any:
     if exp == 1:
         return base
-    return sp.HadamardPower(base, exp)
+    return HadamardPower(base, exp)
 
 
 def transpose(expr: Any) -> Any:
@@ -200,7 +209,38 @@ class AxisExpr(MatrixExpr):  # type: ignore[misc]
 
 
 class Softmax(AxisExpr):
-    """softmax over the output units: along axis 0 (units are rows) or 1 (units are columns)."""
+    """softmax over the output units: along axis 0 (units are rows) or 1 (units are columns).
+
+    A first-class SymPy matrix expression: ``_entry`` gives its entries (so
+    ``.as_explicit()`` works), ``_numpycode`` prints it for SymPy's own
+    ``NumPyPrinter`` and ``lambdify`` (with the maximum subtracted before
+    ``exp``), ``_latex`` for ``sympy.latex`` as the documents write it.
+    """
+
+    #: How documents and ``sympy.latex`` write it.
+    latex_name = r"\operatorname{softmax}"
+
+    def _entry(self, i: Any, j: Any, **kwargs: Any) -> Any:
+        arg, units = self.arg, self.shape[self.axis]
+        k = sp.Dummy("k", integer=True)
+
+        def at(u: Any) -> Any:
+            return arg._entry(u, j, **kwargs) if self.axis == 0 else arg._entry(i, u, **kwargs)
+
+        if isinstance(units, (int, sp.Integer)):
+            total = sp.Add(*(sp.exp(at(u)) for u in range(int(units))))
+        else:
+            total = sp.Sum(sp.exp(at(k)), (k, 0, units - 1))
+        return sp.exp(arg._entry(i, j, **kwargs)) / total
+
+    def _numpycode(self, printer: Any) -> str:
+        arg = printer._print(self.arg)
+        exp, amax, total = (printer._module_format(f"numpy.{f}") for f in ("exp", "amax", "sum"))
+        shifted = f"{exp}({arg} - {amax}({arg}, axis={self.axis}, keepdims=True))"
+        return f"({shifted} / {total}({shifted}, axis={self.axis}, keepdims=True))"
+
+    def _latex(self, printer: Any) -> str:
+        return rf"{self.latex_name}\left({printer._print(self.arg)}\right)"
 
 
 class OutputLoss(sp.Expr):  # type: ignore[misc]

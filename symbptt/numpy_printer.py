@@ -234,7 +234,7 @@ def _keep_log_forms(expr: sp.Basic, recurse: Callable[[sp.Basic], Any]) -> Any:
         pattern, inner = sp.log(1 + functions.z), arg - 1
     else:
         return None
-    return ElementwiseApplyFunction(sp.Lambda(functions.z, pattern), recurse(inner))
+    return functions.Apply(sp.Lambda(functions.z, pattern), recurse(inner))
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -397,6 +397,10 @@ class NumPyPrinter(_SymPyNumPyPrinter):  # type: ignore[misc]
         self, names: Mapping[Any, str] | None = None, settings: dict[str, Any] | None = None
     ) -> None:
         super().__init__(settings=settings)
+        # SymPy's NumPyPrinter sets ``printmethod = "_numpycode"`` on the instance;
+        # ours is its own, so that a node's ``_numpycode`` (what SymPy's printer
+        # and lambdify call) never replaces the generated code's forms.
+        self.printmethod = type(self).printmethod
         self.names: dict[Any, str] = dict(names or {})
         self.helpers: set[str] = set()
         self.used: set[str] = set()

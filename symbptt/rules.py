@@ -92,7 +92,7 @@ def _hadamard(ct: Any, out: Any, node: Any) -> Pairs:
     return [(arg, mexpr.hadamard(ct, *(args[:i] + args[i + 1 :]))) for i, arg in enumerate(args)]
 
 
-@vjp(ElementwiseApplyFunction)
+@vjp(ElementwiseApplyFunction, functions.Apply)
 def _elementwise(ct: Any, out: Any, node: Any) -> Pairs:
     """d(f(Z)) = ct ⊙ f'(Z), with f' written through the output where simpler."""
     activation = functions.activation_for(node.function)

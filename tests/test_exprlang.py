@@ -16,7 +16,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sympy import (
     DiagMatrix,
-    HadamardPower,
     HadamardProduct,
     Identity,
     ImmutableMatrix,
@@ -40,6 +39,7 @@ from symbptt.exprlang import (
     names_used,
     parse,
 )
+from symbptt.mexpr import HadamardPower
 
 # ---------------------------------------------------------------------------
 # A toy model: hidden size 3, input/output size 2, steps 1..3.

@@ -82,7 +82,7 @@ def test_every_entry_equals_scalar_diff(spec: symbptt.ModelSpec) -> None:
 
 
 def test_the_spread_covers_every_combination() -> None:
-    assert len(CASES) == 4 * 7 * 2 * 2 * 2
+    assert len(CASES) == len(HIDDEN) * len(PAIRS) * 2 * 2 * 2
     assert {c.steps for c in CASES} == {1, 2, 3}
     assert {c.notation for c in CASES} == {"xh", "uvw", "layered", "aa"}
     seen = {
@@ -138,7 +138,7 @@ def test_every_gated_entry_equals_scalar_diff(spec: symbptt.ModelSpec) -> None:
 
 
 def test_the_gated_spread_covers_every_combination() -> None:
-    assert len(GATED) == 2 * 7 * 2 * 2 * 2
+    assert len(GATED) == 2 * len(PAIRS) * 2 * 2 * 2
     seen = {(c.cell, c.output, c.loss, c.mode, c.time_reduction, c.notation) for c in GATED}
     assert len(seen) == len(GATED)
     assert {(c.cell, c.steps) for c in GATED} == {(a, b) for a in ("lstm", "gru") for b in (1, 2)}

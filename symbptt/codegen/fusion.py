@@ -31,7 +31,7 @@ from typing import Any
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
-from .. import mexpr
+from .. import functions, mexpr
 from ..numpy_printer import flatten_matmul
 from .rowform import transpose
 from .schedule import (
@@ -298,7 +298,7 @@ class _Fuser:
             for a, b in applies:
                 if max(position[id(x)] for x in members[a:b]) == i:
                     target = target_of(a, b)
-                    out.append(Stmt(target, ElementwiseApplyFunction(m.function, target), "apply"))
+                    out.append(Stmt(target, functions.Apply(m.function, target), "apply"))
         s.forward_loop = out
         s.fused[name] = [m.stmt for m in members]
         return name, members, products

@@ -37,9 +37,9 @@ def _tr(expr: Any) -> Any:
     if isinstance(expr, sp.HadamardProduct):
         return sp.HadamardProduct(*(_tr(arg) for arg in expr.args))
     if isinstance(expr, sp.HadamardPower):
-        return sp.HadamardPower(_tr(expr.base), expr.exp)
+        return expr.func(_tr(expr.base), expr.exp)
     if isinstance(expr, ElementwiseApplyFunction):
-        return ElementwiseApplyFunction(expr.function, _tr(expr.expr))
+        return expr.func(expr.function, _tr(expr.expr))
     if isinstance(expr, mexpr.Softmax):
         return mexpr.Softmax(_tr(expr.arg), 1 - expr.axis)
     if isinstance(expr, LogSumExp):

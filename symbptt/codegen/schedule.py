@@ -518,9 +518,9 @@ class _Builder:
                 coeff, mats = flatten_matmul(node)
                 return mexpr.scale(coeff, mexpr.matmul(*(walk(m, False) for m in mats)))
             if isinstance(node, ElementwiseApplyFunction):
-                return ElementwiseApplyFunction(node.function, walk(node.expr, False))
+                return node.func(node.function, walk(node.expr, False))
             if isinstance(node, sp.HadamardPower):
-                return sp.HadamardPower(walk(node.base, False), node.exp)
+                return node.func(walk(node.base, False), node.exp)
             return node
 
         return walk(expr, True)

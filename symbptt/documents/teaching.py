@@ -380,7 +380,7 @@ class _Writer:
         """``f(arg)`` with the notation's name of the function (f, g_1, ...)."""
         z = functions.z
         undefined = sp.Function(fn_latex)
-        return ElementwiseApplyFunction(sp.Lambda(z, undefined(z)), arg)
+        return functions.Apply(sp.Lambda(z, undefined(z)), arg)
 
     def _generic(self, kind: str, last: bool = True) -> Any:
         """The generic-step assignment of ``kind`` (from the step form)."""
