@@ -965,7 +965,7 @@ def _describe(spec: ModelSpec) -> str:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from .check import check
+    from .checker import check
     from .exprlang import ExpressionError
 
     operands: list[str] = args.operands
@@ -1024,7 +1024,7 @@ def _spec_words(spec: ModelSpec) -> str:
 
 
 def _cmd_notations(args: argparse.Namespace) -> int:
-    from .check import model_equations, names
+    from .checker import model_equations, names
     from .notation import NOTATIONS
 
     order = [key for key in CHOICES["notation"] if key in NOTATIONS]

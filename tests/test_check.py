@@ -12,7 +12,8 @@ import sympy as sp
 
 import symbptt
 from symbptt import ExpressionError, ModelSpec, SpecError, derive
-from symbptt.check import _rows_columns, check, correct_formula, names, names_text, namespace
+from symbptt.check import check, correct_formula, names, names_text, namespace
+from symbptt.checker.localise import _rows_columns
 from symbptt.exprlang import parse
 from symbptt.notation import NOTATIONS
 from symbptt.presets import PRESETS
@@ -169,7 +170,9 @@ PRINTED = [
 
 @pytest.mark.parametrize("text", PRINTED)
 def test_printer_round_trip(text: str) -> None:
-    from symbptt.check import _evaluate, _naming, _points, _prepare, _Printer, _work
+    from symbptt.checker.points import _evaluate, _points, _prepare
+    from symbptt.checker.printer import _naming, _Printer
+    from symbptt.checker.work import _work
 
     work = _work(SPEC)
     expr = _prepare(parse(text, work.ns))
@@ -480,7 +483,7 @@ def test_top_level_exports() -> None:
 def test_check_refuses_more_steps_than_it_can_prove_up_front(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    check_module = importlib.import_module("symbptt.check")
+    check_module = importlib.import_module("symbptt.checker.core")
 
     monkeypatch.setattr(check_module, "_derivation", lambda *a: pytest.fail("work started"))
     spec = ModelSpec(steps=MAX_CHECK_STEPS + 1)

@@ -138,7 +138,7 @@ def test_limits_are_refused_before_any_work(
 def test_check_refuses_too_many_steps_up_front(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    check_module = importlib.import_module("symbptt.check")
+    check_module = importlib.import_module("symbptt.checker.core")
 
     monkeypatch.setattr(check_module, "_derivation", lambda *a: pytest.fail("work started"))
     argv = ["check", "--steps", "1000", "--wrt", "W_hh", "sum_t(delta[t] @ h[t-1].T)"]
