@@ -240,13 +240,13 @@ MISTAKES: list[tuple[ModelSpec, str, str, set[str]]] = [
         SPEC,
         "W_hh",
         "sum_t(((W_hy.T @ (y_hat[t] - y[t]) / m) * (1 - h[t]**2)) @ h[t-1].T)",
-        {"no_recurrence"},
+        {"dropped_carry"},
     ),
     (
         SPEC,
         "W_xh",
         "sum_t(((W_hy.T @ (y_hat[t] - y[t]) / m) * (1 - z[t]**2)) @ x[t].T)",
-        {"no_recurrence", "derivative_at_pre_activation"},
+        {"dropped_carry", "derivative_at_pre_activation"},
     ),
     (
         SPEC_1,
@@ -266,7 +266,7 @@ MISTAKES: list[tuple[ModelSpec, str, str, set[str]]] = [
         "W_xh",
         "sum_t(sum_k(((prod_j(diag(1 - h[j]**2) @ W_hh.T).T @ W_hy.T @ (y_hat[t] - y[t]))"
         " * (1 - h[k]**2)) @ x[k].T))",
-        {"untransposed_recurrence"},
+        {"transposed_weight"},
     ),
     (SPEC, "W_hy", "sum_t((y_hat[t] - y[t]) @ h[t].T)", {"missing_factor"}),
     (SPEC, "W_hy", "sum_t((y_hat[t] - y[t]) @ h[t].T) / m / m", {"extra_factor"}),
@@ -442,7 +442,7 @@ def test_callable_without_the_recurrent_term() -> None:
         return grads
 
     result = check(PRESETS["xh_hello"], "W_xh", no_dhnext)
-    assert result.mistake_names == ("no_recurrence",), result.explain()
+    assert result.mistake_names == ("dropped_carry",), result.explain()
 
 
 def test_callable_shapes_and_dicts() -> None:

@@ -250,14 +250,15 @@ def test_classic_slips_are_not_equal_and_localised(
     result = run(wrt, f"sum_t({_bias(spec, delta)})")
     assert result.differing_terms == steps[:-1], result.explain()
     assert result.loss_steps == steps[1:], result.explain()
-    assert result.mistakes == ()  # gated cells' mistakes are not named (yet): none is wrong
-    assert "none of the common mistakes" in result.explain()
+    # the true dc[t] (or dh[t]) without its carry, in the formula the gradient reads
+    assert result.mistake_names == ("dropped_carry",), result.explain()
+    assert "the recursion behind it is right" in result.explain()
     # the sigmoid's derivative left out, a wrong gate's bias: wrong at every step
-    for kind in ("sigmoid", "gate"):
+    for kind, name in (("sigmoid", "no_derivative"), ("gate", "other_gate")):
         wrt, delta = slips[kind]
         result = run(wrt, f"sum_t({_bias(spec, delta)})")
         assert result.differing_terms == steps, (kind, result.explain())
-        assert result.mistakes == (), (kind, result.explain())
+        assert result.mistake_names == (name,), (kind, result.explain())
     # h[t] where h[t-1] belongs: named, as the correct formula with its steps moved
     wrt, delta, h = slips["off_by_one"]
     result = run(wrt, f"sum_t({_outer(spec, delta, h)})")
@@ -412,7 +413,8 @@ def test_hand_written_numpy_lstm_is_equal_and_its_bug_is_not() -> None:
     assert not result.ok and result.counterexample is not None
     steps = derive(spec).graph.steps
     assert result.loss_steps == steps[1:], result.explain()  # the first loss has no carry
-    assert result.mistakes == (), result.explain()
+    assert result.mistake_names == ("dropped_carry",), result.explain()
+    assert "dc[t] lacks dc[t+1] * f[t+1]" in result.explain()
     # the gradient of the output layer does not see the bug
     assert check(spec, "W_hy", forgot_dc_next, points=4).ok
 
@@ -530,5 +532,6 @@ def test_hand_written_numpy_gru_in_rows_is_equal_and_its_bug_is_not() -> None:
         return numpy_gru_rows(p, X, Y, h0, carry=False)
 
     result = check(spec, "W_hz", no_direct_path, points=4)
-    assert not result.ok and result.mistakes == (), result.explain()
+    assert not result.ok and result.mistake_names == ("dropped_carry",), result.explain()
+    assert "dH[t] lacks dH[t+1] * Z[t+1]" in result.explain()
     assert result.loss_steps == derive(spec).graph.steps[1:], result.explain()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -12,8 +14,9 @@ import sympy as sp
 from .. import functions, mexpr
 from ..derive import Derivation
 from ..graph import Assignment
-from .formulas import _contribution_of, _has_roles, _inline, _is_forward, _kept
+from .formulas import _contribution_of, _inline, _is_forward, _kept
 from .language import _base_role, _is_adjoint, _label
+from .mutations import EVERY, LOCAL, ONE, Alteration, alterations
 from .namespace import _state_initials
 from .points import _close, _Eval, _evaluate, _leaves, _other_target, _Point
 from .printer import _naming, _Printer
@@ -24,19 +27,27 @@ if TYPE_CHECKING:
     from .core import _Checker
 
 
-_OUT_KNOBS = ("ok", "dropped_target", "softmax_diagonal")
+#: Contribution-level alternatives: which steps the gradient's terms read.
+_STEP_KNOBS = ("off_by_one_later", "off_by_one_earlier", "last_step_only")
+#: How many combined alterations the search tries at two and at three at once.
+_COMBINATIONS = {2: 600, 3: 600}
+#: The flavours of an alteration, most specific first (for the order of the report).
+_SPECIFIC = {ONE: 0, LOCAL: 1, EVERY: 2}
 
 
-_REC_KNOBS = ("ok", "no_recurrence", "untransposed_recurrence")
+@dataclass(frozen=True)
+class _Atom:
+    """One mistake of a variant: an alteration of the adjoints (with how it is applied),
+    a change of the gradient's terms, or the whole result transposed."""
 
-
-_DER_KNOBS = ("ok", "derivative_at_pre_activation", "derivative_of_output", "no_derivative")
-
-
-_STEP_KNOBS = ("ok", "off_by_one_later", "off_by_one_earlier", "last_step_only")
-
-
-_FINAL_KNOBS = ("ok", "transpose")
+    name: str
+    site: tuple[Any, ...]
+    text: str
+    place: str = ""
+    flavour: str = EVERY
+    step: int | None = None
+    alteration: Alteration | None = None
+    data: Any = None
 
 
 class _Diagnosis:
@@ -47,112 +58,210 @@ class _Diagnosis:
         self.work = checker.work
         self.name = checker.name
         self.value_at = value_at
+        self.adjoints = list(self.work.d.adjoints)
+        self.contribs = [c for c in self.work.d.contributions if c.param == self.name]
 
-    # -- mutations ---------------------------------------------------------------------
-    def _adjoint_variants(self) -> list[tuple[tuple[str, str, str], list[Assignment]]]:
-        work = self.work
-        spec = work.spec
-        adjoints = list(work.d.adjoints)
-        out_knobs: Sequence[str] = ("ok",)
-        if spec.output == "softmax" and spec.loss == "cross_entropy":
-            out_knobs = _OUT_KNOBS
-        # The recurrence and activation mistakes are written for a cell whose file tags a
-        # hidden state, its pre-activation and a recurrent weight (the Elman roles); other
-        # cells get no such mistake named (a later issue names gated cells' mistakes).
-        uses_delta = self._uses_delta() and _has_roles(
-            work.notation, ("pre_activation", "hidden", "recurrent_weight")
-        )
-        rec_knobs: Sequence[str] = _REC_KNOBS if uses_delta else ("ok",)
-        der_knobs: Sequence[str] = ("ok",)
-        if uses_delta and spec.hidden != "identity" and work.graph.symbols.cell.activation:
-            der_knobs = _DER_KNOBS
-        variants = []
-        for out_k in out_knobs:
-            for rec_k in rec_knobs:
-                for der_k in der_knobs:
-                    knobs = (out_k, rec_k, der_k)
-                    variants.append((knobs, [self._mutate(a, knobs) for a in adjoints]))
-        return variants
+    # -- atoms ---------------------------------------------------------------------------
+    def _adjoint_atoms(self) -> list[_Atom]:
+        """Every alteration at every step, in each step's formula, and at each single step."""
+        steps = self.work.graph.steps
+        out = []
+        for alt in alterations(self.work):
+            out.append(_Atom(alt.name, alt.site, alt.text, alt.place, EVERY, None, alt))
+        for alt in alterations(self.work):
+            out.append(_Atom(alt.name, alt.site, alt.text, alt.place, LOCAL, None, alt))
+        for alt in alterations(self.work):
+            for step in steps:
+                out.append(_Atom(alt.name, alt.site, alt.text, alt.place, ONE, step, alt))
+        return out
 
-    def _uses_delta(self) -> bool:
+    def _term_atoms(self) -> list[_Atom]:
+        """Changes of the gradient's own terms: steps moved, the last only, another gate's."""
+        out = []
+        knobs: Sequence[str] = _STEP_KNOBS
+        if self.work.spec.mode == "many_to_one":
+            knobs = _STEP_KNOBS[:2]
+        texts = _KnobText(self.work, self.checker.orig, self.name)
+        for knob in knobs:
+            out.append(
+                _Atom(_KNOB_NAMES.get(knob, knob), ("terms",), texts.describe(knob), data=knob)
+            )
+        roles = self._forward_roles()
+        if len(roles) > 1:
+            for role in roles:
+                for offset in (1, -1):
+                    text = texts.describe_role(role, offset)
+                    out.append(_Atom("off_by_one", ("terms",), text, data=(role, offset)))
+        out += self._gate_atoms()
+        return out
+
+    def _forward_roles(self) -> list[str]:
+        """The forward quantities the generic step's term of the gradient reads."""
+        form = self.work.form
+        body = _contribution_of(form.backward, self.name)
+        if body is None and form.last_backward is not None:
+            body = _contribution_of(form.last_backward, self.name)
+        if body is None:
+            return []
+        roles = []
+        for symbol in sorted(body.expr.free_symbols, key=str):
+            role, at = form.symbols.meta.get(symbol, ("", None))
+            if (
+                isinstance(at, sp.Basic)
+                and _is_forward(self.work.notation, role)
+                and role not in roles
+            ):
+                roles.append(role)
+        return roles
+
+    def _gate_atoms(self) -> list[_Atom]:
+        """The gradient's terms reading another adjoint of the same shape (another gate's)."""
         meta = self.work.graph.symbols.meta
-        for c in self.work.d.contributions:
-            if c.param != self.name:
+        notation = self.work.notation
+        read: list[str] = []
+        for c in self.contribs:
+            for symbol in c.expr.free_symbols:
+                role, _ = meta.get(symbol, ("", None))
+                if _is_adjoint(role) and role not in read:
+                    read.append(role)
+        if len(read) != 1:
+            return []
+        (own,) = read
+        shape = tuple(self.work.graph.symbols.series_shape(_base_role(own)))
+        kinds = sorted({a.kind for a in self.adjoints})
+        prefix = "pre_adjoint_" if own.startswith("pre_adjoint_") else "adjoint_"
+        out = []
+        for other in kinds:
+            if other == own or not other.startswith(prefix):
                 continue
-            for s in c.expr.free_symbols:
-                if meta.get(s, ("",))[0] in ("adjoint_pre_activation", "adjoint_hidden"):
-                    return True
-        return False
+            if tuple(self.work.graph.symbols.series_shape(_base_role(other))) != shape:
+                continue
+            wrong, right = _label(notation, other), _label(notation, own)
+            text = (
+                f"the gradient of {self.name} is taken from {wrong}[t] where {right}[t] "
+                f"belongs (another gate's adjoint)"
+            )
+            out.append(_Atom("other_gate", ("terms",), text, data=(own, other)))
+        return out
 
-    def _mutate(self, a: Assignment, knobs: tuple[str, str, str]) -> Assignment:
-        out_k, rec_k, der_k = knobs
-        work = self.work
-        table = work.table
-        step = a.step
-        expr = a.expr
-        if a.kind == "adjoint_output_pre_activation" and out_k != "ok":
-            target = table[("target", step)]
-            pred = table[("output", step)]
-            coeff, _ = mexpr.split_scale(expr)
-            ones = sp.OneMatrix(*target.shape)
-            if out_k == "dropped_target":
-                expr = mexpr.scale(coeff, sp.MatAdd(pred, sp.MatMul(-1, ones)))
-            else:
-                expr = mexpr.scale(
-                    coeff, sp.HadamardProduct(target, sp.MatAdd(pred, sp.MatMul(-1, ones)))
-                )
-        elif a.kind == "adjoint_hidden" and rec_k != "ok":
-            if rec_k == "no_recurrence":
-                deltas = {
-                    s: sp.ZeroMatrix(*s.shape)
-                    for s in expr.free_symbols
-                    if work.graph.symbols.meta.get(s, ("",))[0] == "adjoint_pre_activation"
-                }
-                expr = expr.xreplace(deltas)
-            else:
-                w = work.graph.params[work.notation.param("recurrent_weight").ascii]
-                expr = expr.xreplace({sp.Transpose(w): w})
-        elif a.kind == "adjoint_pre_activation" and der_k != "ok":
-            expr = self._derivative_variant(a, der_k)
-        if expr is a.expr:
-            return a
-        return Assignment(a.target, expr, a.kind, a.step, a.param)
+    # -- values --------------------------------------------------------------------------
+    def _mutated(self, atoms: Sequence[_Atom], step: int | None = None) -> list[Assignment]:
+        """The adjoint assignments with the atoms' alterations (only ``step``'s, if given)."""
+        out = []
+        for a in self.adjoints:
+            current = a
+            for atom in atoms:
+                alt = atom.alteration
+                if alt is None or (atom.flavour == ONE and a.step != atom.step):
+                    continue
+                if step is not None and a.step != step:
+                    continue
+                new = alt.rewrite(current)
+                if new is not None:
+                    current = Assignment(a.target, new, a.kind, a.step, a.param)
+            out.append(current)
+        return out
 
-    def _derivative_variant(self, a: Assignment, knob: str) -> Any:
-        work = self.work
-        table = work.table
-        step = a.step
-        h = table[("hidden", step)]
-        z = table[("pre_activation", step)]
-        dh = table.get(("adjoint_hidden", step))
-        if dh is None:
-            return a.expr
-        activation = functions.ACTIVATIONS[work.spec.hidden]
-        derivative, form = activation.derivative
-        if knob == "no_derivative":
-            return dh
-        if knob == "derivative_at_pre_activation":
-            if form != "output" or functions.a not in derivative.free_symbols:
-                return a.expr
-            wrong = functions.lift(derivative, {functions.a: z}, z.shape)
+    def _run(self, env: Mapping[Any, Any], assignments: Sequence[Assignment]) -> dict[Any, Any]:
+        evaluator = _Eval(env, backend="float")
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            evaluator.run(assignments)
+        return evaluator.env
+
+    def _envs(self, atoms: Sequence[_Atom], points: Sequence[_Point]) -> list[Any] | None:
+        """Per point: the environment with the altered adjoints (None: nothing changes).
+
+        For the ``local`` flavour, a list of one environment per step instead.
+        """
+        if not any(atom.alteration for atom in atoms):
+            return [p.env_f for p in points]
+        local = any(atom.flavour == LOCAL for atom in atoms)
+        if not local:
+            mutated = self._mutated(atoms)
+            first = next(
+                (
+                    i
+                    for i, (a, b) in enumerate(zip(mutated, self.adjoints, strict=True))
+                    if a is not b
+                ),
+                None,
+            )
+            if first is None:
+                return None
+            return [self._run(p.env_f, mutated[first:]) for p in points]
+        per_point = []
+        for p in points:
+            by_step = {}
+            for step in self.work.graph.steps:
+                mutated = self._mutated(atoms, step)
+                changed = [
+                    i
+                    for i, (a, b) in enumerate(zip(mutated, self.adjoints, strict=True))
+                    if a is not b
+                ]
+                if not changed:
+                    by_step[step] = p.env_f
+                    continue
+                rest = [a for a in mutated[changed[0] :] if a.step == step]
+                by_step[step] = self._run(p.env_f, rest)
+            per_point.append(by_step)
+        return per_point
+
+    def _total(self, atoms: Sequence[_Atom]) -> Any:
+        """The gradient's expression under the atoms' changes of its terms."""
+        terms_atom = next((a for a in atoms if a.site == ("terms",)), None)
+        if terms_atom is None:
+            terms = [c.expr for c in self.contribs]
+        elif terms_atom.name == "other_gate":
+            own, other = terms_atom.data
+            terms = self._generic_terms(0, swap=(own, other))
+        elif isinstance(terms_atom.data, tuple):
+            role, offset = terms_atom.data
+            terms = self._generic_terms(offset, role)
         else:
-            raw = activation.raw_derivative
-            if functions.z not in raw.free_symbols:
-                return a.expr
-            wrong = functions.lift(raw, {functions.z: h}, h.shape)
-        return mexpr.hadamard(dh, wrong)
+            terms = self._contributions(terms_atom.data)
+        return mexpr.add(*terms) if terms else sp.ZeroMatrix(*self.checker.target.shape)
+
+    def _values(self, atoms: Sequence[_Atom], points: Sequence[_Point]) -> list[Any] | None:
+        envs = self._envs(atoms, points)
+        if envs is None:
+            return None
+        transposed = any(a.name == "transpose" for a in atoms)
+        if any(atom.flavour == LOCAL for atom in atoms if atom.alteration):
+            values = []
+            for by_step in envs:
+                total = None
+                for c in self.contribs:
+                    part = _evaluate(c.expr, by_step[c.step], "float")
+                    if part is None:
+                        return None
+                    total = part if total is None else total + part
+                values.append(total)
+        else:
+            total_expr = self._total(atoms)
+            if total_expr is None:
+                return None
+            values = [_evaluate(total_expr, env, "float") for env in envs]
+        if transposed:
+            values = [v.T if v is not None else v for v in values]
+        return values
 
     def _contributions(self, knob: str) -> list[Any]:
         work = self.work
         if knob == "last_step_only":
             last = work.graph.steps[-1]
-            return [c.expr for c in work.d.contributions if c.param == self.name and c.step == last]
-        if knob == "ok":
-            return [c.expr for c in work.d.contributions if c.param == self.name]
+            return [c.expr for c in self.contribs if c.step == last]
         return self._generic_terms(1 if knob == "off_by_one_later" else -1)
 
-    def _generic_terms(self, offset: int) -> list[Any]:
-        """The generic step's term at every step, its forward quantities shifted by ``offset``."""
+    def _generic_terms(
+        self, offset: int, only: str | None = None, swap: tuple[str, str] | None = None
+    ) -> list[Any]:
+        """The generic step's term at every step, its forward quantities shifted by ``offset``.
+
+        With ``only``, just that quantity moves (``h`` in ``delta_g @ (r * h[t-1]).T``);
+        with ``swap = (own, other)`` the adjoint ``other`` is read where ``own`` belongs.
+        """
         work = self.work
         form = work.form
         graph = work.graph
@@ -172,8 +281,10 @@ class _Diagnosis:
                 if not isinstance(at, sp.Basic):
                     continue
                 k = int(at.subs(form.t, step))
-                if _is_forward(work.notation, role):
+                if _is_forward(work.notation, role) and (only is None or role == only):
                     k += offset
+                if swap is not None and role == swap[0]:
+                    role = swap[1]
                 found = work.table.get((role, k))
                 if found is None and role in initials and k == first - 1:
                     found = initials[role]
@@ -181,43 +292,13 @@ class _Diagnosis:
             out.append(contribution.expr.xreplace(mapping))
         return out
 
-    def _variant_values(self, points: Sequence[_Point]) -> list[tuple[tuple[str, ...], list[Any]]]:
-        """(knobs, value at each point) for every mutation of the correct gradient."""
-        square = self.checker.target.shape[0] == self.checker.target.shape[1]
-        step_knobs: Sequence[str] = _STEP_KNOBS
-        if self.work.spec.mode == "many_to_one":
-            step_knobs = ("ok", "off_by_one_later", "off_by_one_earlier")
-        final_knobs: Sequence[str] = _FINAL_KNOBS if square else ("ok",)
-        results: list[tuple[tuple[str, ...], list[Any]]] = []
-        variants = self._adjoint_variants()
-        envs: dict[tuple[str, str, str], list[dict[Any, Any]]] = {}
-        for knobs, assignments in variants:
-            per_point = []
-            for p in points:
-                evaluator = _Eval(p.env_f, backend="float")
-                with warnings.catch_warnings(), np.errstate(all="ignore"):
-                    warnings.simplefilter("ignore")
-                    evaluator.run(assignments)
-                per_point.append(evaluator.env)
-            envs[knobs] = per_point
-        for step_k in step_knobs:
-            terms = self._contributions(step_k)
-            total = mexpr.add(*terms) if terms else sp.ZeroMatrix(*self.checker.target.shape)
-            for knobs, per_point in envs.items():
-                values = [_evaluate(total, env, "float") for env in per_point]
-                for final_k in final_knobs:
-                    shown = [v.T if final_k == "transpose" and v is not None else v for v in values]
-                    results.append(((*knobs, step_k, final_k), shown))
-        results += self._wrong_quantities(points)
-        return results
-
     def _wrong_quantities(
         self, points: Sequence[_Point]
-    ) -> list[tuple[tuple[str, ...], list[Any]]]:
+    ) -> list[tuple[tuple[_Atom, ...], list[Any]]]:
         """∂L/∂(something else): o_t, h_t, δ_t, and ∂L/∂ŷ_t, at every step."""
         work = self.work
         shape = tuple(self.checker.target.shape)
-        out: list[tuple[tuple[str, ...], list[Any]]] = []
+        shown_values: list[tuple[str, list[Any]]] = []
         notation = work.notation
         for (role, step), symbol in sorted(
             work.table.items(), key=lambda item: (item[0][0], item[0][1])
@@ -230,7 +311,7 @@ class _Diagnosis:
             shown = f"∂L/∂{base}[{step}]" if role.startswith("adjoint_") else f"{label}[{step}]"
             if label == "delta":
                 shown = f"delta[{step}]"
-            out.append((("wrong_quantity", shown), values))
+            shown_values.append((shown, values))
         loss = functions.LOSSES[work.spec.loss]
         for step in work.graph.steps:
             pred = work.table.get(("output", step))
@@ -242,46 +323,107 @@ class _Diagnosis:
             )
             values = [_evaluate(derivative, p.env_f, "float") for p in points]
             label = notation.name_of("output").ascii
-            out.append((("wrong_quantity", f"∂L/∂{label}[{step}]"), values))
+            shown_values.append((f"∂L/∂{label}[{step}]", values))
+        out: list[tuple[tuple[_Atom, ...], list[Any]]] = []
+        for shown, values in shown_values:
+            text = (
+                f"this is {shown} (the gradient with respect to another quantity), "
+                f"not ∂L/∂{self.name}"
+            )
+            out.append(((_Atom("wrong_quantity", ("quantity",), text),), values))
         return out
 
     def mistakes(self, points: Sequence[_Point], allow_exact: bool = False) -> tuple[Mistake, ...]:
+        """Every mutation the candidate matches with the fewest changes, most specific first.
+
+        A variant matches when the candidate is a constant multiple of it at every
+        screening point; its score is its number of mistakes, one more for a
+        factor other than 1.  Level 0 is the correct gradient; level 1 one
+        mistake (an alteration, a change of the gradient's terms, a transpose,
+        another quantity's gradient); levels 2 and 3 combine alterations applied
+        at every step with one change of the terms and a transpose, up to
+        :data:`_COMBINATIONS` each.  Each variant is screened at the first point
+        before it is evaluated at the others; one equal to a variant found
+        before is skipped.
+        """
         got = [self.value_at(p) for p in points]
         if any(g is None for g in got):
             return ()
-        best: tuple[int, tuple[str, ...], float] | None = None
-        for knobs, values in self._variant_values(points):
+        first = points[:1]
+        correct_first = self._values((), first)
+        assert correct_first is not None
+        found: list[tuple[tuple[_Atom, ...], float]] = []
+        seen: list[list[Any]] = []
+        best: list[int] = []
+
+        def consider(level: int, atoms: tuple[_Atom, ...], values: list[Any] | None) -> None:
+            if values is None or any(_same(values, other) for other in seen):
+                return
             factor = _common_factor(got, values)
             if factor is None:
-                continue
-            changed = sum(1 for k in knobs if k != "ok") if knobs[0] != "wrong_quantity" else 1
-            unit = abs(factor - 1) < 1e-9
-            score = changed + (0 if unit else 1)
+                return
+            seen.append(values)
+            score = level + (0 if abs(factor - 1) < 1e-9 else 1)
             if score == 0 and not allow_exact:
-                continue
-            if best is None or score < best[0]:
-                best = (score, knobs, factor)
-        if best is None:
-            return ()
-        _, knobs, factor = best
-        return self._describe(knobs, factor)
+                return
+            if not best or score < best[0]:
+                best[:] = [score]
+                found.clear()
+            if score == best[0]:
+                found.append((atoms, factor))
+
+        def screened(atoms: tuple[_Atom, ...]) -> list[Any] | None:
+            """The values at every point, if the first point does not rule the variant out."""
+            head = self._values(atoms, first)
+            if head is None or _common_factor(got[:1], head) is None:
+                return None
+            return self._values(atoms, points)
+
+        consider(0, (), self._values((), points))
+        square = self.checker.target.shape[0] == self.checker.target.shape[1]
+        final = [_Atom("transpose", ("final",), _KnobText.TRANSPOSE)] if square else []
+        singles: list[_Atom] = []
+        for atom in [*self._adjoint_atoms(), *self._term_atoms(), *final]:
+            head = self._values((atom,), first)
+            if head is None or _same(head, correct_first):
+                continue  # changes nothing this gradient reads
+            if atom.flavour == EVERY:
+                singles.append(atom)
+            if _common_factor(got[:1], head) is not None:
+                consider(1, (atom,), self._values((atom,), points))
+        for atoms, values in self._wrong_quantities(points):
+            consider(1, atoms, values)
+        for level in (2, 3):
+            if best and best[0] <= level:
+                break
+            tried = 0
+            for combo in itertools.combinations(singles, level):
+                if len({a.site for a in combo}) < level:
+                    continue
+                if tried >= _COMBINATIONS[level]:
+                    break
+                tried += 1
+                consider(level, combo, screened(combo))
+        found.sort(key=lambda item: min((_rank(a) for a in item[0]), default=3))
+        out: list[Mistake] = []
+        for atoms, factor in found:
+            for mistake in self._describe(atoms, factor):
+                if mistake not in out:
+                    out.append(mistake)
+        return tuple(out)
 
     # -- descriptions ------------------------------------------------------------------
-    def _describe(self, knobs: tuple[str, ...], factor: float) -> tuple[Mistake, ...]:
+    def _describe(self, atoms: tuple[_Atom, ...], factor: float) -> tuple[Mistake, ...]:
         out: list[Mistake] = []
-        if knobs[0] == "wrong_quantity":
-            out.append(
-                Mistake(
-                    "wrong_quantity",
-                    f"this is {knobs[1]} (the gradient with respect to another quantity), "
-                    f"not ∂L/∂{self.name}",
-                )
-            )
-        else:
-            texts = _KnobText(self.work, self.checker.orig, self.name)
-            for knob in knobs:
-                if knob != "ok":
-                    out.append(Mistake(_KNOB_NAMES.get(knob, knob), texts.describe(knob)))
+        for atom in atoms:
+            text = atom.text
+            steps: tuple[int, ...] | None = None
+            if atom.flavour == LOCAL:
+                text += " (in the formula the gradient reads; the recursion behind it is right)"
+            elif atom.flavour == ONE and atom.step is not None:
+                text += f" (at step {atom.step} only)"
+                steps = (atom.step,)
+            out.append(Mistake(atom.name, text, atom.place, steps))
         if abs(factor - 1) > 1e-9:
             out.append(self._factor_mistake(factor))
         return tuple(out)
@@ -404,76 +546,16 @@ _KNOB_NAMES = {
 
 
 class _KnobText:
-    """Descriptions of the mutations in the notation's own names."""
+    """Descriptions of the changes of a gradient's terms, in the notation's own names."""
+
+    TRANSPOSE = "transposed: the candidate is the transpose of the gradient"
 
     def __init__(self, work: _Work, orig: Derivation, name: str) -> None:
         self.work = work
         self.orig = orig
         self.name = name
-        notation = work.notation
-
-        def ascii_of(role: str) -> str:
-            # the Elman roles exist only where the recurrence mistakes are searched
-            return notation.name_of(role).ascii if _has_roles(notation, (role,)) else role
-
-        self.pred = ascii_of("output")
-        self.target = ascii_of("target")
-        self.h = ascii_of("hidden")
-        self.z = ascii_of("pre_activation")
-        self.w = ascii_of("recurrent_weight")
-        self.column = notation.layout == "column"
-
-    def _derivative_text(self, form: str) -> str:
-        activation = functions.ACTIVATIONS[self.work.spec.hidden]
-        derivative, _ = activation.derivative
-        h = sp.MatrixSymbol("__h", 2, 1)
-        z = sp.MatrixSymbol("__z", 2, 1)
-        names = {"__h": f"{self.h}[t]", "__z": f"{self.z}[t]"}
-        printer = _Printer(lambda s: names.get(s.name, s.name))
-        if form == "correct":
-            mapping = {functions.a: h, functions.z: z}
-            return printer(functions.lift(derivative, mapping, h.shape))
-        if form == "at_pre":
-            return printer(functions.lift(derivative, {functions.a: z, functions.z: z}, z.shape))
-        return printer(functions.lift(activation.raw_derivative, {functions.z: h}, h.shape))
 
     def describe(self, knob: str) -> str:
-        pred, target, h, w = self.pred, self.target, self.h, self.w
-        back = f"{w}.T @ delta[t+1]" if self.column else f"delta[t+1] @ {w}.T"
-        if knob == "dropped_target":
-            return (
-                f"dropped the target from the output error: -(1 - {pred}[t]) (= {pred}[t] - 1) "
-                f"where {pred}[t] - {target}[t] belongs (softmax + cross-entropy)"
-            )
-        if knob == "softmax_diagonal":
-            return (
-                f"kept only the diagonal of the softmax Jacobian: -{target}[t] * (1 - {pred}[t]) "
-                f"where {pred}[t] - {target}[t] belongs; with a one-hot target it is right on the "
-                "target class's row and wrong on the others"
-            )
-        if knob == "no_recurrence":
-            return (
-                f"missing recurrent term: delta[t] lacks {back}, so only the t == k term of the "
-                "sum over k is kept (no gradient flows back through time)"
-            )
-        if knob == "untransposed_recurrence":
-            wrong = f"{w} @ delta[t+1]" if self.column else f"delta[t+1] @ {w}"
-            return f"{wrong} where {back} belongs (a missing transpose in the δ recursion)"
-        if knob == "derivative_at_pre_activation":
-            wrong, right = self._derivative_text("at_pre"), self._derivative_text("correct")
-            return (
-                "the activation's derivative is taken at the pre-activation: "
-                f"{wrong} where {right} belongs"
-            )
-        if knob == "derivative_of_output":
-            return (
-                f"the activation's derivative is applied to the hidden state: "
-                f"{self._derivative_text('of_output')} where {self._derivative_text('correct')} "
-                f"belongs ({h}[t] is already the activation's output)"
-            )
-        if knob == "no_derivative":
-            correct = self._derivative_text("correct")
-            return f"the activation's derivative {correct} is missing from delta[t]"
         if knob in ("off_by_one_later", "off_by_one_earlier"):
             offset = 1 if knob == "off_by_one_later" else -1
             wrong, right = self._contribution_text(offset), self._contribution_text(0)
@@ -483,11 +565,18 @@ class _KnobText:
             return f"off-by-one step: the forward quantities are taken one step {later}"
         if knob == "last_step_only":
             return "only the last step's term: the sum over t is missing"
-        if knob == "transpose":
-            return "transposed: the candidate is the transpose of the gradient"
         return knob
 
-    def _contribution_text(self, offset: int) -> str:
+    def describe_role(self, role: str, offset: int) -> str:
+        """Only ``role`` one step off in the gradient's term."""
+        wrong, right = self._contribution_text(offset, role), self._contribution_text(0)
+        label = _label(self.work.notation, role)
+        later = "later" if offset > 0 else "earlier"
+        if wrong and right:
+            return f"off-by-one step: {wrong} where {right} belongs ({label} one step {later})"
+        return f"off-by-one step: {label} is taken one step {later}"
+
+    def _contribution_text(self, offset: int, only: str | None = None) -> str:
         """The generic step's term of the gradient, the quantities it reads moved by ``offset``.
 
         Only the forward quantities the contribution itself reads move (h[t-1] in
@@ -503,7 +592,11 @@ class _KnobText:
         moved: dict[Any, Any] = {}
         for symbol in contribution.expr.free_symbols:
             role, step = meta.get(symbol, ("", None))
-            if _is_forward(notation, role) and isinstance(step, sp.Basic):
+            if (
+                _is_forward(notation, role)
+                and isinstance(step, sp.Basic)
+                and (only is None or role == only)
+            ):
                 moved[symbol] = form.symbols.series(role, step + offset)
         defs = _inline(form.backward, _kept(self.orig))
         written_out = {
@@ -513,6 +606,26 @@ class _KnobText:
         }
         expr = contribution.expr.xreplace(moved).xreplace(written_out)
         return _Printer(_naming(form.symbols, notation))(expr)
+
+
+def _same(values: Sequence[Any], others: Sequence[Any]) -> bool:
+    """The same values at every point (None only where both are None)."""
+    for v, o in zip(values, others, strict=True):
+        if v is None or o is None:
+            if v is not o:
+                return False
+            continue
+        if v.shape != o.shape:
+            return False
+        scale = max(1.0, float(np.max(np.abs(o))) if o.size else 1.0)
+        if float(np.max(np.abs(v - o))) > 1e-10 * scale if v.size else False:
+            return False
+    return True
+
+
+def _rank(atom: _Atom) -> int:
+    """Most specific first: one step, each step's formula, every step, then the rest."""
+    return _SPECIFIC.get(atom.flavour, 2) if atom.alteration is not None else 2
 
 
 def _common_factor(got: Sequence[Any], values: Sequence[Any]) -> float | None:

@@ -19,6 +19,8 @@ class Mistake:
 
     name: str
     description: str
+    place: str = ""  # the adjoint it is found in, in the language (dc[t]); "" for the whole
+    steps: tuple[int, ...] | None = None  # the steps it is found at; None: every step
 
 
 @dataclass(frozen=True)
