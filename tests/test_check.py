@@ -268,6 +268,20 @@ MISTAKES: list[tuple[ModelSpec, str, str, set[str]]] = [
         " * (1 - h[k]**2)) @ x[k].T))",
         {"transposed_weight"},
     ),
+    # the true delta[t+1], one wrong local factor in the recursion (the two misses of issue 13)
+    (
+        SPEC,
+        "W_hh",
+        "sum_t(((W_hy.T @ (y_hat[t] - y[t]) / m + W_hh @ delta[t+1]) * (1 - h[t]**2)) @ h[t-1].T)",
+        {"transposed_weight"},
+    ),
+    (
+        SPEC,
+        "W_hh",
+        "sum_t(((W_hy.T @ (y_hat[t] - y[t]) / m + W_hh.T @ delta[t+1]) * (1 - tanh(h[t])**2))"
+        " @ h[t-1].T)",
+        {"derivative_of_output"},
+    ),
     (SPEC, "W_hy", "sum_t((y_hat[t] - y[t]) @ h[t].T)", {"missing_factor"}),
     (SPEC, "W_hy", "sum_t((y_hat[t] - y[t]) @ h[t].T) / m / m", {"extra_factor"}),
     (SPEC, "W_hy", "sum_t((y_hat[t] - 1) @ h[t].T) / m", {"dropped_target"}),

@@ -12,7 +12,7 @@ import sympy as sp
 from .. import exprlang, mexpr
 from ..derive import Derivation
 from ..spec import MAX_CHECK_STEPS, ModelSpec, SpecError
-from .callables import _call, _Reference
+from .callables import CONVENTIONS, CallableFailed, _call, _Reference, gate_notes
 from .diagnosis import _Diagnosis
 from .formulas import Formula, correct_formula
 from .language import _base_role, _label, _step_roles, names, names_text
@@ -45,6 +45,7 @@ def check(
     *,
     points: int = 20,
     rng: np.random.Generator | int | None = None,
+    convention: str = "time_major",
 ) -> CheckResult:
     """Check ``candidate`` as the gradient of the spec's loss with respect to ``wrt``.
 
@@ -58,6 +59,10 @@ def check(
         points: how many random instances to compare at.
         rng: a NumPy generator or an integer seed (default: a fixed seed, so
             the same call gives the same report).
+        convention: how a callable takes its arrays: ``"time_major"`` (the
+            generated module's: X (T, m, n_in), biases (n, 1)) or
+            ``"batch_major"`` (CS231n's, d2l's: X (m, T, n_in), biases (n,),
+            integer labels for cross-entropy); see :mod:`symbptt.checker.callables`.
 
     Raises:
         ExpressionError: the candidate text (or SymPy expression) is malformed,
@@ -77,6 +82,10 @@ def check(
     if isinstance(points, bool) or not isinstance(points, int) or points < 1:
         raise ValueError(f"points: got {points!r}; expected a positive integer")
     seed = _seed(rng)
+    if convention not in CONVENTIONS:
+        raise ValueError(
+            f"convention: got {convention!r}; expected one of {', '.join(map(repr, CONVENTIONS))}"
+        )
     orig = _derivation(spec)
     name = _resolve_wrt(orig, wrt)
     checker = _Checker(spec, _work(spec), orig, name, correct_formula(spec, name), seed, points)
@@ -89,7 +98,7 @@ def check(
             _from_sympy(checker.work, orig, candidate), _show(orig, candidate), text=None
         )
     if callable(candidate):
-        return checker.check_callable(candidate)
+        return checker.check_callable(candidate, convention)
     raise TypeError(
         "candidate: expected a formula string, a SymPy expression or a callable, "
         f"got {type(candidate).__name__}"
@@ -314,37 +323,47 @@ class _Checker:
         )
 
     # -- callables ---------------------------------------------------------------------
-    def check_callable(self, fn: Callable[..., Any]) -> CheckResult:
+    def check_callable(self, fn: Callable[..., Any], convention: str) -> CheckResult:
         work = self.work
         shown = str(getattr(fn, "__qualname__", None) or repr(fn))
         method = f"numeric at {self.count} points, float64 (relative tolerance {RTOL_FLOAT:g})"
         pts = _points(work, self.seed, self.count, one_hot=True)
         reference = _Reference(work, pts[0], self.name)
         calls: dict[int, Any] = {}
+        expected_shape = _shape(self.target)
 
         def value_at(p: _Point) -> Any:
             if id(p) not in calls:
-                calls[id(p)] = (p, _call(fn, work, p.leaves, self.name))
+                value = _call(fn, work, p.leaves, self.name, convention, expected_shape)
+                calls[id(p)] = (p, value)
             return calls[id(p)][1]
 
-        expected_shape = _shape(self.target)
         notes = [f"reference: {reference.source}"]
-        for i, p in enumerate(pts):
-            value = value_at(p)
-            if value is not None and value.shape != expected_shape:
-                if value.ndim == 1:
-                    notes.append("biases are (n, 1) columns")
-                shape = self.spec_shape(value.shape) if value.ndim == 2 else value.shape
-                return self.result(
-                    False,
-                    method,
-                    shown,
-                    candidate_shape=shape,
-                    shape_mismatch=True,
-                    notes=tuple(notes),
-                )
-            if not _close(value, reference.gradient(p, self.name), RTOL_FLOAT):
-                return self.failure(shown, method, i, p, value, value_at, None, pts, notes=notes)
+        if convention != "time_major":
+            notes.append(f"called in the {convention.replace('_', '-')} convention")
+        try:
+            for i, p in enumerate(pts):
+                value = value_at(p)
+                if value is not None and value.shape != expected_shape:
+                    if value.ndim == 1:
+                        notes.append("biases are (n, 1) columns")
+                    shape = self.spec_shape(value.shape) if value.ndim == 2 else value.shape
+                    return self.result(
+                        False,
+                        method,
+                        shown,
+                        candidate_shape=shape,
+                        shape_mismatch=True,
+                        notes=tuple(notes),
+                    )
+                if not _close(value, reference.gradient(p, self.name), RTOL_FLOAT):
+                    notes += gate_notes(work, fn, convention, p, reference)
+                    return self.failure(
+                        shown, method, i, p, value, value_at, None, pts, notes=notes
+                    )
+        except CallableFailed as exc:
+            notes.insert(0, f"the callable failed: {exc}")
+            return self.result(False, "call", shown, notes=tuple(notes))
         return self.result(True, method, shown, notes=tuple(notes))
 
 

@@ -41,10 +41,6 @@ def _is_forward(notation: Notation, role: str) -> bool:
     return not _is_adjoint(role) and _label(notation, role) is not None
 
 
-def _has_roles(notation: Notation, roles: Iterable[str]) -> bool:
-    return all(any(entry.role == role for entry in notation.names) for role in roles)
-
-
 def _kept(d: Derivation) -> tuple[str, ...]:
     """The adjoint roles the formulas keep by name (in the order the step computes them).
 

@@ -311,7 +311,13 @@ def _steps(work: _Work) -> list[Alteration]:
                     mapping = mapping_of(a)
                     return mexpr.substitute(a.expr, mapping) if mapping else None
 
-                holder = next(a for a in assignments if mapping_of(a))
+                held = [a for a in assignments if mapping_of(a)]
+                inside = [
+                    a
+                    for a in held
+                    if not any(isinstance(v, sp.ZeroMatrix) for v in mapping_of(a).values())
+                ]
+                holder = (inside or held)[0]
                 printer = _relative_printer(work, holder.step)
                 right = printer(holder.expr)
                 wrong = printer(mexpr.substitute(holder.expr, mapping_of(holder)))

@@ -87,7 +87,7 @@ class CheckResult:
                 + (_shape_text(self.candidate_shape) if self.candidate_shape else "is a scalar")
             )
         lines += [f"  mistake: {m.description}" for m in self.mistakes]
-        if not self.ok and not self.mistakes and not self.shape_mismatch:
+        if not self.ok and not self.mistakes and self.counterexample is not None:
             lines.append("  mistake: none of the common mistakes explains the difference")
         lines += [f"  - {note}" for note in self.notes]
         sizes = ", ".join(f"{_SIZE_LABEL[k]}={v}" for k, v in self.sizes.items())
