@@ -51,10 +51,10 @@ which steps' losses the error involves, which rows and columns differ; with
 one-hot targets whether it agrees on the target class's row) and which common
 mistake the candidate matches, found by building the mutated correct formulas
 and comparing values (never by looking at the text): a transpose, a sign, a
-missing 1/T or 1/m factor, a missing recurrent term (only the t == k term),
-W_hh where W_hh.T belongs, the activation's derivative taken at the
-pre-activation (1 - z**2) or applied to the output (1 - tanh(h)**2) or
-missing, an off-by-one step (h[t] for h[t-1]), only the last step's term, a
+missing 1/T or 1/m factor, a dropped carry of any state, a weight
+(un)transposed in one adjoint, one activation's derivative taken at its
+argument (1 - z**2) or applied to its output (1 - tanh(h)**2) or missing,
+another gate's adjoint, an off-by-one step (h[t] for h[t-1]), only the last step's term, a
 dropped softmax + cross-entropy target term (-(1 - y_hat) or
 -y * (1 - y_hat) where y_hat - y belongs), or the gradient with respect to
 another quantity (∂L/∂y_hat_t instead of ∂L/∂W).  The correct formula is
@@ -109,12 +109,9 @@ the target ``y_hat``.
 The correct formula keeps by name the adjoints that carry the recursion (read
 one step later: δ_{t+1}; an LSTM's dc_{t+1}, δ^i_{t+1}, ...) or that two other
 adjoints read (an LSTM's dh_t), each with its line of the recursion; other
-adjoints are written out.  The named mistakes below (a missing recurrent term,
-the activation's derivative) are searched where the cell's file tags the Elman
-roles (hidden, pre_activation, recurrent_weight); for other cells only the
-cell-independent ones (transpose, sign and factors, off-by-one step, the last
-step only, the output layer's, another quantity's gradient) are, and a
-difference no mistake explains says so.
+adjoints are written out.  The named mistakes are mutations of the derivation's
+rules, for any cell (:mod:`symbptt.checker.mutations`); a difference no mistake
+explains says so.
 
 The package, by responsibility: :mod:`~symbptt.checker.language` (the names),
 :mod:`~symbptt.checker.namespace` (what each name stands for),
