@@ -8,6 +8,8 @@ scalar differentiation, and prints it as documents and NumPy code.
 from __future__ import annotations
 
 from . import testing
+
+# the module symbptt/check.py first, then the name: symbptt.check is the function
 from .check import CheckResult, check
 from .derive import Derivation, derive
 from .emit import emit_numpy, load_module

@@ -594,7 +594,7 @@ def _check_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
         allow_abbrev=False,
         name="check",
-        usage='symbptt check [CONFIG.toml] [spec flags] --wrt NAME "EXPR"',
+        usage='symbptt check [CONFIG.toml] [spec flags] (--wrt NAME "EXPR" | --names)',
         help="check a hand-derived gradient (exit 0 equal, 1 not equal, 2 bad input)",
         description=(
             "Check a hand-derived gradient written in the expression language against the "
@@ -606,11 +606,16 @@ def _check_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "operands",
-        nargs="+",
+        nargs="*",
         metavar="CONFIG.toml EXPR",
         help="an optional config file, then the candidate expression (quoted)",
     )
-    p.add_argument("--wrt", required=True, metavar="NAME", help="the parameter, e.g. W_hh")
+    p.add_argument("--wrt", metavar="NAME", help="the parameter, e.g. W_hh (required with EXPR)")
+    p.add_argument(
+        "--names",
+        action="store_true",
+        help="list the names EXPR may use for this model (any cell: gates, states, adjoints)",
+    )
     _add_spec_flags(p)
     _add_report_flags(p)
     return p
@@ -965,10 +970,21 @@ def _describe(spec: ModelSpec) -> str:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from .check import check
+    from .checker import check
     from .exprlang import ExpressionError
 
     operands: list[str] = args.operands
+    if args.names:
+        if len(operands) > 1 or (operands and not operands[0].endswith(".toml")):
+            raise UsageError("--names takes no EXPR (only an optional CONFIG.toml)")
+        from .checker import names_text
+
+        _print(names_text(_spec_from_args(args, operands[0] if operands else None)))
+        return 0
+    if not operands:
+        raise UsageError("expected [CONFIG.toml] EXPR (or --names)")
+    if args.wrt is None:
+        raise UsageError("--wrt NAME is required with EXPR (the parameter, e.g. W_hh)")
     if len(operands) > 2:
         raise UsageError(
             f"expected [CONFIG.toml] EXPR, got {len(operands)} operands "
@@ -1024,7 +1040,7 @@ def _spec_words(spec: ModelSpec) -> str:
 
 
 def _cmd_notations(args: argparse.Namespace) -> int:
-    from .check import model_equations, names
+    from .checker import model_equations, names
     from .notation import NOTATIONS
 
     order = [key for key in CHOICES["notation"] if key in NOTATIONS]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .check import Candidate, CheckResult, check
+from .checker import Candidate, CheckResult, check
 from .derive import Derivation
 from .spec import ModelSpec
 

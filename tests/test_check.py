@@ -12,7 +12,8 @@ import sympy as sp
 
 import symbptt
 from symbptt import ExpressionError, ModelSpec, SpecError, derive
-from symbptt.check import _rows_columns, check, correct_formula, names, names_text, namespace
+from symbptt.check import check, correct_formula, names, names_text, namespace
+from symbptt.checker.localise import _rows_columns
 from symbptt.exprlang import parse
 from symbptt.notation import NOTATIONS
 from symbptt.presets import PRESETS
@@ -169,7 +170,9 @@ PRINTED = [
 
 @pytest.mark.parametrize("text", PRINTED)
 def test_printer_round_trip(text: str) -> None:
-    from symbptt.check import _evaluate, _naming, _points, _prepare, _Printer, _work
+    from symbptt.checker.points import _evaluate, _points, _prepare
+    from symbptt.checker.printer import _naming, _Printer
+    from symbptt.checker.work import _work
 
     work = _work(SPEC)
     expr = _prepare(parse(text, work.ns))
@@ -237,13 +240,13 @@ MISTAKES: list[tuple[ModelSpec, str, str, set[str]]] = [
         SPEC,
         "W_hh",
         "sum_t(((W_hy.T @ (y_hat[t] - y[t]) / m) * (1 - h[t]**2)) @ h[t-1].T)",
-        {"no_recurrence"},
+        {"dropped_carry"},
     ),
     (
         SPEC,
         "W_xh",
         "sum_t(((W_hy.T @ (y_hat[t] - y[t]) / m) * (1 - z[t]**2)) @ x[t].T)",
-        {"no_recurrence", "derivative_at_pre_activation"},
+        {"dropped_carry", "derivative_at_pre_activation"},
     ),
     (
         SPEC_1,
@@ -263,7 +266,21 @@ MISTAKES: list[tuple[ModelSpec, str, str, set[str]]] = [
         "W_xh",
         "sum_t(sum_k(((prod_j(diag(1 - h[j]**2) @ W_hh.T).T @ W_hy.T @ (y_hat[t] - y[t]))"
         " * (1 - h[k]**2)) @ x[k].T))",
-        {"untransposed_recurrence"},
+        {"transposed_weight"},
+    ),
+    # the true delta[t+1], one wrong local factor in the recursion (the two misses of issue 13)
+    (
+        SPEC,
+        "W_hh",
+        "sum_t(((W_hy.T @ (y_hat[t] - y[t]) / m + W_hh @ delta[t+1]) * (1 - h[t]**2)) @ h[t-1].T)",
+        {"transposed_weight"},
+    ),
+    (
+        SPEC,
+        "W_hh",
+        "sum_t(((W_hy.T @ (y_hat[t] - y[t]) / m + W_hh.T @ delta[t+1]) * (1 - tanh(h[t])**2))"
+        " @ h[t-1].T)",
+        {"derivative_of_output"},
     ),
     (SPEC, "W_hy", "sum_t((y_hat[t] - y[t]) @ h[t].T)", {"missing_factor"}),
     (SPEC, "W_hy", "sum_t((y_hat[t] - y[t]) @ h[t].T) / m / m", {"extra_factor"}),
@@ -439,7 +456,7 @@ def test_callable_without_the_recurrent_term() -> None:
         return grads
 
     result = check(PRESETS["xh_hello"], "W_xh", no_dhnext)
-    assert result.mistake_names == ("no_recurrence",), result.explain()
+    assert result.mistake_names == ("dropped_carry",), result.explain()
 
 
 def test_callable_shapes_and_dicts() -> None:
@@ -480,7 +497,7 @@ def test_top_level_exports() -> None:
 def test_check_refuses_more_steps_than_it_can_prove_up_front(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    check_module = importlib.import_module("symbptt.check")
+    check_module = importlib.import_module("symbptt.checker.core")
 
     monkeypatch.setattr(check_module, "_derivation", lambda *a: pytest.fail("work started"))
     spec = ModelSpec(steps=MAX_CHECK_STEPS + 1)

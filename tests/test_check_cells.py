@@ -250,14 +250,15 @@ def test_classic_slips_are_not_equal_and_localised(
     result = run(wrt, f"sum_t({_bias(spec, delta)})")
     assert result.differing_terms == steps[:-1], result.explain()
     assert result.loss_steps == steps[1:], result.explain()
-    assert result.mistakes == ()  # gated cells' mistakes are not named (yet): none is wrong
-    assert "none of the common mistakes" in result.explain()
+    # the true dc[t] (or dh[t]) without its carry, in the formula the gradient reads
+    assert result.mistake_names == ("dropped_carry",), result.explain()
+    assert "the recursion behind it is right" in result.explain()
     # the sigmoid's derivative left out, a wrong gate's bias: wrong at every step
-    for kind in ("sigmoid", "gate"):
+    for kind, name in (("sigmoid", "no_derivative"), ("gate", "other_gate")):
         wrt, delta = slips[kind]
         result = run(wrt, f"sum_t({_bias(spec, delta)})")
         assert result.differing_terms == steps, (kind, result.explain())
-        assert result.mistakes == (), (kind, result.explain())
+        assert result.mistake_names == (name,), (kind, result.explain())
     # h[t] where h[t-1] belongs: named, as the correct formula with its steps moved
     wrt, delta, h = slips["off_by_one"]
     result = run(wrt, f"sum_t({_outer(spec, delta, h)})")
@@ -299,12 +300,18 @@ def numpy_lstm(
     c0: np.ndarray | None = None,
     *,
     carry: bool = True,
+    carry_h: bool = True,
+    forget_factor: str = "derivative",
 ) -> tuple[float, dict[str, np.ndarray]]:
     """A CS231n-style LSTM forward and backward, column layout, softmax + cross-entropy.
 
     X is (T, m, n_in), Y (T, m, n_out) one-hot or soft; h0, c0 are (m, n_h) or None.
     The loss is summed over time and averaged over the batch.  ``carry=False`` is
-    the classic bug: dc_next is never carried back through the forget gate.
+    the classic bug: dc_next is never carried back through the forget gate;
+    ``carry_h=False`` never carries dh_next either.  ``forget_factor="sigmoid"``
+    multiplies the forget gate's error by sigmoid(f) where f * (1 - f) belongs.
+    Both bugs are CaptainE/RNN-LSTM-in-numpy issue #1 (its notebook's backward
+    pass: ``df = sigmoid(f[t]) * df``, and dh_next / dC_next never updated).
     """
     T, m, _ = X.shape
     n_h = params["W_hi"].shape[0]
@@ -337,7 +344,7 @@ def numpy_lstm(
         dc = dh * o * (1 - tc**2) + (dc_next if carry else 0.0)
         da = {
             "i": dc * g * i * (1 - i),
-            "f": dc * c_prev * f * (1 - f),
+            "f": dc * c_prev * (f * (1 - f) if forget_factor == "derivative" else _sigmoid(f)),
             "o": dh * tc * o * (1 - o),
             "c": dc * i * (1 - g**2),
         }
@@ -347,6 +354,8 @@ def numpy_lstm(
             grads[f"W_h{k}"] += da[k] @ h_prev.T
             grads[f"b_{k}"] += da[k].sum(axis=1, keepdims=True)
             dh_next += params[f"W_h{k}"].T @ da[k]
+        if not carry_h:
+            dh_next = np.zeros((n_h, m))
         dc_next = dc * f
     grads["h_0"] = dh_next
     grads["c_0"] = dc_next
@@ -412,9 +421,59 @@ def test_hand_written_numpy_lstm_is_equal_and_its_bug_is_not() -> None:
     assert not result.ok and result.counterexample is not None
     steps = derive(spec).graph.steps
     assert result.loss_steps == steps[1:], result.explain()  # the first loss has no carry
-    assert result.mistakes == (), result.explain()
+    assert result.mistake_names == ("dropped_carry",), result.explain()
+    assert "dc[t] lacks dc[t+1] * f[t+1]" in result.explain()
     # the gradient of the output layer does not see the bug
     assert check(spec, "W_hy", forgot_dc_next, points=4).ok
+
+    # CaptainE/RNN-LSTM-in-numpy issue #1: neither dh_next nor dC_next carried back
+    def forgot_both(p: Any, X: Any, Y: Any, h0: Any = None, c0: Any = None) -> Any:
+        return numpy_lstm(p, X, Y, h0, c0, carry=False, carry_h=False)
+
+    result = check(spec, "W_xf", forgot_both, points=4)
+    assert not result.ok
+    assert result.mistake_names == ("dropped_carry", "dropped_carry"), result.explain()
+    assert {m.place for m in result.mistakes} == {"dh[t]", "dc[t]"}, result.explain()
+
+    # ... and its forget gate: df = sigmoid(f[t]) * df, the activation for its derivative
+    def sigmoid_for_derivative(p: Any, X: Any, Y: Any, h0: Any = None, c0: Any = None) -> Any:
+        return numpy_lstm(p, X, Y, h0, c0, forget_factor="sigmoid")
+
+    result = check(spec, "b_f", sigmoid_for_derivative, points=4)
+    assert result.mistake_names == ("activation_for_derivative",), result.explain()
+    assert "sigmoid(f[t]) where (1 - f[t]) * f[t] belongs" in result.explain()
+    assert check(spec, "W_hy", sigmoid_for_derivative, points=4).ok  # the output layer: right
+
+
+def test_a_batch_major_lstm_with_integer_labels_and_1d_biases() -> None:
+    """CS231n's and d2l's convention: X (N, T, D), labels (N, T), biases (n,); gates localised."""
+    spec = ModelSpec(cell="lstm", steps=3, initial_state="input")
+
+    def batch_major(p: Any, X: Any, y: Any, h0: Any = None, c0: Any = None, **kw: Any) -> Any:
+        assert X.ndim == 3 and y.ndim == 2 and y.dtype.kind == "i", (X.shape, y.dtype)
+        assert all(p[f"b_{k}"].ndim == 1 for k in GATES) and p["b_y"].ndim == 1
+        columns = {k: (v[:, None] if v.ndim == 1 else v) for k, v in p.items()}
+        n_out = columns["W_hy"].shape[0]
+        Y = np.eye(n_out)[y.T]  # (T, N, n_out) one-hot
+        loss, grads = numpy_lstm(columns, np.swapaxes(X, 0, 1), Y, h0, c0, **kw)
+        return loss, {k: (g[:, 0] if k.startswith("b_") else g) for k, g in grads.items()}
+
+    for name in ("W_xf", "b_f", "b_y", "c_0"):
+        result = check(spec, name, batch_major, points=3, convention="batch_major")
+        assert result.ok, result.explain()
+    # time-major arrays given to a batch-major function: reported, not a traceback
+    result = check(spec, "W_xf", batch_major, points=3)
+    assert not result.ok and "the callable failed: AssertionError" in result.explain()
+
+    def forget_bug(p: Any, X: Any, y: Any, h0: Any = None, c0: Any = None) -> Any:
+        return batch_major(p, X, y, h0, c0, forget_factor="sigmoid")
+
+    result = check(spec, "W_hf", forget_bug, points=3, convention="batch_major")
+    assert "activation_for_derivative" in result.mistake_names, result.explain()
+    # the forget gate feeds dh[t-1]: every gate is wrong from then on, the output layer right
+    assert "right: the output layer; wrong: i, f, o, g" in result.explain()
+    with pytest.raises(ValueError, match="convention"):
+        check(spec, "W_hf", forget_bug, convention="rows")
 
 
 # ------------------------------------------------------------------ other candidates
@@ -530,5 +589,6 @@ def test_hand_written_numpy_gru_in_rows_is_equal_and_its_bug_is_not() -> None:
         return numpy_gru_rows(p, X, Y, h0, carry=False)
 
     result = check(spec, "W_hz", no_direct_path, points=4)
-    assert not result.ok and result.mistakes == (), result.explain()
+    assert not result.ok and result.mistake_names == ("dropped_carry",), result.explain()
+    assert "dH[t] lacks dH[t+1] * Z[t+1]" in result.explain()
     assert result.loss_steps == derive(spec).graph.steps[1:], result.explain()

@@ -138,7 +138,7 @@ def test_limits_are_refused_before_any_work(
 def test_check_refuses_too_many_steps_up_front(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    check_module = importlib.import_module("symbptt.check")
+    check_module = importlib.import_module("symbptt.checker.core")
 
     monkeypatch.setattr(check_module, "_derivation", lambda *a: pytest.fail("work started"))
     argv = ["check", "--steps", "1000", "--wrt", "W_hh", "sum_t(delta[t] @ h[t-1].T)"]
@@ -1154,3 +1154,17 @@ def test_subprocess_derive(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""  # no progress line off a terminal
     assert (tmp_path / "out" / "gradients.py").exists()
+
+
+def test_check_names_lists_every_cells_names(capsys: pytest.CaptureFixture[str]) -> None:
+    from symbptt.check import names_text
+
+    code, out, _ = run(["check", "--cell", "lstm", "--names"], capsys)
+    assert code == 0 and out.strip() == names_text(ModelSpec(cell="lstm")).strip()
+    assert "dc[t]" in out and "delta_f[t]" in out
+    code, _, err = run(["check", "--cell", "gru", "x[1]"], capsys)
+    assert code == 2
+    assert_one_line_error(err, "--wrt NAME is required")
+    code, _, err = run(["check", "--names", "x[1]"], capsys)
+    assert code == 2
+    assert_one_line_error(err, "--names takes no EXPR")

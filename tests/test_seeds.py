@@ -317,7 +317,7 @@ SEEDS: tuple[Seed, ...] = (
         "b_a",
         "-sum_t((1 - tanh(a[t])**2) * (w_ya.T @ (1 - y[t])))",
         "not equal",
-        mistakes=("dropped_target", "no_recurrence", "derivative_of_output"),
+        mistakes=("dropped_target", "dropped_carry", "derivative_of_output"),
         says=("1 - tanh(a[t])**2 where 1 - a[t]**2",),
     ),
     # "Delta b_a = eta sum_t (1 - y(t)) (1 - (a(t))^2) w_ya": the derivative right.
@@ -327,7 +327,7 @@ SEEDS: tuple[Seed, ...] = (
         "b_a",
         "-sum_t((1 - a[t]**2) * (w_ya.T @ (1 - y[t])))",
         "not equal",
-        mistakes=("dropped_target", "no_recurrence"),
+        mistakes=("dropped_target", "dropped_carry"),
     ),
     # "dL/dw_ax = -sum_t (1 - y(t)) (1 - (a(t))^2) w_ya x(t)".
     Seed(
@@ -336,7 +336,7 @@ SEEDS: tuple[Seed, ...] = (
         "w_ax",
         "-sum_t(((1 - a[t]**2) * (w_ya.T @ (1 - y[t]))) @ x[t].T)",
         "not equal",
-        mistakes=("dropped_target", "no_recurrence"),
+        mistakes=("dropped_target", "dropped_carry"),
         says=("w_aa.T @ delta[t+1]",),
     ),
     # 003's chain for w_aa with its mistakes corrected (target restored): equal.

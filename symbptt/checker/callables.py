@@ -1,0 +1,216 @@
+"""Callable candidates: the arrays they are called with, and the reference they meet."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable, Mapping
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+from ..spec import ModelSpec
+from .points import _close, _Point, _target
+from .work import _Work
+
+#: The argument conventions of a callable candidate (``check(..., convention=...)``).
+CONVENTIONS = ("time_major", "batch_major")
+
+
+class CallableFailed(Exception):
+    """The callable candidate raised: reported as the check's result, not a traceback."""
+
+
+def _arrays(
+    work: _Work, leaves: Mapping[Any, np.ndarray], convention: str = "time_major"
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, dict[str, np.ndarray | None]]:
+    """A callable's arguments for a point's leaves.
+
+    ``(params, X, Y, initial_states)``: the initial states by keyword, the
+    state's key and ``0`` (``h0``, ``c0``), each (m, n) or None when zero.
+    ``time_major`` is the generated module's convention: X (T, m, n_in), Y (T,
+    m, n_out) (or (m, n_out) for many_to_one), biases (n, 1).  ``batch_major``
+    is CS231n's and d2l's: X (m, T, n_in), biases (n,), and for cross-entropy
+    integer labels, Y (m, T) (or (m,)); other losses get Y (m, T, n_out).
+    """
+    graph = work.graph
+    column = work.notation.layout == "column"
+
+    def batch_major(value: np.ndarray) -> np.ndarray:
+        return np.array(value.T if column else value)
+
+    params = {name: np.array(leaves[symbol]) for name, symbol in graph.params.items()}
+    X = np.stack([batch_major(leaves[x]) for x in graph.inputs])
+    ys = [batch_major(leaves[y]) for y in graph.targets]
+    Y = np.stack(ys) if work.spec.mode == "many_to_many" else ys[0]
+    initials: dict[str, np.ndarray | None] = {}
+    for key, initial in graph.initials.items():
+        given = work.spec.initial_state == "input"
+        initials[f"{key}0"] = batch_major(leaves[initial]) if given else None
+    if convention == "batch_major":
+        X = np.swapaxes(X, 0, 1).copy()
+        if Y.ndim == 3:
+            Y = np.swapaxes(Y, 0, 1).copy()
+        if work.spec.loss == "cross_entropy":
+            Y = np.argmax(Y, axis=-1)  # the points of a callable have one-hot targets
+        for name in _per_unit(work):
+            params[name] = params[name][:, 0].copy()
+    return params, X, Y, initials
+
+
+def _per_unit(work: _Work) -> list[str]:
+    """The ASCII names of the parameters that are per unit (biases, vectors): (n, 1)."""
+    cell = work.graph.symbols.cell
+    keys = {p.key for p in cell.parameters if p.kind in ("bias", "vector")} | {"b_out"}
+    return [e.ascii for e in work.notation.params if e.key in keys and e.ascii in work.graph.params]
+
+
+def _call(
+    fn: Callable[..., Any],
+    work: _Work,
+    leaves: Mapping[Any, np.ndarray],
+    name: str,
+    convention: str = "time_major",
+    expected: tuple[int, int] | None = None,
+) -> Any:
+    """The callable's gradient of ``name`` at a point (None where it is not finite).
+
+    Raises:
+        CallableFailed: the callable raised.
+    """
+    params, X, Y, initials = _arrays(work, leaves, convention)
+    try:
+        result = fn(params, X, Y, **initials)
+    except Exception as exc:  # the user's code: any failure is the check's result
+        raise CallableFailed(f"{type(exc).__name__}: {exc}") from None
+    if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], Mapping):
+        result = result[1]
+    if isinstance(result, Mapping):
+        if name not in result:
+            found = ", ".join(map(str, result))
+            raise ValueError(f"the callable returned a dict without {name!r} (it has {found})")
+        result = result[name]
+    try:
+        value = np.asarray(result, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise CallableFailed(f"it returned {type(result).__name__}, not an array ({exc})") from None
+    if (
+        convention == "batch_major"
+        and expected is not None
+        and value.ndim == 1
+        and expected[1] == 1
+        and value.shape[0] == expected[0]
+    ):
+        value = value.reshape(expected)  # a 1-D bias gradient
+    if value.ndim == 2 and not np.all(np.isfinite(value)):
+        return None
+    return value
+
+
+class _Reference:
+    """The gradients of the generated NumPy module, where code generation works.
+
+    The module is first compared with the derivation at one point; if it cannot
+    be built or disagrees, the derivation (evaluated in float64) is the
+    reference, and ``source`` says why.
+    """
+
+    def __init__(self, work: _Work, probe: _Point, name: str) -> None:
+        self.work = work
+        self.module, why = _generated_module(work.spec)
+        if self.module is not None:
+            try:
+                agrees = _close(
+                    self._module_gradient(probe, name), probe.env_f[_target(work, name)], 1e-9
+                )
+            except Exception as exc:  # any failure of the generated code: fall back
+                agrees, why = False, f"the generated module failed: {type(exc).__name__}: {exc}"
+            if not agrees:
+                self.module = None
+                why = why or "the generated module disagrees with the derivation"
+        if self.module is not None:
+            self.source = "the generated NumPy module (symbptt.emit_numpy)"
+        else:
+            self.source = f"the derivation evaluated in float64 ({why})"
+
+    def _module_gradient(self, point: _Point, name: str) -> Any:
+        params, X, Y, initials = _arrays(self.work, point.leaves)
+        _, grads = self.module.loss_and_gradients(params, X, Y, **initials)
+        return np.asarray(grads[name], dtype=float)
+
+    def gradient(self, point: _Point, name: str) -> Any:
+        if self.module is None:
+            return point.env_f[_target(self.work, name)]
+        return self._module_gradient(point, name)
+
+
+@cache
+def _generated_module(spec: ModelSpec) -> tuple[Any, str]:
+    """The generated module of ``spec`` and, when there is none, why."""
+    try:
+        from .. import emit
+    except ImportError as exc:
+        return None, f"code generation is not available: {exc}"
+    try:
+        return emit.load_module(emit.emit_numpy(spec)), ""
+    except Exception as exc:  # any failure of code generation: fall back
+        return None, f"code generation failed: {type(exc).__name__}: {exc}"
+
+
+def _gates(work: _Work) -> dict[str, str]:
+    """Parameter (ASCII) -> the quantity whose equation reads it (a gate: ``f``), or the output."""
+    cell = work.graph.symbols.cell
+    notation = work.notation
+    by_key = {e.key: e.ascii for e in notation.params}
+    out: dict[str, str] = {}
+    for eq in cell.equations:
+        label = notation.name_of(eq.target).ascii
+        for node in ast.walk(eq.tree):
+            if isinstance(node, ast.Name) and node.id in by_key:
+                out.setdefault(by_key[node.id], label)
+    for key in ("W_out", "b_out"):
+        if key in by_key:
+            out.setdefault(by_key[key], "the output layer")
+    return out
+
+
+def gate_notes(
+    work: _Work, fn: Callable[..., Any], convention: str, point: _Point, reference: _Reference
+) -> list[str]:
+    """For a callable that returns every gradient (a dict): which gates' gradients are right.
+
+    A gate is the quantity whose equation reads the parameter (an LSTM's ``f``
+    for ``W_xf``, ``W_hf``, ``b_f``).  Nothing when the callable returns one array.
+    """
+    params, X, Y, initials = _arrays(work, point.leaves, convention)
+    try:
+        result = fn(params, X, Y, **initials)
+    except Exception:  # reported where the gradient itself is computed
+        return []
+    if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], Mapping):
+        result = result[1]
+    if not isinstance(result, Mapping):
+        return []
+    gates = _gates(work)
+    right: dict[str, bool] = {}
+    wrong_names = []
+    for name in work.graph.params:
+        if name not in result or name not in gates:
+            continue
+        expected = reference.gradient(point, name)
+        try:
+            value = np.asarray(result[name], dtype=float).reshape(expected.shape)
+        except (TypeError, ValueError):
+            value = None
+        ok = value is not None and _close(value, expected, 1e-6)
+        gate = gates[name]
+        right[gate] = right.get(gate, True) and ok
+        if not ok:
+            wrong_names.append(name)
+    if len(right) < 2:
+        return []
+    good = [g for g, ok in right.items() if ok]
+    bad = [g for g, ok in right.items() if not ok]
+    text = "the gradients of the gates (by the quantity whose equation reads them): right: "
+    text += f"{', '.join(good) or 'none'}; wrong: {', '.join(bad) or 'none'}"
+    return [text, f"wrong gradients: {', '.join(wrong_names)}"] if bad else [text]

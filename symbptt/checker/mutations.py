@@ -1,0 +1,375 @@
+"""Mutations of the derivation's own rules: the mistakes people make, for any cell.
+
+Each :class:`Alteration` changes one rule of the derivation at one *site*, read
+from the concrete derivation's adjoint assignments and the forward equations,
+never from a cell's name or role tags:
+
+* ``dropped_carry``: an adjoint without what the next step sends back (all of
+  it, or one term: an LSTM's ``dc[t]`` without ``dc[t+1] * f[t+1]``, its
+  ``dh[t]`` without ``W_hf.T @ delta_f[t+1]``; Elman's ``dh[t]`` without
+  ``W_hh.T @ delta[t+1]``);
+* ``no_derivative``, ``derivative_at_pre_activation``,
+  ``derivative_of_output``, ``activation_for_derivative``: one activation's
+  local derivative left out, taken at its argument (``1 - z[t]**2``), applied
+  to its output (``1 - tanh(h[t])**2``) where ``1 - h[t]**2`` belongs, or the
+  activation itself in its place (``sigmoid(f[t])`` for ``f[t] * (1 - f[t])``);
+* ``transposed_weight``: a square weight transposed (or not) in one adjoint;
+* ``off_by_one``: a forward quantity one step off in one adjoint
+  (``dc[t+1] * f[t]``);
+* ``dropped_target``, ``softmax_diagonal``: the output error of softmax +
+  cross-entropy.
+
+An alteration is applied to the concrete assignments in one of three ways
+(:data:`FLAVOURS`): at every step, carried through the recursion
+(``"every step"``); in each step's formula with the true adjoints of the next
+step (``"each step, the recursion right"``: a hand formula that reads the true
+``delta[t+1]`` but has one wrong local factor); or at a single step ``s``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import sympy as sp
+from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
+
+from .. import functions, mexpr
+from ..graph import Assignment
+from .language import _base_role, _is_adjoint, _label
+from .namespace import _state_initials
+from .printer import _Printer
+from .work import _Work
+
+#: How an alteration is applied: at every step (carried), in each step's formula only, at one step.
+EVERY, LOCAL, ONE = "every", "local", "one"
+
+
+@dataclass(frozen=True, eq=False)
+class Alteration:
+    """One mutation of a rule at one site of the derivation.
+
+    ``rewrite`` gives an assignment's mutated right-hand side, or None where
+    the alteration does not touch it.  Alterations with the same ``site`` are
+    alternatives (never combined).
+    """
+
+    name: str
+    site: tuple[Any, ...]
+    place: str  # the adjoint it changes, in the language: dc[t]
+    text: str  # what is wrong, in the notation's names
+    rewrite: Callable[[Assignment], Any | None]
+
+
+def _terms(expr: Any) -> tuple[Any, ...]:
+    return tuple(expr.args) if isinstance(expr, sp.MatAdd) else (expr,)
+
+
+def _relative_printer(work: _Work, step: int) -> _Printer:
+    """Concrete symbols printed relative to ``step``: ``dc_3`` at step 2 is ``dc[t+1]``."""
+    meta = work.graph.symbols.meta
+    notation = work.notation
+
+    def name(symbol: Any) -> str:
+        role, at = meta.get(symbol, ("", None))
+        label = _label(notation, role) if isinstance(at, int) else None
+        if label is None:
+            return str(symbol.name)
+        offset = at - step
+        return f"{label}[t{offset:+d}]" if offset else f"{label}[t]"
+
+    return _Printer(name)
+
+
+def _place(work: _Work, a: Assignment) -> str:
+    return _relative_printer(work, a.step)(a.target)
+
+
+def _later_adjoints(work: _Work, expr: Any, step: int) -> frozenset[str]:
+    """The adjoint roles ``expr`` reads at a later step than ``step`` (what is carried back)."""
+    meta = work.graph.symbols.meta
+    out = set()
+    for symbol in expr.free_symbols:
+        role, at = meta.get(symbol, ("", None))
+        if _is_adjoint(role) and isinstance(at, int) and at > step:
+            out.add(role)
+    return frozenset(out)
+
+
+def _by_kind(work: _Work) -> dict[str, list[Assignment]]:
+    out: dict[str, list[Assignment]] = {}
+    for a in work.d.adjoints:
+        out.setdefault(a.kind, []).append(a)
+    return out
+
+
+# ------------------------------------------------------------------------------- carry
+def _carries(work: _Work) -> list[Alteration]:
+    out: list[Alteration] = []
+    for kind, assignments in _by_kind(work).items():
+        keys: list[frozenset[str]] = []
+        example: dict[frozenset[str], tuple[Assignment, Any]] = {}
+        for a in assignments:
+            for term in _terms(a.expr):
+                key = _later_adjoints(work, term, a.step)
+                if key and key not in keys:
+                    keys.append(key)
+                    example[key] = (a, term)
+        if not keys:
+            continue
+        choices = [frozenset().union(*keys)] + (keys if len(keys) > 1 else [])
+        for chosen in choices:
+            a0 = min((example[k][0] for k in keys), key=lambda a: a.step)
+            printer = _relative_printer(work, a0.step)
+            dropped = [t for t in _terms(a0.expr) if _later_adjoints(work, t, a0.step) <= chosen]
+            dropped = [t for t in dropped if _later_adjoints(work, t, a0.step)]
+            shown = " + ".join(printer(t) for t in dropped) if dropped else "the carried terms"
+            whole = chosen == choices[0]
+            state = work.notation.name_of(_base_role(kind)).description or _base_role(kind)
+            lead = f"the carry of the {state} is missing" if whole else "a carried term is missing"
+            text = f"{lead}: {printer(a0.target)} lacks {shown}"
+
+            def rewrite(a: Assignment, chosen: frozenset[str] = chosen) -> Any | None:
+                terms = _terms(a.expr)
+                kept = [t for t in terms if not (_later_adjoints(work, t, a.step) & chosen)]
+                if len(kept) == len(terms):
+                    return None
+                return mexpr.add(*kept) if kept else sp.ZeroMatrix(*a.target.shape)
+
+            out.append(
+                Alteration("dropped_carry", ("carry", kind), _place(work, a0), text, rewrite)
+            )
+    return out
+
+
+# ------------------------------------------------------------------------- derivatives
+def _elementwise_nodes(work: _Work) -> list[tuple[tuple[str, int], int, Any, Any]]:
+    """``((role, position), step, out, node)`` for every activation applied in the forward pass."""
+    meta = work.graph.symbols.meta
+    found = []
+    for a in work.forward:
+        role, step = meta.get(a.target, ("", None))
+        if not isinstance(step, int):
+            continue
+        position = 0
+        stack = [a.expr]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, ElementwiseApplyFunction):
+                (var,) = node.function.variables
+                if node.function.expr != var:
+                    out = a.target if node is a.expr else node
+                    found.append(((role, position), step, out, node))
+                    position += 1
+            if isinstance(node, sp.Basic):
+                stack.extend(reversed(node.args))
+    return found
+
+
+def _derivatives(work: _Work) -> list[Alteration]:
+    out: list[Alteration] = []
+    sites: dict[tuple[str, int], list[tuple[int, Any, Any]]] = {}
+    for key, step, node_out, node in _elementwise_nodes(work):
+        sites.setdefault(key, []).append((step, node_out, node))
+    adjoints = list(work.d.adjoints)
+    for key, nodes in sites.items():
+        activation = functions.activation_for(nodes[0][2].function)
+        derivative, form = activation.derivative
+        raw = activation.raw_derivative
+        variants: dict[str, dict[Any, Any]] = {
+            "no_derivative": {},
+            "derivative_at_pre_activation": {},
+            "derivative_of_output": {},
+            "activation_for_derivative": {},
+        }
+        correct: dict[Any, Any] = {}
+        for _, node_out, node in nodes:
+            arg = node.expr
+            right = activation.derivative_of(node_out, arg)
+            correct[right] = node_out
+            variants["no_derivative"][right] = sp.OneMatrix(*arg.shape)
+            if form == "output" and functions.a in derivative.free_symbols:
+                wrong = functions.lift(derivative, {functions.a: arg, functions.z: arg}, arg.shape)
+                variants["derivative_at_pre_activation"][right] = wrong
+            if functions.z in raw.free_symbols:
+                wrong = functions.lift(raw, {functions.z: node_out}, arg.shape)
+                variants["derivative_of_output"][right] = wrong
+            variants["activation_for_derivative"][right] = functions.Apply(
+                activation.function, node_out
+            )
+        holder = next((a for a in adjoints if any(a.expr.has(d) for d in correct)), None)
+        if holder is None:
+            continue
+        right = next(d for d in correct if holder.expr.has(d))
+        printer = _relative_printer(work, holder.step)
+        place = printer(holder.target)
+        of = printer(correct[right])
+        for name, mapping in variants.items():
+            if not mapping:
+                continue
+            if name == "no_derivative":
+                text = (
+                    f"the derivative {printer(right)} of {activation.name} is missing from {place}"
+                )
+            elif name == "derivative_at_pre_activation":
+                text = (
+                    f"the derivative of {activation.name} is taken at its argument in {place}: "
+                    f"{printer(mapping[right])} where {printer(right)} belongs"
+                )
+            elif name == "activation_for_derivative":
+                text = (
+                    f"{activation.name} itself where its derivative belongs in {place}: "
+                    f"{printer(mapping[right])} where {printer(right)} belongs"
+                )
+            else:
+                text = (
+                    f"the derivative of {activation.name} is applied to its output in {place}: "
+                    f"{printer(mapping[right])} where {printer(right)} belongs ({of} is already "
+                    f"{activation.name}'s output)"
+                )
+
+            def rewrite(a: Assignment, mapping: dict[Any, Any] = mapping) -> Any | None:
+                if not any(a.expr.has(d) for d in mapping):
+                    return None
+                return a.expr.xreplace(mapping)
+
+            out.append(Alteration(name, ("derivative", key), place, text, rewrite))
+    return out
+
+
+# ----------------------------------------------------------------------------- weights
+def _weights(work: _Work) -> list[Alteration]:
+    out: list[Alteration] = []
+    params = work.graph.params
+    square = {s for s in params.values() if s.shape[0] == s.shape[1]}
+    for kind, assignments in _by_kind(work).items():
+        for w in sorted(square, key=lambda s: s.name):
+            holder = next((a for a in assignments if w in a.expr.free_symbols), None)
+            if holder is None:
+                continue
+            mapping = {sp.Transpose(w): w, w: sp.Transpose(w)}
+            printer = _relative_printer(work, holder.step)
+            terms = [t for t in _terms(holder.expr) if w in t.free_symbols]
+            wrong = " + ".join(printer(t.xreplace(mapping)) for t in terms)
+            right = " + ".join(printer(t) for t in terms)
+            text = f"{wrong} where {right} belongs (in {printer(holder.target)})"
+
+            def rewrite(a: Assignment, w: Any = w, mapping: dict[Any, Any] = mapping) -> Any | None:
+                return a.expr.xreplace(mapping) if w in a.expr.free_symbols else None
+
+            place = printer(holder.target)
+            out.append(Alteration("transposed_weight", ("weight", kind, w), place, text, rewrite))
+    return out
+
+
+# ------------------------------------------------------------------------------- steps
+def _shifted(work: _Work, role: str, step: int) -> Any:
+    found = work.table.get((role, step))
+    if found is not None:
+        return found
+    initials = _state_initials(work.graph)
+    if role in initials and step == work.graph.steps[0] - 1:
+        return initials[role]
+    return None
+
+
+def _steps(work: _Work) -> list[Alteration]:
+    """A forward quantity one step off in one adjoint (``dc[t+1] * f[t]``)."""
+    out: list[Alteration] = []
+    meta = work.graph.symbols.meta
+    for kind, assignments in _by_kind(work).items():
+        roles: list[str] = []
+        for a in assignments:
+            for symbol in sorted(a.expr.free_symbols, key=str):
+                role, at = meta.get(symbol, ("", None))
+                if (
+                    isinstance(at, int)
+                    and not _is_adjoint(role)
+                    and _label(work.notation, role) is not None
+                    and role not in roles
+                    and role not in ("target",)
+                ):
+                    roles.append(role)
+        for role in roles:
+            for offset in (1, -1):
+
+                def mapping_of(
+                    a: Assignment, role: str = role, offset: int = offset
+                ) -> dict[Any, Any]:
+                    mapping = {}
+                    for symbol in a.expr.free_symbols:
+                        r, at = meta.get(symbol, ("", None))
+                        if r == role and isinstance(at, int):
+                            moved = _shifted(work, role, at + offset)
+                            mapping[symbol] = (
+                                moved if moved is not None else sp.ZeroMatrix(*symbol.shape)
+                            )
+                    return mapping
+
+                def rewrite(a: Assignment, mapping_of: Any = mapping_of) -> Any | None:
+                    mapping = mapping_of(a)
+                    return mexpr.substitute(a.expr, mapping) if mapping else None
+
+                held = [a for a in assignments if mapping_of(a)]
+                inside = [
+                    a
+                    for a in held
+                    if not any(isinstance(v, sp.ZeroMatrix) for v in mapping_of(a).values())
+                ]
+                holder = (inside or held)[0]
+                printer = _relative_printer(work, holder.step)
+                right = printer(holder.expr)
+                wrong = printer(mexpr.substitute(holder.expr, mapping_of(holder)))
+                label = _label(work.notation, role)
+                text = (
+                    f"{label} one step {'later' if offset > 0 else 'earlier'} in "
+                    f"{printer(holder.target)}: {wrong} where {right} belongs"
+                )
+                place = printer(holder.target)
+                out.append(Alteration("off_by_one", ("shift", kind, role), place, text, rewrite))
+    return out
+
+
+# ------------------------------------------------------------------------------ output
+def _output(work: _Work) -> list[Alteration]:
+    spec = work.spec
+    if not (spec.output == "softmax" and spec.loss == "cross_entropy"):
+        return []
+    notation = work.notation
+    pred_name = notation.name_of("output").ascii
+    target_name = notation.name_of("target").ascii
+    out = []
+    for name in ("dropped_target", "softmax_diagonal"):
+
+        def rewrite(a: Assignment, name: str = name) -> Any | None:
+            if a.kind != "adjoint_output_pre_activation":
+                return None
+            target = work.table[("target", a.step)]
+            pred = work.table[("output", a.step)]
+            coeff, _ = mexpr.split_scale(a.expr)
+            ones = sp.OneMatrix(*target.shape)
+            wrong = sp.MatAdd(pred, sp.MatMul(-1, ones))
+            if name == "softmax_diagonal":
+                wrong = sp.HadamardProduct(target, wrong)
+            return mexpr.scale(coeff, wrong)
+
+        pred, target = f"{pred_name}[t]", f"{target_name}[t]"
+        if name == "dropped_target":
+            text = (
+                f"dropped the target from the output error: -(1 - {pred}) (= {pred} - 1) "
+                f"where {pred} - {target} belongs (softmax + cross-entropy)"
+            )
+        else:
+            text = (
+                f"kept only the diagonal of the softmax Jacobian: -{target} * (1 - {pred}) "
+                f"where {pred} - {target} belongs; with a one-hot target it is right on the "
+                "target class's row and wrong on the others"
+            )
+        out.append(Alteration(name, ("output",), "", text, rewrite))
+    return out
+
+
+def alterations(work: _Work) -> list[Alteration]:
+    """Every alteration of the derivation's rules at every site, in a fixed order."""
+    return _output(work) + _carries(work) + _derivatives(work) + _weights(work) + _steps(work)
