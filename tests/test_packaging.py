@@ -65,6 +65,10 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
         names = archive.namelist()
     assert "symbptt/py.typed" in names  # PEP 561: the package's annotations are used
     assert any(name.endswith("licenses/LICENSE") for name in names), names
+    assert "symbptt_pytest/__init__.py" in names  # the pytest plugin
+    (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    with zipfile.ZipFile(wheel) as archive:
+        assert "[pytest11]\nsymbptt = symbptt_pytest" in archive.read(entry_points).decode()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     script = (
