@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import numbers
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
 __all__ = [
@@ -124,7 +125,7 @@ class ModelSpec:
     n_hidden: int | None = None
     n_out: int | None = None
     batch: int | None = None
-    cell: str = "elman"
+    cell: Any = "elman"  # a built-in name, a .toml path, a mapping or a Cell
 
     def __post_init__(self) -> None:
         steps = _integer(self.steps)
@@ -175,15 +176,26 @@ class ModelSpec:
             )
 
     def _check_cell(self) -> Any:
-        from .model import load_cell
+        from .model import Cell, cell_from_mapping, load_cell
 
         cell = self.cell
         if hasattr(cell, "__fspath__"):
             cell = str(cell.__fspath__())
             object.__setattr__(self, "cell", cell)
+        if isinstance(cell, Mapping):
+            cell = cell_from_mapping(cell)
+            object.__setattr__(self, "cell", cell)
+        if isinstance(cell, Cell):
+            if not cell.definition:
+                raise SpecError(
+                    "cell: a Cell object built by hand; expected one from "
+                    "symbptt.model.cell_from_mapping or load_cell"
+                )
+            return cell
         if not isinstance(cell, str):
             raise SpecError(
-                f"cell: got {_shown(cell)}; expected a built-in cell name or a .toml file path"
+                f"cell: got {_shown(cell)}; expected a built-in cell name, a .toml file path, "
+                "a mapping with a cell file's keys or a Cell"
             )
         return load_cell(cell)
 
@@ -192,12 +204,21 @@ class ModelSpec:
         """The :class:`~symbptt.model.Cell` this spec's ``cell`` names (loaded once, cached)."""
         from .model import load_cell
 
+        if not isinstance(self.cell, str):
+            return self.cell
         return load_cell(self.cell)
 
     # -- identity -----------------------------------------------------------------
     def as_dict(self) -> dict[str, Any]:
-        """The fields as a plain dict (the TOML config file uses these names)."""
-        return asdict(self)
+        """The fields as a plain dict (the TOML config file uses these names).
+
+        A cell given as a mapping or :class:`~symbptt.model.Cell` is its mapping,
+        so that ``ModelSpec(**spec.as_dict()) == spec``.
+        """
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        if not isinstance(self.cell, str):
+            data["cell"] = self.cell.as_mapping()
+        return data
 
     def canonical(self) -> str:
         """A canonical JSON text of the spec: sorted keys, no spaces."""

@@ -8,15 +8,18 @@ checked against the unrolled derivation at every step, numerically.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import sympy as sp
 
 import symbptt
+from symbptt import ModelSpec
 from symbptt.derive import instantiate
 from symbptt.evaluate import Evaluator
-from symbptt.model import BUILTIN_CELLS, CellWarning, load_cell
+from symbptt.model import BUILTIN_CELLS, CellWarning, cell_from_mapping, load_cell
+from symbptt.model.load import tomllib
 from symbptt.spec import SpecError
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -311,3 +314,51 @@ def test_imports_flow_one_way_from_the_model_to_the_derivation() -> None:
         for node in pyast.walk(pyast.parse(path.read_text("utf-8"))):
             if isinstance(node, pyast.ImportFrom) and node.module:
                 assert node.module.split(".")[0] not in later, f"{path.name} imports {node.module}"
+
+
+# -- a cell as a Python object ------------------------------------------------------
+def _example_mapping(name: str) -> dict[str, Any]:
+    path = Path(__file__).resolve().parent.parent / "examples" / name
+    return tomllib.loads(path.read_text(encoding="utf-8"))
+
+
+def test_a_mapping_is_the_same_cell_as_its_file() -> None:
+    path = Path(__file__).resolve().parent.parent / "examples" / "gru_pytorch.toml"
+    from_file = load_cell(str(path))
+    from_mapping = cell_from_mapping(_example_mapping("gru_pytorch.toml"))
+    def equations(cell: Any) -> list[tuple[str, str, Any]]:
+        return [(eq.target, eq.text, eq.reads) for eq in cell.equations]  # not the file's lines
+
+    assert equations(from_mapping) == equations(from_file)
+    assert from_mapping.parameters == from_file.parameters
+    assert from_mapping.as_mapping() == from_file.as_mapping()
+    sizes = {"steps": 3, "n_in": 2, "n_hidden": 2, "n_out": 2, "batch": 1}
+    by_file = symbptt.derive(ModelSpec(cell=str(path), **sizes))
+    by_object = symbptt.derive(ModelSpec(cell=from_mapping, **sizes))
+    assert by_file.gradients == by_object.gradients
+
+
+def test_a_spec_holding_a_cell_object_round_trips_and_hashes_its_definition() -> None:
+    mapping = _example_mapping("lstm_peephole.toml")
+    spec = ModelSpec(cell=mapping, steps=2)
+    assert spec == ModelSpec(cell=cell_from_mapping(mapping), steps=2)
+    assert ModelSpec(**spec.as_dict()) == spec
+    changed = {**mapping, "description": mapping["description"] + " (changed)"}
+    assert ModelSpec(cell=changed, steps=2).hash() != spec.hash()
+    module = symbptt.load_module(symbptt.emit_numpy(spec))
+    assert ModelSpec(**module.SPEC) == spec
+
+
+@pytest.mark.parametrize(
+    ("mapping", "message"),
+    [
+        ({"name": object()}, "cell mapping: name is a object; expected a string"),
+        ({"name": "c", "states": {1: "n_hidden"}}, "cell mapping: states has the key 1"),
+        ({"name": "c"}, "cell mapping: the key 'description' is missing"),
+        ("lstm.toml text", None),
+    ],
+)
+def test_a_bad_mapping_is_one_error_naming_the_key(mapping: Any, message: str | None) -> None:
+    with pytest.raises(SpecError) as err:
+        cell_from_mapping(mapping)
+    assert str(err.value).startswith(message or "cell mapping: got str; expected a mapping")

@@ -6,7 +6,7 @@ path (:mod:`symbptt.model.load`); a :class:`Cell` holds the equations and the
 """
 
 from .cell import HEAD_KEYS, HEAD_ROLES, Cell, Equation, Name, Notation, Parameter, Quantity
-from .load import BUILTIN_CELLS, MAX_CELL_BYTES, CellWarning, load_cell
+from .load import BUILTIN_CELLS, MAX_CELL_BYTES, CellWarning, cell_from_mapping, load_cell
 
 __all__ = [
     "BUILTIN_CELLS",
@@ -20,5 +20,6 @@ __all__ = [
     "Notation",
     "Parameter",
     "Quantity",
+    "cell_from_mapping",
     "load_cell",
 ]

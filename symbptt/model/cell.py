@@ -14,6 +14,7 @@ them.  Their symbols are named by every notation under the reserved keys
 from __future__ import annotations
 
 import ast
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -241,6 +242,15 @@ class Cell:
     activation: str | None  # the function name that stands for the spec's hidden activation
     notations: dict[str, Notation] = field(compare=False)
     roles: tuple[tuple[str, str], ...] = ()
+    #: The JSON of the mapping the cell was read from (a parsed file or a Python
+    #: mapping), in its order (the order of parameters and notations is the
+    #: outputs' order): what a spec holding this cell object hashes and records.
+    definition: str = ""
+
+    def as_mapping(self) -> dict[str, Any]:
+        """The mapping this cell was read from; :func:`~symbptt.model.cell_from_mapping`
+        of it gives this cell again."""
+        return json.loads(self.definition)  # type: ignore[no-any-return]
 
     @property
     def quantities(self) -> tuple[Quantity, ...]:

@@ -13,7 +13,9 @@ that no equation uses is a :class:`CellWarning`.  See docs/cells.md.
 from __future__ import annotations
 
 import ast
+import copy
 import importlib
+import json
 import keyword
 import os
 import re
@@ -91,6 +93,8 @@ class _Reader:
         self.unused: list[str] = []
 
     def fail(self, what: str, line: int = 0) -> SpecError:
+        if not self.text:  # a mapping, not a file: no lines to point at
+            return SpecError(f"{self.source}: {what}")
         where = f"{self.source}, line {line}" if line else self.source
         return SpecError(f"cell file {where}: {what}")
 
@@ -172,6 +176,7 @@ class _Reader:
             activation=activation,
             notations={},
             roles=roles,
+            definition=json.dumps(data, separators=(",", ":"), default=str),  # in file order
         )
         intermediates = self.shapes(cell)
         cell = _replace(cell, intermediates=intermediates)
@@ -613,6 +618,59 @@ def _parse(text: str, source: str) -> Cell:
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"cell file {source}: not valid TOML: {exc}") from None
     return _Reader(source, text).read(data)
+
+
+#: The value types of a cell mapping: what TOML gives (no dates).
+_PLAIN = (str, int, float, bool)
+
+
+def _plain(value: Any, where: str, depth: int = 0) -> None:
+    """Refuse what a parsed TOML file could not hold: a mapping of strings to plain values."""
+    if depth > 8:
+        raise SpecError(f"cell mapping: {where} is nested deeper than 8 levels")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise SpecError(f"cell mapping: {where} has the key {key!r}; expected strings")
+            _plain(item, f"{where}.{key}" if where else key, depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _plain(item, f"{where}[{i}]", depth + 1)
+    elif not isinstance(value, _PLAIN):
+        raise SpecError(
+            f"cell mapping: {where} is a {type(value).__name__}; "
+            "expected a string, number, boolean, list or table"
+        )
+
+
+def _as_toml_data(value: Any) -> Any:
+    """Mappings as dicts and sequences as lists, as a parsed TOML file has them."""
+    if isinstance(value, Mapping):
+        return {key: _as_toml_data(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_toml_data(item) for item in value]
+    return copy.copy(value)
+
+
+@lru_cache(maxsize=64)
+def _load_definition(definition: str) -> Cell:
+    return _Reader("cell mapping", "").read(json.loads(definition))
+
+
+def cell_from_mapping(data: Mapping[str, Any]) -> Cell:
+    """A cell from a Python mapping with the keys of a cell file (docs/cells.md).
+
+    The same reader as for a file checks it and builds the :class:`Cell`; an
+    error names the key.  ``cell.as_mapping()`` gives the mapping back, so a
+    cell file, its parsed TOML and this mapping are one thing.
+    """
+    if not isinstance(data, Mapping):
+        raise SpecError(f"cell mapping: got {type(data).__name__}; expected a mapping")
+    _plain(data, "")
+    plain = _as_toml_data(data)
+    if len(json.dumps(plain, default=str)) > MAX_CELL_BYTES:
+        raise SpecError(f"cell mapping: larger than {MAX_CELL_BYTES} bytes")
+    return _load_definition(json.dumps(plain, separators=(",", ":")))
 
 
 def load_cell(cell: str | os.PathLike[str]) -> Cell:
