@@ -7,34 +7,7 @@ itself is the function :func:`symbptt.checker.check`, with ``names``,
 
 from __future__ import annotations
 
-from .checker import (
-    DPS,
-    Candidate,
-    CheckResult,
-    Counterexample,
-    Formula,
-    Mistake,
-    NameInfo,
-    check,
-    correct_formula,
-    model_equations,
-    names,
-    names_text,
-    namespace,
-)
+from . import checker as _checker
+from .checker import *  # noqa: F403  (the same public names, listed once)
 
-__all__ = [
-    "DPS",
-    "Candidate",
-    "CheckResult",
-    "Counterexample",
-    "Formula",
-    "Mistake",
-    "NameInfo",
-    "check",
-    "correct_formula",
-    "model_equations",
-    "names",
-    "names_text",
-    "namespace",
-]
+__all__ = _checker.__all__

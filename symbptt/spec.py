@@ -21,6 +21,7 @@ __all__ = [
     "MAX_CHECK_STEPS",
     "MAX_SIZE",
     "MAX_STEPS",
+    "OUTPUT_LOSS_PAIRS",
     "ModelSpec",
     "SpecError",
 ]
@@ -59,6 +60,14 @@ _LOSS_OUTPUTS: dict[str, tuple[tuple[str, ...], str]] = {
     ),
     "squared_error": ((), ""),  # any output
 }
+
+#: Every (output, loss) pair a spec accepts, in the order of CHOICES.
+OUTPUT_LOSS_PAIRS: tuple[tuple[str, str], ...] = tuple(
+    (output, loss)
+    for loss in CHOICES["loss"]
+    for output in CHOICES["output"]
+    if not _LOSS_OUTPUTS[loss][0] or output in _LOSS_OUTPUTS[loss][0]
+)
 
 _SIZE_FIELDS = ("n_in", "n_hidden", "n_out", "batch")
 

@@ -23,7 +23,7 @@ from symbptt import ModelSpec, emit, functions, verify
 from symbptt.codegen.lines import Lowering, SharedPrinter, layout
 from symbptt.gradcheck import finite_difference_errors, random_problem, relative_error
 from symbptt.presets import PRESETS
-from symbptt.spec import CHOICES
+from symbptt.spec import CHOICES, OUTPUT_LOSS_PAIRS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -190,14 +190,7 @@ def test_an_activation_defined_only_in_sympy_yields_correct_code(
 
 @pytest.mark.parametrize(
     ("output", "loss"),
-    [
-        ("softmax", "cross_entropy"),
-        ("sigmoid", "binary_cross_entropy"),
-        ("sigmoid", "squared_error"),
-        ("softmax", "squared_error"),
-        ("identity", "squared_error"),
-        ("relu", "squared_error"),
-    ],
+    OUTPUT_LOSS_PAIRS,
 )
 def test_logits_of_plus_minus_1000_give_finite_losses_and_gradients(output: str, loss: str) -> None:
     spec = ModelSpec(steps=3, output=output, loss=loss, notation="uvw")
@@ -245,12 +238,7 @@ def _exact_loss_and_output_bias_gradient(
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize(
     ("output", "loss"),
-    [
-        ("softmax", "cross_entropy"),
-        ("sigmoid", "binary_cross_entropy"),
-        ("sigmoid", "squared_error"),
-        ("softmax", "squared_error"),
-    ],
+    OUTPUT_LOSS_PAIRS,
 )
 def test_saturated_logits_give_the_exact_loss_and_gradient(
     output: str, loss: str, dtype: Any

@@ -28,17 +28,10 @@ from symbptt.gradcheck import (
 )
 from symbptt.presets import PRESETS
 from symbptt.regenerate import CODE_FILES, regenerate
-from symbptt.spec import CHOICES
+from symbptt.spec import CHOICES, OUTPUT_LOSS_PAIRS
 
 ROOT = Path(__file__).resolve().parent.parent
-PAIRS = [
-    ("softmax", "cross_entropy"),
-    ("softmax", "squared_error"),
-    ("sigmoid", "binary_cross_entropy"),
-    ("sigmoid", "squared_error"),
-    ("identity", "squared_error"),
-    ("relu", "squared_error"),
-]
+PAIRS = OUTPUT_LOSS_PAIRS
 
 
 @cache

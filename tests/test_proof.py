@@ -17,16 +17,10 @@ import sympy as sp
 import symbptt
 from symbptt import verify
 from symbptt.evaluate import Evaluator
+from symbptt.spec import OUTPUT_LOSS_PAIRS
 
 HIDDEN = ("tanh", "relu", "sigmoid", "identity")
-PAIRS = (
-    ("softmax", "cross_entropy"),
-    ("softmax", "squared_error"),
-    ("sigmoid", "binary_cross_entropy"),
-    ("sigmoid", "squared_error"),
-    ("identity", "squared_error"),
-    ("relu", "squared_error"),
-)
+PAIRS = OUTPUT_LOSS_PAIRS
 MODES = ("many_to_many", "many_to_one")
 TIME = ("sum", "mean")
 COLUMN_NOTATIONS = ("xh", "uvw", "aa")
