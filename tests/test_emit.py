@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
+import linecache
 import os
 import subprocess
 import sys
@@ -18,7 +20,7 @@ import pytest
 import sympy as sp
 
 import symbptt
-from symbptt import ModelSpec, emit, functions
+from symbptt import ModelSpec, functions
 from symbptt.codegen.lines import Lowering, SharedPrinter, layout
 from symbptt.gradcheck import finite_difference_errors, random_problem, relative_error
 from symbptt.presets import PRESETS
@@ -162,6 +164,12 @@ def test_the_workspace_is_reused_and_can_be_cleared() -> None:
     assert all(np.array_equal(first[1][n], again[1][n]) for n in first[1])
     mod.clear_workspace()
     assert mod.loss_and_gradients(*small.args())[0] == first[0]
+
+
+@pytest.mark.parametrize("unrolled", ["no", "", 0, 1, None, np.bool_(True)])
+def test_unrolled_is_a_bool(unrolled: object) -> None:
+    with pytest.raises(TypeError, match=r"unrolled: expected True or False, got "):
+        symbptt.emit_numpy(XH, unrolled=unrolled)  # type: ignore[arg-type]
 
 
 def test_a_derivation_is_accepted_in_place_of_its_spec() -> None:
@@ -369,35 +377,43 @@ def test_the_same_spec_gives_the_same_bytes_under_any_hash_seed() -> None:
     assert len(digests) == 1
 
 
-def test_load_module_imports_from_a_file_so_tracebacks_show_lines() -> None:
+def test_load_module_tracebacks_show_the_generated_lines() -> None:
     mod = symbptt.load_module("def boom():\n    raise RuntimeError('from generated code')\n")
-    assert mod.__file__ is not None and Path(mod.__file__).is_file()
-    with pytest.raises(RuntimeError) as info:
-        mod.boom()
-    frames = traceback.extract_tb(info.value.__traceback__)
-    assert frames[-1].filename == mod.__file__
-    assert frames[-1].line == "raise RuntimeError('from generated code')"
+    assert mod.__file__ is not None and mod.__file__.startswith("<symbptt-generated>/")
+    for clear in (False, True):
+        if clear:  # the loader serves the lines again once linecache forgot them
+            linecache.clearcache()
+        with pytest.raises(RuntimeError) as info:
+            mod.boom()
+        frames = traceback.extract_tb(info.value.__traceback__)
+        assert frames[-1].filename == mod.__file__
+        assert frames[-1].line == "raise RuntimeError('from generated code')"
+    assert "raise RuntimeError" in inspect.getsource(mod.boom)
 
 
-def test_load_module_writes_into_a_private_folder_of_its_own(
+def test_a_generated_function_s_traceback_shows_its_line() -> None:
+    mod = module_for(XH)
+    p = random_problem(mod)
+    with pytest.raises(KeyError) as info:  # a cache without its arrays, past the validation
+        mod._backward(p.params, {"T": 3}, p.Y, {}, False)
+    frame = traceback.extract_tb(info.value.__traceback__)[-1]
+    assert frame.filename == mod.__file__ and frame.name == "_backward"
+    assert frame.line is not None and frame.line.startswith(("m = cache[", "T = cache["))
+
+
+def test_load_module_leaves_nothing_in_the_temporary_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A shared, predictable folder another user may own (or fill with links)
-    # must not matter: a plain file squats on the old name here.
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    monkeypatch.setattr(emit, "_MODULE_FOLDER", None)
-    (tmp_path / "symbptt-generated").write_text("not a folder")
+    before = set(os.listdir(tempfile.gettempdir()))
     first = symbptt.load_module("VALUE = 1\n")
     second = symbptt.load_module("VALUE = 2\n")
+    module_for.cache_clear()
+    assert module_for(XH).loss(*random_problem(module_for(XH)).args()) > 0
     assert (first.VALUE, second.VALUE) == (1, 2)
-    assert first.__file__ is not None and second.__file__ is not None
-    folder = Path(first.__file__).parent
-    assert Path(second.__file__).parent == folder  # one folder per process, reused
-    assert folder.parent == tmp_path and folder.name.startswith("symbptt-")
-    assert folder.stat().st_mode & 0o777 == 0o700
-    assert Path(first.__file__).stat().st_mode & 0o777 == 0o600
-    assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
-    again = symbptt.load_module("VALUE = 1\n")  # the same source: the same file
+    assert first.__file__ != second.__file__
+    assert set(os.listdir(tempfile.gettempdir())) == before == set()
+    again = symbptt.load_module("VALUE = 1\n")  # the same source: the same name
     assert again.__file__ == first.__file__
 
 

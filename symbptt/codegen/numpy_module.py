@@ -417,6 +417,8 @@ def emit_numpy(spec: ModelSpec | Derivation, unrolled: bool = False) -> str:
     accepted in place of its spec.  The text is the same for the same spec,
     whatever the hash seed.
     """
+    if not isinstance(unrolled, bool):
+        raise TypeError(f"unrolled: expected True or False, got {unrolled!r}")
     user_spec, d = emission_derivation(spec)
     template = "gradients_unrolled.py.jinja" if unrolled else "gradients.py.jinja"
     return render(template, **_context(user_spec, d, unrolled))
