@@ -469,7 +469,7 @@ def test_user_cells_through_the_same_path(cell_files: dict[str, str]) -> None:
         check_rolled_equals_unrolled(spec, seed=8)
     peephole = module_for(user_specs(cell_files)[1])
     assert peephole.STATES == ("s", "m") and peephole.READOUT == "s"
-    assert list(inspect.signature(peephole.loss).parameters)[-2:] == ["s0", "m0"]
+    assert list(inspect.signature(peephole.loss).parameters)[-3:] == ["s0", "m0", "check"]
 
 
 # -- the text ----------------------------------------------------------------------------

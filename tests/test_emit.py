@@ -142,6 +142,68 @@ def test_validation_names_the_argument_and_the_shapes() -> None:
             mod.loss_and_gradients(args["params"], args["X"], args["Y"], args["h0"])
 
 
+@pytest.mark.parametrize("spec", [XH, ModelSpec(steps=2, cell="lstm", notation="layered")])
+def test_non_finite_values_are_refused_naming_the_array(spec: ModelSpec) -> None:
+    mod = module_for(spec, False)
+    p = random_problem(mod, rng=3)
+    names = ["X", "Y", *mod.PARAMETERS, *p.initial]
+    assert len(p.initial) == len(mod.STATES)
+    for i, name in enumerate(names):
+        bad = (np.nan, np.inf, -np.inf)[i % 3]
+        params = {k: v.copy() for k, v in p.params.items()}
+        args = {"X": p.X.copy(), "Y": p.Y.copy(), **{k: v.copy() for k, v in p.initial.items()}}
+        array = params[name] if name in params else args[name]
+        array[(0,) * array.ndim] = bad
+        message = rf"^{name}: expected finite values, got {bad} at index \(0, 0"
+        with pytest.raises(mod.ArgumentError, match=message):
+            mod.loss_and_all_gradients(params, **args)
+        if name != "Y":
+            del args["Y"]
+            with pytest.raises(mod.ArgumentError, match=message):
+                mod.forward(params, **args)
+    # check=False skips the validation: NaN in gives NaN out, as NumPy computes it
+    X = p.X.copy()
+    X[0, 0, 0] = np.nan
+    assert np.isnan(mod.loss_and_gradients(p.params, X, p.Y, check=False)[0])
+
+
+def test_check_false_gives_the_same_results() -> None:
+    for spec in (XH, ModelSpec(steps=2, cell="gru")):
+        mod = module_for(spec)
+        p = random_problem(mod, rng=5)
+        checked = mod.loss_and_all_gradients(*p.args())
+        unchecked = mod.loss_and_all_gradients(*p.args(), check=False)
+        assert checked[0] == unchecked[0]
+        for a, b in zip(checked[1:], unchecked[1:], strict=True):
+            assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+        without = mod.loss_and_gradients(p.params, p.X, p.Y, check=False)  # zeros for h0
+        assert without[0] == mod.loss_and_gradients(p.params, p.X, p.Y)[0]
+
+
+def test_big_endian_masked_and_foreign_arrays_get_a_clear_message() -> None:
+    mod = module_for(XH)
+    p = random_problem(mod)
+    params, X, Y, h0 = p.args()
+    swapped = X.astype(X.dtype.newbyteorder(">" if X.dtype.byteorder != ">" else "<"))
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"X": swapped}, r"X: expected the machine's byte order, got >f8"),
+        ({"h0": h0.astype(">f8")}, r"h0: expected the machine's byte order, got >f8"),
+        ({"params": {**params, "b_y": params["b_y"].astype(">f8")}}, r"b_y: expected the mach"),
+        ({"X": np.ma.masked_array(X, mask=X > 0)}, r"X: a masked array, whose mask this module"),
+        ({"Y": np.ma.masked_array(Y)}, r"Y: a masked array"),
+        ({"params": {**params, "W_hh": np.ma.masked_array(params["W_hh"])}}, r"W_hh: a masked"),
+        ({"X": X.tolist()}, r"X: expected a numpy array, got list"),
+        ({"h0": memoryview(h0)}, r"h0: expected a numpy array, got memoryview"),
+    ]
+    for change, message in cases:
+        args = {"params": params, "X": X, "Y": Y, "h0": h0, **change}
+        with pytest.raises(mod.ArgumentError, match=message):
+            mod.loss_and_gradients(args["params"], args["X"], args["Y"], args["h0"])
+    torch = pytest.importorskip("torch")
+    with pytest.raises(mod.ArgumentError, match=r"^X: expected a numpy array, got torch.Tensor"):
+        mod.loss(params, torch.from_numpy(X), Y)
+
+
 def test_sizes_fixed_by_the_spec_are_checked() -> None:
     mod = module_for(PRESETS["xh_hello"])
     assert mod.SIZES == {"n_in": 4, "n_hidden": None, "n_out": 4, "m": 1}
@@ -449,7 +511,7 @@ def test_cross_entropy_targets_must_sum_to_one_over_the_units(
                 with pytest.raises(mod.ArgumentError, match=message) as info:
                     call(params, X, bad, h0)
                 assert f"(one-hot or probabilities); got sums from {sums}" in str(info.value)
-        with pytest.raises(ValueError, match="got sums from nan to nan"):
+        with pytest.raises(ValueError, match="Y: expected finite values, got nan"):
             mod.loss(params, X, np.full_like(Y, np.nan), h0)
         mod.forward(params, X, h0)  # no targets, no check
 

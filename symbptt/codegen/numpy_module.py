@@ -147,22 +147,34 @@ def _api(d: Derivation) -> dict[str, Any]:
             size = size_code.get(dim)
             if size in ("n_hidden", "n_out") and size not in sources:
                 sources[size] = (name, axis)
+    fallbacks: dict[str, str] = {}
+    arguments = {state.size: state.key + "0" for state in reversed(cell.states)}
+    for size in ("n_hidden", "n_out"):
+        if size not in sources:
+            fallbacks[size] = arguments.get(size, "")
     states = []
     for state in cell.states:
         entry = notation.name_of(state.key)
+        if state.size == "n_in":
+            size_code = "X.shape[2]"
+        elif state.size in sources:
+            name, axis = sources[state.size]
+            size_code = f'params["{name}"].shape[{axis}]'
+        elif fallbacks.get(state.size) and fallbacks[state.size] != state.key + "0":
+            other = fallbacks[state.size]  # no parameter fixes it: another state does
+            size_code = f'SIZES["{state.size}"] if {other} is None else {other}.shape[-1]'
+        else:  # nothing else fixes it: the spec does (checked by _check)
+            size_code = f'SIZES["{state.size}"]'
         states.append(
             {
                 "key": state.key,
                 "argument": state.key + "0",
                 "size": state.size,
+                "size_code": size_code,
                 "initial": entry.initial,
                 "description": entry.description,
             }
         )
-    fallbacks: dict[str, str] = {}
-    for size in ("n_hidden", "n_out"):
-        if size not in sources:
-            fallbacks[size] = next((s["argument"] for s in states if s["size"] == size), "")
     return {"init": init, "size_sources": sources, "size_fallbacks": fallbacks, "states": states}
 
 
@@ -281,7 +293,8 @@ def _context(spec: ModelSpec, d: Derivation, unrolled: bool) -> dict[str, Any]:
         f"parameter gradients), loss_and_all_gradients (also the gradients of X and "
         f"{_join(arguments)}",
         f"and the final {finals_text}: {gradient_keys}).",
-        "float32 in, float32 out; bad shapes, dtypes or parameters raise ValueError.",
+        "float32 in, float32 out; bad shapes, dtypes, parameters or values (NaN, infinity)",
+        "raise ValueError; check=False skips that validation, for speed.",
     ]
     if not unrolled:
         docstring += [
