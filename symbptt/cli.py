@@ -45,15 +45,11 @@ from . import __version__
 from .files import stage
 from .presets import PRESETS
 from .progress import Progress
-from .spec import (
-    CHOICES,
-    MAX_BATCH,
-    MAX_CHECK_STEPS,
-    MAX_SIZE,
-    MAX_STEPS,
-    ModelSpec,
-    SpecError,
-)
+from .spec import CHOICES, MAX_CHECK_STEPS, MAX_SIZE, ModelSpec, SpecError
+from .spec_flags import SPEC_FLAGS as _SPEC_FLAGS
+from .spec_flags import add_spec_flags as _add_spec_flags
+from .spec_flags import digits as _digits
+from .spec_flags import flag as _flag
 
 __all__ = [
     "UsageError",
@@ -83,89 +79,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _digits(flag: str, high: int | None = None) -> Any:
-    """An argparse ``type`` for an integer flag: ASCII digits only, with an optional sign.
-
-    ``int()`` would take any Unicode digit (``--steps ٣`` as 3) and thousands
-    of digits; the config file's TOML takes neither, and neither does a flag.
-    Ranges are checked by :class:`ModelSpec` (spec flags) or by the command.
-    """
-
-    def parse(text: str) -> int:
-        body = text[1:] if text[:1] in "+-" else text
-        if not body or not (body.isascii() and body.isdigit()):
-            raise argparse.ArgumentTypeError(
-                f"got {text[:40]!r}; expected a whole number written with the digits 0-9"
-            )
-        if len(body) > _MAX_DIGITS:
-            most = f"; expected at most {high}" if high is not None else ""
-            raise argparse.ArgumentTypeError(f"got a number of {len(body)} digits{most}")
-        return int(text)
-
-    parse.__name__ = flag  # argparse names the flag's type in its own messages
-    return parse
-
-
-#: Longer integers are refused as text, before ``int()`` reads them.
-_MAX_DIGITS = 40
-
-
-def _default(name: str) -> str:
-    value = getattr(ModelSpec(), name)
-    return "symbolic, any size" if value is None else str(value).lower()
-
-
-#: Spec fields that have a flag, and how to read it.  Choices are checked by
-#: ModelSpec itself (so activations registered at run time are accepted).
-_SPEC_FLAGS: tuple[tuple[str, type, str], ...] = (
-    ("steps", int, f"number of time steps T, 1 to {MAX_STEPS}"),
-    ("cell", str, "recurrent cell: elman, lstm, gru, or a .toml cell file (see `symbptt cells`)"),
-    ("hidden", str, "hidden activation: " + ", ".join(CHOICES["hidden"])),
-    ("output", str, "output activation: " + ", ".join(CHOICES["output"])),
-    ("loss", str, "loss: " + ", ".join(CHOICES["loss"])),
-    ("mode", str, "many_to_many (a loss at every step) or many_to_one (at the last)"),
-    ("notation", str, "notation preset: " + ", ".join(CHOICES["notation"])),
-    ("time_reduction", str, "sum or mean of the per-step losses"),
-    ("batch_reduction", str, "mean or sum over the examples of a batch"),
-    ("initial_state", str, "zero, or input (h0 is an input and gets a gradient)"),
-    ("n_in", int, f"input size, 1 to {MAX_SIZE}"),
-    ("n_hidden", int, f"hidden size, 1 to {MAX_SIZE}"),
-    ("n_out", int, f"output size, 1 to {MAX_SIZE}"),
-    ("batch", int, f"batch size m, 1 to {MAX_BATCH}"),
-)
-_LIMITS = {"steps": MAX_STEPS, "n_in": MAX_SIZE, "n_hidden": MAX_SIZE, "n_out": MAX_SIZE}
-_LIMITS["batch"] = MAX_BATCH
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _add_spec_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group(
-        "model spec",
-        "Override the config file's fields (lowest precedence first: defaults, "
-        "--preset, CONFIG.toml, these flags).",
-    )
-    group.add_argument(
-        "--preset",
-        metavar="NAME",
-        help="start from one of the seeds' models: " + ", ".join(PRESETS),
-    )
-    for name, kind, text in _SPEC_FLAGS:
-        metavar = "N" if kind is int else name.upper().replace("_", "-")
-        reader = _digits(_flag(name), _LIMITS[name]) if kind is int else kind
-        help_text = f"{text} (default: {_default(name)})"
-        group.add_argument(_flag(name), dest=name, type=reader, metavar=metavar, help=help_text)
-    group.add_argument(
-        "--bias",
-        dest="bias",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="biases b_h, b_y (default: on)",
-    )
 
 
 # -- config and spec ------------------------------------------------------------------

@@ -335,7 +335,7 @@ def test_header_docstring_and_comments() -> None:
     source = symbptt.emit_numpy(XH)
     header = source.split('"""')[1]
     assert "do not edit" in header
-    assert "python -m symbptt.regenerate" in header
+    assert "Regenerate: symbptt derive --steps 3 --out DIR\n" in header
     assert f"Spec hash {XH.hash()}; SymPy {sp.__version__}" in header
     assert "z_t = W_xh @ x_t + W_hh @ h_(t-1) + b_h" in header
     assert "W_xh (n_hidden, n_in)" in header and "sum over time, mean over the batch" in header

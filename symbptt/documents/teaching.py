@@ -40,7 +40,6 @@ from .layout import (
     _THROUGH_OUTPUT_PRE,
     CHAIN_LIMIT,
     MARKER,
-    REGENERATE,
     ROW_WIDTH,
     UNIT_LOSS,
     UNROLL_LIMIT,
@@ -50,6 +49,7 @@ from .layout import (
     _pack,
     _sci,
     prose,
+    regenerate_command,
     tex_width,
 )
 
@@ -363,7 +363,7 @@ class _Writer:
             "hash": spec.hash(),
             "version": __version__,
             "sympy": sp.__version__,
-            "regenerate": REGENERATE,
+            "regenerate": regenerate_command(spec),
             "marker": MARKER,
             "items": items,
             "steps": spec.steps,
