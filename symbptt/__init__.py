@@ -10,7 +10,7 @@ from __future__ import annotations
 from . import testing
 from .check import CheckResult, check
 from .derive import Derivation, derive
-from .emit import emit_numpy, load_module
+from .emit import BackendError, emit, emit_numpy, load_module
 from .exprlang import ExpressionError
 from .graph import build_graph
 from .notation import NOTATIONS
@@ -34,6 +34,7 @@ __all__ = [
     "SGD",
     "Adagrad",
     "Adam",
+    "BackendError",
     "CheckResult",
     "Derivation",
     "ExpressionError",
@@ -46,6 +47,7 @@ __all__ = [
     "clip_by_norm",
     "clip_by_value",
     "derive",
+    "emit",
     "emit_numpy",
     "fit",
     "gradient_norms",

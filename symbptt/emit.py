@@ -23,9 +23,61 @@ import sys
 from types import CodeType, ModuleType
 
 from .codegen import RowForm, emit_numpy
-from .codegen.numpy_module import emission_derivation
+from .codegen.numpy_module import emission_derivation, emit_torch
+from .derive import Derivation
+from .spec import ModelSpec
 
-__all__ = ["RowForm", "emit_numpy", "load_module"]
+__all__ = ["BACKENDS", "BackendError", "RowForm", "emit", "emit_numpy", "load_module"]
+
+
+class BackendError(ValueError):
+    """A backend symbptt does not print, or whose library is not installed."""
+
+
+#: backend -> (the module it needs, the extra that installs it, whether it is printed)
+BACKENDS: dict[str, tuple[str, str, bool]] = {
+    "numpy": ("numpy", "", True),
+    "torch": ("torch", "torch", True),
+    "jax": ("jax", "jax", False),
+    "cupy": ("cupy", "cupy", False),
+}
+
+
+def emit(spec: ModelSpec | Derivation, backend: str = "numpy", unrolled: bool | None = None) -> str:
+    """The source of a gradient module of ``spec`` for ``backend`` (numpy or torch).
+
+    ``unrolled`` None takes the backend's form: the rolled module for numpy (any
+    T), the unrolled one for torch (straight-line code for ``spec.steps`` steps,
+    the only torch form so far; ``unrolled=False`` is refused for it).  An
+    unknown backend, one not printed yet (jax, cupy) or one whose library is not
+    installed raises :class:`BackendError` in one line.
+    """
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise BackendError(
+            f"backend: got {backend!r}; expected one of {', '.join(map(repr, BACKENDS))}"
+        )
+    if unrolled is not None and not isinstance(unrolled, bool):
+        raise TypeError(f"unrolled: expected True, False or None, got {unrolled!r}")
+    module, extra, printed = BACKENDS[backend]
+    if not printed:
+        raise BackendError(
+            f"backend {backend!r} is not printed yet; symbptt prints "
+            + ", ".join(repr(name) for name, entry in BACKENDS.items() if entry[2])
+        )
+    if importlib.util.find_spec(module) is None:
+        raise BackendError(
+            f"backend {backend!r} needs {module}, which is not installed: "
+            f"pip install 'symbptt[{extra}]'"
+        )
+    if backend == "torch":
+        if unrolled is False:
+            raise BackendError(
+                "backend 'torch': only the unrolled module is printed so far "
+                "(unrolled=True or None); the rolled schedule is printed for numpy"
+            )
+        return emit_torch(spec)
+    return emit_numpy(spec, unrolled=bool(unrolled))
+
 
 _emission_derivation = emission_derivation
 

@@ -141,16 +141,17 @@ def _options() -> dict[str, tuple[str, ...]]:
     return options
 
 
-def regenerate_command(spec: ModelSpec, unrolled: bool = False) -> str:
+def regenerate_command(spec: ModelSpec, unrolled: bool = False, backend: str = "numpy") -> str:
     """The command that writes ``spec``'s files again, byte for byte.
 
     For a preset (:func:`preset_of`), :data:`REGENERATE_PRESETS`, which rewrites
     ``generated/``.  For any other spec, ``symbptt derive`` with a flag for every
     field that differs from ``ModelSpec()``'s default, in the parser's order;
     ``--unrolled`` when the file is the unrolled module; the output folder is
-    left as ``DIR``.
+    left as ``DIR``.  Another ``backend`` than numpy adds ``--backend NAME`` (its
+    file, ``gradients_<backend>.py``, is written by ``symbptt derive`` only).
     """
-    if preset_of(spec) is not None:
+    if preset_of(spec) is not None and backend == "numpy":
         return REGENERATE_PRESETS
     default = ModelSpec()
     words = ["symbptt", "derive"]
@@ -162,7 +163,9 @@ def regenerate_command(spec: ModelSpec, unrolled: bool = False) -> str:
             words.append(options[0] if value else options[1])
         else:
             words += [options[0], shlex.quote(str(value))]
-    if unrolled:
+    if backend != "numpy":
+        words += ["--backend", backend]
+    elif unrolled:
         words.append("--unrolled")
     words += ["--out", "DIR"]
     return " ".join(words)

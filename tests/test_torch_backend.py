@@ -1,0 +1,295 @@
+"""The torch backend: printed from the derivation, checked against torch's own autograd."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+import symbptt
+from symbptt import BackendError, ModelSpec
+from symbptt.codegen.torch_printer import TORCH_FUNCTIONS, TorchPrinter
+
+torch = pytest.importorskip("torch")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Elman, LSTM, GRU and the example cells, in both layouts and modes.
+SPECS = {
+    "elman": ModelSpec(steps=3),
+    "elman_relu_bce": ModelSpec(
+        steps=2, notation="uvw", hidden="relu", output="sigmoid", loss="binary_cross_entropy"
+    ),
+    "lstm": ModelSpec(steps=3, cell="lstm"),
+    "gru": ModelSpec(steps=3, cell="gru", notation="layered", mode="many_to_one"),
+    "gru_pytorch": ModelSpec(steps=3, cell="examples/gru_pytorch.toml", time_reduction="mean"),
+    "lstm_peephole": ModelSpec(
+        steps=2, cell="examples/lstm_peephole.toml", output="identity", loss="squared_error"
+    ),
+}
+
+
+@cache
+def module_for(key: str) -> ModuleType:
+    return symbptt.load_module(symbptt.emit(SPECS[key], backend="torch"))
+
+
+def problem(mod: ModuleType, seed: int = 0, batch: int = 2, device: str = "cpu") -> tuple:
+    """Random float64 tensors: params, X, Y (targets the loss accepts), initial states."""
+    g = torch.Generator().manual_seed(seed)
+    n_in = mod.SIZES["n_in"] or 3
+    n_out = mod.SIZES["n_out"] or 3
+    params = mod.init_params(n_in, 4, n_out, rng=seed)
+    for name, value in params.items():  # biases away from zero too
+        params[name] = value + 0.3 * torch.randn(value.shape, generator=g, dtype=value.dtype)
+    T = mod.STEPS
+    X = torch.randn((T, batch, n_in), generator=g, dtype=torch.float64)
+    shape = (T, batch, n_out) if mod.SPEC["mode"] == "many_to_many" else (batch, n_out)
+    raw = torch.randn(shape, generator=g, dtype=torch.float64)
+    Y = {
+        "cross_entropy": torch.softmax(raw, dim=-1),
+        "binary_cross_entropy": (raw > 0).to(torch.float64),
+        "squared_error": raw,
+    }[mod.SPEC["loss"]]
+    sizes = {"n_hidden": 4, "n_in": n_in, "n_out": n_out}
+    states = {
+        f"{s}0": 0.5 * torch.randn((batch, sizes[mod.STATE_SIZES[s]]), generator=g).double()
+        for s in mod.STATES
+    }
+    move = {k: v.to(device) for k, v in params.items()}
+    return move, X.to(device), Y.to(device), {k: v.to(device) for k, v in states.items()}
+
+
+def autograd_gradients(mod: ModuleType, params: dict, X, Y, states: dict) -> dict:
+    """torch.autograd of the module's forward pass and loss: no generated backward involved."""
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+    X = X.detach().clone().requires_grad_(True)
+    initial = {k: v.detach().clone().requires_grad_(True) for k, v in states.items()}
+    value = mod._loss(mod._forward(leaves, X, *initial.values()), Y)
+    value.backward()
+    grads = {k: v.grad for k, v in leaves.items()}
+    grads["dX"] = X.grad
+    grads.update({f"d{k}": v.grad for k, v in initial.items()})
+    return grads
+
+
+@pytest.mark.parametrize("key", list(SPECS))
+def test_bptt_equals_torch_autograd_of_the_same_loss(key: str) -> None:
+    mod = module_for(key)
+    params, X, Y, states = problem(mod)
+    expected = autograd_gradients(mod, params, X, Y, states)
+    loss, gradients, state = mod.loss_and_all_gradients(params, X, Y, **states)
+    assert loss == pytest.approx(float(mod._loss(mod._forward(params, X, *states.values()), Y)))
+    for name, value in {**gradients, **{k: state[k] for k in state if k.startswith("d")}}.items():
+        torch.testing.assert_close(value, expected[name], rtol=1e-10, atol=1e-12, msg=name)
+    # through autograd: the Function's backward is the generated BPTT
+    leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    mod.loss(leaves, X, Y, **states).backward()
+    for name, leaf in leaves.items():
+        torch.testing.assert_close(leaf.grad, expected[name], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("key", ["elman", "lstm", "gru", "gru_pytorch"])
+def test_gradcheck_passes(key: str) -> None:
+    mod = module_for(key)
+    params, X, Y, states = problem(mod, seed=1, batch=2)
+    names = list(mod.PARAMETERS)
+    inputs = (
+        X.requires_grad_(True),
+        *(v.requires_grad_(True) for v in states.values()),
+        *(params[n].requires_grad_(True) for n in names),
+    )
+    k = len(states)
+
+    def f(X, *rest):  # type: ignore[no-untyped-def]
+        initial = dict(zip(states, rest[:k], strict=True))
+        return mod.loss(dict(zip(names, rest[k:], strict=True)), X, Y, **initial)
+
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("key", ["elman", "lstm", "gru_pytorch"])
+def test_torch_agrees_with_the_numpy_module(key: str) -> None:
+    mod = module_for(key)
+    numpy_mod = symbptt.load_module(symbptt.emit_numpy(SPECS[key]))
+    params, X, Y, states = problem(mod, seed=2)
+    loss, gradients, state = mod.loss_and_all_gradients(params, X, Y, **states)
+    as_np = {k: v.numpy() for k, v in params.items()}
+    initial = {k: v.numpy() for k, v in states.items()}
+    loss_np, gradients_np, state_np = numpy_mod.loss_and_all_gradients(
+        as_np, X.numpy(), Y.numpy(), **initial
+    )
+    assert loss == pytest.approx(loss_np, rel=1e-12)
+    for name in gradients_np:
+        np.testing.assert_allclose(gradients[name].numpy(), gradients_np[name], rtol=1e-9)
+    for name in state_np:
+        np.testing.assert_allclose(state[name].numpy(), state_np[name], rtol=1e-9, atol=1e-14)
+
+
+def test_the_module_trains_in_a_torch_loop() -> None:
+    mod = module_for("lstm")
+    _, X, Y, _ = problem(mod, seed=3)
+    model = mod.Model(3, 6, 3, rng=0)
+    assert sorted(n for n, _ in model.named_parameters()) == sorted(mod.PARAMETERS)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    losses = []
+    for _ in range(30):
+        optimizer.zero_grad()
+        value = model(X, Y)
+        value.backward()
+        optimizer.step()
+        losses.append(value.item())
+    assert losses[-1] < 0.9 * losses[0]  # soft targets: the loss cannot reach 0
+
+
+def test_float32_in_float32_out() -> None:
+    mod = module_for("elman")
+    params, X, Y, states = problem(mod)
+    params32 = {k: v.float() for k, v in params.items()}
+    _, gradients = mod.loss_and_gradients(params32, X.float(), Y.float(), h0=states["h0"].float())
+    assert {g.dtype for g in gradients.values()} == {torch.float32}
+
+
+def test_bad_arguments_name_what_is_wrong() -> None:
+    mod = module_for("elman")
+    params, X, Y, states = problem(mod)
+    h0 = states["h0"]
+    nan = X.clone()
+    nan[1, 0, 2] = float("nan")
+    cases = [
+        ({"X": X.numpy()}, r"^X: expected a torch.Tensor, got numpy.ndarray"),
+        ({"h0": h0.float()}, r"^h0: expected torch.float64 \(the dtype of X\), got torch.float32"),
+        ({"h0": h0.to("meta")}, r"^h0: expected device cpu \(that of X\), got meta"),
+        ({"X": nan}, r"^X: expected finite values, got nan at index \(1, 0, 2\)"),
+        ({"X": X[:2]}, r"^X: expected shape \(T, m, n_in\) with T = 3"),
+        ({"params": {**params, "W_hh": params["W_hh"].T[:, :3]}}, r"^W_hh: expected shape"),
+    ]
+    for change, message in cases:
+        args = {"params": params, "X": X, "Y": Y, "h0": h0, **change}
+        for call in (mod.loss, mod.loss_and_gradients):
+            with pytest.raises(mod.ArgumentError, match=message):
+                call(args["params"], args["X"], args["Y"], args["h0"])
+
+
+def test_emit_refuses_unknown_and_unprinted_backends(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = ModelSpec(steps=2)
+    with pytest.raises(BackendError, match=r"^backend: got 'tensorflow'; expected one of 'numpy'"):
+        symbptt.emit(spec, backend="tensorflow")
+    for name in ("jax", "cupy"):
+        with pytest.raises(BackendError, match=rf"^backend '{name}' is not printed yet"):
+            symbptt.emit(spec, backend=name)
+    with pytest.raises(BackendError, match="only the unrolled module is printed so far"):
+        symbptt.emit(spec, backend="torch", unrolled=False)
+    with pytest.raises(TypeError, match="unrolled: expected True, False or None"):
+        symbptt.emit(spec, backend="torch", unrolled="yes")  # type: ignore[arg-type]
+    assert symbptt.emit(spec) == symbptt.emit_numpy(spec)
+    assert symbptt.emit(spec, unrolled=True) == symbptt.emit_numpy(spec, unrolled=True)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a)
+    )
+    with pytest.raises(BackendError, match=r"needs torch.*pip install 'symbptt\[torch\]'"):
+        symbptt.emit(spec, backend="torch")
+
+
+def test_the_printer_spells_each_function_for_torch() -> None:
+    import sympy as sp
+
+    z = sp.Symbol("z")
+    cases = {
+        sp.tanh(z): "torch.tanh(z)",
+        sp.Max(z, 0): "torch.clamp_min(z, 0)",
+        sp.Min(z, 1): "torch.clamp_max(z, 1)",
+        sp.Heaviside(z, 0): "torch.heaviside(z, z.new_tensor(0))",
+        sp.log(1 + sp.exp(z)): "torch.nn.functional.softplus(z)",
+        sp.log(1 + z): "torch.log1p(z)",
+        sp.exp(-z): "torch.exp(-z)",
+    }
+    for expr, code in cases.items():
+        assert TorchPrinter({}).doprint(expr) == code
+    assert all(name.startswith("numpy.") for name in TORCH_FUNCTIONS)
+    with pytest.raises(NotImplementedError, match=r"no spelling of numpy.cbrt"):
+        TorchPrinter({})._module_format("numpy.cbrt")
+
+
+def test_generated_torch_code_is_ruff_clean(tmp_path: Path) -> None:
+    if importlib.util.find_spec("ruff") is None:
+        pytest.skip("ruff is not installed")
+    for key in SPECS:
+        (tmp_path / f"{key}.py").write_text(symbptt.emit(SPECS[key], backend="torch"))
+    for command in (["check", "--isolated"], ["format", "--isolated", "--check"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "ruff", *command, str(tmp_path)], capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_cuda_tensors_give_the_cpu_gradients() -> None:
+    mod = module_for("lstm")
+    params, X, Y, states = problem(mod, seed=4)
+    _, expected = mod.loss_and_gradients(params, X, Y, **states)
+    cuda = problem(mod, seed=4, device="cuda")
+    leaves = {k: v.requires_grad_(True) for k, v in cuda[0].items()}
+    mod.loss(leaves, cuda[1], cuda[2], **cuda[3]).backward()
+    for name, value in expected.items():
+        torch.testing.assert_close(leaves[name].grad.cpu(), value, rtol=1e-9, atol=1e-12)
+
+
+_DDP_SCRIPT = """
+import sys, torch, torch.distributed as dist
+import symbptt
+rank, world, port, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+mod = symbptt.load_module(open(sys.argv[5]).read())
+g = torch.Generator().manual_seed(0)
+X = torch.randn((3, 4, 3), generator=g, dtype=torch.float64)
+Y = torch.softmax(torch.randn((3, 4, 3), generator=g, dtype=torch.float64), dim=-1)
+model = mod.Model(3, 5, 3, rng=0)
+ddp = torch.nn.parallel.DistributedDataParallel(model)
+share = 4 // world
+ddp(X[:, rank * share : (rank + 1) * share], Y[:, rank * share : (rank + 1) * share]).backward()
+if rank == 0:
+    torch.save({n: p.grad for n, p in model.named_parameters()}, out)
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_distributed_data_parallel_gives_the_gradients_of_one_process(tmp_path: Path) -> None:
+    """Two CPU processes on gloo, each with half the batch: DDP averages their gradients,
+    which for a batch-mean loss are the one-process gradients of the whole batch."""
+    source = tmp_path / "gradients_torch.py"
+    source.write_text(symbptt.emit(SPECS["lstm"], backend="torch"))
+    script = tmp_path / "ddp.py"
+    script.write_text(_DDP_SCRIPT)
+    results = {}
+    for world in (1, 2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = str(s.getsockname()[1])
+        out = tmp_path / f"grads_{world}.pt"
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+        processes = [
+            subprocess.Popen(
+                [sys.executable, str(script), str(r), str(world), port, str(out), str(source)],
+                env=env,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for r in range(world)
+        ]
+        for p in processes:
+            _, err = p.communicate(timeout=300)
+            assert p.returncode == 0, err
+        results[world] = torch.load(out)
+    for name, value in results[1].items():
+        torch.testing.assert_close(results[2][name], value, rtol=1e-12, atol=1e-14)
