@@ -421,6 +421,7 @@ def output_lock(folder: Path) -> Iterator[None]:
 _ALL_OUTPUTS = (
     "gradients.py",
     "gradients_unrolled.py",
+    "gradients_torch.py",
     "derivation.tex",
     "derivation.md",
     "derivation.pdf",
@@ -429,10 +430,12 @@ _ALL_OUTPUTS = (
 )
 
 
-def _output_names(unrolled: bool, pdf: bool) -> list[str]:
+def _output_names(unrolled: bool, pdf: bool, backend: str = "numpy") -> list[str]:
     names = ["gradients.py"]
     if unrolled:
         names.append("gradients_unrolled.py")
+    if backend != "numpy":
+        names.append(f"gradients_{backend}.py")
     names += ["derivation.tex", "derivation.md"]
     if pdf:
         names.append("derivation.pdf")
@@ -494,6 +497,15 @@ def _derive_parser(sub: Any) -> argparse.ArgumentParser:
         "--unrolled",
         action="store_true",
         help=f"also write gradients_unrolled.py (fixed T, at most {MAX_UNROLLED_STEPS})",
+    )
+    out.add_argument(
+        "--backend",
+        default="numpy",
+        metavar="NAME",
+        help=(
+            "numpy (default), or torch: also write gradients_torch.py, a torch.autograd.Function "
+            f"and nn.Module unrolled for T (at most {MAX_UNROLLED_STEPS}); needs PyTorch"
+        ),
     )
     out.add_argument("--no-pdf", action="store_true", help="do not build derivation.pdf")
     out.add_argument(
@@ -668,6 +680,7 @@ def build_artifacts(
     pdf: bool,
     verify: bool = True,
     progress: Progress | None = None,
+    backend: str = "numpy",
 ) -> Artifacts:
     """Derive ``spec`` and print its code and documents (nothing is written here).
 
@@ -679,7 +692,7 @@ def build_artifacts(
     """
     from .derive import derive
     from .documents import TeXError, TeXNotFoundError, compile_pdf
-    from .emit import emit_numpy
+    from .emit import emit, emit_numpy
 
     bar = progress if progress is not None else Progress(None, "", enabled=False)
     out = Artifacts(spec)
@@ -689,6 +702,9 @@ def build_artifacts(
     out.files["gradients.py"] = emit_numpy(derivation).encode()
     if unrolled:
         out.files["gradients_unrolled.py"] = emit_numpy(derivation, unrolled=True).encode()
+    if backend != "numpy":
+        bar.stage(f"printing the {backend} code")
+        out.files[f"gradients_{backend}.py"] = emit(derivation, backend=backend).encode()
     if verify:
         bar.stage("printing the documents (proving the derivation by sympy.diff)")
     else:
@@ -759,19 +775,26 @@ def _print_checks(checks: Sequence[NumericalCheck]) -> None:
 GRADCHECK_MAX_STEPS = 12
 
 
-def numerical_check(name: str, source: str, seed: int = 0) -> NumericalCheck:
+def numerical_check(
+    name: str, source: str, numpy_source: str | None = None, seed: int = 0
+) -> NumericalCheck:
     """Check a generated module's gradients (parameters, X, h0) by central differences.
 
     A rolled module is checked at ``min(T, GRADCHECK_MAX_STEPS)`` steps (its
     code does not depend on T; central differences of every entry of X cost
-    O(T²)); an unrolled one at its own T.
+    O(T²)); an unrolled one at its own T.  A torch module (``import torch`` in
+    ``source``) is called through NumPy arrays; its random problem is drawn by
+    the NumPy module ``numpy_source`` of the same spec.
     """
     from .emit import load_module
-    from .gradcheck import finite_difference_errors, random_problem
+    from .gradcheck import finite_difference_errors, numpy_view, random_problem
 
     module = load_module(source)
+    draws = module
+    if getattr(module, "torch", None) is not None and numpy_source is not None:
+        draws, module = load_module(numpy_source), numpy_view(module)
     steps = module.STEPS or min(int(module.SPEC["steps"]), GRADCHECK_MAX_STEPS)
-    problem = random_problem(module, steps=steps, rng=seed)
+    problem = random_problem(draws, steps=steps, rng=seed)
     errors = finite_difference_errors(module, problem)
     worst = max(errors, key=lambda key: errors[key])
     steps, batch, n_in = problem.X.shape
@@ -791,26 +814,40 @@ def _readout_size(module: Any, params: Mapping[str, Any]) -> int:
 
 def _numerical_checks(artifacts: Artifacts, bar: Progress) -> list[NumericalCheck]:
     checks = []
-    for name in ("gradients.py", "gradients_unrolled.py"):
+    for name in ("gradients.py", "gradients_unrolled.py", "gradients_torch.py"):
         if name in artifacts.files:
             bar.stage(f"checking {name} numerically")
-            checks.append(numerical_check(name, artifacts.files[name].decode()))
+            reference = artifacts.files["gradients.py"].decode()
+            checks.append(numerical_check(name, artifacts.files[name].decode(), reference))
     return checks
 
 
 def _cmd_derive(args: argparse.Namespace) -> int:
+    from .emit import BackendError, require_backend
+
     spec = _spec_from_args(args, args.config)
     if args.unrolled and spec.steps > MAX_UNROLLED_STEPS:
         raise UsageError(
             f"--unrolled: T = {spec.steps} steps; straight-line code is written for at most "
             f"{MAX_UNROLLED_STEPS} (gradients.py takes any T)"
         )
+    try:
+        backend = require_backend(args.backend)
+    except BackendError as exc:
+        raise UsageError(f"--backend: {exc}") from None
+    if backend != "numpy" and spec.steps > MAX_UNROLLED_STEPS:
+        raise UsageError(
+            f"--backend {backend}: T = {spec.steps} steps; its module is straight-line code, "
+            f"written for at most {MAX_UNROLLED_STEPS}"
+        )
     folder = output_folder(args.out)
-    names = _output_names(unrolled=args.unrolled, pdf=not args.no_pdf)
+    names = _output_names(unrolled=args.unrolled, pdf=not args.no_pdf, backend=backend)
     check_destination(folder, names, force=args.force)
     shown = {"enabled": False} if args.report != "text" else _LINES
     with output_lock(folder), Progress(None, "symbptt derive", **shown) as bar:
-        artifacts = build_artifacts(spec, unrolled=args.unrolled, pdf=not args.no_pdf, progress=bar)
+        artifacts = build_artifacts(
+            spec, unrolled=args.unrolled, pdf=not args.no_pdf, progress=bar, backend=backend
+        )
         bar.stage("writing the files")
         written = write_outputs(folder, artifacts.files, args.force, _ALL_OUTPUTS)
         checks = _numerical_checks(artifacts, bar)

@@ -27,7 +27,15 @@ from .codegen.numpy_module import emission_derivation, emit_torch
 from .derive import Derivation
 from .spec import ModelSpec
 
-__all__ = ["BACKENDS", "BackendError", "RowForm", "emit", "emit_numpy", "load_module"]
+__all__ = [
+    "BACKENDS",
+    "BackendError",
+    "RowForm",
+    "emit",
+    "emit_numpy",
+    "load_module",
+    "require_backend",
+]
 
 
 class BackendError(ValueError):
@@ -43,21 +51,12 @@ BACKENDS: dict[str, tuple[str, str, bool]] = {
 }
 
 
-def emit(spec: ModelSpec | Derivation, backend: str = "numpy", unrolled: bool | None = None) -> str:
-    """The source of a gradient module of ``spec`` for ``backend`` (numpy or torch).
-
-    ``unrolled`` None takes the backend's form: the rolled module for numpy (any
-    T), the unrolled one for torch (straight-line code for ``spec.steps`` steps,
-    the only torch form so far; ``unrolled=False`` is refused for it).  An
-    unknown backend, one not printed yet (jax, cupy) or one whose library is not
-    installed raises :class:`BackendError` in one line.
-    """
+def require_backend(backend: object) -> str:
+    """``backend`` when symbptt prints it and its library is installed, else BackendError."""
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise BackendError(
             f"backend: got {backend!r}; expected one of {', '.join(map(repr, BACKENDS))}"
         )
-    if unrolled is not None and not isinstance(unrolled, bool):
-        raise TypeError(f"unrolled: expected True, False or None, got {unrolled!r}")
     module, extra, printed = BACKENDS[backend]
     if not printed:
         raise BackendError(
@@ -69,6 +68,21 @@ def emit(spec: ModelSpec | Derivation, backend: str = "numpy", unrolled: bool | 
             f"backend {backend!r} needs {module}, which is not installed: "
             f"pip install 'symbptt[{extra}]'"
         )
+    return backend
+
+
+def emit(spec: ModelSpec | Derivation, backend: str = "numpy", unrolled: bool | None = None) -> str:
+    """The source of a gradient module of ``spec`` for ``backend`` (numpy or torch).
+
+    ``unrolled`` None takes the backend's form: the rolled module for numpy (any
+    T), the unrolled one for torch (straight-line code for ``spec.steps`` steps,
+    the only torch form so far; ``unrolled=False`` is refused for it).  An
+    unknown backend, one not printed yet (jax, cupy) or one whose library is not
+    installed raises :class:`BackendError` in one line.
+    """
+    require_backend(backend)
+    if unrolled is not None and not isinstance(unrolled, bool):
+        raise TypeError(f"unrolled: expected True, False or None, got {unrolled!r}")
     if backend == "torch":
         if unrolled is False:
             raise BackendError(

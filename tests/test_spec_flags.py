@@ -113,3 +113,14 @@ def test_running_the_command_reproduces_the_files_byte_for_byte(
     tex, markdown = symbptt.render_latex(spec), symbptt.render_markdown(spec)
     assert (out / "derivation.tex").read_text() == tex
     assert (out / "derivation.md").read_text() == markdown
+
+
+def test_another_backend_adds_its_flag() -> None:
+    spec = SPECS[2]
+    command = regenerate_command(spec, backend="torch")
+    assert command.endswith(" --backend torch --out DIR") and "--unrolled" not in command
+    assert _parsed(command) == spec
+    parser, _ = build_parser()
+    assert parser.parse_args(shlex.split(command)[1:]).backend == "torch"
+    preset = PRESETS["xh_hello"]  # a preset's torch file is not in generated/: its own command
+    assert regenerate_command(preset, backend="torch").startswith("symbptt derive --n-in 4 ")

@@ -293,3 +293,29 @@ def test_distributed_data_parallel_gives_the_gradients_of_one_process(tmp_path: 
         results[world] = torch.load(out)
     for name, value in results[1].items():
         torch.testing.assert_close(results[2][name], value, rtol=1e-12, atol=1e-14)
+
+
+def test_derive_backend_torch_writes_and_checks_the_torch_module(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from symbptt.cli import main
+    from symbptt.spec_flags import regenerate_command
+
+    spec = ModelSpec(steps=2, cell="gru")
+    out = tmp_path / "out"
+    assert main(["derive", "--steps", "2", "--cell", "gru", "--backend", "torch",
+                 "--out", str(out), "--no-pdf"]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    assert "gradients_torch.py     max relative error" in text and "FAILED" not in text
+    source = (out / "gradients_torch.py").read_text()
+    assert source == symbptt.emit(spec, backend="torch")
+    command = regenerate_command(spec, backend="torch")
+    assert command == "symbptt derive --steps 2 --cell gru --backend torch --out DIR"
+    assert f"Regenerate: {command}\n" in source
+    assert main(["derive", "--steps", "2", "--cell", "gru", "--out", str(out), "--no-pdf"]) == 0
+    assert not (out / "gradients_torch.py").exists()  # an earlier run's file, removed
+    for backend, needle in (("jax", "'jax' is not printed yet"), ("tf", "got 'tf'; expected")):
+        code = main(["derive", "--backend", backend, "--out", str(tmp_path / "no")])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and needle in err, err
+        assert not (tmp_path / "no").exists()
