@@ -180,7 +180,7 @@ def test_check_false_gives_the_same_results() -> None:
         assert without[0] == mod.loss_and_gradients(p.params, p.X, p.Y)[0]
 
 
-def test_big_endian_masked_and_foreign_arrays_get_a_clear_message() -> None:
+def test_big_endian_masked_and_foreign_arrays_get_a_clear_message(tmp_path: Path) -> None:
     mod = module_for(XH)
     p = random_problem(mod)
     params, X, Y, h0 = p.args()
@@ -199,6 +199,14 @@ def test_big_endian_masked_and_foreign_arrays_get_a_clear_message() -> None:
         args = {"params": params, "X": X, "Y": Y, "h0": h0, **change}
         with pytest.raises(mod.ArgumentError, match=message):
             mod.loss_and_gradients(args["params"], args["X"], args["Y"], args["h0"])
+    # another subclass of ndarray is fine: a memory-mapped X and parameter
+    mapped = np.memmap(tmp_path / "X.bin", dtype=X.dtype, mode="w+", shape=X.shape)
+    mapped[...] = X
+    weights = np.memmap(tmp_path / "W.bin", dtype=X.dtype, mode="w+", shape=params["W_hh"].shape)
+    weights[...] = params["W_hh"]
+    expected = mod.loss_and_gradients(params, X, Y, h0)
+    got = mod.loss_and_gradients({**params, "W_hh": weights}, mapped, Y, h0)
+    assert got[0] == expected[0]
     torch = pytest.importorskip("torch")
     with pytest.raises(mod.ArgumentError, match=r"^X: expected a numpy array, got torch.Tensor"):
         mod.loss(params, torch.from_numpy(X), Y)
