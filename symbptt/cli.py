@@ -422,6 +422,7 @@ _ALL_OUTPUTS = (
     "gradients.py",
     "gradients_unrolled.py",
     "gradients_torch.py",
+    "gradients_torch_unrolled.py",
     "derivation.tex",
     "derivation.md",
     "derivation.pdf",
@@ -436,6 +437,8 @@ def _output_names(unrolled: bool, pdf: bool, backend: str = "numpy") -> list[str
         names.append("gradients_unrolled.py")
     if backend != "numpy":
         names.append(f"gradients_{backend}.py")
+        if unrolled:
+            names.append(f"gradients_{backend}_unrolled.py")
     names += ["derivation.tex", "derivation.md"]
     if pdf:
         names.append("derivation.pdf")
@@ -503,8 +506,9 @@ def _derive_parser(sub: Any) -> argparse.ArgumentParser:
         default="numpy",
         metavar="NAME",
         help=(
-            "numpy (default), or torch: also write gradients_torch.py, a torch.autograd.Function "
-            f"and nn.Module unrolled for T (at most {MAX_UNROLLED_STEPS}); needs PyTorch"
+            "numpy (default), or torch: also write gradients_torch.py (any T; with --unrolled "
+            "also gradients_torch_unrolled.py), a torch.autograd.Function and nn.Module; "
+            "needs PyTorch"
         ),
     )
     out.add_argument("--no-pdf", action="store_true", help="do not build derivation.pdf")
@@ -705,6 +709,9 @@ def build_artifacts(
     if backend != "numpy":
         bar.stage(f"printing the {backend} code")
         out.files[f"gradients_{backend}.py"] = emit(derivation, backend=backend).encode()
+        if unrolled:
+            source = emit(derivation, backend=backend, unrolled=True)
+            out.files[f"gradients_{backend}_unrolled.py"] = source.encode()
     if verify:
         bar.stage("printing the documents (proving the derivation by sympy.diff)")
     else:
@@ -814,7 +821,12 @@ def _readout_size(module: Any, params: Mapping[str, Any]) -> int:
 
 def _numerical_checks(artifacts: Artifacts, bar: Progress) -> list[NumericalCheck]:
     checks = []
-    for name in ("gradients.py", "gradients_unrolled.py", "gradients_torch.py"):
+    for name in (
+        "gradients.py",
+        "gradients_unrolled.py",
+        "gradients_torch.py",
+        "gradients_torch_unrolled.py",
+    ):
         if name in artifacts.files:
             bar.stage(f"checking {name} numerically")
             reference = artifacts.files["gradients.py"].decode()
@@ -835,11 +847,6 @@ def _cmd_derive(args: argparse.Namespace) -> int:
         backend = require_backend(args.backend)
     except BackendError as exc:
         raise UsageError(f"--backend: {exc}") from None
-    if backend != "numpy" and spec.steps > MAX_UNROLLED_STEPS:
-        raise UsageError(
-            f"--backend {backend}: T = {spec.steps} steps; its module is straight-line code, "
-            f"written for at most {MAX_UNROLLED_STEPS}"
-        )
     folder = output_folder(args.out)
     names = _output_names(unrolled=args.unrolled, pdf=not args.no_pdf, backend=backend)
     check_destination(folder, names, force=args.force)

@@ -74,22 +74,16 @@ def require_backend(backend: object) -> str:
 def emit(spec: ModelSpec | Derivation, backend: str = "numpy", unrolled: bool | None = None) -> str:
     """The source of a gradient module of ``spec`` for ``backend`` (numpy or torch).
 
-    ``unrolled`` None takes the backend's form: the rolled module for numpy (any
-    T), the unrolled one for torch (straight-line code for ``spec.steps`` steps,
-    the only torch form so far; ``unrolled=False`` is refused for it).  An
-    unknown backend, one not printed yet (jax, cupy) or one whose library is not
-    installed raises :class:`BackendError` in one line.
+    ``unrolled`` False (or None) gives the rolled module (any T), True
+    straight-line code for ``spec.steps`` steps.  An unknown backend, one not
+    printed yet (jax, cupy) or one whose library is not installed raises
+    :class:`BackendError` in one line.
     """
     require_backend(backend)
     if unrolled is not None and not isinstance(unrolled, bool):
         raise TypeError(f"unrolled: expected True, False or None, got {unrolled!r}")
     if backend == "torch":
-        if unrolled is False:
-            raise BackendError(
-                "backend 'torch': only the unrolled module is printed so far "
-                "(unrolled=True or None); the rolled schedule is printed for numpy"
-            )
-        return emit_torch(spec)
+        return emit_torch(spec, unrolled=bool(unrolled))
     return emit_numpy(spec, unrolled=bool(unrolled))
 
 

@@ -149,7 +149,8 @@ def regenerate_command(spec: ModelSpec, unrolled: bool = False, backend: str = "
     field that differs from ``ModelSpec()``'s default, in the parser's order;
     ``--unrolled`` when the file is the unrolled module; the output folder is
     left as ``DIR``.  Another ``backend`` than numpy adds ``--backend NAME`` (its
-    file, ``gradients_<backend>.py``, is written by ``symbptt derive`` only).
+    files, ``gradients_<backend>.py`` and ``gradients_<backend>_unrolled.py``, are
+    written by ``symbptt derive`` only).
     """
     if preset_of(spec) is not None and backend == "numpy":
         return REGENERATE_PRESETS
@@ -165,7 +166,7 @@ def regenerate_command(spec: ModelSpec, unrolled: bool = False, backend: str = "
             words += [options[0], shlex.quote(str(value))]
     if backend != "numpy":
         words += ["--backend", backend]
-    elif unrolled:
+    if unrolled:
         words.append("--unrolled")
     words += ["--out", "DIR"]
     return " ".join(words)

@@ -119,6 +119,8 @@ def test_another_backend_adds_its_flag() -> None:
     spec = SPECS[2]
     command = regenerate_command(spec, backend="torch")
     assert command.endswith(" --backend torch --out DIR") and "--unrolled" not in command
+    unrolled = regenerate_command(spec, unrolled=True, backend="torch")
+    assert unrolled.endswith(" --backend torch --unrolled --out DIR")
     assert _parsed(command) == spec
     parser, _ = build_parser()
     assert parser.parse_args(shlex.split(command)[1:]).backend == "torch"

@@ -38,8 +38,8 @@ SPECS = {
 
 
 @cache
-def module_for(key: str) -> ModuleType:
-    return symbptt.load_module(symbptt.emit(SPECS[key], backend="torch"))
+def module_for(key: str, unrolled: bool = False) -> ModuleType:
+    return symbptt.load_module(symbptt.emit(SPECS[key], backend="torch", unrolled=unrolled))
 
 
 def problem(mod: ModuleType, seed: int = 0, batch: int = 2, device: str = "cpu") -> tuple:
@@ -50,7 +50,7 @@ def problem(mod: ModuleType, seed: int = 0, batch: int = 2, device: str = "cpu")
     params = mod.init_params(n_in, 4, n_out, rng=seed)
     for name, value in params.items():  # biases away from zero too
         params[name] = value + 0.3 * torch.randn(value.shape, generator=g, dtype=value.dtype)
-    T = mod.STEPS
+    T = mod.STEPS or mod.SPEC["steps"]
     X = torch.randn((T, batch, n_in), generator=g, dtype=torch.float64)
     shape = (T, batch, n_out) if mod.SPEC["mode"] == "many_to_many" else (batch, n_out)
     raw = torch.randn(shape, generator=g, dtype=torch.float64)
@@ -69,11 +69,13 @@ def problem(mod: ModuleType, seed: int = 0, batch: int = 2, device: str = "cpu")
 
 
 def autograd_gradients(mod: ModuleType, params: dict, X, Y, states: dict) -> dict:
-    """torch.autograd of the module's forward pass and loss: no generated backward involved."""
+    """torch.autograd of the unrolled module's forward pass and loss (out-of-place code that
+    autograd can follow): no generated backward involved."""
+    unrolled = module_for(next(k for k, s in SPECS.items() if s.as_dict() == mod.SPEC), True)
     leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
     X = X.detach().clone().requires_grad_(True)
     initial = {k: v.detach().clone().requires_grad_(True) for k, v in states.items()}
-    value = mod._loss(mod._forward(leaves, X, *initial.values()), Y)
+    value = unrolled._loss(unrolled._forward(leaves, X, *initial.values(), {}), Y, {})
     value.backward()
     grads = {k: v.grad for k, v in leaves.items()}
     grads["dX"] = X.grad
@@ -81,13 +83,14 @@ def autograd_gradients(mod: ModuleType, params: dict, X, Y, states: dict) -> dic
     return grads
 
 
+@pytest.mark.parametrize("unrolled", [False, True], ids=["rolled", "unrolled"])
 @pytest.mark.parametrize("key", list(SPECS))
-def test_bptt_equals_torch_autograd_of_the_same_loss(key: str) -> None:
-    mod = module_for(key)
+def test_bptt_equals_torch_autograd_of_the_same_loss(key: str, unrolled: bool) -> None:
+    mod = module_for(key, unrolled)
     params, X, Y, states = problem(mod)
     expected = autograd_gradients(mod, params, X, Y, states)
     loss, gradients, state = mod.loss_and_all_gradients(params, X, Y, **states)
-    assert loss == pytest.approx(float(mod._loss(mod._forward(params, X, *states.values()), Y)))
+    assert loss == pytest.approx(float(mod.loss(params, X, Y, **states)))
     for name, value in {**gradients, **{k: state[k] for k in state if k.startswith("d")}}.items():
         torch.testing.assert_close(value, expected[name], rtol=1e-10, atol=1e-12, msg=name)
     # through autograd: the Function's backward is the generated BPTT
@@ -97,9 +100,10 @@ def test_bptt_equals_torch_autograd_of_the_same_loss(key: str) -> None:
         torch.testing.assert_close(leaf.grad, expected[name], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("unrolled", [False, True], ids=["rolled", "unrolled"])
 @pytest.mark.parametrize("key", ["elman", "lstm", "gru", "gru_pytorch"])
-def test_gradcheck_passes(key: str) -> None:
-    mod = module_for(key)
+def test_gradcheck_passes(key: str, unrolled: bool) -> None:
+    mod = module_for(key, unrolled)
     params, X, Y, states = problem(mod, seed=1, batch=2)
     names = list(mod.PARAMETERS)
     inputs = (
@@ -116,7 +120,7 @@ def test_gradcheck_passes(key: str) -> None:
     assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("key", ["elman", "lstm", "gru_pytorch"])
+@pytest.mark.parametrize("key", ["elman", "lstm", "gru_pytorch", "elman_relu_bce"])
 def test_torch_agrees_with_the_numpy_module(key: str) -> None:
     mod = module_for(key)
     numpy_mod = symbptt.load_module(symbptt.emit_numpy(SPECS[key]))
@@ -169,7 +173,6 @@ def test_bad_arguments_name_what_is_wrong() -> None:
         ({"h0": h0.float()}, r"^h0: expected torch.float64 \(the dtype of X\), got torch.float32"),
         ({"h0": h0.to("meta")}, r"^h0: expected device cpu \(that of X\), got meta"),
         ({"X": nan}, r"^X: expected finite values, got nan at index \(1, 0, 2\)"),
-        ({"X": X[:2]}, r"^X: expected shape \(T, m, n_in\) with T = 3"),
         ({"params": {**params, "W_hh": params["W_hh"].T[:, :3]}}, r"^W_hh: expected shape"),
     ]
     for change, message in cases:
@@ -179,6 +182,43 @@ def test_bad_arguments_name_what_is_wrong() -> None:
                 call(args["params"], args["X"], args["Y"], args["h0"])
 
 
+@pytest.mark.parametrize("key", ["lstm", "gru", "gru_pytorch"])
+def test_both_schedules_of_a_gated_cell_equal_autograd(key: str) -> None:
+    mod = module_for(key)
+    assert mod.FUSED_STEP_SIZE > 0  # the fused schedule runs at these small sizes
+    params, X, Y, states = problem(mod, seed=7)
+    expected = autograd_gradients(mod, params, X, Y, states)
+    default = mod.FUSED_STEP_SIZE
+    try:
+        for limit in (0, 10**9):  # plain, then fused
+            mod.FUSED_STEP_SIZE = limit
+            _, gradients, state = mod.loss_and_all_gradients(params, X, Y, **states)
+            for name, value in gradients.items():
+                torch.testing.assert_close(value, expected[name], rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(state["dX"], expected["dX"], rtol=1e-10, atol=1e-12)
+    finally:
+        mod.FUSED_STEP_SIZE = default
+
+
+def test_the_unrolled_module_takes_its_own_T_only() -> None:
+    mod = module_for("elman", True)
+    params, X, Y, states = problem(mod)
+    with pytest.raises(mod.ArgumentError, match=r"^X: expected shape \(T, m, n_in\) with T = 3"):
+        mod.loss(params, X[:2], Y[:2], **states)
+    rolled = module_for("elman")
+    assert rolled.STEPS is None and mod.STEPS == 3
+    longer = problem(rolled, seed=6)  # T = 3 by the spec; any other T works too
+    X5 = torch.cat([longer[1], longer[1][:2]])
+    Y5 = torch.cat([longer[2], longer[2][:2]])
+    value, gradients = rolled.loss_and_gradients(longer[0], X5, Y5)
+    numpy_mod = symbptt.load_module(symbptt.emit_numpy(SPECS["elman"]))
+    as_np = {k: v.numpy() for k, v in longer[0].items()}
+    expected = numpy_mod.loss_and_gradients(as_np, X5.numpy(), Y5.numpy())
+    assert value == pytest.approx(expected[0], rel=1e-12)
+    for name, grad in gradients.items():
+        np.testing.assert_allclose(grad.numpy(), expected[1][name], rtol=1e-10, atol=1e-14)
+
+
 def test_emit_refuses_unknown_and_unprinted_backends(monkeypatch: pytest.MonkeyPatch) -> None:
     spec = ModelSpec(steps=2)
     with pytest.raises(BackendError, match=r"^backend: got 'tensorflow'; expected one of 'numpy'"):
@@ -186,8 +226,6 @@ def test_emit_refuses_unknown_and_unprinted_backends(monkeypatch: pytest.MonkeyP
     for name in ("jax", "cupy"):
         with pytest.raises(BackendError, match=rf"^backend '{name}' is not printed yet"):
             symbptt.emit(spec, backend=name)
-    with pytest.raises(BackendError, match="only the unrolled module is printed so far"):
-        symbptt.emit(spec, backend="torch", unrolled=False)
     with pytest.raises(TypeError, match="unrolled: expected True, False or None"):
         symbptt.emit(spec, backend="torch", unrolled="yes")  # type: ignore[arg-type]
     assert symbptt.emit(spec) == symbptt.emit_numpy(spec)
@@ -224,7 +262,9 @@ def test_generated_torch_code_is_ruff_clean(tmp_path: Path) -> None:
     if importlib.util.find_spec("ruff") is None:
         pytest.skip("ruff is not installed")
     for key in SPECS:
-        (tmp_path / f"{key}.py").write_text(symbptt.emit(SPECS[key], backend="torch"))
+        for unrolled in (False, True):
+            source = symbptt.emit(SPECS[key], backend="torch", unrolled=unrolled)
+            (tmp_path / f"{key}_{int(unrolled)}.py").write_text(source)
     for command in (["check", "--isolated"], ["format", "--isolated", "--check"]):
         done = subprocess.run(
             [sys.executable, "-m", "ruff", *command, str(tmp_path)], capture_output=True, text=True
@@ -303,19 +343,36 @@ def test_derive_backend_torch_writes_and_checks_the_torch_module(
 
     spec = ModelSpec(steps=2, cell="gru")
     out = tmp_path / "out"
-    assert main(["derive", "--steps", "2", "--cell", "gru", "--backend", "torch",
+    assert main(["derive", "--steps", "2", "--cell", "gru", "--backend", "torch", "--unrolled",
                  "--out", str(out), "--no-pdf"]) == 0  # fmt: skip
     text = capsys.readouterr().out
     assert "gradients_torch.py     max relative error" in text and "FAILED" not in text
+    assert "gradients_torch_unrolled.py max relative error" in text
     source = (out / "gradients_torch.py").read_text()
     assert source == symbptt.emit(spec, backend="torch")
+    unrolled = (out / "gradients_torch_unrolled.py").read_text()
+    assert unrolled == symbptt.emit(spec, backend="torch", unrolled=True)
+    assert f"Regenerate: {regenerate_command(spec, True, 'torch')}\n" in unrolled
     command = regenerate_command(spec, backend="torch")
     assert command == "symbptt derive --steps 2 --cell gru --backend torch --out DIR"
     assert f"Regenerate: {command}\n" in source
     assert main(["derive", "--steps", "2", "--cell", "gru", "--out", str(out), "--no-pdf"]) == 0
-    assert not (out / "gradients_torch.py").exists()  # an earlier run's file, removed
+    assert not (out / "gradients_torch.py").exists()  # an earlier run's files, removed
+    assert not (out / "gradients_torch_unrolled.py").exists()
     for backend, needle in (("jax", "'jax' is not printed yet"), ("tf", "got 'tf'; expected")):
         code = main(["derive", "--backend", backend, "--out", str(tmp_path / "no")])
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and needle in err, err
         assert not (tmp_path / "no").exists()
+
+
+def test_the_printer_writes_the_lowering_s_statements_for_torch() -> None:
+    p = TorchPrinter({})
+    assert p.call_into("dot", ["a", "b"], "z") == "torch.mm(a, b, out=z)"
+    assert p.call_into("multiply", ["a", "b"], "z") == "torch.mul(a, b, out=z)"
+    assert p.call_into("subtract", ["1", "x"], "x") == "torch.neg(x, out=x).add_(1)"
+    assert p.call_into("subtract", ["a", "x"], "x") == "torch.sub(a, x, out=x)"
+    assert p.call_into("add", ["1", "x"], "z") == "torch.add(x, 1, out=z)"
+    assert p.call_into("negative", ["x"], "x") == "torch.neg(x, out=x)"
+    assert p.steps_reversed("d_seq[1:T]") == "d_seq[1:T].unbind(0)[::-1]"
+    assert p.copy_of("W.T") == "W.T.clone(memory_format=torch.contiguous_format)"

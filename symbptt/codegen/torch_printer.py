@@ -29,6 +29,7 @@ TORCH_FUNCTIONS: dict[str, str] = {
     "numpy.arcsinh": "torch.asinh",
     "numpy.arctan": "torch.atan",
     "numpy.arctanh": "torch.atanh",
+    "numpy.concatenate": "torch.cat",
     "numpy.cos": "torch.cos",
     "numpy.cosh": "torch.cosh",
     "numpy.exp": "torch.exp",
@@ -44,6 +45,25 @@ TORCH_FUNCTIONS: dict[str, str] = {
     "numpy.tanh": "torch.tanh",
     "numpy.zeros_like": "torch.zeros_like",
 }
+
+
+#: The in-place NumPy calls of the lowering and their torch names (others keep NumPy's
+#: name through :data:`TORCH_FUNCTIONS`).
+_INTO = {
+    "add": "torch.add",
+    "dot": "torch.mm",
+    "multiply": "torch.mul",
+    "negative": "torch.neg",
+    "subtract": "torch.sub",
+}
+
+
+def _is_number(code: str) -> bool:
+    try:
+        float(code)
+    except ValueError:
+        return False
+    return True
 
 
 class TorchPrinter(SharedPrinter):
@@ -64,6 +84,32 @@ class TorchPrinter(SharedPrinter):
             module, _, name = fqn.rpartition(".")
             self.module_imports[module].add(name)
         return fqn
+
+    # -- statements of the in-place lowering -----------------------------------------
+    def call_into(self, function: str, args: list[str], out: str) -> str:
+        """``torch.mm(a, b, out=z)``, ``torch.mul``, ...; torch's ``sub`` and ``add`` take a
+        tensor first: ``1 + x`` is ``add(x, 1)``, ``1 - x`` is ``neg(x).add_(1)``, into z."""
+        if function == "add" and _is_number(args[0]):
+            return f"torch.add({args[1]}, {args[0]}, out={out})"
+        if function == "subtract" and _is_number(args[0]):
+            return f"torch.neg({args[1]}, out={out}).add_({args[0]})"
+        name = _INTO.get(function) or self._module_format("numpy." + function)
+        return f"{name}({', '.join(args)}, out={out})"
+
+    def steps_reversed(self, code: str) -> str:
+        """Tensors take no negative step: the views of ``unbind``, last first."""
+        return f"{code}.unbind(0)[::-1]"
+
+    def copy_of(self, code: str) -> str:
+        return f"{code}.clone(memory_format=torch.contiguous_format)"
+
+    def elementwise_into(self, expr: Any, arg: str, out: str) -> str | None:
+        """NumPy's one-call form, where torch has the same call with ``out=``; else None
+        (the caller then assigns the printed expression)."""
+        body = safe_form(expr.function.expr)
+        if _is_softplus(body) or isinstance(body, (sp.Max, sp.Min, sp.Heaviside)):
+            return None
+        return super().elementwise_into(expr, arg, out)
 
     def _print_log(self, expr: sp.log) -> str:
         """``log(1 + exp(u))`` as ``softplus(u)`` (torch's logaddexp takes no number)."""
@@ -105,9 +151,11 @@ def torch_helper_source(name: str) -> str:
     """
     if name == "softmax":
         return (
-            "def softmax(x, axis):\n"
+            "def softmax(x, axis, out=None):\n"
             '    """exp(x) / sum(exp(x)) along axis, computed with the maximum subtracted."""\n'
-            "    return torch.softmax(x, dim=axis)\n"
+            "    if out is None:\n"
+            "        return torch.softmax(x, dim=axis)\n"
+            "    return out.copy_(torch.softmax(x, dim=axis))\n"
         )
     if name == "logsumexp":
         return (
