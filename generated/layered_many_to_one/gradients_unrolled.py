@@ -40,6 +40,8 @@ Straight-line code for T = 3 steps (X.shape[0] must be 3).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 PARAMETERS = (
@@ -190,25 +192,15 @@ def _initial(params, X, h0):
 
 
 def _check(params, X, Y, h0):
-    """Raise ArgumentError naming the first bad argument."""
-    if not isinstance(params, dict):
-        kind = type(params).__name__
-        raise ArgumentError(f"params: expected a dict of arrays, got {kind}")
-    missing = [name for name in PARAMETERS if name not in params]
-    if missing:
-        message = f"params: missing {', '.join(missing)}; expected {PARAMETERS}"
-        raise ArgumentError(message)
-    extra = sorted(str(name) for name in params if name not in PARAMETERS)
-    if extra:
-        unexpected = ", ".join(extra)
-        raise ArgumentError(f"params: unexpected {unexpected}; expected {PARAMETERS}")
-    if not isinstance(X, np.ndarray):
-        raise ArgumentError(f"X: expected a numpy array, got {_kind(X)}")
-    _expect_plain("X", X)
-    if X.dtype not in (np.float32, np.float64):
-        raise ArgumentError(f"X: expected a float32 or float64 array, got {X.dtype}")
-    if X.ndim != 3 or 0 in X.shape:
-        raise ArgumentError(f"X: expected shape (T, m, n_in), got {X.shape}")
+    """Raise ArgumentError naming the first bad argument.
+
+    Each test is one comparison on the path every good call takes; the messages are
+    worked out only once something is wrong.
+    """
+    if not isinstance(params, dict) or params.keys() != _PARAMETER_SET:
+        _refuse_params(params)
+    if type(X) is not np.ndarray or X.dtype not in _FLOATS or X.ndim != 3 or not X.size:
+        _refuse_X(X)
     T, m, n_in = X.shape
     if STEPS is not None and T != STEPS:
         raise ArgumentError(
@@ -220,33 +212,70 @@ def _check(params, X, Y, h0):
             raise ArgumentError(
                 f"X: expected shape (T, m, n_in) with {name} = {SIZES[name]}, got {X.shape}"
             )
-    _expect("W_1", params["W_1"], None, X.dtype)
-    _expect("W_2", params["W_2"], None, X.dtype)
+    dtype = X.dtype
+    _expect("W_1", params["W_1"], None, dtype)
+    _expect("W_2", params["W_2"], None, dtype)
     n_hidden = params["W_1"].shape[1]
     n_out = params["W_2"].shape[1]
     for name, value in (("n_hidden", n_hidden), ("n_out", n_out)):
         if SIZES[name] is not None and value != SIZES[name]:
             raise ArgumentError(f"params: expected {name} = {SIZES[name]}, got {value}")
-    shapes = {
-        "W_1": ("(n_in, n_hidden)", (n_in, n_hidden)),
-        "W_h1": ("(n_hidden, n_hidden)", (n_hidden, n_hidden)),
-        "W_2": ("(n_hidden, n_out)", (n_hidden, n_out)),
-        "beta_1": ("(n_hidden, 1)", (n_hidden, 1)),
-        "beta_2": ("(n_out, 1)", (n_out, 1)),
-    }
-    for name, (text, shape) in shapes.items():
-        _expect(name, params[name], shape, X.dtype, text)
+    _expect("W_1", params["W_1"], (n_in, n_hidden), dtype, "(n_in, n_hidden)")
+    _expect("W_h1", params["W_h1"], (n_hidden, n_hidden), dtype, "(n_hidden, n_hidden)")
+    _expect("W_2", params["W_2"], (n_hidden, n_out), dtype, "(n_hidden, n_out)")
+    _expect("beta_1", params["beta_1"], (n_hidden, 1), dtype, "(n_hidden, 1)")
+    _expect("beta_2", params["beta_2"], (n_out, 1), dtype, "(n_out, 1)")
     if Y is not None:
-        _expect("Y", Y, (m, n_out), X.dtype, "(m, n_out)")
+        _expect("Y", Y, (m, n_out), dtype, "(m, n_out)")
     if h0 is not None:
-        _expect("h0", h0, (m, n_hidden), X.dtype, "(m, n_hidden)")
-    arrays = [("X", X), *((name, params[name]) for name in PARAMETERS), ("Y", Y)]
-    arrays.append(("h0", h0))
-    for name, array in arrays:
-        if array is not None and not np.isfinite(array).all():
-            raise ArgumentError(_not_finite(name, array))
+        _expect("h0", h0, (m, n_hidden), dtype, "(m, n_hidden)")
+    _expect_finite("X", X)
+    for name in PARAMETERS:
+        _expect_finite(name, params[name])
     if Y is not None:
-        _expect_distributions(Y)
+        _expect_distributions(Y)  # finite sums near 1: every entry is finite
+    if h0 is not None:
+        _expect_finite("h0", h0)
+
+
+_PARAMETER_SET = frozenset(PARAMETERS)
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _refuse_params(params):
+    """Raise the ArgumentError that says what is wrong with ``params``."""
+    if not isinstance(params, dict):
+        kind = type(params).__name__
+        raise ArgumentError(f"params: expected a dict of arrays, got {kind}")
+    missing = [name for name in PARAMETERS if name not in params]
+    if missing:
+        message = f"params: missing {', '.join(missing)}; expected {PARAMETERS}"
+        raise ArgumentError(message)
+    extra = sorted(str(name) for name in params if name not in PARAMETERS)
+    unexpected = ", ".join(extra)
+    raise ArgumentError(f"params: unexpected {unexpected}; expected {PARAMETERS}")
+
+
+def _refuse_X(X):
+    """Raise the ArgumentError that says what is wrong with X."""
+    if not isinstance(X, np.ndarray):
+        raise ArgumentError(f"X: expected a numpy array, got {_kind(X)}")
+    _expect_plain("X", X)
+    if X.dtype not in (np.float32, np.float64):
+        raise ArgumentError(f"X: expected a float32 or float64 array, got {X.dtype}")
+    if X.ndim != 3 or not X.size:
+        raise ArgumentError(f"X: expected shape (T, m, n_in), got {X.shape}")
+    # else a subclass of ndarray (np.memmap, say) that is fine
+
+
+def _expect_finite(name, array):
+    """Raise ArgumentError if ``array`` holds NaN or infinity.
+
+    A finite sum has finite terms, so one reduction settles the usual case; only a
+    sum that is not finite (a NaN, an infinity, or an overflow) looks closer.
+    """
+    if not math.isfinite(np.add.reduce(array, None)) and not np.isfinite(array).all():
+        raise ArgumentError(_not_finite(name, array))
 
 
 def _kind(value):
@@ -281,6 +310,12 @@ def _not_finite(name, array):
 
 def _expect(name, array, shape, dtype, text=""):
     """Raise ArgumentError unless ``array`` is a 2-D (or ``shape``) array of ``dtype``."""
+    if (
+        type(array) is np.ndarray
+        and array.dtype == dtype
+        and (array.shape == shape if shape is not None else array.ndim == 2)
+    ):
+        return
     if not isinstance(array, np.ndarray):
         raise ArgumentError(f"{name}: expected a numpy array, got {_kind(array)}")
     _expect_plain(name, array)
@@ -295,10 +330,11 @@ def _expect(name, array, shape, dtype, text=""):
 
 
 def _expect_distributions(Y):
-    """Raise ArgumentError unless every target sums to 1 over the n_out units."""
+    """Raise ArgumentError unless every target is finite and sums to 1 over the n_out units."""
     sums = Y.sum(axis=-1)
     tolerance = 1e-6 if Y.dtype == np.float64 else 1e-3
-    if not np.all(np.abs(sums - 1) <= tolerance):
+    if not (1 - tolerance <= sums.min() and sums.max() <= 1 + tolerance):
+        _expect_finite("Y", Y)
         raise ArgumentError(
             f"Y: {SPEC['loss']} targets must sum to 1 over the n_out units "
             f"(one-hot or probabilities); got sums from {np.min(sums)} to {np.max(sums)}"
