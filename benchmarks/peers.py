@@ -146,7 +146,7 @@ def torch_peer(cell: str, params: dict[str, Any], X: Any, Y: Any) -> tuple[Any, 
         return loss
 
     def gradients() -> tuple[float, dict[str, Any]]:
-        loss = float(step())
+        loss = float(step().detach())
         grads: dict[str, Any] = {
             "W_hy": linear.weight.grad.numpy(),
             "b_y": linear.bias.grad[:, None].numpy(),
@@ -176,7 +176,7 @@ def torch_module_peer(module: Any, params: dict[str, Any], X: Any, Y: Any) -> tu
         return loss
 
     def gradients() -> tuple[float, dict[str, Any]]:
-        loss = float(step())
+        loss = float(step().detach())
         return loss, {k: v.grad.numpy() for k, v in leaves.items()}
 
     return step, gradients
