@@ -38,7 +38,8 @@ column-layout quantity q_t (units, m) is stored as its transpose, one example
 per row, so that W q_t + b is computed as q_t^T W^T + b^T.
 
 ``elman`` is the per-step BPTT of min-char-rnn, batched, that ``runtime.py``
-has always timed the Elman module against.
+has always timed the Elman module against; ``elman_hoisted`` the same model in
+the gated cells' (cuDNN's) schedule, which ``peers.py`` times too.
 """
 
 from __future__ import annotations
@@ -438,6 +439,65 @@ def elman(
         dh_next = W_hh.T @ dz
     gradients = {"W_xh": dW_xh, "W_hh": dW_hh, "W_hy": dW_hy, "b_h": db_h, "b_y": db_y}
     return loss / m, gradients
+
+
+def elman_hoisted(
+    params: dict[str, Array],
+    X: Array,
+    Y: Array,
+    h0: Array | None = None,
+    workspace: Workspace | None = None,
+) -> tuple[float, dict[str, Array]]:
+    """The Elman RNN in cuDNN's schedule, written by hand: the input projections of all
+    steps in one product before the loop, the output layer, loss and its gradient for all
+    steps at once (``_head``), only the recurrence in the loops (in place, ``np.dot`` into
+    preallocated buffers), the weight gradients as one product over the stacked steps."""
+    ws: Workspace = {} if workspace is None else workspace
+    W_xh, W_hh, b_h = params["W_xh"], params["W_hh"], params["b_h"]
+    T, m, n_in = X.shape
+    n = W_hh.shape[0]
+    dtype = X.dtype
+    X2 = X.reshape(T * m, n_in)
+    hs = _buffer(ws, "h", (T + 1, m, n), dtype)  # hs[t] = h_t^T, hs[0] = h_0^T
+    _state(h0, hs[0])
+    z = _buffer(ws, "z", (T, m, n), dtype)
+    np.dot(X2, W_xh.T, out=z.reshape(T * m, n))  # W_xh x_t + b_h, every t at once
+    z += b_h.T
+    W_hhT = W_hh.T.copy()
+    scratch = _buffer(ws, "scratch", (m, n), dtype)
+    for t in range(T):
+        np.dot(hs[t], W_hhT, out=scratch)
+        scratch += z[t]
+        np.tanh(scratch, out=hs[t + 1])
+    H = hs[1:].reshape(T * m, n)
+    loss, dW_hy, db_y, dh_out = _head(params, H, Y, ws)
+    dh = dh_out.reshape(T, m, n)
+    local = _buffer(ws, "local", (T, m, n), dtype)  # tanh' = 1 - h_t², every t at once
+    np.multiply(hs[1:], hs[1:], out=local)
+    np.subtract(1.0, local, out=local)
+    delta = _buffer(ws, "delta", (T, m, n), dtype)
+    np.multiply(dh[T - 1], local[T - 1], out=delta[T - 1])
+    for t in range(T - 2, -1, -1):
+        np.dot(delta[t + 1], W_hh, out=scratch)
+        scratch += dh[t]
+        np.multiply(scratch, local[t], out=delta[t])
+    D = delta.reshape(T * m, n)
+    gradients = {
+        "W_xh": D.T @ X2,
+        "W_hh": D.T @ hs[:-1].reshape(T * m, n),
+        "W_hy": dW_hy,
+        "b_h": D.sum(axis=0).reshape(-1, 1),
+        "b_y": db_y,
+    }
+    return loss, gradients
+
+
+#: The hoisted (cuDNN-schedule) baseline of each cell: the gated ones are hoisted already.
+HOISTED: dict[str, Callable[..., tuple[float, dict[str, Array]]]] = {
+    "elman": elman_hoisted,
+    "lstm": lstm,
+    "gru": gru,
+}
 
 
 #: The baseline of each cell, by the cell's name.

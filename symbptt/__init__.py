@@ -12,7 +12,7 @@ from . import testing
 # the module symbptt/check.py first, then the name: symbptt.check is the function
 from .check import CheckResult, check
 from .derive import Derivation, derive
-from .emit import emit_numpy, load_module
+from .emit import BackendError, emit, emit_numpy, load_module
 from .exprlang import ExpressionError
 from .graph import build_graph
 from .notation import NOTATIONS
@@ -36,6 +36,7 @@ __all__ = [
     "SGD",
     "Adagrad",
     "Adam",
+    "BackendError",
     "CheckResult",
     "Derivation",
     "ExpressionError",
@@ -48,6 +49,7 @@ __all__ = [
     "clip_by_norm",
     "clip_by_value",
     "derive",
+    "emit",
     "emit_numpy",
     "fit",
     "gradient_norms",

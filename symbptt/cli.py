@@ -45,15 +45,11 @@ from . import __version__
 from .files import stage
 from .presets import PRESETS
 from .progress import Progress
-from .spec import (
-    CHOICES,
-    MAX_BATCH,
-    MAX_CHECK_STEPS,
-    MAX_SIZE,
-    MAX_STEPS,
-    ModelSpec,
-    SpecError,
-)
+from .spec import CHOICES, MAX_CHECK_STEPS, MAX_SIZE, ModelSpec, SpecError
+from .spec_flags import SPEC_FLAGS as _SPEC_FLAGS
+from .spec_flags import add_spec_flags as _add_spec_flags
+from .spec_flags import digits as _digits
+from .spec_flags import flag as _flag
 
 __all__ = [
     "UsageError",
@@ -83,89 +79,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _digits(flag: str, high: int | None = None) -> Any:
-    """An argparse ``type`` for an integer flag: ASCII digits only, with an optional sign.
-
-    ``int()`` would take any Unicode digit (``--steps ٣`` as 3) and thousands
-    of digits; the config file's TOML takes neither, and neither does a flag.
-    Ranges are checked by :class:`ModelSpec` (spec flags) or by the command.
-    """
-
-    def parse(text: str) -> int:
-        body = text[1:] if text[:1] in "+-" else text
-        if not body or not (body.isascii() and body.isdigit()):
-            raise argparse.ArgumentTypeError(
-                f"got {text[:40]!r}; expected a whole number written with the digits 0-9"
-            )
-        if len(body) > _MAX_DIGITS:
-            most = f"; expected at most {high}" if high is not None else ""
-            raise argparse.ArgumentTypeError(f"got a number of {len(body)} digits{most}")
-        return int(text)
-
-    parse.__name__ = flag  # argparse names the flag's type in its own messages
-    return parse
-
-
-#: Longer integers are refused as text, before ``int()`` reads them.
-_MAX_DIGITS = 40
-
-
-def _default(name: str) -> str:
-    value = getattr(ModelSpec(), name)
-    return "symbolic, any size" if value is None else str(value).lower()
-
-
-#: Spec fields that have a flag, and how to read it.  Choices are checked by
-#: ModelSpec itself (so activations registered at run time are accepted).
-_SPEC_FLAGS: tuple[tuple[str, type, str], ...] = (
-    ("steps", int, f"number of time steps T, 1 to {MAX_STEPS}"),
-    ("cell", str, "recurrent cell: elman, lstm, gru, or a .toml cell file (see `symbptt cells`)"),
-    ("hidden", str, "hidden activation: " + ", ".join(CHOICES["hidden"])),
-    ("output", str, "output activation: " + ", ".join(CHOICES["output"])),
-    ("loss", str, "loss: " + ", ".join(CHOICES["loss"])),
-    ("mode", str, "many_to_many (a loss at every step) or many_to_one (at the last)"),
-    ("notation", str, "notation preset: " + ", ".join(CHOICES["notation"])),
-    ("time_reduction", str, "sum or mean of the per-step losses"),
-    ("batch_reduction", str, "mean or sum over the examples of a batch"),
-    ("initial_state", str, "zero, or input (h0 is an input and gets a gradient)"),
-    ("n_in", int, f"input size, 1 to {MAX_SIZE}"),
-    ("n_hidden", int, f"hidden size, 1 to {MAX_SIZE}"),
-    ("n_out", int, f"output size, 1 to {MAX_SIZE}"),
-    ("batch", int, f"batch size m, 1 to {MAX_BATCH}"),
-)
-_LIMITS = {"steps": MAX_STEPS, "n_in": MAX_SIZE, "n_hidden": MAX_SIZE, "n_out": MAX_SIZE}
-_LIMITS["batch"] = MAX_BATCH
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _add_spec_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group(
-        "model spec",
-        "Override the config file's fields (lowest precedence first: defaults, "
-        "--preset, CONFIG.toml, these flags).",
-    )
-    group.add_argument(
-        "--preset",
-        metavar="NAME",
-        help="start from one of the seeds' models: " + ", ".join(PRESETS),
-    )
-    for name, kind, text in _SPEC_FLAGS:
-        metavar = "N" if kind is int else name.upper().replace("_", "-")
-        reader = _digits(_flag(name), _LIMITS[name]) if kind is int else kind
-        help_text = f"{text} (default: {_default(name)})"
-        group.add_argument(_flag(name), dest=name, type=reader, metavar=metavar, help=help_text)
-    group.add_argument(
-        "--bias",
-        dest="bias",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="biases b_h, b_y (default: on)",
-    )
 
 
 # -- config and spec ------------------------------------------------------------------
@@ -508,6 +421,8 @@ def output_lock(folder: Path) -> Iterator[None]:
 _ALL_OUTPUTS = (
     "gradients.py",
     "gradients_unrolled.py",
+    "gradients_torch.py",
+    "gradients_torch_unrolled.py",
     "derivation.tex",
     "derivation.md",
     "derivation.pdf",
@@ -516,10 +431,14 @@ _ALL_OUTPUTS = (
 )
 
 
-def _output_names(unrolled: bool, pdf: bool) -> list[str]:
+def _output_names(unrolled: bool, pdf: bool, backend: str = "numpy") -> list[str]:
     names = ["gradients.py"]
     if unrolled:
         names.append("gradients_unrolled.py")
+    if backend != "numpy":
+        names.append(f"gradients_{backend}.py")
+        if unrolled:
+            names.append(f"gradients_{backend}_unrolled.py")
     names += ["derivation.tex", "derivation.md"]
     if pdf:
         names.append("derivation.pdf")
@@ -581,6 +500,16 @@ def _derive_parser(sub: Any) -> argparse.ArgumentParser:
         "--unrolled",
         action="store_true",
         help=f"also write gradients_unrolled.py (fixed T, at most {MAX_UNROLLED_STEPS})",
+    )
+    out.add_argument(
+        "--backend",
+        default="numpy",
+        metavar="NAME",
+        help=(
+            "numpy (default), or torch: also write gradients_torch.py (any T; with --unrolled "
+            "also gradients_torch_unrolled.py), a torch.autograd.Function and nn.Module; "
+            "needs PyTorch"
+        ),
     )
     out.add_argument("--no-pdf", action="store_true", help="do not build derivation.pdf")
     out.add_argument(
@@ -760,6 +689,7 @@ def build_artifacts(
     pdf: bool,
     verify: bool = True,
     progress: Progress | None = None,
+    backend: str = "numpy",
 ) -> Artifacts:
     """Derive ``spec`` and print its code and documents (nothing is written here).
 
@@ -771,7 +701,7 @@ def build_artifacts(
     """
     from .derive import derive
     from .documents import TeXError, TeXNotFoundError, compile_pdf
-    from .emit import emit_numpy
+    from .emit import emit, emit_numpy
 
     bar = progress if progress is not None else Progress(None, "", enabled=False)
     out = Artifacts(spec)
@@ -781,6 +711,12 @@ def build_artifacts(
     out.files["gradients.py"] = emit_numpy(derivation).encode()
     if unrolled:
         out.files["gradients_unrolled.py"] = emit_numpy(derivation, unrolled=True).encode()
+    if backend != "numpy":
+        bar.stage(f"printing the {backend} code")
+        out.files[f"gradients_{backend}.py"] = emit(derivation, backend=backend).encode()
+        if unrolled:
+            source = emit(derivation, backend=backend, unrolled=True)
+            out.files[f"gradients_{backend}_unrolled.py"] = source.encode()
     if verify:
         bar.stage("printing the documents (proving the derivation by sympy.diff)")
     else:
@@ -851,19 +787,26 @@ def _print_checks(checks: Sequence[NumericalCheck]) -> None:
 GRADCHECK_MAX_STEPS = 12
 
 
-def numerical_check(name: str, source: str, seed: int = 0) -> NumericalCheck:
+def numerical_check(
+    name: str, source: str, numpy_source: str | None = None, seed: int = 0
+) -> NumericalCheck:
     """Check a generated module's gradients (parameters, X, h0) by central differences.
 
     A rolled module is checked at ``min(T, GRADCHECK_MAX_STEPS)`` steps (its
     code does not depend on T; central differences of every entry of X cost
-    O(T²)); an unrolled one at its own T.
+    O(T²)); an unrolled one at its own T.  A torch module (``import torch`` in
+    ``source``) is called through NumPy arrays; its random problem is drawn by
+    the NumPy module ``numpy_source`` of the same spec.
     """
     from .emit import load_module
-    from .gradcheck import finite_difference_errors, random_problem
+    from .gradcheck import finite_difference_errors, numpy_view, random_problem
 
     module = load_module(source)
+    draws = module
+    if getattr(module, "torch", None) is not None and numpy_source is not None:
+        draws, module = load_module(numpy_source), numpy_view(module)
     steps = module.STEPS or min(int(module.SPEC["steps"]), GRADCHECK_MAX_STEPS)
-    problem = random_problem(module, steps=steps, rng=seed)
+    problem = random_problem(draws, steps=steps, rng=seed)
     errors = finite_difference_errors(module, problem)
     worst = max(errors, key=lambda key: errors[key])
     steps, batch, n_in = problem.X.shape
@@ -883,26 +826,40 @@ def _readout_size(module: Any, params: Mapping[str, Any]) -> int:
 
 def _numerical_checks(artifacts: Artifacts, bar: Progress) -> list[NumericalCheck]:
     checks = []
-    for name in ("gradients.py", "gradients_unrolled.py"):
+    for name in (
+        "gradients.py",
+        "gradients_unrolled.py",
+        "gradients_torch.py",
+        "gradients_torch_unrolled.py",
+    ):
         if name in artifacts.files:
             bar.stage(f"checking {name} numerically")
-            checks.append(numerical_check(name, artifacts.files[name].decode()))
+            reference = artifacts.files["gradients.py"].decode()
+            checks.append(numerical_check(name, artifacts.files[name].decode(), reference))
     return checks
 
 
 def _cmd_derive(args: argparse.Namespace) -> int:
+    from .emit import BackendError, require_backend
+
     spec = _spec_from_args(args, args.config)
     if args.unrolled and spec.steps > MAX_UNROLLED_STEPS:
         raise UsageError(
             f"--unrolled: T = {spec.steps} steps; straight-line code is written for at most "
             f"{MAX_UNROLLED_STEPS} (gradients.py takes any T)"
         )
+    try:
+        backend = require_backend(args.backend)
+    except BackendError as exc:
+        raise UsageError(f"--backend: {exc}") from None
     folder = output_folder(args.out)
-    names = _output_names(unrolled=args.unrolled, pdf=not args.no_pdf)
+    names = _output_names(unrolled=args.unrolled, pdf=not args.no_pdf, backend=backend)
     check_destination(folder, names, force=args.force)
     shown = {"enabled": False} if args.report != "text" else _LINES
     with output_lock(folder), Progress(None, "symbptt derive", **shown) as bar:
-        artifacts = build_artifacts(spec, unrolled=args.unrolled, pdf=not args.no_pdf, progress=bar)
+        artifacts = build_artifacts(
+            spec, unrolled=args.unrolled, pdf=not args.no_pdf, progress=bar, backend=backend
+        )
         bar.stage("writing the files")
         written = write_outputs(folder, artifacts.files, args.force, _ALL_OUTPUTS)
         checks = _numerical_checks(artifacts, bar)

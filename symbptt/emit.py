@@ -9,75 +9,137 @@ point:
   cell, rolled (any T: the hoisted schedule of
   :mod:`symbptt.codegen.schedule`) or unrolled (fixed T: the derivation's own
   assignments, one per line);
-* ``load_module(source)`` imports such a source from a file, so that
-  tracebacks show its lines.
+* ``load_module(source)`` imports such a source, so that tracebacks show its
+  lines (registered in :mod:`linecache`; no file is written).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.abc
 import importlib.util
-import os
+import linecache
 import sys
-import tempfile
-from pathlib import Path
-from types import ModuleType
+from types import CodeType, ModuleType
 
 from .codegen import RowForm, emit_numpy
-from .codegen.numpy_module import emission_derivation
+from .codegen.numpy_module import emission_derivation, emit_torch
+from .derive import Derivation
+from .spec import ModelSpec
 
-__all__ = ["RowForm", "emit_numpy", "load_module"]
+__all__ = [
+    "BACKENDS",
+    "BackendError",
+    "RowForm",
+    "emit",
+    "emit_numpy",
+    "load_module",
+    "require_backend",
+]
+
+
+class BackendError(ValueError):
+    """A backend symbptt does not print, or whose library is not installed."""
+
+
+#: backend -> (the module it needs, the extra that installs it, whether it is printed)
+BACKENDS: dict[str, tuple[str, str, bool]] = {
+    "numpy": ("numpy", "", True),
+    "torch": ("torch", "torch", True),
+    "jax": ("jax", "jax", False),
+    "cupy": ("cupy", "cupy", False),
+}
+
+
+def require_backend(backend: object) -> str:
+    """``backend`` when symbptt prints it and its library is installed, else BackendError."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise BackendError(
+            f"backend: got {backend!r}; expected one of {', '.join(map(repr, BACKENDS))}"
+        )
+    module, extra, printed = BACKENDS[backend]
+    if not printed:
+        raise BackendError(
+            f"backend {backend!r} is not printed yet; symbptt prints "
+            + ", ".join(repr(name) for name, entry in BACKENDS.items() if entry[2])
+        )
+    if importlib.util.find_spec(module) is None:
+        raise BackendError(
+            f"backend {backend!r} needs {module}, which is not installed: "
+            f"pip install 'symbptt[{extra}]'"
+        )
+    return backend
+
+
+def emit(spec: ModelSpec | Derivation, backend: str = "numpy", unrolled: bool | None = None) -> str:
+    """The source of a gradient module of ``spec`` for ``backend`` (numpy or torch).
+
+    ``unrolled`` False (or None) gives the rolled module (any T), True
+    straight-line code for ``spec.steps`` steps.  An unknown backend, one not
+    printed yet (jax, cupy) or one whose library is not installed raises
+    :class:`BackendError` in one line.
+    """
+    require_backend(backend)
+    if unrolled is not None and not isinstance(unrolled, bool):
+        raise TypeError(f"unrolled: expected True, False or None, got {unrolled!r}")
+    if backend == "torch":
+        return emit_torch(spec, unrolled=bool(unrolled))
+    return emit_numpy(spec, unrolled=bool(unrolled))
+
 
 _emission_derivation = emission_derivation
 
+#: The pseudo-folder of the generated modules' file names: no file is written, the
+#: lines are registered in ``linecache`` (and served by the module's loader).
+SOURCE_FOLDER = "<symbptt-generated>"
 
-#: This process's private folder for generated modules (made on first use).
-_MODULE_FOLDER: Path | None = None
 
+class _SourceLoader(importlib.abc.InspectLoader):
+    """Loads a module from source text held in memory, under a stable pseudo-file name.
 
-def _module_folder() -> Path:
-    """A folder only this user can read or write, made once per process (mode 0700).
-
-    Private so that no other user can own it, plant a file or link in it, or
-    read what is written there; ``tempfile.mkdtemp`` makes it under an
-    unpredictable name.  It is left behind, as the tracebacks of the modules
-    loaded from it point into it.
+    ``get_source`` lets ``linecache`` (and so tracebacks and ``inspect``) find the
+    lines again even after its cache is cleared.
     """
-    global _MODULE_FOLDER
-    if _MODULE_FOLDER is None or not _MODULE_FOLDER.is_dir():
-        _MODULE_FOLDER = Path(tempfile.mkdtemp(prefix="symbptt-"))
-    return _MODULE_FOLDER
+
+    def __init__(self, source: str, filename: str) -> None:
+        self.source = source
+        self.filename = filename
+
+    def get_source(self, fullname: str) -> str:
+        return self.source
+
+    def get_code(self, fullname: str) -> CodeType:
+        return compile(self.source, self.filename, "exec", dont_inherit=True)
+
+    def exec_module(self, module: ModuleType) -> None:
+        exec(self.get_code(module.__name__), module.__dict__)  # the text symbptt printed
 
 
 def load_module(source: str, name: str | None = None) -> ModuleType:
-    """Import generated source from a file, so that tracebacks show its lines.
+    """Import generated source, so that tracebacks show its lines; nothing is written.
 
-    The file is written once per process, under a name made of the hash of the
-    source, in a private folder of the temporary directory (see
-    :func:`_module_folder`): written whole to a new file, then renamed.
+    The source is compiled under the pseudo-file name
+    ``<symbptt-generated>/<name>.py`` (``name`` defaults to
+    ``symbptt_generated_`` and a hash of the source), and its lines are
+    registered in :mod:`linecache` (entries without a modification time are
+    never invalidated), so tracebacks and ``inspect.getsource`` show the
+    generated lines.  The module is registered in ``sys.modules`` under its name.
     """
+    if not isinstance(source, str):
+        raise TypeError(f"source: expected the module's text (a str), got {type(source).__name__}")
     digest = hashlib.sha256(source.encode()).hexdigest()[:16]
-    folder = _module_folder()
     module_name = name or f"symbptt_generated_{digest}"
-    path = folder / f"{module_name}.py"
-    if not path.exists() or path.read_text(encoding="utf-8") != source:
-        with tempfile.NamedTemporaryFile(
-            "w",
-            encoding="utf-8",
-            dir=folder,
-            prefix=f".{module_name}.",
-            suffix=".tmp",
-            delete=False,
-        ) as partial:
-            partial.write(source)
-        os.replace(partial.name, path)
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load generated module from {path}")
+    filename = f"{SOURCE_FOLDER}/{module_name}.py"
+    loader = _SourceLoader(source, filename)
+    spec = importlib.util.spec_from_loader(module_name, loader, origin=filename)
+    if spec is None:  # pragma: no cover -- spec_from_loader returns a spec for a loader
+        raise ImportError(f"cannot load generated module {module_name}")
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     module = importlib.util.module_from_spec(spec)
+    module.__file__ = filename
     sys.modules[module_name] = module
     try:
-        spec.loader.exec_module(module)
+        loader.exec_module(module)
     except BaseException:
         del sys.modules[module_name]
         raise

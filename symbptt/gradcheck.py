@@ -36,6 +36,7 @@ __all__ = [
     "finite_difference_errors",
     "gradcheck",
     "initial_arguments",
+    "numpy_view",
     "random_problem",
     "relative_error",
     "taylor_test",
@@ -47,6 +48,45 @@ Array = NDArray[Any]
 def initial_arguments(module: ModuleType) -> tuple[str, ...]:
     """The keywords of a module's initial states, in order: ``("h0",)``, ``("h0", "c0")``."""
     return tuple(f"{key}0" for key in getattr(module, "STATES", ("h",)))
+
+
+class _NumPyView:
+    """A generated torch module called with NumPy arrays and answering in NumPy arrays.
+
+    The tensors it passes share the arrays' memory (``torch.from_numpy``), so the
+    entries :func:`finite_difference_errors` perturbs in place are the ones the
+    module reads.
+    """
+
+    def __init__(self, module: ModuleType) -> None:
+        import torch
+
+        self.module, self.torch = module, torch
+        for name in ("PARAMETERS", "STATES", "STEPS", "SPEC", "SIZES", "ROLES", "LAYOUT"):
+            setattr(self, name, getattr(module, name))
+
+    def _tensors(self, params: Mapping[str, Array], X: Array, Y: Array, initial: Any) -> Any:
+        tensor = self.torch.from_numpy
+        states = {k: None if v is None else tensor(v) for k, v in initial.items()}
+        return {k: tensor(v) for k, v in params.items()}, tensor(X), tensor(Y), states
+
+    def loss(self, params: Mapping[str, Array], X: Array, Y: Array, **initial: Any) -> float:
+        params_t, X_t, Y_t, states = self._tensors(params, X, Y, initial)
+        return float(self.module.loss_and_gradients(params_t, X_t, Y_t, **states)[0])
+
+    def loss_and_all_gradients(
+        self, params: Mapping[str, Array], X: Array, Y: Array, **initial: Any
+    ) -> tuple[float, dict[str, Array], dict[str, Array]]:
+        params_t, X_t, Y_t, states = self._tensors(params, X, Y, initial)
+        value, gradients, state = self.module.loss_and_all_gradients(params_t, X_t, Y_t, **states)
+        as_numpy = {k: v.numpy() for k, v in gradients.items()}
+        return value, as_numpy, {k: v.numpy() for k, v in state.items()}
+
+
+def numpy_view(module: ModuleType) -> Any:
+    """A generated torch module seen through NumPy arrays, for :func:`finite_difference_errors`
+    (its ``loss`` and ``loss_and_all_gradients`` take and give arrays)."""
+    return _NumPyView(module)
 
 
 @dataclass

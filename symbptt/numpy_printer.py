@@ -422,6 +422,19 @@ class NumPyPrinter(_SymPyNumPyPrinter):  # type: ignore[misc]
             self.module_imports[module].add(name)
         return fqn
 
+    # -- statements of the in-place lowering (codegen.lines) --------------------------
+    def call_into(self, function: str, args: list[str], out: str) -> str:
+        """``np.<function>(args..., out=out)``: one call writing into the array ``out``."""
+        return f"{self._module_format('numpy.' + function)}({', '.join(args)}, out={out})"
+
+    def steps_reversed(self, code: str) -> str:
+        """The steps of a stacked array (its first axis), last first, as views."""
+        return f"{code}[::-1]"
+
+    def copy_of(self, code: str) -> str:
+        """A fresh copy of an array (C-ordered)."""
+        return f"{code}.copy()"
+
     # -- precedence ---------------------------------------------------------------
     def _prec(self, expr: Any) -> int:
         if expr in self.names:

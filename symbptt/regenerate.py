@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import documents as _documents
+from .cli import _silence_stdout
 from .emit import emit_numpy
 from .files import write_atomically
 from .presets import PRESETS
@@ -77,7 +78,14 @@ bytes."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except BrokenPipeError:  # `python -m symbptt.regenerate --help | head`: stop quietly
+        _silence_stdout()
+        return 141
+
+
+def _main(args: list[str]) -> int:
     if args in (["-h"], ["--help"]):
         print(f"{USAGE}\n\n{HELP}")
         return 0

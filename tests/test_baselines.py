@@ -125,3 +125,24 @@ def test_gradients_equal_the_generated_module(cell: str, rng: np.random.Generato
     for name, value in ref_grads.items():
         error = float(np.abs(grads[name] - value).max())
         assert error <= 1e-10 * max(1.0, float(np.abs(value).max())), (name, error)
+
+
+def test_the_hoisted_elman_equals_finite_differences_and_the_per_step_one(
+    rng: np.random.Generator,
+) -> None:
+    params, X, Y, initial = problem("elman", rng)
+    hoisted = baselines.HOISTED["elman"]
+    loss, grads = hoisted(params, X, Y, **initial)
+    differences = baselines.central_differences(
+        lambda p: hoisted(p, X, Y, **initial)[0], params, eps=1e-5
+    )
+    ref_loss, ref_grads = baselines.elman(params, X, Y, **initial)
+    assert loss == pytest.approx(ref_loss, rel=1e-12)
+    workspace: dict[str, Any] = {}
+    hoisted(params, 2 * X, Y, workspace=workspace)  # leaves other values in the buffers
+    again = hoisted(params, X, Y, **initial, workspace=workspace)
+    for name, expected in differences.items():
+        scale = max(1.0, float(np.abs(expected).max()))
+        assert float(np.abs(grads[name] - expected).max()) <= 1e-7 * scale, name
+        np.testing.assert_allclose(grads[name], ref_grads[name], rtol=1e-10, atol=1e-12)
+        np.testing.assert_array_equal(again[1][name], grads[name])

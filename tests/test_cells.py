@@ -326,6 +326,7 @@ def test_a_mapping_is_the_same_cell_as_its_file() -> None:
     path = Path(__file__).resolve().parent.parent / "examples" / "gru_pytorch.toml"
     from_file = load_cell(str(path))
     from_mapping = cell_from_mapping(_example_mapping("gru_pytorch.toml"))
+
     def equations(cell: Any) -> list[tuple[str, str, Any]]:
         return [(eq.target, eq.text, eq.reads) for eq in cell.equations]  # not the file's lines
 

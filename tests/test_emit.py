@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
+import linecache
 import os
 import subprocess
 import sys
@@ -19,7 +21,7 @@ import pytest
 import sympy as sp
 
 import symbptt
-from symbptt import ModelSpec, emit, functions, verify
+from symbptt import ModelSpec, functions, verify
 from symbptt.codegen.lines import Lowering, SharedPrinter, layout
 from symbptt.gradcheck import finite_difference_errors, random_problem, relative_error
 from symbptt.presets import PRESETS
@@ -141,6 +143,76 @@ def test_validation_names_the_argument_and_the_shapes() -> None:
             mod.loss_and_gradients(args["params"], args["X"], args["Y"], args["h0"])
 
 
+@pytest.mark.parametrize("spec", [XH, ModelSpec(steps=2, cell="lstm", notation="layered")])
+def test_non_finite_values_are_refused_naming_the_array(spec: ModelSpec) -> None:
+    mod = module_for(spec, False)
+    p = random_problem(mod, rng=3)
+    names = ["X", "Y", *mod.PARAMETERS, *p.initial]
+    assert len(p.initial) == len(mod.STATES)
+    for i, name in enumerate(names):
+        bad = (np.nan, np.inf, -np.inf)[i % 3]
+        params = {k: v.copy() for k, v in p.params.items()}
+        args = {"X": p.X.copy(), "Y": p.Y.copy(), **{k: v.copy() for k, v in p.initial.items()}}
+        array = params[name] if name in params else args[name]
+        array[(0,) * array.ndim] = bad
+        message = rf"^{name}: expected finite values, got {bad} at index \(0, 0"
+        with pytest.raises(mod.ArgumentError, match=message):
+            mod.loss_and_all_gradients(params, **args)
+        if name != "Y":
+            del args["Y"]
+            with pytest.raises(mod.ArgumentError, match=message):
+                mod.forward(params, **args)
+    # check=False skips the validation: NaN in gives NaN out, as NumPy computes it
+    X = p.X.copy()
+    X[0, 0, 0] = np.nan
+    assert np.isnan(mod.loss_and_gradients(p.params, X, p.Y, check=False)[0])
+
+
+def test_check_false_gives_the_same_results() -> None:
+    for spec in (XH, ModelSpec(steps=2, cell="gru")):
+        mod = module_for(spec)
+        p = random_problem(mod, rng=5)
+        checked = mod.loss_and_all_gradients(*p.args())
+        unchecked = mod.loss_and_all_gradients(*p.args(), check=False)
+        assert checked[0] == unchecked[0]
+        for a, b in zip(checked[1:], unchecked[1:], strict=True):
+            assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+        without = mod.loss_and_gradients(p.params, p.X, p.Y, check=False)  # zeros for h0
+        assert without[0] == mod.loss_and_gradients(p.params, p.X, p.Y)[0]
+
+
+def test_big_endian_masked_and_foreign_arrays_get_a_clear_message(tmp_path: Path) -> None:
+    mod = module_for(XH)
+    p = random_problem(mod)
+    params, X, Y, h0 = p.args()
+    swapped = X.astype(X.dtype.newbyteorder(">" if X.dtype.byteorder != ">" else "<"))
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"X": swapped}, r"X: expected the machine's byte order, got >f8"),
+        ({"h0": h0.astype(">f8")}, r"h0: expected the machine's byte order, got >f8"),
+        ({"params": {**params, "b_y": params["b_y"].astype(">f8")}}, r"b_y: expected the mach"),
+        ({"X": np.ma.masked_array(X, mask=X > 0)}, r"X: a masked array, whose mask this module"),
+        ({"Y": np.ma.masked_array(Y)}, r"Y: a masked array"),
+        ({"params": {**params, "W_hh": np.ma.masked_array(params["W_hh"])}}, r"W_hh: a masked"),
+        ({"X": X.tolist()}, r"X: expected a numpy array, got list"),
+        ({"h0": memoryview(h0)}, r"h0: expected a numpy array, got memoryview"),
+    ]
+    for change, message in cases:
+        args = {"params": params, "X": X, "Y": Y, "h0": h0, **change}
+        with pytest.raises(mod.ArgumentError, match=message):
+            mod.loss_and_gradients(args["params"], args["X"], args["Y"], args["h0"])
+    # another subclass of ndarray is fine: a memory-mapped X and parameter
+    mapped = np.memmap(tmp_path / "X.bin", dtype=X.dtype, mode="w+", shape=X.shape)
+    mapped[...] = X
+    weights = np.memmap(tmp_path / "W.bin", dtype=X.dtype, mode="w+", shape=params["W_hh"].shape)
+    weights[...] = params["W_hh"]
+    expected = mod.loss_and_gradients(params, X, Y, h0)
+    got = mod.loss_and_gradients({**params, "W_hh": weights}, mapped, Y, h0)
+    assert got[0] == expected[0]
+    torch = pytest.importorskip("torch")
+    with pytest.raises(mod.ArgumentError, match=r"^X: expected a numpy array, got torch.Tensor"):
+        mod.loss(params, torch.from_numpy(X), Y)
+
+
 def test_sizes_fixed_by_the_spec_are_checked() -> None:
     mod = module_for(PRESETS["xh_hello"])
     assert mod.SIZES == {"n_in": 4, "n_hidden": None, "n_out": 4, "m": 1}
@@ -163,6 +235,12 @@ def test_the_workspace_is_reused_and_can_be_cleared() -> None:
     assert all(np.array_equal(first[1][n], again[1][n]) for n in first[1])
     mod.clear_workspace()
     assert mod.loss_and_gradients(*small.args())[0] == first[0]
+
+
+@pytest.mark.parametrize("unrolled", ["no", "", 0, 1, None, np.bool_(True)])
+def test_unrolled_is_a_bool(unrolled: object) -> None:
+    with pytest.raises(TypeError, match=r"unrolled: expected True or False, got "):
+        symbptt.emit_numpy(XH, unrolled=unrolled)  # type: ignore[arg-type]
 
 
 def test_a_derivation_is_accepted_in_place_of_its_spec() -> None:
@@ -315,7 +393,7 @@ def test_header_docstring_and_comments() -> None:
     source = symbptt.emit_numpy(XH)
     header = source.split('"""')[1]
     assert "do not edit" in header
-    assert "python -m symbptt.regenerate" in header
+    assert "Regenerate: symbptt derive --steps 3 --out DIR\n" in header
     assert f"Spec hash {XH.hash()}; SymPy {sp.__version__}" in header
     assert "z_t = W_xh @ x_t + W_hh @ h_(t-1) + b_h" in header
     assert "W_xh (n_hidden, n_in)" in header and "sum over time, mean over the batch" in header
@@ -419,35 +497,43 @@ def test_the_same_spec_gives_the_same_bytes_under_any_hash_seed() -> None:
     assert len(digests) == 1
 
 
-def test_load_module_imports_from_a_file_so_tracebacks_show_lines() -> None:
+def test_load_module_tracebacks_show_the_generated_lines() -> None:
     mod = symbptt.load_module("def boom():\n    raise RuntimeError('from generated code')\n")
-    assert mod.__file__ is not None and Path(mod.__file__).is_file()
-    with pytest.raises(RuntimeError) as info:
-        mod.boom()
-    frames = traceback.extract_tb(info.value.__traceback__)
-    assert frames[-1].filename == mod.__file__
-    assert frames[-1].line == "raise RuntimeError('from generated code')"
+    assert mod.__file__ is not None and mod.__file__.startswith("<symbptt-generated>/")
+    for clear in (False, True):
+        if clear:  # the loader serves the lines again once linecache forgot them
+            linecache.clearcache()
+        with pytest.raises(RuntimeError) as info:
+            mod.boom()
+        frames = traceback.extract_tb(info.value.__traceback__)
+        assert frames[-1].filename == mod.__file__
+        assert frames[-1].line == "raise RuntimeError('from generated code')"
+    assert "raise RuntimeError" in inspect.getsource(mod.boom)
 
 
-def test_load_module_writes_into_a_private_folder_of_its_own(
+def test_a_generated_function_s_traceback_shows_its_line() -> None:
+    mod = module_for(XH)
+    p = random_problem(mod)
+    with pytest.raises(KeyError) as info:  # a cache without its arrays, past the validation
+        mod._backward(p.params, {"T": 3}, p.Y, {}, False)
+    frame = traceback.extract_tb(info.value.__traceback__)[-1]
+    assert frame.filename == mod.__file__ and frame.name == "_backward"
+    assert frame.line is not None and frame.line.startswith(("m = cache[", "T = cache["))
+
+
+def test_load_module_leaves_nothing_in_the_temporary_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A shared, predictable folder another user may own (or fill with links)
-    # must not matter: a plain file squats on the old name here.
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    monkeypatch.setattr(emit, "_MODULE_FOLDER", None)
-    (tmp_path / "symbptt-generated").write_text("not a folder")
+    before = set(os.listdir(tempfile.gettempdir()))
     first = symbptt.load_module("VALUE = 1\n")
     second = symbptt.load_module("VALUE = 2\n")
+    module_for.cache_clear()
+    assert module_for(XH).loss(*random_problem(module_for(XH)).args()) > 0
     assert (first.VALUE, second.VALUE) == (1, 2)
-    assert first.__file__ is not None and second.__file__ is not None
-    folder = Path(first.__file__).parent
-    assert Path(second.__file__).parent == folder  # one folder per process, reused
-    assert folder.parent == tmp_path and folder.name.startswith("symbptt-")
-    assert folder.stat().st_mode & 0o777 == 0o700
-    assert Path(first.__file__).stat().st_mode & 0o777 == 0o600
-    assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
-    again = symbptt.load_module("VALUE = 1\n")  # the same source: the same file
+    assert first.__file__ != second.__file__
+    assert set(os.listdir(tempfile.gettempdir())) == before == set()
+    again = symbptt.load_module("VALUE = 1\n")  # the same source: the same name
     assert again.__file__ == first.__file__
 
 
@@ -483,7 +569,7 @@ def test_cross_entropy_targets_must_sum_to_one_over_the_units(
                 with pytest.raises(mod.ArgumentError, match=message) as info:
                     call(params, X, bad, h0)
                 assert f"(one-hot or probabilities); got sums from {sums}" in str(info.value)
-        with pytest.raises(ValueError, match="got sums from nan to nan"):
+        with pytest.raises(ValueError, match="Y: expected finite values, got nan"):
             mod.loss(params, X, np.full_like(Y, np.nan), h0)
         mod.forward(params, X, h0)  # no targets, no check
 

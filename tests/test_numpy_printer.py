@@ -233,3 +233,11 @@ def test_helper_form_lifts_an_activations_safe_form() -> None:
     placeholder, body = found
     assert numpy_code(body, {placeholder: "z"}) == "1 / 2 + np.tanh(z / 2) / 2"
     assert helper_form(functions.ACTIVATIONS["tanh"].function, (n, m)) is None  # one np call
+
+
+def test_the_lowering_s_statements_for_numpy() -> None:
+    p = NumPyPrinter()
+    assert p.call_into("dot", ["a", "b"], "z") == "np.dot(a, b, out=z)"
+    assert p.call_into("subtract", ["1", "x"], "x") == "np.subtract(1, x, out=x)"
+    assert p.steps_reversed("d_seq[1:T]") == "d_seq[1:T][::-1]"
+    assert p.copy_of("W.T") == "W.T.copy()"

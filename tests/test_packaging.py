@@ -121,3 +121,21 @@ def test_regenerate_bad_arguments_are_one_line() -> None:
     done = _run([sys.executable, "-m", "symbptt.regenerate", "--bogus"])
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "usage:" in done.stderr
+
+
+def test_regenerate_help_into_a_closed_pipe_is_quiet() -> None:
+    reader, writer = os.pipe()
+    os.close(reader)  # the reader left (`... --help | head -0`)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "symbptt.regenerate", "--help"],
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            check=False,
+        )
+    finally:
+        os.close(writer)
+    assert done.returncode == 141 and "Traceback" not in done.stderr, done.stderr

@@ -148,11 +148,11 @@ class _Reference:
 def _generated_module(spec: ModelSpec) -> tuple[Any, str]:
     """The generated module of ``spec`` and, when there is none, why."""
     try:
-        from .. import emit
+        from ..emit import emit_numpy, load_module
     except ImportError as exc:
         return None, f"code generation is not available: {exc}"
     try:
-        return emit.load_module(emit.emit_numpy(spec)), ""
+        return load_module(emit_numpy(spec)), ""
     except Exception as exc:  # any failure of code generation: fall back
         return None, f"code generation failed: {type(exc).__name__}: {exc}"
 

@@ -341,7 +341,7 @@ class Lowering:
         return parts[-1][1]
 
     def _same_printer(self, names: dict[Any, str]) -> SharedPrinter:
-        return SharedPrinter(names, self.printer.helpers)
+        return type(self.printer)(names, self.printer.helpers)
 
     def short(self, expr: Any, out: Code) -> str:
         """An atomic operand's code; a long one (a log-sum-exp) is named on a line of its own."""
@@ -403,7 +403,7 @@ class Lowering:
                     if into in self.strided:
                         code.add(f"{into}[...] = {left} @ {right}")
                     else:
-                        code.add(f"np.dot({left}, {right}, out={into})")
+                        code.add(self.printer.call_into("dot", [left, right], into))
                     left = into
             else:
                 code.extend(self.assign(mats[0], target))
@@ -421,7 +421,7 @@ class Lowering:
             else:
                 a, b = factors[0], factors[1]
                 a_code, b_code = self.short(a, code), self.short(b, code)
-                code.add(f"np.multiply({a_code}, {b_code}, out={target})")
+                code.add(self.printer.call_into("multiply", [a_code, b_code], target))
                 rest = factors[2:]
             for factor in rest:
                 code.add(f"{target} *= {self.operand(factor, code)}")
@@ -431,7 +431,7 @@ class Lowering:
             if base is None:
                 code.extend(self.assign(expr.base, target))
                 base = target
-            code.add(f"np.multiply({base}, {base}, out={target})")
+            code.add(self.printer.call_into("multiply", [base, base], target))
             return code
         if isinstance(expr, ElementwiseApplyFunction):
             arg = expr.expr
@@ -482,20 +482,20 @@ class Lowering:
                 atoms = [i for i in rest if not signed[i][0] and atomic(signed[i][1])]
                 if atoms:
                     first_code = self.short(signed[atoms[0]][1], code)
-                    code.add(f"np.subtract({first_code}, {target}, out={target})")
+                    code.add(self.printer.call_into("subtract", [first_code, target], target))
                     rest.remove(atoms[0])
                 else:
-                    code.add(f"np.negative({target}, out={target})")
+                    code.add(self.printer.call_into("negative", [target], target))
         else:
             order = sorted(range(len(signed)), key=lambda i: signed[i][0])
             first, second = order[0], order[1]
             a, b = self.short(signed[first][1], code), self.short(signed[second][1], code)
             if signed[first][0]:
-                code.add(f"np.add({a}, {b}, out={target})")
-                code.add(f"np.negative({target}, out={target})")
+                code.add(self.printer.call_into("add", [a, b], target))
+                code.add(self.printer.call_into("negative", [target], target))
             else:
                 op = "subtract" if signed[second][0] else "add"
-                code.add(f"np.{op}({a}, {b}, out={target})")
+                code.add(self.printer.call_into(op, [a, b], target))
             rest = order[2:]
         for i in rest:
             negative, term = signed[i]
@@ -504,7 +504,7 @@ class Lowering:
     def _scale(self, coeff: Any, target: str, code: Code) -> None:
         numer, denom = sp.fraction(sp.sympify(coeff))
         if numer == -1:
-            code.add(f"np.negative({target}, out={target})")
+            code.add(self.printer.call_into("negative", [target], target))
         elif numer != 1:
             code.add(f"{target} *= {self.code(numer)}")
         if denom != 1:

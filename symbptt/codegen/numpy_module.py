@@ -29,12 +29,15 @@ from ..graph import T_SYMBOL, Symbols
 from ..notation import Notation
 from ..numpy_printer import NumPyPrinter, helper_source
 from ..spec import ModelSpec
+from ..spec_flags import preset_of, regenerate_command
 from ..templating import render
+from .lines import SharedPrinter
 from .module_parts import size_names
 from .numpy_rolled import RolledModule
 from .numpy_unrolled import UnrolledModule
+from .torch_printer import TorchPrinter, torch_helper_source
 
-__all__ = ["emission_derivation", "emit_numpy", "equations"]
+__all__ = ["emission_derivation", "emit_numpy", "emit_torch", "equations"]
 
 
 def emission_derivation(source: ModelSpec | Derivation) -> tuple[ModelSpec, Derivation]:
@@ -74,12 +77,14 @@ def _doc_names(symbols: Symbols, notation: Notation, t: Any) -> dict[Any, str]:
     return names
 
 
-def equations(spec: ModelSpec, d: Derivation) -> list[str]:
+def equations(
+    spec: ModelSpec, d: Derivation, printer_class: type[NumPyPrinter] = NumPyPrinter
+) -> list[str]:
     """The model's equations in the notation's own layout, as docstring lines."""
     sf = d.step_form
     notation = d.notation
     names = _doc_names(sf.symbols, notation, sf.t)
-    printer = NumPyPrinter(names)
+    printer = printer_class(names)
     statements = list(sf.last_forward or sf.forward)
     lines = []
     for a in statements:
@@ -98,7 +103,7 @@ def equations(spec: ModelSpec, d: Derivation) -> list[str]:
     total = sp.Symbol("_total")
     loss_t = printer.doprint(next(a.target for a in statements if a.kind == "loss"))
     what = f"sum over t of {loss_t}" if spec.mode == "many_to_many" else f"{loss_t} of the last t"
-    total_code = NumPyPrinter({total: f"({what})", **names}).doprint(scale * total)
+    total_code = printer_class({total: f"({what})", **names}).doprint(scale * total)
     lines.append(f"{notation.loss_ascii} = {total_code}")
     return lines
 
@@ -147,37 +152,54 @@ def _api(d: Derivation) -> dict[str, Any]:
             size = size_code.get(dim)
             if size in ("n_hidden", "n_out") and size not in sources:
                 sources[size] = (name, axis)
+    fallbacks: dict[str, str] = {}
+    arguments = {state.size: state.key + "0" for state in reversed(cell.states)}
+    for size in ("n_hidden", "n_out"):
+        if size not in sources:
+            fallbacks[size] = arguments.get(size, "")
     states = []
     for state in cell.states:
         entry = notation.name_of(state.key)
+        if state.size == "n_in":
+            zeros_size = "X.shape[2]"
+        elif state.size in sources:
+            name, axis = sources[state.size]
+            zeros_size = f'params["{name}"].shape[{axis}]'
+        elif fallbacks.get(state.size) and fallbacks[state.size] != state.key + "0":
+            other = fallbacks[state.size]  # no parameter fixes it: another state does
+            zeros_size = f'SIZES["{state.size}"] if {other} is None else {other}.shape[-1]'
+        else:  # nothing else fixes it: the spec does (checked by _check)
+            zeros_size = f'SIZES["{state.size}"]'
         states.append(
             {
                 "key": state.key,
                 "argument": state.key + "0",
                 "size": state.size,
+                "size_code": zeros_size,
                 "initial": entry.initial,
                 "description": entry.description,
             }
         )
-    fallbacks: dict[str, str] = {}
-    for size in ("n_hidden", "n_out"):
-        if size not in sources:
-            fallbacks[size] = next((s["argument"] for s in states if s["size"] == size), "")
     return {"init": init, "size_sources": sources, "size_fallbacks": fallbacks, "states": states}
 
 
-def _context(spec: ModelSpec, d: Derivation, unrolled: bool) -> dict[str, Any]:
+def _context(
+    spec: ModelSpec, d: Derivation, unrolled: bool, backend: str = "numpy"
+) -> dict[str, Any]:
+    """What the templates lay out; ``backend`` "torch" prints for torch (TorchPrinter)."""
     notation = d.notation
     cell = d.graph.symbols.cell
+    torch = backend == "torch"
+    printer = TorchPrinter if torch else SharedPrinter
     builder: RolledModule | UnrolledModule = (
-        UnrolledModule(spec, d) if unrolled else RolledModule(spec, d)
+        UnrolledModule(spec, d, printer) if unrolled else RolledModule(spec, d, printer=printer)
     )
     built = builder.build()
     helpers = set(builder.helpers)
     kernels = [{**built, "suffix": "", "what": ""}]
     fused_width = fused_size = ""
     if not unrolled:
-        fused = RolledModule(spec, d, fuse=True)
+        fused = RolledModule(spec, d, fuse=True, printer=printer)
         if fused.s.groups:
             fused_built = fused.build()
             for key in ("prediction", "finals"):
@@ -198,7 +220,8 @@ def _context(spec: ModelSpec, d: Derivation, unrolled: bool) -> dict[str, Any]:
         if many_to_one:
             prediction = f'cache["{built["prediction"]}"]'
         else:
-            prediction = "np.stack([cache[name] for name in _PREDICTIONS])"
+            stack = "torch.stack" if torch else "np.stack"
+            prediction = f"{stack}([cache[name] for name in _PREDICTIONS])"
     else:
         final_states = {key: f'cache["{name}"][-1]' for key, name in finals.items()}
         name = built["prediction"]
@@ -218,12 +241,20 @@ def _context(spec: ModelSpec, d: Derivation, unrolled: bool) -> dict[str, Any]:
             else "rolled: any number of steps T."
         )
     )
+    preset = preset_of(spec)
+    where = f" (the preset {preset}: generated/{preset}/)" if preset else ""
     header = [
         "Generated by symbptt from SPEC below: do not edit.",
-        "Regenerate: python -m symbptt.regenerate (the presets in generated/); any spec:",
-        f"symbptt.emit_numpy(symbptt.ModelSpec(**SPEC){', unrolled=True' if unrolled else ''}).",
+        f"Regenerate: {regenerate_command(spec, unrolled=unrolled, backend=backend)}{where}",
+        (
+            f"or in Python: symbptt.emit(symbptt.ModelSpec(**SPEC), backend={backend!r}"
+            f"{', unrolled=True' if unrolled else ''})."
+            if torch
+            else f"or in Python: symbptt.emit_numpy(symbptt.ModelSpec(**SPEC)"
+            f"{', unrolled=True' if unrolled else ''})."
+        ),
         f"Model: {notation.title}; seed {notation.seed}."
-        if notation.seed
+        if notation.seed and preset
         else f"Model: {notation.title}.",
         f"Spec hash {spec.hash()}; SymPy {sp.__version__}.",
     ]
@@ -267,7 +298,7 @@ def _context(spec: ModelSpec, d: Derivation, unrolled: bool) -> dict[str, Any]:
     docstring = [
         f"Equations (@ the matrix product, * elementwise; t = {steps_text} {last},",
         initial_line,
-        *("    " + line for line in equations(spec, d)),
+        *("    " + line for line in equations(spec, d, printer)),
         "",
         "Shapes: X (T, m, n_in) time-major (X[t] holds step t), one example per row;",
         f"Y {data_shape}; {_join(state_shapes)} or None for zeros; the parameters",
@@ -281,20 +312,38 @@ def _context(spec: ModelSpec, d: Derivation, unrolled: bool) -> dict[str, Any]:
         f"parameter gradients), loss_and_all_gradients (also the gradients of X and "
         f"{_join(arguments)}",
         f"and the final {finals_text}: {gradient_keys}).",
-        "float32 in, float32 out; bad shapes, dtypes or parameters raise ValueError.",
+        "float32 in, float32 out; bad shapes, dtypes, parameters or values (NaN, infinity)",
+        "raise ValueError; check=False skips that validation, for speed.",
     ]
     if not unrolled:
         docstring += [
             "",
             "Schedule: what does not depend on the recurrence runs once over all steps",
             "(input projections, output layer, loss gradient, weight gradients); the loops",
-            "hold what the states carry from step to step.  loss_and_gradients keeps its",
-            "scratch arrays between calls (per thread); clear_workspace() frees them.",
+            *(
+                [
+                    "hold what the states carry from step to step.  Each call makes its own",
+                    "scratch tensors (autograd keeps them until its backward).",
+                ]
+                if torch
+                else [
+                    "hold what the states carry from step to step.  loss_and_gradients keeps its",
+                    "scratch arrays between calls (per thread); clear_workspace() frees them.",
+                ]
+            ),
         ]
     else:
         docstring += [
             "",
             f"Straight-line code for T = {spec.steps} steps (X.shape[0] must be {spec.steps}).",
+        ]
+    if torch:
+        docstring += [
+            "",
+            "PyTorch: every argument is a torch tensor, of one dtype, on one device (CPU or CUDA).",
+            "loss() is differentiable: BPTT is a torch.autograd.Function whose backward is the",
+            "generated code above (not autograd's); Model is an nn.Module holding the",
+            "parameters, Model(n_in, n_hidden, n_out)(X, Y) the loss, for a training loop.",
         ]
     docstring = _wrap(docstring)
     spec_items = {
@@ -307,7 +356,9 @@ def _context(spec: ModelSpec, d: Derivation, unrolled: bool) -> dict[str, Any]:
         "fused_width": fused_width,
         "fused_size": fused_size,
         "fused_step_size": FUSED_STEP_SIZE,
-        "helpers": [helper_source(name) for name in sorted(helpers)],
+        "helpers": [
+            (torch_helper_source if torch else helper_source)(name) for name in sorted(helpers)
+        ],
         "title": title,
         "header": header,
         "docstring": docstring,
@@ -409,6 +460,21 @@ def _wrap(lines: list[str], width: int = 88) -> list[str]:
     return out
 
 
+def emit_torch(spec: ModelSpec | Derivation, unrolled: bool = False) -> str:
+    """The source of a PyTorch module computing the loss and gradients of ``spec``.
+
+    The same schedule (rolled: any T) or assignments (unrolled: ``spec.steps``)
+    as :func:`emit_numpy`, printed by
+    :class:`~symbptt.codegen.torch_printer.TorchPrinter`, with a
+    ``torch.autograd.Function`` and an ``nn.Module``
+    (``templates/gradients_torch.py.jinja``).
+    """
+    if not isinstance(unrolled, bool):
+        raise TypeError(f"unrolled: expected True or False, got {unrolled!r}")
+    user_spec, d = emission_derivation(spec)
+    return render("gradients_torch.py.jinja", **_context(user_spec, d, unrolled, "torch"))
+
+
 def emit_numpy(spec: ModelSpec | Derivation, unrolled: bool = False) -> str:
     """The source of a NumPy module computing the loss and gradients of ``spec``.
 
@@ -417,6 +483,8 @@ def emit_numpy(spec: ModelSpec | Derivation, unrolled: bool = False) -> str:
     accepted in place of its spec.  The text is the same for the same spec,
     whatever the hash seed.
     """
+    if not isinstance(unrolled, bool):
+        raise TypeError(f"unrolled: expected True or False, got {unrolled!r}")
     user_spec, d = emission_derivation(spec)
     template = "gradients_unrolled.py.jinja" if unrolled else "gradients.py.jinja"
     return render(template, **_context(user_spec, d, unrolled))

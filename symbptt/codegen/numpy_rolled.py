@@ -83,8 +83,15 @@ class _Buffers:
 class RolledModule:
     """The function bodies of the rolled module of one derivation."""
 
-    def __init__(self, spec: ModelSpec, d: Derivation, fuse: bool = False) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        d: Derivation,
+        fuse: bool = False,
+        printer: type[SharedPrinter] = SharedPrinter,
+    ) -> None:
         self.spec, self.d = spec, d
+        self.printer_class = printer  # NumPy's, or a backend's subclass of it
         self.notation: Notation = d.notation
         self.s: Schedule = build_schedule(d, fuse=fuse)
         s = self.s
@@ -113,7 +120,11 @@ class RolledModule:
 
     # -- printing -----------------------------------------------------------------
     def new_printer(self, names: Mapping[Any, str]) -> SharedPrinter:
-        return SharedPrinter(names, self.helpers)
+        return self.printer_class(names, self.helpers)
+
+    def function(self, fqn: str) -> str:
+        """A NumPy function's name in the printed code (``np.concatenate``, ``torch.cat``)."""
+        return str(self.new_printer({})._module_format(fqn))
 
     def names(self, context: str) -> dict[Any, str]:
         return {"all": self.names_all, "step": self.names_step, "loop": self.names_loop}[context]
@@ -326,7 +337,8 @@ class RolledModule:
                 extra = index.split(",", 1)[1] if "," in index else ""
                 if backward:
                     span = _slice(str(k) if k else "", f"T - {1 - k}" if k < 1 else "T")
-                    source = f"{head}[{span}{',' + extra if extra else ''}]{tail}[::-1]"
+                    steps = f"{head}[{span}{',' + extra if extra else ''}]{tail}"
+                    source = self.new_printer({}).steps_reversed(steps)
                 else:
                     span = _slice(str(k) if k else "", f"T + {k}" if k else "T")
                     source = f"{head}[{span}{',' + extra if extra else ''}]{tail}"
@@ -385,7 +397,8 @@ class RolledModule:
         """``W.T`` copied once before a loop: a C-ordered operand (BLAS's faster ``h @ W``
         to ``h @ W.T`` of a view, at every size measured; benchmarks/runtime.py)."""
         for name in [*self.param_names.values(), *self.concat_names.values()]:
-            before.add(f"{name}_T = {name}.T.copy()", {name}, f"{name}_T", True)
+            copy = self.new_printer({}).copy_of(f"{name}.T")
+            before.add(f"{name}_T = {copy}", {name}, f"{name}_T", True)
 
     def reads_after(self) -> set[str]:
         """The families that something after the forward loop reads."""
@@ -501,7 +514,7 @@ class RolledModule:
             name = self.concat_names[concat.symbol]
             parts = ", ".join(str(printer.doprint(p)) for p in concat.parts)
             c.add(
-                f"{name} = np.concatenate([{parts}], axis={concat.axis})",
+                f"{name} = {self.function('numpy.concatenate')}([{parts}], axis={concat.axis})",
                 {self.param_names[x] for x in concat.symbol.free_symbols if x in self.param_names}
                 | {
                     self.s.params[p]
@@ -651,7 +664,10 @@ class RolledModule:
             )
             parts.append(name)
             uses.add(name)
-        code.add(f"np.multiply({moving}[:, None, :], {parts[0]}, out={parts[1]})", uses)
+        into = self.new_printer({}).call_into(
+            "multiply", [f"{moving}[:, None, :]", parts[0]], parts[1]
+        )
+        code.add(into, uses)
 
     def fused_comments(self, st: Stmt, done: set[str]) -> list[str]:
         """The members' equations, before the first fused statement of their group."""
@@ -782,7 +798,7 @@ class RolledModule:
             elif name in contributed:
                 gradients[name] = "d" + name
             else:
-                gradients[name] = f"np.zeros_like({name})"
+                gradients[name] = f"{self.function('numpy.zeros_like')}({name})"
 
         # the last step (t = T - 1): no adjoint from step t + 1
         block = Code()
@@ -805,7 +821,8 @@ class RolledModule:
             previous = comments
             self.fresh(block, gradients[str(st.param)], st.expr, "step")
         for name in sorted(looped - {str(st.param) for st in s.last_only}):
-            block.add(f"d{name} = np.zeros_like({name})", {name}, f"d{name}")
+            zeros = self.function("numpy.zeros_like")
+            block.add(f"d{name} = {zeros}({name})", {name}, f"d{name}")
         c.add("# the last step: no adjoint from step t + 1")
         c.add("t = T - 1", {"T"}, "t", True)
         c.extend(self.views(block))
@@ -873,7 +890,7 @@ class RolledModule:
         for f in self.reading({x}):
             extras.add(f"# grad of: {self.line_of(f)}, of {self.names_step[x]}")
         if s.dx is None:
-            extras.add("dX = np.zeros_like(X)", {"X"}, "dX", True)
+            extras.add(f"dX = {self.function('numpy.zeros_like')}(X)", {"X"}, "dX", True)
         else:
             printer = self.new_printer(self.names_all)
             text = f"dX = ({printer.doprint(s.dx)}).reshape(T, m, n_in)"
@@ -891,7 +908,8 @@ class RolledModule:
             value = s.initial_gradients.get(state.key)
             if value is None:
                 seq = f"{s.base[state.now]}_seq"
-                extras.add(f"{name} = np.zeros_like({seq}[0])", {seq}, name, True)
+                zeros = self.function("numpy.zeros_like")
+                extras.add(f"{name} = {zeros}({seq}[0])", {seq}, name, True)
                 continue
             names = dict(self.names_step)
             uses: set[str] = set()

@@ -23,8 +23,11 @@ _ADJOINT = ("adjoint_", "pre_adjoint_")
 class UnrolledModule:
     """The unrolled module's code: the derivation's assignments, one per line, for T steps."""
 
-    def __init__(self, spec: ModelSpec, d: Derivation) -> None:
+    def __init__(
+        self, spec: ModelSpec, d: Derivation, printer: type[SharedPrinter] = SharedPrinter
+    ) -> None:
         self.spec, self.d = spec, d
+        self.printer_class = printer  # NumPy's, or a backend's subclass of it
         self.notation: Notation = d.notation
         self.column = self.notation.layout == "column"
         graph = d.graph
@@ -52,7 +55,11 @@ class UnrolledModule:
         self._comment_lines: dict[int, str] = {}
 
     def new_printer(self, names: Mapping[Any, str]) -> SharedPrinter:
-        return SharedPrinter(names, self.helpers)
+        return self.printer_class(names, self.helpers)
+
+    def function(self, fqn: str) -> str:
+        """A NumPy function's name in the printed code (``np.zeros_like``, ``torch.stack``)."""
+        return str(self.new_printer({})._module_format(fqn))
 
     def _statement(self, assignment: Assignment) -> Stmt:
         row = self.rf.assignment(assignment)
@@ -158,11 +165,13 @@ class UnrolledModule:
             name = f"dx_{step}"
             value = d.input_gradients[step]
             if mexpr.is_zero(value):
-                extras.add(f"{name} = np.zeros_like(X[0])", {"X"}, name, True)
+                zeros = self.function("numpy.zeros_like")
+                extras.add(f"{name} = {zeros}(X[0])", {"X"}, name, True)
                 continue
             self.assign(extras, Stmt(None, self._row(value), "input"), name)
             names.append(name)
-        extras.add(f"dX = np.stack([{', '.join(names)}])", set(names), "dX", True)
+        stack = self.function("numpy.stack")
+        extras.add(f"dX = {stack}([{', '.join(names)}])", set(names), "dX", True)
         outputs = []
         for key, initial in graph.initials.items():
             name = f"d{key}0"
@@ -170,7 +179,8 @@ class UnrolledModule:
             value = d.gradients.get(initial.name)
             if value is None or mexpr.is_zero(value):
                 held = str(printer.doprint(self.rf.symbol(initial)))
-                extras.add(f"{name} = np.zeros_like({held})", {held}, name, True)
+                zeros = self.function("numpy.zeros_like")
+                extras.add(f"{name} = {zeros}({held})", {held}, name, True)
                 continue
             self.assign(extras, Stmt(None, self._row(value), "initial"), name)
         loss_name = self.notation.loss_ascii

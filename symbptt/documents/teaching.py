@@ -25,6 +25,7 @@ from ..latex_printer import (
     BPTTLatexPrinter,
     TeXName,
     delta_name,
+    escape_tex_breakable,
     initial_name,
     loss_name,
     param_name,
@@ -40,7 +41,6 @@ from .layout import (
     _THROUGH_OUTPUT_PRE,
     CHAIN_LIMIT,
     MARKER,
-    REGENERATE,
     ROW_WIDTH,
     UNIT_LOSS,
     UNROLL_LIMIT,
@@ -50,6 +50,7 @@ from .layout import (
     _pack,
     _sci,
     prose,
+    regenerate_command,
     tex_width,
 )
 
@@ -363,7 +364,8 @@ class _Writer:
             "hash": spec.hash(),
             "version": __version__,
             "sympy": sp.__version__,
-            "regenerate": REGENERATE,
+            "regenerate": regenerate_command(spec),
+            "regenerate_tex": escape_tex_breakable(regenerate_command(spec)),
             "marker": MARKER,
             "items": items,
             "steps": spec.steps,

@@ -1,0 +1,292 @@
+"""The generated modules against their peers, size by size: generated / best peer.
+
+    python benchmarks/peers.py [--cells elman,lstm] [--dtypes float64,float32]
+                               [--repeats N] [--quick] [--no-torch]
+
+The same model (the cell's equations in the xh notation, softmax output,
+cross-entropy summed over time and averaged over the batch) computed by:
+
+* the generated NumPy module, as a user calls it (``loss_and_gradients``,
+  validation on) and with ``check=False``;
+* the generated torch module (``symbptt.emit(spec, backend="torch")``, unrolled
+  for the size's T), as a user calls it: ``loss(...).backward()``;
+* hand-written hoisted NumPy (cuDNN's schedule: ``baselines.HOISTED``);
+* hand-written per-step NumPy (min-char-rnn, batched: ``baselines.elman``; Elman only);
+* PyTorch autograd: ``nn.RNN`` / ``nn.LSTM`` + ``nn.Linear`` + the loss, ``backward()``,
+  with the same weights (the second recurrent bias set to zero).
+
+Before any timing, at every size and dtype, every implementation's loss and
+gradients are compared with one reference (the hand-written hoisted NumPy,
+itself proven by finite differences in ``tests/test_baselines.py``); a
+mismatch stops the run.  Times are medians of interleaved calls in one
+process with one thread (BLAS and torch); each row prints every time and
+generated / best peer: against the best NumPy peer (target <= 0.9) and the
+torch module against torch autograd (target <= 1.0).
+
+OpenBLAS settings that slow current NumPy on these machines
+(``OPENBLAS_CORETYPE``, ``OPENBLAS_L2_SIZE``; ../shared/FACTS.md) are removed
+from this process's environment before NumPy is imported: this run only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+for _variable in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+    os.environ.pop(_variable, None)
+for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_variable] = "1"
+
+import argparse  # noqa: E402 - after the environment settings
+import statistics  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
+from typing import Any  # noqa: E402
+
+import baselines  # noqa: E402 - benchmarks/baselines.py: run as a script, benchmarks/ is on sys.path
+import numpy as np  # noqa: E402
+
+import symbptt  # noqa: E402
+
+Sizes = tuple[int, int, int, int, int]  # (T, m, n_in, n_hidden, n_out)
+#: Issue 11's sizes.
+SIZES: list[Sizes] = [
+    (10, 1, 4, 8, 4),
+    (25, 1, 65, 100, 65),
+    (50, 32, 64, 128, 64),
+    (100, 64, 256, 512, 256),
+]
+QUICK: list[Sizes] = SIZES[:2]
+NUMPY_TARGET = 0.9
+TORCH_TARGET = 1.0
+#: The torch modules' gate order (nn.LSTM: i, f, g, o) in the cell files' names.
+TORCH_LSTM_GATES = ("i", "f", "c", "o")
+
+
+def spec_for(cell: str, steps: int) -> symbptt.ModelSpec:
+    return symbptt.ModelSpec(
+        cell=cell,
+        steps=steps,
+        notation="xh",
+        output="softmax",
+        loss="cross_entropy",
+        mode="many_to_many",
+        time_reduction="sum",
+        batch_reduction="mean",
+    )
+
+
+def median_times(functions: Sequence[Callable[[], Any]], repeats: int) -> list[float]:
+    """Median wall time of each function, calling them in turn (interleaved)."""
+    times: list[list[float]] = [[] for _ in functions]
+    for function in functions:  # warm up: caches, workspaces
+        function()
+    for _ in range(repeats):
+        for i, function in enumerate(functions):
+            start = time.perf_counter()
+            function()
+            times[i].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+def repeats_for(sizes: Sizes, base: int, gates: int) -> int:
+    T, m, n_in, n_hidden, n_out = sizes
+    work = T * m * n_hidden * (gates * (n_in + n_hidden) + n_out)
+    return max(7, min(base, int(base * 2e5 / max(work, 1))))
+
+
+def check(name: str, loss: float, grads: dict[str, Any], reference: tuple[float, Any], tol: float):
+    """Raise unless ``loss`` and ``grads`` equal the reference's (relative to their scale)."""
+    ref_loss, ref_grads = reference
+    if abs(loss - ref_loss) > tol * max(1.0, abs(ref_loss)):
+        raise AssertionError(f"{name}: loss {loss} differs from the reference's {ref_loss}")
+    if set(grads) != set(ref_grads):
+        raise AssertionError(f"{name}: parameters {sorted(grads)} vs {sorted(ref_grads)}")
+    for key, value in ref_grads.items():
+        error = float(np.abs(np.asarray(grads[key]) - value).max())
+        if error > tol * max(1.0, float(np.abs(value).max())):
+            raise AssertionError(f"{name}: d{key} differs from the reference's by {error:.1e}")
+
+
+def torch_peer(cell: str, params: dict[str, Any], X: Any, Y: Any) -> tuple[Any, Any]:
+    """(step, gradients): nn.RNN / nn.LSTM + nn.Linear + the loss with backward(), holding
+    ``params`` (the second recurrent bias zero), and a function giving its gradients in
+    the cell files' names."""
+    import torch
+
+    m = X.shape[1]
+    n_in = X.shape[2]
+    n = params["W_hy"].shape[1]
+    dtype = torch.float64 if X.dtype == np.float64 else torch.float32
+    gates = TORCH_LSTM_GATES if cell == "lstm" else ("h",)
+    if cell == "lstm":
+        rnn: Any = torch.nn.LSTM(n_in, n)
+    else:
+        rnn = torch.nn.RNN(n_in, n, nonlinearity="tanh")
+    rnn = rnn.to(dtype)
+    linear = torch.nn.Linear(n, params["W_hy"].shape[0]).to(dtype)
+    with torch.no_grad():
+        rnn.weight_ih_l0.copy_(torch.from_numpy(np.concatenate([params[f"W_x{k}"] for k in gates])))
+        rnn.weight_hh_l0.copy_(torch.from_numpy(np.concatenate([params[f"W_h{k}"] for k in gates])))
+        rnn.bias_ih_l0.copy_(
+            torch.from_numpy(np.concatenate([params[f"b_{k}"] for k in gates])[:, 0])
+        )
+        rnn.bias_hh_l0.zero_()
+        linear.weight.copy_(torch.from_numpy(params["W_hy"]))
+        linear.bias.copy_(torch.from_numpy(params["b_y"][:, 0]))
+    x, y = torch.from_numpy(X), torch.from_numpy(Y)
+
+    def step() -> Any:
+        rnn.zero_grad(set_to_none=True)
+        linear.zero_grad(set_to_none=True)
+        out, _ = rnn(x)
+        loss = -(y * torch.log_softmax(linear(out), dim=-1)).sum() / m
+        loss.backward()
+        return loss
+
+    def gradients() -> tuple[float, dict[str, Any]]:
+        loss = float(step().detach())
+        grads: dict[str, Any] = {
+            "W_hy": linear.weight.grad.numpy(),
+            "b_y": linear.bias.grad[:, None].numpy(),
+        }
+        for j, k in enumerate(gates):
+            rows = slice(j * n, (j + 1) * n)
+            grads[f"W_x{k}"] = rnn.weight_ih_l0.grad[rows].numpy()
+            grads[f"W_h{k}"] = rnn.weight_hh_l0.grad[rows].numpy()
+            grads[f"b_{k}"] = rnn.bias_ih_l0.grad[rows, None].numpy()
+        return loss, grads
+
+    return step, gradients
+
+
+def torch_module_peer(module: Any, params: dict[str, Any], X: Any, Y: Any) -> tuple[Any, Any]:
+    """(step, gradients) of the generated torch module, called as a user calls it."""
+    import torch
+
+    leaves = {k: torch.from_numpy(v.copy()).requires_grad_(True) for k, v in params.items()}
+    x, y = torch.from_numpy(X), torch.from_numpy(Y)
+
+    def step() -> Any:
+        for leaf in leaves.values():
+            leaf.grad = None
+        loss = module.loss(leaves, x, y)
+        loss.backward()
+        return loss
+
+    def gradients() -> tuple[float, dict[str, Any]]:
+        loss = float(step().detach())
+        return loss, {k: v.grad.numpy() for k, v in leaves.items()}
+
+    return step, gradients
+
+
+def run(
+    cell: str, sizes_run: Sequence[Sizes], dtypes: Sequence[Any], base: int, use_torch: bool
+) -> list[str]:
+    """One cell's table; returns the rows whose ratios missed their targets."""
+    module = symbptt.load_module(symbptt.emit_numpy(spec_for(cell, 4)))
+    gates = {"elman": 1, "lstm": 4, "gru": 3}[cell]
+    print(f"\n{cell}: xh notation, softmax, cross-entropy (sum over time, mean over the batch)")
+    names = ["generated", "check=False", "hoisted", "per-step", "torch mod", "torch"]
+    head = " ".join(f"{n:>11}" for n in names)
+    print(
+        f"{'(T, m, n_in, n_hidden, n_out)':27} {'dtype':7} {head} {'gen/best':>8} {'mod/torch':>9}"
+    )
+    missed = []
+    for sizes in sizes_run:
+        torch_module = None
+        if use_torch:
+            spec = spec_for(cell, sizes[0])
+            torch_module = symbptt.load_module(symbptt.emit(spec, backend="torch"))
+        for dtype in dtypes:
+            medians = _time_one(cell, sizes, dtype, module, torch_module, base, gates)
+            numpy_peers = [medians[k] for k in ("hoisted", "per-step") if k in medians]
+            ratio = medians["generated"] / min(numpy_peers)
+            torch_ratio = medians["torch mod"] / medians["torch"] if use_torch else float("nan")
+            row = " ".join(
+                f"{medians[n] * 1e3:9.3f}ms" if n in medians else f"{'-':>11}" for n in names
+            )
+            name = np.dtype(dtype).name
+            print(f"{sizes!s:27} {name:7} {row} {ratio:8.2f} {torch_ratio:9.2f}", flush=True)
+            where = f"{cell} {sizes} {name}"
+            if ratio > NUMPY_TARGET:
+                missed.append(f"{where}: generated / best NumPy peer {ratio:.2f} > {NUMPY_TARGET}")
+            if use_torch and torch_ratio > TORCH_TARGET:
+                missed.append(f"{where}: torch module / torch autograd {torch_ratio:.2f}")
+    return missed
+
+
+def _time_one(
+    cell: str, sizes: Sizes, dtype: Any, module: Any, torch_module: Any, base: int, gates: int
+) -> dict[str, float]:
+    """Check every implementation against the reference, then time them: the NumPy ones
+    interleaved in one pass, the torch ones in another (torch's calls evict the caches)."""
+    T, m, n_in, n_hidden, n_out = sizes
+    rng = np.random.default_rng(0)
+    params = baselines.init_params(cell, n_in, n_hidden, n_out, rng=rng, dtype=dtype)
+    X, Y = baselines.random_data(T, m, n_in, n_out, rng=rng)
+    X, Y = X.astype(dtype), Y.astype(dtype)
+    hoisted = baselines.HOISTED[cell]
+    workspace: dict[str, Any] = {}
+    reference = hoisted(params, X, Y)
+    tol = 1e-9 if dtype == np.float64 else 2e-3
+    numpy_steps: dict[str, Callable[[], Any]] = {
+        "generated": lambda: module.loss_and_gradients(params, X, Y),
+        "check=False": lambda: module.loss_and_gradients(params, X, Y, check=False),
+        "hoisted": lambda: hoisted(params, X, Y, workspace=workspace),
+    }
+    check("generated", *module.loss_and_gradients(params, X, Y), reference, tol)
+    check("generated, check=False", *numpy_steps["check=False"](), reference, tol)
+    check("hoisted (workspace)", *hoisted(params, X, Y, workspace=workspace), reference, tol)
+    if cell == "elman":
+        numpy_steps["per-step"] = lambda: baselines.elman(params, X, Y)
+        check("per-step", *baselines.elman(params, X, Y), reference, tol)
+    torch_steps: dict[str, Callable[[], Any]] = {}
+    if torch_module is not None:
+        torch_steps["torch mod"], gradients = torch_module_peer(torch_module, params, X, Y)
+        check("generated torch module", *gradients(), reference, tol)
+        torch_steps["torch"], gradients = torch_peer(cell, params, X, Y)
+        check("torch autograd", *gradients(), reference, tol)
+    repeats = repeats_for(sizes, base, gates)
+    medians = {}
+    for steps in (numpy_steps, torch_steps):
+        if steps:
+            times = median_times(list(steps.values()), repeats)
+            medians.update(zip(steps, times, strict=True))
+    return medians
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cells", default="elman,lstm", help="default: %(default)s")
+    parser.add_argument("--dtypes", default="float64,float32", help="default: %(default)s")
+    parser.add_argument(
+        "--repeats", type=int, default=200, help="most calls timed per implementation"
+    )
+    parser.add_argument("--quick", action="store_true", help=f"the two small sizes only: {QUICK}")
+    parser.add_argument("--no-torch", action="store_true", help="leave the torch rows out")
+    args = parser.parse_args(argv)
+    use_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
+    if use_torch:
+        import torch
+
+        torch.set_num_threads(1)
+    else:
+        print("torch: not timed" + (" (not installed)" if not args.no_torch else ""))
+    dtypes = [np.dtype(name).type for name in args.dtypes.split(",")]
+    missed = []
+    for cell in args.cells.split(","):
+        missed += run(cell, QUICK if args.quick else SIZES, dtypes, args.repeats, use_torch)
+    print(f"\ntargets: generated NumPy <= {NUMPY_TARGET} of the best NumPy peer; "
+          f"torch module <= {TORCH_TARGET} of torch autograd")  # fmt: skip
+    for line in missed:
+        print(f"missed: {line}")
+    if not missed:
+        print("every target met")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
