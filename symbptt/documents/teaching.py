@@ -214,6 +214,14 @@ class _Writer:
         self._register(symbol, self.gen.meta[symbol])
         return symbol
 
+    def example_sym(self, role: str, step: Any) -> Any:
+        """A series symbol at ``step`` for one example: one column (or row) of it."""
+        rows, cols = self.graph.symbols.series_shape(role)
+        shape = (rows, 1) if self.notation.layout == "column" else (1, cols)
+        symbol = sp.MatrixSymbol(self.gen.series(role, step).name + "_example", *shape)
+        self._register(symbol, (self.notation.name_of(role).role, step))
+        return symbol
+
     def _register(self, symbol: Any, meta: tuple[str, Any]) -> None:
         self.roles[symbol] = meta
         found = symbol_names(self.notation, [{symbol: meta}], self.k["pre_activation"])
@@ -1140,7 +1148,8 @@ class _Writer:
         hidden = functions.ACTIVATIONS[spec.hidden]
         j = sp.Symbol("j", integer=True)
         hidden_role, pre_role = self.k["hidden"], self.k["pre_activation"]
-        h_j, z_j = self.sym(hidden_role, j), self.sym(pre_role, j)
+        # one example: a column (column layout) or a row (row layout) of the hidden state
+        h_j, z_j = self.example_sym(hidden_role, j), self.example_sym(pre_role, j)
         h_prev = series_name(notation, hidden_role, j - 1)
         f_prime = hidden.derivative_of(h_j, z_j)
         # ∂h_j/∂h_{j-1}: diag(f') times the factor multiplying h_{j-1} in the pre-activation
