@@ -696,9 +696,7 @@ class BPTTLatexPrinter(LatexPrinter):  # type: ignore[misc]
             return rf"{self._print(sp.Symbol(body.func.__name__))}{arg}"
         if isinstance(body, sp.Heaviside) and body.args[0] == var:
             inside = self._print(expr.expr)
-            if self._tall(expr.expr):
-                return rf"\mathbb{{1}}\left[{inside} > 0\right]"
-            return rf"\mathbb{{1}}[{inside} > 0]"
+            return self._iverson(inside, tall=self._tall(expr.expr))
         name = self._activation_tex(function)
         if name is not None:
             return f"{name}{arg}"
@@ -706,8 +704,19 @@ class BPTTLatexPrinter(LatexPrinter):  # type: ignore[misc]
         inner = self.with_names({placeholder: TeXName(arg)})
         return inner._print(body.xreplace({var: placeholder}))  # type: ignore[no-any-return]
 
+    @staticmethod
+    def _iverson(inside: str, tall: bool = False) -> str:
+        """``[x > 0]``, Iverson's bracket: 1 where it holds, else 0.
+
+        Not ``\\mathbb{1}``: amssymb has no blackboard digit one and pdflatex
+        silently prints "does not force" (⊮) in its place.
+        """
+        if tall:
+            return rf"\left[{inside} > 0\right]"
+        return rf"[{inside} > 0]"
+
     def _print_Heaviside(self, expr: Any, exp: Any = None) -> str:
-        tex = rf"\mathbb{{1}}[{self._print(expr.args[0])} > 0]"
+        tex = self._iverson(self._print(expr.args[0]))
         return rf"{tex}^{{{exp}}}" if exp is not None else tex
 
     def _print_log(self, expr: Any, exp: Any = None) -> str:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import itertools
 import re
+import shutil
+import subprocess
 
 import pytest
 
 from symbptt import ModelSpec
-from symbptt.documents import render_documents, render_latex
+from symbptt.documents import compile_pdf, overfull_boxes, render_documents, render_latex
+
+from .test_documents import require_pdflatex
 
 NOTATIONS = ("xh", "uvw", "layered", "aa")
 #: Concrete sizes with n_hidden != batch (and one of them 1), besides the symbolic ones.
@@ -37,3 +41,31 @@ def test_documents_render_over_a_grid_of_concrete_sizes(notation: str, steps: in
             symbol = {"n_in": "n_{0}", "n_hidden": "n_{1}", "n_out": "n_{2}", "batch": "m"}[key]
             assert f"${symbol} = {value}$" in tex
         assert md.count("$$") % 2 == 0
+
+
+# -- 1. the ReLU indicator ------------------------------------------------------------
+RELU = ModelSpec(steps=2, hidden="relu", notation="uvw")
+
+
+def test_relu_indicator_is_a_bracket_the_text_defines() -> None:
+    tex, md = render_documents(RELU)
+    for text in (tex, md):
+        assert r"\mathbb" not in text
+        assert "[z > 0]" in text and "(Iverson's) is $1$ where the condition holds" in text
+        assert r"\operatorname{diag}([h^{(j)} > 0]) W" in text
+
+
+@pytest.mark.tex
+@pytest.mark.slow
+def test_relu_indicator_typesets_as_a_bracket() -> None:
+    """The PDF's text holds the bracket, never the glyph amssymb puts for a blackboard 1 (⊮)."""
+    require_pdflatex()
+    if shutil.which("pdftotext") is None:
+        pytest.fail("pdftotext (poppler-utils, installed beside pdftoppm) is missing")
+    pdf, log = compile_pdf(render_latex(RELU))
+    text = subprocess.run(
+        ["pdftotext", "-", "-"], input=pdf, capture_output=True, check=True
+    ).stdout.decode("utf-8")
+    assert "\u22ae" not in text
+    assert "[z > 0]" in text
+    assert overfull_boxes(log) == []

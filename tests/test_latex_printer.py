@@ -300,7 +300,7 @@ def test_elementwise_step_undefined_and_other_functions() -> None:
     model = Model()
     z, h = model.series("pre_activation", 3), model.series("hidden", 3)
     relu_prime = functions.ACTIVATIONS["relu"].derivative_of(h, z)
-    assert model.tex(relu_prime) == r"\mathbb{1}[h_{3} > 0]"
+    assert model.tex(relu_prime) == r"[h_{3} > 0]"
     f = ElementwiseApplyFunction(sp.Lambda(functions.z, sp.Function("f_1")(functions.z)), z)
     assert model.tex(f) == "f_{1}(z_{3})"
     exp = ElementwiseApplyFunction(sp.Lambda(functions.z, sp.exp(functions.z)), z)
@@ -323,7 +323,7 @@ def test_scalar_functions() -> None:
     z, a = functions.z, functions.a
     assert model.tex(1 - sp.tanh(z) ** 2) == r"1 - \tanh^{2}(z)"
     assert model.tex(sp.Max(0, z)) == r"\max(0, z)"
-    assert model.tex(sp.Heaviside(a, 0)) == r"\mathbb{1}[a > 0]"
+    assert model.tex(sp.Heaviside(a, 0)) == r"[a > 0]"
     assert model.tex(-functions.y * sp.log(a)) == r"- y \log a"
     assert model.tex(sp.log(1 - a)) == r"\log (1 - a)"
 

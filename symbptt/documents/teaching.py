@@ -1176,6 +1176,10 @@ class _Writer:
                 sp.Eq(h_t_sym, self._function_symbol(notation.hidden_fn, z_t_sym), evaluate=False)
             ),
             "written_in": written_in,
+            # an Iverson bracket in the derivative (ReLU): what it means, said once
+            "indicator": self.tex(sp.Heaviside(functions.z, 0))
+            if hidden.raw_derivative.has(sp.Heaviside)
+            else "",
         }
         h_t = self.named(h_t_sym)
         o_t = self.named(self.sym("output_pre_activation", t))
