@@ -215,7 +215,8 @@ def test_local_derivatives() -> None:
         r"\operatorname{diag}(\mathbf{1} - h_{j} \odot h_{j}) W_{hh}"
     ) in tex
     row = tex_of("layered_many_to_many")
-    assert r"= W_{h1} \operatorname{diag}(\mathbf{1} - H_{1j} \odot H_{1j})" in row
+    # one example is a row: its ones are a row too
+    assert r"= W_{h1} \operatorname{diag}(\mathbf{1}^{\top} - H_{1j} \odot H_{1j})" in row
 
 
 @pytest.mark.parametrize(

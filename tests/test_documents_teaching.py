@@ -9,8 +9,14 @@ import subprocess
 
 import pytest
 
-from symbptt import ModelSpec
-from symbptt.documents import compile_pdf, overfull_boxes, render_documents, render_latex
+from symbptt import ModelSpec, derive
+from symbptt.documents import (
+    _writer,
+    compile_pdf,
+    overfull_boxes,
+    render_documents,
+    render_latex,
+)
 
 from .test_documents import require_pdflatex
 
@@ -69,3 +75,78 @@ def test_relu_indicator_typesets_as_a_bracket() -> None:
     assert "\u22ae" not in text
     assert "[z > 0]" in text
     assert overfull_boxes(log) == []
+
+
+# -- 2. the general chain-rule formula holds for every t, whatever T ---------------------
+CHAIN_SPECS = [
+    ModelSpec(steps=steps, notation=notation, initial_state=initial, mode=mode)
+    for notation, steps, initial, mode in itertools.product(
+        NOTATIONS, (1, 2, 3), ("zero", "input"), ("many_to_many", "many_to_one")
+    )
+]
+
+
+def _direct_steps(spec: ModelSpec, role: str) -> tuple[list[int], list[int], object]:
+    """The steps whose pre-activation reads the parameter, and the loss steps (the graph)."""
+    graph = derive(spec).graph
+    symbol = graph.initial if role == "initial_state" else graph.symbols.param(role)
+    direct = [
+        a.step
+        for a in graph.assignments
+        if a.kind == "pre_activation" and symbol in a.expr.free_symbols
+    ]
+    losses = [a.step for a in graph.assignments if a.kind == "loss"]
+    return direct, losses, symbol
+
+
+@pytest.mark.parametrize(
+    "spec", CHAIN_SPECS, ids=lambda s: f"{s.notation}-T{s.steps}-{s.initial_state}-{s.mode}"
+)
+def test_general_chain_formula_matches_the_graph_at_every_step(spec: ModelSpec) -> None:
+    """Instantiated at each loss step t, ∂L_t/∂P sums over exactly the k the graph reads P at."""
+    writer = _writer(derive(spec), None, None)
+    for param in writer.chain()["params"]:
+        if not param["recurrent"]:
+            continue
+        direct, losses, _ = _direct_steps(spec, param["role"])
+        general = param["general"]
+        summed = re.search(r"\\sum_\{k=(\d+)\}", general)
+        if summed:
+            low = int(summed.group(1))
+        else:  # one k: the product starts at k + 1
+            single = re.search(r"\\prod_\{j=(\d+)\}", general)
+            assert single is not None, general
+            low = int(single.group(1)) - 1
+        for t in losses:
+            printed = list(range(low, t + 1)) if summed else [low] * (low <= t)
+            assert printed == [k for k in direct if k <= t], (param["ascii"], t, general)
+
+
+# -- 3. a zero gradient is said to be zero, and why --------------------------------------
+@pytest.mark.parametrize(
+    "spec", CHAIN_SPECS, ids=lambda s: f"{s.notation}-T{s.steps}-{s.initial_state}-{s.mode}"
+)
+def test_zero_gradients_have_their_own_true_sentence(spec: ModelSpec) -> None:
+    """The sections that say a gradient is zero are those of parameters the forward pass never
+    reads; "only through the output" is said of parameters no pre-activation reads."""
+    writer = _writer(derive(spec), None, None)
+    graph = derive(spec).graph
+    tex = render_latex(spec)
+    for param in writer.chain()["params"]:
+        role, name = param["role"], param["name"]
+        symbol = graph.initial if role == "initial_state" else graph.symbols.param(role)
+        read = any(symbol in a.expr.free_symbols for a in graph.assignments)
+        assert param["zero"] == (not read), param["ascii"]
+        section = tex.split(rf"\subsection{{\texorpdfstring{{${name}$}}")[1].split(r"\subsection")[
+            0
+        ]
+        section = section.split(r"\section")[0]
+        says_zero = "the gradient is zero" in section and "no path of the graph" in section
+        assert says_zero == (not read), (param["ascii"], section)
+        through_output = "only through the output" in section
+        by_hidden = any(
+            symbol in a.expr.free_symbols for a in graph.assignments if a.kind == "pre_activation"
+        )
+        assert not (through_output and by_hidden), (param["ascii"], section)
+        if not read:
+            assert "vanishes because the initial state is zero" in section

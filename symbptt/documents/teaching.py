@@ -848,6 +848,7 @@ class _Writer:
                 "den": TeXName("B").tex(),
             },
             "limit": CHAIN_LIMIT,
+            "k": self.tex(sp.Symbol("k", integer=True)),
             "elided": self.spec.steps > CHAIN_LIMIT,
         }
 
@@ -863,11 +864,7 @@ class _Writer:
     ) -> dict[str, Any]:
         notation = self.notation
         total = loss_name(notation)
-        recurrent = any(
-            any(self.roles.get(n, ("",))[0] == self.k["hidden"] for n in path)
-            for _, _, paths in per_step
-            for path in paths
-        )
+        recurrent = self._through_hidden(role, symbol)
         # the sum over the loss steps, generic and for the chosen T
         coeff = "" if scale == 1 else self.tex(scale) + " "
         t = self.t
@@ -891,11 +888,16 @@ class _Writer:
             if role == "initial_state"
             else self.notation.param(role).ascii
         )
+        gradient = self.d.gradients[ascii_name]
+        zero = mexpr.is_zero(gradient)
         return {
             "role": role,
             "name": name.tex(),
             "ascii": ascii_name,
             "recurrent": recurrent,
+            # no path leads from a loss to the parameter at this T (W_hh at T = 1, h_0 = 0)
+            "zero": zero,
+            "zero_rows": self.rows(self.partial(total, name), gradient) if zero else [],
             "over_t": rf"{self.partial(total, name)} &= {over_t}",
             "sum_rows": sum_rows,
             "general": general,
@@ -927,6 +929,23 @@ class _Writer:
         rows.append(rf"&\qquad + {body_terms[-1]}" + (r" \biggr)" if coeff else ""))
         return rows
 
+    def _through_hidden(self, role: str, symbol: Any) -> bool:
+        """Whether ``symbol`` reaches the loss through the hidden states, for any T.
+
+        Read from the step form: the generic pre-activation reads it (a weight or
+        bias of the recurrence), or it is the initial state.
+        """
+        if role == "initial_state":
+            return True
+        return symbol in _atoms(self._generic(self.k["pre_activation"], last=False).expr)
+
+    def _reads_at_first_step(self, symbol: Any) -> bool:
+        """Whether the first step's pre-activation reads ``symbol`` (not W h_0 with h_0 = 0)."""
+        return any(
+            a.kind == self.k["pre_activation"] and a.step == self.first and symbol in _atoms(a.expr)
+            for a in self.graph.assignments
+        )
+
     def _general(
         self,
         role: str,
@@ -935,44 +954,42 @@ class _Writer:
         per_step: list[tuple[int, Any, list[list[Any]]]],
         recurrent: bool,
     ) -> str:
-        """∂L_t/∂P in general, its shape read off the paths of the graph."""
+        """∂L_t/∂P for every t and T, its shape read off the graph and the step form.
+
+        The steps k whose hidden state reads the parameter directly are the
+        same for every T: all of them (a weight or bias the generic step reads),
+        all but the first (the recurrent weight when the initial state is zero:
+        its first term vanishes), or the first alone (the initial state).  The
+        sum over k is empty where no k is at most t (the gradient is zero there).
+        """
         notation = self.notation
         t = self.T_last if self.spec.mode == "many_to_one" else self.t
         k, j = sp.Symbol("k", integer=True), sp.Symbol("j", integer=True)
-        sample = next((paths[0] for _, _, paths in per_step if paths), None)
-        if sample is None:
-            return rf"{self.partial(loss_name(notation, t), name)} &= 0"
-        head_roles = []
-        for node in sample:
-            node_role = self.roles.get(node, ("",))[0]
-            if node_role in (self.k["hidden"], role) or node == sample[-1]:
-                break
-            head_roles.append(node_role)
+        lhs = self.partial(loss_name(notation, t), name)
 
         def generic(node_role: str, step: Any) -> TeXName:
             if node_role == "loss":
                 return loss_name(notation, step)
             return series_name(notation, node_role, step)
 
-        head_nodes = [generic(r, t) for r in head_roles]
-        lhs = self.partial(loss_name(notation, t), name)
+        step, target, paths = per_step[0]
         if not recurrent:
-            nodes = [*head_nodes, name]
+            if not paths:
+                return rf"{lhs} &= 0"
+            nodes = [*[generic(self.roles[n][0], t) for n in paths[0][:-1]], name]
             factors = [self.partial(a, b) for a, b in pairwise(nodes)]
             return rf"{lhs} &= " + " ".join(factors)
         hidden = self.k["hidden"]
-        hidden_t = series_name(notation, hidden, t)
-        head = [*head_nodes, hidden_t]
+        # the nodes from the loss of step t down to the hidden state of step t
+        deps = self._dependencies()
+        (to_hidden, *_) = self._paths(deps, target, self.sym(hidden, step))
+        head = [*[generic(self.roles[n][0], t) for n in to_hidden[:-1]]]
+        head.append(series_name(notation, hidden, t))
         factors = [self.partial(a, b) for a, b in pairwise(head)]
-        # the steps k whose hidden state reads the parameter directly
-        ks = {
-            a.step
-            for a in self.graph.assignments
-            if a.kind == self.k["pre_activation"] and symbol in _atoms(a.expr)
-        }
-        k_low = min(ks)
-        single_k = len(ks) == 1
-        k_sym = sp.Integer(k_low) if single_k else k
+        t0 = sp.Integer(notation.t0)
+        single_k = role == "initial_state"
+        k_low = t0 if single_k or self._reads_at_first_step(symbol) else t0 + 1
+        k_sym = k_low if single_k else k
         step_jacobian = self.partial(
             series_name(notation, hidden, j), series_name(notation, hidden, j - 1)
         )
