@@ -150,3 +150,17 @@ def test_zero_gradients_have_their_own_true_sentence(spec: ModelSpec) -> None:
         assert not (through_output and by_hidden), (param["ascii"], section)
         if not read:
             assert "vanishes because the initial state is zero" in section
+
+
+# -- 4. the settings table says what the loss does ---------------------------------------
+@pytest.mark.parametrize("mode", ["many_to_many", "many_to_one"])
+def test_time_mean_in_the_table_matches_the_loss(mode: str) -> None:
+    spec = ModelSpec(steps=3, mode=mode, time_reduction="mean")
+    tex = render_latex(spec)
+    (row,) = [line for line in tex.splitlines() if line.startswith("over time &")]
+    general = re.search(r"\\\[\n(L = .*)\n\\\]", tex)
+    assert general is not None
+    # the total loss printed from the graph divides by T exactly when the table says so
+    factor = re.match(r"L = \\frac\{1\}\{([^}]*)\}", general.group(1))
+    assert factor is not None
+    assert ("T" in factor.group(1)) == ("1/T" in row) == (mode == "many_to_many")

@@ -357,7 +357,7 @@ class _Writer:
             ("output layer", spec.output),
             ("loss", spec.loss.replace("_", " ")),
             ("mode", words[spec.mode]),
-            ("over time", "sum" if spec.time_reduction == "sum" else "mean (1/T)"),
+            ("over time", self._time_reduction_words()),
             ("over the batch", "sum" if spec.batch_reduction == "sum" else "mean (1/m)"),
             ("biases", "yes" if spec.bias else "no"),
             ("initial state", "zero" if spec.initial_state == "zero" else "an input"),
@@ -382,6 +382,14 @@ class _Writer:
             "T_is": self.tex(sp.Eq(T_SYMBOL, spec.steps, evaluate=False)),
             "copy_mark": f"({self.tex(self.t)})",
         }
+
+    def _time_reduction_words(self) -> str:
+        """The table's "over time": a mean divides by the number of steps with a loss."""
+        if self.spec.time_reduction == "sum":
+            return "sum"
+        if self.spec.mode == "many_to_one":  # one step has a loss: the mean divides by 1
+            return "mean over the one step with a loss (no factor)"
+        return f"mean (1/{T_SYMBOL})"
 
     # -- 1. the model -----------------------------------------------------------------
     def _function_symbol(self, fn_latex: str, arg: Any) -> Any:
