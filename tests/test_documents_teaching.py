@@ -17,6 +17,8 @@ from symbptt.documents import (
     render_documents,
     render_latex,
 )
+from symbptt.verification import Checks, _numerical_sizes, proof_spec
+from symbptt.verify import ScalarProof
 
 from .test_documents import require_pdflatex
 
@@ -164,3 +166,54 @@ def test_time_mean_in_the_table_matches_the_loss(mode: str) -> None:
     factor = re.match(r"L = \\frac\{1\}\{([^}]*)\}", general.group(1))
     assert factor is not None
     assert ("T" in factor.group(1)) == ("1/T" in row) == (mode == "many_to_many")
+
+
+# -- 5. "Verified" says at which sizes, and claims nothing more ---------------------------
+def _checks(spec: ModelSpec) -> Checks:
+    """Results as the verifying stage hands them over (the proof's own sizes, no run)."""
+    small = proof_spec(spec)
+    return Checks(
+        small,
+        ScalarProof(small, 16, 1e-31, 30),
+        None,
+        None,
+        "not run in this test",
+        _numerical_sizes(spec),
+    )
+
+
+@pytest.mark.parametrize(
+    ("spec", "larger", "symbolic"),
+    [
+        (ModelSpec(steps=4), ["$T = 4$"], ["n_{0}", "n_{1}", "n_{2}", "m"]),
+        (ModelSpec(steps=2, n_in=2, n_hidden=2, n_out=2, batch=2), [], []),
+        (
+            ModelSpec(steps=10, n_in=4, n_hidden=5, n_out=2, batch=1),
+            ["n_{0} = 4", "n_{1} = 5", "T = 10"],
+            [],
+        ),
+    ],
+)
+def test_verified_says_which_of_the_documents_sizes_the_proof_ran_at(
+    spec: ModelSpec, larger: list[str], symbolic: list[str]
+) -> None:
+    checks = _checks(spec)
+    for text in render_documents(spec, checks=checks):
+        section = text.split("Scalar differentiation proof")[1].split("Numerical check")[0]
+        sizes = section.split("every entry of")[0]
+        for name in ("n_in", "n_hidden", "n_out", "batch", "steps"):
+            value = getattr(checks.proof_spec, name)
+            assert f"= {value}$" in sizes
+        if larger:
+            claim = section.split("This document is for")[1].split(":")[0]
+            for size in larger:
+                assert size.strip("$") in claim
+            assert "the proof ran at the smaller sizes above only" in section
+        else:
+            assert "This document is for" not in section
+        if symbolic:
+            assert "symbolic; the proof ran at the concrete sizes above" in section
+            for size in symbolic:
+                assert size in section.split("This document keeps")[1].split("symbolic")[0]
+        else:
+            assert "This document keeps" not in section

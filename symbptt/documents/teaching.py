@@ -1508,9 +1508,18 @@ class _Writer:
         if proof is None:
             return {"ran": False, "error": checks.proof_error}
         sizes = [(name, getattr(small, name)) for name in _SIZE_SYMBOLS]
+        # the document's own sizes the proof did not run at (its T, a concrete size)
+        larger = [
+            (name, getattr(self.spec, name))
+            for name, value in sizes
+            if getattr(self.spec, name) is not None and getattr(self.spec, name) != value
+        ]
+        symbolic = [name for name in _SIZE_SYMBOLS if getattr(self.spec, name) is None]
         return {
             "ran": True,
             "sizes": self._sizes_tex(sizes),
+            "larger": self._sizes_tex(larger),
+            "symbolic": [self.tex(sp.Symbol(_SIZE_SYMBOLS[n])) for n in symbolic],
             "entries": proof.entries,
             "gradients": [
                 partial_name(self.notation, self._leaf_name(name, role)).tex()
