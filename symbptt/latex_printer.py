@@ -5,7 +5,7 @@ edits printed strings.  What it adds to SymPy's printer:
 
 * every symbol of a derivation printed the way its notation writes it, from a
   map ``symbol -> TeXName`` built from ``symbols.meta`` (:func:`symbol_names`):
-  ``h_{3}`` (xh), ``h^{(3)}`` (uvw), ``H_{12}`` (layered), ``a\\left(3\\right)``
+  ``h_{3}`` (xh), ``h^{(3)}`` (uvw), ``H_{12}`` (layered), ``a(3)``
   (aa); adjoints as ``\\delta`` and ``\\frac{\\partial L}{\\partial h_{t}}``;
 * the Hadamard product as ``\\odot`` (elementwise division as ``\\oslash``),
   a Hadamard square as ``h_{t} \\odot h_{t}`` (or ``h_{t}^{\\odot 2}``);
@@ -152,7 +152,7 @@ class TeXName:
             return self.tex()
         if self.sup and not self.compound:
             return f"{self.head}_{{{index}}}^{{{self.sup}}}"
-        if not self.compound and "_" not in self.head and not self.head.endswith(r"\right)"):
+        if not self.compound and "_" not in self.head and not self.head.endswith(")"):
             return f"{self.head}_{{{index}}}"
         if self.compound:
             return rf"\left[{self.tex()}\right]_{{{index}}}"
@@ -216,7 +216,7 @@ def pre_adjoint_name(notation: Notation, role: str, step: Any) -> TeXName:
     if notation.style == "sup":
         return TeXName(rf"\delta_{{{entry.latex}}}", f"({_step_tex(step)})")
     if notation.style == "call":
-        return TeXName(rf"\delta^{{{entry.latex}}}\left({_step_tex(step)}\right)")
+        return TeXName(rf"\delta^{{{entry.latex}}}({_step_tex(step)})")
     return TeXName(notation.index(r"\delta", step, entry.layer), entry.latex)
 
 

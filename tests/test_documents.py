@@ -158,7 +158,7 @@ def test_forward_pass_unrolled_in_each_notation() -> None:
     xh = tex_of("xh_hello")
     assert r"z_{4} &= W_{xh} x_{4} + W_{hh} h_{3} + b_h" in xh
     aa = tex_of("aa_hello")
-    assert r"a\left(4\right) &= \tanh(net_a\left(4\right))" in aa
+    assert r"a(4) &= \tanh(\mathrm{net}_a(4))" in aa
 
 
 def test_loss_mean_over_time_as_in_000() -> None:
@@ -203,7 +203,7 @@ def test_y_hat_minus_y_for_softmax_cross_entropy() -> None:
     # per unit, as SymPy derives it
     assert r"\frac{\partial \ell}{\partial o_{i}} = \hat{y}_{i} - y_{i}" in tex_of("xh_hello")
     # 003's names: y is the prediction
-    assert r"y\left(t\right) - \hat{y}\left(t\right)" in tex_of("aa_hello")
+    assert r"y(t) - \hat{y}(t)" in tex_of("aa_hello")
 
 
 def test_local_derivatives() -> None:
@@ -225,7 +225,7 @@ def test_local_derivatives() -> None:
         ("notation_xh", r"$h_{t} = f(z_{t})$ as $f'(z_{t}) = 1 - h_{t}^{2}$"),
         ("notation_uvw", r"$h^{(t)} = g_{1}(a^{(t)})$ as $g_{1}'(a^{(t)})"),
         ("notation_layered", r"$H_{1t} = f_{1}(Z_{1t})$ as $f_{1}'(Z_{1t})"),
-        ("notation_aa", r"$a\left(t\right) = f(net_a\left(t\right))$"),
+        ("notation_aa", r"$a(t) = f(\mathrm{net}_a(t))$"),
     ],
 )
 def test_hidden_layer_sentence_names_the_notations_pre_activation(name: str, through: str) -> None:
@@ -239,7 +239,7 @@ def test_jacobian_and_output_factor_read_off_the_graph() -> None:
         ("xh_hello", r"\frac{\partial o_{t}}{\partial h_{t}} = W_{hy}$"),
         ("uvw_mean", r"\frac{\partial o^{(t)}}{\partial h^{(t)}} = V$"),
         ("layered_many_to_many", r"\frac{\partial}{\partial H_{1t}} Z_{2t} = W_2$"),
-        ("aa_hello", r"\frac{\partial net_y\left(t\right)}{\partial a\left(t\right)} = w_{ya}$"),
+        ("aa_hello", r"\frac{\partial \mathrm{net}_y(t)}{\partial a(t)} = w_{ya}$"),
     ]:
         assert o_h in tex_of(name)
     assert (
@@ -419,9 +419,9 @@ def test_general_chain_formula_in_the_seeds_form() -> None:
     # 003 goes through the output pre-activation
     aa = tex_of("aa_hello")
     assert (
-        r"\frac{\partial L\left(t\right)}{\partial y\left(t\right)} "
-        r"\frac{\partial y\left(t\right)}{\partial net_y\left(t\right)} "
-        r"\frac{\partial net_y\left(t\right)}{\partial w_{ya}}"
+        r"\frac{\partial L(t)}{\partial y(t)} "
+        r"\frac{\partial y(t)}{\partial \mathrm{net}_y(t)} "
+        r"\frac{\partial \mathrm{net}_y(t)}{\partial w_{ya}}"
     ) in aa
 
 
@@ -439,6 +439,7 @@ MATHJAX = {
     *("mathbf", "mathbb", "operatorname", "tanh", "log", "sigma", "ell", "delta", "beta"),
     *("theta", "eta", "rho", "tau", "epsilon", "sqrt", "max", "times", "dots", "vdots"),
     *("quad", "qquad", "begin", "end", "biggl", "biggr", "leftarrow", "mapsto", "text"),
+    *("mathrm",),  # \mathrm{net}_a, a word as a name in the aa notation
     *("phi", "tilde"),  # the gated cells' documents: q = \phi(a), \tilde{C}
 }
 

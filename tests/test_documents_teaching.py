@@ -217,3 +217,18 @@ def test_verified_says_which_of_the_documents_sizes_the_proof_ran_at(
                 assert size in section.split("This document keeps")[1].split("symbolic")[0]
         else:
             assert "This document keeps" not in section
+
+
+# -- 6. the aa document typesets like a person's -----------------------------------------
+def test_aa_names_typeset_as_words_and_calls() -> None:
+    tex, md = render_documents(ModelSpec(steps=3, notation="aa"))
+    for text in (tex, md):
+        # a(t), L(1): \left( after a name spaces it off ("a (t)")
+        assert not re.search(r"[A-Za-z}]\\left\((t|\d)", text)
+        assert "a(t)" in text and "L(1)" in text
+        # net is a word, not the product n e t
+        assert re.findall(r"(?<!\\mathrm\{)net_", text) == []
+        assert r"\mathrm{net}_a(t)" in text and r"\mathrm{net}_y(t)" in text
+    assert r"calls the prediction \texorpdfstring{$y(t)$}" in tex
+    assert r"calls the target \texorpdfstring{$\hat{y}(t)$}" in tex
+    assert "calls the prediction $y(t)$)" in md

@@ -188,9 +188,13 @@ def _width_seq(tex: str, i: int, stop: str | None) -> tuple[float, int]:
 _TEX_WORD = re.compile(r"\\[A-Za-z]+\{[A-Za-z0-9]+\}(_[A-Za-z0-9]+)?")
 
 
+#: ``y(t)``, ``\hat{y}(t)``: a quantity at step t in the seeds' call notation.
+_CALL_WORD = re.compile(r"(\\[A-Za-z]+\{[A-Za-z0-9]+\}|[A-Za-z])\([a-z0-9]\)")
+
+
 def _is_math_word(word: str) -> bool:
-    """``L_1``, ``n_0`` or ``\\hat{y}``: a word of project prose that is a formula."""
-    if _TEX_WORD.fullmatch(word):
+    """``L_1``, ``n_0``, ``\\hat{y}`` or ``y(t)``: a word of project prose that is a formula."""
+    if _TEX_WORD.fullmatch(word) or _CALL_WORD.fullmatch(word):
         return True
     return len(word) >= 3 and word[0].isalpha() and word[1] == "_" and word[2:].isalnum()
 
@@ -203,6 +207,8 @@ def prose(text: str) -> list[tuple[str, bool]]:
         core = word[len(lead) :]
         trail = core[len(core.rstrip("),.;:")) :]
         core = core[: len(core) - len(trail)]
+        if core.count("(") > core.count(")") and trail.startswith(")"):  # y(t)
+            core, trail = core + ")", trail[1:]
         space = " " if i else ""
         if _is_math_word(core):
             out += [(space + lead, False), (core, True), (trail, False)]

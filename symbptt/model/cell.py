@@ -165,7 +165,7 @@ class Notation:
         if self.style == "sup":
             return f"{base}^{{({step_tex})}}"
         if self.style == "call":
-            return rf"{base}\left({step_tex}\right)"
+            return f"{base}({step_tex})"  # \left( would space it from its name: a (t)
         if layer:
             sep = "," if compound or (isinstance(step, int) and step >= 10) else ""
             return f"{base}_{{{layer}{sep}{step_tex}}}"
