@@ -232,3 +232,64 @@ def test_aa_names_typeset_as_words_and_calls() -> None:
     assert r"calls the prediction \texorpdfstring{$y(t)$}" in tex
     assert r"calls the target \texorpdfstring{$\hat{y}(t)$}" in tex
     assert "calls the prediction $y(t)$)" in md
+
+
+# -- 7. page breaks, bold ones, margins, layered indices ---------------------------------
+@pytest.mark.parametrize(
+    "spec",
+    [ModelSpec(steps=4, n_in=4, n_hidden=4, n_out=4, batch=1), ModelSpec(steps=3, cell="lstm")],
+    ids=["xh", "lstm"],
+)
+def test_a_page_breaks_only_between_equations(spec: ModelSpec) -> None:
+    """A row that continues the equation above is joined with \\\\*, which forbids a break."""
+    tex = render_latex(spec)
+    assert re.findall(r"\\\\\n\s*&", tex) == []  # a breakable \\ before a continuation row
+    assert r"&= W_{xh} x_{1} + b_h" in tex or spec.cell == "lstm"
+    # one step of the forward pass stays together; steps are apart
+    forward = tex.split(r"\section{Forward pass}")[1].split(r"\section")[0]
+    assert forward.count(r"\\[4pt]") == spec.steps - 1
+    assert re.findall(r"\\\\\n", forward) == []
+
+
+def test_bold_one_is_said_to_take_the_shape_of_its_place() -> None:
+    tex, md = render_documents(ModelSpec(steps=3))
+    for text in (tex, md):
+        assert r"A bold $\mathbf{1}$ is a vector or matrix of ones and $\mathbf{0}$" in text
+
+
+def test_layered_steps_from_ten_on_are_set_apart_from_the_layer() -> None:
+    """H_{11} is layer 1 at step 1 or step 11: past step 9 every index has its comma."""
+    long = render_latex(ModelSpec(steps=12, notation="layered"))
+    indices = re.findall(r"(?:H|Z|\\delta)_\{([^}]*)\}", long)  # the layered names
+    assert indices and all("," in i or not i[:1].isdigit() or len(i) == 1 for i in indices)
+    assert "H_{1,11}" in long and "H_{1,1}" in long and "H_{11}" not in long
+    short = render_latex(ModelSpec(steps=3, notation="layered"))
+    assert "H_{12}" in short and "H_{1,t - 1}" in short  # the seed's own way below ten
+
+
+#: The issue's spread of specs: every document compiles with no overfull box over 1 pt.
+SPREAD = {
+    **{f"{n}_T{t}": ModelSpec(steps=t, notation=n) for n in NOTATIONS for t in (1, 2, 6, 10, 25)},
+    "layered_sigmoid_identity_se_T6": ModelSpec(
+        steps=6, notation="layered", hidden="sigmoid", output="identity", loss="squared_error"
+    ),
+    "relu": ModelSpec(steps=3, notation="uvw", hidden="relu"),
+    "many_to_one_mean": ModelSpec(
+        steps=6, notation="aa", mode="many_to_one", time_reduction="mean"
+    ),
+    "no_bias": ModelSpec(steps=6, notation="layered", bias=False),
+    "initial_input": ModelSpec(steps=6, initial_state="input"),
+    "concrete": ModelSpec(steps=5, notation="layered", n_in=3, n_hidden=5, n_out=2, batch=2),
+    "lstm_T6": ModelSpec(steps=6, cell="lstm"),
+    "gru_layered_T6": ModelSpec(steps=6, cell="gru", notation="layered"),
+}
+
+
+@pytest.mark.tex
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SPREAD))
+def test_spread_of_documents_fits_the_page(name: str) -> None:
+    require_pdflatex()
+    _, log = compile_pdf(render_latex(SPREAD[name]))
+    assert overfull_boxes(log) == []
+    assert "undefined" not in log.lower().replace("undefined control", "")

@@ -51,7 +51,7 @@ from ..latex_printer import escape_tex
 from ..spec import ModelSpec
 from ..templating import render
 from .cells import _CellWriter, _teaching_shape, _writer  # noqa: F401 (the tests read them)
-from .layout import MARKER, REGENERATE, escape_markdown, prose, tex_width
+from .layout import MARKER, REGENERATE, escape_markdown, join_rows, prose, tex_width
 from .teaching import _Writer  # noqa: F401 (the tests read it)
 
 if TYPE_CHECKING:  # the results only: documents never run a check
@@ -111,7 +111,7 @@ def render_latex(
     ``symbptt.render_latex`` runs them first.
     """
     context = _context(spec, name, checks)
-    return render("derivation.tex.jinja", esc=escape_tex, **context)
+    return render("derivation.tex.jinja", esc=escape_tex, join_rows=join_rows, **context)
 
 
 def render_markdown(
@@ -127,7 +127,7 @@ def render_documents(
 ) -> tuple[str, str]:
     """``(LaTeX, Markdown)`` from one derivation and one set of check results."""
     context = _context(spec, name, checks)
-    tex = render("derivation.tex.jinja", esc=escape_tex, **context)
+    tex = render("derivation.tex.jinja", esc=escape_tex, join_rows=join_rows, **context)
     md = _tidy_markdown(render("derivation.md.jinja", esc=escape_markdown, **context))
     return tex, md
 

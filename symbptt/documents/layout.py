@@ -137,7 +137,8 @@ def _command(tex: str, name: str, k: int) -> tuple[float, int, str]:
     if name == "frac":
         top, k = arg(k)
         bottom, k = arg(k)
-        return max(top, bottom) + 0.4, k, name
+        # a fraction is an inner atom: thin spaces and null delimiters on both sides
+        return max(top, bottom) + 1.2, k, name
     if name in ("left", "right"):
         while k < len(tex) and tex[k] == " ":
             k += 1
@@ -145,7 +146,8 @@ def _command(tex: str, name: str, k: int) -> tuple[float, int, str]:
             _, k, _ = _token(tex, k)
         else:
             k += 1
-        return 0.7, k, name
+        # an inner atom too, and as tall as what it encloses (a display fraction)
+        return 1.1, k, name
     if name in ("mathbf", "hat", "mathrm", "operatorname", "mathbb", "bar", "tilde", "sqrt"):
         width, k = arg(k)
         return width + (1.0 if name == "sqrt" else 0.0), k, name
@@ -223,6 +225,20 @@ def prose(text: str) -> list[tuple[str, bool]]:
         else:
             merged.append((segment, is_math))
     return merged
+
+
+def join_rows(rows: list[str], whole: bool = False) -> str:
+    """Align rows joined for LaTeX: a page may break only between two equations.
+
+    A row that continues the one above (it has no left-hand side: ``&= ...``,
+    ``&\\quad + ...``) is joined with ``\\\\*``, which forbids a page break there;
+    with ``whole`` no row of the block is split from the next (one step's group).
+    """
+    out = rows[:1]
+    for row in rows[1:]:
+        continues = whole or row.lstrip().startswith("&")
+        out.append((" \\\\*\n" if continues else " \\\\\n") + row)
+    return "".join(out)
 
 
 def _pack(pieces: list[str], budget: float) -> list[str]:

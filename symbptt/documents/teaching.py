@@ -10,6 +10,7 @@ are read from the step form and are used by :class:`~.cells._CellWriter` too.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any
@@ -167,7 +168,10 @@ class _Writer:
         self.d = derivation
         self.spec = derivation.spec
         self.graph = derivation.graph
-        self.notation: Notation = derivation.notation
+        notation: Notation = derivation.notation
+        if self.graph.steps[-1] >= 10:  # H_{11} would read as layer 1, step 11: H_{1,1}
+            notation = dataclasses.replace(notation, comma_steps=True)
+        self.notation = notation
         self.form = derivation.step_form
         self.name = name
         self.checks = checks
@@ -381,6 +385,9 @@ class _Writer:
             "t": self.tex(self.t),
             "T_is": self.tex(sp.Eq(T_SYMBOL, spec.steps, evaluate=False)),
             "copy_mark": f"({self.tex(self.t)})",
+            # bold 1 and 0 stand for several shapes: said once, next to the sizes
+            "ones": self.tex(sp.OneMatrix(sp.Symbol("p"), sp.Symbol("q"))),
+            "zeros": self.tex(sp.ZeroMatrix(sp.Symbol("p"), sp.Symbol("q"))),
         }
 
     def _time_reduction_words(self) -> str:
