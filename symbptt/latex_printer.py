@@ -659,6 +659,11 @@ class BPTTLatexPrinter(LatexPrinter):  # type: ignore[misc]
             out.append(("-" if negative else "+", body))
         return out
 
+    def signed_term(self, term: Any) -> tuple[str, str]:
+        """One term of a sum as ``(sign, term)``, for a caller that orders the terms itself."""
+        negative, body = self._term(term)
+        return ("-" if negative else "+", body)
+
     def sum_of(self, terms: list[Any]) -> str:
         """``terms`` printed as a sum, in the notation's order (without building it)."""
         return self._signed_terms(self._ordered(list(terms)))

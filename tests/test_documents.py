@@ -439,7 +439,7 @@ MATHJAX = {
     *("mathbf", "mathbb", "operatorname", "tanh", "log", "sigma", "ell", "delta", "beta"),
     *("theta", "eta", "rho", "tau", "epsilon", "sqrt", "max", "times", "dots", "vdots"),
     *("quad", "qquad", "begin", "end", "biggl", "biggr", "leftarrow", "mapsto", "text"),
-    *("mathrm",),  # \mathrm{net}_a, a word as a name in the aa notation
+    *("mathrm", "Delta"),  # \mathrm{net}_a in the aa notation, its Δw updates
     *("phi", "tilde"),  # the gated cells' documents: q = \phi(a), \tilde{C}
 }
 

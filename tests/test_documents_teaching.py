@@ -17,6 +17,7 @@ from symbptt.documents import (
     render_documents,
     render_latex,
 )
+from symbptt.latex_printer import delta_name
 from symbptt.verification import Checks, _numerical_sizes, proof_spec
 from symbptt.verify import ScalarProof
 
@@ -293,3 +294,53 @@ def test_spread_of_documents_fits_the_page(name: str) -> None:
     _, log = compile_pdf(render_latex(SPREAD[name]))
     assert overfull_boxes(log) == []
     assert "undefined" not in log.lower().replace("undefined control", "")
+
+
+# -- 8. the seeds' habits, and small faults -----------------------------------------------
+@pytest.mark.parametrize(
+    ("notation", "order"),
+    [
+        ("uvw", ["V", "b_y", "W", "U", "b_h"]),  # 000 goes V, W, U
+        ("aa", ["w_{ya}", "b_y", "w_{aa}", "b_a", "w_{ax}"]),  # 003's order
+        ("xh", ["W_{hy}", "b_y", "W_{xh}", "W_{hh}", "b_h"]),
+    ],
+)
+def test_chain_sections_in_the_seeds_order(notation: str, order: list[str]) -> None:
+    md = render_documents(ModelSpec(steps=3, notation=notation))[1]
+    assert re.findall(r"### 4\.\d \$([^$]*)\$", md) == order
+
+
+def test_aa_updates_through_a_step_as_003_does() -> None:
+    tex, md = render_documents(ModelSpec(steps=3, notation="aa"))
+    for text in (tex, md):
+        assert r"\Delta w_{aa} &= - \eta \frac{\partial L}{\partial w_{aa}}" in text
+        assert r"w_{aa} &= w_{aa} + \Delta w_{aa}" in text
+    xh = render_latex(ModelSpec(steps=3))
+    assert r"\Delta" not in xh and r"W_{hh} &\leftarrow W_{hh} - \eta" in xh
+
+
+def test_small_faults() -> None:
+    tex, md = render_documents(ModelSpec(steps=1, initial_state="input"))
+    for text in (tex, md):
+        assert "the the" not in text
+        assert "$T = 1$ steps" not in text and "$T = 1$ step," in text
+        assert "the way the seed writes it" not in text
+
+
+@pytest.mark.parametrize("notation", NOTATIONS)
+def test_gradient_sums_in_step_order(notation: str) -> None:
+    """δ_1 h_0ᵀ + δ_2 h_1ᵀ + ..., not the printer's δ_2 h_1ᵀ + ... + δ_1 h_0ᵀ."""
+    spec = ModelSpec(steps=4, initial_state="input", notation=notation)
+    d = derive(spec)
+    notation_ = d.notation
+    deltas = [delta_name(notation_, step).tex() for step in d.graph.steps]
+    tex = render_latex(spec)
+    rows = tex.split("and the gradients are")[1].split(r"\end{align*}")[0]
+    checked = 0
+    for row in rows.splitlines():
+        found = [row.find(delta) for delta in deltas]  # each name ends in } or )
+        found = [at for at in found if at >= 0]
+        if len(found) > 1:
+            assert found == sorted(found), row
+            checked += 1
+    assert checked >= 3

@@ -11,6 +11,7 @@ are read from the step form and are used by :class:`~.cells._CellWriter` too.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,9 @@ from ..latex_printer import (
 from ..notation import PARAM_ROLES, Notation
 from ..optimizers import Adam
 from .layout import (
+    _CHAIN_ORDER,
+    _DEFAULT_CHAIN_ORDER,
+    _DELTA_UPDATES,
     _OPERATOR_PARTIALS,
     _THROUGH_OUTPUT_PRE,
     CHAIN_LIMIT,
@@ -270,9 +274,25 @@ class _Writer:
     def _split_terms(self, lhs: str, expr: Any, rel: str) -> list[str]:
         return self.terms_rows(lhs, self.printer.signed_terms(expr), rel)
 
+    def _step_of(self, term: Any) -> float:
+        """The earliest step a term reads (the initial state before the first step)."""
+        steps = []
+        for atom in _atoms(term):
+            role, step = self.roles.get(atom, ("", None))
+            if role == "initial_state":
+                steps.append(self.first - 1)
+            elif isinstance(step, int):
+                steps.append(step)
+        return min(steps, default=math.inf)
+
     def long_sum_rows(self, lhs: str, expr: Any) -> list[str]:
-        """A sum with one term per step: the middle terms left out for long sequences."""
-        terms = self.printer.signed_terms(expr)
+        """A sum with one term per step, in step order: the middle left out for long ones."""
+        args = list(expr.args) if isinstance(expr, sp.MatAdd) else [expr]
+        if all(self._step_of(a) < math.inf for a in args):
+            ordered = sorted(args, key=self._step_of)  # stable: the printer's order otherwise
+            terms = [self.printer.signed_term(a) for a in ordered]
+        else:
+            terms = self.printer.signed_terms(expr)
         if len(terms) > UNROLL_LIMIT:
             terms = [*terms[:3], ("+", r"\dots"), *terms[-2:]]
         return self.terms_rows(lhs, terms, "=")
@@ -384,6 +404,7 @@ class _Writer:
             "T": self.tex(T_SYMBOL),
             "t": self.tex(self.t),
             "T_is": self.tex(sp.Eq(T_SYMBOL, spec.steps, evaluate=False)),
+            "steps_word": "step" if spec.steps == 1 else "steps",
             "copy_mark": f"({self.tex(self.t)})",
             # bold 1 and 0 stand for several shapes: said once, next to the sizes
             "ones": self.tex(sp.OneMatrix(sp.Symbol("p"), sp.Symbol("q"))),
@@ -822,14 +843,8 @@ class _Writer:
         graph = self.graph
         losses = [a for a in graph.assignments if a.kind == "loss"]
         leaves: list[tuple[str, Any, TeXName]] = []
-        k = self.k
-        order = (
-            "output_weight",
-            "output_bias",
-            k["input_weight"],
-            k["recurrent_weight"],
-            k["hidden_bias"],
-        )
+        habit = _CHAIN_ORDER.get(self.notation.name) if self.notation.seed else None
+        order = [self.k.get(role, role) for role in habit or _DEFAULT_CHAIN_ORDER]
         for role in order:
             symbol = graph.symbols.param(role)
             if symbol is not None:
@@ -924,7 +939,7 @@ class _Writer:
 
     def _param_description(self, role: str) -> str:
         if role == "initial_state":
-            return "the initial state"
+            return "initial state"
         return self.notation.param(role).description
 
     def _sum_rows(self, lhs: str, coeff: str, terms: list[str]) -> list[str]:
@@ -1419,8 +1434,16 @@ class _Writer:
             self.names[gradient] = partial_name(notation, self._leaf_name(name, role))
             self.roles[gradient] = ("gradient", None)
             self._refresh()
-            update = sp.MatAdd(symbol, sp.MatMul(-eta, gradient))
-            rows += self.rows(self.tex(symbol), update, rel=r"\leftarrow")
+            step = sp.MatMul(-eta, gradient)
+            if self.notation.name in _DELTA_UPDATES and self.notation.seed:  # 003's Δw
+                delta = sp.MatrixSymbol("Delta_" + name, *symbol.shape)
+                self.names[delta] = TeXName(rf"\Delta {self.tex(symbol)}")
+                self._refresh()
+                rows += self.rows(self.tex(delta), step)
+                rows += self.rows(self.tex(symbol), sp.MatAdd(symbol, delta))
+            else:
+                update = sp.MatAdd(symbol, step)
+                rows += self.rows(self.tex(symbol), update, rel=r"\leftarrow")
             names.append(self.tex(symbol))
         # Adam (Goodfellow et al., Algorithm 8.7), elementwise, for any parameter θ
         shape = (sp.Symbol("p"), sp.Symbol("q"))
