@@ -386,8 +386,14 @@ def test_chain_terms_for_t3_match_the_graph_paths(
         assert found == products
         first = rf"\frac{{\partial L_{{{t}}}}}{{\partial \hat{{y}}_{{{t}}}}}"
         assert rows.count(first) == len(products)
-        for product in products:
-            assert product in tex
+        if entry["expand"]:  # the first parameter through the recurrence: term by term
+            for product in products:
+                assert product in tex
+        else:  # the others refer to it and are written grouped only
+            for row in step["factored"] or step["rows"]:
+                assert row in tex
+            if step["factored"]:
+                assert products[-1] not in tex
     if initial_state == "zero" and role == "recurrent_weight":
         assert r"$h_{1}$ does not depend on $W_{hh}$ directly" in tex
         assert r"\sum_{k=2}^{t}" in tex
@@ -429,7 +435,12 @@ def test_long_sequences_are_elided() -> None:
     tex = tex_of("long_no_bias")
     assert r"&\;\;\vdots" in tex
     assert "Steps in the middle are left out" in tex
-    assert "written term by term for the first steps only" in tex
+    assert "written term by term for the first two steps and the last" in tex
+    # the last step's long chain is kept: ∂L(10)/∂w_aa down to a(2), elided in the middle
+    chain = tex.split(r"\section{The chain rule")[1].split(r"\section{Local")[0]
+    assert r"\frac{\partial L(10)}{\partial w_{aa}} &=" in chain
+    assert r"\frac{\partial L(3)}{\partial w_{aa}} &=" not in chain
+    assert r"\frac{\partial a(3)}{\partial a(2)} \frac{\partial a(2)}{\partial w_{aa}}" in chain
 
 
 # -- Markdown -----------------------------------------------------------------------

@@ -344,3 +344,25 @@ def test_gradient_sums_in_step_order(notation: str) -> None:
             assert found == sorted(found), row
             checked += 1
     assert checked >= 3
+
+
+# -- 9. less repetition --------------------------------------------------------------------
+@pytest.mark.parametrize("notation", NOTATIONS)
+def test_one_chain_expanded_the_others_refer_to_it(notation: str) -> None:
+    tex = render_latex(ModelSpec(steps=3, notation=notation))
+    chain = tex.split(r"\section{The chain rule")[1].split(r"\section{Local")[0]
+    sections = chain.split(r"\subsection{")[1:]
+    expanded = [s for s in sections if "Chain rule:" in s]
+    referring = [s for s in sections if "are expanded term by term as for" in s]
+    assert len(expanded) == 1 and r"\label{sec:chain-first}" in expanded[0]
+    assert len(referring) == 2  # the other two parameters read through the recurrence
+    for section in referring:
+        assert r"\ref{sec:chain-first}" in section and "Chain rule:" not in section
+
+
+def test_each_step_contribution_is_written_once() -> None:
+    tex, md = render_documents(ModelSpec(steps=3))
+    for text in (tex, md):
+        assert text.count(r"\frac{\partial L}{\partial W_{xh}^{(t)}} &=") == 1
+        assert "receives the contribution written in" in text
+    assert "[Section 5](#contributions)" in md and '<a id="contributions"></a>' in md

@@ -856,8 +856,10 @@ class _Writer:
         count = T_SYMBOL if self.spec.mode == "many_to_many" else sp.Integer(1)
         scale = self.graph.symbols.loss_scale(count)
         concrete_scale = self.graph.symbols.loss_scale(len(losses))
-        shown = losses if self.spec.steps <= CHAIN_LIMIT else losses[:3]
-        params = []
+        # a long sequence: the first two steps and the last, whose long chain shows the
+        # product of step Jacobians that vanishes or explodes
+        shown = losses if len(losses) <= CHAIN_LIMIT else [*losses[:2], losses[-1]]
+        params: list[dict[str, Any]] = []
         for role, symbol, name in leaves:
             per_step = []
             for assignment in shown:
@@ -867,6 +869,15 @@ class _Writer:
             params.append(
                 self._chain_param(role, symbol, name, per_step, targets, scale, concrete_scale)
             )
+        # the first parameter reached through the recurrence is expanded term by term;
+        # the others refer to it and show their chains grouped only
+        first = next((p for p in params if p["recurrent"] and not p["zero"]), None)
+        for index, param in enumerate(params, start=1):
+            param["expand"] = param is first or first is None
+            if first is not None:
+                param["expanded_as"] = first["name"]
+                param["expanded_index"] = params.index(first) + 1
+            param["index"] = index
         return {
             "params": params,
             "total": loss_name(self.notation).tex(),
@@ -879,7 +890,7 @@ class _Writer:
             },
             "limit": CHAIN_LIMIT,
             "k": self.tex(sp.Symbol("k", integer=True)),
-            "elided": self.spec.steps > CHAIN_LIMIT,
+            "elided": len(losses) > CHAIN_LIMIT,
         }
 
     def _chain_param(
@@ -1293,13 +1304,16 @@ class _Writer:
     # -- 6. compact BPTT --------------------------------------------------------------
     def bptt(self) -> dict[str, Any]:
         form, notation, d = self.form, self.notation, self.d
+        # the adjoints; each parameter's contribution is written once, in Section 5
         body_rows: list[str] = []
         for assignment in form.backward:
-            body_rows += self.rows(self.tex(assignment.target), assignment.expr)
+            if assignment.kind != "contribution":
+                body_rows += self.rows(self.tex(assignment.target), assignment.expr)
         last_rows: list[str] = []
         if form.last_backward is not None:
             for assignment in form.last_backward:
-                last_rows += self.rows(self.tex(assignment.target), assignment.expr)
+                if assignment.kind != "contribution":
+                    last_rows += self.rows(self.tex(assignment.target), assignment.expr)
         boundary = self._boundary()
         sums: list[str] = []
         for name, (kind, lo, assignment) in self.gradient_forms().items():
