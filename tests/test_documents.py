@@ -80,6 +80,7 @@ SECTIONS = (
     "Local derivatives",
     "Backpropagation through time, as computed",
     "Parameter updates",
+    "Summary",
     "Verified",
 )
 

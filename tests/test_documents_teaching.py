@@ -366,3 +366,26 @@ def test_each_step_contribution_is_written_once() -> None:
         assert text.count(r"\frac{\partial L}{\partial W_{xh}^{(t)}} &=") == 1
         assert "receives the contribution written in" in text
     assert "[Section 5](#contributions)" in md and '<a id="contributions"></a>' in md
+
+
+# -- a one-page summary ----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "spec",
+    [ModelSpec(steps=3), ModelSpec(steps=4, mode="many_to_one"), ModelSpec(steps=3, cell="lstm")],
+    ids=["xh", "many_to_one", "lstm"],
+)
+def test_summary_page_holds_the_recursion_and_every_gradient(spec: ModelSpec) -> None:
+    d = derive(spec)
+    tex, md = render_documents(d)
+    summary = tex.split(r"\section{Summary}")[1].split(r"\section{Verified}")[0]
+    assert tex.split(r"\section{Summary}")[0].endswith("\\clearpage\n")
+    writer = _writer(d, None, None)
+    for assignment in d.step_form.backward:
+        if assignment.kind.startswith(("adjoint_", "pre_adjoint_")):
+            assert f"{writer.tex(assignment.target)} &= " in summary
+    for name in d.roles:
+        gradient = (
+            rf"\frac{{\partial L}}{{\partial {writer._leaf_name(name, d.roles[name]).tex()}}} &="
+        )
+        assert gradient in summary, name
+    assert ". Summary" in md

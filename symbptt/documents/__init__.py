@@ -295,21 +295,14 @@ def write_documents(
 
 # ---------------------------------------------------------------------------- Jupyter
 def derivation_summary_latex(derivation: Derivation) -> str:
-    """A short summary for Jupyter: the δ recursion and every gradient as a sum over t."""
+    """A short summary for Jupyter: the δ recursion and every gradient as a sum over t
+    (the documents' Summary section, in one ``aligned`` block)."""
     writer = _writer(derivation, None, None)
-    form = derivation.step_form
-    rows: list[str] = []
-    if form.last_backward is not None:
-        for assignment in form.last_backward:
-            if assignment.kind.startswith("adjoint_"):
-                found = writer.rows(writer.tex(assignment.target), assignment.expr)
-                rows += [rf"{row} && \text{{(last step)}}" for row in found]
-    for assignment in form.backward:
-        if assignment.kind.startswith("adjoint_"):
-            rows += writer.rows(writer.tex(assignment.target), assignment.expr)
-    bptt = writer.bptt()
-    rows.append(rf"{bptt['boundary']} &= {writer._zero_tex()}")
-    rows += bptt["sums"]
+    summary = writer.summary(writer.bptt())
+    rows = [rf"{row} && \text{{(last step)}}" for row in summary["last_rows"]]
+    rows += summary["rows"]
+    rows.append(summary["boundary_row"].replace(" = ", " &= ", 1))
+    rows += summary["sums"]
     return "$$\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}$$"
 
 

@@ -351,7 +351,7 @@ class _Writer:
 
     # -- context ----------------------------------------------------------------------
     def context(self) -> dict[str, Any]:
-        return {
+        context = {
             "layout": "teaching",
             "meta": self.meta(),
             "model": self.model(),
@@ -363,6 +363,8 @@ class _Writer:
             "updates": self.updates(),
             "verified": self.verified(),
         }
+        context["summary"] = self.summary(context["bptt"])  # printed last: names stay as they were
+        return context
 
     # -- header -----------------------------------------------------------------------
     def meta(self) -> dict[str, Any]:
@@ -1358,6 +1360,26 @@ class _Writer:
             "initial": self._initial_tex(),
             "initial_zero": self.spec.initial_state == "zero",
             "last_step": self.step_tex(self.T_last),
+        }
+
+    def summary(self, bptt: dict[str, Any]) -> dict[str, Any]:
+        """The page a student keeps: the adjoint recursion and every gradient as a sum over t."""
+        form = self.form
+
+        def adjoints(assignments: Sequence[Any]) -> list[str]:
+            rows: list[str] = []
+            for assignment in assignments:
+                if assignment.kind.startswith(("adjoint_", "pre_adjoint_")):
+                    rows += self.rows(self.tex(assignment.target), assignment.expr)
+            return rows
+
+        return {
+            "last_rows": adjoints(form.last_backward) if form.last_backward is not None else [],
+            "rows": adjoints(form.backward),
+            "boundary_row": bptt["boundary_row"],
+            "sums": bptt["sums"],
+            "t": self.tex(self.t),
+            "last_step": bptt["last_step"],
         }
 
     def gradient_forms(self) -> dict[str, tuple[str, int, Any]]:
