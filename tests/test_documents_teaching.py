@@ -389,3 +389,15 @@ def test_summary_page_holds_the_recursion_and_every_gradient(spec: ModelSpec) ->
         )
         assert gradient in summary, name
     assert ". Summary" in md
+
+
+# -- Jupyter -----------------------------------------------------------------------------------
+def test_plain_repr_stays_short_and_the_spec_shows_a_table() -> None:
+    spec = ModelSpec(steps=100)
+    derivation = derive(spec)
+    assert len(repr(derivation)) < 600 and repr(spec) in repr(derivation)
+    assert "5 gradients (W_xh, W_hh, W_hy, b_h, b_y)" in repr(derivation)
+    table = spec._repr_markdown_()
+    assert spec.hash() in table
+    for name, value in spec.as_dict().items():
+        assert f"| `{name}` | `{value}` |" in table
