@@ -13,6 +13,7 @@ from symbptt import ModelSpec, derive
 from symbptt.documents import (
     _writer,
     compile_pdf,
+    figure,
     overfull_boxes,
     render_documents,
     render_latex,
@@ -401,3 +402,58 @@ def test_plain_repr_stays_short_and_the_spec_shows_a_table() -> None:
     assert spec.hash() in table
     for name, value in spec.as_dict().items():
         assert f"| `{name}` | `{value}` |" in table
+
+
+# -- a figure of the unrolled graph ----------------------------------------------------------
+def _reads(spec: ModelSpec) -> dict[str, set[str]]:
+    """ASCII name of each forward quantity -> the names it reads, through anything (the graph)."""
+    graph = derive(spec).graph
+    direct: dict[str, set[str]] = {}
+    for a in graph.assignments:
+        expr = a.expr
+        atoms = {expr.pred} if a.kind == "loss" else expr.free_symbols
+        direct[str(a.target)] = {str(s) for s in atoms if hasattr(s, "shape")}
+    closure: dict[str, set[str]] = {}
+    for name in direct:
+        seen: set[str] = set()
+        stack = [name]
+        while stack:
+            for child in direct.get(stack.pop(), set()):
+                if child not in seen:
+                    seen.add(child)
+                    stack.append(child)
+        closure[name] = seen
+    return closure
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [ModelSpec(steps=3), ModelSpec(steps=3, notation="layered"), ModelSpec(steps=2, notation="aa")],
+    ids=["xh", "layered", "aa"],
+)
+def test_figure_edges_are_paths_of_the_graph(spec: ModelSpec) -> None:
+    writer = _writer(derive(spec), None, None)
+    chart = figure.mermaid(writer)
+    labels = dict(re.findall(r'  (\w+)\["([^"]+)"\]', "\n".join(chart)))
+    reads = _reads(spec)
+    weights: set[str] = set()
+    forward = [re.fullmatch(r"  (\w+) -->(?:\|([^|]*)\|)? (\w+)", line) for line in chart]
+    for found in filter(None, forward):
+        source, label, target = labels[found.group(1)], found.group(2), labels[found.group(3)]
+        if source in ("h_0", "H_init", "a_0"):  # the zero initial state: drawn, not in the graph
+            continue
+        assert source in reads[target], (source, target)
+        for weight in (label or "").split(", "):
+            if weight:
+                assert weight in reads[target]
+                weights.add(weight)
+    params = derive(spec).graph.params
+    assert weights == {n for n in params if not n.startswith(("b", "beta"))}
+    backward = [line for line in chart if "-.->" in line]
+    assert len(backward) == spec.steps
+
+
+def test_figure_in_both_documents() -> None:
+    tex, md = render_documents(ModelSpec(steps=3))
+    assert r"\begin{picture}" in tex and r"\put(" in tex
+    assert "```mermaid\nflowchart BT\n" in md

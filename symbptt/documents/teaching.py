@@ -37,6 +37,7 @@ from ..latex_printer import (
 )
 from ..notation import PARAM_ROLES, Notation
 from ..optimizers import Adam
+from . import figure
 from .layout import (
     _CHAIN_ORDER,
     _DEFAULT_CHAIN_ORDER,
@@ -701,6 +702,8 @@ class _Writer:
             groups.append({"step": step, "rows": rows})
         return {
             "groups": groups,
+            "figure": figure.picture(self),
+            "mermaid": figure.mermaid(self),
             "initial": initial_name(self.notation, self.k["hidden"]).tex(),
             "initial_zero": spec.initial_state == "zero",
             "first": self.first,
