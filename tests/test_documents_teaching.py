@@ -457,3 +457,23 @@ def test_figure_in_both_documents() -> None:
     tex, md = render_documents(ModelSpec(steps=3))
     assert r"\begin{picture}" in tex and r"\put(" in tex
     assert "```mermaid\nflowchart BT\n" in md
+
+
+# -- where the δ recursion comes from ----------------------------------------------------------
+@pytest.mark.parametrize("notation", NOTATIONS)
+def test_the_recursion_is_derived_from_the_states_descendants(notation: str) -> None:
+    """The descendants named are the equations that read h_t: its own step's, and step t + 1's."""
+    spec = ModelSpec(steps=3, notation=notation)
+    d = derive(spec)
+    writer = _writer(d, None, None)
+    origin = writer.origin()
+    form = d.step_form
+    hidden = next(a.target for a in form.forward if a.kind == "hidden")
+    readers = [a for a in form.forward if hidden in a.expr.free_symbols]
+    assert [writer.tex(a.target) for a in readers] == origin["children"][:-1]
+    # and the pre-activation of the next step, which reads the previous state
+    previous = writer.sym("hidden", form.t - 1)
+    assert previous in form.forward[0].expr.free_symbols
+    assert origin["children"][-1] == writer.tex(writer.sym("pre_activation", form.t + 1))
+    tex = render_latex(spec)
+    assert origin["rows"][0] in tex and "numerator layout" in tex

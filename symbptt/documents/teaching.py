@@ -365,6 +365,7 @@ class _Writer:
             "verified": self.verified(),
         }
         context["summary"] = self.summary(context["bptt"])  # printed last: names stay as they were
+        context["bptt"]["origin"] = self.origin()
         return context
 
     # -- header -----------------------------------------------------------------------
@@ -1383,6 +1384,45 @@ class _Writer:
             "sums": bptt["sums"],
             "t": self.tex(self.t),
             "last_step": bptt["last_step"],
+        }
+
+    def origin(self) -> dict[str, Any]:
+        """Where the δ recursion comes from: the hidden state's descendants, read off the step.
+
+        h_t is read by the equations of its own step (the output layer) and by
+        the pre-activation of step t + 1; the chain rule sums over them.
+        """
+        hidden, pre = self.k["hidden"], self.k["pre_activation"]
+        form, t = self.form, self.t
+        pool = form.last_forward if form.last_forward is not None else form.forward
+        h_t = self.sym(hidden, t)
+        children = [a.target for a in pool if a.kind != "loss" and h_t in _atoms(a.expr)]
+        if self.sym(hidden, t - 1) in _atoms(self._generic(pre, last=False).expr):
+            children.append(self.sym(pre, t + 1))
+        h_name = self.named(h_t)
+        total = loss_name(self.notation)
+        terms = []
+
+        def fraction(num: TeXName, den: TeXName) -> str:  # as the adjoints below are named
+            return rf"\frac{{\partial {num.tex()}}}{{\partial {den.tex()}}}"
+
+        for child in children:
+            jacobian = fraction(self.named(child), h_name)
+            adjoint = fraction(total, self.named(child))
+            if self.notation.layout == "row":
+                terms.append(rf"{adjoint} {jacobian}")
+            else:
+                terms.append(rf"\left({jacobian}\right)^{{\top}} {adjoint}")
+        return {
+            "state": h_name.tex(),
+            "children": [self.tex(c) for c in children],
+            "rows": [rf"{fraction(total, h_name)} &= " + " + ".join(terms)],
+            "row": self.notation.layout == "row",
+            "example": fraction(TeXName("a"), TeXName("b")),
+            "next": self.tex(self.sym(pre, t + 1)),
+            "next_delta": delta_name(self.notation, t + 1, pre).tex(),
+            "next_is": rf"{fraction(total, self.named(self.sym(pre, t + 1)))} = "
+            + delta_name(self.notation, t + 1, pre).tex(),
         }
 
     def gradient_forms(self) -> dict[str, tuple[str, int, Any]]:
