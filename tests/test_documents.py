@@ -452,6 +452,7 @@ MATHJAX = {
     *("theta", "eta", "rho", "tau", "epsilon", "sqrt", "max", "times", "dots", "vdots"),
     *("quad", "qquad", "begin", "end", "biggl", "biggr", "leftarrow", "mapsto", "text"),
     *("mathrm", "Delta"),  # \mathrm{net}_a in the aa notation, its Δw updates
+    *("gamma", "lVert", "rVert", "lvert", "rvert", "leq"),  # the vanishing-gradient bound
     *("phi", "tilde"),  # the gated cells' documents: q = \phi(a), \tilde{C}
 }
 

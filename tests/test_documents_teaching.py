@@ -477,3 +477,17 @@ def test_the_recursion_is_derived_from_the_states_descendants(notation: str) -> 
     assert origin["children"][-1] == writer.tex(writer.sym("pre_activation", form.t + 1))
     tex = render_latex(spec)
     assert origin["rows"][0] in tex and "numerator layout" in tex
+
+
+# -- vanishing and exploding gradients ----------------------------------------------------------
+@pytest.mark.parametrize("notation", NOTATIONS)
+def test_vanishing_bound_uses_the_step_jacobian(notation: str) -> None:
+    """The product is of the Jacobian printed in Section 5; the bound names its recurrent weight."""
+    spec = ModelSpec(steps=3, notation=notation)
+    tex = render_latex(spec)
+    jacobian = _jacobian(tex).split(" = ", 1)[1]
+    section = tex.split(r"\subsection*{Vanishing and exploding gradients}")[1].split(r"\section")[0]
+    assert jacobian in section
+    weight = derive(spec).notation.param("recurrent_weight").latex
+    assert rf"\left\lVert {weight} \right\rVert\right)^{{t - k}}" in section
+    assert r"\texttt{truncated\_bptt}" in section and r"\texttt{clip\_by\_norm}" in section

@@ -1259,6 +1259,7 @@ class _Writer:
             "distribution": loss.distribution,
             "scaled_rows": scaled_rows,
             "jacobian": rf"{jac_lhs} = {self.tex(jacobian)}",
+            "vanishing": self._vanishing(jacobian, j),
             "j": self.tex(j),
             "g": self.tex(g_sym),
             "ones": self.tex(sp.OneMatrix(shape[0], 1)),
@@ -1274,6 +1275,47 @@ class _Writer:
             "target": self.named(target).tex(),
             "contributions": self._contribution_rows(),
             "delta_rows": self._delta_rows(),
+        }
+
+    def _vanishing(self, jacobian: Any, j: Any) -> dict[str, Any]:
+        """The product of step Jacobians from step k to step t, and the bound on its norm."""
+        notation, t = self.notation, self.t
+        k = sp.Symbol("k", integer=True)
+        hidden = self.k["hidden"]
+        h_t, h_k = series_name(notation, hidden, t), series_name(notation, hidden, k)
+        lhs = self.partial(h_t, h_k)
+        step = self.partial(series_name(notation, hidden, j), series_name(notation, hidden, j - 1))
+        over = rf"\prod_{{{self.tex(j)}={self.tex(k + 1)}}}^{{{self.tex(t)}}}"
+        # the factors of one step Jacobian: diag(f'(z_j)) and the recurrent weight
+        factors = [self.tex(f) for f in jacobian.args]
+        diag = next(f for f in jacobian.args if isinstance(f, DiagMatrix))
+        weight = [f for f in jacobian.args if f is not diag]
+        f = self._fn_name(self.notation.hidden_fn)
+        gamma = sp.Symbol("gamma")
+        z = functions.z
+
+        def norm(tex: str) -> str:
+            return rf"\left\lVert {tex} \right\rVert"
+
+        weight_tex = self.tex(sp.MatMul(*weight)) if len(weight) > 1 else self.tex(weight[0])
+        distance = f"{self.tex(t)} - {self.tex(k)}"
+        rows = [
+            rf"{lhs} &= {over} {step} = {over} " + " ".join(factors),
+            rf"{norm(lhs)} &\leq {over} {norm(self.tex(diag))} \, {norm(weight_tex)}"
+            rf" \leq \left({self.tex(gamma)} \, {norm(weight_tex)}\right)^{{{distance}}}",
+        ]
+        return {
+            "rows": rows,
+            "gamma": rf"{self.tex(gamma)} = \max_{{{self.tex(z)}}} "
+            rf"\lvert {f}'({self.tex(z)}) \rvert",
+            "vanishes": rf"{self.tex(gamma)} \, {norm(weight_tex)} < 1",
+            "distance": distance,
+            "left": f"{self.tex(j)} = {self.tex(t)}",
+            "right": f"{self.tex(j)} = {self.tex(k + 1)}",
+            "weight": weight_tex,
+            "window": self.tex(sp.Symbol("K")),
+            "limit": self.tex(sp.Symbol("c")),
+            "row": self.notation.layout == "row",
         }
 
     def _factor_of(self, expr: Any, role: str, step: Any) -> tuple[list[Any], list[Any]]:
