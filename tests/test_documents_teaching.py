@@ -19,7 +19,7 @@ from symbptt.documents import (
     render_latex,
 )
 from symbptt.latex_printer import delta_name
-from symbptt.verification import Checks, _numerical_sizes, proof_spec
+from symbptt.verification import Checks, _numerical_sizes, proof_spec, worked_example
 from symbptt.verify import ScalarProof
 
 from .test_documents import require_pdflatex
@@ -491,3 +491,53 @@ def test_vanishing_bound_uses_the_step_jacobian(notation: str) -> None:
     weight = derive(spec).notation.param("recurrent_weight").latex
     assert rf"\left\lVert {weight} \right\rVert\right)^{{t - k}}" in section
     assert r"\texttt{truncated\_bptt}" in section and r"\texttt{clip\_by\_norm}" in section
+
+
+# -- a worked example with numbers ---------------------------------------------------------------
+def test_worked_example_gradients_equal_finite_differences() -> None:
+    """The example's gradients (the evaluator's) against central differences of the generated
+    module's loss at the same numbers; the document prints them."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from symbptt.emit import emit_numpy, load_module
+    from symbptt.presets import HELLO, PRESETS
+
+    spec = PRESETS["xh_hello"]
+    d = derive(spec)
+    example = worked_example(d)
+    assert example is not None and example.text == "hello"
+    assert example.module_error < 1e-12
+    module = load_module(emit_numpy(replace(spec, n_hidden=3)))
+    params = {name: np.array(example.values[s]) for name, s in d.graph.params.items()}
+    eye = np.eye(len(HELLO))
+    X = np.array([eye[[HELLO.index(c)]] for c in example.text[:-1]])
+    Y = np.array([eye[[HELLO.index(c)]] for c in example.text[1:]])
+    assert module.loss(params, X, Y) == pytest.approx(example.loss, rel=1e-12)
+    eps = 1e-6
+    for name, value in params.items():
+        numeric = np.zeros_like(value)
+        for index in np.ndindex(value.shape):
+            up, down = value.copy(), value.copy()
+            up[index] += eps
+            down[index] -= eps
+            plus = module.loss({**params, name: up}, X, Y)
+            minus = module.loss({**params, name: down}, X, Y)
+            numeric[index] = (plus - minus) / (2 * eps)
+        assert np.allclose(example.gradients[name], numeric, atol=1e-8), name
+    # "o" is never read: its column of dL/dW_xh is zero
+    assert np.all(example.gradients["W_xh"][:, HELLO.index("o")] == 0)
+    checks = Checks(spec, None, "not run", None, "not run", (), example)
+    tex, md = render_documents(d, checks=checks)
+    for text in (tex, md):
+        assert "A worked example" in text
+        assert f"L &= {example.loss:.3f}" in text
+        assert "largest relative difference" in text
+
+
+def test_no_worked_example_where_it_does_not_fit() -> None:
+    from symbptt.presets import PRESETS
+
+    for name in ("uvw_mean", "layered_many_to_one", "lstm_hello"):
+        assert worked_example(derive(PRESETS[name])) is None

@@ -289,6 +289,18 @@ def _sci(value: float) -> str:
     return rf"{mantissa:.1f} \times 10^{{{exponent}}}"
 
 
+def _numbers(array: Any, digits: int) -> str:
+    """A matrix of numbers as ``\\begin{bmatrix}`` with ``digits`` decimals."""
+    rows = []
+    for row in array:
+        cells = []
+        for value in row:
+            text = f"{float(value):.{digits}f}"
+            cells.append("0" if float(text) == 0 else text)
+        rows.append(" & ".join(cells))
+    return r"\begin{bmatrix} " + r" \\ ".join(rows) + r" \end{bmatrix}"
+
+
 def _decimal(value: float) -> Any:
     """``value`` as SymPy prints a decimal: ``10^{-8}`` for a power of ten, else ``0.999``."""
     exponent = round(math.log10(value)) if value > 0 else 0

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.diagonal import DiagMatrix
@@ -53,6 +54,7 @@ from .layout import (
     _atoms,
     _decimal,
     _elide,
+    _numbers,
     _pack,
     _sci,
     prose,
@@ -366,6 +368,7 @@ class _Writer:
         }
         context["summary"] = self.summary(context["bptt"])  # printed last: names stay as they were
         context["bptt"]["origin"] = self.origin()
+        context["example"] = self.example()
         return context
 
     # -- header -----------------------------------------------------------------------
@@ -1465,6 +1468,61 @@ class _Writer:
             "next_delta": delta_name(self.notation, t + 1, pre).tex(),
             "next_is": rf"{fraction(total, self.named(self.sym(pre, t + 1)))} = "
             + delta_name(self.notation, t + 1, pre).tex(),
+        }
+
+    def example(self) -> dict[str, Any] | None:
+        """The worked example of the verifying stage, printed: its numbers, and their check."""
+        found = self.checks.example if self.checks is not None else None
+        if found is None:
+            return None
+        values = found.values
+
+        def vector(symbol: Any, digits: int = 3) -> str:  # a column as its transpose
+            value = np.asarray(values[symbol], dtype=float)
+            if value.size == 1:
+                return rf"{self.tex(symbol)} &= {float(value.reshape(-1)[0]):.{digits}f}"
+            if value.shape[1] == 1 and value.shape[0] > 1:
+                return rf"{self.tex(sp.Transpose(symbol))} &= {_numbers(value.T, digits)}"
+            return rf"{self.tex(symbol)} &= {_numbers(value, digits)}"
+
+        params = [vector(symbol, 1) for symbol in self.graph.params.values()]
+        forward: list[str] = []
+        show = (self.k["hidden"], "output", "loss")
+        for assignment in self.graph.assignments:
+            if assignment.kind in show:
+                forward.append(vector(assignment.target))
+        total = self.graph.assignments[-1].target
+        forward.append(rf"{self.tex(total)} &= {found.loss:.3f}")
+        backward = [
+            vector(a.target)
+            for a in self.d.assignments
+            if a.kind == "adjoint_" + self.k["pre_activation"]
+        ]
+        gradients = [
+            rf"{partial_name(self.notation, self._leaf_name(name, role)).tex()} &= "
+            + _numbers(found.gradients[name], 3)
+            for name, role in self.d.roles.items()
+        ]
+        steps = [
+            {
+                "t": str(step),
+                "x": found.text[i],
+                "y": found.text[i + 1],
+            }
+            for i, step in enumerate(self.graph.steps)
+        ]
+        return {
+            "text": found.text,
+            "sizes": [rf"{self.tex(size)} = {value}" for size, value in found.sizes.items()],
+            "steps": steps,
+            "params": params,
+            "forward": forward,
+            "backward": backward,
+            "gradients": gradients,
+            "x": series_name(self.notation, "input", self.t).tex(),
+            "y": series_name(self.notation, "target", self.t).tex(),
+            "error": _sci(found.module_error),
+            "grid": f"{found.grid:g}",
         }
 
     def gradient_forms(self) -> dict[str, tuple[str, int, Any]]:
