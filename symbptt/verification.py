@@ -64,6 +64,10 @@ class WorkedExample:
     loss: float
     module_error: float
     grid: float = 0.1  # the parameters are multiples of it
+    #: ‖∂L_T/∂h_k‖ for k = 0 .. T-1 over a longer sequence of the same characters, with
+    #: the example's weights and with the recurrent weight scaled: scale -> norms
+    norms: dict[float, tuple[float, ...]] | None = None
+    recurrent: str = ""  # the recurrent weight's name (the one scaled)
 
 
 @dataclass(frozen=True)
@@ -140,7 +144,33 @@ def worked_example(derivation: Derivation) -> WorkedExample | None:
     error = max(error, abs(loss - value) / max(1.0, abs(value)))
     values = {a.target: evaluator.env[a.target] for a in graph.assignments + derivation.assignments}
     values.update({graph.params[name]: value for name, value in params.items()})
-    return WorkedExample(text, dict(sizes), values, gradients, loss, error, EXAMPLE_GRID)
+    recurrent = next((n for n, role in derivation.roles.items() if role == "recurrent_weight"), "")
+    norms = _norms(module, params, recurrent, rng) if recurrent else None
+    return WorkedExample(
+        text, dict(sizes), values, gradients, loss, error, EXAMPLE_GRID, norms, recurrent
+    )
+
+
+#: The longer sequence the gradient norms are measured over, and the recurrent weight's scales.
+NORM_STEPS, NORM_SCALES = 30, (1.0, 4.0)
+
+
+def _norms(
+    module: Any, params: dict[str, Any], recurrent: str, rng: np.random.Generator
+) -> dict[float, tuple[float, ...]]:
+    """``train.gradient_norms`` over NORM_STEPS random characters, for each scale of the
+    recurrent weight: how far back the last step's loss reaches."""
+    from .presets import HELLO
+    from .train import gradient_norms
+
+    eye = np.eye(len(HELLO))
+    chars = rng.integers(0, len(HELLO), size=NORM_STEPS + 1)
+    X, Y = eye[chars[:-1]][:, None, :], eye[chars[1:]][:, None, :]
+    out = {}
+    for scale in NORM_SCALES:
+        scaled = {**params, recurrent: params[recurrent] * scale}
+        out[scale] = tuple(float(v) for v in gradient_norms(module, scaled, X, Y))
+    return out
 
 
 def proof_spec(spec: ModelSpec) -> ModelSpec:

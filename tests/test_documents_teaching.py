@@ -541,3 +541,25 @@ def test_no_worked_example_where_it_does_not_fit() -> None:
 
     for name in ("uvw_mean", "layered_many_to_one", "lstm_hello"):
         assert worked_example(derive(PRESETS[name])) is None
+
+
+def test_measured_gradient_norms_are_plotted_and_listed() -> None:
+    from symbptt.documents.layout import _sci
+    from symbptt.presets import PRESETS
+    from symbptt.verification import NORM_SCALES, NORM_STEPS
+
+    d = derive(PRESETS["xh_hello"])
+    example = worked_example(d)
+    assert example is not None and example.norms is not None
+    assert example.recurrent == "W_hh" and tuple(example.norms) == NORM_SCALES
+    for values in example.norms.values():
+        assert len(values) == NORM_STEPS and all(v > 0 for v in values)
+    # the example's weights: the last step's loss reaches back less and less (vanishing)
+    weak = example.norms[NORM_SCALES[0]]
+    assert weak[0] < 1e-6 * weak[-1]
+    tex, md = render_documents(d, checks=Checks(d.spec, None, "-", None, "-", (), example))
+    plot = tex.split(r"\begin{picture}")[-1].split(r"\end{picture}")[0]
+    assert plot.count(r"\circle*{3}") == NORM_STEPS and plot.count(r"\circle{3}") == NORM_STEPS
+    strong = example.norms[NORM_SCALES[1]]
+    assert f"| 0 | ${_sci(weak[0])}$ | ${_sci(strong[0])}$ |" in md
+    assert r"\left\lVert \frac{\partial L_{T}}{\partial h_{k}} \right\rVert" in md

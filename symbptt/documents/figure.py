@@ -223,3 +223,49 @@ def mermaid(writer: Any) -> list[str]:
                     f"  {ident(edge.source, steps[-2])} {arrow} {ident(edge.target, 'gap')}"
                 )
     return lines
+
+
+#: The plot of the measured gradient norms (pt): width and height of the axes.
+PLOT_WIDTH, PLOT_HEIGHT, PLOT_LEFT = 300, 110, 34
+
+
+def norm_plot(norms: dict[float, tuple[float, ...]], x_label: str = "") -> dict[str, Any]:
+    """‖∂L_T/∂h_k‖ over k on a log scale, one series per scale: ``picture`` commands."""
+    import math
+
+    series = list(norms.items())
+    values = [v for _, vs in series for v in vs if v > 0]
+    low = math.floor(math.log10(min(values)))
+    high = math.ceil(math.log10(max(values)))
+    if high == low:
+        high = low + 1
+    count = max(len(vs) for _, vs in series)
+    dx = PLOT_WIDTH / max(count - 1, 1)
+
+    def y(value: float) -> float:
+        return round((math.log10(value) - low) / (high - low) * PLOT_HEIGHT, 1)
+
+    lines = [
+        rf"\put({PLOT_LEFT},0){{\vector(1,0){{{PLOT_WIDTH + 14}}}}}",
+        rf"\put({PLOT_LEFT},0){{\vector(0,1){{{PLOT_HEIGHT + 10}}}}}",
+    ]
+    step = max(1, (high - low) // 4)
+    for decade in range(low, high + 1, step):
+        at = y(10.0**decade)
+        lines.append(rf"\put({PLOT_LEFT - 3},{at:g}){{\line(1,0){{3}}}}")
+        lines.append(
+            rf"\put({PLOT_LEFT - 5},{at:g}){{\makebox(0,0)[r]{{$\scriptstyle 10^{{{decade}}}$}}}}"
+        )
+    for k in range(0, count, 10 if count > 12 else 1):
+        at = round(PLOT_LEFT + k * dx, 1)
+        lines.append(rf"\put({at:g},-3){{\line(0,1){{3}}}}")
+        lines.append(rf"\put({at:g},-6){{\makebox(0,0)[t]{{$\scriptstyle {k}$}}}}")
+    if x_label:
+        lines.append(rf"\put({PLOT_LEFT + PLOT_WIDTH + 18},0){{\makebox(0,0)[l]{{${x_label}$}}}}")
+    marks = (r"\circle*{3}", r"\circle{3}")
+    for (_, vs), mark in zip(series, marks, strict=False):
+        for k, value in enumerate(vs):
+            if value > 0:
+                lines.append(rf"\put({round(PLOT_LEFT + k * dx, 1):g},{y(value):g}){{{mark}}}")
+    size = f"({PLOT_LEFT + PLOT_WIDTH + 30},{PLOT_HEIGHT + 28})(0,-18)"
+    return {"commands": lines, "size": size}

@@ -1523,6 +1523,37 @@ class _Writer:
             "y": series_name(self.notation, "target", self.t).tex(),
             "error": _sci(found.module_error),
             "grid": f"{found.grid:g}",
+            "norms": self._norms(found),
+        }
+
+    def _norms(self, found: Any) -> dict[str, Any] | None:
+        """The measured ‖∂L_T/∂h_k‖ of the example's weights: a plot and a few values."""
+        if not found.norms or not found.recurrent:
+            return None
+        scales = list(found.norms)
+        count = len(found.norms[scales[0]])
+        hidden = self.k["hidden"]
+        k = sp.Symbol("k", integer=True)
+        T = sp.Symbol("T")
+        weight = self.tex(self.graph.params[found.recurrent])
+        reach = self.partial(loss_name(self.notation, T), series_name(self.notation, hidden, k))
+        rows = [
+            {"k": str(i), "values": [_sci(found.norms[s][i]) for s in scales]}
+            for i in range(0, count, 5)
+        ]
+        if (count - 1) % 5:
+            rows.append(
+                {"k": str(count - 1), "values": [_sci(found.norms[s][count - 1]) for s in scales]}
+            )
+        return {
+            "plot": figure.norm_plot(found.norms, self.tex(k)),
+            "norm": rf"\left\lVert {reach} \right\rVert",
+            "k": self.tex(k),
+            "T_is": self.tex(sp.Eq(T, count, evaluate=False)),
+            "scales": [f"{s:g}" for s in scales],
+            "weight": weight,
+            "scaled": rf"{scales[-1]:g} \, {weight}",
+            "rows": rows,
         }
 
     def gradient_forms(self) -> dict[str, tuple[str, int, Any]]:
