@@ -66,7 +66,7 @@ class _CellWriter(_Writer):
     row_width = ROW_WIDTH - 6.0
 
     def context(self) -> dict[str, Any]:
-        context = {
+        context: dict[str, Any] = {
             "layout": "cell",
             "meta": self.meta(),
             "model": self.cell_model(),

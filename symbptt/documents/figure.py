@@ -45,10 +45,10 @@ def edges(writer: Any) -> tuple[list[str], list[Edge]]:
     incoming: dict[str, list[tuple[str, int, tuple[str, ...]]]] = {}
     for assignment in pool:
         target = meta[assignment.target][0]
+        sources: list[tuple[str, int, tuple[str, ...]]] = []
         if assignment.kind == "loss":
-            sources = [(meta[assignment.expr.pred][0], 0, ())]
+            sources.append((meta[assignment.expr.pred][0], 0, ()))
         else:
-            sources = []
             terms = (
                 assignment.expr.args
                 if isinstance(assignment.expr, sp.MatAdd)
@@ -118,7 +118,8 @@ def picture(writer: Any) -> dict[str, Any]:
     for i, step in enumerate(steps):
         if step is None:  # the rows that have a quantity at the steps left out
             for role in rows:
-                if has(role, steps[i + 1] - 1):
+                after = steps[i + 1]
+                if after is not None and has(role, after - 1):
                     node(FIRST + i * COLUMN, y[role], r"\cdots")
             continue
         for edge in found:

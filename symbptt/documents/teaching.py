@@ -354,7 +354,7 @@ class _Writer:
 
     # -- context ----------------------------------------------------------------------
     def context(self) -> dict[str, Any]:
-        context = {
+        context: dict[str, Any] = {
             "layout": "teaching",
             "meta": self.meta(),
             "model": self.model(),
