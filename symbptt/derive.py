@@ -282,6 +282,13 @@ class Derivation:
         """An intermediate symbol written in the leaves only."""
         return self._expanded.get(symbol, symbol)
 
+    def __repr__(self) -> str:
+        """Short whatever T: the spec and what was derived (the expressions are in the fields)."""
+        return (
+            f"Derivation({self.spec!r}: {len(self.gradients)} gradients "
+            f"({', '.join(self.gradients)}), {len(self.assignments)} backward assignments)"
+        )
+
     def _repr_latex_(self) -> str | None:
         """Jupyter's view: the summary the documents stage registers (:data:`LATEX_SUMMARY`)."""
         return LATEX_SUMMARY[0](self) if LATEX_SUMMARY else None

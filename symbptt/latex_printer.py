@@ -5,7 +5,7 @@ edits printed strings.  What it adds to SymPy's printer:
 
 * every symbol of a derivation printed the way its notation writes it, from a
   map ``symbol -> TeXName`` built from ``symbols.meta`` (:func:`symbol_names`):
-  ``h_{3}`` (xh), ``h^{(3)}`` (uvw), ``H_{12}`` (layered), ``a\\left(3\\right)``
+  ``h_{3}`` (xh), ``h^{(3)}`` (uvw), ``H_{12}`` (layered), ``a(3)``
   (aa); adjoints as ``\\delta`` and ``\\frac{\\partial L}{\\partial h_{t}}``;
 * the Hadamard product as ``\\odot`` (elementwise division as ``\\oslash``),
   a Hadamard square as ``h_{t} \\odot h_{t}`` (or ``h_{t}^{\\odot 2}``);
@@ -160,7 +160,7 @@ class TeXName:
             return self.tex()
         if self.sup and not self.compound:
             return f"{self.head}_{{{index}}}^{{{self.sup}}}"
-        if not self.compound and "_" not in self.head and not self.head.endswith(r"\right)"):
+        if not self.compound and "_" not in self.head and not self.head.endswith(")"):
             return f"{self.head}_{{{index}}}"
         if self.compound:
             return rf"\left[{self.tex()}\right]_{{{index}}}"
@@ -224,7 +224,7 @@ def pre_adjoint_name(notation: Notation, role: str, step: Any) -> TeXName:
     if notation.style == "sup":
         return TeXName(rf"\delta_{{{entry.latex}}}", f"({_step_tex(step)})")
     if notation.style == "call":
-        return TeXName(rf"\delta^{{{entry.latex}}}\left({_step_tex(step)}\right)")
+        return TeXName(rf"\delta^{{{entry.latex}}}({_step_tex(step)})")
     return TeXName(notation.index(r"\delta", step, entry.layer), entry.latex)
 
 
@@ -667,6 +667,11 @@ class BPTTLatexPrinter(LatexPrinter):  # type: ignore[misc]
             out.append(("-" if negative else "+", body))
         return out
 
+    def signed_term(self, term: Any) -> tuple[str, str]:
+        """One term of a sum as ``(sign, term)``, for a caller that orders the terms itself."""
+        negative, body = self._term(term)
+        return ("-" if negative else "+", body)
+
     def sum_of(self, terms: list[Any]) -> str:
         """``terms`` printed as a sum, in the notation's order (without building it)."""
         return self._signed_terms(self._ordered(list(terms)))
@@ -704,9 +709,7 @@ class BPTTLatexPrinter(LatexPrinter):  # type: ignore[misc]
             return rf"{self._print(sp.Symbol(body.func.__name__))}{arg}"
         if isinstance(body, sp.Heaviside) and body.args[0] == var:
             inside = self._print(expr.expr)
-            if self._tall(expr.expr):
-                return rf"\mathbb{{1}}\left[{inside} > 0\right]"
-            return rf"\mathbb{{1}}[{inside} > 0]"
+            return self._iverson(inside, tall=self._tall(expr.expr))
         name = self._activation_tex(function)
         if name is not None:
             return f"{name}{arg}"
@@ -714,8 +717,19 @@ class BPTTLatexPrinter(LatexPrinter):  # type: ignore[misc]
         inner = self.with_names({placeholder: TeXName(arg)})
         return inner._print(body.xreplace({var: placeholder}))  # type: ignore[no-any-return]
 
+    @staticmethod
+    def _iverson(inside: str, tall: bool = False) -> str:
+        """``[x > 0]``, Iverson's bracket: 1 where it holds, else 0.
+
+        Not ``\\mathbb{1}``: amssymb has no blackboard digit one and pdflatex
+        silently prints "does not force" (⊮) in its place.
+        """
+        if tall:
+            return rf"\left[{inside} > 0\right]"
+        return rf"[{inside} > 0]"
+
     def _print_Heaviside(self, expr: Any, exp: Any = None) -> str:
-        tex = rf"\mathbb{{1}}[{self._print(expr.args[0])} > 0]"
+        tex = self._iverson(self._print(expr.args[0]))
         return rf"{tex}^{{{exp}}}" if exp is not None else tex
 
     def _print_log(self, expr: Any, exp: Any = None) -> str:

@@ -237,6 +237,16 @@ class ModelSpec:
         """The first 12 hex digits of the SHA-256 of :meth:`canonical`."""
         return hashlib.sha256(self.canonical().encode()).hexdigest()[:12]
 
+    def _repr_markdown_(self) -> str:
+        """Jupyter's view: the settings as a short table (values escaped as code)."""
+
+        def cell(value: Any) -> str:  # a path may hold | or `
+            return "`" + str(value).replace("`", "'").replace("|", "\\|") + "`"
+
+        rows = [f"| `{name}` | {cell(value)} |" for name, value in self.as_dict().items()]
+        head = f"**ModelSpec** `{self.hash()}` (`{self.model.title}`, notation `{self.notation}`)"
+        return "\n".join([head, "", "| field | value |", "|---|---|", *rows])
+
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))

@@ -9,7 +9,10 @@ module imports the oracles and the documents, not the reverse).
   sizes and T ≤ 3;
 * the numerical check (:func:`symbptt.gradcheck.gradcheck`): the generated
   module against central differences, at the spec's sizes (small defaults for
-  sizes it leaves symbolic).
+  sizes it leaves symbolic);
+* for the "hello" presets, a worked example (:func:`worked_example`): one
+  forward and backward pass with numbers, by the numeric evaluator, its
+  gradients compared with the generated module's for the same numbers.
 
 :func:`render_latex`, :func:`render_markdown` and :func:`build_pdf` are the
 public ones (``symbptt.render_latex``): they run the checks (``verify=True``)
@@ -22,15 +25,49 @@ import inspect
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import sympy as sp
 
 from . import documents, gradcheck
 from . import verify as scalar_oracle
 from .derive import Derivation
 from .spec import ModelSpec
 
-__all__ = ["Checks", "build_pdf", "proof_spec", "render_latex", "render_markdown", "run_checks"]
+__all__ = [
+    "Checks",
+    "WorkedExample",
+    "build_pdf",
+    "proof_spec",
+    "render_latex",
+    "render_markdown",
+    "run_checks",
+    "worked_example",
+]
+
+
+@dataclass(frozen=True)
+class WorkedExample:
+    """One forward and backward pass with numbers: the "hello" example of the seeds.
+
+    ``values`` maps the derivation's symbols (parameters, inputs, targets, every
+    forward and backward quantity) to their values, from the project's numeric
+    evaluator; ``module_error`` is the largest relative difference between its
+    gradients and those the generated module computes for the same numbers.
+    """
+
+    text: str  # the characters read (inputs text[:-1], targets text[1:])
+    sizes: dict[Any, int]  # the symbolic sizes the example fixes (n_1 = 3)
+    values: dict[Any, Any]
+    gradients: dict[str, Any]
+    loss: float
+    module_error: float
+    grid: float = 0.1  # the parameters are multiples of it
+    #: ‖∂L_T/∂h_k‖ for k = 0 .. T-1 over a longer sequence of the same characters, with
+    #: the example's weights and with the recurrent weight scaled: scale -> norms
+    norms: dict[float, tuple[float, ...]] | None = None
+    recurrent: str = ""  # the recurrent weight's name (the one scaled)
 
 
 @dataclass(frozen=True)
@@ -43,6 +80,97 @@ class Checks:
     numerical: gradcheck.GradcheckResult | None
     numerical_error: str | None
     numerical_sizes: tuple[tuple[str, int], ...]  # (n_in, n_hidden, n_out, batch, steps)
+    example: WorkedExample | None = None  # the "hello" presets: numbers, checked
+
+
+#: The word of the seeds' example and the hidden size a worked example uses when the
+#: spec leaves it open; parameters are drawn on a grid of 0.1 so they print exactly.
+WORD, EXAMPLE_HIDDEN, EXAMPLE_SEED, EXAMPLE_GRID = "hello", 3, 20261130, 0.1
+
+
+def worked_example(derivation: Derivation) -> WorkedExample | None:
+    """The "hello" example with numbers, for a one-state cell whose inputs and outputs are
+    the four characters (one example, many-to-many, T < 5); None for any other spec."""
+    from .emit import emit_numpy, load_module
+    from .evaluate import Evaluator
+    from .presets import HELLO
+
+    spec, graph = derivation.spec, derivation.graph
+    n = len(HELLO)
+    fits = spec.n_in == n and spec.n_out == n and spec.batch == 1
+    if not fits or spec.mode != "many_to_many" or spec.steps >= len(WORD):
+        return None
+    if len(spec.model.states) != 1 or spec.initial_state != "zero":
+        return None
+    text = WORD[: spec.steps + 1]
+    symbols = graph.symbols
+    sizes = {size: EXAMPLE_HIDDEN for size in symbols.sizes.values() if isinstance(size, sp.Symbol)}
+    env: dict[Any, Any] = dict(sizes)
+    rng = np.random.default_rng(EXAMPLE_SEED)
+
+    def shape_of(symbol: Any) -> tuple[int, int]:
+        return tuple(int(sp.sympify(d).xreplace(sizes)) for d in symbol.shape)  # type: ignore[return-value]
+
+    params: dict[str, Any] = {}
+    for name, symbol in graph.params.items():
+        params[name] = (
+            np.round(rng.uniform(-0.5, 0.5, shape_of(symbol)) / EXAMPLE_GRID) * EXAMPLE_GRID
+        )
+        env[symbol] = params[name]
+    column = graph.symbols.layout == "column"
+    eye = np.eye(n)
+    X, Y = [], []
+    for i, step in enumerate(graph.steps):
+        x = eye[HELLO.index(text[i])][:, None]
+        y = eye[HELLO.index(text[i + 1])][:, None]
+        env[symbols.series("input", step)] = x if column else x.T
+        env[symbols.series("target", step)] = y if column else y.T
+        X.append(x.T)
+        Y.append(y.T)
+    evaluator = Evaluator(env)
+    evaluator.run(graph.assignments)
+    evaluator.run(derivation.assignments)
+    gradients = {name: evaluator(g) for name, g in derivation.gradients.items()}
+    # the same numbers through the generated module
+    module = load_module(emit_numpy(replace(spec, n_hidden=spec.n_hidden or EXAMPLE_HIDDEN)))
+    value, computed = module.loss_and_gradients(params, np.array(X), np.array(Y))
+    error = max(
+        float(np.max(np.abs(computed[name] - gradients[name])) / max(1.0, np.max(np.abs(g))))
+        for name, g in gradients.items()
+        if name in computed
+    )
+    total = graph.assignments[-1].target
+    loss = float(np.asarray(evaluator.env[total]).reshape(-1)[0])
+    error = max(error, abs(loss - value) / max(1.0, abs(value)))
+    values = {a.target: evaluator.env[a.target] for a in graph.assignments + derivation.assignments}
+    values.update({graph.params[name]: value for name, value in params.items()})
+    recurrent = next((n for n, role in derivation.roles.items() if role == "recurrent_weight"), "")
+    norms = _norms(module, params, recurrent, rng) if recurrent else None
+    return WorkedExample(
+        text, dict(sizes), values, gradients, loss, error, EXAMPLE_GRID, norms, recurrent
+    )
+
+
+#: The longer sequence the gradient norms are measured over, and the recurrent weight's scales.
+NORM_STEPS, NORM_SCALES = 30, (1.0, 4.0)
+
+
+def _norms(
+    module: Any, params: dict[str, Any], recurrent: str, rng: np.random.Generator
+) -> dict[float, tuple[float, ...]]:
+    """``train.gradient_norms`` over NORM_STEPS random characters, for each scale of the
+    recurrent weight: how far back the last step's loss reaches."""
+    from .presets import HELLO
+    from .train import gradient_norms
+
+    eye = np.eye(len(HELLO))
+    chars = rng.integers(0, len(HELLO), size=NORM_STEPS + 1)
+    X, Y = eye[chars[:-1]][:, None, :], eye[chars[1:]][:, None, :]
+    out = {}
+    for scale in NORM_SCALES:
+        scaled = {**params, recurrent: params[recurrent] * scale}
+        out[scale] = tuple(float(v) for v in gradient_norms(module, scaled, X, Y))
+    return out
 
 
 def proof_spec(spec: ModelSpec) -> ModelSpec:
@@ -88,7 +216,10 @@ def run_checks(source: ModelSpec | Derivation) -> Checks:
         numerical = gradcheck.gradcheck(source, np.random.default_rng(_seed(spec)))
     except Exception as exc:  # reported in the document
         numerical_error = f"{type(exc).__name__}: {exc}"
-    return Checks(small, proof, proof_error, numerical, numerical_error, _numerical_sizes(spec))
+    example = worked_example(documents.as_derivation(source))
+    return Checks(
+        small, proof, proof_error, numerical, numerical_error, _numerical_sizes(spec), example
+    )
 
 
 def render_latex(

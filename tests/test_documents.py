@@ -80,6 +80,7 @@ SECTIONS = (
     "Local derivatives",
     "Backpropagation through time, as computed",
     "Parameter updates",
+    "Summary",
     "Verified",
 )
 
@@ -158,7 +159,7 @@ def test_forward_pass_unrolled_in_each_notation() -> None:
     xh = tex_of("xh_hello")
     assert r"z_{4} &= W_{xh} x_{4} + W_{hh} h_{3} + b_h" in xh
     aa = tex_of("aa_hello")
-    assert r"a\left(4\right) &= \tanh(net_a\left(4\right))" in aa
+    assert r"a(4) &= \tanh(\mathrm{net}_a(4))" in aa
 
 
 def test_loss_mean_over_time_as_in_000() -> None:
@@ -203,7 +204,7 @@ def test_y_hat_minus_y_for_softmax_cross_entropy() -> None:
     # per unit, as SymPy derives it
     assert r"\frac{\partial \ell}{\partial o_{i}} = \hat{y}_{i} - y_{i}" in tex_of("xh_hello")
     # 003's names: y is the prediction
-    assert r"y\left(t\right) - \hat{y}\left(t\right)" in tex_of("aa_hello")
+    assert r"y(t) - \hat{y}(t)" in tex_of("aa_hello")
 
 
 def test_local_derivatives() -> None:
@@ -215,7 +216,8 @@ def test_local_derivatives() -> None:
         r"\operatorname{diag}(\mathbf{1} - h_{j} \odot h_{j}) W_{hh}"
     ) in tex
     row = tex_of("layered_many_to_many")
-    assert r"= W_{h1} \operatorname{diag}(\mathbf{1} - H_{1j} \odot H_{1j})" in row
+    # one example is a row: its ones are a row too
+    assert r"= W_{h1} \operatorname{diag}(\mathbf{1}^{\top} - H_{1j} \odot H_{1j})" in row
 
 
 @pytest.mark.parametrize(
@@ -224,7 +226,7 @@ def test_local_derivatives() -> None:
         ("notation_xh", r"$h_{t} = f(z_{t})$ as $f'(z_{t}) = 1 - h_{t}^{2}$"),
         ("notation_uvw", r"$h^{(t)} = g_{1}(a^{(t)})$ as $g_{1}'(a^{(t)})"),
         ("notation_layered", r"$H_{1t} = f_{1}(Z_{1t})$ as $f_{1}'(Z_{1t})"),
-        ("notation_aa", r"$a\left(t\right) = f(net_a\left(t\right))$"),
+        ("notation_aa", r"$a(t) = f(\mathrm{net}_a(t))$"),
     ],
 )
 def test_hidden_layer_sentence_names_the_notations_pre_activation(name: str, through: str) -> None:
@@ -238,7 +240,7 @@ def test_jacobian_and_output_factor_read_off_the_graph() -> None:
         ("xh_hello", r"\frac{\partial o_{t}}{\partial h_{t}} = W_{hy}$"),
         ("uvw_mean", r"\frac{\partial o^{(t)}}{\partial h^{(t)}} = V$"),
         ("layered_many_to_many", r"\frac{\partial}{\partial H_{1t}} Z_{2t} = W_2$"),
-        ("aa_hello", r"\frac{\partial net_y\left(t\right)}{\partial a\left(t\right)} = w_{ya}$"),
+        ("aa_hello", r"\frac{\partial \mathrm{net}_y(t)}{\partial a(t)} = w_{ya}$"),
     ]:
         assert o_h in tex_of(name)
     assert (
@@ -385,8 +387,14 @@ def test_chain_terms_for_t3_match_the_graph_paths(
         assert found == products
         first = rf"\frac{{\partial L_{{{t}}}}}{{\partial \hat{{y}}_{{{t}}}}}"
         assert rows.count(first) == len(products)
-        for product in products:
-            assert product in tex
+        if entry["expand"]:  # the first parameter through the recurrence: term by term
+            for product in products:
+                assert product in tex
+        else:  # the others refer to it and are written grouped only
+            for row in step["factored"] or step["rows"]:
+                assert row in tex
+            if step["factored"]:
+                assert products[-1] not in tex
     if initial_state == "zero" and role == "recurrent_weight":
         assert r"$h_{1}$ does not depend on $W_{hh}$ directly" in tex
         assert r"\sum_{k=2}^{t}" in tex
@@ -418,9 +426,9 @@ def test_general_chain_formula_in_the_seeds_form() -> None:
     # 003 goes through the output pre-activation
     aa = tex_of("aa_hello")
     assert (
-        r"\frac{\partial L\left(t\right)}{\partial y\left(t\right)} "
-        r"\frac{\partial y\left(t\right)}{\partial net_y\left(t\right)} "
-        r"\frac{\partial net_y\left(t\right)}{\partial w_{ya}}"
+        r"\frac{\partial L(t)}{\partial y(t)} "
+        r"\frac{\partial y(t)}{\partial \mathrm{net}_y(t)} "
+        r"\frac{\partial \mathrm{net}_y(t)}{\partial w_{ya}}"
     ) in aa
 
 
@@ -428,7 +436,12 @@ def test_long_sequences_are_elided() -> None:
     tex = tex_of("long_no_bias")
     assert r"&\;\;\vdots" in tex
     assert "Steps in the middle are left out" in tex
-    assert "written term by term for the first steps only" in tex
+    assert "written term by term for the first two steps and the last" in tex
+    # the last step's long chain is kept: ∂L(10)/∂w_aa down to a(2), elided in the middle
+    chain = tex.split(r"\section{The chain rule")[1].split(r"\section{Local")[0]
+    assert r"\frac{\partial L(10)}{\partial w_{aa}} &=" in chain
+    assert r"\frac{\partial L(3)}{\partial w_{aa}} &=" not in chain
+    assert r"\frac{\partial a(3)}{\partial a(2)} \frac{\partial a(2)}{\partial w_{aa}}" in chain
 
 
 # -- Markdown -----------------------------------------------------------------------
@@ -438,6 +451,8 @@ MATHJAX = {
     *("mathbf", "mathbb", "operatorname", "tanh", "log", "sigma", "ell", "delta", "beta"),
     *("theta", "eta", "rho", "tau", "epsilon", "sqrt", "max", "times", "dots", "vdots"),
     *("quad", "qquad", "begin", "end", "biggl", "biggr", "leftarrow", "mapsto", "text"),
+    *("mathrm", "Delta"),  # \mathrm{net}_a in the aa notation, its Δw updates
+    *("gamma", "lVert", "rVert", "lvert", "rvert", "leq"),  # the vanishing-gradient bound
     *("phi", "tilde"),  # the gated cells' documents: q = \phi(a), \tilde{C}
 }
 
@@ -469,7 +484,7 @@ def test_markdown_uses_only_math_github_renders(name: str) -> None:
     for span in spans:
         used |= set(re.findall(r"\\([A-Za-z]+)", span))
         for env in re.findall(r"\\begin\{([^}]*)\}", span):
-            assert env == "aligned"
+            assert env in ("aligned", "bmatrix")  # bmatrix: the worked example's numbers
         assert "\\[" not in span.replace("\\\\[", "")  # row spacing \\[4pt] only
     assert used <= MATHJAX, used - MATHJAX
     outside = "".join(md.split("$$")[::2])

@@ -51,7 +51,7 @@ from ..latex_printer import escape_tex
 from ..spec import ModelSpec
 from ..templating import render
 from .cells import _CellWriter, _teaching_shape, _writer  # noqa: F401 (the tests read them)
-from .layout import MARKER, REGENERATE, escape_markdown, prose, tex_width
+from .layout import MARKER, REGENERATE, escape_markdown, join_rows, prose, tex_width
 from .teaching import _Writer  # noqa: F401 (the tests read it)
 
 if TYPE_CHECKING:  # the results only: documents never run a check
@@ -111,7 +111,7 @@ def render_latex(
     ``symbptt.render_latex`` runs them first.
     """
     context = _context(spec, name, checks)
-    return render("derivation.tex.jinja", esc=escape_tex, **context)
+    return render("derivation.tex.jinja", esc=escape_tex, join_rows=join_rows, **context)
 
 
 def render_markdown(
@@ -127,7 +127,7 @@ def render_documents(
 ) -> tuple[str, str]:
     """``(LaTeX, Markdown)`` from one derivation and one set of check results."""
     context = _context(spec, name, checks)
-    tex = render("derivation.tex.jinja", esc=escape_tex, **context)
+    tex = render("derivation.tex.jinja", esc=escape_tex, join_rows=join_rows, **context)
     md = _tidy_markdown(render("derivation.md.jinja", esc=escape_markdown, **context))
     return tex, md
 
@@ -295,21 +295,14 @@ def write_documents(
 
 # ---------------------------------------------------------------------------- Jupyter
 def derivation_summary_latex(derivation: Derivation) -> str:
-    """A short summary for Jupyter: the δ recursion and every gradient as a sum over t."""
+    """A short summary for Jupyter: the δ recursion and every gradient as a sum over t
+    (the documents' Summary section, in one ``aligned`` block)."""
     writer = _writer(derivation, None, None)
-    form = derivation.step_form
-    rows: list[str] = []
-    if form.last_backward is not None:
-        for assignment in form.last_backward:
-            if assignment.kind.startswith("adjoint_"):
-                found = writer.rows(writer.tex(assignment.target), assignment.expr)
-                rows += [rf"{row} && \text{{(last step)}}" for row in found]
-    for assignment in form.backward:
-        if assignment.kind.startswith("adjoint_"):
-            rows += writer.rows(writer.tex(assignment.target), assignment.expr)
-    bptt = writer.bptt()
-    rows.append(rf"{bptt['boundary']} &= {writer._zero_tex()}")
-    rows += bptt["sums"]
+    summary = writer.summary(writer.bptt())
+    rows = [rf"{row} && \text{{(last step)}}" for row in summary["last_rows"]]
+    rows += summary["rows"]
+    rows.append(summary["boundary_row"].replace(" = ", " &= ", 1))
+    rows += summary["sums"]
     return "$$\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}$$"
 
 

@@ -66,7 +66,7 @@ class _CellWriter(_Writer):
     row_width = ROW_WIDTH - 6.0
 
     def context(self) -> dict[str, Any]:
-        return {
+        context: dict[str, Any] = {
             "layout": "cell",
             "meta": self.meta(),
             "model": self.cell_model(),
@@ -77,6 +77,8 @@ class _CellWriter(_Writer):
             "updates": self.updates(),
             "verified": self.verified(),
         }
+        context["summary"] = self.summary(context["bptt"])  # printed last: names stay as they were
+        return context
 
     def cell_bptt(self) -> dict[str, Any]:
         found = self.bptt()

@@ -10,10 +10,13 @@ are read from the step form and are used by :class:`~.cells._CellWriter` too.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Sequence
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.diagonal import DiagMatrix
@@ -36,7 +39,11 @@ from ..latex_printer import (
 )
 from ..notation import PARAM_ROLES, Notation
 from ..optimizers import Adam
+from . import figure
 from .layout import (
+    _CHAIN_ORDER,
+    _DEFAULT_CHAIN_ORDER,
+    _DELTA_UPDATES,
     _OPERATOR_PARTIALS,
     _THROUGH_OUTPUT_PRE,
     CHAIN_LIMIT,
@@ -47,6 +54,7 @@ from .layout import (
     _atoms,
     _decimal,
     _elide,
+    _numbers,
     _pack,
     _sci,
     prose,
@@ -168,7 +176,10 @@ class _Writer:
         self.d = derivation
         self.spec = derivation.spec
         self.graph = derivation.graph
-        self.notation: Notation = derivation.notation
+        notation: Notation = derivation.notation
+        if self.graph.steps[-1] >= 10:  # H_{11} would read as layer 1, step 11: H_{1,1}
+            notation = dataclasses.replace(notation, comma_steps=True)
+        self.notation = notation
         self.form = derivation.step_form
         self.name = name
         self.checks = checks
@@ -215,6 +226,14 @@ class _Writer:
         self._register(symbol, self.gen.meta[symbol])
         return symbol
 
+    def example_sym(self, role: str, step: Any) -> Any:
+        """A series symbol at ``step`` for one example: one column (or row) of it."""
+        rows, cols = self.graph.symbols.series_shape(role)
+        shape = (rows, 1) if self.notation.layout == "column" else (1, cols)
+        symbol = sp.MatrixSymbol(self.gen.series(role, step).name + "_example", *shape)
+        self._register(symbol, (self.notation.name_of(role).role, step))
+        return symbol
+
     def _register(self, symbol: Any, meta: tuple[str, Any]) -> None:
         self.roles[symbol] = meta
         found = symbol_names(self.notation, [{symbol: meta}], self.k["pre_activation"])
@@ -259,9 +278,25 @@ class _Writer:
     def _split_terms(self, lhs: str, expr: Any, rel: str) -> list[str]:
         return self.terms_rows(lhs, self.printer.signed_terms(expr), rel)
 
+    def _step_of(self, term: Any) -> float:
+        """The earliest step a term reads (the initial state before the first step)."""
+        steps = []
+        for atom in _atoms(term):
+            role, step = self.roles.get(atom, ("", None))
+            if role == "initial_state":
+                steps.append(self.first - 1)
+            elif isinstance(step, int):
+                steps.append(step)
+        return min(steps, default=math.inf)
+
     def long_sum_rows(self, lhs: str, expr: Any) -> list[str]:
-        """A sum with one term per step: the middle terms left out for long sequences."""
-        terms = self.printer.signed_terms(expr)
+        """A sum with one term per step, in step order: the middle left out for long ones."""
+        args = list(expr.args) if isinstance(expr, sp.MatAdd) else [expr]
+        if all(self._step_of(a) < math.inf for a in args):
+            ordered = sorted(args, key=self._step_of)  # stable: the printer's order otherwise
+            terms = [self.printer.signed_term(a) for a in ordered]
+        else:
+            terms = self.printer.signed_terms(expr)
         if len(terms) > UNROLL_LIMIT:
             terms = [*terms[:3], ("+", r"\dots"), *terms[-2:]]
         return self.terms_rows(lhs, terms, "=")
@@ -320,7 +355,7 @@ class _Writer:
 
     # -- context ----------------------------------------------------------------------
     def context(self) -> dict[str, Any]:
-        return {
+        context: dict[str, Any] = {
             "layout": "teaching",
             "meta": self.meta(),
             "model": self.model(),
@@ -332,6 +367,10 @@ class _Writer:
             "updates": self.updates(),
             "verified": self.verified(),
         }
+        context["summary"] = self.summary(context["bptt"])  # printed last: names stay as they were
+        context["bptt"]["origin"] = self.origin()
+        context["example"] = self.example()
+        return context
 
     # -- header -----------------------------------------------------------------------
     def meta(self) -> dict[str, Any]:
@@ -350,7 +389,7 @@ class _Writer:
             ("output layer", spec.output),
             ("loss", spec.loss.replace("_", " ")),
             ("mode", words[spec.mode]),
-            ("over time", "sum" if spec.time_reduction == "sum" else "mean (1/T)"),
+            ("over time", self._time_reduction_words()),
             ("over the batch", "sum" if spec.batch_reduction == "sum" else "mean (1/m)"),
             ("biases", "yes" if spec.bias else "no"),
             ("initial state", "zero" if spec.initial_state == "zero" else "an input"),
@@ -374,8 +413,20 @@ class _Writer:
             "T": self.tex(T_SYMBOL),
             "t": self.tex(self.t),
             "T_is": self.tex(sp.Eq(T_SYMBOL, spec.steps, evaluate=False)),
+            "steps_word": "step" if spec.steps == 1 else "steps",
             "copy_mark": f"({self.tex(self.t)})",
+            # bold 1 and 0 stand for several shapes: said once, next to the sizes
+            "ones": self.tex(sp.OneMatrix(sp.Symbol("p"), sp.Symbol("q"))),
+            "zeros": self.tex(sp.ZeroMatrix(sp.Symbol("p"), sp.Symbol("q"))),
         }
+
+    def _time_reduction_words(self) -> str:
+        """The table's "over time": a mean divides by the number of steps with a loss."""
+        if self.spec.time_reduction == "sum":
+            return "sum"
+        if self.spec.mode == "many_to_one":  # one step has a loss: the mean divides by 1
+            return "mean over the one step with a loss (no factor)"
+        return f"mean (1/{T_SYMBOL})"
 
     # -- 1. the model -----------------------------------------------------------------
     def _function_symbol(self, fn_latex: str, arg: Any) -> Any:
@@ -657,6 +708,8 @@ class _Writer:
             groups.append({"step": step, "rows": rows})
         return {
             "groups": groups,
+            "figure": figure.picture(self),
+            "mermaid": figure.mermaid(self),
             "initial": initial_name(self.notation, self.k["hidden"]).tex(),
             "initial_zero": spec.initial_state == "zero",
             "first": self.first,
@@ -801,14 +854,8 @@ class _Writer:
         graph = self.graph
         losses = [a for a in graph.assignments if a.kind == "loss"]
         leaves: list[tuple[str, Any, TeXName]] = []
-        k = self.k
-        order = (
-            "output_weight",
-            "output_bias",
-            k["input_weight"],
-            k["recurrent_weight"],
-            k["hidden_bias"],
-        )
+        habit = _CHAIN_ORDER.get(self.notation.name) if self.notation.seed else None
+        order = [self.k.get(role, role) for role in habit or _DEFAULT_CHAIN_ORDER]
         for role in order:
             symbol = graph.symbols.param(role)
             if symbol is not None:
@@ -820,8 +867,10 @@ class _Writer:
         count = T_SYMBOL if self.spec.mode == "many_to_many" else sp.Integer(1)
         scale = self.graph.symbols.loss_scale(count)
         concrete_scale = self.graph.symbols.loss_scale(len(losses))
-        shown = losses if self.spec.steps <= CHAIN_LIMIT else losses[:3]
-        params = []
+        # a long sequence: the first two steps and the last, whose long chain shows the
+        # product of step Jacobians that vanishes or explodes
+        shown = losses if len(losses) <= CHAIN_LIMIT else [*losses[:2], losses[-1]]
+        params: list[dict[str, Any]] = []
         for role, symbol, name in leaves:
             per_step = []
             for assignment in shown:
@@ -831,6 +880,15 @@ class _Writer:
             params.append(
                 self._chain_param(role, symbol, name, per_step, targets, scale, concrete_scale)
             )
+        # the first parameter reached through the recurrence is expanded term by term;
+        # the others refer to it and show their chains grouped only
+        first = next((p for p in params if p["recurrent"] and not p["zero"]), None)
+        for index, param in enumerate(params, start=1):
+            param["expand"] = param is first or first is None
+            if first is not None:
+                param["expanded_as"] = first["name"]
+                param["expanded_index"] = params.index(first) + 1
+            param["index"] = index
         return {
             "params": params,
             "total": loss_name(self.notation).tex(),
@@ -842,7 +900,8 @@ class _Writer:
                 "den": TeXName("B").tex(),
             },
             "limit": CHAIN_LIMIT,
-            "elided": self.spec.steps > CHAIN_LIMIT,
+            "k": self.tex(sp.Symbol("k", integer=True)),
+            "elided": len(losses) > CHAIN_LIMIT,
         }
 
     def _chain_param(
@@ -857,11 +916,7 @@ class _Writer:
     ) -> dict[str, Any]:
         notation = self.notation
         total = loss_name(notation)
-        recurrent = any(
-            any(self.roles.get(n, ("",))[0] == self.k["hidden"] for n in path)
-            for _, _, paths in per_step
-            for path in paths
-        )
+        recurrent = self._through_hidden(role, symbol)
         # the sum over the loss steps, generic and for the chosen T
         coeff = "" if scale == 1 else self.tex(scale) + " "
         t = self.t
@@ -885,11 +940,16 @@ class _Writer:
             if role == "initial_state"
             else self.notation.param(role).ascii
         )
+        gradient = self.d.gradients[ascii_name]
+        zero = mexpr.is_zero(gradient)
         return {
             "role": role,
             "name": name.tex(),
             "ascii": ascii_name,
             "recurrent": recurrent,
+            # no path leads from a loss to the parameter at this T (W_hh at T = 1, h_0 = 0)
+            "zero": zero,
+            "zero_rows": self.rows(self.partial(total, name), gradient) if zero else [],
             "over_t": rf"{self.partial(total, name)} &= {over_t}",
             "sum_rows": sum_rows,
             "general": general,
@@ -901,7 +961,7 @@ class _Writer:
 
     def _param_description(self, role: str) -> str:
         if role == "initial_state":
-            return "the initial state"
+            return "initial state"
         return self.notation.param(role).description
 
     def _sum_rows(self, lhs: str, coeff: str, terms: list[str]) -> list[str]:
@@ -921,6 +981,23 @@ class _Writer:
         rows.append(rf"&\qquad + {body_terms[-1]}" + (r" \biggr)" if coeff else ""))
         return rows
 
+    def _through_hidden(self, role: str, symbol: Any) -> bool:
+        """Whether ``symbol`` reaches the loss through the hidden states, for any T.
+
+        Read from the step form: the generic pre-activation reads it (a weight or
+        bias of the recurrence), or it is the initial state.
+        """
+        if role == "initial_state":
+            return True
+        return symbol in _atoms(self._generic(self.k["pre_activation"], last=False).expr)
+
+    def _reads_at_first_step(self, symbol: Any) -> bool:
+        """Whether the first step's pre-activation reads ``symbol`` (not W h_0 with h_0 = 0)."""
+        return any(
+            a.kind == self.k["pre_activation"] and a.step == self.first and symbol in _atoms(a.expr)
+            for a in self.graph.assignments
+        )
+
     def _general(
         self,
         role: str,
@@ -929,44 +1006,42 @@ class _Writer:
         per_step: list[tuple[int, Any, list[list[Any]]]],
         recurrent: bool,
     ) -> str:
-        """∂L_t/∂P in general, its shape read off the paths of the graph."""
+        """∂L_t/∂P for every t and T, its shape read off the graph and the step form.
+
+        The steps k whose hidden state reads the parameter directly are the
+        same for every T: all of them (a weight or bias the generic step reads),
+        all but the first (the recurrent weight when the initial state is zero:
+        its first term vanishes), or the first alone (the initial state).  The
+        sum over k is empty where no k is at most t (the gradient is zero there).
+        """
         notation = self.notation
         t = self.T_last if self.spec.mode == "many_to_one" else self.t
         k, j = sp.Symbol("k", integer=True), sp.Symbol("j", integer=True)
-        sample = next((paths[0] for _, _, paths in per_step if paths), None)
-        if sample is None:
-            return rf"{self.partial(loss_name(notation, t), name)} &= 0"
-        head_roles = []
-        for node in sample:
-            node_role = self.roles.get(node, ("",))[0]
-            if node_role in (self.k["hidden"], role) or node == sample[-1]:
-                break
-            head_roles.append(node_role)
+        lhs = self.partial(loss_name(notation, t), name)
 
         def generic(node_role: str, step: Any) -> TeXName:
             if node_role == "loss":
                 return loss_name(notation, step)
             return series_name(notation, node_role, step)
 
-        head_nodes = [generic(r, t) for r in head_roles]
-        lhs = self.partial(loss_name(notation, t), name)
+        step, target, paths = per_step[0]
         if not recurrent:
-            nodes = [*head_nodes, name]
+            if not paths:
+                return rf"{lhs} &= 0"
+            nodes = [*[generic(self.roles[n][0], t) for n in paths[0][:-1]], name]
             factors = [self.partial(a, b) for a, b in pairwise(nodes)]
             return rf"{lhs} &= " + " ".join(factors)
         hidden = self.k["hidden"]
-        hidden_t = series_name(notation, hidden, t)
-        head = [*head_nodes, hidden_t]
+        # the nodes from the loss of step t down to the hidden state of step t
+        deps = self._dependencies()
+        (to_hidden, *_) = self._paths(deps, target, self.sym(hidden, step))
+        head = [*[generic(self.roles[n][0], t) for n in to_hidden[:-1]]]
+        head.append(series_name(notation, hidden, t))
         factors = [self.partial(a, b) for a, b in pairwise(head)]
-        # the steps k whose hidden state reads the parameter directly
-        ks = {
-            a.step
-            for a in self.graph.assignments
-            if a.kind == self.k["pre_activation"] and symbol in _atoms(a.expr)
-        }
-        k_low = min(ks)
-        single_k = len(ks) == 1
-        k_sym = sp.Integer(k_low) if single_k else k
+        t0 = sp.Integer(notation.t0)
+        single_k = role == "initial_state"
+        k_low = t0 if single_k or self._reads_at_first_step(symbol) else t0 + 1
+        k_sym = k_low if single_k else k
         step_jacobian = self.partial(
             series_name(notation, hidden, j), series_name(notation, hidden, j - 1)
         )
@@ -1142,7 +1217,8 @@ class _Writer:
         hidden = functions.ACTIVATIONS[spec.hidden]
         j = sp.Symbol("j", integer=True)
         hidden_role, pre_role = self.k["hidden"], self.k["pre_activation"]
-        h_j, z_j = self.sym(hidden_role, j), self.sym(pre_role, j)
+        # one example: a column (column layout) or a row (row layout) of the hidden state
+        h_j, z_j = self.example_sym(hidden_role, j), self.example_sym(pre_role, j)
         h_prev = series_name(notation, hidden_role, j - 1)
         f_prime = hidden.derivative_of(h_j, z_j)
         # ∂h_j/∂h_{j-1}: diag(f') times the factor multiplying h_{j-1} in the pre-activation
@@ -1169,6 +1245,10 @@ class _Writer:
                 sp.Eq(h_t_sym, self._function_symbol(notation.hidden_fn, z_t_sym), evaluate=False)
             ),
             "written_in": written_in,
+            # an Iverson bracket in the derivative (ReLU): what it means, said once
+            "indicator": self.tex(sp.Heaviside(functions.z, 0))
+            if hidden.raw_derivative.has(sp.Heaviside)
+            else "",
         }
         h_t = self.named(h_t_sym)
         o_t = self.named(self.sym("output_pre_activation", t))
@@ -1184,6 +1264,7 @@ class _Writer:
             "distribution": loss.distribution,
             "scaled_rows": scaled_rows,
             "jacobian": rf"{jac_lhs} = {self.tex(jacobian)}",
+            "vanishing": self._vanishing(jacobian, j),
             "j": self.tex(j),
             "g": self.tex(g_sym),
             "ones": self.tex(sp.OneMatrix(shape[0], 1)),
@@ -1199,6 +1280,47 @@ class _Writer:
             "target": self.named(target).tex(),
             "contributions": self._contribution_rows(),
             "delta_rows": self._delta_rows(),
+        }
+
+    def _vanishing(self, jacobian: Any, j: Any) -> dict[str, Any]:
+        """The product of step Jacobians from step k to step t, and the bound on its norm."""
+        notation, t = self.notation, self.t
+        k = sp.Symbol("k", integer=True)
+        hidden = self.k["hidden"]
+        h_t, h_k = series_name(notation, hidden, t), series_name(notation, hidden, k)
+        lhs = self.partial(h_t, h_k)
+        step = self.partial(series_name(notation, hidden, j), series_name(notation, hidden, j - 1))
+        over = rf"\prod_{{{self.tex(j)}={self.tex(k + 1)}}}^{{{self.tex(t)}}}"
+        # the factors of one step Jacobian: diag(f'(z_j)) and the recurrent weight
+        factors = [self.tex(f) for f in jacobian.args]
+        diag = next(f for f in jacobian.args if isinstance(f, DiagMatrix))
+        weight = [f for f in jacobian.args if f is not diag]
+        f = self._fn_name(self.notation.hidden_fn)
+        gamma = sp.Symbol("gamma")
+        z = functions.z
+
+        def norm(tex: str) -> str:
+            return rf"\left\lVert {tex} \right\rVert"
+
+        weight_tex = self.tex(sp.MatMul(*weight)) if len(weight) > 1 else self.tex(weight[0])
+        distance = f"{self.tex(t)} - {self.tex(k)}"
+        rows = [
+            rf"{lhs} &= {over} {step} = {over} " + " ".join(factors),
+            rf"{norm(lhs)} &\leq {over} {norm(self.tex(diag))} \, {norm(weight_tex)}"
+            rf" \leq \left({self.tex(gamma)} \, {norm(weight_tex)}\right)^{{{distance}}}",
+        ]
+        return {
+            "rows": rows,
+            "gamma": rf"{self.tex(gamma)} = \max_{{{self.tex(z)}}} "
+            rf"\lvert {f}'({self.tex(z)}) \rvert",
+            "vanishes": rf"{self.tex(gamma)} \, {norm(weight_tex)} < 1",
+            "distance": distance,
+            "left": f"{self.tex(j)} = {self.tex(t)}",
+            "right": f"{self.tex(j)} = {self.tex(k + 1)}",
+            "weight": weight_tex,
+            "window": self.tex(sp.Symbol("K")),
+            "limit": self.tex(sp.Symbol("c")),
+            "row": self.notation.layout == "row",
         }
 
     def _factor_of(self, expr: Any, role: str, step: Any) -> tuple[list[Any], list[Any]]:
@@ -1235,13 +1357,16 @@ class _Writer:
     # -- 6. compact BPTT --------------------------------------------------------------
     def bptt(self) -> dict[str, Any]:
         form, notation, d = self.form, self.notation, self.d
+        # the adjoints; each parameter's contribution is written once, in Section 5
         body_rows: list[str] = []
         for assignment in form.backward:
-            body_rows += self.rows(self.tex(assignment.target), assignment.expr)
+            if assignment.kind != "contribution":
+                body_rows += self.rows(self.tex(assignment.target), assignment.expr)
         last_rows: list[str] = []
         if form.last_backward is not None:
             for assignment in form.last_backward:
-                last_rows += self.rows(self.tex(assignment.target), assignment.expr)
+                if assignment.kind != "contribution":
+                    last_rows += self.rows(self.tex(assignment.target), assignment.expr)
         boundary = self._boundary()
         sums: list[str] = []
         for name, (kind, lo, assignment) in self.gradient_forms().items():
@@ -1286,6 +1411,151 @@ class _Writer:
             "initial": self._initial_tex(),
             "initial_zero": self.spec.initial_state == "zero",
             "last_step": self.step_tex(self.T_last),
+        }
+
+    def summary(self, bptt: dict[str, Any]) -> dict[str, Any]:
+        """The page a student keeps: the adjoint recursion and every gradient as a sum over t."""
+        form = self.form
+
+        def adjoints(assignments: Sequence[Any]) -> list[str]:
+            rows: list[str] = []
+            for assignment in assignments:
+                if assignment.kind.startswith(("adjoint_", "pre_adjoint_")):
+                    rows += self.rows(self.tex(assignment.target), assignment.expr)
+            return rows
+
+        return {
+            "last_rows": adjoints(form.last_backward) if form.last_backward is not None else [],
+            "rows": adjoints(form.backward),
+            "boundary_row": bptt["boundary_row"],
+            "sums": bptt["sums"],
+            "t": self.tex(self.t),
+            "last_step": bptt["last_step"],
+        }
+
+    def origin(self) -> dict[str, Any]:
+        """Where the δ recursion comes from: the hidden state's descendants, read off the step.
+
+        h_t is read by the equations of its own step (the output layer) and by
+        the pre-activation of step t + 1; the chain rule sums over them.
+        """
+        hidden, pre = self.k["hidden"], self.k["pre_activation"]
+        form, t = self.form, self.t
+        pool = form.last_forward if form.last_forward is not None else form.forward
+        h_t = self.sym(hidden, t)
+        children = [a.target for a in pool if a.kind != "loss" and h_t in _atoms(a.expr)]
+        if self.sym(hidden, t - 1) in _atoms(self._generic(pre, last=False).expr):
+            children.append(self.sym(pre, t + 1))
+        h_name = self.named(h_t)
+        total = loss_name(self.notation)
+        terms = []
+
+        def fraction(num: TeXName, den: TeXName) -> str:  # as the adjoints below are named
+            return rf"\frac{{\partial {num.tex()}}}{{\partial {den.tex()}}}"
+
+        for child in children:
+            jacobian = fraction(self.named(child), h_name)
+            adjoint = fraction(total, self.named(child))
+            if self.notation.layout == "row":
+                terms.append(rf"{adjoint} {jacobian}")
+            else:
+                terms.append(rf"\left({jacobian}\right)^{{\top}} {adjoint}")
+        return {
+            "state": h_name.tex(),
+            "children": [self.tex(c) for c in children],
+            "rows": [rf"{fraction(total, h_name)} &= " + " + ".join(terms)],
+            "row": self.notation.layout == "row",
+            "example": fraction(TeXName("a"), TeXName("b")),
+            "next": self.tex(self.sym(pre, t + 1)),
+            "next_delta": delta_name(self.notation, t + 1, pre).tex(),
+            "next_is": rf"{fraction(total, self.named(self.sym(pre, t + 1)))} = "
+            + delta_name(self.notation, t + 1, pre).tex(),
+        }
+
+    def example(self) -> dict[str, Any] | None:
+        """The worked example of the verifying stage, printed: its numbers, and their check."""
+        found = self.checks.example if self.checks is not None else None
+        if found is None:
+            return None
+        values = found.values
+
+        def vector(symbol: Any, digits: int = 3) -> str:  # a column as its transpose
+            value = np.asarray(values[symbol], dtype=float)
+            if value.size == 1:
+                return rf"{self.tex(symbol)} &= {float(value.reshape(-1)[0]):.{digits}f}"
+            if value.shape[1] == 1 and value.shape[0] > 1:
+                return rf"{self.tex(sp.Transpose(symbol))} &= {_numbers(value.T, digits)}"
+            return rf"{self.tex(symbol)} &= {_numbers(value, digits)}"
+
+        params = [vector(symbol, 1) for symbol in self.graph.params.values()]
+        forward: list[str] = []
+        show = (self.k["hidden"], "output", "loss")
+        for assignment in self.graph.assignments:
+            if assignment.kind in show:
+                forward.append(vector(assignment.target))
+        total = self.graph.assignments[-1].target
+        forward.append(rf"{self.tex(total)} &= {found.loss:.3f}")
+        backward = [
+            vector(a.target)
+            for a in self.d.assignments
+            if a.kind == "adjoint_" + self.k["pre_activation"]
+        ]
+        gradients = [
+            rf"{partial_name(self.notation, self._leaf_name(name, role)).tex()} &= "
+            + _numbers(found.gradients[name], 3)
+            for name, role in self.d.roles.items()
+        ]
+        steps = [
+            {
+                "t": str(step),
+                "x": found.text[i],
+                "y": found.text[i + 1],
+            }
+            for i, step in enumerate(self.graph.steps)
+        ]
+        return {
+            "text": found.text,
+            "sizes": [rf"{self.tex(size)} = {value}" for size, value in found.sizes.items()],
+            "steps": steps,
+            "params": params,
+            "forward": forward,
+            "backward": backward,
+            "gradients": gradients,
+            "x": series_name(self.notation, "input", self.t).tex(),
+            "y": series_name(self.notation, "target", self.t).tex(),
+            "error": _sci(found.module_error),
+            "grid": f"{found.grid:g}",
+            "norms": self._norms(found),
+        }
+
+    def _norms(self, found: Any) -> dict[str, Any] | None:
+        """The measured ‖∂L_T/∂h_k‖ of the example's weights: a plot and a few values."""
+        if not found.norms or not found.recurrent:
+            return None
+        scales = list(found.norms)
+        count = len(found.norms[scales[0]])
+        hidden = self.k["hidden"]
+        k = sp.Symbol("k", integer=True)
+        T = sp.Symbol("T")
+        weight = self.tex(self.graph.params[found.recurrent])
+        reach = self.partial(loss_name(self.notation, T), series_name(self.notation, hidden, k))
+        rows = [
+            {"k": str(i), "values": [_sci(found.norms[s][i]) for s in scales]}
+            for i in range(0, count, 5)
+        ]
+        if (count - 1) % 5:
+            rows.append(
+                {"k": str(count - 1), "values": [_sci(found.norms[s][count - 1]) for s in scales]}
+            )
+        return {
+            "plot": figure.norm_plot(found.norms, self.tex(k)),
+            "norm": rf"\left\lVert {reach} \right\rVert",
+            "k": self.tex(k),
+            "T_is": self.tex(sp.Eq(T, count, evaluate=False)),
+            "scales": [f"{s:g}" for s in scales],
+            "weight": weight,
+            "scaled": rf"{scales[-1]:g} \, {weight}",
+            "rows": rows,
         }
 
     def gradient_forms(self) -> dict[str, tuple[str, int, Any]]:
@@ -1376,8 +1646,16 @@ class _Writer:
             self.names[gradient] = partial_name(notation, self._leaf_name(name, role))
             self.roles[gradient] = ("gradient", None)
             self._refresh()
-            update = sp.MatAdd(symbol, sp.MatMul(-eta, gradient))
-            rows += self.rows(self.tex(symbol), update, rel=r"\leftarrow")
+            step = sp.MatMul(-eta, gradient)
+            if self.notation.name in _DELTA_UPDATES and self.notation.seed:  # 003's Δw
+                delta = sp.MatrixSymbol("Delta_" + name, *symbol.shape)
+                self.names[delta] = TeXName(rf"\Delta {self.tex(symbol)}")
+                self._refresh()
+                rows += self.rows(self.tex(delta), step)
+                rows += self.rows(self.tex(symbol), sp.MatAdd(symbol, delta))
+            else:
+                update = sp.MatAdd(symbol, step)
+                rows += self.rows(self.tex(symbol), update, rel=r"\leftarrow")
             names.append(self.tex(symbol))
         # Adam (Goodfellow et al., Algorithm 8.7), elementwise, for any parameter θ
         shape = (sp.Symbol("p"), sp.Symbol("q"))
@@ -1472,9 +1750,18 @@ class _Writer:
         if proof is None:
             return {"ran": False, "error": checks.proof_error}
         sizes = [(name, getattr(small, name)) for name in _SIZE_SYMBOLS]
+        # the document's own sizes the proof did not run at (its T, a concrete size)
+        larger = [
+            (name, getattr(self.spec, name))
+            for name, value in sizes
+            if getattr(self.spec, name) is not None and getattr(self.spec, name) != value
+        ]
+        symbolic = [name for name in _SIZE_SYMBOLS if getattr(self.spec, name) is None]
         return {
             "ran": True,
             "sizes": self._sizes_tex(sizes),
+            "larger": self._sizes_tex(larger),
+            "symbolic": [self.tex(sp.Symbol(_SIZE_SYMBOLS[n])) for n in symbolic],
             "entries": proof.entries,
             "gradients": [
                 partial_name(self.notation, self._leaf_name(name, role)).tex()

@@ -99,6 +99,9 @@ class Notation:
     functions: tuple[tuple[str, str], ...]  # (name in the equations or "output", LaTeX)
     recurrent_first: bool = False  # W h + U x (uvw, aa) rather than W_xh x + W_hh h
     notes: tuple[str, ...] = ()
+    #: a layer and a step always apart (H_{1,1}): for documents with steps >= 10,
+    #: where H_{11} could be read as step 11
+    comma_steps: bool = False
 
     # -- look-ups -----------------------------------------------------------------
     @property
@@ -166,9 +169,10 @@ class Notation:
         if self.style == "sup":
             return f"{base}^{{({step_tex})}}"
         if self.style == "call":
-            return rf"{base}\left({step_tex}\right)"
+            return f"{base}({step_tex})"  # \left( would space it from its name: a (t)
         if layer:
-            sep = "," if compound or (isinstance(step, int) and step >= 10) else ""
+            wide = isinstance(step, int) and step >= 10
+            sep = "," if compound or wide or self.comma_steps else ""
             return f"{base}_{{{layer}{sep}{step_tex}}}"
         return f"{base}_{{{step_tex}}}"
 
