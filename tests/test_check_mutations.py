@@ -106,3 +106,43 @@ def test_a_mutation_at_one_step_only() -> None:
     assert result.mistake_names == ("dropped_carry",), result.explain()
     assert result.mistakes[0].steps == (2,), result.explain()
     assert "(at step 2 only)" in result.explain()
+
+
+#: One gate's Jacobian factor swapped (issue 13): the alteration's own text, per cell.
+SWAPPED = [
+    ("lstm", "xh", "in delta_i[t]: (1 - f[t]) * f[t] where (1 - i[t]) * i[t] belongs"),
+    ("lstm", "xh", "in do[t]: dh[t] * c[t] where dh[t] * tanh(c[t]) belongs"),
+    ("lstm", "xh", "in di[t]: dc[t] * f[t] where dc[t] * g[t] belongs"),
+    ("gru", "xh", "in delta_z[t]: (1 - r[t]) * r[t] where (1 - z[t]) * z[t] belongs"),
+    ("gru", "xh", "in dh[t]: dh[t+1] * r[t+1] where dh[t+1] * z[t+1] belongs"),
+    ("lstm", "layered", "in dC[t]: dH[t] * F[t] where dH[t] * O[t] belongs"),
+]
+
+
+@pytest.mark.parametrize(("cell", "notation", "text"), SWAPPED)
+def test_a_swapped_jacobian_factor_is_named(cell: str, notation: str, text: str) -> None:
+    spec = ModelSpec(cell=cell, notation=notation, **SIZES)
+    found = [
+        i
+        for i, a in enumerate(alterations(_work(spec)))
+        if a.name == "swapped_factor" and text in a.text
+    ]
+    assert len(found) == 1, [a.text for a in alterations(_work(spec))]
+    _check_named(cell, notation, found[0])
+
+
+def test_a_swapped_factor_at_one_step_only() -> None:
+    """tanh(c[t]) replaced by c[t] in do[t] at one step: named with that step."""
+    spec = ModelSpec(cell="lstm", **SIZES)
+    work = _work(spec)
+    (swap,) = [a for a in alterations(work) if a.name == "swapped_factor" and a.place == "do[t]"]
+    defs: dict[Any, Any] = {}
+    for a in work.d.adjoints:
+        new = swap.rewrite(a) if a.step == 2 else None
+        defs[a.target] = (a.expr if new is None else new).xreplace(defs)
+    candidate = mexpr.add(
+        *[c.expr.xreplace(defs) for c in work.d.contributions if c.param == "W_ho"]
+    )
+    result = check(spec, "W_ho", candidate, points=3)
+    assert result.mistake_names == ("swapped_factor",), result.explain()
+    assert result.mistakes[0].steps == (2,), result.explain()
