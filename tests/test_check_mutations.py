@@ -132,7 +132,11 @@ def test_a_swapped_jacobian_factor_is_named(cell: str, notation: str, text: str)
 
 
 def test_a_swapped_factor_at_one_step_only() -> None:
-    """tanh(c[t]) replaced by c[t] in do[t] at one step: named with that step."""
+    """tanh(c[t]) replaced by c[t] in do[t] at one step: named with that step.
+
+    (∂L/∂W_xo: with ∂L/∂W_ho, whose first term reads h[0] = 0, leaving out tanh's
+    derivative from dc[2] as well changes nothing, and ``missing_activation`` holds too.)
+    """
     spec = ModelSpec(cell="lstm", **SIZES)
     work = _work(spec)
     (swap,) = [a for a in alterations(work) if a.name == "swapped_factor" and a.place == "do[t]"]
@@ -141,8 +145,8 @@ def test_a_swapped_factor_at_one_step_only() -> None:
         new = swap.rewrite(a) if a.step == 2 else None
         defs[a.target] = (a.expr if new is None else new).xreplace(defs)
     candidate = mexpr.add(
-        *[c.expr.xreplace(defs) for c in work.d.contributions if c.param == "W_ho"]
+        *[c.expr.xreplace(defs) for c in work.d.contributions if c.param == "W_xo"]
     )
-    result = check(spec, "W_ho", candidate, points=3)
+    result = check(spec, "W_xo", candidate, points=3)
     assert result.mistake_names == ("swapped_factor",), result.explain()
     assert result.mistakes[0].steps == (2,), result.explain()

@@ -13,6 +13,9 @@ never from a cell's name or role tags:
   local derivative left out, taken at its argument (``1 - z[t]**2``), applied
   to its output (``1 - tanh(h[t])**2``) where ``1 - h[t]**2`` belongs, or the
   activation itself in its place (``sigmoid(f[t])`` for ``f[t] * (1 - f[t])``);
+* ``missing_activation``: an activation inside an equation (``tanh(c[t])`` in
+  ``h[t] = o[t] * tanh(c[t])``) left out of the whole backward pass: its
+  argument where it belongs and its derivative missing;
 * ``transposed_weight``: a square weight transposed (or not) in one adjoint;
 * ``off_by_one``: a forward quantity one step off in one adjoint
   (``dc[t+1] * f[t]``);
@@ -186,6 +189,7 @@ def _derivatives(work: _Work) -> list[Alteration]:
             "derivative_at_pre_activation": {},
             "derivative_of_output": {},
             "activation_for_derivative": {},
+            "missing_activation": {},
         }
         correct: dict[Any, Any] = {}
         for _, node_out, node in nodes:
@@ -193,6 +197,9 @@ def _derivatives(work: _Work) -> list[Alteration]:
             right = activation.derivative_of(node_out, arg)
             correct[right] = node_out
             variants["no_derivative"][right] = sp.OneMatrix(*arg.shape)
+            if node_out is node:  # inside an equation (tanh(c[t]) in h[t] = o[t] * tanh(c[t]))
+                variants["missing_activation"][right] = sp.OneMatrix(*arg.shape)
+                variants["missing_activation"][node] = arg
             if form == "output" and functions.a in derivative.free_symbols:
                 wrong = functions.lift(derivative, {functions.a: arg, functions.z: arg}, arg.shape)
                 variants["derivative_at_pre_activation"][right] = wrong
@@ -221,6 +228,12 @@ def _derivatives(work: _Work) -> list[Alteration]:
                 text = (
                     f"the derivative of {activation.name} is taken at its argument in {place}: "
                     f"{printer(mapping[right])} where {printer(right)} belongs"
+                )
+            elif name == "missing_activation":
+                text = (
+                    f"the backward pass of a cell without {printer(correct[right])}: "
+                    f"{printer(correct[right].expr)} where {printer(correct[right])} belongs "
+                    f"and its derivative {printer(right)} missing from {place}"
                 )
             elif name == "activation_for_derivative":
                 text = (
@@ -463,8 +476,12 @@ def _weights(work: _Work) -> list[Alteration]:
             right = " + ".join(printer(t) for t in terms)
             text = f"{wrong} where {right} belongs (in {printer(holder.target)})"
 
-            def rewrite(a: Assignment, w: Any = w, mapping: dict[Any, Any] = mapping) -> Any | None:
-                return a.expr.xreplace(mapping) if w in a.expr.free_symbols else None
+            def rewrite(
+                a: Assignment, w: Any = w, mapping: dict[Any, Any] = mapping, kind: str = kind
+            ) -> Any | None:
+                if a.kind != kind or w not in a.expr.free_symbols:
+                    return None  # one adjoint: the one the text names
+                return a.expr.xreplace(mapping)
 
             place = printer(holder.target)
             out.append(Alteration("transposed_weight", ("weight", kind, w), place, text, rewrite))
@@ -515,7 +532,11 @@ def _steps(work: _Work) -> list[Alteration]:
                             )
                     return mapping
 
-                def rewrite(a: Assignment, mapping_of: Any = mapping_of) -> Any | None:
+                def rewrite(
+                    a: Assignment, mapping_of: Any = mapping_of, kind: str = kind
+                ) -> Any | None:
+                    if a.kind != kind:
+                        return None  # one adjoint: the one the text names
                     mapping = mapping_of(a)
                     return mexpr.substitute(a.expr, mapping) if mapping else None
 
