@@ -310,7 +310,7 @@ def _factors(expr: Any, skip: frozenset[Any] = frozenset()) -> list[tuple[Any, A
 
     Nothing inside ``skip`` (the activations' derivatives) is looked into.
     """
-    out = []
+    out: list[tuple[Any, Any]] = []
     stack = [expr]
     while stack:
         node = stack.pop()
@@ -363,20 +363,20 @@ def _swapped_factors(work: _Work) -> list[Alteration]:
                             continue
                         if gates[(other, step)].shape != factor.shape:
                             continue
-                        site = ("gate", role, other)
-                        if site in seen:
+                        gate_site: tuple[str, ...] = ("gate", role, other)
+                        if gate_site in seen:
                             continue
-                        seen.add(site)
+                        seen.add(gate_site)
                         out.append(_swap_gate(work, kind, a, role, other, gates, skip))
                 elif isinstance(factor, ElementwiseApplyFunction):
                     (var,) = factor.function.variables
                     if factor.function.expr == var:
                         continue
                     shown = _relative_printer(work, a.step)(factor)
-                    site = ("activation", shown)
-                    if site in seen:
+                    activation_site: tuple[str, ...] = ("activation", shown)
+                    if activation_site in seen:
                         continue
-                    seen.add(site)
+                    seen.add(activation_site)
                     out.append(_drop_activation(work, kind, a, factor, skip))
     return out
 
