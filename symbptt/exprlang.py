@@ -48,16 +48,29 @@ Functions
     ``softmax(A)``, ``diag(v)``, ``ones(3, 1)`` (the available set depends
     on the model).
 
+Comparisons
+    ``(A > 0)``, or ``(0 < A)``, is the step function of ``A`` (1 where an
+    entry is positive, else 0: ReLU's derivative), the namespace's
+    ``step(A)``; any other comparison is refused.
+
 Reducers
     ``sum_t(body)``   sum of ``body`` over every step ``t`` of the model;
     ``sum_k(body)``   inside ``sum_t``: sum over ``k`` from the first step up
-                      to ``t`` (inclusive);
+                      to ``t`` (inclusive); outside ``sum_t``: over every
+                      step ``k``, with ``t`` the last step (a many_to_one
+                      chain, the loss at the last step only);
+    ``sum_tau(body)`` inside ``sum_t``: sum over ``tau`` from ``t`` up to the
+                      last step (inclusive): d2l's sum over future steps
+                      Σ_{i=t}^{T} (``i`` is an LSTM's input gate, hence ``tau``);
     ``prod_j(body)``  inside ``sum_k``: the ordered matrix product
                       ``body(t) @ body(t-1) @ ... @ body(k+1)``, i.e. the
-                      Jacobian chain ∂h_t/∂h_k; for ``k == t`` it is the
-                      identity matrix.
-    The names ``t``, ``k`` and ``j`` are reserved: they can only be used
-    inside their reducer.
+                      Jacobian chain ∂h_t/∂h_k; inside ``sum_tau``:
+                      ``body(tau) @ ... @ body(t+1)``, the chain ∂h_tau/∂h_t;
+                      when empty (``k == t``, ``tau == t``) it is the
+                      identity matrix.  ``sum_k`` and ``sum_tau`` do not nest
+                      in each other.
+    The names ``t``, ``k``, ``tau`` and ``j`` are reserved: they can only be
+    used inside their reducer.
 
 Limits
     At most :data:`MAX_LENGTH` characters and :data:`MAX_DEPTH` levels of
@@ -118,7 +131,7 @@ MAX_EXPONENT = 1000
 Value = Any
 Env = Mapping[str, int]
 
-_REDUCERS: dict[str, str] = {"sum_t": "t", "sum_k": "k", "prod_j": "j"}
+_REDUCERS: dict[str, str] = {"sum_t": "t", "sum_k": "k", "sum_tau": "tau", "prod_j": "j"}
 _BOUND: dict[str, str] = {var: reducer for reducer, var in _REDUCERS.items()}
 
 _BINOPS: dict[type[ast.operator], str] = {
@@ -546,8 +559,67 @@ def _validate(root: ast.expr, src: _Source, ns: Namespace | None) -> None:
         elif isinstance(node, ast.Call):
             _validate_call(node, src, ns)
             stack += reversed(node.args)
+        elif isinstance(node, ast.Compare):
+            stack.append(_compared(node, src))
         else:
             raise src.error(f"{_describe(node)} are not allowed", src.start(node))
+
+
+_COMPARISONS: dict[type[ast.cmpop], str] = {
+    ast.Gt: ">",
+    ast.Lt: "<",
+    ast.GtE: ">=",
+    ast.LtE: "<=",
+    ast.Eq: "==",
+    ast.NotEq: "!=",
+    ast.Is: "is",
+    ast.IsNot: "is not",
+    ast.In: "in",
+    ast.NotIn: "not in",
+}
+
+
+def _is_zero_literal(node: ast.expr) -> bool:
+    return (
+        isinstance(node, ast.Constant)
+        and not isinstance(node.value, bool)
+        and isinstance(node.value, (int, float))
+        and node.value == 0
+    )
+
+
+def _compared(node: ast.Compare, src: _Source) -> ast.expr:
+    """The side of ``A > 0`` (or ``0 < A``) that is not zero: the step function's argument.
+
+    Any other comparison is refused, pointing at its operator.
+    """
+    first = node.comparators[0]
+    op_pos = _operator_pos(src, node.left, first, src.start(node))
+    if len(node.ops) != 1:
+        second = _operator_pos(src, first, node.comparators[1], src.start(node))
+        raise src.error(
+            "chained comparisons are not allowed; only (A > 0), the step function", second
+        )
+    op = node.ops[0]
+    symbol = _COMPARISONS.get(type(op), type(op).__name__)
+    if isinstance(op, ast.Gt) and _is_zero_literal(first):
+        return node.left
+    if isinstance(op, ast.Lt) and _is_zero_literal(node.left):
+        return first
+    raise src.error(
+        f"the comparison {symbol} is not allowed here; only (A > 0) or (0 < A), the step "
+        "function of A (1 where A is positive, else 0; also written step(A))",
+        op_pos,
+    )
+
+
+def _operator_pos(src: _Source, left: ast.expr, right: ast.expr, fallback: int) -> int:
+    """The position of the operator between ``left`` and ``right`` (the first non-blank)."""
+    text = src.text
+    i = src.end(left)
+    while i < min(src.start(right), len(text)) and text[i] in " \t\f\r\n)":
+        i += 1
+    return i if i < len(text) else fallback
 
 
 def _validate_constant(node: ast.Constant, src: _Source) -> None:
@@ -771,6 +843,8 @@ class _Evaluator:
             return self._subscript(node, env)
         if isinstance(node, ast.Call):
             return self._call(node, env)
+        if isinstance(node, ast.Compare):
+            return self._step(node, env)
         # Unreachable after _validate; refuse defensively.
         self.fail(f"{_describe(node)} are not allowed", self.src.start(node))
 
@@ -832,11 +906,13 @@ class _Evaluator:
     def _unbound_message(name: str) -> str:
         reducer = _BOUND[name]
         if name == "t":
-            where = "sum_t(...)"
+            where = "sum_t(...) or sum_k(...)"
         elif name == "k":
-            where = "sum_k(...) (inside sum_t(...))"
+            where = "sum_k(...)"
+        elif name == "tau":
+            where = "sum_tau(...) (inside sum_t(...))"
         else:
-            where = "prod_j(...) (inside sum_k(...) inside sum_t(...))"
+            where = "prod_j(...) (inside sum_k(...) or sum_tau(...))"
         return f"{name} can only be used inside {where}; it is bound by {reducer}"
 
     def _index(self, node: ast.expr, env: Env) -> int:
@@ -921,6 +997,24 @@ class _Evaluator:
             self.fail(f"{name}(...) did not give a SymPy expression", offset)
         return value
 
+    def _step(self, node: ast.Compare, env: Env) -> Value:
+        """``(A > 0)``: the namespace's step function of ``A``."""
+        offset = self.src.start(node)
+        argument = _compared(node, self.src)
+        function = self.ns.functions.get("step")
+        if function is None:
+            self.fail("(A > 0) is the step function, which this namespace does not define", offset)
+        value = self.eval(argument, env)
+        try:
+            result = function(value)
+        except ExpressionError as err:
+            self._rethrow(err, offset)
+        except Exception as exc:  # a namespace callable refused this argument
+            raise self.src.error(f"(... > 0) cannot be built: {exc}", offset) from exc
+        if not isinstance(result, sympy.Basic):  # pragma: no cover - a namespace's bug
+            self.fail("(... > 0) did not give a SymPy expression", offset)
+        return result
+
     def _reduce(self, name: str, node: ast.Call, env: Env) -> Value:
         var = _REDUCERS[name]
         offset = self.src.start(node)
@@ -933,19 +1027,32 @@ class _Evaluator:
             if not values:
                 self.fail("sum_t(...) is empty: the model has no steps", offset)
         elif name == "sum_k":
-            if "t" not in env:
-                self.fail("sum_k(...) can only be used inside sum_t(...)", offset)
+            if "tau" in env:
+                self.fail("sum_k(...) cannot be used inside sum_tau(...)", offset)
+            if "t" not in env:  # a many_to_one chain: t is the last step
+                if not steps:
+                    self.fail("sum_k(...) is empty: the model has no steps", offset)
+                env = {**env, "t": steps[-1]}
             values = [s for s in steps if steps[0] <= s <= env["t"]]
             if not values:
                 self.fail(f"sum_k(...) is empty for t={env['t']}", offset)
-        else:
-            if "t" not in env or "k" not in env:
-                self.fail(
-                    "prod_j(...) can only be used inside sum_k(...) inside sum_t(...)", offset
-                )
-            values = list(range(env["t"], env["k"], -1))  # t, t-1, ..., k+1
+        elif name == "sum_tau":
+            if "t" not in env:
+                self.fail("sum_tau(...) can only be used inside sum_t(...)", offset)
+            if "k" in env:
+                self.fail("sum_tau(...) cannot be used inside sum_k(...)", offset)
+            values = [s for s in steps if env["t"] <= s <= steps[-1]]
             if not values:
-                return self._empty_product(body, env, offset)
+                self.fail(f"sum_tau(...) is empty for t={env['t']}", offset)
+        else:
+            if "t" not in env or ("k" not in env and "tau" not in env):
+                self.fail("prod_j(...) can only be used inside sum_k(...) or sum_tau(...)", offset)
+            # the chain from the later step down to the earlier one's next step:
+            # t, ..., k+1 inside sum_k; tau, ..., t+1 inside sum_tau
+            top, bottom = (env["t"], env["k"]) if "k" in env else (env["tau"], env["t"])
+            values = list(range(top, bottom, -1))
+            if not values:
+                return self._empty_product(body, {**env, "j": top}, offset)
         terms = [self.eval(body, {**env, var: value}) for value in values]
         if name == "prod_j":
             return self._product(terms, values, offset)
@@ -998,13 +1105,13 @@ class _Evaluator:
 
     def _empty_product(self, body: ast.expr, env: Env, pos: int) -> Value:
         """prod_j(...) with k == t: the identity of the body's size (probed at j=t)."""
-        probe = self.eval(body, {**env, "j": env["t"]})
+        probe = self.eval(body, env)
         if not _is_matrix(probe):
             return sympy.Integer(1)
         rows, cols = probe.shape
         if not _same_dim(rows, cols):
             self.fail(
-                f"prod_j(...) is empty for k=t={env['t']} and its body has the non-square shape "
+                f"prod_j(...) is empty for j={env['j']} and its body has the non-square shape "
                 f"{_shape_str(probe)}, so there is no identity to use",
                 pos,
             )

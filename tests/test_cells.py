@@ -125,6 +125,10 @@ def test_spec_accepts_a_path_object_and_names_the_cell(tmp_path: Path) -> None:
             r"double-underscore names are refused",
         ),
         (("tanh(W_xh", "softplus(W_xh"), r"unknown function 'softplus'"),
+        (  # the checker's step function (A > 0) is no part of a cell equation
+            ("W_hh @ (r[t] * h[t-1])", "W_hh @ ((r[t] > 0) * h[t-1])"),
+            r"not part of a cell equation's language",
+        ),
         (('"r[t] = sigmoid', '"g[t] = sigmoid'), r"g\[t\] is defined twice"),
         (('"z[t] = sigmoid(W_xz @ x[t]', '"z[t] = sigmoid(W_xz @ g[t]'), r"g\[t\] is read before"),
         (("h[t] = z[t] * h[t-1]", "q[t] = z[t] * h[t-1]"), r"the state 'h' is never updated"),

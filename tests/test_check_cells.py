@@ -426,6 +426,21 @@ def test_hand_written_numpy_lstm_is_equal_and_its_bug_is_not() -> None:
     # the gradient of the output layer does not see the bug
     assert check(spec, "W_hy", forgot_dc_next, points=4).ok
 
+    # localised: right on the first step alone; with two, dc[1] lacks dc[2] * f[2], which
+    # the i, f and g gates read and the o gate does not
+    assert result.first_step == 2, result.explain()
+    assert result.gates_right == ("o", "the output layer"), result.explain()
+    assert result.gates_wrong == ("i", "f", "g"), result.explain()
+    assert "first differs at step 2 (of 4); gates right: o, the output layer; wrong: i, f, g" in (
+        result.explain()
+    )
+
+    def only_w_hf(p: Any, X: Any, Y: Any, h0: Any = None, c0: Any = None) -> Any:
+        return forgot_dc_next(p, X, Y, h0, c0)[1]["W_hf"]
+
+    result = check(spec, "W_hf", only_w_hf, points=4)  # one array: the step, no gates
+    assert (result.first_step, result.gates_wrong) == (2, None), result.explain()
+
     # CaptainE/RNN-LSTM-in-numpy issue #1: neither dh_next nor dC_next carried back
     def forgot_both(p: Any, X: Any, Y: Any, h0: Any = None, c0: Any = None) -> Any:
         return numpy_lstm(p, X, Y, h0, c0, carry=False, carry_h=False)
@@ -470,8 +485,14 @@ def test_a_batch_major_lstm_with_integer_labels_and_1d_biases() -> None:
 
     result = check(spec, "W_hf", forget_bug, points=3, convention="batch_major")
     assert "activation_for_derivative" in result.mistake_names, result.explain()
-    # the forget gate feeds dh[t-1]: every gate is wrong from then on, the output layer right
-    assert "right: the output layer; wrong: i, f, o, g" in result.explain()
+    # with one step only the forget gate is wrong; it feeds dh[t-1], so with all three
+    # steps every gate is, the output layer right
+    assert result.first_step == 1 and result.gates_wrong == ("f",), result.explain()
+    assert (
+        "first differs at step 1 (of 3); gates right: i, o, g, the output layer; wrong: f"
+        in result.explain()
+    )
+    assert "with all 3 steps: gates right: the output layer; wrong: i, f, o, g" in result.explain()
     with pytest.raises(ValueError, match="convention"):
         check(spec, "W_hf", forget_bug, convention="rows")
 
@@ -592,3 +613,17 @@ def test_hand_written_numpy_gru_in_rows_is_equal_and_its_bug_is_not() -> None:
     assert not result.ok and result.mistake_names == ("dropped_carry",), result.explain()
     assert "dH[t] lacks dH[t+1] * Z[t+1]" in result.explain()
     assert result.loss_steps == derive(spec).graph.steps[1:], result.explain()
+    second = derive(spec).graph.steps[1]
+    assert result.first_step == second, result.explain()
+    assert f"first differs at step {second} (of " in result.explain()
+    assert result.gates_wrong == ("R", "Z", "H_tilde"), result.explain()
+
+    def only_three_steps(p: Any, X: Any, Y: Any, h0: Any = None) -> Any:
+        assert X.shape[0] == 3, "written for T = 3"
+        return no_direct_path(p, X, Y, h0)
+
+    result = check(spec, "W_hz", only_three_steps, points=4)
+    assert not result.ok and result.first_step is None, result.explain()
+    assert "no step localisation: the callable failed on the sequences cut to 1 step" in (
+        result.explain()
+    )

@@ -104,6 +104,7 @@ NS = Namespace(
         "log": _elementwise(sympy.log),
         "ones": lambda r, c: OneMatrix(r, c),
         "diag": lambda v: DiagMatrix(v),
+        "step": _elementwise(lambda v: sympy.Heaviside(v, 0)),
     },
     steps=STEPS,
     scalars={"T": 3},
@@ -224,6 +225,47 @@ def test_prod_j_is_in_jacobian_chain_order_with_identity_when_empty() -> None:
         MatAdd(MatMul(D(3), D(2)), D(3), eye),  # t=3: k=1, 2, 3
     )
     assert got == expected
+
+
+def test_sum_k_outside_sum_t_is_a_chain_to_the_last_step() -> None:
+    """A many_to_one chain: t is the last step."""
+    assert parse("sum_k(x[k])", NS) == MatAdd(x(1), x(2), x(3))
+    got = parse("sum_k(prod_j(D[j]) @ h[t])", NS)
+    expected = MatAdd(
+        MatMul(MatMul(D(3), D(2)), h(3)), MatMul(D(3), h(3)), MatMul(Identity(3), h(3))
+    )
+    assert got == expected
+
+
+def test_sum_tau_runs_from_t_to_the_last_step() -> None:
+    got = parse("sum_t(sum_tau(x[tau]))", NS)
+    expected = MatAdd(MatAdd(x(1), x(2), x(3)), MatAdd(x(2), x(3)), x(3))
+    assert got == expected
+
+
+def test_prod_j_inside_sum_tau_is_the_chain_from_tau_down_to_t() -> None:
+    """∂h_tau/∂h_t: D[tau] @ ... @ D[t+1], the identity when tau == t."""
+    got = parse("sum_t(sum_tau(prod_j(D[j])))", NS)
+    eye = Identity(3)
+    expected = MatAdd(
+        MatAdd(eye, D(2), MatMul(D(3), D(2))),  # t=1: tau=1, 2, 3
+        MatAdd(eye, D(3)),  # t=2: tau=2, 3
+        eye,  # t=3
+    )
+    assert got == expected
+
+
+def test_a_comparison_with_zero_is_the_step_function() -> None:
+    step = NS.functions["step"]
+    assert parse("(h[1] > 0)", NS) == step(h(1))
+    assert parse("0 < h[1]", NS) == step(h(1))
+    assert parse("step(h[1])", NS) == step(h(1))
+    assert parse("sum_t((h[t] > 0.0) * (W @ h[t]))", NS) == MatAdd(
+        *[HadamardProduct(step(h(t)), MatMul(W, h(t))) for t in STEPS]
+    )
+    without = Namespace(NS.constants, NS.indexed, {}, STEPS, {"T": 3})
+    assert "step function" in err("W @ (h[1] > 0)", without).message
+    assert err("W @ (h[1] > 0)", without).offset == 5
 
 
 def test_empty_product_identity_has_the_body_size() -> None:
@@ -417,7 +459,15 @@ def test_bound_variables_only_inside_their_reducer(text: str, offset: int, name:
 @pytest.mark.parametrize(
     ("text", "offset", "piece"),
     [
-        ("sum_k(x[k])", 0, "sum_k"),
+        ("sum_tau(x[tau])", 0, "sum_tau"),
+        ("sum_t(sum_k(sum_tau(x[tau])))", 12, "sum_tau(...) cannot be used inside sum_k"),
+        ("sum_t(sum_tau(sum_k(x[k])))", 14, "sum_k(...) cannot be used inside sum_tau"),
+        ("h[1] >= 0", 5, ">="),
+        ("h[1] > 1", 5, "only (A > 0)"),
+        ("0 > h[1]", 2, "only (A > 0)"),
+        ("h[1] == 0", 5, "=="),
+        ("0 < h[1] < 1", 9, "chained"),
+        ("h[1] in W", 5, "in"),
         ("sum_t(prod_j(W))", 6, "prod_j"),
         ("sum_t(sum_t(h[t]))", 6, "sum_t"),
         ("sum_t(h[t], h[t])", 0, "one argument"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -174,43 +175,169 @@ def _gates(work: _Work) -> dict[str, str]:
     return out
 
 
-def gate_notes(
-    work: _Work, fn: Callable[..., Any], convention: str, point: _Point, reference: _Reference
-) -> list[str]:
-    """For a callable that returns every gradient (a dict): which gates' gradients are right.
-
-    A gate is the quantity whose equation reads the parameter (an LSTM's ``f``
-    for ``W_xf``, ``W_hf``, ``b_f``).  Nothing when the callable returns one array.
-    """
-    params, X, Y, initials = _arrays(work, point.leaves, convention)
-    try:
-        result = fn(params, X, Y, **initials)
-    except Exception:  # reported where the gradient itself is computed
-        return []
+def _unwrap(result: Any) -> Any:
+    """A callable's result without its loss: ``(loss, grads)`` gives ``grads``."""
     if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], Mapping):
-        result = result[1]
-    if not isinstance(result, Mapping):
-        return []
+        return result[1]
+    return result
+
+
+def _differs(value: Any, expected: np.ndarray) -> bool:
+    try:
+        array = np.asarray(value, dtype=float).reshape(expected.shape)
+    except (TypeError, ValueError):
+        return True
+    return not _close(array, expected, 1e-6)
+
+
+def _gate_verdict(
+    work: _Work, result: Mapping[str, Any], expected: Mapping[str, np.ndarray]
+) -> tuple[list[str], list[str], list[str]] | None:
+    """(gates right, gates wrong, gradients wrong) of a dict of gradients; None: fewer than two.
+
+    A gate is right when every gradient of its parameters the dict holds is.
+    """
     gates = _gates(work)
     right: dict[str, bool] = {}
     wrong_names = []
     for name in work.graph.params:
-        if name not in result or name not in gates:
+        if name not in result or name not in gates or name not in expected:
             continue
-        expected = reference.gradient(point, name)
-        try:
-            value = np.asarray(result[name], dtype=float).reshape(expected.shape)
-        except (TypeError, ValueError):
-            value = None
-        ok = value is not None and _close(value, expected, 1e-6)
-        gate = gates[name]
-        right[gate] = right.get(gate, True) and ok
+        ok = not _differs(result[name], expected[name])
+        right[gates[name]] = right.get(gates[name], True) and ok
         if not ok:
             wrong_names.append(name)
     if len(right) < 2:
-        return []
-    good = [g for g, ok in right.items() if ok]
-    bad = [g for g, ok in right.items() if not ok]
-    text = "the gradients of the gates (by the quantity whose equation reads them): right: "
-    text += f"{', '.join(good) or 'none'}; wrong: {', '.join(bad) or 'none'}"
-    return [text, f"wrong gradients: {', '.join(wrong_names)}"] if bad else [text]
+        return None
+    return (
+        [g for g, ok in right.items() if ok],
+        [g for g, ok in right.items() if not ok],
+        wrong_names,
+    )
+
+
+def _gates_text(verdict: tuple[list[str], list[str], list[str]]) -> str:
+    good, bad, _ = verdict
+    return f"gates right: {', '.join(good) or 'none'}; wrong: {', '.join(bad) or 'none'}"
+
+
+def _cut(
+    work: _Work, arrays: tuple[Any, ...], k: int, time_axis: int
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, dict[str, np.ndarray | None]]:
+    """A callable's arguments for the first ``k`` steps (one target in many_to_one)."""
+    params, X, Y, initials = arrays
+    params = {key: value.copy() for key, value in params.items()}
+    X = np.take(X, range(k), axis=time_axis)
+    if work.spec.mode == "many_to_many":
+        Y = np.take(Y, range(k), axis=time_axis)
+    return params, X, Y, initials
+
+
+def _steps_text(work: _Work, k: int) -> str:
+    steps = work.graph.steps
+    of = f"of {len(steps)}" if steps[0] == 1 else f"of {steps[0]}..{steps[-1]}"
+    return f"first differs at step {steps[k - 1]} ({of})"
+
+
+@dataclass(frozen=True)
+class Localised:
+    """Where a callable goes wrong: notes for the report, and the fields of the result."""
+
+    notes: tuple[str, ...] = ()
+    first_step: int | None = None
+    gates_right: tuple[str, ...] | None = None
+    gates_wrong: tuple[str, ...] | None = None
+
+
+def localise(
+    work: _Work,
+    fn: Callable[..., Any],
+    convention: str,
+    point: _Point,
+    name: str,
+    reference: _Reference,
+) -> Localised:
+    """Where a differing callable goes wrong: the first step, and which gates are right.
+
+    The callable is run on the point's sequences cut to their first k = 1, 2,
+    ... steps and compared with the generated module of the same model with k
+    steps (a model in its own right: its loss is over the k steps, a
+    many_to_one model's target stays the last step's); the first k where the
+    gradient of ``name`` differs is the step reported.  When the callable
+    returns a dict of gradients, the gates whose gradients are right at that
+    k (a gate is the quantity whose equation reads the parameter: ``f`` for
+    ``W_xf``, ``W_hf``, ``b_f``) and at every step are said too.  Without a
+    generated module (the reference is then the derivation) no step is said.
+    """
+    steps = len(work.graph.steps)
+    time_axis = 1 if convention == "batch_major" else 0
+    arrays = _arrays(work, point.leaves, convention)
+    own = _arrays(work, point.leaves)
+    notes: list[str] = []
+    first: int | None = None
+    first_verdict = None
+    if reference.module is not None:
+        for k in range(1, steps):
+            cut = ModelSpec.from_mapping({**work.spec.as_dict(), "steps": k})
+            module, _ = _generated_module(cut)
+            if module is None:
+                break
+            params, X, Y, initials = _cut(work, arrays, k, time_axis)
+            try:
+                result = _unwrap(fn(params, X, Y, **initials))
+            except Exception as exc:  # the user's code: say so, then go on without steps
+                notes.append(
+                    f"no step localisation: the callable failed on the sequences cut to "
+                    f"{k} step{'s' * (k > 1)} ({type(exc).__name__}: {exc})"
+                )
+                break
+            rp, rX, rY, rinit = _cut(work, own, k, 0)
+            try:
+                _, expected = module.loss_and_gradients(rp, rX, rY, **rinit)
+            except Exception:  # the generated module of k steps failed: no step is said
+                break
+            expected = {key: np.asarray(value, dtype=float) for key, value in expected.items()}
+            value = result.get(name) if isinstance(result, Mapping) else result
+            if value is None or name not in expected:
+                break  # nothing to compare: no step is said
+            if _differs(value, expected[name]):
+                first = k
+                if isinstance(result, Mapping):
+                    first_verdict = _gate_verdict(work, result, expected)
+                break
+        else:
+            first = steps
+    full = _unwrap(_safe_call(fn, _arrays(work, point.leaves, convention)))
+    full_verdict = None
+    if isinstance(full, Mapping):
+        expected = {key: reference.gradient(point, key) for key in work.graph.params}
+        full_verdict = _gate_verdict(work, full, expected)
+    if first is not None:
+        text = _steps_text(work, first)
+        verdict = full_verdict if first == steps else first_verdict
+        if verdict is not None:
+            text += f"; {_gates_text(verdict)}"
+            if first < steps:
+                text += f" (with the first {first} step{'s' * (first > 1)})"
+        notes.append(text)
+    if full_verdict is not None and (first is None or first < steps):
+        notes.append(f"with all {steps} steps: {_gates_text(full_verdict)}")
+    if full_verdict is not None and full_verdict[2]:
+        notes.append(f"wrong gradients: {', '.join(full_verdict[2])}")
+    if first is None:
+        return Localised(tuple(notes))
+    verdict = full_verdict if first == steps else first_verdict
+    return Localised(
+        tuple(notes),
+        work.graph.steps[first - 1],
+        None if verdict is None else tuple(verdict[0]),
+        None if verdict is None else tuple(verdict[1]),
+    )
+
+
+def _safe_call(fn: Callable[..., Any], arrays: tuple[Any, ...]) -> Any:
+    params, X, Y, initials = arrays
+    try:
+        return fn(params, X, Y, **initials)
+    except Exception:  # reported where the gradient itself is computed
+        return None

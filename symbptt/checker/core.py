@@ -12,7 +12,7 @@ import sympy as sp
 from .. import exprlang, mexpr
 from ..derive import Derivation
 from ..spec import MAX_CHECK_STEPS, ModelSpec, SpecError
-from .callables import CONVENTIONS, CallableFailed, _call, _Reference, gate_notes
+from .callables import CONVENTIONS, CallableFailed, _call, _Reference, localise
 from .diagnosis import _Diagnosis
 from .formulas import Formula, correct_formula
 from .language import _base_role, _label, _step_roles, names, names_text
@@ -248,6 +248,7 @@ class _Checker:
         pts: Sequence[_Point],
         values: Sequence[Any] = (),
         notes: Sequence[str] = (),
+        **extra: Any,
     ) -> CheckResult:
         """The report of a candidate that differs at ``point``: mistakes and localisation."""
         diagnosis = _Diagnosis(self, value_at)
@@ -270,6 +271,7 @@ class _Checker:
             rows=rows,
             columns=columns,
             notes=tuple(all_notes),
+            **extra,
         )
 
     def shape_result(self, expr: Any, shown: str, method: str) -> CheckResult:
@@ -357,9 +359,20 @@ class _Checker:
                         notes=tuple(notes),
                     )
                 if not _close(value, reference.gradient(p, self.name), RTOL_FLOAT):
-                    notes += gate_notes(work, fn, convention, p, reference)
+                    where = localise(work, fn, convention, p, self.name, reference)
                     return self.failure(
-                        shown, method, i, p, value, value_at, None, pts, notes=notes
+                        shown,
+                        method,
+                        i,
+                        p,
+                        value,
+                        value_at,
+                        None,
+                        pts,
+                        notes=[*notes, *where.notes],
+                        first_step=where.first_step,
+                        gates_right=where.gates_right,
+                        gates_wrong=where.gates_wrong,
                     )
         except CallableFailed as exc:
             notes.insert(0, f"the callable failed: {exc}")

@@ -79,8 +79,8 @@ class _Diagnosis:
         """Changes of the gradient's own terms: steps moved, the last only, another gate's."""
         out = []
         knobs: Sequence[str] = _STEP_KNOBS
-        if self.work.spec.mode == "many_to_one":
-            knobs = _STEP_KNOBS[:2]
+        if self.work.spec.mode == "many_to_one" and not self._reads_every_step():
+            knobs = _STEP_KNOBS[:2]  # one term (the output layer's): the last is all of it
         texts = _KnobText(self.work, self.checker.orig, self.name)
         for knob in knobs:
             out.append(
@@ -94,6 +94,10 @@ class _Diagnosis:
                     out.append(_Atom("off_by_one", ("terms",), text, data=(role, offset)))
         out += self._gate_atoms()
         return out
+
+    def _reads_every_step(self) -> bool:
+        """The gradient has a term at more than one step (an input weight of many_to_one)."""
+        return len({c.step for c in self.contribs}) > 1
 
     def _forward_roles(self) -> list[str]:
         """The forward quantities the generic step's term of the gradient reads."""
@@ -383,12 +387,14 @@ class _Diagnosis:
         square = self.checker.target.shape[0] == self.checker.target.shape[1]
         final = [_Atom("transpose", ("final",), _KnobText.TRANSPOSE)] if square else []
         singles: list[_Atom] = []
+        heads: list[Any] = []
         for atom in [*self._adjoint_atoms(), *self._term_atoms(), *final]:
             head = self._values((atom,), first)
             if head is None or _same(head, correct_first):
                 continue  # changes nothing this gradient reads
             if atom.flavour == EVERY:
                 singles.append(atom)
+                heads.append(head[0])
             if _common_factor(got[:1], head) is not None:
                 consider(1, (atom,), self._values((atom,), points))
         for atoms, values in self._wrong_quantities(points):
@@ -397,7 +403,7 @@ class _Diagnosis:
             if best and best[0] <= level:
                 break
             tried = 0
-            for combo in itertools.combinations(singles, level):
+            for combo in _ranked_combinations(singles, heads, correct_first[0], got[0], level):
                 if len({a.site for a in combo}) < level:
                     continue
                 if tried >= _COMBINATIONS[level]:
@@ -606,6 +612,53 @@ class _KnobText:
         }
         expr = contribution.expr.xreplace(moved).xreplace(written_out)
         return _Printer(_naming(form.symbols, notation))(expr)
+
+
+#: How many of the best pairs are extended by a third mutation when ranking triples.
+_PAIRS_EXTENDED = 60
+
+
+def _ranked_combinations(
+    singles: Sequence[_Atom], heads: Sequence[Any], correct: Any, got: Any, level: int
+) -> list[tuple[_Atom, ...]]:
+    """Combinations of ``level`` single mutations, the likeliest first.
+
+    Each mutation's change of the gradient at the first point is ``head -
+    correct``; a combination's change is taken as the sum of its parts', and
+    the combinations are tried in the order of how far that sum is from the
+    candidate's change.  This only orders the search: a combination is
+    reported when its own values match.  Pairs are ranked among all pairs;
+    triples extend the best :data:`_PAIRS_EXTENDED` pairs by a third.
+    """
+    count = len(singles)
+    if count < level:
+        return []
+    try:
+        changes = np.stack([np.asarray(h - correct, dtype=float).ravel() for h in heads])
+        target = np.asarray(got - correct, dtype=float).ravel()
+    except ValueError:  # a transposed head of another shape: keep the plain order
+        return list(itertools.combinations(singles, level))
+    with np.errstate(all="ignore"):
+        pair = changes[:, None, :] + changes[None, :, :] - target
+        pair_cost = np.nan_to_num(np.linalg.norm(pair, axis=2), nan=np.inf, posinf=np.inf)
+    upper = [(i, j) for i in range(count) for j in range(i + 1, count)]
+    upper.sort(key=lambda ij: (pair_cost[ij], ij))
+    if level == 2:
+        return [(singles[i], singles[j]) for i, j in upper]
+    seen: set[tuple[int, ...]] = set()
+    triples: list[tuple[float, tuple[int, ...]]] = []
+    for i, j in upper[:_PAIRS_EXTENDED]:
+        with np.errstate(all="ignore"):
+            rest = changes + (changes[i] + changes[j] - target)
+            costs = np.nan_to_num(np.linalg.norm(rest, axis=1), nan=np.inf, posinf=np.inf)
+        for k in range(count):
+            key = tuple(sorted((i, j, k)))
+            if k in (i, j) or key in seen:
+                continue
+            seen.add(key)
+            triples.append((float(costs[k]), key))
+    triples.sort()
+    return [tuple(singles[n] for n in key) for _, key in triples]
 
 
 def _same(values: Sequence[Any], others: Sequence[Any]) -> bool:

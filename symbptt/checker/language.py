@@ -117,7 +117,8 @@ def _labelled_roles(d: Derivation) -> list[tuple[str, str]]:
     owners.update({label: "a size" for _, label in _SIZE_FIELDS})
     owners.update({name: "a function" for name in (*_FUNCTION_INFO, "softmax", "ones", "diag")})
     owners.update({name: "a function" for name in _function_names(cell)})
-    owners.update({name: "reserved" for name in ("t", "k", "j", "T", "sum_t", "sum_k", "prod_j")})
+    reserved = ("t", "k", "tau", "j", "T", "sum_t", "sum_k", "sum_tau", "prod_j")
+    owners.update({name: "reserved" for name in reserved})
     out: list[tuple[str, str]] = []
     for role in _step_roles(d):
         label = _label(notation, role) or role
@@ -151,6 +152,8 @@ _FUNCTION_INFO = {
     "sigmoid": "elementwise logistic sigmoid 1/(1+exp(-A))",
     "exp": "elementwise exp",
     "log": "elementwise natural log",
+    "step": "elementwise step function: 1 where positive, else 0 (also (A > 0))",
+    "heaviside": "the step function, as the derivation prints ReLU's derivative",
 }
 
 
@@ -226,11 +229,17 @@ def names(notation: str | Notation | ModelSpec | Derivation) -> tuple[NameInfo, 
         NameInfo("ones(r, c)", "function", "the r x c matrix of ones (r, c: sizes or integers)"),
         NameInfo("diag(v)", "function", "the diagonal matrix of a vector (batch size 1)"),
         NameInfo("sum_t(...)", "reducer", f"sum over the steps t = {first}..{last}"),
-        NameInfo("sum_k(...)", "reducer", f"inside sum_t: sum over k = {first}..t"),
+        NameInfo(
+            "sum_k(...)",
+            "reducer",
+            f"inside sum_t: sum over k = {first}..t; outside: over k = {first}..{last}, t = {last}",
+        ),
+        NameInfo("sum_tau(...)", "reducer", f"inside sum_t: sum over tau = t..{last}"),
         NameInfo(
             "prod_j(...)",
             "reducer",
-            "inside sum_k: body(t) @ body(t-1) @ ... @ body(k+1) (identity when k = t)",
+            "inside sum_k: body(t) @ body(t-1) @ ... @ body(k+1) (identity when k = t); "
+            "inside sum_tau: body(tau) @ ... @ body(t+1)",
         ),
     ]
     return tuple(out)

@@ -13,9 +13,16 @@ never from a cell's name or role tags:
   local derivative left out, taken at its argument (``1 - z[t]**2``), applied
   to its output (``1 - tanh(h[t])**2``) where ``1 - h[t]**2`` belongs, or the
   activation itself in its place (``sigmoid(f[t])`` for ``f[t] * (1 - f[t])``);
+* ``missing_activation``: an activation inside an equation (``tanh(c[t])`` in
+  ``h[t] = o[t] * tanh(c[t])``) left out of the whole backward pass: its
+  argument where it belongs and its derivative missing;
 * ``transposed_weight``: a square weight transposed (or not) in one adjoint;
 * ``off_by_one``: a forward quantity one step off in one adjoint
   (``dc[t+1] * f[t]``);
+* ``swapped_factor``: one gate's Jacobian factor swapped: another site's
+  derivative of the same activation (``(1 - f[t]) * f[t]`` in ``delta_i[t]``),
+  another gate's quantity as a factor (``dc[t] * f[t]`` in ``di[t]``), or an
+  activation's argument for the activation (``dh[t] * c[t]`` in ``do[t]``);
 * ``dropped_target``, ``softmax_diagonal``: the output error of softmax +
   cross-entropy.
 
@@ -182,6 +189,7 @@ def _derivatives(work: _Work) -> list[Alteration]:
             "derivative_at_pre_activation": {},
             "derivative_of_output": {},
             "activation_for_derivative": {},
+            "missing_activation": {},
         }
         correct: dict[Any, Any] = {}
         for _, node_out, node in nodes:
@@ -189,6 +197,9 @@ def _derivatives(work: _Work) -> list[Alteration]:
             right = activation.derivative_of(node_out, arg)
             correct[right] = node_out
             variants["no_derivative"][right] = sp.OneMatrix(*arg.shape)
+            if node_out is node:  # inside an equation (tanh(c[t]) in h[t] = o[t] * tanh(c[t]))
+                variants["missing_activation"][right] = sp.OneMatrix(*arg.shape)
+                variants["missing_activation"][node] = arg
             if form == "output" and functions.a in derivative.free_symbols:
                 wrong = functions.lift(derivative, {functions.a: arg, functions.z: arg}, arg.shape)
                 variants["derivative_at_pre_activation"][right] = wrong
@@ -202,6 +213,7 @@ def _derivatives(work: _Work) -> list[Alteration]:
         if holder is None:
             continue
         right = next(d for d in correct if holder.expr.has(d))
+        out += _other_derivatives(work, key, nodes, sites, holder, right)
         printer = _relative_printer(work, holder.step)
         place = printer(holder.target)
         of = printer(correct[right])
@@ -216,6 +228,12 @@ def _derivatives(work: _Work) -> list[Alteration]:
                 text = (
                     f"the derivative of {activation.name} is taken at its argument in {place}: "
                     f"{printer(mapping[right])} where {printer(right)} belongs"
+                )
+            elif name == "missing_activation":
+                text = (
+                    f"the backward pass of a cell without {printer(correct[right])}: "
+                    f"{printer(correct[right].expr)} where {printer(correct[right])} belongs "
+                    f"and its derivative {printer(right)} missing from {place}"
                 )
             elif name == "activation_for_derivative":
                 text = (
@@ -238,6 +256,209 @@ def _derivatives(work: _Work) -> list[Alteration]:
     return out
 
 
+# ----------------------------------------------------------------- swapped factors
+def _other_derivatives(
+    work: _Work,
+    key: tuple[str, int],
+    nodes: list[tuple[int, Any, Any]],
+    sites: dict[tuple[str, int], list[tuple[int, Any, Any]]],
+    holder: Assignment,
+    right: Any,
+) -> list[Alteration]:
+    """``swapped_factor``: the same activation's derivative at another site of the same step.
+
+    ``(1 - f[t]) * f[t]`` in ``delta_i[t]`` where ``(1 - i[t]) * i[t]`` belongs (an
+    LSTM's forget gate's sigmoid derivative used for the input gate).
+    """
+    activation = functions.activation_for(nodes[0][2].function)
+    printer = _relative_printer(work, holder.step)
+    out = []
+    for other, others in sites.items():
+        if other == key:
+            continue
+        if functions.activation_for(others[0][2].function) is not activation:
+            continue
+        at = {step: (o, n) for step, o, n in others}
+        mapping = {}
+        for step, node_out, node in nodes:
+            if step not in at or tuple(at[step][1].shape) != tuple(node.shape):
+                continue
+            mine = activation.derivative_of(node_out, node.expr)
+            theirs = activation.derivative_of(at[step][0], at[step][1].expr)
+            mapping[mine] = theirs
+        if right not in mapping:
+            continue
+        place = printer(holder.target)
+        text = (
+            f"another gate's Jacobian factor in {place}: {printer(mapping[right])} "
+            f"where {printer(right)} belongs (the derivative of {activation.name} at "
+            f"{printer(at[holder.step][0]) if holder.step in at else 'another quantity'})"
+        )
+
+        def rewrite(a: Assignment, mapping: dict[Any, Any] = mapping) -> Any | None:
+            if not any(a.expr.has(d) for d in mapping):
+                return None
+            return a.expr.xreplace(mapping)
+
+        place = printer(holder.target)
+        out.append(Alteration("swapped_factor", ("derivative", key), place, text, rewrite))
+    return out
+
+
+def _factors(expr: Any, skip: frozenset[Any] = frozenset()) -> list[tuple[Any, Any]]:
+    """``(product, factor)`` for every factor of every elementwise product in ``expr``.
+
+    Nothing inside ``skip`` (the activations' derivatives) is looked into.
+    """
+    out: list[tuple[Any, Any]] = []
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        if node in skip:
+            continue
+        if isinstance(node, sp.HadamardProduct):
+            out.extend((node, arg) for arg in node.args)
+        if isinstance(node, sp.Basic):
+            stack.extend(node.args)
+    return out
+
+
+def _gate_quantities(work: _Work) -> dict[tuple[str, int], Any]:
+    """(role, step) -> symbol of every forward quantity computed by an activation (a gate)."""
+    meta = work.graph.symbols.meta
+    out = {}
+    for a in work.forward:
+        role, step = meta.get(a.target, ("", None))
+        if (
+            isinstance(step, int)
+            and isinstance(a.expr, ElementwiseApplyFunction)
+            and _label(work.notation, role) is not None
+            and role != "output"
+        ):
+            out[(role, step)] = a.target
+    return out
+
+
+def _swapped_factors(work: _Work) -> list[Alteration]:
+    """``swapped_factor``: one factor of an adjoint's elementwise product replaced.
+
+    By another gate's quantity at the same step (``dc[t] * f[t]`` where ``dc[t] *
+    g[t]`` belongs in ``di[t]``), or, where the factor is an activation of a
+    quantity, by the quantity itself (``dh[t] * c[t]`` where ``dh[t] * tanh(c[t])``
+    belongs in ``do[t]``).
+    """
+    meta = work.graph.symbols.meta
+    gates = _gate_quantities(work)
+    roles = sorted({role for role, _ in gates})
+    skip = _derivative_nodes(work)
+    out: list[Alteration] = []
+    for kind, assignments in _by_kind(work).items():
+        seen: set[tuple[str, ...]] = set()
+        for a in assignments:
+            for _, factor in _factors(a.expr, skip):
+                role, step = meta.get(factor, ("", None))
+                if (role, step) in gates:
+                    for other in roles:
+                        if other == role or (other, step) not in gates:
+                            continue
+                        if gates[(other, step)].shape != factor.shape:
+                            continue
+                        gate_site: tuple[str, ...] = ("gate", role, other)
+                        if gate_site in seen:
+                            continue
+                        seen.add(gate_site)
+                        out.append(_swap_gate(work, kind, a, role, other, gates, skip))
+                elif isinstance(factor, ElementwiseApplyFunction):
+                    (var,) = factor.function.variables
+                    if factor.function.expr == var:
+                        continue
+                    shown = _relative_printer(work, a.step)(factor)
+                    activation_site: tuple[str, ...] = ("activation", shown)
+                    if activation_site in seen:
+                        continue
+                    seen.add(activation_site)
+                    out.append(_drop_activation(work, kind, a, factor, skip))
+    return out
+
+
+def _derivative_nodes(work: _Work) -> frozenset[Any]:
+    """Every activation's derivative as it appears in the adjoints (``(1 - f[t]) * f[t]``)."""
+    out = set()
+    for _, _, node_out, node in _elementwise_nodes(work):
+        activation = functions.activation_for(node.function)
+        out.add(activation.derivative_of(node_out, node.expr))
+    return frozenset(out)
+
+
+def _swap_gate(
+    work: _Work,
+    kind: str,
+    a0: Assignment,
+    role: str,
+    other: str,
+    gates: dict[Any, Any],
+    skip: frozenset[Any],
+) -> Alteration:
+    meta = work.graph.symbols.meta
+
+    def mapping_of(a: Assignment) -> dict[Any, Any]:
+        mapping: dict[Any, Any] = {}
+        for product, factor in _factors(a.expr, skip):
+            r, step = meta.get(factor, ("", None))
+            if r == role and (other, step) in gates:
+                args = [gates[(other, step)] if arg is factor else arg for arg in product.args]
+                mapping[product] = sp.HadamardProduct(*args)
+        return mapping
+
+    def rewrite(a: Assignment) -> Any | None:
+        if a.kind != kind:
+            return None
+        mapping = mapping_of(a)
+        return a.expr.xreplace(mapping) if mapping else None
+
+    printer = _relative_printer(work, a0.step)
+    mapping = mapping_of(a0)
+    right = next(iter(mapping))
+    text = (
+        f"another gate's Jacobian factor in {printer(a0.target)}: {printer(mapping[right])} "
+        f"where {printer(right)} belongs"
+    )
+    site = ("factor", kind, role)
+    return Alteration("swapped_factor", site, printer(a0.target), text, rewrite)
+
+
+def _drop_activation(
+    work: _Work, kind: str, a0: Assignment, factor0: Any, skip: frozenset[Any]
+) -> Alteration:
+    printer0 = _relative_printer(work, a0.step)
+    shown = printer0(factor0)
+
+    def mapping_of(a: Assignment) -> dict[Any, Any]:
+        printer = _relative_printer(work, a.step)
+        mapping: dict[Any, Any] = {}
+        for product, factor in _factors(a.expr, skip):
+            if isinstance(factor, ElementwiseApplyFunction) and printer(factor) == shown:
+                args = [factor.expr if arg is factor else arg for arg in product.args]
+                mapping[product] = sp.HadamardProduct(*args)
+        return mapping
+
+    def rewrite(a: Assignment) -> Any | None:
+        if a.kind != kind:
+            return None
+        mapping = mapping_of(a)
+        return a.expr.xreplace(mapping) if mapping else None
+
+    mapping = mapping_of(a0)
+    right = next(iter(mapping))
+    name = functions.activation_for(factor0.function).name
+    text = (
+        f"a Jacobian factor without its {name} in {printer0(a0.target)}: "
+        f"{printer0(mapping[right])} where {printer0(right)} belongs"
+    )
+    site = ("factor", kind, shown)
+    return Alteration("swapped_factor", site, printer0(a0.target), text, rewrite)
+
+
 # ----------------------------------------------------------------------------- weights
 def _weights(work: _Work) -> list[Alteration]:
     out: list[Alteration] = []
@@ -255,8 +476,12 @@ def _weights(work: _Work) -> list[Alteration]:
             right = " + ".join(printer(t) for t in terms)
             text = f"{wrong} where {right} belongs (in {printer(holder.target)})"
 
-            def rewrite(a: Assignment, w: Any = w, mapping: dict[Any, Any] = mapping) -> Any | None:
-                return a.expr.xreplace(mapping) if w in a.expr.free_symbols else None
+            def rewrite(
+                a: Assignment, w: Any = w, mapping: dict[Any, Any] = mapping, kind: str = kind
+            ) -> Any | None:
+                if a.kind != kind or w not in a.expr.free_symbols:
+                    return None  # one adjoint: the one the text names
+                return a.expr.xreplace(mapping)
 
             place = printer(holder.target)
             out.append(Alteration("transposed_weight", ("weight", kind, w), place, text, rewrite))
@@ -307,7 +532,11 @@ def _steps(work: _Work) -> list[Alteration]:
                             )
                     return mapping
 
-                def rewrite(a: Assignment, mapping_of: Any = mapping_of) -> Any | None:
+                def rewrite(
+                    a: Assignment, mapping_of: Any = mapping_of, kind: str = kind
+                ) -> Any | None:
+                    if a.kind != kind:
+                        return None  # one adjoint: the one the text names
                     mapping = mapping_of(a)
                     return mexpr.substitute(a.expr, mapping) if mapping else None
 
@@ -372,4 +601,11 @@ def _output(work: _Work) -> list[Alteration]:
 
 def alterations(work: _Work) -> list[Alteration]:
     """Every alteration of the derivation's rules at every site, in a fixed order."""
-    return _output(work) + _carries(work) + _derivatives(work) + _weights(work) + _steps(work)
+    return (
+        _output(work)
+        + _carries(work)
+        + _derivatives(work)
+        + _swapped_factors(work)
+        + _weights(work)
+        + _steps(work)
+    )

@@ -157,6 +157,8 @@ def _functions(
             "with a batch of several examples use the elementwise * instead of diag(...) @"
         )
 
+    # ReLU's derivative: 1 where the argument is positive, else 0 (as the derivation's)
+    step = sp.Lambda(z, sp.Heaviside(z, 0))
     tanh = functions.ACTIVATIONS["tanh"].function
     sigmoid = functions.ACTIVATIONS["sigmoid"].function
     out: dict[str, Callable[..., Any]] = {
@@ -164,6 +166,8 @@ def _functions(
         "sigmoid": _elementwise_fn("sigmoid", sigmoid, lambda v: 1 / (1 + sp.exp(-v))),
         "exp": _elementwise_fn("exp", sp.Lambda(z, sp.exp(z)), sp.exp),
         "log": _elementwise_fn("log", sp.Lambda(z, sp.log(z)), sp.log),
+        "step": _elementwise_fn("step", step, lambda v: sp.Heaviside(v, 0)),
+        "heaviside": _elementwise_fn("heaviside", step, lambda v: sp.Heaviside(v, 0)),
         "softmax": softmax,
         "ones": ones,
         "diag": diag,

@@ -67,6 +67,11 @@ class CheckResult:
     loss_steps: tuple[int, ...] | None = None  # steps whose loss the error involves
     rows: tuple[int, ...] | None = None  # rows that differ at the counterexample
     columns: tuple[int, ...] | None = None  # columns that differ at the counterexample
+    #: callables: the first step whose cut sequences give a differing gradient
+    first_step: int | None = None
+    #: callables returning every gradient: the gates right and wrong at ``first_step``
+    gates_right: tuple[str, ...] | None = None
+    gates_wrong: tuple[str, ...] | None = None
     notes: tuple[str, ...] = ()
 
     @property
