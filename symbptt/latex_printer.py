@@ -22,7 +22,6 @@ edits printed strings.  What it adds to SymPy's printer:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -100,13 +99,6 @@ def escape_tex(text: str) -> str:
         else:
             out.append(char)
     return "".join(out)
-
-
-def escape_tex_breakable(text: str) -> str:
-    """``text`` as TeX text (:func:`escape_tex`) that may break after a space or a slash:
-    a command line with a long path stays inside the margin."""
-    parts = re.split(r"(?<=[ /])", text)
-    return r"\allowbreak{}".join(escape_tex(part) for part in parts)
 
 
 def escape_math_text(text: str) -> str:
