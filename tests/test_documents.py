@@ -830,3 +830,15 @@ def test_generated_documents_are_up_to_date(name: str) -> None:
     )
     assert (folder / "derivation.md").read_text(encoding="utf-8") == md
     assert (folder / "derivation.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_only_a_preset_document_names_its_seed_file() -> None:
+    """A user's spec in a seed's notation is not that seed's model: no seed file is named."""
+    from symbptt.presets import PRESETS
+
+    preset = PRESETS["uvw_mean"]
+    seed = preset.model.notations[preset.notation].seed
+    assert seed and seed in symbptt.render_markdown(preset, verify=False)
+    other = symbptt.ModelSpec(steps=2, notation=preset.notation)
+    assert seed not in symbptt.render_markdown(other, verify=False)
+    assert seed not in symbptt.render_latex(other, verify=False)

@@ -38,6 +38,7 @@ from ..latex_printer import (
 )
 from ..notation import PARAM_ROLES, Notation
 from ..optimizers import Adam
+from ..spec_flags import preset_of
 from . import figure
 from .layout import (
     _CHAIN_ORDER,
@@ -397,7 +398,8 @@ class _Writer:
             "name": self.name,
             "cell": cell.title,
             "notation": notation.name,
-            "seed": notation.seed,
+            # the seed file is named for the presets, the seeds' own models, only
+            "seed": notation.seed if preset_of(spec) is not None else None,
             "layout": notation.layout,
             "hash": spec.hash(),
             "version": __version__,
