@@ -1,8 +1,8 @@
 """The project's NumPy printer: matrix expressions of the derivation as NumPy code.
 
 A subclass of SymPy's :class:`~sympy.printing.numpy.NumPyPrinter` that only
-overrides ``_print_<Class>`` methods.  What it prints (``../shared/FACTS.md``
-lists what the stock printer gets wrong):
+overrides ``_print_<Class>`` methods (the stock printer writes ``A.dot(-1)``
+for a scaled matrix and knows no elementwise power).  What it prints:
 
 * ``A B`` as ``A @ B``; a broadcast bias ``b 1^T`` / ``1 b^T`` as plain
   broadcasting (``b`` / ``b.T``); ``X 1`` and ``1^T X`` (sums over examples or
