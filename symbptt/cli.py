@@ -49,6 +49,7 @@ from .spec import (
     CHOICES,
     MAX_BATCH,
     MAX_CHECK_STEPS,
+    MAX_LAYERS,
     MAX_SIZE,
     MAX_STEPS,
     ModelSpec,
@@ -128,15 +129,17 @@ _SPEC_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("mode", str, "many_to_many (a loss at every step) or many_to_one (at the last)"),
     ("notation", str, "notation preset: " + ", ".join(CHOICES["notation"])),
     ("time_reduction", str, "sum or mean of the per-step losses"),
-    ("batch_reduction", str, "mean or sum over the examples of a batch"),
+    ("batch_reduction", str, "mean or sum over the examples of a batch, or tokens"),
     ("initial_state", str, "zero, or input (h0 is an input and gets a gradient)"),
     ("n_in", int, f"input size, 1 to {MAX_SIZE}"),
     ("n_hidden", int, f"hidden size, 1 to {MAX_SIZE}"),
     ("n_out", int, f"output size, 1 to {MAX_SIZE}"),
     ("batch", int, f"batch size m, 1 to {MAX_BATCH}"),
+    ("layers", int, f"stacked recurrent layers, 1 to {MAX_LAYERS}"),
 )
 _LIMITS = {"steps": MAX_STEPS, "n_in": MAX_SIZE, "n_hidden": MAX_SIZE, "n_out": MAX_SIZE}
 _LIMITS["batch"] = MAX_BATCH
+_LIMITS["layers"] = MAX_LAYERS
 
 
 def _flag(name: str) -> str:
@@ -165,6 +168,21 @@ def _add_spec_flags(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="biases b_h, b_y (default: on)",
+    )
+    group.add_argument(
+        "--bidirectional",
+        dest="direction",
+        action="store_const",
+        const="bidirectional",
+        default=None,
+        help="a forward and a backward cell in every layer (default: forward only)",
+    )
+    group.add_argument(
+        "--masked",
+        dest="masked",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="take a (T, m) 0/1 mask of each example's real steps (default: off)",
     )
 
 
@@ -295,6 +313,8 @@ def _short_repr(value: object, width: int = 40) -> str:
 def _spec_from_args(args: argparse.Namespace, config: str | None) -> ModelSpec:
     flags = {name: getattr(args, name) for name, _, _ in _SPEC_FLAGS}
     flags["bias"] = args.bias
+    flags["direction"] = args.direction
+    flags["masked"] = args.masked
     return spec_from_options(config, flags, args.preset)
 
 
@@ -892,6 +912,7 @@ def _numerical_checks(artifacts: Artifacts, bar: Progress) -> list[NumericalChec
 
 def _cmd_derive(args: argparse.Namespace) -> int:
     spec = _spec_from_args(args, args.config)
+    spec.require_plain("symbptt derive (documents and generated code)")
     if args.unrolled and spec.steps > MAX_UNROLLED_STEPS:
         raise UsageError(
             f"--unrolled: T = {spec.steps} steps; straight-line code is written for at most "

@@ -417,6 +417,7 @@ def emit_numpy(spec: ModelSpec | Derivation, unrolled: bool = False) -> str:
     accepted in place of its spec.  The text is the same for the same spec,
     whatever the hash seed.
     """
+    (spec.spec if isinstance(spec, Derivation) else spec).require_plain("the generated code")
     user_spec, d = emission_derivation(spec)
     template = "gradients_unrolled.py.jinja" if unrolled else "gradients.py.jinja"
     return render(template, **_context(user_spec, d, unrolled))
