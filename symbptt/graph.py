@@ -193,7 +193,7 @@ class Symbols:
                 f"in two (one per direction read), but the {self.cell.name} cell's {key} has "
                 f"shape {list(shape)}; a weight applied to the input must be (rows, n_in)"
             )
-        return shape[1] == "n_in"
+        return bool(shape[1] == "n_in")
 
     def _split_weight(self, entry: Name) -> None:
         assert self.unit is not None

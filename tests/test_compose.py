@@ -9,6 +9,7 @@ equations on its own (a concatenated input, masks applied column by column).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import mpmath
 import numpy as np
@@ -145,6 +146,7 @@ PROOFS = [
     ("elman", {"masked": True, "time_reduction": "mean", "batch_reduction": "sum"}),
     ("elman", {**ALL_THREE, "mode": "many_to_one", "notation": "uvw"}),
     ("elman", {"direction": "bidirectional", "masked": True, "batch_reduction": "tokens"}),
+    ("elman", {**ALL_THREE, "notation": "layered", "initial_state": "input"}),
 ] + [
     (cell, fields)
     for cell in ("elman", "lstm", "gru")
@@ -189,3 +191,88 @@ def test_parameter_names_per_layer_and_direction() -> None:
     stacked = build_graph(ModelSpec(layers=2, steps=2))
     head = ["W_hy", "b_y"]
     assert list(stacked.params) == ["W_xh_1", "W_hh_1", "b_h_1", "W_xh_2", "W_hh_2", "b_h_2", *head]
+
+
+@pytest.mark.slow
+def test_stacked_bidirectional_masked_lstm_equals_torch(rng: np.random.Generator) -> None:
+    """PyTorch's nn.LSTM(num_layers=2, bidirectional=True) on packed sequences, autograd.
+
+    The same numbers as the derivation: the loss and every gradient, with torch's
+    concatenated weights split column-wise and gate-wise into the notation's names.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed (optional): the autograd comparison needs it")
+    import torch
+
+    steps, m, n_in, n_h, n_out = 4, 3, 3, 2, 3
+    lengths = [4, 2, 3]
+    spec = ModelSpec(
+        cell="lstm",
+        steps=steps,
+        layers=2,
+        direction="bidirectional",
+        masked=True,
+        **{"n_in": n_in, "n_hidden": n_h, "n_out": n_out, "batch": m},
+    )
+    mask = np.array([[1.0 if t < n else 0.0 for n in lengths] for t in range(steps)])
+    torch.manual_seed(int(rng.integers(2**31)))
+    lstm = torch.nn.LSTM(n_in, n_h, num_layers=2, bidirectional=True, dtype=torch.float64)
+    head = torch.nn.Linear(2 * n_h, n_out, dtype=torch.float64)
+    with torch.no_grad():
+        for name, p in lstm.named_parameters():
+            p.copy_(torch.zeros_like(p) if name.startswith("bias_hh") else torch.randn_like(p))
+    X = torch.tensor(rng.normal(size=(steps, m, n_in)), requires_grad=True)
+    labels = rng.integers(0, n_out, size=(steps, m))
+    packed = torch.nn.utils.rnn.pack_padded_sequence(X, lengths, enforce_sorted=False)
+    out, _ = torch.nn.utils.rnn.pad_packed_sequence(lstm(packed)[0], total_length=steps)
+    logits = head(out).reshape(-1, n_out)
+    ce = torch.nn.functional.cross_entropy(
+        logits, torch.tensor(labels.reshape(-1)), reduction="none"
+    ).reshape(steps, m)
+    loss = (ce * torch.tensor(mask)).sum() / m
+    loss.backward()
+
+    def split(get: Any) -> dict[str, np.ndarray]:
+        """torch's tensors (``get(parameter)``) under the notation's names."""
+        found: dict[str, np.ndarray] = {}
+        for layer in (0, 1):
+            for tag, suffix in (("f", ""), ("b", "_reverse")):
+                unit, where = f"{layer + 1}{tag}", f"l{layer}{suffix}"
+                w_ih, w_hh = (
+                    get(getattr(lstm, f"{w}_{where}")) for w in ("weight_ih", "weight_hh")
+                )
+                bias = get(getattr(lstm, f"bias_ih_{where}"))
+                for k, gate in enumerate("ifco"):  # torch's order: i, f, g (our c), o
+                    rows = slice(k * n_h, (k + 1) * n_h)
+                    if layer == 0:
+                        found[f"W_x{gate}_{unit}"] = w_ih[rows]
+                    else:
+                        found[f"W_x{gate}_{unit}_f"] = w_ih[rows, :n_h]
+                        found[f"W_x{gate}_{unit}_b"] = w_ih[rows, n_h:]
+                    found[f"W_h{gate}_{unit}"] = w_hh[rows]
+                    found[f"b_{gate}_{unit}"] = bias[rows][:, None]
+        weight, bias = get(head.weight), get(head.bias)
+        found |= {"W_hy_f": weight[:, :n_h], "W_hy_b": weight[:, n_h:], "b_y": bias[:, None]}
+        return found
+
+    d = derive(spec)
+    graph = d.graph
+    values = split(lambda p: p.detach().numpy())
+    env: dict[Any, Any] = {graph.params[name]: value for name, value in values.items()}
+    x = X.detach().numpy()
+    for k in range(steps):
+        env[graph.inputs[k]] = x[k].T
+        env[graph.targets[k]] = np.eye(n_out)[labels[k]].T
+        env[graph.masks[k]] = mask[k][None, :]
+    evaluate = Evaluator(env)
+    evaluate.run(graph.assignments + d.assignments)
+    assert evaluate.env[graph.loss] == pytest.approx(loss.item(), rel=1e-12)
+    expected = split(lambda p: p.grad.numpy())
+    assert set(expected) == set(d.gradients)
+    for name, grad in expected.items():
+        np.testing.assert_allclose(evaluate(d.gradients[name]), grad, rtol=1e-9, atol=1e-12)
+    for k, step in enumerate(graph.steps):
+        dx = evaluate(d.input_gradients[step])
+        np.testing.assert_allclose(dx.T, X.grad.numpy()[k], rtol=1e-9, atol=1e-12)
