@@ -15,6 +15,8 @@ import mpmath
 import numpy as np
 import pytest
 import sympy as sp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from symbptt import ModelSpec, SpecError, derive
 from symbptt.evaluate import Evaluator
@@ -276,3 +278,37 @@ def test_stacked_bidirectional_masked_lstm_equals_torch(rng: np.random.Generator
     for k, step in enumerate(graph.steps):
         dx = evaluate(d.input_gradients[step])
         np.testing.assert_allclose(dx.T, X.grad.numpy()[k], rtol=1e-9, atol=1e-12)
+
+
+@st.composite
+def composed_specs(draw: st.DrawFn) -> ModelSpec:
+    cell = draw(st.sampled_from(("elman", "lstm", "gru")))
+    time_reduction = draw(st.sampled_from(("sum", "mean")))
+    reductions = ("mean", "sum", "tokens") if time_reduction == "sum" else ("mean", "sum")
+    notations = ("xh", "uvw", "layered", "aa") if cell == "elman" else ("xh", "layered")
+    return ModelSpec(
+        cell=cell,
+        steps=draw(st.integers(1, 3)),
+        layers=draw(st.integers(1, 2)),
+        direction=draw(st.sampled_from(("forward", "bidirectional"))),
+        masked=draw(st.booleans()),
+        mode=draw(st.sampled_from(("many_to_many", "many_to_one"))),
+        time_reduction=time_reduction,
+        batch_reduction=draw(st.sampled_from(reductions)),
+        notation=draw(st.sampled_from(notations)),
+        bias=draw(st.booleans()),
+        initial_state=draw(st.sampled_from(("zero", "input"))),
+        n_in=draw(st.integers(1, 2)),
+        n_hidden=draw(st.integers(1, 2)),
+        n_out=2,
+        batch=draw(st.integers(1, 3)),
+    )
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(composed_specs(), st.integers(0, 2**32 - 1))
+def test_property_graph_loss_equals_the_oracle_loss(spec: ModelSpec, seed: int) -> None:
+    values = random_values(spec, np.random.default_rng(seed))
+    with mpmath.workdps(DPS):
+        graph, oracle = _graph_loss(spec, values), _oracle_loss(spec, values)
+        assert abs(graph - oracle) <= mpmath.mpf(10) ** (5 - DPS) * max(1, abs(oracle))
