@@ -8,6 +8,11 @@ nested expression grows with T and nothing recurses (T = 1000 is fine).
 
 The same cell builder makes the generic step (symbolic t) that the generic
 step form of the derivation is derived from.
+
+A composed model (``spec.program``: stacked layers, two directions, a mask;
+``docs/composition.md``) goes through the same builder: each unit has its own
+registry (its names carry the unit's tag), runs the cell's equations over its
+steps in its direction, and the output layer reads the last layer.
 """
 
 from __future__ import annotations
