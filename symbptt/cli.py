@@ -208,6 +208,8 @@ def _short_repr(value: object, width: int = 40) -> str:
 def _spec_from_args(args: argparse.Namespace, config: str | None) -> ModelSpec:
     flags = {name: getattr(args, name) for name, _, _ in _SPEC_FLAGS}
     flags["bias"] = args.bias
+    flags["direction"] = args.direction
+    flags["masked"] = args.masked
     return spec_from_options(config, flags, args.preset)
 
 
@@ -843,6 +845,7 @@ def _cmd_derive(args: argparse.Namespace) -> int:
     from .emit import BackendError, require_backend
 
     spec = _spec_from_args(args, args.config)
+    spec.require_plain("symbptt derive (documents and generated code)")
     if args.unrolled and spec.steps > MAX_UNROLLED_STEPS:
         raise UsageError(
             f"--unrolled: T = {spec.steps} steps; straight-line code is written for at most "

@@ -85,13 +85,14 @@ def backprop(
         expr, out = assignment.expr, assignment.target
         if mexpr.is_matrix(assignment.target):
             role, step = symbols.meta[assignment.target]
-            adjoint = symbols.adjoint(role, step)
+            registry = symbols.registry(assignment.target)  # its unit's, in a composed model
+            adjoint = registry.adjoint(role, step)
             if total != adjoint:
                 adjoints.append(Assignment(adjoint, total, "adjoint_" + role, step))
             ct = adjoint
             if _applies_to_expression(expr):
                 # q = f(a + b ...): name the argument's adjoint (δ^q = dq ⊙ f'), once per step
-                pre = symbols.pre_adjoint(role, step)
+                pre = registry.pre_adjoint(role, step)
                 if assignment.target not in constants:
                     ((_, pre_ct),) = rule_for(expr)(ct, out, expr)
                     adjoints.append(Assignment(pre, pre_ct, "pre_adjoint_" + role, step))
@@ -244,6 +245,7 @@ class Derivation:
     @cached_property
     def step_form(self) -> StepForm:
         """The generic-step form (derived on first use, once)."""
+        self.spec.require_plain("the generic-step form (the loop body of the generated code)")
         return _step_form(self.spec, self.graph)
 
     @cached_property
@@ -291,6 +293,8 @@ class Derivation:
 
     def _repr_latex_(self) -> str | None:
         """Jupyter's view: the summary the documents stage registers (:data:`LATEX_SUMMARY`)."""
+        if self.spec.composed:  # the documents do not show a composed model yet
+            return None
         return LATEX_SUMMARY[0](self) if LATEX_SUMMARY else None
 
 

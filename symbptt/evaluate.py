@@ -174,4 +174,6 @@ class Evaluator:
         else:
             pred = _scalar_function(output.function, self.backend)(pre)
         units = _loss_function(expr.loss, self.backend)(pred, self._eval(expr.target))
+        if expr.weight is not None:
+            units = units * self._eval(expr.weight)
         return units.sum()

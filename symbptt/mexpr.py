@@ -249,19 +249,34 @@ class OutputLoss(sp.Expr):  # type: ignore[misc]
     Arguments: the output pre-activation ``O``, the prediction ``Yhat`` (the
     symbol that holds g(O), used by the gradient rule), the target ``Y``, the
     names of the output layer and the loss, and the axis of the units (0 when
-    examples are columns, 1 when they are rows).
+    examples are columns, 1 when they are rows).  A masked model adds
+    ``weight``, of the pre-activation's shape: each unit's loss is multiplied
+    by it before the sum (0 for a padded step, 1/n for a mean over n real steps).
     """
 
     is_commutative = True
     is_real = True
 
     def __new__(
-        cls, pre: Any, pred: Any, target: Any, output: str | Str, loss: str | Str, axis: Any
+        cls,
+        pre: Any,
+        pred: Any,
+        target: Any,
+        output: str | Str,
+        loss: str | Str,
+        axis: Any,
+        weight: Any = None,
     ) -> OutputLoss:
         output, loss = (Str(n) if isinstance(n, str) else n for n in (output, loss))
+        extra = () if weight is None else (weight,)
         return super().__new__(  # type: ignore[no-any-return]
-            cls, pre, pred, target, output, loss, sp.Integer(axis)
+            cls, pre, pred, target, output, loss, sp.Integer(axis), *extra
         )
+
+    @property
+    def weight(self) -> Any:
+        """The per-unit weight of the loss, or None (every unit counts once)."""
+        return self.args[6] if len(self.args) > 6 else None
 
     @property
     def pre(self) -> Any:

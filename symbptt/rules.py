@@ -117,18 +117,29 @@ def _softmax(ct: Any, out: Any, node: Any) -> Pairs:
 
 @vjp(mexpr.OutputLoss)
 def _output_loss(ct: Any, out: Any, node: Any) -> Pairs:
-    """Output layer + loss: d(pre-activation) from the derived gradient."""
+    """Output layer + loss: d(pre-activation) from the derived gradient (times the weight)."""
+    if node.weight is not None:
+        ct = mexpr.hadamard(mexpr.scale(ct, mexpr.ones(*node.pre.shape)), node.weight)
+    return _unweighted(ct, node)
+
+
+def _unweighted(ct: Any, node: Any) -> Pairs:
     pre, pred, target = node.pre, node.pred, node.target
     shape = pre.shape
     derived = functions.output_loss_gradient(node.output, node.loss)
     if derived.fused is not None:
         mapping = {functions.a: pred, functions.y: target, functions.z: pre}
-        return [(pre, mexpr.scale(ct, functions.lift(derived.fused, mapping, shape)))]
+        return [(pre, _times(ct, functions.lift(derived.fused, mapping, shape)))]
     loss = functions.LOSSES[node.loss]
-    d_pred = mexpr.scale(
+    d_pred = _times(
         ct, functions.lift(loss.derivative, {functions.a: pred, functions.y: target}, shape)
     )
     output = functions.OUTPUTS[node.output]
     if isinstance(output, functions.SoftmaxOutput):
         return [(pre, softmax_vjp(d_pred, pred, node.axis))]
     return [(pre, mexpr.hadamard(d_pred, output.derivative_of(pred, pre)))]
+
+
+def _times(ct: Any, expr: Any) -> Any:
+    """``ct * expr``: a scalar cotangent scales, a per-unit one (a weighted loss) multiplies."""
+    return mexpr.hadamard(ct, expr) if mexpr.is_matrix(ct) else mexpr.scale(ct, expr)

@@ -17,8 +17,10 @@ from typing import Any
 
 __all__ = [
     "CHOICES",
+    "COMPOSITION_DEFAULTS",
     "MAX_BATCH",
     "MAX_CHECK_STEPS",
+    "MAX_LAYERS",
     "MAX_SIZE",
     "MAX_STEPS",
     "OUTPUT_LOSS_PAIRS",
@@ -38,7 +40,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "loss": ("cross_entropy", "binary_cross_entropy", "squared_error"),
     "mode": ("many_to_many", "many_to_one"),
     "time_reduction": ("sum", "mean"),
-    "batch_reduction": ("mean", "sum"),
+    "batch_reduction": ("mean", "sum", "tokens"),
+    "direction": ("forward", "bidirectional"),
     "notation": ("xh", "uvw", "layered", "aa"),
     "initial_state": ("zero", "input"),
 }
@@ -70,6 +73,15 @@ OUTPUT_LOSS_PAIRS: tuple[tuple[str, str], ...] = tuple(
 )
 
 _SIZE_FIELDS = ("n_in", "n_hidden", "n_out", "batch")
+
+#: The most layers a spec may stack (every layer's parameters are perturbed by the
+#: numerical check; deeper stacks are the same code path).
+MAX_LAYERS = 8
+
+#: The fields of a composed model (issue 10) and their defaults: a spec at these
+#: defaults is today's one-layer, one-direction, unmasked model, and its canonical
+#: text (so its hash and every generated file) leaves them out.
+COMPOSITION_DEFAULTS: dict[str, Any] = {"layers": 1, "direction": "forward", "masked": False}
 
 #: The most time steps a spec may ask for: ``derive`` at T = 1000 takes about
 #: 30 s (the symbolic step form does not grow with T, the unrolled parts do).
@@ -118,6 +130,12 @@ class ModelSpec:
     layered seed).  Cross-entropy targets are probability distributions over
     the output units (one-hot or soft); binary cross-entropy targets are 0/1
     per unit; squared-error targets are reals.
+
+    Composition (issue 10; ``docs/composition.md``): ``layers`` stacked cells,
+    each layer read by the next at the same step; ``direction="bidirectional"``
+    gives every layer a forward and a backward cell; ``masked`` takes a (T, m)
+    0/1 mask (each example's real steps first): a masked step carries every
+    state unchanged and its loss counts zero.
     """
 
     steps: int = 4
@@ -135,6 +153,9 @@ class ModelSpec:
     n_out: int | None = None
     batch: int | None = None
     cell: Any = "elman"  # a built-in name, a .toml path, a mapping or a Cell
+    layers: int = 1
+    direction: str = "forward"
+    masked: bool = False
 
     def __post_init__(self) -> None:
         steps = _integer(self.steps)
@@ -155,6 +176,7 @@ class ModelSpec:
                 )
         if not isinstance(self.bias, bool):
             raise SpecError(f"bias: got {self.bias!r}; expected True or False")
+        self._check_composition()
         for name in _SIZE_FIELDS:
             value = getattr(self, name)
             if value is None:
@@ -183,6 +205,56 @@ class ModelSpec:
                 f"hidden: got {self.hidden!r}; the {model.name} cell fixes its own activations "
                 "in its equations, so hidden stays at its default 'tanh'"
             )
+
+    def _check_composition(self) -> None:
+        layers = _integer(self.layers)
+        if layers is None or not 1 <= layers <= MAX_LAYERS:
+            raise SpecError(
+                f"layers: got {_shown(self.layers)}; expected an integer from 1 to {MAX_LAYERS} "
+                "(the number of stacked recurrent layers)"
+            )
+        object.__setattr__(self, "layers", layers)
+        if not isinstance(self.masked, bool):
+            raise SpecError(
+                f"masked: got {_shown(self.masked)}; expected True or False (True: the model "
+                "takes a (T, m) mask of 0/1, each example's real steps first)"
+            )
+        if self.batch_reduction == "tokens" and self.time_reduction != "sum":
+            raise SpecError(
+                f"batch_reduction: 'tokens' divides the sum over every (step, example) pair by "
+                f"their number, so it needs time_reduction 'sum' (got {self.time_reduction!r})"
+            )
+
+    @property
+    def composed(self) -> bool:
+        """True for a model of issue 10: stacked, bidirectional, masked or token-averaged."""
+        return (
+            any(getattr(self, name) != value for name, value in COMPOSITION_DEFAULTS.items())
+            or self.batch_reduction == "tokens"
+        )
+
+    def require_plain(self, stage: str) -> None:
+        """Refuse a composed spec in a stage that does not support one yet (one clear line)."""
+        if not self.composed:
+            return
+        asked = [
+            f"{name}={getattr(self, name)!r}"
+            for name, value in COMPOSITION_DEFAULTS.items()
+            if getattr(self, name) != value
+        ]
+        if self.batch_reduction == "tokens":
+            asked.append("batch_reduction='tokens'")
+        raise SpecError(
+            f"{stage}: a model with {', '.join(asked)} is not supported by this stage yet; "
+            "symbptt.derive and the scalar proof (symbptt.verify) take it"
+        )
+
+    @property
+    def program(self) -> Any:
+        """How this spec's layers and directions compose (:class:`symbptt.model.Program`)."""
+        from .model.compose import program
+
+        return program(self.layers, self.direction, self.masked)
 
     def _check_cell(self) -> Any:
         from .model import Cell, cell_from_mapping, load_cell
@@ -222,11 +294,17 @@ class ModelSpec:
         """The fields as a plain dict (the TOML config file uses these names).
 
         A cell given as a mapping or :class:`~symbptt.model.Cell` is its mapping,
-        so that ``ModelSpec(**spec.as_dict()) == spec``.
+        so that ``ModelSpec(**spec.as_dict()) == spec``.  The composition fields
+        (``layers``, ``direction``, ``masked``) appear only when they differ from
+        their defaults, so a one-layer model's canonical text, hash and generated
+        files are what they were before those fields existed.
         """
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         if not isinstance(self.cell, str):
             data["cell"] = self.cell.as_mapping()
+        for name, value in COMPOSITION_DEFAULTS.items():
+            if data[name] == value:
+                del data[name]
         return data
 
     def canonical(self) -> str:

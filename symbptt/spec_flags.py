@@ -16,7 +16,7 @@ from functools import cache
 from typing import Any
 
 from .presets import PRESETS
-from .spec import CHOICES, MAX_BATCH, MAX_SIZE, MAX_STEPS, ModelSpec
+from .spec import CHOICES, MAX_BATCH, MAX_LAYERS, MAX_SIZE, MAX_STEPS, ModelSpec
 
 __all__ = [
     "REGENERATE_PRESETS",
@@ -73,15 +73,17 @@ SPEC_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("mode", str, "many_to_many (a loss at every step) or many_to_one (at the last)"),
     ("notation", str, "notation preset: " + ", ".join(CHOICES["notation"])),
     ("time_reduction", str, "sum or mean of the per-step losses"),
-    ("batch_reduction", str, "mean or sum over the examples of a batch"),
+    ("batch_reduction", str, "mean or sum over the examples of a batch, or tokens"),
     ("initial_state", str, "zero, or input (h0 is an input and gets a gradient)"),
     ("n_in", int, f"input size, 1 to {MAX_SIZE}"),
     ("n_hidden", int, f"hidden size, 1 to {MAX_SIZE}"),
     ("n_out", int, f"output size, 1 to {MAX_SIZE}"),
     ("batch", int, f"batch size m, 1 to {MAX_BATCH}"),
+    ("layers", int, f"stacked recurrent layers, 1 to {MAX_LAYERS}"),
 )
 _LIMITS = {"steps": MAX_STEPS, "n_in": MAX_SIZE, "n_hidden": MAX_SIZE, "n_out": MAX_SIZE}
 _LIMITS["batch"] = MAX_BATCH
+_LIMITS["layers"] = MAX_LAYERS
 
 
 def flag(name: str) -> str:
@@ -112,6 +114,21 @@ def add_spec_flags(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="biases b_h, b_y (default: on)",
+    )
+    group.add_argument(
+        "--bidirectional",
+        dest="direction",
+        action="store_const",
+        const="bidirectional",
+        default=None,
+        help="a forward and a backward cell in every layer (default: forward only)",
+    )
+    group.add_argument(
+        "--masked",
+        dest="masked",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="take a (T, m) 0/1 mask of each example's real steps (default: off)",
     )
 
 
@@ -154,14 +171,18 @@ def regenerate_command(spec: ModelSpec, unrolled: bool = False, backend: str = "
     """
     if preset_of(spec) is not None and backend == "numpy":
         return REGENERATE_PRESETS
+    if not isinstance(spec.cell, str):  # a cell given as a Python object has no file to name
+        return "Python: symbptt.ModelSpec(**SPEC), SPEC holding the cell's mapping"
     default = ModelSpec()
     words = ["symbptt", "derive"]
     for name, options in _options().items():
         value = getattr(spec, name)
         if value == getattr(default, name):
             continue
-        if isinstance(value, bool):  # --bias / --no-bias
+        if isinstance(value, bool):  # --bias / --no-bias, --masked / --no-masked
             words.append(options[0] if value else options[1])
+        elif name == "direction":  # --bidirectional: the one other direction
+            words.append(options[0])
         else:
             words += [options[0], shlex.quote(str(value))]
     if backend != "numpy":

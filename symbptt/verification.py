@@ -205,6 +205,7 @@ def _numerical_sizes(spec: ModelSpec) -> tuple[tuple[str, int], ...]:
 def run_checks(source: ModelSpec | Derivation) -> Checks:
     """Run both checks for ``source``; a check that fails to run is reported, not hidden."""
     spec = source.spec if isinstance(source, Derivation) else source
+    spec.require_plain("the verifying stage")
     small = proof_spec(spec)
     proof = numerical = None
     proof_error = numerical_error = None

@@ -25,7 +25,7 @@ from .evaluate import Evaluator
 from .graph import Symbols
 from .spec import ModelSpec
 
-__all__ = ["DPS", "ScalarProof", "random_values", "scalar_loss", "scalar_proof"]
+__all__ = ["DPS", "ScalarProof", "random_mask", "random_values", "scalar_loss", "scalar_proof"]
 
 DPS = 30
 
@@ -135,66 +135,118 @@ def scalar_loss(spec: ModelSpec, values: dict[str, Any]) -> sp.Expr:
     """The loss of ``spec`` with explicit matrices ``values``.
 
     ``values`` holds every parameter and initial state by its ASCII name (in
-    the notation's layout) and the lists ``"x"`` and ``"y"``.  The loss is
-    built in the column layout from the cell file's equations (a row-layout
-    notation's matrices are transposed first): it is the same number.
+    the notation's layout), the lists ``"x"`` and ``"y"``, and for a masked
+    model ``"mask"`` (T rows of m zeros and ones).  The loss is built in the
+    column layout from the cell file's equations (a row-layout notation's
+    matrices are transposed first): it is the same number.
+
+    A composed model (``docs/composition.md``) is written out directly: each
+    unit runs the cell's equations over its steps (a backward unit from the
+    last step to the first), a layer above the first reads the readout states
+    of the layer below stacked into one column, [h_f; h_b], through the two
+    halves of its input weight put side by side; a masked example keeps each
+    state's value from the step before; the output layer reads the last
+    layer; every example's losses are weighted and reduced as the spec says.
     """
     cell = spec.model
     notation = cell.notations[spec.notation]
     column = notation.layout == "column"
+    program = spec.program
 
     def col(matrix: sp.Matrix, bias: bool = False) -> sp.Matrix:
         return matrix if column or bias else matrix.T
 
-    params: dict[str, sp.Matrix] = {}
-    for entry in notation.params:
-        if entry.ascii in values:
-            is_bias = entry.key == "b_out" or (
-                entry.key != "W_out" and cell.parameter(entry.key).per_unit
-            )
-            params[entry.key] = col(values[entry.ascii], is_bias)
-    _, n1, _, m = _sizes(spec)
-    explicit = _Explicit(spec, params, m)
-    for state in cell.states:
-        initial = notation.name_of(state.key).initial
-        size = spec.n_in if state.size == "n_in" else n1
-        start = values.get(initial)
-        explicit.values[(state.key, 0)] = col(start) if start is not None else sp.zeros(size, m)
-    xs, ys = values["x"], values["y"]
-    losses = []
+    def is_bias(key: str) -> bool:
+        return key == "b_out" or (key != "W_out" and cell.parameter(key).per_unit)
+
+    n0, n1, _, m = _sizes(spec)
     steps = spec.steps
+    mask = values.get("mask") if spec.masked else None
+    real = [[1 if mask is None else int(mask[k][j]) for j in range(m)] for k in range(steps)]
+    readouts: list[list[sp.Matrix]] = []
+    for unit in program.units:
+        sources = [program.units[i] for i in unit.reads]
+        params: dict[str, sp.Matrix] = {}
+        for entry in notation.params:
+            if entry.key in ("W_out", "b_out"):
+                continue
+            name = unit.name(entry.ascii)
+            if len(sources) > 1 and cell.parameter(entry.key).shape[1] == "n_in":
+                halves = [col(values[f"{name}_{s.direction_tag}"]) for s in sources]
+                params[entry.key] = sp.Matrix.hstack(*halves)
+            elif name in values:
+                params[entry.key] = col(values[name], is_bias(entry.key))
+        explicit = _Explicit(spec, params, m)
+        width = n0 if not unit.reads else n1 * len(unit.reads)
+        states: dict[str, sp.Matrix] = {}
+        for state in cell.states:
+            start = values.get(unit.name(notation.name_of(state.key).initial))
+            size = width if state.size == "n_in" else n1
+            states[state.key] = col(start) if start is not None else sp.zeros(size, m)
+        order = range(steps) if unit.direction == "forward" else range(steps - 1, -1, -1)
+        out: dict[int, sp.Matrix] = {}
+        for k in order:
+            explicit.values = {(key, -1): value for key, value in states.items()}
+            if unit.reads:
+                x = sp.Matrix.vstack(*(readouts[i][k] for i in unit.reads))
+            else:
+                x = col(values["x"][k])
+            explicit.values[(cell.inputs[0].key, 0)] = x
+            for eq in cell.equations:
+                explicit.values[(eq.target, 0)] = explicit(eq.tree)
+            for key, before in list(states.items()):
+                new = explicit.values[(key, 0)].copy()
+                for j in range(m):
+                    if not real[k][j]:  # a padded step: the example keeps its state
+                        new[:, j] = before[:, j]
+                states[key] = new
+            readout = states.get(cell.readout, explicit.values[(cell.readout, 0)])
+            out[k] = readout
+        readouts.append([out[k] for k in range(steps)])
+    head = [program.units[i] for i in program.head]
+    w_name = notation.name_of("W_out").ascii
+    head_weights = [
+        col(values[w_name if len(head) == 1 else f"{w_name}_{unit.direction_tag}"]) for unit in head
+    ]
+    b_out = col(values[notation.name_of("b_out").ascii], True) if spec.bias else None
     loss_def = functions.LOSSES[spec.loss].definition
-    for k in range(steps):
-        previous = {state.key: explicit.values[(state.key, 0)] for state in cell.states}
-        explicit.values = {(key, -1): value for key, value in previous.items()}
-        explicit.values[(cell.inputs[0].key, 0)] = col(xs[k])
-        for eq in cell.equations:
-            explicit.values[(eq.target, 0)] = explicit(eq.tree)
-        if spec.mode == "many_to_one" and k != steps - 1:
-            continue
-        readout = explicit.values[(cell.readout, 0)]
-        o = params["W_out"] * readout
-        if spec.bias:
-            o += params["b_out"] * sp.ones(1, m)
+    many = spec.mode == "many_to_many"
+    loss_steps = list(range(steps)) if many else [steps - 1]
+    per_example: list[list[sp.Expr]] = []  # [loss step][example]
+    for n, k in enumerate(loss_steps):
+        o = sp.zeros(head_weights[0].shape[0], m)
+        for weight, index, unit in zip(head_weights, program.head, head, strict=True):
+            at = k if many or unit.direction == "forward" else 0
+            o += weight * readouts[index][at]
+        if b_out is not None:
+            o += b_out * sp.ones(1, m)
         if spec.output == "softmax":
             pred = _softmax(o, 0)
         else:
             pred = _apply(functions.OUTPUTS[spec.output].definition, o)
-        target = col(ys[k] if spec.mode == "many_to_many" else ys[0])
-        losses.append(
-            sp.Add(
-                *(
-                    loss_def.xreplace({functions.a: pred[i, j], functions.y: target[i, j]})
-                    for i in range(pred.shape[0])
-                    for j in range(pred.shape[1])
+        target = col(values["y"][n])
+        per_example.append(
+            [
+                sp.Add(
+                    *(
+                        loss_def.xreplace({functions.a: pred[i, j], functions.y: target[i, j]})
+                        for i in range(pred.shape[0])
+                    )
                 )
-            )
+                for j in range(m)
+            ]
         )
-    total = sp.Add(*losses)
-    if spec.time_reduction == "mean":
-        total = total / len(losses)
+    counts = [real[k] if many else [1] * m for k in loss_steps]  # which losses count
+    total = sp.Integer(0)
+    for j in range(m):
+        mine = sp.Add(*(per_example[n][j] for n in range(len(loss_steps)) if counts[n][j]))
+        if spec.time_reduction == "mean":
+            mine = mine / sum(counts[n][j] for n in range(len(loss_steps)))
+        total += mine
     if spec.batch_reduction == "mean":
         total = total / m
+    elif spec.batch_reduction == "tokens":
+        total = total / sum(sum(row) for row in counts)
     return total
 
 
@@ -217,7 +269,22 @@ def random_values(spec: ModelSpec, rng: np.random.Generator) -> dict[str, Any]:
     if spec.initial_state == "input":
         for initial in symbols.initials.values():
             values[initial.name] = mat(initial.shape)
+    if spec.masked:
+        values["mask"] = random_mask(spec.steps, int(symbols.sizes["batch"]), rng)
     return values
+
+
+def random_mask(steps: int, batch: int, rng: np.random.Generator) -> list[list[int]]:
+    """A (T, m) 0/1 mask of random lengths, each example's real steps first.
+
+    The first example is full length; with T > 1 the last one is shorter, so a
+    masked step is always tried.
+    """
+    lengths = [int(n) for n in rng.integers(1, steps + 1, size=batch)]
+    lengths[0] = steps
+    if steps > 1 and batch > 1:
+        lengths[-1] = min(lengths[-1], steps - 1)
+    return [[1 if k < n else 0 for n in lengths] for k in range(steps)]
 
 
 def _target(
@@ -276,6 +343,9 @@ def _env(d: Derivation, values: dict[str, Any]) -> dict[Any, Any]:
     if d.spec.initial_state == "input":
         for initial in graph.initials.values():
             env[initial] = arr(values[initial.name])
+    column = graph.notation.layout == "column"
+    for symbol, row in zip(graph.masks, values.get("mask", []), strict=False):
+        env[symbol] = arr(sp.Matrix([row]) if column else sp.Matrix(row))
     for key, size in graph.symbols.sizes.items():
         if isinstance(size, sp.Symbol):
             env[size] = getattr(d.spec, key)

@@ -73,6 +73,7 @@ def check(
         spec = spec.spec
     if not isinstance(spec, ModelSpec):
         raise TypeError(f"spec: expected a ModelSpec or a Derivation, got {type(spec).__name__}")
+    spec.require_plain("the checker")
     if spec.steps > MAX_CHECK_STEPS:
         raise SpecError(
             f"steps: got {spec.steps}; the checker proves a candidate for at most "

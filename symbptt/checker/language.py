@@ -248,6 +248,7 @@ def names(notation: str | Notation | ModelSpec | Derivation) -> tuple[NameInfo, 
 def names_text(notation: str | Notation | ModelSpec | Derivation) -> str:
     """:func:`names` as a block of text, one name a line."""
     spec = _spec_of(notation)
+    spec.require_plain("the checker's names")
     cell = "" if spec.cell == "elman" else f"{spec.model.name} cell, "
     lines = [f"expression language names ({cell}{spec.notation}):"]
     lines += [f"  {info}" for info in names(spec)]

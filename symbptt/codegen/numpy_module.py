@@ -485,6 +485,7 @@ def emit_numpy(spec: ModelSpec | Derivation, unrolled: bool = False) -> str:
     """
     if not isinstance(unrolled, bool):
         raise TypeError(f"unrolled: expected True or False, got {unrolled!r}")
+    (spec.spec if isinstance(spec, Derivation) else spec).require_plain("the generated code")
     user_spec, d = emission_derivation(spec)
     template = "gradients_unrolled.py.jinja" if unrolled else "gradients.py.jinja"
     return render(template, **_context(user_spec, d, unrolled))

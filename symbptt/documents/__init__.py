@@ -97,7 +97,9 @@ def as_derivation(spec: ModelSpec | Derivation) -> Derivation:
 def _context(
     spec: ModelSpec | Derivation, name: str | None, checks: Checks | None
 ) -> dict[str, Any]:
-    return _writer(as_derivation(spec), name, checks).context()
+    derivation = as_derivation(spec)
+    derivation.spec.require_plain("the documents")
+    return _writer(derivation, name, checks).context()
 
 
 def render_latex(
