@@ -247,13 +247,19 @@ def _derivatives(work: _Work) -> list[Alteration]:
                     f"{activation.name}'s output)"
                 )
 
-            def rewrite(a: Assignment, mapping: dict[Any, Any] = mapping) -> Any | None:
-                if not any(a.expr.has(d) for d in mapping):
-                    return None
-                return a.expr.xreplace(mapping)
-
-            out.append(Alteration(name, ("derivative", key), place, text, rewrite))
+            out.append(Alteration(name, ("derivative", key), place, text, _replacing(mapping)))
     return out
+
+
+def _replacing(mapping: dict[Any, Any]) -> Callable[[Assignment], Any | None]:
+    """A rewrite that puts ``mapping``'s values for its keys in every assignment that has one."""
+
+    def rewrite(a: Assignment) -> Any | None:
+        if not any(a.expr.has(d) for d in mapping):
+            return None
+        return a.expr.xreplace(mapping)
+
+    return rewrite
 
 
 # ----------------------------------------------------------------- swapped factors
@@ -294,14 +300,9 @@ def _other_derivatives(
             f"where {printer(right)} belongs (the derivative of {activation.name} at "
             f"{printer(at[holder.step][0]) if holder.step in at else 'another quantity'})"
         )
-
-        def rewrite(a: Assignment, mapping: dict[Any, Any] = mapping) -> Any | None:
-            if not any(a.expr.has(d) for d in mapping):
-                return None
-            return a.expr.xreplace(mapping)
-
-        place = printer(holder.target)
-        out.append(Alteration("swapped_factor", ("derivative", key), place, text, rewrite))
+        out.append(
+            Alteration("swapped_factor", ("derivative", key), place, text, _replacing(mapping))
+        )
     return out
 
 
