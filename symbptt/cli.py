@@ -29,6 +29,7 @@ import importlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -1145,11 +1146,31 @@ def _scratch_folder() -> Iterator[None]:
         return
     previous = tempfile.tempdir
     tempfile.tempdir = folder
+    handler = _exit_on_sigterm()
     try:
         yield
     finally:
         tempfile.tempdir = previous
         shutil.rmtree(folder, ignore_errors=True)
+        if handler is not None:
+            signal.signal(signal.SIGTERM, handler)
+
+
+def _exit_on_sigterm() -> Any:
+    """Make SIGTERM (``kill``, ``timeout``) exit through ``finally`` blocks, with status 143.
+
+    Python's default action ends the process at once, leaving the scratch
+    folder behind.  Returns the previous handler, or None where none can be set
+    (not the main thread).
+    """
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    try:
+        return signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # signals can only be set from the main thread
+        return None
 
 
 def _silence_stdout() -> None:

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -624,6 +625,27 @@ def test_commands_leave_nothing_in_the_temporary_folder(argv: list[str], tmp_pat
     )
     assert done.returncode in (0, 1), done.stderr
     assert (tmp_path / "out" / "gradients.py").exists()
+    assert list(scratch.iterdir()) == []
+
+
+def test_a_terminated_command_leaves_nothing_in_the_temporary_folder(tmp_path: Path) -> None:
+    """SIGTERM (kill, timeout) exits through the cleanup: status 143, the scratch folder gone."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "symbptt", "derive", *QUICK, "--out", str(tmp_path / "out")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "TMPDIR": str(scratch)},
+    )
+    deadline = time.monotonic() + 120
+    while not list(scratch.iterdir()) and process.poll() is None:
+        assert time.monotonic() < deadline, "the command made no scratch folder"
+        time.sleep(0.05)
+    assert process.poll() is None, "the command ended before it could be stopped"
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
     assert list(scratch.iterdir()) == []
 
 
