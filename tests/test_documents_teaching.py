@@ -40,7 +40,7 @@ def _jacobian(tex: str) -> str:
     return found.group(1)
 
 
-@pytest.mark.parametrize(("notation", "steps"), itertools.product(NOTATIONS, (1, 2, 5)))
+@pytest.mark.parametrize(("notation", "steps"), list(itertools.product(NOTATIONS, (1, 2, 5))))
 def test_documents_render_over_a_grid_of_concrete_sizes(notation: str, steps: int) -> None:
     """Concrete sizes give the document the symbolic sizes give, with the sizes stated."""
     symbolic = _jacobian(render_latex(ModelSpec(steps=steps, notation=notation)))
