@@ -48,6 +48,7 @@ from .presets import PRESETS
 from .progress import Progress
 from .spec import CHOICES, MAX_CHECK_STEPS, MAX_SIZE, ModelSpec, SpecError
 from .spec_flags import SPEC_FLAGS as _SPEC_FLAGS
+from .spec_flags import SWITCH_FLAGS
 from .spec_flags import add_spec_flags as _add_spec_flags
 from .spec_flags import digits as _digits
 from .spec_flags import flag as _flag
@@ -208,9 +209,7 @@ def _short_repr(value: object, width: int = 40) -> str:
 
 def _spec_from_args(args: argparse.Namespace, config: str | None) -> ModelSpec:
     flags = {name: getattr(args, name) for name, _, _ in _SPEC_FLAGS}
-    flags["bias"] = args.bias
-    flags["direction"] = args.direction
-    flags["masked"] = args.masked
+    flags |= {dest: getattr(args, dest) for _, dest, _, _ in SWITCH_FLAGS}
     return spec_from_options(config, flags, args.preset)
 
 
@@ -1139,19 +1138,21 @@ def _scratch_folder() -> Iterator[None]:
     TeX runs make their files under :func:`tempfile.gettempdir`; for the
     command it points here, so nothing is left behind in ``/tmp``.
     """
+    handler = _exit_on_sigterm()  # before the folder exists, so no signal can orphan it
     try:
-        folder = tempfile.mkdtemp(prefix="symbptt-run-")
-    except OSError:  # no usable temporary folder: what needs one says so itself
-        yield
-        return
-    previous = tempfile.tempdir
-    tempfile.tempdir = folder
-    handler = _exit_on_sigterm()
-    try:
-        yield
+        try:
+            folder = tempfile.mkdtemp(prefix="symbptt-run-")
+        except OSError:  # no usable temporary folder: what needs one says so itself
+            yield
+            return
+        previous = tempfile.tempdir
+        tempfile.tempdir = folder
+        try:
+            yield
+        finally:
+            tempfile.tempdir = previous
+            shutil.rmtree(folder, ignore_errors=True)
     finally:
-        tempfile.tempdir = previous
-        shutil.rmtree(folder, ignore_errors=True)
         if handler is not None:
             signal.signal(signal.SIGTERM, handler)
 

@@ -21,6 +21,7 @@ from .spec import CHOICES, MAX_BATCH, MAX_LAYERS, MAX_SIZE, MAX_STEPS, ModelSpec
 __all__ = [
     "REGENERATE_PRESETS",
     "SPEC_FLAGS",
+    "SWITCH_FLAGS",
     "add_spec_flags",
     "digits",
     "flag",
@@ -81,6 +82,23 @@ SPEC_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("batch", int, f"batch size m, 1 to {MAX_BATCH}"),
     ("layers", int, f"stacked recurrent layers, 1 to {MAX_LAYERS}"),
 )
+#: Spec fields set by a switch rather than a value: (option, field, argparse action, help).
+#: ``boolean`` is the pair --NAME / --no-NAME; ``store_const`` sets the one other value.
+SWITCH_FLAGS: tuple[tuple[str, str, str, str], ...] = (
+    ("--bias", "bias", "boolean", "biases b_h, b_y (default: on)"),
+    (
+        "--bidirectional",
+        "direction",
+        "store_const",
+        "a forward and a backward cell in every layer (default: forward only)",
+    ),
+    (
+        "--masked",
+        "masked",
+        "boolean",
+        "take a (T, m) 0/1 mask of each example's real steps (default: off)",
+    ),
+)
 _LIMITS = {"steps": MAX_STEPS, "n_in": MAX_SIZE, "n_hidden": MAX_SIZE, "n_out": MAX_SIZE}
 _LIMITS["batch"] = MAX_BATCH
 _LIMITS["layers"] = MAX_LAYERS
@@ -108,28 +126,15 @@ def add_spec_flags(parser: argparse.ArgumentParser) -> None:
         reader = digits(flag(name), _LIMITS[name]) if kind is int else kind
         help_text = f"{text} (default: {_default(name)})"
         group.add_argument(flag(name), dest=name, type=reader, metavar=metavar, help=help_text)
-    group.add_argument(
-        "--bias",
-        dest="bias",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="biases b_h, b_y (default: on)",
-    )
-    group.add_argument(
-        "--bidirectional",
-        dest="direction",
-        action="store_const",
-        const="bidirectional",
-        default=None,
-        help="a forward and a backward cell in every layer (default: forward only)",
-    )
-    group.add_argument(
-        "--masked",
-        dest="masked",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="take a (T, m) 0/1 mask of each example's real steps (default: off)",
-    )
+    for option, dest, action, text in SWITCH_FLAGS:
+        if action == "boolean":
+            group.add_argument(
+                option, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=text
+            )
+        else:  # store_const: the one value other than the default
+            group.add_argument(
+                option, dest=dest, action=action, const="bidirectional", default=None, help=text
+            )
 
 
 # -- the command that regenerates a file ----------------------------------------------
