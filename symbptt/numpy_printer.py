@@ -6,7 +6,8 @@ for a scaled matrix and knows no elementwise power).  What it prints:
 
 * ``A B`` as ``A @ B``; a broadcast bias ``b 1^T`` / ``1 b^T`` as plain
   broadcasting (``b`` / ``b.T``); ``X 1`` and ``1^T X`` (sums over examples or
-  units) as ``X.sum(axis=..., keepdims=True)``;
+  units) as ``X.sum(axis=..., keepdims=True)`` (a column as ``X.sum(axis=0)[:, None]``,
+  contiguous);
 * Hadamard products as ``*``, Hadamard powers as ``**``, transposes as ``.T``,
   an all-ones matrix inside a sum as the scalar ``1``, scalar coefficients
   such as ``1/m`` as a division;
@@ -637,7 +638,10 @@ class NumPyPrinter(_SymPyNumPyPrinter):  # type: ignore[misc]
             prec = _MUL
         if axis is not None and len(mats) == 1 and isinstance(mats[0], sp.Transpose):
             inner = self._paren(mats[0].arg, _ATOM)
-            body, prec = f"{inner}.sum(axis={1 - axis}, keepdims=True).T", _ATOM
+            # the transpose as a new axis, so the result is contiguous (a gradient of a
+            # contiguous parameter in its own layout; DDP's buckets expect that layout)
+            index = "[:, None]" if axis == 1 else "[None, :]"
+            body, prec = f"{inner}.sum(axis={1 - axis}){index}", _ATOM
         elif axis is not None:
             inner = f"({body})" if prec < _ATOM else body
             body, prec = f"{inner}.sum(axis={axis}, keepdims=True)", _ATOM
@@ -646,6 +650,12 @@ class NumPyPrinter(_SymPyNumPyPrinter):  # type: ignore[misc]
         return self._print_scaled(coeff, body, prec)
 
     def _print_Transpose(self, expr: sp.Transpose) -> str:
+        if isinstance(expr.arg, sp.MatMul):  # (1^T X)^T, (X 1)^T: a sum as a new axis
+            coeff, mats, axis = matmul_form(expr.arg)
+            if axis is not None and len(mats) == 1 and not _is_ones(mats[0]):
+                index = "[:, None]" if axis == 0 else "[None, :]"
+                body = f"{self._paren(mats[0], _ATOM)}.sum(axis={axis}){index}"
+                return body if coeff == 1 else self._print_scaled(coeff, body, _ATOM)
         return f"{self._paren(expr.arg, _ATOM)}.T"
 
     # -- functions ----------------------------------------------------------------

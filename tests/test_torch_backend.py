@@ -98,6 +98,7 @@ def test_bptt_equals_torch_autograd_of_the_same_loss(key: str, unrolled: bool) -
     mod.loss(leaves, X, Y, **states).backward()
     for name, leaf in leaves.items():
         torch.testing.assert_close(leaf.grad, expected[name], rtol=1e-10, atol=1e-12)
+        assert leaf.grad.stride() == leaf.stride(), name  # autograd's gradient layout contract
 
 
 @pytest.mark.parametrize("unrolled", [False, True], ids=["rolled", "unrolled"])
@@ -299,6 +300,7 @@ share = 4 // world
 ddp(X[:, rank * share : (rank + 1) * share], Y[:, rank * share : (rank + 1) * share]).backward()
 if rank == 0:
     torch.save({n: p.grad for n, p in model.named_parameters()}, out)
+dist.barrier()  # no process leaves while another still talks to it
 dist.destroy_process_group()
 """
 
@@ -330,6 +332,7 @@ def test_distributed_data_parallel_gives_the_gradients_of_one_process(tmp_path: 
         for p in processes:
             _, err = p.communicate(timeout=300)
             assert p.returncode == 0, err
+            assert "strides" not in err, err  # the gradients come in their parameters' layout
         results[world] = torch.load(out)
     for name, value in results[1].items():
         torch.testing.assert_close(results[2][name], value, rtol=1e-12, atol=1e-14)
