@@ -519,10 +519,10 @@ def _backward(params, cache, Y, ws, extras):
     # grad of: net_a_t = a_prev @ w_aa.T + x_t @ w_ax.T + b_a.T
     dw_ax = delta_all.T @ x_all
     dw_aa = delta_all.T @ a_prev_all
-    db_a = delta_all.sum(axis=0, keepdims=True).T
+    db_a = delta_all.sum(axis=0)[:, None]
     # grad of: net_y_t = a_t @ w_ya.T + b_y.T
     dw_ya = dnet_y_all.T @ a_all
-    db_y = dnet_y_all.sum(axis=0, keepdims=True).T
+    db_y = dnet_y_all.sum(axis=0)[:, None]
     gradients = {
         "w_ax": dw_ax,
         "w_aa": dw_aa,

@@ -522,21 +522,21 @@ def _backward(params, cache, Y, extras):
     # grad of: net_y_4 = a_4 @ w_ya.T + b_y.T
     dw_ya_4 = dnet_y_4.T @ a_4
     # grad of: net_a_1 = a_0 @ w_aa.T + x_1 @ w_ax.T + b_a.T
-    db_a_1 = delta_1.sum(axis=0, keepdims=True).T
+    db_a_1 = delta_1.sum(axis=0)[:, None]
     # grad of: net_a_2 = a_1 @ w_aa.T + x_2 @ w_ax.T + b_a.T
-    db_a_2 = delta_2.sum(axis=0, keepdims=True).T
+    db_a_2 = delta_2.sum(axis=0)[:, None]
     # grad of: net_a_3 = a_2 @ w_aa.T + x_3 @ w_ax.T + b_a.T
-    db_a_3 = delta_3.sum(axis=0, keepdims=True).T
+    db_a_3 = delta_3.sum(axis=0)[:, None]
     # grad of: net_a_4 = a_3 @ w_aa.T + x_4 @ w_ax.T + b_a.T
-    db_a_4 = delta_4.sum(axis=0, keepdims=True).T
+    db_a_4 = delta_4.sum(axis=0)[:, None]
     # grad of: net_y_1 = a_1 @ w_ya.T + b_y.T
-    db_y_1 = dnet_y_1.sum(axis=0, keepdims=True).T
+    db_y_1 = dnet_y_1.sum(axis=0)[:, None]
     # grad of: net_y_2 = a_2 @ w_ya.T + b_y.T
-    db_y_2 = dnet_y_2.sum(axis=0, keepdims=True).T
+    db_y_2 = dnet_y_2.sum(axis=0)[:, None]
     # grad of: net_y_3 = a_3 @ w_ya.T + b_y.T
-    db_y_3 = dnet_y_3.sum(axis=0, keepdims=True).T
+    db_y_3 = dnet_y_3.sum(axis=0)[:, None]
     # grad of: net_y_4 = a_4 @ w_ya.T + b_y.T
-    db_y_4 = dnet_y_4.sum(axis=0, keepdims=True).T
+    db_y_4 = dnet_y_4.sum(axis=0)[:, None]
     # sum over the steps
     dw_ax = dw_ax_1 + dw_ax_2 + dw_ax_3 + dw_ax_4
     dw_aa = dw_aa_1 + dw_aa_2 + dw_aa_3 + dw_aa_4

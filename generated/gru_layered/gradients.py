@@ -721,18 +721,18 @@ def _backward(params, cache, Y, ws, extras):
     # grad of: R_t = sigmoid(X_t @ W_xr + H_prev @ W_hr + b_r.T)
     dW_xr = X_all.T @ delta_R_all
     dW_hr = H_prev_all.T @ delta_R_all
-    db_r = delta_R_all.sum(axis=0, keepdims=True).T
+    db_r = delta_R_all.sum(axis=0)[:, None]
     # grad of: Z_t = sigmoid(X_t @ W_xz + H_prev @ W_hz + b_z.T)
     dW_xz = X_all.T @ delta_Z_all
     dW_hz = H_prev_all.T @ delta_Z_all
-    db_z = delta_Z_all.sum(axis=0, keepdims=True).T
+    db_z = delta_Z_all.sum(axis=0)[:, None]
     # grad of: H_tilde_t = np.tanh(X_t @ W_xh + R_t * H_prev @ W_hh + b_h.T)
     dW_xh = X_all.T @ delta_H_tilde_all
     dW_hh = (R_all * H_prev_all).T @ delta_H_tilde_all
-    db_h = delta_H_tilde_all.sum(axis=0, keepdims=True).T
+    db_h = delta_H_tilde_all.sum(axis=0)[:, None]
     # grad of: O_t = H_t @ W_hq + b_q.T
     dW_hq = H_all.T @ dO_all
-    db_q = dO_all.sum(axis=0, keepdims=True).T
+    db_q = dO_all.sum(axis=0)[:, None]
     gradients = {
         "W_xr": dW_xr,
         "W_hr": dW_hr,
@@ -1005,7 +1005,7 @@ def _backward_fused(params, cache, Y, ws, extras):
     # grad of: Z_t = sigmoid(X_t @ W_xz + H_prev @ W_hz + b_z.T)
     # grad of: H_tilde_t = np.tanh(X_t @ W_xh + R_t * H_prev @ W_hh + b_h.T)
     dW_x_rzh = X_all.T @ deltas_all
-    db_rzh = deltas_all.sum(axis=0, keepdims=True).T
+    db_rzh = deltas_all.sum(axis=0)[:, None]
     # grad of: R_t = sigmoid(X_t @ W_xr + H_prev @ W_hr + b_r.T)
     # grad of: Z_t = sigmoid(X_t @ W_xz + H_prev @ W_hz + b_z.T)
     dW_h_rz = H_prev_all.T @ deltas_0_2_all
@@ -1013,7 +1013,7 @@ def _backward_fused(params, cache, Y, ws, extras):
     dW_hh = (R_all * H_prev_all).T @ delta_H_tilde_all
     # grad of: O_t = H_t @ W_hq + b_q.T
     dW_hq = H_all.T @ dO_all
-    db_q = dO_all.sum(axis=0, keepdims=True).T
+    db_q = dO_all.sum(axis=0)[:, None]
     gradients = {
         "W_xr": dW_x_rzh[:, :n_hidden],
         "W_hr": dW_h_rz[:, :n_hidden],

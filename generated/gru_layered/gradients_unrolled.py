@@ -619,29 +619,29 @@ def _backward(params, cache, Y, extras):
     # grad of: O_3 = H_3 @ W_hq + b_q.T
     dW_hq_3 = H_3.T @ dO_3
     # grad of: R_1 = sigmoid(X_1 @ W_xr + H_0 @ W_hr + b_r.T)
-    db_r_1 = delta_R_1.sum(axis=0, keepdims=True).T
+    db_r_1 = delta_R_1.sum(axis=0)[:, None]
     # grad of: R_2 = sigmoid(X_2 @ W_xr + H_1 @ W_hr + b_r.T)
-    db_r_2 = delta_R_2.sum(axis=0, keepdims=True).T
+    db_r_2 = delta_R_2.sum(axis=0)[:, None]
     # grad of: R_3 = sigmoid(X_3 @ W_xr + H_2 @ W_hr + b_r.T)
-    db_r_3 = delta_R_3.sum(axis=0, keepdims=True).T
+    db_r_3 = delta_R_3.sum(axis=0)[:, None]
     # grad of: Z_1 = sigmoid(X_1 @ W_xz + H_0 @ W_hz + b_z.T)
-    db_z_1 = delta_Z_1.sum(axis=0, keepdims=True).T
+    db_z_1 = delta_Z_1.sum(axis=0)[:, None]
     # grad of: Z_2 = sigmoid(X_2 @ W_xz + H_1 @ W_hz + b_z.T)
-    db_z_2 = delta_Z_2.sum(axis=0, keepdims=True).T
+    db_z_2 = delta_Z_2.sum(axis=0)[:, None]
     # grad of: Z_3 = sigmoid(X_3 @ W_xz + H_2 @ W_hz + b_z.T)
-    db_z_3 = delta_Z_3.sum(axis=0, keepdims=True).T
+    db_z_3 = delta_Z_3.sum(axis=0)[:, None]
     # grad of: H_tilde_1 = np.tanh(X_1 @ W_xh + R_1 * H_0 @ W_hh + b_h.T)
-    db_h_1 = delta_H_tilde_1.sum(axis=0, keepdims=True).T
+    db_h_1 = delta_H_tilde_1.sum(axis=0)[:, None]
     # grad of: H_tilde_2 = np.tanh(X_2 @ W_xh + R_2 * H_1 @ W_hh + b_h.T)
-    db_h_2 = delta_H_tilde_2.sum(axis=0, keepdims=True).T
+    db_h_2 = delta_H_tilde_2.sum(axis=0)[:, None]
     # grad of: H_tilde_3 = np.tanh(X_3 @ W_xh + R_3 * H_2 @ W_hh + b_h.T)
-    db_h_3 = delta_H_tilde_3.sum(axis=0, keepdims=True).T
+    db_h_3 = delta_H_tilde_3.sum(axis=0)[:, None]
     # grad of: O_1 = H_1 @ W_hq + b_q.T
-    db_q_1 = dO_1.sum(axis=0, keepdims=True).T
+    db_q_1 = dO_1.sum(axis=0)[:, None]
     # grad of: O_2 = H_2 @ W_hq + b_q.T
-    db_q_2 = dO_2.sum(axis=0, keepdims=True).T
+    db_q_2 = dO_2.sum(axis=0)[:, None]
     # grad of: O_3 = H_3 @ W_hq + b_q.T
-    db_q_3 = dO_3.sum(axis=0, keepdims=True).T
+    db_q_3 = dO_3.sum(axis=0)[:, None]
     # sum over the steps
     dW_xr = dW_xr_1 + dW_xr_2 + dW_xr_3
     dW_hr = dW_hr_1 + dW_hr_2 + dW_hr_3

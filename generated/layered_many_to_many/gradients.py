@@ -517,10 +517,10 @@ def _backward(params, cache, Y, ws, extras):
     # grad of: Z1_t = X_t @ W_1 + H1_prev @ W_h1 + beta_1.T
     dW_1 = X_all.T @ delta_all
     dW_h1 = H1_prev_all.T @ delta_all
-    dbeta_1 = delta_all.sum(axis=0, keepdims=True).T
+    dbeta_1 = delta_all.sum(axis=0)[:, None]
     # grad of: Z2_t = H1_t @ W_2 + beta_2.T
     dW_2 = H1_all.T @ dZ2_all
-    dbeta_2 = dZ2_all.sum(axis=0, keepdims=True).T
+    dbeta_2 = dZ2_all.sum(axis=0)[:, None]
     gradients = {
         "W_1": dW_1,
         "W_h1": dW_h1,

@@ -488,7 +488,7 @@ def _backward(params, cache, Y, ws, extras):
     np.multiply(dH1_t, dH1_dZ1_t, out=delta_t)
     # grad of: Z2_t = H1_t @ W_2 + beta_2.T
     dW_2 = H1_t.T @ dZ2_t
-    dbeta_2 = dZ2_t.sum(axis=0, keepdims=True).T
+    dbeta_2 = dZ2_t.sum(axis=0)[:, None]
     W_h1_T = W_h1.T.copy()
     for delta_next, dH1_dZ1_t, delta_t in zip(
         delta_seq[1:T][::-1], dH1_dZ1_seq[: T - 1][::-1], delta_seq[: T - 1][::-1]
@@ -501,7 +501,7 @@ def _backward(params, cache, Y, ws, extras):
     # grad of: Z1_t = X_t @ W_1 + H1_prev @ W_h1 + beta_1.T
     dW_1 = X_all.T @ delta_all
     dW_h1 = H1_prev_all.T @ delta_all
-    dbeta_1 = delta_all.sum(axis=0, keepdims=True).T
+    dbeta_1 = delta_all.sum(axis=0)[:, None]
     gradients = {
         "W_1": dW_1,
         "W_h1": dW_h1,

@@ -451,13 +451,13 @@ def _backward(params, cache, Y, extras):
     # grad of: Z2_2 = H1_2 @ W_2 + beta_2.T
     dW_2_2 = H1_2.T @ dZ2_2
     # grad of: Z1_0 = X_0 @ W_1 + H_init @ W_h1 + beta_1.T
-    dbeta_1_0 = delta_0.sum(axis=0, keepdims=True).T
+    dbeta_1_0 = delta_0.sum(axis=0)[:, None]
     # grad of: Z1_1 = X_1 @ W_1 + H1_0 @ W_h1 + beta_1.T
-    dbeta_1_1 = delta_1.sum(axis=0, keepdims=True).T
+    dbeta_1_1 = delta_1.sum(axis=0)[:, None]
     # grad of: Z1_2 = X_2 @ W_1 + H1_1 @ W_h1 + beta_1.T
-    dbeta_1_2 = delta_2.sum(axis=0, keepdims=True).T
+    dbeta_1_2 = delta_2.sum(axis=0)[:, None]
     # grad of: Z2_2 = H1_2 @ W_2 + beta_2.T
-    dbeta_2_2 = dZ2_2.sum(axis=0, keepdims=True).T
+    dbeta_2_2 = dZ2_2.sum(axis=0)[:, None]
     # sum over the steps
     dW_1 = dW_1_0 + dW_1_1 + dW_1_2
     dW_h1 = dW_h1_0 + dW_h1_1 + dW_h1_2

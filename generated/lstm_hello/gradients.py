@@ -829,22 +829,22 @@ def _backward(params, cache, Y, ws, extras):
     # grad of: i_t = sigmoid(x_t @ W_xi.T + h_prev @ W_hi.T + b_i.T)
     dW_xi = delta_i_all.T @ x_all
     dW_hi = delta_i_all.T @ h_prev_all
-    db_i = delta_i_all.sum(axis=0, keepdims=True).T
+    db_i = delta_i_all.sum(axis=0)[:, None]
     # grad of: f_t = sigmoid(x_t @ W_xf.T + h_prev @ W_hf.T + b_f.T)
     dW_xf = delta_f_all.T @ x_all
     dW_hf = delta_f_all.T @ h_prev_all
-    db_f = delta_f_all.sum(axis=0, keepdims=True).T
+    db_f = delta_f_all.sum(axis=0)[:, None]
     # grad of: o_t = sigmoid(x_t @ W_xo.T + h_prev @ W_ho.T + b_o.T)
     dW_xo = delta_o_all.T @ x_all
     dW_ho = delta_o_all.T @ h_prev_all
-    db_o = delta_o_all.sum(axis=0, keepdims=True).T
+    db_o = delta_o_all.sum(axis=0)[:, None]
     # grad of: g_t = np.tanh(x_t @ W_xc.T + h_prev @ W_hc.T + b_c.T)
     dW_xc = delta_g_all.T @ x_all
     dW_hc = delta_g_all.T @ h_prev_all
-    db_c = delta_g_all.sum(axis=0, keepdims=True).T
+    db_c = delta_g_all.sum(axis=0)[:, None]
     # grad of: s_t = h_t @ W_hy.T + b_y.T
     dW_hy = ds_all.T @ h_all
-    db_y = ds_all.sum(axis=0, keepdims=True).T
+    db_y = ds_all.sum(axis=0)[:, None]
     gradients = {
         "W_xi": dW_xi,
         "W_hi": dW_hi,
@@ -1154,10 +1154,10 @@ def _backward_fused(params, cache, Y, ws, extras):
     # grad of: g_t = np.tanh(x_t @ W_xc.T + h_prev @ W_hc.T + b_c.T)
     dW_x_oifc = delta_oifg_all.T @ x_all
     dW_h_oifc = delta_oifg_all.T @ h_prev_all
-    db_oifc = delta_oifg_all.sum(axis=0, keepdims=True).T
+    db_oifc = delta_oifg_all.sum(axis=0)[:, None]
     # grad of: s_t = h_t @ W_hy.T + b_y.T
     dW_hy = ds_all.T @ h_all
-    db_y = ds_all.sum(axis=0, keepdims=True).T
+    db_y = ds_all.sum(axis=0)[:, None]
     gradients = {
         "W_xi": dW_x_oifc[n_hidden : 2 * n_hidden],
         "W_hi": dW_h_oifc[n_hidden : 2 * n_hidden],

@@ -781,45 +781,45 @@ def _backward(params, cache, Y, extras):
     # grad of: s_4 = h_4 @ W_hy.T + b_y.T
     dW_hy_4 = ds_4.T @ h_4
     # grad of: i_1 = sigmoid(x_1 @ W_xi.T + h_0 @ W_hi.T + b_i.T)
-    db_i_1 = delta_i_1.sum(axis=0, keepdims=True).T
+    db_i_1 = delta_i_1.sum(axis=0)[:, None]
     # grad of: i_2 = sigmoid(x_2 @ W_xi.T + h_1 @ W_hi.T + b_i.T)
-    db_i_2 = delta_i_2.sum(axis=0, keepdims=True).T
+    db_i_2 = delta_i_2.sum(axis=0)[:, None]
     # grad of: i_3 = sigmoid(x_3 @ W_xi.T + h_2 @ W_hi.T + b_i.T)
-    db_i_3 = delta_i_3.sum(axis=0, keepdims=True).T
+    db_i_3 = delta_i_3.sum(axis=0)[:, None]
     # grad of: i_4 = sigmoid(x_4 @ W_xi.T + h_3 @ W_hi.T + b_i.T)
-    db_i_4 = delta_i_4.sum(axis=0, keepdims=True).T
+    db_i_4 = delta_i_4.sum(axis=0)[:, None]
     # grad of: f_1 = sigmoid(x_1 @ W_xf.T + h_0 @ W_hf.T + b_f.T)
-    db_f_1 = delta_f_1.sum(axis=0, keepdims=True).T
+    db_f_1 = delta_f_1.sum(axis=0)[:, None]
     # grad of: f_2 = sigmoid(x_2 @ W_xf.T + h_1 @ W_hf.T + b_f.T)
-    db_f_2 = delta_f_2.sum(axis=0, keepdims=True).T
+    db_f_2 = delta_f_2.sum(axis=0)[:, None]
     # grad of: f_3 = sigmoid(x_3 @ W_xf.T + h_2 @ W_hf.T + b_f.T)
-    db_f_3 = delta_f_3.sum(axis=0, keepdims=True).T
+    db_f_3 = delta_f_3.sum(axis=0)[:, None]
     # grad of: f_4 = sigmoid(x_4 @ W_xf.T + h_3 @ W_hf.T + b_f.T)
-    db_f_4 = delta_f_4.sum(axis=0, keepdims=True).T
+    db_f_4 = delta_f_4.sum(axis=0)[:, None]
     # grad of: o_1 = sigmoid(x_1 @ W_xo.T + h_0 @ W_ho.T + b_o.T)
-    db_o_1 = delta_o_1.sum(axis=0, keepdims=True).T
+    db_o_1 = delta_o_1.sum(axis=0)[:, None]
     # grad of: o_2 = sigmoid(x_2 @ W_xo.T + h_1 @ W_ho.T + b_o.T)
-    db_o_2 = delta_o_2.sum(axis=0, keepdims=True).T
+    db_o_2 = delta_o_2.sum(axis=0)[:, None]
     # grad of: o_3 = sigmoid(x_3 @ W_xo.T + h_2 @ W_ho.T + b_o.T)
-    db_o_3 = delta_o_3.sum(axis=0, keepdims=True).T
+    db_o_3 = delta_o_3.sum(axis=0)[:, None]
     # grad of: o_4 = sigmoid(x_4 @ W_xo.T + h_3 @ W_ho.T + b_o.T)
-    db_o_4 = delta_o_4.sum(axis=0, keepdims=True).T
+    db_o_4 = delta_o_4.sum(axis=0)[:, None]
     # grad of: g_1 = np.tanh(x_1 @ W_xc.T + h_0 @ W_hc.T + b_c.T)
-    db_c_1 = delta_g_1.sum(axis=0, keepdims=True).T
+    db_c_1 = delta_g_1.sum(axis=0)[:, None]
     # grad of: g_2 = np.tanh(x_2 @ W_xc.T + h_1 @ W_hc.T + b_c.T)
-    db_c_2 = delta_g_2.sum(axis=0, keepdims=True).T
+    db_c_2 = delta_g_2.sum(axis=0)[:, None]
     # grad of: g_3 = np.tanh(x_3 @ W_xc.T + h_2 @ W_hc.T + b_c.T)
-    db_c_3 = delta_g_3.sum(axis=0, keepdims=True).T
+    db_c_3 = delta_g_3.sum(axis=0)[:, None]
     # grad of: g_4 = np.tanh(x_4 @ W_xc.T + h_3 @ W_hc.T + b_c.T)
-    db_c_4 = delta_g_4.sum(axis=0, keepdims=True).T
+    db_c_4 = delta_g_4.sum(axis=0)[:, None]
     # grad of: s_1 = h_1 @ W_hy.T + b_y.T
-    db_y_1 = ds_1.sum(axis=0, keepdims=True).T
+    db_y_1 = ds_1.sum(axis=0)[:, None]
     # grad of: s_2 = h_2 @ W_hy.T + b_y.T
-    db_y_2 = ds_2.sum(axis=0, keepdims=True).T
+    db_y_2 = ds_2.sum(axis=0)[:, None]
     # grad of: s_3 = h_3 @ W_hy.T + b_y.T
-    db_y_3 = ds_3.sum(axis=0, keepdims=True).T
+    db_y_3 = ds_3.sum(axis=0)[:, None]
     # grad of: s_4 = h_4 @ W_hy.T + b_y.T
-    db_y_4 = ds_4.sum(axis=0, keepdims=True).T
+    db_y_4 = ds_4.sum(axis=0)[:, None]
     # sum over the steps
     dW_xi = dW_xi_1 + dW_xi_2 + dW_xi_3 + dW_xi_4
     dW_hi = dW_hi_1 + dW_hi_2 + dW_hi_3 + dW_hi_4

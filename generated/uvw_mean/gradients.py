@@ -519,10 +519,10 @@ def _backward(params, cache, Y, ws, extras):
     # grad of: a_t = h_prev @ W.T + x_t @ U.T + b_h.T
     dU = delta_all.T @ x_all
     dW = delta_all.T @ h_prev_all
-    db_h = delta_all.sum(axis=0, keepdims=True).T
+    db_h = delta_all.sum(axis=0)[:, None]
     # grad of: o_t = h_t @ V.T + b_y.T
     dV = do_all.T @ h_all
-    db_y = do_all.sum(axis=0, keepdims=True).T
+    db_y = do_all.sum(axis=0)[:, None]
     gradients = {
         "U": dU,
         "W": dW,

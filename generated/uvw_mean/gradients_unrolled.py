@@ -491,17 +491,17 @@ def _backward(params, cache, Y, extras):
     # grad of: o_3 = h_3 @ V.T + b_y.T
     dV_3 = do_3.T @ h_3
     # grad of: a_1 = h_0 @ W.T + x_1 @ U.T + b_h.T
-    db_h_1 = delta_1.sum(axis=0, keepdims=True).T
+    db_h_1 = delta_1.sum(axis=0)[:, None]
     # grad of: a_2 = h_1 @ W.T + x_2 @ U.T + b_h.T
-    db_h_2 = delta_2.sum(axis=0, keepdims=True).T
+    db_h_2 = delta_2.sum(axis=0)[:, None]
     # grad of: a_3 = h_2 @ W.T + x_3 @ U.T + b_h.T
-    db_h_3 = delta_3.sum(axis=0, keepdims=True).T
+    db_h_3 = delta_3.sum(axis=0)[:, None]
     # grad of: o_1 = h_1 @ V.T + b_y.T
-    db_y_1 = do_1.sum(axis=0, keepdims=True).T
+    db_y_1 = do_1.sum(axis=0)[:, None]
     # grad of: o_2 = h_2 @ V.T + b_y.T
-    db_y_2 = do_2.sum(axis=0, keepdims=True).T
+    db_y_2 = do_2.sum(axis=0)[:, None]
     # grad of: o_3 = h_3 @ V.T + b_y.T
-    db_y_3 = do_3.sum(axis=0, keepdims=True).T
+    db_y_3 = do_3.sum(axis=0)[:, None]
     # sum over the steps
     dU = dU_1 + dU_2 + dU_3
     dW = dW_1 + dW_2 + dW_3

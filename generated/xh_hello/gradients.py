@@ -519,10 +519,10 @@ def _backward(params, cache, Y, ws, extras):
     # grad of: z_t = x_t @ W_xh.T + h_prev @ W_hh.T + b_h.T
     dW_xh = delta_all.T @ x_all
     dW_hh = delta_all.T @ h_prev_all
-    db_h = delta_all.sum(axis=0, keepdims=True).T
+    db_h = delta_all.sum(axis=0)[:, None]
     # grad of: o_t = h_t @ W_hy.T + b_y.T
     dW_hy = do_all.T @ h_all
-    db_y = do_all.sum(axis=0, keepdims=True).T
+    db_y = do_all.sum(axis=0)[:, None]
     gradients = {
         "W_xh": dW_xh,
         "W_hh": dW_hh,

@@ -522,21 +522,21 @@ def _backward(params, cache, Y, extras):
     # grad of: o_4 = h_4 @ W_hy.T + b_y.T
     dW_hy_4 = do_4.T @ h_4
     # grad of: z_1 = x_1 @ W_xh.T + h_0 @ W_hh.T + b_h.T
-    db_h_1 = delta_1.sum(axis=0, keepdims=True).T
+    db_h_1 = delta_1.sum(axis=0)[:, None]
     # grad of: z_2 = x_2 @ W_xh.T + h_1 @ W_hh.T + b_h.T
-    db_h_2 = delta_2.sum(axis=0, keepdims=True).T
+    db_h_2 = delta_2.sum(axis=0)[:, None]
     # grad of: z_3 = x_3 @ W_xh.T + h_2 @ W_hh.T + b_h.T
-    db_h_3 = delta_3.sum(axis=0, keepdims=True).T
+    db_h_3 = delta_3.sum(axis=0)[:, None]
     # grad of: z_4 = x_4 @ W_xh.T + h_3 @ W_hh.T + b_h.T
-    db_h_4 = delta_4.sum(axis=0, keepdims=True).T
+    db_h_4 = delta_4.sum(axis=0)[:, None]
     # grad of: o_1 = h_1 @ W_hy.T + b_y.T
-    db_y_1 = do_1.sum(axis=0, keepdims=True).T
+    db_y_1 = do_1.sum(axis=0)[:, None]
     # grad of: o_2 = h_2 @ W_hy.T + b_y.T
-    db_y_2 = do_2.sum(axis=0, keepdims=True).T
+    db_y_2 = do_2.sum(axis=0)[:, None]
     # grad of: o_3 = h_3 @ W_hy.T + b_y.T
-    db_y_3 = do_3.sum(axis=0, keepdims=True).T
+    db_y_3 = do_3.sum(axis=0)[:, None]
     # grad of: o_4 = h_4 @ W_hy.T + b_y.T
-    db_y_4 = do_4.sum(axis=0, keepdims=True).T
+    db_y_4 = do_4.sum(axis=0)[:, None]
     # sum over the steps
     dW_xh = dW_xh_1 + dW_xh_2 + dW_xh_3 + dW_xh_4
     dW_hh = dW_hh_1 + dW_hh_2 + dW_hh_3 + dW_hh_4
