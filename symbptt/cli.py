@@ -723,7 +723,7 @@ def build_artifacts(
         bar.stage("printing the documents (proving the derivation by sympy.diff)")
     else:
         bar.stage("printing the documents")
-    tex, md = _render_documents(derivation, verify)
+    tex, md = _render_documents(derivation, verify, out.files["gradients.py"].decode())
     out.files["derivation.tex"] = tex.encode()
     out.files["derivation.md"] = md.encode()
     if pdf:
@@ -739,12 +739,14 @@ def build_artifacts(
     return out
 
 
-def _render_documents(derivation: Any, verify: bool) -> tuple[str, str]:
-    """derivation.tex and derivation.md from one rendering (their checks run once, here)."""
+def _render_documents(derivation: Any, verify: bool, source: str) -> tuple[str, str]:
+    """derivation.tex and derivation.md from one rendering (their checks run once, here,
+    on ``source``: the generated NumPy module just printed, not printed again)."""
     from .documents import render_documents
+    from .emit import load_module
     from .verification import run_checks
 
-    checks = run_checks(derivation) if verify else None
+    checks = run_checks(derivation, load_module(source)) if verify else None
     return render_documents(derivation, checks=checks)
 
 

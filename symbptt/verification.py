@@ -25,6 +25,7 @@ import inspect
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -202,8 +203,12 @@ def _numerical_sizes(spec: ModelSpec) -> tuple[tuple[str, int], ...]:
     )
 
 
-def run_checks(source: ModelSpec | Derivation) -> Checks:
-    """Run both checks for ``source``; a check that fails to run is reported, not hidden."""
+def run_checks(source: ModelSpec | Derivation, module: ModuleType | None = None) -> Checks:
+    """Run both checks for ``source``; a check that fails to run is reported, not hidden.
+
+    ``module``: the generated NumPy module of ``source`` when the caller has it already
+    (``symbptt derive`` does), so that it is not derived and printed a second time.
+    """
     spec = source.spec if isinstance(source, Derivation) else source
     spec.require_plain("the verifying stage")
     small = proof_spec(spec)
@@ -214,7 +219,8 @@ def run_checks(source: ModelSpec | Derivation) -> Checks:
     except Exception as exc:  # reported in the document
         proof_error = f"{type(exc).__name__}: {exc}"
     try:
-        numerical = gradcheck.gradcheck(source, np.random.default_rng(_seed(spec)))
+        checked = source if module is None else module
+        numerical = gradcheck.gradcheck(checked, np.random.default_rng(_seed(spec)))
     except Exception as exc:  # reported in the document
         numerical_error = f"{type(exc).__name__}: {exc}"
     example = worked_example(documents.as_derivation(source))

@@ -520,6 +520,26 @@ def test_derive_writes_code_and_documents(
     assert code == 0, err
 
 
+def test_derive_derives_each_spec_once(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user's spec, the code's (symbolic sizes, h0 an input) and the proof's small one:
+    each derived once; the documents' numerical check reuses the code just printed."""
+    stage = sys.modules["symbptt.derive"]
+    real, calls = stage.derive, []
+
+    def counted(spec: ModelSpec, *args: Any, **kwargs: Any) -> Any:
+        calls.append(spec.canonical())
+        return real(spec, *args, **kwargs)
+
+    for module in list(sys.modules.values()):
+        if module is not None and getattr(module, "derive", None) is real:
+            monkeypatch.setattr(module, "derive", counted)
+    code, _, err = run(["derive", *QUICK, "--out", str(tmp_path / "out"), "--no-pdf"], capsys)
+    assert code == 0, err
+    assert len(calls) == 3 and len(set(calls)) == 3, calls
+
+
 def test_derive_from_config_with_flag_override(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
