@@ -24,7 +24,7 @@ from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
 from . import functions, mexpr
 
-__all__ = ["Evaluator"]
+__all__ = ["EVALUATE", "Evaluator", "evaluates"]
 
 
 @cache
@@ -108,56 +108,11 @@ class Evaluator:
     def _compute(self, expr: Any) -> Any:
         if isinstance(expr, (sp.MatrixSymbol, sp.Symbol)):
             raise KeyError(f"no value for symbol {expr.name!r}")
-        if isinstance(expr, sp.OneMatrix):
-            return self._filled(expr.shape, 1)
-        if isinstance(expr, sp.ZeroMatrix):
-            return self._filled(expr.shape, 0)
-        if isinstance(expr, sp.Identity):
-            n = self._size(expr.shape[0])
-            out = self._filled((n, n), 0)
-            for i in range(n):
-                out[i, i] = out[i, i] + 1
-            return out
         if expr.is_number:
             if self.backend == "mp":
                 return mpmath.mpf(sp.N(expr, self.dps))
             return float(expr)
-        if isinstance(expr, (sp.MatAdd, sp.Add)):
-            values = [self._eval(arg) for arg in expr.args]
-            total = values[0]
-            for v in values[1:]:
-                total = total + v
-            return total
-        if isinstance(expr, sp.MatMul):
-            coeff, mats = expr.as_coeff_matrices()
-            value = self._eval(mats[0])
-            for m in mats[1:]:
-                value = np.dot(value, self._eval(m))
-            return self._eval(coeff) * value if coeff != 1 else value
-        if isinstance(expr, sp.Mul):
-            value = self._eval(expr.args[0])
-            for arg in expr.args[1:]:
-                value = value * self._eval(arg)
-            return value
-        if isinstance(expr, sp.Pow):
-            return self._eval(expr.base) ** self._eval(expr.exp)
-        if isinstance(expr, sp.Transpose):
-            return self._eval(expr.arg).T
-        if isinstance(expr, sp.HadamardProduct):
-            value = self._eval(expr.args[0])
-            for arg in expr.args[1:]:
-                value = value * self._eval(arg)
-            return value
-        if isinstance(expr, sp.HadamardPower):
-            base, exp = self._eval(expr.base), int(expr.exp)
-            return base**exp if exp >= 0 else 1 / base ** (-exp)
-        if isinstance(expr, ElementwiseApplyFunction):
-            return _scalar_function(expr.function, self.backend)(self._eval(expr.expr))
-        if isinstance(expr, mexpr.Softmax):
-            return self._softmax(self._eval(expr.arg), expr.axis)
-        if isinstance(expr, mexpr.OutputLoss):
-            return self._output_loss(expr)
-        raise TypeError(f"cannot evaluate {type(expr).__name__}")
+        return evaluation_for(expr)(self, expr)
 
     def _softmax(self, values: Any, axis: int) -> Any:
         exp = np.exp if self.backend == "float" else np.frompyfunc(mpmath.exp, 1, 1)
@@ -177,3 +132,107 @@ class Evaluator:
         if expr.weight is not None:
             units = units * self._eval(expr.weight)
         return units.sum()
+
+
+# ------------------------------------------------------------------------------ the table
+Evaluation = Callable[[Evaluator, Any], Any]
+
+#: The evaluation table: SymPy node class -> its value from its children's (the
+#: counterpart of :data:`symbptt.rules.VJP`; ``tests/test_ops.py`` checks that every op
+#: with a rule has an evaluation and a printing in every printer).
+EVALUATE: dict[type, Evaluation] = {}
+
+
+def evaluates(*types: type) -> Callable[[Evaluation], Evaluation]:
+    """Register an evaluation for the given node classes."""
+
+    def register(evaluation: Evaluation) -> Evaluation:
+        for cls in types:
+            EVALUATE[cls] = evaluation
+        return evaluation
+
+    return register
+
+
+def evaluation_for(expr: Any) -> Evaluation:
+    """The table's entry for ``expr``'s class or the nearest base class that has one."""
+    for cls in type(expr).__mro__:
+        if cls in EVALUATE:
+            return EVALUATE[cls]
+    raise TypeError(f"no evaluation for {type(expr).__name__!r}")
+
+
+@evaluates(sp.OneMatrix)
+def _ones(ev: Evaluator, expr: Any) -> Any:
+    return ev._filled(expr.shape, 1)
+
+
+@evaluates(sp.ZeroMatrix)
+def _zeros(ev: Evaluator, expr: Any) -> Any:
+    return ev._filled(expr.shape, 0)
+
+
+@evaluates(sp.Identity)
+def _identity(ev: Evaluator, expr: Any) -> Any:
+    n = ev._size(expr.shape[0])
+    out = ev._filled((n, n), 0)
+    for i in range(n):
+        out[i, i] = out[i, i] + 1
+    return out
+
+
+@evaluates(sp.MatAdd, sp.Add)
+def _sum(ev: Evaluator, expr: Any) -> Any:
+    values = [ev._eval(arg) for arg in expr.args]
+    total = values[0]
+    for v in values[1:]:
+        total = total + v
+    return total
+
+
+@evaluates(sp.MatMul)
+def _matmul(ev: Evaluator, expr: Any) -> Any:
+    coeff, mats = expr.as_coeff_matrices()
+    value = ev._eval(mats[0])
+    for m in mats[1:]:
+        value = np.dot(value, ev._eval(m))
+    return ev._eval(coeff) * value if coeff != 1 else value
+
+
+@evaluates(sp.Mul, sp.HadamardProduct)
+def _product(ev: Evaluator, expr: Any) -> Any:
+    value = ev._eval(expr.args[0])
+    for arg in expr.args[1:]:
+        value = value * ev._eval(arg)
+    return value
+
+
+@evaluates(sp.Pow)
+def _power(ev: Evaluator, expr: Any) -> Any:
+    return ev._eval(expr.base) ** ev._eval(expr.exp)
+
+
+@evaluates(sp.Transpose)
+def _transpose(ev: Evaluator, expr: Any) -> Any:
+    return ev._eval(expr.arg).T
+
+
+@evaluates(sp.HadamardPower)
+def _hadamard_power(ev: Evaluator, expr: Any) -> Any:
+    base, exp = ev._eval(expr.base), int(expr.exp)
+    return base**exp if exp >= 0 else 1 / base ** (-exp)
+
+
+@evaluates(ElementwiseApplyFunction)
+def _elementwise(ev: Evaluator, expr: Any) -> Any:
+    return _scalar_function(expr.function, ev.backend)(ev._eval(expr.expr))
+
+
+@evaluates(mexpr.Softmax)
+def _softmax(ev: Evaluator, expr: Any) -> Any:
+    return ev._softmax(ev._eval(expr.arg), expr.axis)
+
+
+@evaluates(mexpr.OutputLoss)
+def _output_loss(ev: Evaluator, expr: Any) -> Any:
+    return ev._output_loss(expr)
