@@ -155,6 +155,7 @@ class Symbols:
             self.params[entry.ascii] = symbol
             self._keys[entry.ascii] = entry.key
             self.meta[symbol] = (entry.role, None)
+            self._own(symbol)
         for state in self.cell.states:
             entry = self.notation.name_of(state.key)
             shape = self.series_shape(state.key)
@@ -164,6 +165,12 @@ class Symbols:
                 symbol = sp.MatrixSymbol(entry.initial, *shape)
                 self.initials[state.key] = symbol
                 self.meta[symbol] = ("initial_state", None)
+                self._own(symbol)
+
+    def _own(self, symbol: Any) -> None:
+        """Record that this unit named ``symbol`` (nothing for the registry of the whole model)."""
+        if self.unit is not None:
+            self.owner[symbol] = self
 
     def _compose(self, notation: Notation) -> None:
         """The registry of a composed program: one registry per unit, then the output layer."""
@@ -210,6 +217,7 @@ class Symbols:
             self.params[name] = symbol
             self._keys[name] = entry.key
             self.meta[symbol] = (entry.role, None)
+            self._own(symbol)
             parts.append((symbol, index))
         self.split[entry.key] = tuple(parts)
 
@@ -266,8 +274,7 @@ class Symbols:
         entry = self.notation.name_of(role)
         symbol = sp.MatrixSymbol(f"{entry.ascii}_{self.step_name(step)}", *self.series_shape(role))
         self.meta[symbol] = (entry.role, step)
-        if self.unit is not None:
-            self.owner[symbol] = self
+        self._own(symbol)
         return symbol
 
     def registry(self, symbol: Any) -> Symbols:
@@ -294,6 +301,7 @@ class Symbols:
         name = entry.adjoint_ascii
         symbol = sp.MatrixSymbol(f"{name}_{self.step_name(step)}", *self.series_shape(role))
         self.meta[symbol] = ("adjoint_" + entry.role, step)
+        self._own(symbol)
         return symbol
 
     def pre_adjoint(self, role: str, step: Any) -> sp.MatrixSymbol:
@@ -302,6 +310,7 @@ class Symbols:
         name = "delta_" + entry.ascii
         symbol = sp.MatrixSymbol(f"{name}_{self.step_name(step)}", *self.series_shape(role))
         self.meta[symbol] = ("pre_adjoint_" + entry.role, step)
+        self._own(symbol)
         return symbol
 
     def contribution(self, param: str, step: Any) -> sp.MatrixSymbol:

@@ -174,7 +174,23 @@ def _norms(
 
 
 def proof_spec(spec: ModelSpec) -> ModelSpec:
-    """The spec at the small concrete sizes the scalar proof runs at."""
+    """The spec at the small concrete sizes the scalar proof runs at.
+
+    A composed model's explicit unrolled loss grows with every unit: its proof runs
+    at two steps, one input unit, and one hidden unit for a cell with more equations
+    than Elman's two (two layers, bidirectional, masked: Elman at three steps took 35 s
+    here, an LSTM at two steps with two hidden units over 5 minutes).
+    """
+    if spec.composed:
+        hidden = 2 if len(spec.model.equations) <= 2 else 1
+        return replace(
+            spec,
+            steps=min(spec.steps, 2),
+            n_in=1,
+            n_hidden=min(spec.n_hidden or hidden, hidden),
+            n_out=min(spec.n_out or 2, 2),
+            batch=min(spec.batch or 2, 2),
+        )
     return replace(
         spec,
         steps=min(spec.steps, 3),
@@ -202,10 +218,16 @@ def _numerical_sizes(spec: ModelSpec) -> tuple[tuple[str, int], ...]:
     )
 
 
+#: Why the numerical check does not run for a composed model (said in its document).
+NOT_YET_COMPOSED = (
+    "the generated NumPy code does not take stacked, bidirectional or masked models yet, "
+    "so there is no generated module to compare with finite differences"
+)
+
+
 def run_checks(source: ModelSpec | Derivation) -> Checks:
     """Run both checks for ``source``; a check that fails to run is reported, not hidden."""
     spec = source.spec if isinstance(source, Derivation) else source
-    spec.require_plain("the verifying stage")
     small = proof_spec(spec)
     proof = numerical = None
     proof_error = numerical_error = None
@@ -213,11 +235,14 @@ def run_checks(source: ModelSpec | Derivation) -> Checks:
         proof = scalar_oracle.scalar_proof(small, np.random.default_rng(_seed(spec)))
     except Exception as exc:  # reported in the document
         proof_error = f"{type(exc).__name__}: {exc}"
-    try:
-        numerical = gradcheck.gradcheck(source, np.random.default_rng(_seed(spec)))
-    except Exception as exc:  # reported in the document
-        numerical_error = f"{type(exc).__name__}: {exc}"
-    example = worked_example(documents.as_derivation(source))
+    if spec.composed:  # the generated code does not take a composed model yet
+        numerical_error = NOT_YET_COMPOSED
+    else:
+        try:
+            numerical = gradcheck.gradcheck(source, np.random.default_rng(_seed(spec)))
+        except Exception as exc:  # reported in the document
+            numerical_error = f"{type(exc).__name__}: {exc}"
+    example = None if spec.composed else worked_example(documents.as_derivation(source))
     return Checks(
         small, proof, proof_error, numerical, numerical_error, _numerical_sizes(spec), example
     )
