@@ -26,6 +26,7 @@ from ..latex_printer import (
     state_initial_name,
 )
 from ..spec import SpecError
+from . import figure
 from .layout import ROW_WIDTH, UNROLL_LIMIT, _atoms, prose, tex_width
 from .teaching import _Writer, teaching_roles
 
@@ -314,6 +315,8 @@ class _CellWriter(_Writer):
             group["rows"] = rows
         return {
             "groups": groups,
+            "figure": figure.picture(self),
+            "mermaid": figure.mermaid(self),
             "initial": self._initial_tex(),
             "initial_zero": spec.initial_state == "zero",
             "first": self.first,
