@@ -278,7 +278,7 @@ class _ComposedWriter(_Writer):
             at = step if many or unit.direction == "forward" else self.first
             pairs.append((weight, registry.series(registry.cell.readout, at)))
         weight = None
-        omega = ""
+        omega: list[str] = []
         if spec.masked and many:
             weight = sp.MatrixSymbol("omega_t", *gen.mask(t).shape)
             self.names[weight] = _indexed(self.notation, r"\omega", t)
@@ -331,7 +331,7 @@ class _ComposedWriter(_Writer):
         registry = self.symbols.registry(symbol)
         if registry.unit is None:
             return None
-        return self.program.units.index(registry.unit)
+        return int(self.program.units.index(registry.unit))
 
     def _source_words(self, index: int, atom: Any, step: int) -> str | None:
         """Where the adjoint ``atom`` read by unit ``index`` at ``step`` comes from, or None."""

@@ -104,8 +104,8 @@ def edges(writer: Any) -> tuple[list[str], list[Edge]]:
                 continue
             seen.add((source, offset, weights))
             if source in drawn:
-                labels = merged.setdefault((source, offset, target), [])
-                labels += [w for w in weights if w not in labels]
+                joined = merged.setdefault((source, offset, target), [])
+                joined += [w for w in weights if w not in joined]
                 continue
             for inner, inner_offset, inner_weights in incoming.get(source, []):
                 stack.append((inner, offset + inner_offset, inner_weights + weights))
