@@ -11,7 +11,8 @@ user waits for) and prints the median wall time and its ratio to the target
 the verifying stage's scalar proof, numerical check and worked example, the
 generated code, rendering, pdflatex) so the numbers say where the time goes; and
 a composed model's document (two layers, bidirectional, masked: derive, proof,
-render) for scale.  It asserts nothing about time.
+render) for scale.  It asserts nothing about time.  The load of the machine is
+printed first: other processes on these two cores slow every number alike.
 
 Baseline measured in the same run: ``python -c "import symbptt"``, the floor
 every command pays.  One BLAS thread, as every benchmark here.
@@ -88,6 +89,7 @@ def stages(preset: str, steps: int, pdf: bool) -> list[tuple[str, float]]:
     timed("scalar proof", lambda: scalar_oracle.scalar_proof(verification.proof_spec(spec), rng))
     timed("numerical check", lambda: gradcheck.gradcheck(d, np.random.default_rng(0)))  # type: ignore[arg-type]
     timed("worked example", lambda: verification.worked_example(d))  # type: ignore[arg-type]
+    timed("the seed's formulas (checker)", lambda: verification.seed_checks(spec))
     timed("generated code", lambda: symbptt.emit_numpy(d))  # type: ignore[arg-type]
     checks = verification.run_checks(d)  # type: ignore[arg-type]
     tex = timed("render (LaTeX + Markdown)", lambda: documents.render_documents(d, checks=checks))
@@ -122,6 +124,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-pdf-only", action="store_true", help="skip the cases with a PDF")
     args = parser.parse_args()
+    print(f"load average: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     floor = _median(
         lambda: subprocess.run([sys.executable, "-c", "import symbptt"], check=True), args.repeats
     )
