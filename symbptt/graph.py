@@ -69,7 +69,8 @@ def _unit_notation(notation: Notation, spec: ModelSpec, unit: Unit) -> Notation:
                     key=state.key + CANDIDATE,
                     kind="series",
                     ascii=unit.name(entry.ascii + CANDIDATE),
-                    latex=unit.latex(rf"\tilde{{{entry.latex}}}"),
+                    # a bar: a cell's own candidate is often a tilde (GRU's h~, LSTM's C~)
+                    latex=unit.latex(rf"\bar{{{entry.latex}}}"),
                     description=f"candidate {entry.description} (before the mask)",
                     role=entry.role + CANDIDATE,
                     layer=entry.layer,

@@ -70,19 +70,24 @@ def _check_markdown_math(md: str) -> None:
     used: set[str] = set()
     for span in _math_spans(md):
         used |= set(re.findall(r"\\([A-Za-z]+)", span))
-    assert used <= MATHJAX | {"overrightarrow", "overleftarrow", "rightarrow", "cdot", "omega"}, (
-        used - MATHJAX
-    )
+    arrows = {"overrightarrow", "overleftarrow", "rightarrow", "cdot", "omega", "bar"}
+    assert used <= MATHJAX | arrows, used - MATHJAX
 
 
-@pytest.mark.parametrize("fields", SPECS[:3], ids=IDS[:3])
-def test_every_parameter_and_adjoint_has_its_own_name(fields: dict[str, object]) -> None:
+#: A cell whose own candidate is a tilde (GRU's h~, LSTM layered's C~) with a mask's candidate.
+NAMED = [*SPECS[:4], {"steps": 2, "masked": True, "cell": "lstm", "notation": "layered"}]
+
+
+@pytest.mark.parametrize("fields", NAMED, ids=[*IDS[:4], "lstm-layered-masked"])
+def test_every_symbol_has_its_own_name(fields: dict[str, object]) -> None:
     writer = _writer_of(fields)
     d = writer.d
     params = [writer.tex(symbol) for symbol in d.graph.params.values()]
     assert len(set(params)) == len(params), params
     adjoints = [writer.tex(a.target) for a in d.adjoints]
     assert len(set(adjoints)) == len(adjoints)
+    computed = [writer.tex(a.target) for a in d.graph.assignments]
+    assert len(set(computed)) == len(computed), computed
     for assignment in d.graph.assignments + d.assignments:  # named, no ASCII fallback
         assert assignment.target in writer.names, assignment.target
 
