@@ -69,7 +69,8 @@ def _unit_notation(notation: Notation, spec: ModelSpec, unit: Unit) -> Notation:
                     key=state.key + CANDIDATE,
                     kind="series",
                     ascii=unit.name(entry.ascii + CANDIDATE),
-                    latex=unit.latex(rf"\tilde{{{entry.latex}}}"),
+                    # a bar: a cell's own candidate is often a tilde (GRU's h~, LSTM's C~)
+                    latex=unit.latex(rf"\bar{{{entry.latex}}}"),
                     description=f"candidate {entry.description} (before the mask)",
                     role=entry.role + CANDIDATE,
                     layer=entry.layer,
@@ -155,6 +156,7 @@ class Symbols:
             self.params[entry.ascii] = symbol
             self._keys[entry.ascii] = entry.key
             self.meta[symbol] = (entry.role, None)
+            self._own(symbol)
         for state in self.cell.states:
             entry = self.notation.name_of(state.key)
             shape = self.series_shape(state.key)
@@ -164,6 +166,12 @@ class Symbols:
                 symbol = sp.MatrixSymbol(entry.initial, *shape)
                 self.initials[state.key] = symbol
                 self.meta[symbol] = ("initial_state", None)
+                self._own(symbol)
+
+    def _own(self, symbol: Any) -> None:
+        """Record that this unit named ``symbol`` (nothing for the registry of the whole model)."""
+        if self.unit is not None:
+            self.owner[symbol] = self
 
     def _compose(self, notation: Notation) -> None:
         """The registry of a composed program: one registry per unit, then the output layer."""
@@ -210,6 +218,7 @@ class Symbols:
             self.params[name] = symbol
             self._keys[name] = entry.key
             self.meta[symbol] = (entry.role, None)
+            self._own(symbol)
             parts.append((symbol, index))
         self.split[entry.key] = tuple(parts)
 
@@ -266,8 +275,7 @@ class Symbols:
         entry = self.notation.name_of(role)
         symbol = sp.MatrixSymbol(f"{entry.ascii}_{self.step_name(step)}", *self.series_shape(role))
         self.meta[symbol] = (entry.role, step)
-        if self.unit is not None:
-            self.owner[symbol] = self
+        self._own(symbol)
         return symbol
 
     def registry(self, symbol: Any) -> Symbols:
@@ -294,6 +302,7 @@ class Symbols:
         name = entry.adjoint_ascii
         symbol = sp.MatrixSymbol(f"{name}_{self.step_name(step)}", *self.series_shape(role))
         self.meta[symbol] = ("adjoint_" + entry.role, step)
+        self._own(symbol)
         return symbol
 
     def pre_adjoint(self, role: str, step: Any) -> sp.MatrixSymbol:
@@ -302,6 +311,7 @@ class Symbols:
         name = "delta_" + entry.ascii
         symbol = sp.MatrixSymbol(f"{name}_{self.step_name(step)}", *self.series_shape(role))
         self.meta[symbol] = ("pre_adjoint_" + entry.role, step)
+        self._own(symbol)
         return symbol
 
     def contribution(self, param: str, step: Any) -> sp.MatrixSymbol:

@@ -62,6 +62,7 @@ _TEX_TEXT = {
     "<": r"\textless{}",
     ">": r"\textgreater{}",
     "|": r"\textbar{}",
+    "∂": r"$\partial$",  # the checker's explanations: ∂L/∂b_y
 }
 
 _TEX_MATH_TEXT = {

@@ -534,3 +534,40 @@ def test_repr_latex_summary_for_every_cell(cell: str, notation: str, cells: dict
     names = expected_names(spec)
     for row in names["states"] + names["gradients"]:
         assert row in summary
+
+
+# -- the figure of the unrolled graph, read from the cell's equations --------------------
+@pytest.mark.parametrize(("cell", "notation"), CELLS)
+def test_the_figure_has_every_weight_and_every_state(
+    cell: str, notation: str, cells: dict[str, str]
+) -> None:
+    """Every weight of the cell labels an arrow, every state is a row with its carry and its
+    error flowing back, and the mermaid chart draws the same."""
+    from symbptt.documents import figure
+
+    spec = make_spec(cells, cell, notation, 3, None)
+    writer = _writer(derive(spec), None, None)
+    rows, found = figure.edges(writer)
+    cell_model = spec.model
+    states = [cell_model.role_of(s.key) for s in cell_model.states]
+    assert set(states) <= set(rows)
+    for role in states:  # each state's own carry from the step before
+        assert any(e.source == e.target == role and e.offset == -1 for e in found), role
+    symbols = writer.graph.symbols
+    weights = {
+        writer.tex(symbol)
+        for name, symbol in writer.graph.params.items()
+        if symbols.param_shape(symbols.key_of_param(name))[1] != 1  # a bias is a column
+    }
+    labels = {label for e in found for label in e.labels}
+    assert weights == labels, weights ^ labels
+    picture = figure.picture(writer)
+    drawn = "\n".join(picture["commands"])
+    for role in states:  # the error flowing back along it, named
+        assert figure._flow(writer, role, writer.graph.steps[1]) in drawn, role
+    for cross in picture["across"]:
+        assert cross["labels"] and r"\to" in cross["edge"]
+    chart = "\n".join(figure.mermaid(writer))
+    for name, symbol in writer.graph.params.items():
+        if writer.tex(symbol) in weights:
+            assert name in chart, name

@@ -13,12 +13,13 @@ from symbptt import ModelSpec, derive
 from symbptt.documents import (
     _writer,
     compile_pdf,
+    escape_markdown,
     figure,
     overfull_boxes,
     render_documents,
     render_latex,
 )
-from symbptt.latex_printer import delta_name
+from symbptt.latex_printer import delta_name, escape_tex
 from symbptt.verification import Checks, _numerical_sizes, proof_spec, worked_example
 from symbptt.verify import ScalarProof
 
@@ -563,3 +564,38 @@ def test_measured_gradient_norms_are_plotted_and_listed() -> None:
     strong = example.norms[NORM_SCALES[1]]
     assert f"| 0 | ${_sci(weak[0])}$ | ${_sci(strong[0])}$ |" in md
     assert r"\left\lVert \frac{\partial L_{T}}{\partial h_{k}} \right\rVert" in md
+
+
+# -- the seed's own formulas, checked ----------------------------------------------------
+@pytest.mark.parametrize("preset", ["xh_hello", "aa_hello"])
+def test_the_seeds_formulas_are_printed_with_the_checkers_verdicts(preset: str) -> None:
+    """Every formula the seed writes for this preset, with the verdict symbptt.check gives."""
+    from dataclasses import replace
+
+    from symbptt.check import check
+    from symbptt.presets import PRESETS
+    from symbptt.seed_formulas import for_spec
+    from symbptt.verification import seed_checks
+
+    spec = PRESETS[preset]
+    found = seed_checks(spec)
+    entries = for_spec(spec)
+    assert [f.formula for f in found] == [e.formula for e in entries] and entries
+    checks = replace(_checks(spec), seeds=found)
+    tex, md = render_documents(spec, checks=checks)
+    for text, esc, code in ((tex, escape_tex, escape_tex), (md, escape_markdown, str)):
+        verified = text[text.index("Verified") :]
+        for seed in found:
+            assert f"{seed.verdict}" in verified and code(seed.formula) in verified, seed.id
+            for mistake in seed.mistakes:
+                assert esc(mistake) in verified
+    # the verdicts are the checker's own (EQUAL where it proves the formula)
+    for seed, entry in zip(found, entries, strict=True):
+        if seed.verdict != "REFUSED":
+            assert (seed.verdict == "EQUAL") is check(spec, entry.wrt, entry.formula).ok
+
+
+def test_a_document_without_seed_formulas_has_no_such_paragraph() -> None:
+    spec = ModelSpec(steps=3)
+    tex = render_latex(spec, checks=_checks(spec))
+    assert "seed's own formulas" not in tex

@@ -374,6 +374,15 @@ def test_seed_formula_verdict(seed: Seed) -> None:
         assert phrase in report, report
 
 
+def test_the_package_holds_these_formulas() -> None:
+    """The verifying stage checks the package's copy (symbptt.seed_formulas) for the
+    documents: the same id, spec, parameter and formula as every fixture here."""
+    from symbptt.seed_formulas import SEED_FORMULAS
+
+    mine = [(s.id, s.spec, s.wrt, s.formula) for s in SEEDS]
+    assert [(f.id, f.spec, f.wrt, f.formula) for f in SEED_FORMULAS] == mine
+
+
 # ------------------------------------------------------------ classic backward passes
 def min_char_rnn(params: dict[str, Any], X: Any, Y: Any, h0: Any) -> dict[str, Any]:
     """The backward pass of Karpathy's min-char-rnn ``lossFun`` (without its clipping).

@@ -98,8 +98,14 @@ def _context(
     spec: ModelSpec | Derivation, name: str | None, checks: Checks | None
 ) -> dict[str, Any]:
     derivation = as_derivation(spec)
-    derivation.spec.require_plain("the documents")
     return _writer(derivation, name, checks).context()
+
+
+def _template(context: dict[str, Any], suffix: str) -> str:
+    """The template of the context's layout: a composed model has its own."""
+    if context["layout"] == "composed":
+        return f"derivation_composed.{suffix}.jinja"
+    return f"derivation.{suffix}.jinja"
 
 
 def render_latex(
@@ -113,7 +119,7 @@ def render_latex(
     ``symbptt.render_latex`` runs them first.
     """
     context = _context(spec, name, checks)
-    return render("derivation.tex.jinja", esc=escape_tex, join_rows=join_rows, **context)
+    return render(_template(context, "tex"), esc=escape_tex, join_rows=join_rows, **context)
 
 
 def render_markdown(
@@ -121,7 +127,7 @@ def render_markdown(
 ) -> str:
     """The derivation of ``spec`` as GitHub Markdown (``$…$`` and ``$$…$$`` math only)."""
     context = _context(spec, name, checks)
-    return _tidy_markdown(render("derivation.md.jinja", esc=escape_markdown, **context))
+    return _tidy_markdown(render(_template(context, "md"), esc=escape_markdown, **context))
 
 
 def render_documents(
@@ -129,8 +135,8 @@ def render_documents(
 ) -> tuple[str, str]:
     """``(LaTeX, Markdown)`` from one derivation and one set of check results."""
     context = _context(spec, name, checks)
-    tex = render("derivation.tex.jinja", esc=escape_tex, join_rows=join_rows, **context)
-    md = _tidy_markdown(render("derivation.md.jinja", esc=escape_markdown, **context))
+    tex = render(_template(context, "tex"), esc=escape_tex, join_rows=join_rows, **context)
+    md = _tidy_markdown(render(_template(context, "md"), esc=escape_markdown, **context))
     return tex, md
 
 

@@ -25,6 +25,8 @@ from ..latex_printer import (
     series_name,
     state_initial_name,
 )
+from ..spec import SpecError
+from . import figure
 from .layout import ROW_WIDTH, UNROLL_LIMIT, _atoms, prose, tex_width
 from .teaching import _Writer, teaching_roles
 
@@ -313,6 +315,8 @@ class _CellWriter(_Writer):
             group["rows"] = rows
         return {
             "groups": groups,
+            "figure": figure.picture(self),
+            "mermaid": figure.mermaid(self),
             "initial": self._initial_tex(),
             "initial_zero": spec.initial_state == "zero",
             "first": self.first,
@@ -474,7 +478,19 @@ class _CellWriter(_Writer):
 
 
 def _writer(derivation: Derivation, name: str | None, checks: Checks | None) -> _Writer:
-    """The teaching writer for a one-state ``f(affine)`` cell, the general one otherwise."""
+    """The teaching writer for a one-state ``f(affine)`` cell, the general one otherwise;
+    a composed model (layers, directions, a mask) has its own."""
+    if derivation.spec.composed:
+        from .composed import _ComposedWriter
+
+        if derivation.spec.program.plain:  # batch_reduction="tokens" alone
+            raise SpecError(
+                "the documents: batch_reduction='tokens' without a mask, layers or directions "
+                "is not supported yet; it is the mean over all T*m (step, example) pairs, "
+                "the same loss as time_reduction='mean' with batch_reduction='mean'"
+            )
+
+        return _ComposedWriter(derivation, name, checks)
     if _teaching_shape(derivation):
         return _Writer(derivation, name, checks)
     return _CellWriter(derivation, name, checks)

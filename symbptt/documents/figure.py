@@ -13,13 +13,22 @@ from typing import Any
 
 import sympy as sp
 
-from ..latex_printer import delta_name, loss_name, series_name, state_initial_name
-from .layout import _atoms
+from ..latex_printer import (
+    delta_name,
+    loss_name,
+    partial_name,
+    series_name,
+    state_initial_name,
+)
 
 #: The drawn rows, bottom to top (states in between, in the cell's order).
 _BOTTOM, _TOP = ("input",), ("output", "loss")
 #: Picture units (pt): the distance between rows and between steps.
 ROW, COLUMN, FIRST = 42, 92, 64
+#: How far left of its column an arrow past a row is drawn (pt).
+SKIP = 16
+#: The distance between rows for a cell with several states (pt).
+ROW_STATES = 60
 #: At most this many steps are drawn (the first ones, a gap, the last).
 SHOWN = 4
 
@@ -34,12 +43,42 @@ class Edge:
     labels: tuple[str, ...]  # the weights' TeX names
 
 
+def _reads(term: Any, meta: Any, biases: set[str]) -> list[tuple[Any, tuple[Any, ...]]]:
+    """The series a term reads, each with the weights that multiply it (a matrix product)."""
+    found: list[tuple[Any, tuple[Any, ...]]] = []
+
+    def weight(atom: Any) -> bool:
+        role, step = meta.get(atom, ("", None))
+        return step is None and bool(role) and role not in biases and "bias" not in role
+
+    stack = [(term, ())]  # (node, the weights of the products it sits in)
+    while stack:
+        node, weights = stack.pop()
+        if isinstance(node, sp.MatMul):
+            mine = tuple(a for a in node.args if weight(a))
+            weights = weights + mine
+        if node in meta and meta[node][1] is not None:
+            found.append((node, weights))
+            continue
+        if isinstance(node, sp.Basic) and not node.is_Atom:
+            stack.extend((arg, weights) for arg in reversed(node.args))
+    return found
+
+
 def edges(writer: Any) -> tuple[list[str], list[Edge]]:
-    """The drawn rows (roles, bottom to top) and the edges of one generic step."""
+    """The drawn rows (roles, bottom to top) and the edges of one generic step.
+
+    An edge is labelled with the weights that multiply its source on the way
+    (W_xh for x_t -> h_t); the edges between two quantities are one, their
+    labels joined.  The states are drawn in the order the cell computes them
+    (an LSTM's c below h).
+    """
     form = writer.form
     pool = form.last_forward if form.last_forward is not None else form.forward
     meta = form.symbols.meta
-    states = [writer.spec.model.role_of(s.key) for s in writer.spec.model.states]
+    computed = [meta[a.target][0] for a in pool]
+    keys = [writer.spec.model.role_of(s.key) for s in writer.spec.model.states]
+    states = sorted(keys, key=lambda role: computed.index(role) if role in computed else 0)
     drawn = [*_BOTTOM, *states, *_TOP]
     biases = {p.key for p in writer.spec.model.parameters if p.kind == "bias"}
     incoming: dict[str, list[tuple[str, int, tuple[str, ...]]]] = {}
@@ -49,37 +88,47 @@ def edges(writer: Any) -> tuple[list[str], list[Edge]]:
         if assignment.kind == "loss":
             sources.append((meta[assignment.expr.pred][0], 0, ()))
         else:
-            terms = (
-                assignment.expr.args
-                if isinstance(assignment.expr, sp.MatAdd)
-                else (assignment.expr,)
-            )
-            for term in terms:
-                atoms = [(a, meta.get(a, ("", None))) for a in _atoms(term)]
-                weights = tuple(
-                    writer.tex(a)
-                    for a, (role, step) in atoms
-                    if step is None and role and role not in biases and "bias" not in role
-                )
-                for _, (role, step) in atoms:
-                    if isinstance(step, sp.Basic) and step.free_symbols:
-                        offset = int(step - writer.t)
-                        sources.append((role, offset, weights))
+            for atom, weights in _reads(assignment.expr, meta, biases):
+                role, step = meta[atom]
+                if isinstance(step, sp.Basic) and step.free_symbols:
+                    labels = tuple(writer.tex(w) for w in weights)
+                    sources.append((role, int(step - writer.t), labels))
         incoming[target] = sources
-    found: list[Edge] = []
+    merged: dict[tuple[str, int, str], list[str]] = {}
     for target in drawn:
         stack = [(s, o, w) for s, o, w in incoming.get(target, [])]
+        seen: set[tuple[str, int, tuple[str, ...]]] = set()
         while stack:
             source, offset, weights = stack.pop()
+            if (source, offset, weights) in seen:
+                continue
+            seen.add((source, offset, weights))
             if source in drawn:
-                edge = Edge(source, offset, target, weights)
-                if edge not in found:
-                    found.append(edge)
+                joined = merged.setdefault((source, offset, target), [])
+                joined += [w for w in weights if w not in joined]
                 continue
             for inner, inner_offset, inner_weights in incoming.get(source, []):
-                stack.append((inner, offset + inner_offset, weights + inner_weights))
+                stack.append((inner, offset + inner_offset, inner_weights + weights))
+    found = [Edge(s, o, t, tuple(labels)) for (s, o, t), labels in merged.items()]
     present = {e.source for e in found} | {e.target for e in found}
     return [r for r in drawn if r in present], found
+
+
+def _flow(writer: Any, role: str, step: Any) -> str:
+    """The name of the error flowing back into the state ``role``: δ in the teaching
+    document, the state's adjoint ∂L/∂h_t for every other cell."""
+    delta_of = writer.k["pre_activation"]
+    try:
+        return delta_name(writer.notation, step, delta_of).tex()
+    except KeyError:
+        return partial_name(writer.notation, series_name(writer.notation, role, step)).tex()
+
+
+def _flow_ascii(writer: Any, role: str) -> str:
+    try:
+        return str(writer.notation.name_of(writer.k["pre_activation"]).adjoint_ascii)
+    except KeyError:
+        return str(writer.notation.name_of(role).adjoint_ascii)
 
 
 def _steps(writer: Any) -> list[int | None]:
@@ -93,9 +142,10 @@ def picture(writer: Any) -> dict[str, Any]:
     notation = writer.notation
     loss_steps = {a.step for a in writer.graph.assignments if a.kind == "loss"}
     steps = _steps(writer)
-    y = {role: i * ROW for i, role in enumerate(rows)}
+    #: more room between the rows of a cell with several states (its errors' labels are tall)
+    row_height = ROW if len(writer.spec.model.states) == 1 else ROW_STATES
+    y = {role: i * row_height for i, role in enumerate(rows)}
     x = {step: FIRST + i * COLUMN for i, step in enumerate(steps)}
-    delta_of = writer.k["pre_activation"]
     states = [writer.spec.model.role_of(s.key) for s in writer.spec.model.states]
     lines: list[str] = []
 
@@ -128,12 +178,30 @@ def picture(writer: Any) -> dict[str, Any]:
             label = ", ".join(edge.labels)
             if edge.offset == 0 and y[edge.target] > y[edge.source]:  # up, within the step
                 low, high = y[edge.source] + 8, y[edge.target] - 8
-                lines.append(rf"\put({x[step]:g},{low:g}){{\vector(0,1){{{high - low:g}}}}}")
+                # past a row between them (an LSTM's x_t -> h_t past c_t): on the left,
+                # labelled near its end, clear of the row's own label
+                past = y[edge.target] - y[edge.source] > row_height
+                at = x[step] - SKIP if past else x[step]
+                lines.append(rf"\put({at:g},{low:g}){{\vector(0,1){{{high - low:g}}}}}")
                 if label:
-                    lines.append(
-                        rf"\put({x[step] + 3:g},{(low + high) / 2:g})"
-                        rf"{{\makebox(0,0)[l]{{$\scriptstyle {label}$}}}}"
+                    middle, side, place = (
+                        (y[edge.target] - row_height / 2, at - 3, "r") if past else (0, at + 3, "l")
                     )
+                    middle = middle or (low + high) / 2
+                    lines.append(
+                        rf"\put({side:g},{middle:g})"
+                        rf"{{\makebox(0,0)[{place}]{{$\scriptstyle {label}$}}}}"
+                    )
+            elif edge.offset == -1 and edge.source != edge.target:  # across rows (h_{t-1} -> c_t)
+                # unlabelled (the caption names its weights), below the errors' labels
+                rise = (y[edge.target] - y[edge.source]) // row_height
+                sign = 1 if rise > 0 else -1
+                start_y = y[edge.source] + (8 if rise > 0 else -26)
+                end_y = y[edge.target] - 8 * sign
+                dy = abs(end_y - start_y)
+                dx = dy * 3 / (2 * abs(rise))  # the slopes picture draws: (3, 2) or (3, 4)
+                end = x[step] - 12
+                lines.append(rf"\put({end - dx:g},{start_y:g}){{\vector(3,{2 * rise}){{{dx:g}}}}}")
             elif edge.offset == -1:  # from the step before, along the row
                 left = x[steps[i - 1]] if i else 0
                 if i and steps[i - 1] is None:
@@ -150,15 +218,33 @@ def picture(writer: Any) -> dict[str, Any]:
                     # the error flowing back: δ of this step reaches the state before it
                     back = row - 9
                     lines.append(rf"\put({end:g},{back:g}){{\vector(-1,0){{{end - start:g}}}}}")
-                    delta = delta_name(notation, step, delta_of).tex()
+                    delta = _flow(writer, edge.target, step)
                     lines.append(
                         rf"\put({(start + end) / 2:g},{back - 3:g})"
                         rf"{{\makebox(0,0)[t]{{$\scriptstyle {delta}$}}}}"
                     )
     width = FIRST + (len(steps) - 1) * COLUMN + 30
-    height = (len(rows) - 1) * ROW + 10
+    height = (len(rows) - 1) * row_height + 10
     bottom = -14  # the labels of the errors below the lowest state
-    return {"commands": lines, "size": f"({width:g},{height - bottom:g})(0,{bottom:g})"}
+    across = [
+        {
+            "edge": _name(writer, e.source, writer.t - 1)
+            + r" \to "
+            + _name(writer, e.target, writer.t),
+            "labels": list(e.labels),
+        }
+        for e in found
+        if e.offset == -1 and e.source != e.target and e.labels
+    ]
+    return {
+        "commands": lines,
+        "size": f"({width:g},{height - bottom:g})(0,{bottom:g})",
+        "across": across,
+    }
+
+
+def _name(writer: Any, role: str, step: Any) -> str:
+    return str(series_name(writer.notation, role, step).tex())
 
 
 def mermaid(writer: Any) -> list[str]:
@@ -213,7 +299,7 @@ def mermaid(writer: Any) -> list[str]:
                     continue
                 lines.append(f"  {source} {arrow} {ident(edge.target, step)}")
                 if edge.source == edge.target and edge.target in states:
-                    delta = notation.name_of(writer.k["pre_activation"]).adjoint_ascii
+                    delta = _flow_ascii(writer, edge.target)
                     lines.append(f"  {ident(edge.target, step)} -.->|{delta}_{step}| {source}")
     if len(steps) < len(writer.graph.steps):  # into the steps left out
         for edge in found:

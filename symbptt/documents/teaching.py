@@ -1737,8 +1737,32 @@ class _Writer:
     # -- 8. verified ------------------------------------------------------------------
     def verified(self) -> dict[str, Any]:
         if self.checks is None:
-            return {"ran": False, "scalar": None, "numerical": None}
-        return {"ran": True, "scalar": self._scalar_check(), "numerical": self._numerical_check()}
+            return {"ran": False, "scalar": None, "numerical": None, "seeds": []}
+        return {
+            "ran": True,
+            "scalar": self._scalar_check(),
+            "numerical": self._numerical_check(),
+            "seeds": self._seed_checks(),
+        }
+
+    def _seed_checks(self) -> list[dict[str, Any]]:
+        """The seed's own formulas for this model and the checker's verdicts (in order)."""
+        assert self.checks is not None
+        out = []
+        for found in self.checks.seeds:
+            name = self._leaf_name(found.wrt, self.d.roles.get(found.wrt, ""))
+            out.append(
+                {
+                    "wrt": partial_name(self.notation, name).tex(),
+                    "formula": found.formula,
+                    "verdict": found.verdict,
+                    "correct": found.correct,
+                    "where": list(found.where),
+                    "mistakes": list(found.mistakes),
+                    "reason": found.reason,
+                }
+            )
+        return out
 
     def _sizes_tex(self, sizes: Sequence[tuple[str, int | None]]) -> list[str]:
         return [rf"{self.tex(sp.Symbol(_SIZE_SYMBOLS[n]))} = {v}" for n, v in sizes]

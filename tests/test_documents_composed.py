@@ -1,0 +1,205 @@
+"""Documents of composed models (stacked, bidirectional, masked; docs/composition.md).
+
+The formulas come from the derivation (a changed assignment changes the
+document), every gradient and every unit's adjoint is in it, every parameter
+has its own name, the carries of each unit are the ones its adjoints read, the
+documents compile, and the verifying stage proves composed models at small sizes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+import pytest
+import sympy as sp
+
+from symbptt import ModelSpec, SpecError, derive, verification
+from symbptt.documents import compile_pdf, overfull_boxes, render_documents, render_latex
+from symbptt.documents.cells import _writer
+from symbptt.documents.composed import _ComposedWriter
+from tests.test_documents import MATHJAX, _math_spans, require_pdflatex
+
+#: Composed specs over the cells, notations, modes and reductions.
+SPECS = [
+    {"steps": 3, "layers": 2, "direction": "bidirectional", "masked": True},
+    {"steps": 3, "layers": 2},
+    {"steps": 2, "direction": "bidirectional", "cell": "lstm", "notation": "layered"},
+    {"steps": 3, "masked": True, "cell": "gru", "time_reduction": "mean"},
+    {"steps": 2, "layers": 2, "direction": "bidirectional", "cell": "lstm", "masked": True},
+    {"steps": 3, "direction": "bidirectional", "mode": "many_to_one", "masked": True},
+    {"steps": 3, "masked": True, "batch_reduction": "tokens", "notation": "uvw"},
+    {"steps": 2, "layers": 2, "notation": "layered", "initial_state": "input", "bias": False},
+    {"steps": 12, "layers": 2, "direction": "bidirectional", "n_hidden": 3, "batch": 2},
+]
+IDS = ["-".join(f"{k}={v}" for k, v in spec.items() if k != "steps") for spec in SPECS]
+
+
+def _spec(fields: dict[str, object]) -> ModelSpec:
+    return ModelSpec(**fields)  # type: ignore[arg-type]
+
+
+def _writer_of(fields: dict[str, object]) -> _ComposedWriter:
+    writer = _writer(derive(_spec(fields)), None, None)
+    assert isinstance(writer, _ComposedWriter)
+    return writer
+
+
+@pytest.mark.parametrize("fields", SPECS, ids=IDS)
+def test_every_gradient_and_every_unit_is_in_the_document(fields: dict[str, object]) -> None:
+    writer = _writer_of(fields)
+    d = writer.d
+    tex, md = render_documents(d)
+    gradients = [a for a in d.assignments if a.kind == "gradient"]
+    assert {a.param for a in gradients} == set(d.gradients)
+    for text in (tex, md):
+        for assignment in gradients:
+            assert writer.tex(assignment.target) + " &=" in text, assignment.param
+        for unit in d.spec.program.units:
+            assert f"Layer {unit.layer}, {unit.direction}" in text
+        # every adjoint the backward pass computes at the step shown is printed
+        middle = writer._middle()
+        for assignment in d.adjoints:
+            if assignment.step == middle:
+                assert writer.tex(assignment.target) in text
+    _check_markdown_math(md)
+
+
+def _check_markdown_math(md: str) -> None:
+    used: set[str] = set()
+    for span in _math_spans(md):
+        used |= set(re.findall(r"\\([A-Za-z]+)", span))
+    arrows = {"overrightarrow", "overleftarrow", "rightarrow", "cdot", "omega", "bar"}
+    assert used <= MATHJAX | arrows, used - MATHJAX
+
+
+#: A cell whose own candidate is a tilde (GRU's h~, LSTM layered's C~) with a mask's candidate.
+NAMED = [*SPECS[:4], {"steps": 2, "masked": True, "cell": "lstm", "notation": "layered"}]
+
+
+@pytest.mark.parametrize("fields", NAMED, ids=[*IDS[:4], "lstm-layered-masked"])
+def test_every_symbol_has_its_own_name(fields: dict[str, object]) -> None:
+    writer = _writer_of(fields)
+    d = writer.d
+    params = [writer.tex(symbol) for symbol in d.graph.params.values()]
+    assert len(set(params)) == len(params), params
+    adjoints = [writer.tex(a.target) for a in d.adjoints]
+    assert len(set(adjoints)) == len(adjoints)
+    computed = [writer.tex(a.target) for a in d.graph.assignments]
+    assert len(set(computed)) == len(computed), computed
+    for assignment in d.graph.assignments + d.assignments:  # named, no ASCII fallback
+        assert assignment.target in writer.names, assignment.target
+
+
+def test_the_formulas_are_printed_from_the_derivation() -> None:
+    """Change one gradient's and one adjoint's expression: the document follows."""
+    d = derive(_spec(SPECS[0]))
+    writer = _writer(d, None, None)
+    middle = writer._middle()  # type: ignore[attr-defined]
+    changed = []
+    swapped = {"adjoint": False, "contribution": False}
+    for assignment in d.assignments:
+        kind = "adjoint" if assignment.kind.startswith("adjoint_") else assignment.kind
+        if kind in swapped and not swapped[kind] and assignment.step == middle:
+            swapped[kind] = True
+            new = sp.MatrixSymbol("Zmarker", *assignment.target.shape)
+            assignment = dataclasses.replace(assignment, expr=new)
+        changed.append(assignment)
+    assert all(swapped.values())
+    tex = render_latex(dataclasses.replace(d, assignments=tuple(changed)))
+    assert tex.count("Zmarker") >= 2 and "Zmarker" not in render_latex(d)
+
+
+@pytest.mark.parametrize("fields", SPECS[:2] + SPECS[4:6], ids=IDS[:2] + IDS[4:6])
+def test_carries_are_what_each_units_adjoints_read(fields: dict[str, object]) -> None:
+    """Each unit's carries name their source: its next step, the layer above, the output layer."""
+    writer = _writer_of(fields)
+    spec = writer.spec
+    program = spec.program
+    backward = writer.composed_backward()
+    for unit in backward["units"]:
+        index = unit["index"]
+        me = program.units[index]
+        sources = {carry["source"] for carry in unit["carries"]}
+        steps = writer.graph.steps
+        middle = writer._middle()
+        has_next = steps[0] <= middle + me.step <= steps[-1]
+        if has_next:  # its own next step: t + 1 forward, t - 1 backward
+            assert f"its own next step, step {middle + me.step}" in sources, sources
+        readers = [u for u in program.units if index in u.reads]
+        for reader in readers:
+            assert f"layer {reader.layer} ({reader.direction}) at the same step" in sources
+        if index in program.head and spec.mode == "many_to_many":
+            assert "the output layer at the same step" in sources
+        if not readers and index not in program.head:
+            raise AssertionError(f"unit {index} is read by nothing")
+
+
+def test_split_weights_are_pytorch_column_blocks_in_the_text() -> None:
+    tex = render_latex(_spec(SPECS[0]))
+    assert "split column-wise" in tex and "bidirectional=True" in tex
+    writer = _writer_of(SPECS[0])
+    head = writer.structure()["head"]
+    assert len(head["weights"]) == 2 and head["weights"][0] != head["weights"][1]
+
+
+def test_many_to_one_reads_the_backward_unit_at_the_first_step() -> None:
+    writer = _writer_of(SPECS[5])
+    head = writer.structure()["head"]
+    first = writer.step_tex(writer.first)
+    last = writer.step_tex(writer.last)
+    forward, backward = head["reads"]
+    assert forward.endswith(f"_{{{last}}}") and backward.endswith(f"_{{{first}}}")
+
+
+def test_tokens_alone_is_refused_with_the_equivalent_spec() -> None:
+    with pytest.raises(
+        SpecError, match=r"^the documents: batch_reduction='tokens'.*time_reduction='mean'"
+    ):
+        render_latex(_spec({"steps": 2, "batch_reduction": "tokens"}))
+
+
+def test_same_spec_same_bytes() -> None:
+    assert render_latex(_spec(SPECS[0])) == render_latex(_spec(SPECS[0]))
+
+
+# -- TeX ------------------------------------------------------------------------------
+@pytest.mark.tex
+@pytest.mark.parametrize("fields", SPECS[:1] + SPECS[4:5], ids=IDS[:1] + IDS[4:5])
+def test_composed_documents_compile_without_overfull_boxes(fields: dict[str, object]) -> None:
+    require_pdflatex()
+    pdf, log = compile_pdf(render_latex(_spec(fields)))
+    assert pdf.startswith(b"%PDF")
+    assert overfull_boxes(log) == []
+    assert "undefined" not in log.lower()
+
+
+@pytest.mark.tex
+@pytest.mark.slow
+@pytest.mark.parametrize("fields", SPECS[1:4] + SPECS[5:], ids=IDS[1:4] + IDS[5:])
+def test_every_composed_document_compiles(fields: dict[str, object]) -> None:
+    require_pdflatex()
+    _, log = compile_pdf(render_latex(_spec(fields)))
+    assert overfull_boxes(log) == []
+    assert "undefined" not in log.lower()
+
+
+# -- the verifying stage ----------------------------------------------------------------
+@pytest.mark.slow
+def test_verifying_stage_proves_a_composed_model_and_the_document_says_so() -> None:
+    spec = _spec({**SPECS[0], "n_hidden": 2, "batch": 2})
+    checks = verification.run_checks(spec)
+    assert checks.proof is not None and checks.proof.ok, checks.proof_error
+    small = checks.proof_spec
+    assert (small.layers, small.direction, small.masked) == (2, "bidirectional", True)
+    assert small.steps == 2 and checks.proof.entries == sum(
+        int(np.prod([int(n) for n in derive(small).graph.params[name].shape]))
+        for name in derive(small).gradients
+    )
+    assert checks.numerical is None and checks.numerical_error == verification.NOT_YET_COMPOSED
+    tex = render_latex(spec, checks=checks)
+    verified = tex[tex.index(r"\section{Verified}") :]
+    assert "passed" in verified and f"{checks.proof.entries} entries" in verified
+    assert "T = 3" in verified  # the document's own T, which the proof did not run at
+    assert "does not take stacked" in verified
