@@ -1,0 +1,249 @@
+"""Generated code for composed models (issue 10): stacked, bidirectional, masked.
+
+The unrolled NumPy module of a composed spec is checked against oracles that do
+not share its code: central finite differences of its own loss
+(:mod:`symbptt.gradcheck`), the scalar oracle's loss (:mod:`symbptt.verify`,
+which writes the model out on its own), every example run alone on its
+unpadded sequence (a padded batch is the sum of its examples), one-hot targets
+for class labels, and PyTorch's ``nn.LSTM`` on packed sequences (slow).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import mpmath
+import numpy as np
+import pytest
+import sympy as sp
+
+import symbptt
+from symbptt import ModelSpec, SpecError
+from symbptt.gradcheck import finite_difference_errors, gradcheck, random_problem
+from symbptt.graph import Symbols
+from symbptt.verify import DPS, random_values, scalar_loss
+
+ALL_THREE = {"layers": 2, "direction": "bidirectional", "masked": True}
+
+
+@cache
+def _module(**fields: Any) -> ModuleType:
+    spec = ModelSpec(**{"steps": 3, **fields})
+    return symbptt.load_module(symbptt.emit_numpy(spec, unrolled=True))
+
+
+def _fd(module: ModuleType, rng: int = 1, batch: int = 3) -> dict[str, float]:
+    problem = random_problem(module, batch=batch, n_in=2, n_hidden=2, n_out=3, rng=rng)
+    if problem.mask is not None:
+        assert not problem.mask.all(), "the random problem should pad some steps"
+    return finite_difference_errors(module, problem)
+
+
+FAST = [
+    {"cell": "elman", **ALL_THREE},
+    {"cell": "elman", **ALL_THREE, "notation": "layered", "batch_reduction": "tokens"},
+    {"cell": "elman", **ALL_THREE, "mode": "many_to_one"},
+    {"cell": "elman", "masked": True, "time_reduction": "mean", "notation": "uvw"},
+    {"cell": "elman", "layers": 3, "loss": "squared_error", "output": "identity"},
+]
+SLOW = [
+    {"cell": "lstm", **ALL_THREE},
+    {"cell": "gru", **ALL_THREE},
+    {"cell": "lstm", **ALL_THREE, "notation": "layered", "time_reduction": "mean"},
+    {"cell": "gru", **ALL_THREE, "mode": "many_to_one", "batch_reduction": "tokens"},
+]
+
+
+def _id(fields: dict[str, Any]) -> str:
+    return "-".join(f"{k}={v}" for k, v in fields.items())
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [*FAST, *(pytest.param(f, marks=pytest.mark.slow) for f in SLOW)],
+    ids=_id,
+)
+def test_finite_differences(fields: dict[str, Any]) -> None:
+    errors = _fd(_module(**fields))
+    assert max(errors.values()) < 1e-6, errors
+
+
+def test_the_loss_is_the_scalar_oracles(rng: np.random.Generator) -> None:
+    """The module's loss at the oracle's random values equals the oracle's explicit loss."""
+    for fields in (
+        {**ALL_THREE, "batch_reduction": "tokens"},
+        {**ALL_THREE, "notation": "layered", "time_reduction": "mean"},
+        {**ALL_THREE, "mode": "many_to_one", "cell": "gru"},
+    ):
+        spec = ModelSpec(
+            steps=3, n_in=2, n_hidden=2, n_out=2, batch=3, initial_state="input", **fields
+        )
+        values = random_values(spec, rng)
+        module = symbptt.load_module(symbptt.emit_numpy(spec, unrolled=True))
+        column = module.LAYOUT == "column"
+
+        def array(matrix: sp.Matrix, transpose: bool = column) -> np.ndarray:
+            out = np.array(matrix.tolist(), dtype=float)
+            return out.T if transpose else out
+
+        params = {name: array(values[name], False) for name in module.PARAMETERS}
+        X = np.stack([array(x) for x in values["x"]])
+        Y = np.stack([array(y) for y in values["y"]])
+        Y = Y if spec.mode == "many_to_many" else Y[0]
+        symbols = Symbols(spec, spec.model.notations[spec.notation])
+        initial = {s.name: array(values[s.name]) for s in symbols.initials.values()}
+        mask = np.array(values["mask"], dtype=float)
+        with mpmath.workdps(DPS):
+            oracle = float(sp.N(scalar_loss(spec, values), DPS))
+        assert module.loss(params, X, Y, mask=mask, **initial) == pytest.approx(oracle, rel=1e-12)
+
+
+@pytest.mark.parametrize("cell", ["elman", pytest.param("lstm", marks=pytest.mark.slow)])
+def test_a_padded_batch_is_its_examples_run_alone(cell: str, rng: np.random.Generator) -> None:
+    """With sums over time and batch, a padded batch's loss and parameter gradients are
+    the sums over its examples, each run alone on its unpadded steps; each example's
+    final states are those of its own run (the backward units': after step 1)."""
+    fields = {"cell": cell, **ALL_THREE, "batch_reduction": "sum"}
+    full = _module(**fields)
+    problem = random_problem(full, batch=4, n_in=2, n_hidden=3, n_out=3, rng=rng)
+    assert problem.mask is not None
+    lengths = problem.mask.sum(axis=0).astype(int)
+    value, gradients, state = full.loss_and_all_gradients(
+        problem.params, problem.X, problem.Y, mask=problem.mask, **problem.initial
+    )
+    total = 0.0
+    summed = {name: np.zeros_like(g) for name, g in gradients.items()}
+    for j, n in enumerate(lengths):
+        alone = _module(**{**fields, "steps": int(n)})
+        initial = {k: v[j : j + 1] for k, v in problem.initial.items() if v is not None}
+        X, Y = problem.X[:n, j : j + 1], problem.Y[:n, j : j + 1]
+        one = np.ones((n, 1))
+        v, g, s = alone.loss_and_all_gradients(problem.params, X, Y, mask=one, **initial)
+        total += v
+        for name in summed:
+            summed[name] += g[name]
+        for key in full.INITIALS:
+            np.testing.assert_allclose(state[f"{key}_T"][j], s[f"{key}_T"][0], rtol=1e-12)
+        np.testing.assert_allclose(state["dX"][:n, j], s["dX"][:, 0], rtol=1e-10, atol=1e-14)
+        assert not state["dX"][n:, j].any()  # a padded step's input gets no gradient
+    assert value == pytest.approx(total, rel=1e-12)
+    for name, g in gradients.items():
+        np.testing.assert_allclose(g, summed[name], rtol=1e-10, atol=1e-14)
+
+
+def test_padded_inputs_and_targets_change_nothing(rng: np.random.Generator) -> None:
+    module = _module(**ALL_THREE)
+    problem = random_problem(module, batch=3, n_in=2, n_hidden=2, n_out=3, rng=rng)
+    mask = problem.mask
+    assert mask is not None
+    before = module.loss_and_all_gradients(problem.params, problem.X, problem.Y, mask=mask)
+    padded = mask == 0
+    X, Y = problem.X.copy(), problem.Y.copy()
+    X[padded] = rng.normal(size=X[padded].shape) * 10
+    Y[padded] = 0.0  # a padded step's target need not be a distribution
+    after = module.loss_and_all_gradients(problem.params, X, Y, mask=mask)
+    assert after[0] == before[0]
+    for name in module.PARAMETERS:
+        np.testing.assert_array_equal(after[1][name], before[1][name])
+    np.testing.assert_array_equal(after[2]["dX"], before[2]["dX"])
+
+
+@pytest.mark.parametrize("mode", ["many_to_many", "many_to_one"])
+def test_class_labels_are_one_hot_targets(mode: str, rng: np.random.Generator) -> None:
+    module = _module(**ALL_THREE, mode=mode)
+    problem = random_problem(module, batch=4, n_in=2, n_hidden=2, n_out=3, rng=rng)
+    mask = problem.mask
+    labels = rng.integers(0, 3, size=problem.Y.shape[:-1])
+    one_hot = np.eye(3)[labels]
+    if mode == "many_to_many":
+        labels[mask == 0] = -100  # PyTorch's ignore_index at a padded step: ignored
+    by_labels = module.loss_and_gradients(problem.params, problem.X, labels, mask=mask)
+    by_one_hot = module.loss_and_gradients(problem.params, problem.X, one_hot, mask=mask)
+    assert by_labels[0] == by_one_hot[0]
+    for name in module.PARAMETERS:
+        np.testing.assert_array_equal(by_labels[1][name], by_one_hot[1][name])
+
+
+def _bad(module: ModuleType, message: str, **change: Any) -> None:
+    problem = random_problem(module, batch=3, n_in=2, n_hidden=2, n_out=3, rng=0)
+    arguments = {"Y": problem.Y, "mask": problem.mask, **change}
+    with pytest.raises(module.ArgumentError, match=message):
+        module.loss_and_gradients(problem.params, problem.X, **arguments)
+
+
+def test_bad_masks_and_labels_are_refused() -> None:
+    module = _module(**ALL_THREE)
+    full = np.ones((3, 3))
+    _bad(module, r"^mask: required", mask=None)
+    _bad(module, r"^mask: expected a numpy array, got list", mask=full.tolist())
+    _bad(module, r"^mask: expected shape \(T, m\) = \(3, 3\), got \(3, 2\)", mask=full[:, :2])
+    _bad(
+        module,
+        r"^mask: expected 0/1 of a bool, int or float dtype, got <U32",
+        mask=full.astype(str),
+    )
+    _bad(
+        module,
+        r"^mask: expected 0 or 1, got 0.5 at \(1, 2\)",
+        mask=np.where(np.arange(9).reshape(3, 3) == 5, 0.5, 1.0),
+    )
+    gap = full.copy()
+    gap[1, 2] = 0
+    _bad(module, r"^mask: example 2 has a real step 2 after a padded step 1", mask=gap)
+    empty = full.copy()
+    empty[:, 1] = 0
+    _bad(module, r"^mask: example 1 has no real step", mask=empty)
+    labels = np.zeros((3, 3), dtype=int)
+    _bad(
+        module,
+        r"^Y: expected class labels from 0 to 2 \(n_out = 3\), got 3 at index \(0, 1\)",
+        Y=np.where(np.arange(9).reshape(3, 3) == 1, 3, labels),
+        mask=full,
+    )
+    _bad(module, r"^Y: expected class labels of shape \(T, m\)", Y=labels[:, :2])
+    _bad(module, r"^Y: expected integer class labels or float targets", Y=labels.astype(bool))
+    _bad(module, r"^Y: cross_entropy targets must sum to 1", Y=np.zeros((3, 3, 3)), mask=full)
+
+
+def test_keywords_states_and_gradients_are_named_per_unit() -> None:
+    module = _module(cell="lstm", **ALL_THREE)
+    assert {
+        f"{s}_{u}": f"{s}_0_{u}" for u in ("1f", "1b", "2f", "2b") for s in ("h", "c")
+    } == module.INITIALS
+    problem = random_problem(module, batch=2, n_in=2, n_hidden=2, n_out=3, rng=0)
+    assert set(problem.initial) == set(module.INITIALS.values())
+    _, _, state = module.loss_and_all_gradients(
+        problem.params, problem.X, problem.Y, mask=problem.mask, **problem.initial
+    )
+    assert set(state) == {"dX"} | {f"d{a}" for a in module.INITIALS.values()} | {
+        f"{k}_T" for k in module.INITIALS
+    }
+
+
+def test_gradcheck_takes_a_composed_spec() -> None:
+    spec = ModelSpec(steps=3, n_in=2, n_hidden=2, n_out=2, **ALL_THREE)
+    assert gradcheck(spec, unrolled=True, batch=3).ok
+
+
+def test_the_rolled_module_refuses_until_it_takes_them() -> None:
+    with pytest.raises(SpecError, match=r"^the rolled generated code .* layers=2"):
+        symbptt.emit_numpy(ModelSpec(layers=2))
+
+
+def test_composed_modules_are_ruff_clean(tmp_path: Path) -> None:
+    if importlib.util.find_spec("ruff") is None:
+        pytest.skip("ruff is not installed")
+    for i, fields in enumerate([*FAST, *SLOW]):
+        source = symbptt.emit_numpy(ModelSpec(steps=2, **fields), unrolled=True)
+        (tmp_path / f"module_{i}.py").write_text(source)
+    for command in (["check", "--isolated"], ["format", "--isolated", "--check"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "ruff", *command, str(tmp_path)], capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
