@@ -11,6 +11,7 @@ for class labels, and PyTorch's ``nn.LSTM`` on packed sequences (slow).
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 from functools import cache
@@ -247,3 +248,36 @@ def test_composed_modules_are_ruff_clean(tmp_path: Path) -> None:
             [sys.executable, "-m", "ruff", *command, str(tmp_path)], capture_output=True, text=True
         )
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- symbptt derive ---------------------------------------------------------------------------
+def _derive(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from symbptt.cli import main
+
+    code = main(["derive", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_derive_writes_the_unrolled_code_of_a_composed_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--layers", "2", "--bidirectional", "--masked", "--steps", "3", "--out", str(tmp_path)]
+    code, out, err = _derive(argv, capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gradients_unrolled.py"]
+    assert "2 layers, bidirectional, masked" in out
+    assert re.search(r"gradients_unrolled.py +max relative error .* OK", out)
+    assert err.count("\n") == 1 and "only the code is written" in err
+    module = symbptt.load_module((tmp_path / "gradients_unrolled.py").read_text())
+    assert gradcheck(module, batch=3).ok
+
+
+def test_derive_refuses_what_a_composed_model_cannot_have_yet(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = _derive(["--layers", "2", "--backend", "torch", "--out", str(tmp_path)], capsys)
+    assert code == 2 and "--backend torch: a model with layers=2" in err
+    code, _, err = _derive(["--masked", "--steps", "101", "--out", str(tmp_path)], capsys)
+    assert code == 2 and "a composed model has no rolled module yet" in err
+    assert not list(tmp_path.iterdir())
