@@ -281,3 +281,74 @@ def test_derive_refuses_what_a_composed_model_cannot_have_yet(
     code, _, err = _derive(["--masked", "--steps", "101", "--out", str(tmp_path)], capsys)
     assert code == 2 and "a composed model has no rolled module yet" in err
     assert not list(tmp_path.iterdir())
+
+
+# -- PyTorch ----------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_the_generated_module_equals_torch_lstm_on_packed_sequences(
+    rng: np.random.Generator,
+) -> None:
+    """nn.LSTM(num_layers=2, bidirectional=True) on packed sequences, class labels with
+    ignore_index at padded steps, autograd: the same loss, gradients (parameters, X, the
+    initial states) and final states h_n, c_n as the generated module's."""
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed (optional): the autograd comparison needs it")
+    import torch
+
+    steps, m, n_in, n_h, n_out = 5, 4, 3, 2, 3
+    lengths = [5, 2, 4, 1]
+    module = _module(cell="lstm", **ALL_THREE, steps=steps, batch_reduction="tokens")
+    mask = np.array([[t < n for n in lengths] for t in range(steps)])
+    torch.manual_seed(int(rng.integers(2**31)))
+    lstm = torch.nn.LSTM(n_in, n_h, num_layers=2, bidirectional=True, dtype=torch.float64)
+    head = torch.nn.Linear(2 * n_h, n_out, dtype=torch.float64)
+    with torch.no_grad():
+        for name, p in lstm.named_parameters():
+            p.copy_(torch.zeros_like(p) if name.startswith("bias_hh") else torch.randn_like(p))
+    X = torch.tensor(rng.normal(size=(steps, m, n_in)), requires_grad=True)
+    h0 = torch.tensor(rng.normal(size=(4, m, n_h)), requires_grad=True)
+    c0 = torch.tensor(rng.normal(size=(4, m, n_h)), requires_grad=True)
+    labels = rng.integers(0, n_out, size=(steps, m))
+    labels[~mask] = -100
+    packed = torch.nn.utils.rnn.pack_padded_sequence(X, lengths, enforce_sorted=False)
+    out, (h_n, c_n) = lstm(packed, (h0, c0))
+    out = torch.nn.utils.rnn.pad_packed_sequence(out, total_length=steps)[0]
+    loss = torch.nn.functional.cross_entropy(
+        head(out).reshape(-1, n_out), torch.tensor(labels.reshape(-1)), ignore_index=-100
+    )
+    loss.backward()
+    units = [("1f", "l0"), ("1b", "l0_reverse"), ("2f", "l1"), ("2b", "l1_reverse")]
+
+    def split(get: Any) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        for unit, where in units:
+            w_ih, w_hh = (get(getattr(lstm, f"{w}_{where}")) for w in ("weight_ih", "weight_hh"))
+            bias = get(getattr(lstm, f"bias_ih_{where}"))
+            for k, gate in enumerate("ifco"):  # torch's order: i, f, g (our c), o
+                rows = slice(k * n_h, (k + 1) * n_h)
+                if unit.startswith("1"):
+                    found[f"W_x{gate}_{unit}"] = w_ih[rows]
+                else:
+                    found[f"W_x{gate}_{unit}_f"] = w_ih[rows, :n_h]
+                    found[f"W_x{gate}_{unit}_b"] = w_ih[rows, n_h:]
+                found[f"W_h{gate}_{unit}"] = w_hh[rows]
+                found[f"b_{gate}_{unit}"] = bias[rows][:, None]
+        weight, bias = get(head.weight), get(head.bias)
+        return found | {"W_hy_f": weight[:, :n_h], "W_hy_b": weight[:, n_h:], "b_y": bias[:, None]}
+
+    params = split(lambda p: p.detach().numpy().copy())
+    initial = {}
+    for k, (unit, _) in enumerate(units):
+        initial[f"h_0_{unit}"] = h0.detach().numpy()[k].copy()
+        initial[f"c_0_{unit}"] = c0.detach().numpy()[k].copy()
+    x = X.detach().numpy()
+    value, gradients, state = module.loss_and_all_gradients(params, x, labels, mask=mask, **initial)
+    assert value == pytest.approx(loss.item(), rel=1e-12)
+    for name, expected in split(lambda p: p.grad.numpy()).items():
+        np.testing.assert_allclose(gradients[name], expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(state["dX"], X.grad.numpy(), rtol=1e-9, atol=1e-12)
+    for k, (unit, _) in enumerate(units):
+        np.testing.assert_allclose(state[f"dh_0_{unit}"], h0.grad.numpy()[k], atol=1e-12)
+        np.testing.assert_allclose(state[f"dc_0_{unit}"], c0.grad.numpy()[k], atol=1e-12)
+        np.testing.assert_allclose(state[f"h_{unit}_T"], h_n.detach().numpy()[k], rtol=1e-12)
+        np.testing.assert_allclose(state[f"c_{unit}_T"], c_n.detach().numpy()[k], rtol=1e-12)
