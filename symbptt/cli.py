@@ -433,11 +433,18 @@ _ALL_OUTPUTS = (
 )
 
 
+def rolled_refusal(spec: ModelSpec) -> str:
+    """What keeps the rolled module from taking ``spec`` ("" when it takes it)."""
+    from .codegen.numpy_composed import takes
+
+    return takes(spec)
+
+
 def _output_names(
     unrolled: bool, pdf: bool, backend: str = "numpy", spec: ModelSpec | None = None
 ) -> list[str]:
     if spec is not None and spec.composed:  # the code only (docs/composition.md)
-        rolled = spec.program.plain  # tokens alone: the rolled module takes it
+        rolled = not rolled_refusal(spec)
         return ["gradients.py"] * rolled + ["gradients_unrolled.py"] * (unrolled or not rolled)
     names = ["gradients.py"]
     if unrolled:
@@ -715,15 +722,16 @@ def build_artifacts(
     bar.stage("deriving the gradients")
     derivation = derive(spec)
     bar.stage("printing the NumPy code")
-    if spec.program.plain:
+    refusal = rolled_refusal(spec)
+    if not refusal:
         out.files["gradients.py"] = emit_numpy(derivation).encode()
-    if unrolled or not spec.program.plain:
+    if unrolled or refusal:
         out.files["gradients_unrolled.py"] = emit_numpy(derivation, unrolled=True).encode()
     if spec.composed:
         out.warnings.append(
             "the documents (derivation.tex, .md, .pdf) do not take a model with layers, "
             "directions, a mask or batch_reduction='tokens' yet: only the code is written"
-            + ("" if spec.program.plain else " (unrolled: the rolled module does not take it yet)")
+            + (f" (unrolled: the rolled module does not take {refusal} yet)" if refusal else "")
         )
         return out
     if backend != "numpy":
@@ -858,14 +866,15 @@ def _cmd_derive(args: argparse.Namespace) -> int:
     from .emit import BackendError, require_backend
 
     spec = _spec_from_args(args, args.config)
-    unrolled = args.unrolled or not spec.program.plain  # a composed model: unrolled code only
+    refusal = rolled_refusal(spec)
+    unrolled = args.unrolled or bool(refusal)  # no rolled module: the unrolled one
     if unrolled and spec.steps > MAX_UNROLLED_STEPS:
         raise UsageError(
             f"--unrolled: T = {spec.steps} steps; straight-line code is written for at most "
             + (
                 f"{MAX_UNROLLED_STEPS} (gradients.py takes any T)"
-                if spec.program.plain
-                else f"{MAX_UNROLLED_STEPS}, and a composed model has no rolled module yet"
+                if not refusal
+                else f"{MAX_UNROLLED_STEPS}, and the rolled module does not take {refusal} yet"
             )
         )
     try:

@@ -294,6 +294,8 @@ class Symbols:
         name = entry.adjoint_ascii
         symbol = sp.MatrixSymbol(f"{name}_{self.step_name(step)}", *self.series_shape(role))
         self.meta[symbol] = ("adjoint_" + entry.role, step)
+        if self.unit is not None:
+            self.owner[symbol] = self
         return symbol
 
     def pre_adjoint(self, role: str, step: Any) -> sp.MatrixSymbol:
@@ -302,6 +304,8 @@ class Symbols:
         name = "delta_" + entry.ascii
         symbol = sp.MatrixSymbol(f"{name}_{self.step_name(step)}", *self.series_shape(role))
         self.meta[symbol] = ("pre_adjoint_" + entry.role, step)
+        if self.unit is not None:
+            self.owner[symbol] = self
         return symbol
 
     def contribution(self, param: str, step: Any) -> sp.MatrixSymbol:

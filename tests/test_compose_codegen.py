@@ -232,17 +232,75 @@ def test_gradcheck_takes_a_composed_spec() -> None:
     assert gradcheck(spec, unrolled=True, batch=3).ok
 
 
-def test_the_rolled_module_refuses_until_it_takes_them() -> None:
-    with pytest.raises(SpecError, match=r"^the rolled generated code .* layers=2"):
-        symbptt.emit_numpy(ModelSpec(layers=2))
+# -- the rolled module -------------------------------------------------------------------------
+@cache
+def _rolled(**fields: Any) -> ModuleType:
+    return symbptt.load_module(symbptt.emit_numpy(ModelSpec(**{"steps": 3, **fields})))
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [*FAST, *(pytest.param(f, marks=pytest.mark.slow) for f in SLOW)],
+    ids=_id,
+)
+def test_the_rolled_module_equals_the_unrolled_one(fields: dict[str, Any]) -> None:
+    rolled, unrolled = _rolled(**fields), _module(**fields)
+    problem = random_problem(unrolled, batch=3, n_in=2, n_hidden=2, n_out=3, rng=2)
+    arguments = (problem.params, problem.X, problem.Y)
+    keywords = {**problem.keywords(), **problem.initial}
+    value, gradients, state = rolled.loss_and_all_gradients(*arguments, **keywords)
+    expected = unrolled.loss_and_all_gradients(*arguments, **keywords)
+    assert value == pytest.approx(expected[0], rel=1e-13)
+    for mine, theirs in ((gradients, expected[1]), (state, expected[2])):
+        assert mine.keys() == theirs.keys()
+        for name, array in theirs.items():
+            np.testing.assert_allclose(mine[name], array, rtol=1e-11, atol=1e-15)
+    np.testing.assert_allclose(
+        rolled.forward(problem.params, problem.X, **keywords)[0],
+        unrolled.forward(problem.params, problem.X, **keywords)[0],
+        rtol=1e-13,
+    )
+
+
+ROLLED = [
+    {"cell": "elman", **ALL_THREE},
+    {"cell": "elman", **ALL_THREE, "mode": "many_to_one", "notation": "aa"},
+    pytest.param({"cell": "lstm", **ALL_THREE}, marks=pytest.mark.slow),
+    pytest.param(
+        {"cell": "gru", **ALL_THREE, "notation": "layered", "time_reduction": "mean"},
+        marks=pytest.mark.slow,
+    ),
+    pytest.param(
+        {"cell": "lstm", **ALL_THREE, "mode": "many_to_one", "batch_reduction": "tokens"},
+        marks=pytest.mark.slow,
+    ),
+]
+
+
+@pytest.mark.parametrize("fields", ROLLED, ids=_id)
+def test_the_rolled_module_at_any_length(fields: dict[str, Any]) -> None:
+    """Central differences at T = 1, 2 and 6 (the module was printed from five steps)."""
+    module = _rolled(**fields)
+    for steps in (1, 2, 6):
+        problem = random_problem(module, steps=steps, batch=3, n_in=2, n_hidden=2, n_out=3)
+        errors = finite_difference_errors(module, problem)
+        assert max(errors.values()) < 1e-6, (steps, errors)
+
+
+def test_the_rolled_module_refuses_a_mean_without_a_mask() -> None:
+    for fields in ({"time_reduction": "mean"}, {"batch_reduction": "tokens"}):
+        with pytest.raises(SpecError, match=r"^the rolled generated code of a composed model: "):
+            symbptt.emit_numpy(ModelSpec(layers=2, **fields))
+        assert _module(layers=2, **fields).STEPS == 3  # the unrolled one takes it
 
 
 def test_composed_modules_are_ruff_clean(tmp_path: Path) -> None:
     if importlib.util.find_spec("ruff") is None:
         pytest.skip("ruff is not installed")
     for i, fields in enumerate([*FAST, *SLOW]):
-        source = symbptt.emit_numpy(ModelSpec(steps=2, **fields), unrolled=True)
-        (tmp_path / f"module_{i}.py").write_text(source)
+        for unrolled in (True, False):
+            source = symbptt.emit_numpy(ModelSpec(steps=2, **fields), unrolled=unrolled)
+            (tmp_path / f"module_{i}_{int(unrolled)}.py").write_text(source)
     for command in (["check", "--isolated"], ["format", "--isolated", "--check"]):
         result = subprocess.run(
             [sys.executable, "-m", "ruff", *command, str(tmp_path)], capture_output=True, text=True
@@ -263,14 +321,16 @@ def test_derive_writes_the_unrolled_code_of_a_composed_model(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["--layers", "2", "--bidirectional", "--masked", "--steps", "3", "--out", str(tmp_path)]
-    code, out, err = _derive(argv, capsys)
+    code, out, err = _derive([*argv, "--unrolled"], capsys)
     assert code == 0, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["gradients_unrolled.py"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gradients.py", "gradients_unrolled.py"]
     assert "2 layers, bidirectional, masked" in out
+    assert re.search(r"gradients.py +max relative error .* OK", out)
     assert re.search(r"gradients_unrolled.py +max relative error .* OK", out)
     assert err.count("\n") == 1 and "only the code is written" in err
-    module = symbptt.load_module((tmp_path / "gradients_unrolled.py").read_text())
-    assert gradcheck(module, batch=3).ok
+    for name in ("gradients.py", "gradients_unrolled.py"):
+        module = symbptt.load_module((tmp_path / name).read_text())
+        assert gradcheck(module, batch=3).ok
 
 
 def test_derive_refuses_what_a_composed_model_cannot_have_yet(
@@ -278,8 +338,10 @@ def test_derive_refuses_what_a_composed_model_cannot_have_yet(
 ) -> None:
     code, _, err = _derive(["--layers", "2", "--backend", "torch", "--out", str(tmp_path)], capsys)
     assert code == 2 and "--backend torch: a model with layers=2" in err
-    code, _, err = _derive(["--masked", "--steps", "101", "--out", str(tmp_path)], capsys)
-    assert code == 2 and "a composed model has no rolled module yet" in err
+    argv = ["--time-reduction", "mean", "--layers", "2", "--steps", "101"]
+    code, _, err = _derive([*argv, "--out", str(tmp_path)], capsys)
+    assert code == 2
+    assert "the rolled module does not take time_reduction='mean' without a mask yet" in err
     assert not list(tmp_path.iterdir())
 
 

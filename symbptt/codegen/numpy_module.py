@@ -33,6 +33,7 @@ from ..spec_flags import preset_of, regenerate_command
 from ..templating import render
 from .lines import SharedPrinter, fit_lines
 from .module_parts import size_names
+from .numpy_composed import ComposedRolledModule, rolled_steps
 from .numpy_rolled import RolledModule
 from .numpy_unrolled import UnrolledModule, initial_arguments
 from .torch_printer import TorchPrinter, torch_helper_source
@@ -297,14 +298,20 @@ def _context(
     cell = d.graph.symbols.cell
     torch = backend == "torch"
     printer = TorchPrinter if torch else SharedPrinter
-    builder: RolledModule | UnrolledModule = (
-        UnrolledModule(spec, d, printer) if unrolled else RolledModule(spec, d, printer=printer)
-    )
+    composed_rolled = not unrolled and not spec.program.plain
+    builder: RolledModule | UnrolledModule | ComposedRolledModule
+    if unrolled:
+        builder = UnrolledModule(spec, d, printer)
+    elif composed_rolled:
+        _, three = emission_derivation(dataclasses.replace(spec, steps=rolled_steps))
+        builder = ComposedRolledModule(spec, three, printer)
+    else:
+        builder = RolledModule(spec, d, printer=printer)
     built = builder.build()
     helpers = set(builder.helpers)
     kernels = [{**built, "suffix": "", "what": ""}]
     fused_width = fused_size = ""
-    if not unrolled:
+    if not unrolled and not composed_rolled:
         fused = RolledModule(spec, d, fuse=True, printer=printer)
         if fused.s.groups:
             fused_built = fused.build()
@@ -322,7 +329,11 @@ def _context(
     column = notation.layout == "column"
     finals = built["finals"]
     composed = spec.composed  # layers, directions, a mask, or batch_reduction="tokens"
-    if unrolled:
+    if composed_rolled:
+        final_states = {key: f'cache["{name}"][{index}]' for key, (name, index) in finals.items()}
+        name = built["prediction"]
+        prediction = f'cache["{name}"][-2]' if many_to_one else f'cache["{name}"][1:-1]'
+    elif unrolled:
         final_states = {key: f'cache["{name}"]' for key, name in finals.items()}
         if many_to_one:
             prediction = f'cache["{built["prediction"]}"]'
@@ -433,7 +444,15 @@ def _context(
         "float32 in, float32 out; bad shapes, dtypes, parameters or values (NaN, infinity)",
         "raise ValueError; check=False skips that validation, for speed.",
     ]
-    if not unrolled:
+    if composed_rolled:
+        docstring += [
+            "",
+            "Schedule: one loop over the steps per unit (layer by layer; a backward unit",
+            "from T down to 1), then the output layer; the backward pass the other way",
+            "round.  Each iteration runs the derivation's assignments of a generic step t,",
+            "not hoisted; every per-step quantity is an array q[0..T+1], step t at index t.",
+        ]
+    elif not unrolled:
         docstring += [
             "",
             "Schedule: what does not depend on the recurrence runs once over all steps",
@@ -652,9 +671,6 @@ def emit_numpy(spec: ModelSpec | Derivation, unrolled: bool = False) -> str:
     """
     if not isinstance(unrolled, bool):
         raise TypeError(f"unrolled: expected True or False, got {unrolled!r}")
-    user = spec.spec if isinstance(spec, Derivation) else spec
-    if not unrolled and isinstance(user, ModelSpec) and not user.program.plain:
-        user.require_plain("the rolled generated code (emit_numpy(spec, unrolled=True) takes it)")
     user_spec, d = emission_derivation(spec)
     template = "gradients_unrolled.py.jinja" if unrolled else "gradients.py.jinja"
     return fit_lines(render(template, **_context(user_spec, d, unrolled)))
