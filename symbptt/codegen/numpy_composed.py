@@ -20,8 +20,14 @@ layer of a many-to-one model, at the last step, and the first iteration of
 the backward loop of the units it reads) is printed from the first or the
 last of the five steps, with T in place of 5.
 
-The loops are not hoisted (unlike the one-cell rolled module's schedule):
-each iteration runs the step's assignments as the derivation writes them.
+Outside the loops, what is row-local runs over every step at once, the steps
+stacked by rows (``q_all``, (T m, units) views): the output layer and its
+gradient, and each parameter's gradient as one product (a contribution
+``A_t^T B_t`` summed over t is ``A_all^T B_all``).  Inside, each iteration
+runs the step's assignments as the derivation writes them; the input
+projections are not hoisted out of the loops (measured on a 2-layer
+bidirectional LSTM at m = 32: one product over all steps cost more than the
+per-step ones it replaced; ``benchmarks/compose.py``).
 """
 
 from __future__ import annotations
@@ -108,6 +114,7 @@ class ComposedRolledModule:
         self.rf = RowForm(self.symbols)
         self.sizes = size_names(self.symbols)
         self.param_names = {symbol: name for name, symbol in graph.params.items()}
+        self._view_reads: dict[str, set[str]] = {}  # a stacked view -> the names it reads
         self.bases: dict[Any, str] = {}
         for symbol, (role, step) in self.rf.meta.items():
             if step in self.position and isinstance(symbol, sp.MatrixSymbol | sp.Symbol):
@@ -133,6 +140,61 @@ class ComposedRolledModule:
             return "t" if offset == 0 else f"t {'+' if offset > 0 else '-'} {abs(offset)}"
 
         return self._names(index)
+
+    def _stacked(self, used: dict[str, str]) -> dict[Any, str]:
+        """Per-step symbols as every step stacked by rows, ``(T m, units)`` views.
+
+        ``h_1f_prev_all`` is ``h_1f[0:T]`` (step t - 1 of every t), ``h_1f_all``
+        ``h_1f[1:T+1]``, ``h_1f_next_all`` ``h_1f[2:T+2]``; ``used`` collects the
+        definitions of the views a printed expression names.
+        """
+        names: dict[Any, str] = {**self.sizes, **self.param_names}
+        if self.count is not None:  # (m, 1): the same for every step
+            names[self.rf.symbol(self.count)] = "mask_count_all"
+            tile = str(self._printer({})._module_format("numpy.tile"))
+            used.setdefault("mask_count_all", f"mask_count_all = {tile}(mask_count, (T, 1))")
+            self._view_reads["mask_count_all"] = {"mask_count", "T"}
+        for symbol, base in self.bases.items():
+            offset = self.position[self.rf.meta[symbol][1]] - _MIDDLE
+            if abs(offset) > 1:
+                continue
+            name = base + {-1: "_prev_all", 0: "_all", 1: "_next_all"}[offset]
+            rows = {-1: "[:-2]", 0: "[1:-1]", 1: "[2:]"}[offset]
+            names[symbol] = name
+            used.setdefault(name, f"{name} = {base}{rows}.reshape(T * m, -1)")
+            self._view_reads[name] = {base, "T", "m"}
+        return names
+
+    def _emit_stacked(
+        self, code: Code, target: str, expr: Any, views: dict[str, str], reshape: str = ""
+    ) -> None:
+        """``target = expr`` over every step stacked by rows (the views it reads first);
+        with ``reshape``, the result becomes ``reshape``, (T, m, units)."""
+        used: dict[str, str] = {}
+        names = self._stacked(used)
+        fitted = fit(target, expr, self._printer, names)
+        reads = {name.split("[")[0] for _, _, u in fitted for name in u}
+        for name in sorted(n for n in reads if n in used and n not in views):
+            views[name] = used[name]
+            code.add(used[name], self._view_reads[name], name)
+        for part, text, u in fitted:
+            code.add(f"{part} = {text}", {n.split("[")[0] for n in u}, part)
+        if reshape:
+            code.add(f"{reshape} = {target}.reshape(T, m, -1)", {target, "T", "m"}, reshape)
+
+    def _row_local(self, expr: Any) -> bool:
+        """True when ``expr``'s rows depend only on the same rows of what it reads.
+
+        Evaluated on every step stacked by rows it is then every step's value
+        stacked: no transposed per-step quantity, no sum over the examples.
+        """
+        batch = self.symbols.sizes["batch"]
+        for node in sp.preorder_traversal(expr):
+            if isinstance(node, sp.Transpose) and node.arg in self.bases:
+                return False
+            if isinstance(node, sp.OneMatrix) and node.shape[1] == batch:
+                return False
+        return True
 
     def _boundary(self) -> dict[Any, str]:
         """The first positions are steps 1, 2; the last ones T - 1, T."""
@@ -232,6 +294,7 @@ class ComposedRolledModule:
                 argument = str(initial.name)
                 code.add(f"{state}[{index}] = {argument}", {argument, state}, state)
         generic = self._generic()
+        views: dict[str, str] = {}
         for unit in units:
             loop = "range(1, T + 1)" if unit.direction == "forward" else "range(T, 0, -1)"
             code.add(f"for t in {loop}:", {"T"})
@@ -243,11 +306,22 @@ class ComposedRolledModule:
             for a in head:
                 self._emit(code, self._row(a), self._boundary(), 4)
         else:
-            code.add("for t in range(1, T + 1):", {"T"})
-            for a in head:
-                if a.step == graph.steps[_MIDDLE - 1]:
-                    self._emit(code, self._row(a), generic, 8)
+            middle = [self._row(a) for a in head if a.step == graph.steps[_MIDDLE - 1]]
+            self._stacked_or_loop(code, middle, views)
         return code
+
+    def _stacked_or_loop(self, code: Code, rows: list[Assignment], views: dict[str, str]) -> None:
+        """The output layer's assignments of every step: at once over the steps stacked by
+        rows where each is row-local, else in a loop over t."""
+        if all(self._row_local(row.expr) for row in rows):
+            for row in rows:
+                base = self.bases[row.target]
+                self._emit_stacked(code, f"{base}_all", row.expr, views, f"{base}[1:-1]")
+                views[f"{base}_all"] = ""  # computed: later reads take it as it is
+            return
+        code.add("for t in range(1, T + 1):", {"T"})
+        for row in rows:
+            self._emit(code, row, self._generic(), 8)
 
     def _size_sources(self) -> dict[str, str]:
         from .numpy_module import _api
@@ -310,11 +384,15 @@ class ComposedRolledModule:
         contributions = [a for a in d.assignments if a.kind == "contribution"]
         self._arrays(code, [a.target for a in adjoints])
         gradients: dict[str, str] = {}
+        params = set(graph.params)
+        stacked = {  # each parameter's contribution at the middle step: the same at every step
+            a.param: a for a in contributions if a.step == middle_step and a.param in params
+        }
         for name in graph.params:
-            code.add(f"d{name} = {zeros_like}({name})", {name}, f"d{name}")
+            if name not in stacked:  # the output layer of a many-to-one model: at T only
+                code.add(f"d{name} = {zeros_like}({name})", {name}, f"d{name}")
             gradients[name] = f"d{name}"
         generic = self._generic()
-        params = set(graph.params)
         units = self._units()
         head_reads = {self.symbols.registries[i].unit for i in self.symbols.program.head}
 
@@ -323,17 +401,19 @@ class ComposedRolledModule:
             for a in adjoints:
                 if a.step == step and self._unit_of(a) is unit:
                     self._emit(code, self._row(a), names, indent)
-            for a in contributions:
-                if a.step == step and a.param in params and self._unit_of(a) is unit:
-                    row = self._row(a)
-                    row = dataclasses.replace(row, target=sp.Symbol(f"d{a.param}"))
-                    self._emit(code, row, {**names, row.target: f"d{a.param}"}, indent, True)
+            if at != _MIDDLE and unit is None:  # the output layer of a many-to-one model
+                for a in contributions:
+                    if a.step == step and a.param in params and self._unit_of(a) is None:
+                        row = self._row(a)
+                        row = dataclasses.replace(row, target=sp.Symbol(f"d{a.param}"))
+                        self._emit(code, row, {**names, row.target: f"d{a.param}"}, indent, True)
 
+        views: dict[str, str] = {}
         if self.many_to_one:
             emit_step(None, _LAST, self._boundary(), 4)
         else:
-            code.add("for t in range(1, T + 1):", {"T"})
-            emit_step(None, _MIDDLE, generic, 8)
+            head = [a for a in adjoints if a.step == middle_step and self._unit_of(a) is None]
+            self._stacked_or_loop(code, [self._row(a) for a in head], views)
         for unit in reversed(units):
             forward = unit.direction == "forward"
             if self.many_to_one and unit in head_reads:
@@ -343,6 +423,10 @@ class ComposedRolledModule:
             else:
                 code.add(f"for t in {'range(T, 0, -1)' if forward else 'range(1, T + 1)'}:", {"T"})
             emit_step(unit, _MIDDLE, generic, 8)
+        # every parameter's gradient: its contribution summed over the steps, as one
+        # product over the steps stacked by rows (a contribution is a sum over rows)
+        for name, a in stacked.items():
+            self._emit_stacked(code, f"d{name}", self._row(a).expr, views)
         # the gradients of X and of the initial states
         extras.add(f"dX = {zeros}((T, m, n_in), dtype)", {"T", "m", "n_in", "dtype"}, "dX")
         extras.add("for t in range(1, T + 1):", {"T"})
