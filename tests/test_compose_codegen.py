@@ -414,3 +414,53 @@ def test_the_generated_module_equals_torch_lstm_on_packed_sequences(
         np.testing.assert_allclose(state[f"dc_0_{unit}"], c0.grad.numpy()[k], atol=1e-12)
         np.testing.assert_allclose(state[f"h_{unit}_T"], h_n.detach().numpy()[k], rtol=1e-12)
         np.testing.assert_allclose(state[f"c_{unit}_T"], c_n.detach().numpy()[k], rtol=1e-12)
+
+
+# -- truncated BPTT ----------------------------------------------------------------------------
+def test_truncated_bptt_carries_every_units_state(rng: np.random.Generator) -> None:
+    """Windows of k steps over a stacked masked LSTM: the loss is the whole sequence's,
+    the gradients the sum of the windows', each window started from the states the
+    previous one ended in (every unit's h and c); k >= T is full BPTT."""
+    from symbptt.train import truncated_bptt
+
+    module = _rolled(cell="lstm", layers=2, masked=True)
+    problem = random_problem(module, steps=6, batch=3, n_in=2, n_hidden=2, n_out=3, rng=rng)
+    mask = np.ones((6, 3))
+    mask[5:, 1] = 0  # example 1 ends at step 5, in the last window
+    params, X, Y = problem.params, problem.X, problem.Y
+    initial = problem.initial
+    full = module.loss_and_all_gradients(params, X, Y, mask=mask, **initial)
+    loss, grads, final = truncated_bptt(module, params, X, Y, 6, mask=mask, **initial)
+    assert loss == pytest.approx(full[0], rel=1e-13)
+    for name, g in full[1].items():
+        np.testing.assert_allclose(grads[name], g, rtol=1e-12)
+    for key, keyword in module.INITIALS.items():
+        np.testing.assert_allclose(final[keyword], full[2][f"{key}_T"], rtol=1e-13)
+
+    loss, grads, final = truncated_bptt(module, params, X, Y, 4, mask=mask, **initial)
+    assert loss == pytest.approx(full[0], rel=1e-12)  # the forward pass is exact
+    first = module.loss_and_all_gradients(params, X[:4], Y[:4], mask=mask[:4], **initial)
+    carried = {kw: first[2][f"{key}_T"] for key, kw in module.INITIALS.items()}
+    second = module.loss_and_all_gradients(params, X[4:], Y[4:], mask=mask[4:], **carried)
+    for name in module.PARAMETERS:
+        np.testing.assert_allclose(grads[name], first[1][name] + second[1][name], rtol=1e-12)
+    for key, keyword in module.INITIALS.items():
+        np.testing.assert_allclose(final[keyword], full[2][f"{key}_T"], rtol=1e-12)
+
+
+def test_truncated_bptt_refuses_what_windows_cannot_carry(rng: np.random.Generator) -> None:
+    from symbptt.train import truncated_bptt
+
+    module = _rolled(**ALL_THREE)
+    problem = random_problem(module, steps=4, batch=2, n_in=2, n_hidden=2, n_out=3, rng=rng)
+    args = (module, problem.params, problem.X, problem.Y)
+    with pytest.raises(ValueError, match=r"^k: a bidirectional model's backward direction"):
+        truncated_bptt(*args, 2, mask=np.ones((4, 2)))
+    stacked = _rolled(layers=2, masked=True)
+    problem = random_problem(stacked, steps=4, batch=2, n_in=2, n_hidden=2, n_out=3, rng=rng)
+    mask = np.ones((4, 2))
+    mask[2:, 1] = 0
+    with pytest.raises(ValueError, match=r"^mask: example 1 has no real step in the window"):
+        truncated_bptt(stacked, problem.params, problem.X, problem.Y, 2, mask=mask)
+    with pytest.raises(TypeError, match=r"^mask: required"):
+        truncated_bptt(stacked, problem.params, problem.X, problem.Y, 2)
