@@ -108,8 +108,7 @@ class ComposedRolledModule:
         self.count = None
         self._count_of: dict[Any, Any] = {}
         if masks:
-            self.count = sp.MatrixSymbol("mask_count", *masks[0].shape)
-            self.symbols.meta.setdefault(self.count, ("mask_count", None))
+            self.count = sp.MatrixSymbol("mask_count", *masks[0].shape)  # not at a step
             self._count_of = {sp.MatAdd(*masks): self.count}
         self.rf = RowForm(self.symbols)
         self.sizes = size_names(self.symbols)
