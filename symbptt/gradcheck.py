@@ -46,8 +46,22 @@ Array = NDArray[Any]
 
 
 def initial_arguments(module: ModuleType) -> tuple[str, ...]:
-    """The keywords of a module's initial states, in order: ``("h0",)``, ``("h0", "c0")``."""
+    """The keywords of a module's initial states, in order: ``("h0",)``, ``("h0", "c0")``.
+
+    A composed model's module names them in ``INITIALS`` (state key -> keyword:
+    ``{"h_1f": "h_0_1f", ...}``).
+    """
+    if hasattr(module, "INITIALS"):
+        return tuple(module.INITIALS.values())
     return tuple(f"{key}0" for key in getattr(module, "STATES", ("h",)))
+
+
+def _final_key(module: ModuleType, argument: str) -> str:
+    """The key of ``state`` holding the final value of the state whose initial is ``argument``."""
+    if hasattr(module, "INITIALS"):
+        key = next(k for k, v in module.INITIALS.items() if v == argument)
+        return f"{key}_T"
+    return f"{argument[:-1]}_T"
 
 
 class _NumPyView:
@@ -98,6 +112,12 @@ class Problem:
     X: Array
     Y: Array
     initial: dict[str, Array | None] = field(default_factory=dict)
+    #: A masked model's mask (T, m): 1 where an example's step is real, its real steps first.
+    mask: Array | None = None
+
+    def keywords(self) -> dict[str, Array]:
+        """The keywords every call passes besides the initial states: ``mask`` when masked."""
+        return {} if self.mask is None else {"mask": self.mask}
 
     @property
     def h0(self) -> Array | None:
@@ -106,7 +126,8 @@ class Problem:
 
     def args(self) -> tuple[Any, ...]:
         """``(params, X, Y, h0, ...)``: positional arguments of the module's functions."""
-        return (self.params, self.X, self.Y, *self.initial.values())
+        masks = () if self.mask is None else (self.mask,)
+        return (self.params, self.X, self.Y, *masks, *self.initial.values())
 
 
 def random_problem(
@@ -152,11 +173,19 @@ def random_problem(
     sizes = {"n_in": n_in, "n_hidden": n_hidden}
     state_sizes = getattr(module, "STATE_SIZES", {"h": "n_hidden"})
     initial: dict[str, Array | None] = {}
-    for key in getattr(module, "STATES", ("h",)):
+    arguments = initial_arguments(module)
+    for key, argument in zip(getattr(module, "STATES", ("h",)), arguments, strict=True):
         shape = (batch, sizes[state_sizes[key]])
         value = rng.normal(scale=scale, size=shape).astype(dtype) if initial_state else None
-        initial[f"{key}0"] = value
-    return Problem(params, X, Y.astype(dtype), initial)
+        initial[argument] = value
+    mask = None
+    if module.SPEC.get("masked"):  # random lengths: the first example's T, the last's < T
+        lengths = rng.integers(1, steps + 1, size=batch)
+        lengths[0] = steps
+        if steps > 1 and batch > 1:
+            lengths[-1] = min(lengths[-1], steps - 1)
+        mask = (np.arange(steps)[:, None] < lengths[None, :]).astype(dtype)
+    return Problem(params, X, Y.astype(dtype), initial, mask)
 
 
 def relative_error(actual: Array, expected: Array, floor: float = 0.0) -> float:
@@ -189,10 +218,10 @@ def _initial_values(
     """Every initial state of ``problem``, zeros (of the state's shape) where it is None."""
     values = {name: problem.initial.get(name) for name in initial_arguments(module)}
     if any(value is None for value in values.values()):
-        _, _, state = module.loss_and_all_gradients(params, X, Y)
+        _, _, state = module.loss_and_all_gradients(params, X, Y, **problem.keywords())
         for name, value in values.items():
             if value is None:
-                values[name] = np.zeros_like(state[f"{name[:-1]}_T"])
+                values[name] = np.zeros_like(state[_final_key(module, name)])
     return {name: value for name, value in values.items() if value is not None}
 
 
@@ -212,11 +241,12 @@ def finite_difference_errors(
         raise ValueError(f"problem: expected float64 arrays, got {problem.X.dtype}")
     params, X, Y = problem.params, problem.X, problem.Y
     initial = _initial_values(module, params, X, Y, problem)
-    value, gradients, state = module.loss_and_all_gradients(params, X, Y, **initial)
+    keywords = problem.keywords()
+    value, gradients, state = module.loss_and_all_gradients(params, X, Y, **keywords, **initial)
     floor = 1e-4 * max(1.0, abs(value))
 
     def loss() -> float:
-        return float(module.loss(params, X, Y, **initial))
+        return float(module.loss(params, X, Y, **keywords, **initial))
 
     errors = {}
     for name in module.PARAMETERS:
@@ -266,7 +296,8 @@ def taylor_test(
     rng = np.random.default_rng(rng)
     params, X, Y = problem.params, problem.X, problem.Y
     initial = _initial_values(module, params, X, Y, problem)
-    base, gradients, state = module.loss_and_all_gradients(params, X, Y, **initial)
+    keywords = problem.keywords()
+    base, gradients, state = module.loss_and_all_gradients(params, X, Y, **keywords, **initial)
     point = {**params, "X": X, **initial}
     grads = {**gradients, "X": state["dX"], **{n: state[f"d{n}"] for n in initial}}
     names = list(params) + (["X", *initial] if inputs else [])
@@ -276,7 +307,8 @@ def taylor_test(
     def loss_at(e: float) -> float:
         moved = {n: point[n] + e * direction[n] if n in direction else point[n] for n in point}
         ps = {n: moved[n] for n in params}
-        return float(module.loss(ps, moved["X"], Y, **{n: moved[n] for n in initial}))
+        states = {n: moved[n] for n in initial}
+        return float(module.loss(ps, moved["X"], Y, **keywords, **states))
 
     remainders = [abs(loss_at(e) - base - e * slope_along) for e in steps]
     slopes = [

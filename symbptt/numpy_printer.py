@@ -212,7 +212,8 @@ def stable_loss_matrix(node: mexpr.OutputLoss) -> Any:
     """The per-entry loss of an :class:`~symbptt.mexpr.OutputLoss` as a matrix expression.
 
     Its entries sum to the node's value; built by lifting
-    :func:`stable_unit_loss` onto the node's matrices.
+    :func:`stable_unit_loss` onto the node's matrices, times the node's weight
+    (a masked model's) when it has one.
     """
     unit = stable_unit_loss(node.output, node.loss)
     mapping = {
@@ -221,7 +222,8 @@ def stable_loss_matrix(node: mexpr.OutputLoss) -> Any:
         functions.y: node.target,
         LSE: LogSumExp(node.pre, node.axis),
     }
-    return functions.lift(unit, mapping, node.pre.shape, _keep_log_forms)
+    entries = functions.lift(unit, mapping, node.pre.shape, _keep_log_forms)
+    return entries if node.weight is None else mexpr.hadamard(node.weight, entries)
 
 
 def _keep_log_forms(expr: sp.Basic, recurse: Callable[[sp.Basic], Any]) -> Any:

@@ -97,25 +97,72 @@ def _states(module: ModuleType) -> tuple[str, ...]:
     return states
 
 
+def _keywords(module: ModuleType) -> list[str]:
+    """The initial-state keywords: ``h0``, ``c0``, ... (a composed model's ``INITIALS``:
+    ``h_0_1f``, ``c_0_1f``, ... one per unit's state)."""
+    initials = getattr(module, "INITIALS", None)
+    if isinstance(initials, dict):
+        return list(initials.values())
+    return [f"{key}0" for key in _states(module)]
+
+
 def _initial(
     module: ModuleType, h0: Array | None, initial: Mapping[str, Array | None]
 ) -> dict[str, Array | None]:
-    """The module's initial-state keywords (``h0``, ``c0``, ...) with their values."""
-    names = [f"{key}0" for key in _states(module)]
-    unknown = sorted(set(initial) - set(names[1:]))
+    """The module's initial-state keywords (``h0``, ``c0``, ...) with their values.
+
+    ``h0`` is the first state's (a composed model's first unit's ``h``, which may
+    also be given by its keyword).
+    """
+    names = _keywords(module)
+    allowed = set(names[1:]) | ({names[0]} if h0 is None else set())
+    unknown = sorted(set(initial) - allowed)
     if unknown:
         raise TypeError(
             f"unexpected initial state(s) {', '.join(unknown)}; this module takes "
             f"{', '.join(names)}"
         )
-    values: dict[str, Array | None] = {names[0]: h0}
+    values: dict[str, Array | None] = {names[0]: h0 if h0 is not None else initial.get(names[0])}
     values.update({name: initial.get(name) for name in names[1:]})
     return values
 
 
 def _final(module: ModuleType, state: Mapping[str, Array]) -> dict[str, Array]:
     """The final states of ``loss_and_all_gradients``'s ``state``, as initial-state keywords."""
-    return {f"{key}0": state[f"{key}_T"] for key in _states(module)}
+    keys = getattr(module, "INITIALS", None) or {key: f"{key}0" for key in _states(module)}
+    return {keyword: state[f"{key}_T"] for key, keyword in keys.items()}
+
+
+def _masks(module: ModuleType, mask: Array | None, windows: list[tuple[int, int]]) -> list[Any]:
+    """Each window's keywords: ``{"mask": mask[start:stop]}`` for a masked model, else ``{}``.
+
+    Refused: a bidirectional model cut into windows (its backward direction runs
+    from the end of the whole sequence), and a window in which an example has no
+    real step left (each window's mask must give every example one).
+    """
+    if module.SPEC.get("direction", "forward") == "bidirectional" and len(windows) > 1:
+        raise ValueError(
+            "k: a bidirectional model's backward direction runs from the end of the whole "
+            f"sequence; windows of k steps cannot carry it (use k >= T = {windows[-1][1]})"
+        )
+    if not module.SPEC.get("masked"):
+        if mask is not None:
+            raise TypeError("mask: this module is not masked")
+        return [{} for _ in windows]
+    if mask is None:
+        raise TypeError("mask: required (this module is masked): a (T, m) array of 0/1")
+    out = []
+    for start, stop in windows:
+        window = np.asarray(mask)[start:stop]
+        empty = np.flatnonzero(~window.any(axis=0))
+        if empty.size:
+            raise ValueError(
+                f"mask: example {int(empty[0])} has no real step in the window of steps "
+                f"{start} to {stop - 1}; truncated BPTT needs one in every window "
+                "(shorter examples: a window as long as the shortest example, or full BPTT)"
+            )
+        out.append({"mask": window})
+    return out
 
 
 def truncated_bptt(
@@ -125,9 +172,16 @@ def truncated_bptt(
     Y: Array,
     k: int,
     h0: Array | None = None,
+    *,
+    mask: Array | None = None,
     **initial: Array | None,
 ) -> tuple[float, dict[str, Array], Any]:
     """Loss and gradients by truncated BPTT over windows of ``k`` steps.
+
+    A composed model (docs/composition.md) carries every unit's states (keywords
+    ``h_0_1f``, ``h_0_2f``, ...; ``h0`` is the first unit's ``h``); a masked one
+    takes ``mask`` (T, m), cut with the windows.  A bidirectional model takes
+    only ``k >= T``.
 
     ``module`` is a generated gradient module (rolled, so that windows of any
     length work); ``X`` (T, m, n_in), ``Y`` and the initial states (``h0``,
@@ -145,17 +199,18 @@ def truncated_bptt(
     mean_over_time = _spec_field(module, "time_reduction") == "mean"
     steps = int(np.shape(X)[0])
     windows = _windows(steps, k)
+    keywords = _masks(module, mask, windows)
     total = 0.0
     grads: dict[str, Array] = {}
     carried: Mapping[str, Array | None] = _initial(module, h0, initial)
-    for start, stop in windows:
+    for (start, stop), extra in zip(windows, keywords, strict=True):
         last = stop == steps
         if mode == "many_to_one" and not last:
-            carried = _advance(module, params, X[start:stop], carried)
+            carried = _advance(module, params, X[start:stop], {**carried, **extra})
             continue
         window_y = Y if mode == "many_to_one" else Y[start:stop]
         value, window_grads, state = module.loss_and_all_gradients(
-            params, X[start:stop], window_y, **carried
+            params, X[start:stop], window_y, **extra, **carried
         )
         weight = (stop - start) / steps if mean_over_time and mode == "many_to_many" else 1.0
         total += weight * float(value)
@@ -183,7 +238,7 @@ def _advance(
     """
     predictions, _ = module.forward(params, X, **initial)
     _, _, state = module.loss_and_all_gradients(params, X, predictions, **initial)
-    return _final(module, state)
+    return _final(module, state)  # (``initial`` may hold a masked model's ``mask``)
 
 
 # -- the vanishing / exploding gradient picture ---------------------------------------

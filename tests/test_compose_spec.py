@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from symbptt import ModelSpec, SpecError, check, emit_numpy
+from symbptt import ModelSpec, SpecError, check
 from symbptt.cli import main, spec_from_options
 from symbptt.model import Unit, program
 from symbptt.spec import COMPOSITION_DEFAULTS, MAX_LAYERS
@@ -71,10 +71,10 @@ def test_program_units_tags_and_reads() -> None:
     ],
 )
 def test_stages_that_do_not_take_a_composed_model_say_so(spec: ModelSpec) -> None:
-    for stage, call in [
-        ("the generated code", lambda: emit_numpy(spec)),
+    stages = [  # the code and the documents take them: test_compose_codegen, test_documents_composed
         ("the checker", lambda: check(spec, "W_xh", "0")),
-    ]:
+    ]
+    for stage, call in stages:
         with pytest.raises(SpecError, match=rf"^{stage}: a model with .* not supported"):
             call()
 
@@ -92,7 +92,7 @@ def test_config_file_takes_the_fields(tmp_path: Path) -> None:
         (["--layers", "0"], "layers: got 0"),
         (["--layers", "two"], "--layers: got 'two'"),
         (["--batch-reduction", "tokens", "--time-reduction", "mean"], "batch_reduction: 'tokens'"),
-        (["--layers", "2", "--bidirectional", "--masked"], "layers=2, direction='bidirectional'"),
+        (["--layers", "2", "--bidirectional", "--backend", "torch"], "direction='bidirectional'"),
     ],
 )
 def test_cli_exit_2_and_writes_nothing(

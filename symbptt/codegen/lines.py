@@ -36,6 +36,7 @@ __all__ = [
     "SharedPrinter",
     "atomic",
     "fit",
+    "fit_lines",
     "layout",
     "wrap_assignment",
 ]
@@ -115,7 +116,13 @@ def layout(line: str, indent: int = 4) -> str:
     if at + len(text) <= WIDTH or text.startswith("#"):
         return line
     target, sep, rhs = text.partition(" = ")
-    if sep and target.isidentifier():
+    if text.startswith("def ") and text.endswith("):"):
+        head, _, body = text[:-2].partition("(")
+        wrapped = _split_brackets(head + "(", body, "):", at)
+    elif text.startswith("return ") and text.endswith("}") and "{" in text:
+        head, _, body = text[:-1].rpartition("{")
+        wrapped = _split_brackets(head + "{", body, "}", at)
+    elif sep and all(part.strip().isidentifier() for part in target.split(",")):
         wrapped = wrap_assignment(target, rhs, at)
     elif (
         text.endswith(")") and "(" in text and text.split("(", 1)[0].replace(".", "").isidentifier()
@@ -125,6 +132,18 @@ def layout(line: str, indent: int = 4) -> str:
     else:
         return line
     return "\n".join(pad + part for part in wrapped.split("\n"))
+
+
+def fit_lines(source: str) -> str:
+    """A rendered module with each line longer than :data:`WIDTH` laid out by :func:`layout`.
+
+    Templates write a signature or a call on one line; a composed model's many
+    initial states make some too long, and this splits them as ``ruff format`` does.
+    """
+    lines = source.split("\n")
+    if all(len(line) <= WIDTH for line in lines):
+        return source
+    return "\n".join(layout(line, 0) if len(line) > WIDTH else line for line in lines)
 
 
 def _split_brackets(head: str, body: str, close: str, indent: int) -> str:

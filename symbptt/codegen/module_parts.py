@@ -32,11 +32,13 @@ def assemble(
     loss_name: str,
     outputs: set[str],
     extra_outputs: Iterable[str],
+    arguments: Iterable[str] = (),
 ) -> dict[str, Any]:
     """The module's function bodies, each pruned to what is used.
 
     The cache holds the forward arrays that the loss, the backward pass and the
-    extras read, and the ``outputs`` the module returns.
+    extras read, and the ``outputs`` the module returns; ``arguments`` are the
+    forward function's arguments that the code reads under their own names.
     """
     params = list(params)
     extras = extras.prune({"dX", *extra_outputs})
@@ -45,7 +47,8 @@ def assemble(
     loss = loss.prune({loss_name})
     local = set(loss.defines) | set(backward.defines) | set(extras.defines)
     downstream = ((loss.uses | backward.uses | extras.uses) - local) | outputs
-    cache = _ordered(n for n in ["T", "m", "n_in", *forward.defines] if n in downstream)
+    names = ["T", "m", "n_in", *arguments, *forward.defines]
+    cache = _ordered(n for n in names if n in downstream)
     forward = _unpack_shape(forward.prune(set(cache)), cache)
     return {
         "forward": _with_inputs(forward, params, [], []),

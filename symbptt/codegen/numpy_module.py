@@ -31,10 +31,11 @@ from ..numpy_printer import NumPyPrinter, helper_source
 from ..spec import ModelSpec
 from ..spec_flags import preset_of, regenerate_command
 from ..templating import render
-from .lines import SharedPrinter
+from .lines import SharedPrinter, fit_lines
 from .module_parts import size_names
+from .numpy_composed import ComposedRolledModule, rolled_steps
 from .numpy_rolled import RolledModule
-from .numpy_unrolled import UnrolledModule
+from .numpy_unrolled import UnrolledModule, initial_arguments
 from .torch_printer import TorchPrinter, torch_helper_source
 
 __all__ = ["emission_derivation", "emit_numpy", "emit_torch", "equations"]
@@ -108,6 +109,88 @@ def equations(
     return lines
 
 
+def _relative_names(symbols: Symbols, notation: Notation, ref: int) -> dict[Any, str]:
+    """Step-``k`` symbols named relative to step ``ref`` = t: ``h_1f_(t-1)``, ``mask_t``."""
+    names: dict[Any, str] = dict(size_names(symbols))
+    names.update({symbol: name for name, symbol in symbols.params.items()})
+    t = sp.Symbol("t")
+    for symbol, (_, step) in symbols.meta.items():
+        if not isinstance(step, (int, sp.Integer)) or abs(int(step) - ref) > 1:
+            continue
+        base = _base(symbol, step)
+        index = str(t + int(step) - ref).replace(" ", "")
+        if notation.style == "sup":
+            names[symbol] = f"{base}^({index})"
+        elif notation.style == "call":
+            names[symbol] = f"{base}({index})"
+        else:
+            names[symbol] = f"{base}_{index}" if index == "t" else f"{base}_({index})"
+    return names
+
+
+def _composed_equations(
+    spec: ModelSpec, d: Derivation, printer_class: type[NumPyPrinter] = NumPyPrinter
+) -> list[str]:
+    """A composed model's equations: each unit's at a step t, then the output layer's.
+
+    Printed from the unrolled graph's own assignments at one step inside the
+    sequence (t - 1 or, for a backward unit, t + 1 is a step, not the initial
+    state, when T > 2), named relative to it.
+    """
+    graph = d.graph
+    symbols = graph.symbols
+    steps = graph.steps
+    lines: list[str] = []
+    for registry in symbols.registries:
+        unit = registry.unit
+        assert unit is not None
+        inner = steps[1:-1] or steps
+        ref = inner[0] if unit.direction == "forward" else inner[-1]
+        printer = printer_class(_relative_names(symbols, d.notation, ref))
+        where = "t = 1..T" if unit.direction == "forward" else "t = T..1"
+        lines.append(f"Layer {unit.layer}, {unit.direction} ({where}):")
+        for a in graph.assignments:
+            if a.step == ref and symbols.owner.get(a.target) is registry:
+                lines.append(f"    {printer.doprint(a.target)} = {printer.doprint(a.expr)}")
+    ref = steps[-1]
+    printer = printer_class(_relative_names(symbols, d.notation, ref))
+    lines.append(
+        "Output layer (at every step):" if spec.mode == "many_to_many" else "Output layer:"
+    )
+    for a in graph.assignments:
+        if a.step != ref or a.target in symbols.owner or a.kind == "total_loss":
+            continue
+        target = printer.doprint(a.target)
+        if a.kind == "loss":
+            pred = sp.Symbol(printer.doprint(a.expr.pred))
+            truth = sp.Symbol(printer.doprint(a.expr.target))
+            loss = functions.LOSSES[spec.loss].definition.xreplace(
+                {functions.a: pred, functions.y: truth}
+            )
+            weighted = " times its weight" if len(a.expr.args) > 6 else ""
+            lines.append(f"    {target} = sum over units and examples of {sp.sstr(loss)}{weighted}")
+        else:
+            lines.append(f"    {target} = {printer.doprint(a.expr)}")
+    if spec.masked and spec.mode == "many_to_many":
+        weight = {
+            "mean": "mask_t / (each example's number of real steps)",
+        }.get(spec.time_reduction, "mask_t")
+        if spec.batch_reduction == "tokens":
+            weight = "mask_t / (the number of real (step, example) pairs)"
+        lines.append(f"    (the weight of example j at step t: {weight})")
+    total = next(a for a in graph.assignments if a.kind == "total_loss")
+    printer = printer_class({**size_names(symbols), total.target: str(total.target)})
+    loss_t = "L_t"
+    many = spec.mode == "many_to_many"
+    scale = total.expr / sp.Add(*[a.target for a in graph.assignments if a.kind == "loss"])
+    what = f"sum over t of {loss_t}" if many else f"{loss_t} of the last t"
+    total_code = printer_class({sp.Symbol("_total"): f"({what})", **size_names(symbols)}).doprint(
+        sp.simplify(scale) * sp.Symbol("_total")
+    )
+    lines.append(f"{d.notation.loss_ascii} = {total_code}")
+    return lines
+
+
 def _article(title: str) -> str:
     """``a`` or ``an`` before ``title`` (an acronym is read letter by letter: an LSTM)."""
     first = title.split()[0] if title.split() else title
@@ -141,10 +224,14 @@ def _api(d: Derivation) -> dict[str, Any]:
     for name, symbol in symbols.params.items():
         key = symbols.key_of_param(name)
         shape = f"({code(symbol.shape[0])}, {code(symbol.shape[1])})"
-        if key == "W_out":
-            fan_in: str | None = cell.quantity(cell.readout).size
-        elif key == "b_out" or cell.parameter(key).kind == "bias":
-            fan_in = None
+        if key == "b_out" or (key != "W_out" and cell.parameter(key).kind == "bias"):
+            fan_in: str | None = None
+        elif symbols.registries:  # a composed model: the columns of the column-layout shape
+            per_unit = key != "W_out" and cell.parameter(key).per_unit
+            column = symbol.shape if notation.layout == "column" or per_unit else symbol.shape[::-1]
+            fan_in = code(column[1])
+        elif key == "W_out":
+            fan_in = cell.quantity(cell.readout).size
         else:
             fan_in = str(cell.parameter(key).shape[1])
         init.append({"name": name, "shape": shape, "fan_in": fan_in})
@@ -153,34 +240,54 @@ def _api(d: Derivation) -> dict[str, Any]:
             if size in ("n_hidden", "n_out") and size not in sources:
                 sources[size] = (name, axis)
     fallbacks: dict[str, str] = {}
-    arguments = {state.size: state.key + "0" for state in reversed(cell.states)}
+    names = initial_arguments(d.graph)
+    units = _state_units(d)
+    arguments = {size: names[key] for key, (size, _) in reversed(units.items())}
     for size in ("n_hidden", "n_out"):
         if size not in sources:
             fallbacks[size] = arguments.get(size, "")
     states = []
-    for state in cell.states:
-        entry = notation.name_of(state.key)
-        if state.size == "n_in":
+    for key, (size, entry) in units.items():
+        if size == "n_in":
             zeros_size = "X.shape[2]"
-        elif state.size in sources:
-            name, axis = sources[state.size]
+        elif size in sources:
+            name, axis = sources[size]
             zeros_size = f'params["{name}"].shape[{axis}]'
-        elif fallbacks.get(state.size) and fallbacks[state.size] != state.key + "0":
-            other = fallbacks[state.size]  # no parameter fixes it: another state does
-            zeros_size = f'SIZES["{state.size}"] if {other} is None else {other}.shape[-1]'
+        elif fallbacks.get(size) and fallbacks[size] != names[key]:
+            other = fallbacks[size]  # no parameter fixes it: another state does
+            zeros_size = f'SIZES["{size}"] if {other} is None else {other}.shape[-1]'
         else:  # nothing else fixes it: the spec does (checked by _check)
-            zeros_size = f'SIZES["{state.size}"]'
+            zeros_size = f'SIZES["{size}"]'
         states.append(
             {
-                "key": state.key,
-                "argument": state.key + "0",
-                "size": state.size,
+                "key": key,
+                "argument": names[key],
+                "size": size,
                 "size_code": zeros_size,
                 "initial": entry.initial,
                 "description": entry.description,
             }
         )
     return {"init": init, "size_sources": sources, "size_fallbacks": fallbacks, "states": states}
+
+
+def _state_units(d: Derivation) -> dict[str, tuple[str, Any]]:
+    """Each initial state's key (``h``; a composed model's ``h_1f``): (its size, its names).
+
+    A unit of a layer above the first reads hidden states, so its ``n_in`` is ``n_hidden``.
+    """
+    symbols = d.graph.symbols
+    cell = symbols.cell
+    if not symbols.registries:
+        return {s.key: (s.size, d.notation.name_of(s.key)) for s in cell.states}
+    out: dict[str, tuple[str, Any]] = {}
+    for registry in symbols.registries:
+        unit = registry.unit
+        assert unit is not None
+        for state in cell.states:
+            size = "n_hidden" if unit.reads and state.size == "n_in" else state.size
+            out[unit.name(state.key)] = (size, registry.notation.name_of(state.key))
+    return out
 
 
 def _context(
@@ -191,14 +298,20 @@ def _context(
     cell = d.graph.symbols.cell
     torch = backend == "torch"
     printer = TorchPrinter if torch else SharedPrinter
-    builder: RolledModule | UnrolledModule = (
-        UnrolledModule(spec, d, printer) if unrolled else RolledModule(spec, d, printer=printer)
-    )
+    composed_rolled = not unrolled and not spec.program.plain
+    builder: RolledModule | UnrolledModule | ComposedRolledModule
+    if unrolled:
+        builder = UnrolledModule(spec, d, printer)
+    elif composed_rolled:
+        _, three = emission_derivation(dataclasses.replace(spec, steps=rolled_steps))
+        builder = ComposedRolledModule(spec, three, printer)
+    else:
+        builder = RolledModule(spec, d, printer=printer)
     built = builder.build()
     helpers = set(builder.helpers)
     kernels = [{**built, "suffix": "", "what": ""}]
     fused_width = fused_size = ""
-    if not unrolled:
+    if not unrolled and not composed_rolled:
         fused = RolledModule(spec, d, fuse=True, printer=printer)
         if fused.s.groups:
             fused_built = fused.build()
@@ -215,7 +328,12 @@ def _context(
     many_to_one = spec.mode == "many_to_one"
     column = notation.layout == "column"
     finals = built["finals"]
-    if unrolled:
+    composed = spec.composed  # layers, directions, a mask, or batch_reduction="tokens"
+    if composed_rolled:
+        final_states = {key: f'cache["{name}"][{index}]' for key, (name, index) in finals.items()}
+        name = built["prediction"]
+        prediction = f'cache["{name}"][-2]' if many_to_one else f'cache["{name}"][1:-1]'
+    elif unrolled:
         final_states = {key: f'cache["{name}"]' for key, name in finals.items()}
         if many_to_one:
             prediction = f'cache["{built["prediction"]}"]'
@@ -281,10 +399,13 @@ def _context(
         else []
     )
     arguments = [s["argument"] for s in states]
+    masks = ["mask"] if spec.masked else []
     initials = [s["initial"] for s in states]
     several = len(states) > 1
     initial_line = (
         f"{_join(initials)} the initial state{'s' if several else ''} {_join(arguments)}):"
+        if initials != arguments
+        else f"{_join(arguments)} the initial state{'s' if several else ''}):"
     )
     state_shapes = [f"{s['argument']} (m, {s['size']})" for s in states]
     finals_text = _join([s["description"] for s in states])
@@ -298,7 +419,14 @@ def _context(
     docstring = [
         f"Equations (@ the matrix product, * elementwise; t = {steps_text} {last},",
         initial_line,
-        *("    " + line for line in equations(spec, d, printer)),
+        *(
+            "    " + line
+            for line in (
+                _composed_equations(spec, d, printer)
+                if symbols.registries
+                else equations(spec, d, printer)
+            )
+        ),
         "",
         "Shapes: X (T, m, n_in) time-major (X[t] holds step t), one example per row;",
         f"Y {data_shape}; {_join(state_shapes)} or None for zeros; the parameters",
@@ -307,6 +435,7 @@ def _context(
         *layout,
         f"Reductions: {spec.time_reduction} over time, {spec.batch_reduction} over the batch.",
         *targets_rule,
+        *(_composition_doc(spec) if composed else []),
         "",
         "Functions: init_params, forward, loss, loss_and_gradients (the loss and the",
         f"parameter gradients), loss_and_all_gradients (also the gradients of X and "
@@ -315,7 +444,15 @@ def _context(
         "float32 in, float32 out; bad shapes, dtypes, parameters or values (NaN, infinity)",
         "raise ValueError; check=False skips that validation, for speed.",
     ]
-    if not unrolled:
+    if composed_rolled:
+        docstring += [
+            "",
+            "Schedule: one loop over the steps per unit (layer by layer; a backward unit",
+            "from T down to 1), then the output layer; the backward pass the other way",
+            "round.  Each iteration runs the derivation's assignments of a generic step t,",
+            "not hoisted; every per-step quantity is an array q[0..T+1], step t at index t.",
+        ]
+    elif not unrolled:
         docstring += [
             "",
             "Schedule: what does not depend on the recurrence runs once over all steps",
@@ -379,8 +516,14 @@ def _context(
         "states_tuple": _tuple([s["key"] for s in states]),
         "readout": cell.readout,
         "initial_args": arguments,
-        "initial_keywords": ", ".join(f"{a}=None" for a in arguments),
-        "initial_call": ", ".join(arguments),
+        "initial_keywords": ", ".join(f"{a}=None" for a in [*masks, *arguments]),
+        "initial_call": ", ".join([*masks, *arguments]),
+        "masked": spec.masked,
+        "composed": composed,
+        "integer_labels": composed and spec.loss == "cross_entropy",
+        "label_shape": "(m,)" if many_to_one else "(T, m)",
+        "label_mask": spec.masked and not many_to_one,
+        "n_out_code": _n_out_code(api),
         "initial_text": _join(arguments),
         "size_fallbacks": api["size_fallbacks"],
         "all_gradients_doc": _all_gradients_doc(states),
@@ -392,6 +535,48 @@ def _context(
         "workspace": not unrolled,
         "stacked_predictions": built.get("predictions", []) if not many_to_one else [],
     }
+
+
+def _composition_doc(spec: ModelSpec) -> list[str]:
+    """What a composed module's docstring adds: layers, directions, the mask, class labels."""
+    many_to_one = spec.mode == "many_to_one"
+    lines = []
+    if spec.layers > 1 or spec.direction == "bidirectional":
+        lines.append(
+            f"Composition (docs/composition.md): {spec.layers} layer(s), {spec.direction}"
+            + (
+                "; a backward unit runs t = T..1 and its final state is the one after step 1."
+                if spec.direction == "bidirectional"
+                else "."
+            )
+        )
+    if spec.batch_reduction == "tokens":
+        lines.append(
+            "Tokens: the loss is divided by the number of (step, example) pairs with a loss"
+            + (" (the real ones)." if spec.masked else ".")
+        )
+    if spec.masked:
+        lines += [
+            "Mask: mask (T, m) of 0/1 (bool, integer or float), 1 where an example's step is",
+            "real, each example's real steps first, at least one: a padded step carries every",
+            "state unchanged and its loss counts zero (its input and target can be anything",
+            "finite); the final states are each example's at its last real step.",
+        ]
+    if spec.loss == "cross_entropy":
+        shape = "(m,)" if many_to_one else "(T, m)"
+        lines.append(
+            f"Y may also be integer class labels {shape} from 0 to n_out - 1"
+            + (" (any integer at a padded step)." if spec.masked and not many_to_one else ".")
+        )
+    return lines
+
+
+def _n_out_code(api: dict[str, Any]) -> str:
+    """The code of n_out in a generated function that has ``params``."""
+    if "n_out" in api["size_sources"]:
+        name, axis = api["size_sources"]["n_out"]
+        return f'params["{name}"].shape[{axis}]'
+    return 'SIZES["n_out"]'
 
 
 def _all_gradients_doc(states: list[dict[str, str]]) -> list[str]:
@@ -471,6 +656,7 @@ def emit_torch(spec: ModelSpec | Derivation, unrolled: bool = False) -> str:
     """
     if not isinstance(unrolled, bool):
         raise TypeError(f"unrolled: expected True or False, got {unrolled!r}")
+    (spec.spec if isinstance(spec, Derivation) else spec).require_plain("the torch backend")
     user_spec, d = emission_derivation(spec)
     return render("gradients_torch.py.jinja", **_context(user_spec, d, unrolled, "torch"))
 
@@ -485,7 +671,6 @@ def emit_numpy(spec: ModelSpec | Derivation, unrolled: bool = False) -> str:
     """
     if not isinstance(unrolled, bool):
         raise TypeError(f"unrolled: expected True or False, got {unrolled!r}")
-    (spec.spec if isinstance(spec, Derivation) else spec).require_plain("the generated code")
     user_spec, d = emission_derivation(spec)
     template = "gradients_unrolled.py.jinja" if unrolled else "gradients.py.jinja"
-    return render(template, **_context(user_spec, d, unrolled))
+    return fit_lines(render(template, **_context(user_spec, d, unrolled)))

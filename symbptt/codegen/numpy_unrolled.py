@@ -7,7 +7,7 @@ from typing import Any
 
 from .. import mexpr
 from ..derive import Derivation
-from ..graph import Assignment
+from ..graph import Assignment, Graph
 from ..notation import Notation
 from ..spec import ModelSpec
 from .lines import Code, SharedPrinter, fit
@@ -15,9 +15,34 @@ from .module_parts import assemble, size_names
 from .rowform import RowForm, transpose
 from .schedule import Stmt
 
-__all__ = ["UnrolledModule"]
+__all__ = ["UnrolledModule", "final_states", "initial_arguments"]
 
 _ADJOINT = ("adjoint_", "pre_adjoint_")
+
+
+def initial_arguments(graph: Graph) -> dict[str, str]:
+    """Each initial state's keyword: ``h0``, or a composed model's symbol name (``h_0_1f``)."""
+    if not graph.symbols.registries:
+        return {key: f"{key}0" for key in graph.initials}
+    return {key: str(initial.name) for key, initial in graph.initials.items()}
+
+
+def final_states(graph: Graph) -> dict[str, Any]:
+    """Each state's final value: at the last step (a backward unit's: at the first step).
+
+    With a mask a padded step carries the state, so a forward unit's last value is
+    each example's state at its last real step, as PyTorch's ``h_n``.
+    """
+    symbols = graph.symbols
+    if not symbols.registries:
+        return {key: symbols.series(key, graph.steps[-1]) for key in graph.initials}
+    finals = {}
+    for registry in symbols.registries:
+        assert registry.unit is not None
+        last = graph.steps[-1] if registry.unit.direction == "forward" else graph.steps[0]
+        for key in registry.initials:
+            finals[registry.unit.name(key)] = registry.series(key, last)
+    return finals
 
 
 class UnrolledModule:
@@ -132,9 +157,14 @@ class UnrolledModule:
         for i, x in enumerate(graph.inputs):
             name = str(printer.doprint(self.rf.symbol(x)))
             forward.add(f"{name} = X[{i}]", {"X"}, name, True)
+        arguments = initial_arguments(graph)
         for key, initial in graph.initials.items():
             name = str(printer.doprint(self.rf.symbol(initial)))
-            forward.add(f"{name} = {key}0", {f"{key}0"}, name, True)
+            if name != arguments[key]:  # a composed model's argument is the symbol's name
+                forward.add(f"{name} = {arguments[key]}", {arguments[key]}, name, True)
+        for i, mask in enumerate(graph.masks):  # (m, 1) in the code's row layout
+            name = str(printer.doprint(self.rf.symbol(mask)))
+            forward.add(f"{name} = mask[{i}][:, None]", {"mask"}, name, True)
         many_to_one = self.spec.mode == "many_to_one"
         for i, y in enumerate(graph.targets):
             name = str(printer.doprint(self.rf.symbol(y)))
@@ -174,7 +204,7 @@ class UnrolledModule:
         extras.add(f"dX = {stack}([{', '.join(names)}])", set(names), "dX", True)
         outputs = []
         for key, initial in graph.initials.items():
-            name = f"d{key}0"
+            name = f"d{arguments[key]}"
             outputs.append(name)
             value = d.gradients.get(initial.name)
             if value is None or mexpr.is_zero(value):
@@ -192,8 +222,8 @@ class UnrolledModule:
             for step in graph.steps
         ]
         finals = {
-            key: str(printer.doprint(self.rf.symbol(graph.symbols.series(key, graph.steps[-1]))))
-            for key in graph.initials
+            key: str(printer.doprint(self.rf.symbol(symbol)))
+            for key, symbol in final_states(graph).items()
         }
         returned = set(predictions if not many_to_one else [prediction]) | set(finals.values())
         parts = assemble(
@@ -206,6 +236,7 @@ class UnrolledModule:
             loss_name,
             returned,
             outputs,
+            [a for key, a in arguments.items() if a == str(graph.initials[key])],
         )
         return parts | {
             "prediction": prediction,

@@ -53,11 +53,18 @@ def push_transposes(expr: Any) -> Any:
         return _tr(push_transposes(expr.arg))
     if isinstance(expr, mexpr.OutputLoss):
         pre, pred, target = (push_transposes(e) for e in (expr.pre, expr.pred, expr.target))
+        weight = None if expr.weight is None else push_transposes(expr.weight)
         if all(isinstance(e, sp.Transpose) for e in (pre, pred, target)):
             return mexpr.OutputLoss(
-                pre.arg, pred.arg, target.arg, expr.output, expr.loss, 1 - expr.axis
+                pre.arg,
+                pred.arg,
+                target.arg,
+                expr.output,
+                expr.loss,
+                1 - expr.axis,
+                None if weight is None else _tr(weight),
             )
-        return mexpr.OutputLoss(pre, pred, target, expr.output, expr.loss, expr.axis)
+        return mexpr.OutputLoss(pre, pred, target, expr.output, expr.loss, expr.axis, weight)
     if not isinstance(expr, sp.Basic) or not expr.args or isinstance(expr, sp.Lambda):
         return expr
     if isinstance(expr, (sp.MatrixSymbol, sp.OneMatrix, sp.ZeroMatrix, sp.Symbol)):

@@ -1,0 +1,488 @@
+"""The rolled NumPy module of a composed model (layers, directions, a mask): any T.
+
+Printed from the derivation of the same spec unrolled for five steps.  Its
+middle step is the generic step t of every unit (its neighbours are steps
+too, so no term of what they send is a symbolic zero of a boundary, as the
+cell state's adjoint at the last step is): what a unit reads at t - 1
+(t + 1 for a backward unit) is the previous iteration's, what a layer reads
+from the layer below and what the output layer sends down are at t; the
+adjoints read the same way in the other direction.  Each per-step quantity
+``q`` is an array ``q[0 .. T + 1]`` with step t at index t: a forward unit's
+initial state sits at index 0, a backward unit's at T + 1, and the adjoints'
+entries beyond the steps stay zero, so that the first and last iterations
+are the generic step too (what the step beyond would send back is zero).
+
+A sum over every step's mask (each example's number of real steps, in a loss
+averaged over time or over the real tokens) is the one quantity of the
+five-step derivation that is not at a step: it is named ``mask_count``.
+What happens only at a boundary (the initial states' gradients; the output
+layer of a many-to-one model, at the last step, and the first iteration of
+the backward loop of the units it reads) is printed from the first or the
+last of the five steps, with T in place of 5.
+
+Outside the loops, what is row-local runs over every step at once, the steps
+stacked by rows (``q_all``, (T m, units) views): the output layer and its
+gradient, and each parameter's gradient as one product (a contribution
+``A_t^T B_t`` summed over t is ``A_all^T B_all``).  Inside, each iteration
+runs the step's assignments as the derivation writes them; the input
+projections are not hoisted out of the loops (measured on a 2-layer
+bidirectional LSTM at m = 32: one product over all steps cost more than the
+per-step ones it replaced; ``benchmarks/compose.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import sympy as sp
+
+from .. import mexpr
+from ..derive import Derivation
+from ..graph import Assignment, Symbols
+from ..model.compose import Unit
+from ..spec import ModelSpec, SpecError
+from .lines import Code, SharedPrinter, fit
+from .module_parts import assemble, size_names
+from .rowform import RowForm, transpose
+
+__all__ = ["ComposedRolledModule", "rolled_steps", "takes"]
+
+#: The arrays of the arguments by step (index t is step t), named apart from the arguments.
+_ARRAYS = {"input": "inputs", "target": "targets", "mask": "masks"}
+
+#: The steps of the derivation a rolled composed module is printed from.
+rolled_steps = 5
+_MIDDLE = 3  # the position (1-based) of the generic step among the five
+_LAST = rolled_steps
+
+
+def takes(spec: ModelSpec) -> str:
+    """Why the rolled composed module cannot be printed for ``spec`` ("" when it can).
+
+    The loss's scale must not depend on T: with a mask the per-step weights
+    carry the means; without one, a mean over time or over all tokens would
+    divide by the 5 of the five-step derivation.
+    """
+    if spec.program.plain:
+        return ""  # the one-cell rolled module (numpy_rolled) takes it
+    many = spec.mode == "many_to_many"
+    if many and not spec.masked and spec.time_reduction == "mean":
+        return "time_reduction='mean' without a mask"
+    if many and not spec.masked and spec.batch_reduction == "tokens":
+        return "batch_reduction='tokens' without a mask"
+    return ""
+
+
+def _unit(registry: Symbols) -> Unit:
+    """The unit a composed model's registry names."""
+    assert registry.unit is not None
+    return registry.unit
+
+
+class ComposedRolledModule:
+    """The function bodies of a composed model's rolled module (see the module docstring)."""
+
+    def __init__(
+        self, spec: ModelSpec, d: Derivation, printer: type[SharedPrinter] = SharedPrinter
+    ) -> None:
+        why = takes(spec)
+        if why:
+            raise SpecError(
+                f"the rolled generated code of a composed model: {why} is not supported yet "
+                "(emit_numpy(spec, unrolled=True) takes it)"
+            )
+        if len(d.graph.steps) != rolled_steps:
+            raise ValueError(f"expected a derivation of {rolled_steps} steps")
+        self.spec, self.d = spec, d
+        self.printer_class = printer
+        self.helpers: set[str] = set()
+        graph = d.graph
+        self.symbols: Symbols = graph.symbols
+        self.column = graph.notation.layout == "column"
+        self.position = {step: k + 1 for k, step in enumerate(graph.steps)}
+        self.many_to_one = spec.mode == "many_to_one"
+        # each example's number of real steps, where a loss weight sums every step's mask
+        masks = graph.masks
+        self.count = None
+        self._count_of: dict[Any, Any] = {}
+        if masks:
+            self.count = sp.MatrixSymbol("mask_count", *masks[0].shape)  # not at a step
+            self._count_of = {sp.MatAdd(*masks): self.count}
+        self.rf = RowForm(self.symbols)
+        self.sizes = size_names(self.symbols)
+        self.param_names = {symbol: name for name, symbol in graph.params.items()}
+        self._view_reads: dict[str, set[str]] = {}  # a stacked view -> the names it reads
+        self.bases: dict[Any, str] = {}
+        for symbol, (role, step) in self.rf.meta.items():
+            if step in self.position and isinstance(symbol, sp.MatrixSymbol | sp.Symbol):
+                suffix = "_" + Symbols.step_name(step)
+                # the model's input, targets and mask by step: not the arguments X, Y, mask
+                self.bases[symbol] = _ARRAYS.get(role, str(symbol.name)[: -len(suffix)])
+
+    # -- names --------------------------------------------------------------------
+    def _names(self, index: Callable[[int], str]) -> dict[Any, str]:
+        """Names of per-step symbols as entries ``q[index(position)]``."""
+        names: dict[Any, str] = {**self.sizes, **self.param_names}
+        if self.count is not None:
+            names[self.rf.symbol(self.count)] = "mask_count"
+        for symbol, base in self.bases.items():
+            names[symbol] = f"{base}[{index(self.position[self.rf.meta[symbol][1]])}]"
+        return names
+
+    def _generic(self) -> dict[Any, str]:
+        """The middle position is step ``t``; its neighbours ``t - 1`` and ``t + 1``."""
+
+        def index(k: int) -> str:
+            offset = k - _MIDDLE
+            return "t" if offset == 0 else f"t {'+' if offset > 0 else '-'} {abs(offset)}"
+
+        return self._names(index)
+
+    def _stacked(self, used: dict[str, str]) -> dict[Any, str]:
+        """Per-step symbols as every step stacked by rows, ``(T m, units)`` views.
+
+        ``h_1f_prev_all`` is ``h_1f[0:T]`` (step t - 1 of every t), ``h_1f_all``
+        ``h_1f[1:T+1]``, ``h_1f_next_all`` ``h_1f[2:T+2]``; ``used`` collects the
+        definitions of the views a printed expression names.
+        """
+        names: dict[Any, str] = {**self.sizes, **self.param_names}
+        if self.count is not None:  # (m, 1): the same for every step
+            names[self.rf.symbol(self.count)] = "mask_count_all"
+            tile = str(self._printer({})._module_format("numpy.tile"))
+            used.setdefault("mask_count_all", f"mask_count_all = {tile}(mask_count, (T, 1))")
+            self._view_reads["mask_count_all"] = {"mask_count", "T"}
+        for symbol, base in self.bases.items():
+            offset = self.position[self.rf.meta[symbol][1]] - _MIDDLE
+            if abs(offset) > 1:
+                continue
+            name = base + {-1: "_prev_all", 0: "_all", 1: "_next_all"}[offset]
+            rows = {-1: "[:-2]", 0: "[1:-1]", 1: "[2:]"}[offset]
+            names[symbol] = name
+            used.setdefault(name, f"{name} = {base}{rows}.reshape(T * m, -1)")
+            self._view_reads[name] = {base, "T", "m"}
+        return names
+
+    def _emit_stacked(
+        self, code: Code, target: str, expr: Any, views: dict[str, str], reshape: str = ""
+    ) -> None:
+        """``target = expr`` over every step stacked by rows (the views it reads first);
+        with ``reshape``, the result becomes ``reshape``, (T, m, units)."""
+        used: dict[str, str] = {}
+        names = self._stacked(used)
+        fitted = fit(target, expr, self._printer, names)
+        reads = {name.split("[")[0] for _, _, u in fitted for name in u}
+        for name in sorted(n for n in reads if n in used and n not in views):
+            views[name] = used[name]
+            code.add(used[name], self._view_reads[name], name)
+        for part, text, u in fitted:
+            code.add(f"{part} = {text}", {n.split("[")[0] for n in u}, part)
+        if reshape:
+            code.add(f"{reshape} = {target}.reshape(T, m, -1)", {target, "T", "m"}, reshape)
+
+    def _row_local(self, expr: Any) -> bool:
+        """True when ``expr``'s rows depend only on the same rows of what it reads.
+
+        Evaluated on every step stacked by rows it is then every step's value
+        stacked: no transposed per-step quantity, no sum over the examples.
+        """
+        batch = self.symbols.sizes["batch"]
+        for node in sp.preorder_traversal(expr):
+            if isinstance(node, sp.Transpose) and node.arg in self.bases:
+                return False
+            if isinstance(node, sp.OneMatrix) and node.shape[1] == batch:
+                return False
+        return True
+
+    def _boundary(self) -> dict[Any, str]:
+        """The first positions are steps 1, 2; the last ones T - 1, T."""
+
+        def index(k: int) -> str:
+            return str(k) if k < _MIDDLE else "T" if k == _LAST else f"T - {_LAST - k}"
+
+        return self._names(index)
+
+    def _row(self, a: Assignment) -> Assignment:
+        expr = a.expr.xreplace(self._count_of) if self._count_of else a.expr
+        return self.rf.assignment(dataclasses.replace(a, expr=expr))
+
+    def _printer(self, names: Mapping[Any, str]) -> SharedPrinter:
+        return self.printer_class(names, self.helpers)
+
+    def _emit(
+        self, code: Code, a: Assignment, names: dict[Any, str], indent: int, add: bool = False
+    ) -> None:
+        """``a`` (row form) as lines of ``code``: its target an entry ``q[t]``, or ``+=``."""
+        pad = " " * (indent - 4)
+        target = names.get(a.target) or str(self._printer(names).doprint(a.target))
+        identifier = self.bases.get(a.target) or str(a.target.name)
+        expr = a.expr
+        if isinstance(expr, mexpr.OutputLoss) and expr.output == "softmax":
+            names = {**names, mexpr.Softmax(expr.pre, expr.axis): names[expr.pred]}
+        array = target.split("[")[0]
+        # fit lays ``identifier_t = ...`` out: the entry (and ``+=``) may be longer
+        wider = max(0, len(target) + add - len(identifier) - 2)
+        fitted = fit(identifier + "_t", expr, self._printer, names, indent=indent + wider)
+        for part, text, used in fitted:
+            reads = {name.split("[")[0] for name in used} | {"t"}
+            if part != identifier + "_t":
+                code.add(f"{pad}{part} = {text}", reads, part)
+            else:
+                operator = "+=" if add else "="
+                code.add(f"{pad}{target} {operator} {text}", reads | {array}, array)
+
+    # -- the three parts ------------------------------------------------------------
+    def _units(self) -> list[Unit]:
+        return [_unit(registry) for registry in self.symbols.registries]
+
+    def _owner(self, symbol: Any) -> Any:
+        registry = self.symbols.owner.get(symbol)
+        return None if registry is None else registry.unit
+
+    def _unit_of(self, a: Assignment) -> Any:
+        """The unit an assignment belongs to (None: the output layer)."""
+        unit = self._owner(a.target)
+        if unit is None and a.kind == "contribution":  # the unit whose adjoint it reads
+            reads = [
+                self._owner(s)
+                for s in a.expr.free_symbols
+                if self.symbols.meta.get(s, ("",))[0].startswith(("adjoint_", "pre_adjoint_"))
+            ]
+            unit = next((u for u in reads if u is not None), None)
+        return unit
+
+    def _arrays(self, code: Code, symbols: list[Any], pad: str = "") -> None:
+        """``q = np.zeros((T + 2, m, units), dtype)`` for each array a part writes."""
+        seen: set[str] = set()
+        zeros = str(self._printer({})._module_format("numpy.zeros"))
+        for symbol in symbols:
+            row = self.rf.symbol(symbol)
+            base = self.bases.get(row)
+            if base is None or base in seen or not isinstance(row, sp.MatrixSymbol):
+                continue
+            seen.add(base)
+            units = str(self._printer(self.sizes).doprint(row.shape[1]))
+            reads = {"T", "m", "dtype", units}
+            code.add(f"{pad}{base} = {zeros}((T + 2, m, {units}), dtype)", reads, base)
+
+    def forward_code(self) -> Code:
+        graph = self.d.graph
+        code = Code()
+        code.add("T, m, n_in = X.shape", {"X"})
+        code.add("dtype = X.dtype", {"X"}, "dtype")
+        for size, source in self._size_sources().items():
+            code.add(f"{size} = {source}", {"params"}, size)
+        zeros = str(self._printer({})._module_format("numpy.zeros"))
+        code.add(
+            f"inputs = {zeros}((T + 2, m, n_in), dtype)", {"T", "m", "n_in", "dtype"}, "inputs"
+        )
+        code.add("inputs[1:-1] = X", {"X", "inputs"}, "inputs")
+        if graph.masks:
+            code.add(f"masks = {zeros}((T + 2, m, 1), dtype)", {"T", "m", "dtype"}, "masks")
+            code.add("masks[1:-1] = mask[:, :, None]", {"mask", "masks"}, "masks")
+            code.add("mask_count = mask.sum(axis=0)[:, None]", {"mask"}, "mask_count", True)
+        units = self._units()
+        body = [a for a in graph.assignments if a.kind not in ("loss", "total_loss")]
+        self._arrays(code, [a.target for a in body])
+        for registry in self.symbols.registries:
+            unit = _unit(registry)
+            for key, initial in registry.initials.items():
+                state = self.bases[self.rf.symbol(registry.series(key, graph.steps[0]))]
+                index = "0" if unit.direction == "forward" else "-1"
+                argument = str(initial.name)
+                code.add(f"{state}[{index}] = {argument}", {argument, state}, state)
+        generic = self._generic()
+        views: dict[str, str] = {}
+        for unit in units:
+            loop = "range(1, T + 1)" if unit.direction == "forward" else "range(T, 0, -1)"
+            code.add(f"for t in {loop}:", {"T"})
+            for a in body:
+                if a.step == graph.steps[_MIDDLE - 1] and self._owner(a.target) is unit:
+                    self._emit(code, self._row(a), generic, 8)
+        head = [a for a in body if self._owner(a.target) is None]
+        if self.many_to_one:
+            for a in head:
+                self._emit(code, self._row(a), self._boundary(), 4)
+        else:
+            middle = [self._row(a) for a in head if a.step == graph.steps[_MIDDLE - 1]]
+            self._stacked_or_loop(code, middle, views)
+        return code
+
+    def _stacked_or_loop(self, code: Code, rows: list[Assignment], views: dict[str, str]) -> None:
+        """The output layer's assignments of every step: at once over the steps stacked by
+        rows where each is row-local, else in a loop over t."""
+        if all(self._row_local(row.expr) for row in rows):
+            for row in rows:
+                base = self.bases[row.target]
+                self._emit_stacked(code, f"{base}_all", row.expr, views, f"{base}[1:-1]")
+                views[f"{base}_all"] = ""  # computed: later reads take it as it is
+            return
+        code.add("for t in range(1, T + 1):", {"T"})
+        for row in rows:
+            self._emit(code, row, self._generic(), 8)
+
+    def _size_sources(self) -> dict[str, str]:
+        from .numpy_module import _api
+
+        return {
+            size: f'params["{name}"].shape[{axis}]'
+            for size, (name, axis) in _api(self.d)["size_sources"].items()
+        }
+
+    def loss_code(self) -> Code:
+        graph = self.d.graph
+        code = Code()
+        loss_name = graph.notation.loss_ascii
+        zeros = str(self._printer({})._module_format("numpy.zeros"))
+        target = next(a for a in graph.assignments if a.kind == "loss")
+        n_out = str(self._printer(self.sizes).doprint(self.rf.symbol(target.expr.target).shape[1]))
+        code.add(
+            f"targets = {zeros}((T + 2, m, {n_out}), Y.dtype)", {"T", "m", n_out, "Y"}, "targets"
+        )
+        code.add(
+            f"targets[{'-2' if self.many_to_one else '1:-1'}] = Y", {"Y", "targets"}, "targets"
+        )
+        losses = [a for a in graph.assignments if a.kind == "loss"]
+        total = next(a for a in graph.assignments if a.kind == "total_loss")
+        scale = sp.simplify(total.expr / sp.Add(*[a.target for a in losses]))
+        steps = sp.Symbol("_steps")
+        if self.many_to_one:
+            last = self.rf.symbol(losses[-1].target)
+            summed = self.bases[last] + "_last"
+            self._emit(code, self._row(losses[-1]), {**self._boundary(), last: summed}, 4)
+        else:
+            code.add("loss_sum = 0.0", set(), "loss_sum")
+            code.add("for t in range(1, T + 1):", {"T"})
+            middle = next(a for a in losses if a.step == graph.steps[_MIDDLE - 1])
+            names = self._generic()
+            identifier = self.bases[self.rf.symbol(middle.target)] + "_t"
+            names[self.rf.symbol(middle.target)] = identifier
+            self._emit(code, self._row(middle), names, 8)
+            code.add(f"    loss_sum += {identifier}", {identifier, "loss_sum"}, "loss_sum")
+            summed = "loss_sum"
+        printer = self._printer({**self.sizes, steps: summed})
+        code.add(f"{loss_name} = {printer.doprint(scale * steps)}", {summed}, loss_name)
+        return code
+
+    def backward_code(self) -> tuple[Code, Code, dict[str, str]]:
+        d, graph = self.d, self.d.graph
+        code, extras = Code(), Code()
+        zeros = str(self._printer({})._module_format("numpy.zeros"))
+        zeros_like = str(self._printer({})._module_format("numpy.zeros_like"))
+        target = next(a for a in graph.assignments if a.kind == "loss")
+        n_out = str(self._printer(self.sizes).doprint(self.rf.symbol(target.expr.target).shape[1]))
+        code.add(
+            f"targets = {zeros}((T + 2, m, {n_out}), Y.dtype)", {"T", "m", n_out, "Y"}, "targets"
+        )
+        code.add(
+            f"targets[{'-2' if self.many_to_one else '1:-1'}] = Y", {"Y", "targets"}, "targets"
+        )
+        middle_step = graph.steps[_MIDDLE - 1]
+        adjoints = [a for a in d.assignments if a.kind not in ("contribution", "gradient")]
+        contributions = [a for a in d.assignments if a.kind == "contribution"]
+        self._arrays(code, [a.target for a in adjoints])
+        gradients: dict[str, str] = {}
+        params = set(graph.params)
+        stacked = {  # each parameter's contribution at the middle step: the same at every step
+            a.param: a for a in contributions if a.step == middle_step and a.param in params
+        }
+        for name in graph.params:
+            if name not in stacked:  # the output layer of a many-to-one model: at T only
+                code.add(f"d{name} = {zeros_like}({name})", {name}, f"d{name}")
+            gradients[name] = f"d{name}"
+        generic = self._generic()
+        units = self._units()
+        head_reads = {self.symbols.registries[i].unit for i in self.symbols.program.head}
+
+        def emit_step(unit: Any, at: int, names: dict[Any, str], indent: int) -> None:
+            step = graph.steps[at - 1]
+            for a in adjoints:
+                if a.step == step and self._unit_of(a) is unit:
+                    self._emit(code, self._row(a), names, indent)
+            if at != _MIDDLE and unit is None:  # the output layer of a many-to-one model
+                for a in contributions:
+                    if a.step == step and a.param in params and self._unit_of(a) is None:
+                        row = self._row(a)
+                        row = dataclasses.replace(row, target=sp.Symbol(f"d{a.param}"))
+                        self._emit(code, row, {**names, row.target: f"d{a.param}"}, indent, True)
+
+        views: dict[str, str] = {}
+        if self.many_to_one:
+            emit_step(None, _LAST, self._boundary(), 4)
+        else:
+            head = [a for a in adjoints if a.step == middle_step and self._unit_of(a) is None]
+            self._stacked_or_loop(code, [self._row(a) for a in head], views)
+        for unit in reversed(units):
+            forward = unit.direction == "forward"
+            if self.many_to_one and unit in head_reads:
+                emit_step(unit, _LAST if forward else 1, self._boundary(), 4)
+                rest = "range(T - 1, 0, -1)" if forward else "range(2, T + 1)"
+                code.add(f"for t in {rest}:", {"T"})
+            else:
+                code.add(f"for t in {'range(T, 0, -1)' if forward else 'range(1, T + 1)'}:", {"T"})
+            emit_step(unit, _MIDDLE, generic, 8)
+        # every parameter's gradient: its contribution summed over the steps, as one
+        # product over the steps stacked by rows (a contribution is a sum over rows)
+        for name, a in stacked.items():
+            self._emit_stacked(code, f"d{name}", self._row(a).expr, views)
+        # the gradients of X and of the initial states
+        extras.add(f"dX = {zeros}((T, m, n_in), dtype)", {"T", "m", "n_in", "dtype"}, "dX")
+        extras.add("for t in range(1, T + 1):", {"T"})
+        value = d.input_gradients[middle_step]
+        if not mexpr.is_zero(value):
+            row = transpose(self.rf.expr(value)) if self.column else value
+            self._emit(
+                extras,
+                Assignment(sp.Symbol("dX_t"), row, "input"),
+                {**generic, sp.Symbol("dX_t"): "dX[t - 1]"},
+                8,
+            )
+        else:
+            extras.add("    pass", set())
+        for registry in self.symbols.registries:
+            for initial in registry.initials.values():
+                name = f"d{initial.name}"
+                value = d.gradients.get(initial.name)
+                if value is None or mexpr.is_zero(value):
+                    extras.add(f"{name} = {zeros_like}({initial.name})", {str(initial.name)}, name)
+                    continue
+                expr = value.xreplace(self._count_of) if self._count_of else value
+                row = transpose(self.rf.expr(expr)) if self.column else expr
+                target = sp.Symbol(name)
+                self._emit(
+                    extras,
+                    Assignment(target, row, "initial"),
+                    {**self._boundary(), target: name},
+                    4,
+                )
+        return code, extras, gradients
+
+    def build(self) -> dict[str, Any]:
+        forward = self.forward_code()
+        loss = self.loss_code()
+        backward, extras, gradients = self.backward_code()
+        graph = self.d.graph
+        output = graph.symbols.series("output", graph.steps[-1])
+        prediction = self.bases[self.rf.symbol(output)]
+        finals: dict[str, tuple[str, str]] = {}
+        for registry in self.symbols.registries:
+            unit = _unit(registry)
+            for key in registry.initials:
+                state = self.bases[self.rf.symbol(registry.series(key, graph.steps[0]))]
+                finals[unit.name(key)] = (state, "-2" if unit.direction == "forward" else "1")
+        arguments = [str(i.name) for i in graph.initials.values()]
+        outputs = [f"d{a}" for a in arguments]
+        parts = assemble(
+            forward,
+            loss,
+            backward,
+            extras,
+            gradients,
+            self.param_names.values(),
+            graph.notation.loss_ascii,
+            {prediction, *(state for state, _ in finals.values())},
+            outputs,
+            arguments + (["mask"] if graph.masks else []),
+        )
+        return parts | {"prediction": prediction, "finals": finals}
