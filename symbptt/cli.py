@@ -443,11 +443,9 @@ def rolled_refusal(spec: ModelSpec) -> str:
 def _output_names(
     unrolled: bool, pdf: bool, backend: str = "numpy", spec: ModelSpec | None = None
 ) -> list[str]:
-    if spec is not None and spec.composed:  # the code only (docs/composition.md)
-        rolled = not rolled_refusal(spec)
-        return ["gradients.py"] * rolled + ["gradients_unrolled.py"] * (unrolled or not rolled)
-    names = ["gradients.py"]
-    if unrolled:
+    rolled = spec is None or not rolled_refusal(spec)  # else the unrolled module only
+    names = ["gradients.py"] * rolled
+    if unrolled or not rolled:
         names.append("gradients_unrolled.py")
     if backend != "numpy":
         names.append(f"gradients_{backend}.py")
@@ -727,13 +725,8 @@ def build_artifacts(
         out.files["gradients.py"] = emit_numpy(derivation).encode()
     if unrolled or refusal:
         out.files["gradients_unrolled.py"] = emit_numpy(derivation, unrolled=True).encode()
-    if spec.composed:
-        out.warnings.append(
-            "the documents (derivation.tex, .md, .pdf) do not take a model with layers, "
-            "directions, a mask or batch_reduction='tokens' yet: only the code is written"
-            + (f" (unrolled: the rolled module does not take {refusal} yet)" if refusal else "")
-        )
-        return out
+    if refusal:
+        out.warnings.append(f"gradients.py not written: the rolled module does not take {refusal}")
     if backend != "numpy":
         bar.stage(f"printing the {backend} code")
         out.files[f"gradients_{backend}.py"] = emit(derivation, backend=backend).encode()
@@ -744,7 +737,12 @@ def build_artifacts(
         bar.stage("printing the documents (proving the derivation by sympy.diff)")
     else:
         bar.stage("printing the documents")
-    tex, md = _render_documents(derivation, verify, out.files["gradients.py"].decode())
+    code = out.files["gradients_unrolled.py" if refusal else "gradients.py"].decode()
+    try:
+        tex, md = _render_documents(derivation, verify, code)
+    except SpecError as exc:  # a spec the documents do not take: the code is still written
+        out.warnings.append(f"derivation.tex, .md and .pdf not written: {_one_line(str(exc))}")
+        return out
     out.files["derivation.tex"] = tex.encode()
     out.files["derivation.md"] = md.encode()
     if pdf:

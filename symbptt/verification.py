@@ -266,13 +266,6 @@ def seed_checks(spec: ModelSpec) -> tuple[SeedVerdict, ...]:
     return tuple(out)
 
 
-#: Why the numerical check does not run for a composed model (said in its document).
-NOT_YET_COMPOSED = (
-    "the generated NumPy code does not take stacked, bidirectional or masked models yet, "
-    "so there is no generated module to compare with finite differences"
-)
-
-
 def run_checks(source: ModelSpec | Derivation, module: ModuleType | None = None) -> Checks:
     """Run both checks for ``source``; a check that fails to run is reported, not hidden.
 
@@ -287,14 +280,15 @@ def run_checks(source: ModelSpec | Derivation, module: ModuleType | None = None)
         proof = scalar_oracle.scalar_proof(small, np.random.default_rng(_seed(spec)))
     except Exception as exc:  # reported in the document
         proof_error = f"{type(exc).__name__}: {exc}"
-    if spec.composed:  # the generated code does not take a composed model yet
-        numerical_error = NOT_YET_COMPOSED
-    else:
-        try:
-            checked = source if module is None else module
-            numerical = gradcheck.gradcheck(checked, np.random.default_rng(_seed(spec)))
-        except Exception as exc:  # reported in the document
-            numerical_error = f"{type(exc).__name__}: {exc}"
+    try:
+        from .codegen.numpy_composed import takes
+
+        checked = source if module is None else module
+        unrolled = module is None and bool(takes(spec))  # the rolled module refuses it
+        rng = np.random.default_rng(_seed(spec))
+        numerical = gradcheck.gradcheck(checked, rng, unrolled=unrolled)
+    except Exception as exc:  # reported in the document
+        numerical_error = f"{type(exc).__name__}: {exc}"
     example = None if spec.composed else worked_example(documents.as_derivation(source))
     seeds = () if spec.composed else seed_checks(spec)
     return Checks(

@@ -71,7 +71,7 @@ def test_program_units_tags_and_reads() -> None:
     ],
 )
 def test_stages_that_do_not_take_a_composed_model_say_so(spec: ModelSpec) -> None:
-    stages = [  # the code and the documents take them: test_compose_codegen, test_documents_composed
+    stages = [  # the code and the documents take them (test_compose_codegen, _documents_composed)
         ("the checker", lambda: check(spec, "W_xh", "0")),
     ]
     for stage, call in stages:
