@@ -132,7 +132,8 @@ class Symbols:
             self.contributes_to: dict[Any, str] = {}  # a contribution's symbol -> its parameter
             self.params: dict[str, sp.MatrixSymbol] = {}
             self._keys: dict[str, str] = {}  # parameter ASCII name -> key in the cell file
-            self.owner: dict[Any, Symbols] = {}  # a unit's symbol -> the unit's registry
+            #: a unit's symbol (series, adjoint) -> the unit's registry
+            self.owner: dict[Any, Symbols] = {}
         else:
             self.meta, self.contributes_to = root.meta, root.contributes_to
             self.params, self._keys, self.owner = root.params, root._keys, root.owner
@@ -294,6 +295,8 @@ class Symbols:
         name = entry.adjoint_ascii
         symbol = sp.MatrixSymbol(f"{name}_{self.step_name(step)}", *self.series_shape(role))
         self.meta[symbol] = ("adjoint_" + entry.role, step)
+        if self.unit is not None:
+            self.owner[symbol] = self
         return symbol
 
     def pre_adjoint(self, role: str, step: Any) -> sp.MatrixSymbol:
@@ -302,6 +305,8 @@ class Symbols:
         name = "delta_" + entry.ascii
         symbol = sp.MatrixSymbol(f"{name}_{self.step_name(step)}", *self.series_shape(role))
         self.meta[symbol] = ("pre_adjoint_" + entry.role, step)
+        if self.unit is not None:
+            self.owner[symbol] = self
         return symbol
 
     def contribution(self, param: str, step: Any) -> sp.MatrixSymbol:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from symbptt import ModelSpec, SpecError, check, emit_numpy, render_latex
+from symbptt import ModelSpec, SpecError, emit_numpy, render_latex
 from symbptt.cli import main, spec_from_options
 from symbptt.model import Unit, program
 from symbptt.spec import COMPOSITION_DEFAULTS, MAX_LAYERS
@@ -74,7 +74,6 @@ def test_stages_that_do_not_take_a_composed_model_say_so(spec: ModelSpec) -> Non
     for stage, call in [
         ("the generated code", lambda: emit_numpy(spec)),
         ("the documents", lambda: render_latex(spec, verify=False)),
-        ("the checker", lambda: check(spec, "W_xh", "0")),
     ]:
         with pytest.raises(SpecError, match=rf"^{stage}: a model with .* not supported"):
             call()

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..spec import ModelSpec
+from .flat import FlatSymbols
 from .points import _close, _Point, _target
 from .work import _Work
 
@@ -45,9 +46,12 @@ def _arrays(
     ys = [batch_major(leaves[y]) for y in graph.targets]
     Y = np.stack(ys) if work.spec.mode == "many_to_many" else ys[0]
     initials: dict[str, np.ndarray | None] = {}
-    for key, initial in graph.initials.items():
-        given = work.spec.initial_state == "input"
-        initials[f"{key}0"] = batch_major(leaves[initial]) if given else None
+    given = work.spec.initial_state == "input"
+    for keyword, initial in _initial_keywords(work).items():
+        initials[keyword] = batch_major(leaves[initial]) if given else None
+    if graph.masks:  # (T, m): 1 where an example's step is real
+        mask = np.stack([np.asarray(leaves[m], dtype=float).reshape(-1) for m in graph.masks])
+        initials["mask"] = mask.T.copy() if convention == "batch_major" else mask
     if convention == "batch_major":
         X = np.swapaxes(X, 0, 1).copy()
         if Y.ndim == 3:
@@ -59,11 +63,25 @@ def _arrays(
     return params, X, Y, initials
 
 
+def _initial_keywords(work: _Work) -> dict[str, Any]:
+    """The keyword of each initial state (``h0``, ``c0``; a unit's ``h0_1f``) -> its symbol."""
+    graph = work.graph
+    symbols = graph.symbols
+    if not isinstance(symbols, FlatSymbols):
+        return {f"{key}0": initial for key, initial in graph.initials.items()}
+    out = {}
+    for registry in symbols.root.registries:
+        assert registry.unit is not None
+        for state in registry.cell.states:
+            out[registry.unit.name(f"{state.key}0")] = registry.initials[state.key]
+    return out
+
+
 def _per_unit(work: _Work) -> list[str]:
     """The ASCII names of the parameters that are per unit (biases, vectors): (n, 1)."""
-    cell = work.graph.symbols.cell
-    keys = {p.key for p in cell.parameters if p.kind in ("bias", "vector")} | {"b_out"}
-    return [e.ascii for e in work.notation.params if e.key in keys and e.ascii in work.graph.params]
+    symbols = work.graph.symbols
+    keys = {p.key for p in symbols.cell.parameters if p.kind in ("bias", "vector")} | {"b_out"}
+    return [name for name in work.graph.params if symbols.key_of_param(name) in keys]
 
 
 def _call(
@@ -160,18 +178,27 @@ def _generated_module(spec: ModelSpec) -> tuple[Any, str]:
 
 def _gates(work: _Work) -> dict[str, str]:
     """Parameter (ASCII) -> the quantity whose equation reads it (a gate: ``f``), or the output."""
-    cell = work.graph.symbols.cell
-    notation = work.notation
-    by_key = {e.key: e.ascii for e in notation.params}
+    symbols = work.graph.symbols
+    cell = symbols.cell
     out: dict[str, str] = {}
-    for eq in cell.equations:
-        label = notation.name_of(eq.target).ascii
-        for node in ast.walk(eq.tree):
-            if isinstance(node, ast.Name) and node.id in by_key:
-                out.setdefault(by_key[node.id], label)
-    for key in ("W_out", "b_out"):
-        if key in by_key:
-            out.setdefault(by_key[key], "the output layer")
+    if isinstance(symbols, FlatSymbols):  # every unit's gates: f_1f for W_hf_1f
+        units = [(r.notation, r.split) for r in symbols.root.registries]
+    else:
+        units = [(work.notation, {})]
+    for notation, split in units:
+        by_key: dict[str, list[str]] = {}
+        for e in notation.params:
+            parts = split.get(e.key)
+            by_key[e.key] = [p.name for p, _ in parts] if parts else [e.ascii]
+        for eq in cell.equations:
+            label = notation.name_of(eq.target).ascii
+            for node in ast.walk(eq.tree):
+                if isinstance(node, ast.Name) and node.id in by_key:
+                    for name in by_key[node.id]:
+                        out.setdefault(name, label)
+    for name in work.graph.params:
+        if symbols.key_of_param(name) in ("W_out", "b_out"):
+            out.setdefault(name, "the output layer")
     return out
 
 
@@ -227,6 +254,8 @@ def _cut(
     """A callable's arguments for the first ``k`` steps (one target in many_to_one)."""
     params, X, Y, initials = arrays
     params = {key: value.copy() for key, value in params.items()}
+    if initials.get("mask") is not None:
+        initials = {**initials, "mask": np.take(initials["mask"], range(k), axis=time_axis)}
     X = np.take(X, range(k), axis=time_axis)
     if work.spec.mode == "many_to_many":
         Y = np.take(Y, range(k), axis=time_axis)
