@@ -186,6 +186,7 @@ def test_a_mask_forgotten_in_the_output_error() -> None:
     assert not r.ok
     # the padded steps' losses (which count zero); step 1 is real for every example
     assert r.loss_steps and 1 not in r.loss_steps
+    assert "forgotten_mask" in [m.name for m in r.mistakes]
 
 
 def test_masked_points_pad_a_step() -> None:
@@ -274,3 +275,74 @@ def test_cli_checks_a_composed_model(capsys: pytest.CaptureFixture[str]) -> None
     assert main([*args, "--wrt", "W_hh_1b", "sum_t(delta_1b[t] @ h_1b[t-1].T)"]) == 2
     err = capsys.readouterr().err
     assert "backward direction" in err and "Traceback" not in err
+
+
+def _masked_bptt(
+    honour_mask_in_loss: bool = True, carry_padded_steps: bool = True, many_to_one: bool = False
+) -> Any:
+    """A hand-written NumPy BPTT of a masked Elman RNN (softmax, cross-entropy, mean
+    over the batch), examples as rows: a padded step carries the state; without
+    ``honour_mask_in_loss`` the padded steps' losses are counted too, without
+    ``carry_padded_steps`` the backward pass runs through the cell at a padded step;
+    ``many_to_one``: one loss, of the final state (each example's last real one)."""
+
+    def grads(
+        params: dict[str, np.ndarray], X: np.ndarray, Y: np.ndarray, h0: Any, mask: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        assert h0 is None
+        T, m, _ = X.shape
+        W, U, b = params["W_xh"], params["W_hh"], params["b_h"]
+        V, c = params["W_hy"], params["b_y"]
+        n = U.shape[0]
+        h = np.zeros((T + 1, m, n))
+        new = np.zeros((T + 1, m, n))
+        for t in range(1, T + 1):
+            new[t] = np.tanh(X[t - 1] @ W.T + h[t - 1] @ U.T + b.T)
+            keep = mask[t - 1][:, None]
+            h[t] = h[t - 1] + keep * (new[t] - h[t - 1])
+        out = {k: np.zeros_like(v) for k, v in params.items()}
+        carry = np.zeros((m, n))
+        for t in range(T, 0, -1):
+            o = h[t] @ V.T + c.T
+            p = np.exp(o - o.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+            keep = mask[t - 1][:, None]
+            if many_to_one:
+                do = (p - Y) / m if t == T else np.zeros_like(p)
+            else:
+                do = (p - Y[t - 1]) / m * (keep if honour_mask_in_loss else 1.0)
+            out["W_hy"] += do.T @ h[t]
+            out["b_y"] += do.sum(axis=0)[:, None]
+            dh = do @ V + carry
+            if not carry_padded_steps:
+                keep = np.ones_like(keep)
+            dz = dh * keep * (1 - new[t] ** 2)
+            out["W_xh"] += dz.T @ X[t - 1]
+            out["W_hh"] += dz.T @ h[t - 1]
+            out["b_h"] += dz.sum(axis=0)[:, None]
+            carry = dh * (1 - keep) + dz @ U
+        return out
+
+    return grads
+
+
+def test_a_callable_of_a_masked_model() -> None:
+    right = _masked_bptt()
+    for name in derive(MASKED).gradients:
+        r = symbptt.check(MASKED, name, right, points=3)
+        assert r.ok, r.explain()
+    r = symbptt.check(MASKED, "W_hy", _masked_bptt(honour_mask_in_loss=False), points=3)
+    assert not r.ok
+    # the padded steps' losses (which count zero); step 1 is real for every example
+    assert r.loss_steps and 1 not in r.loss_steps
+    assert [m.name for m in r.mistakes] == ["forgotten_mask"]
+    assert "the padded steps' losses are counted" in r.mistakes[0].description
+    assert r.first_step == 2  # the model cut to one step (all real) agrees
+    # many-to-many, a padded step's adjoint is zero (its loss counts zero, and so is
+    # every later step's): only a loss that reads a carried state shows the carry
+    one = ModelSpec(steps=3, masked=True, mode="many_to_one")
+    assert symbptt.check(one, "W_hh", _masked_bptt(many_to_one=True), points=3).ok
+    r = symbptt.check(one, "W_hh", _masked_bptt(False, False, many_to_one=True), points=3)
+    assert not r.ok
+    assert [m.name for m in r.mistakes] == ["forgotten_mask"], r.explain()
+    assert "goes through the cell instead of being carried" in r.mistakes[0].description

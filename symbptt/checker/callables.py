@@ -12,8 +12,8 @@ import numpy as np
 
 from ..spec import ModelSpec
 from .flat import FlatSymbols
-from .points import _close, _Point, _target
-from .work import _Work
+from .points import _close, _Point, _run, _target
+from .work import _Work, _work
 
 #: The argument conventions of a callable candidate (``check(..., convention=...)``).
 CONVENTIONS = ("time_major", "batch_major")
@@ -296,7 +296,8 @@ def localise(
     returns a dict of gradients, the gates whose gradients are right at that
     k (a gate is the quantity whose equation reads the parameter: ``f`` for
     ``W_xf``, ``W_hf``, ``b_f``) and at every step are said too.  Without a
-    generated module (the reference is then the derivation) no step is said.
+    generated module (a composed model, today) the model of k steps is the
+    derivation of k steps, evaluated in float64.
     """
     steps = len(work.graph.steps)
     time_axis = 1 if convention == "batch_major" else 0
@@ -305,37 +306,29 @@ def localise(
     notes: list[str] = []
     first: int | None = None
     first_verdict = None
-    if reference.module is not None:
-        for k in range(1, steps):
-            cut = ModelSpec.from_mapping({**work.spec.as_dict(), "steps": k})
-            module, _ = _generated_module(cut)
-            if module is None:
-                break
-            params, X, Y, initials = _cut(work, arrays, k, time_axis)
-            try:
-                result = _unwrap(fn(params, X, Y, **initials))
-            except Exception as exc:  # the user's code: say so, then go on without steps
-                notes.append(
-                    f"no step localisation: the callable failed on the sequences cut to "
-                    f"{k} step{'s' * (k > 1)} ({type(exc).__name__}: {exc})"
-                )
-                break
-            rp, rX, rY, rinit = _cut(work, own, k, 0)
-            try:
-                _, expected = module.loss_and_gradients(rp, rX, rY, **rinit)
-            except Exception:  # the generated module of k steps failed: no step is said
-                break
-            expected = {key: np.asarray(value, dtype=float) for key, value in expected.items()}
-            value = result.get(name) if isinstance(result, Mapping) else result
-            if value is None or name not in expected:
-                break  # nothing to compare: no step is said
-            if _differs(value, expected[name]):
-                first = k
-                if isinstance(result, Mapping):
-                    first_verdict = _gate_verdict(work, result, expected)
-                break
-        else:
-            first = steps
+    for k in range(1, steps):
+        params, X, Y, initials = _cut(work, arrays, k, time_axis)
+        try:
+            result = _unwrap(fn(params, X, Y, **initials))
+        except Exception as exc:  # the user's code: say so, then go on without steps
+            notes.append(
+                f"no step localisation: the callable failed on the sequences cut to "
+                f"{k} step{'s' * (k > 1)} ({type(exc).__name__}: {exc})"
+            )
+            break
+        expected = _expected_cut(work, reference, point, own, k)
+        if expected is None:
+            break  # no reference of k steps: no step is said
+        value = result.get(name) if isinstance(result, Mapping) else result
+        if value is None or name not in expected:
+            break  # nothing to compare: no step is said
+        if _differs(value, expected[name]):
+            first = k
+            if isinstance(result, Mapping):
+                first_verdict = _gate_verdict(work, result, expected)
+            break
+    else:
+        first = steps
     full = _unwrap(_safe_call(fn, _arrays(work, point.leaves, convention)))
     full_verdict = None
     if isinstance(full, Mapping):
@@ -362,6 +355,40 @@ def localise(
         None if verdict is None else tuple(verdict[0]),
         None if verdict is None else tuple(verdict[1]),
     )
+
+
+def _expected_cut(
+    work: _Work, reference: _Reference, point: _Point, own: tuple[Any, ...], k: int
+) -> dict[str, np.ndarray] | None:
+    """Every gradient of the model cut to its first ``k`` steps, at ``point`` cut the same way.
+
+    From the generated module of k steps where the reference is the generated
+    module, else from the derivation of k steps evaluated in float64 (a
+    composed model's, until code generation takes one).
+    """
+    cut = ModelSpec.from_mapping({**work.spec.as_dict(), "steps": k})
+    if reference.module is not None:
+        module, _ = _generated_module(cut)
+        if module is None:
+            return None
+        rp, rX, rY, rinit = _cut(work, own, k, 0)
+        try:
+            _, expected = module.loss_and_gradients(rp, rX, rY, **rinit)
+        except Exception:  # the generated module of k steps failed
+            return None
+        return {key: np.asarray(value, dtype=float) for key, value in expected.items()}
+    small = _work(cut)
+    graph, full = small.graph, work.graph
+    leaves = {symbol: point.leaves[full.params[name]] for name, symbol in graph.params.items()}
+    pairs = [(graph.inputs, full.inputs), (graph.masks, full.masks)]
+    pairs.append((graph.targets, full.targets if len(full.targets) > 1 else full.targets[-1:]))
+    for mine, theirs in pairs:
+        leaves.update({a: point.leaves[b] for a, b in zip(mine, theirs, strict=False)})
+    for key, initial in graph.initials.items():
+        if full.initials[key] in point.leaves:  # initial_state = "input"
+            leaves[initial] = point.leaves[full.initials[key]]
+    env = _run(small, leaves, "float")
+    return {name: np.asarray(env[_target(small, name)], dtype=float) for name in graph.params}
 
 
 def _safe_call(fn: Callable[..., Any], arrays: tuple[Any, ...]) -> Any:

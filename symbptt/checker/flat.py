@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import sympy as sp
+
 from ..derive import Derivation
 from ..graph import Assignment, Graph, Symbols
 from ..model import HEAD_KEYS, Name, Notation, Unit
@@ -86,8 +88,8 @@ class FlatSymbols:
     def series_shape(self, role: str) -> tuple[Any, Any]:
         entry = self.notation.name_of(role)
         if entry.role == "mask":
-            batch = self.sizes["batch"]
-            return (1, batch) if self.layout == "column" else (batch, 1)  # type: ignore[return-value]
+            batch, one = self.sizes["batch"], sp.Integer(1)
+            return (one, batch) if self.layout == "column" else (batch, one)
         found = self._units.get(entry.role)
         if found is not None:
             return found[0].series_shape(found[1].role)

@@ -628,6 +628,51 @@ def _output(work: _Work) -> list[Alteration]:
     return out
 
 
+# -------------------------------------------------------------------------------- masks
+def _masks(work: _Work) -> list[Alteration]:
+    """``forgotten_mask``: a masked model's backward pass without the mask, in one place.
+
+    In the output error (the padded steps' losses counted: ``y_hat[t] - y[t]``
+    where ``M[t] * (y_hat[t] - y[t])`` belongs), or in the states' adjoints (a
+    padded step not carried: the state's adjoint goes on through the cell).
+    """
+    graph = work.graph
+    if not graph.masks:
+        return []
+    ones = {mask: sp.OneMatrix(*mask.shape) for mask in graph.masks}
+    out = []
+    for in_loss in (True, False):
+
+        def rewrite(a: Assignment, in_loss: bool = in_loss) -> Any | None:
+            if (a.kind == "adjoint_output_pre_activation") != in_loss:
+                return None
+            if not any(mask in a.expr.free_symbols for mask in ones):
+                return None
+            return a.expr.xreplace(ones)
+
+        if in_loss:
+            place = "do[t]"
+            holder = next((a for a in work.d.adjoints if rewrite(a) is not None), None)
+            if holder is None:
+                continue
+            place = _place(work, holder)
+            text = (
+                f"the mask is forgotten in the output error {place}: the padded steps' "
+                "losses are counted"
+            )
+        else:
+            holder = next((a for a in work.d.adjoints if rewrite(a) is not None), None)
+            if holder is None:
+                continue
+            place = _place(work, holder)
+            text = (
+                f"the mask is forgotten in the states' adjoints ({place}, ...): a padded step's "
+                "adjoint goes through the cell instead of being carried past it"
+            )
+        out.append(Alteration("forgotten_mask", ("mask", in_loss), place, text, rewrite))
+    return out
+
+
 def alterations(work: _Work) -> list[Alteration]:
     """Every alteration of the derivation's rules at every site, in a fixed order."""
     return (
@@ -637,4 +682,5 @@ def alterations(work: _Work) -> list[Alteration]:
         + _swapped_factors(work)
         + _weights(work)
         + _steps(work)
+        + _masks(work)
     )
