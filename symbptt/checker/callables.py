@@ -12,7 +12,9 @@ import numpy as np
 
 from ..spec import ModelSpec
 from .flat import FlatSymbols
-from .points import _close, _Point, _run, _target
+from .limits import RTOL_FLOAT
+from .namespace import _state_initials
+from .points import _close, _Point, _points, _run, _target
 from .work import _Work, _work
 
 #: The argument conventions of a callable candidate (``check(..., convention=...)``).
@@ -330,6 +332,8 @@ def localise(
     else:
         first = steps
     full = _unwrap(_safe_call(fn, _arrays(work, point.leaves, convention)))
+    if full is not None and not isinstance(full, Mapping):
+        notes += _weight_paths(work, fn, convention, name, reference)
     full_verdict = None
     if isinstance(full, Mapping):
         expected = {key: reference.gradient(point, key) for key in work.graph.params}
@@ -355,6 +359,87 @@ def localise(
         None if verdict is None else tuple(verdict[0]),
         None if verdict is None else tuple(verdict[1]),
     )
+
+
+#: How many points the weight-path test of a single array uses.
+_PATH_POINTS = 3
+
+
+def _recurrent_weights(work: _Work) -> dict[str, list[str]]:
+    """Gate -> the parameters of its equation that read a state of the step before.
+
+    Read from the derivation: a parameter whose contribution reads a state at
+    another step than its own (``W_hf``: ``delta_f[t] @ h[t-1].T``).
+    """
+    graph = work.graph
+    meta = graph.symbols.meta
+    states = set(_state_initials(graph))
+    gates = _gates(work)
+    out: dict[str, list[str]] = {}
+    for c in work.d.contributions:
+        name = c.param
+        if name not in gates or name in out.get(gates[name], []):
+            continue
+        for symbol in c.expr.free_symbols:
+            role, at = meta.get(symbol, ("", None))
+            if role in states and isinstance(at, int) and at != c.step:
+                out.setdefault(gates[name], []).append(name)
+                break
+    return out
+
+
+def _weight_paths(
+    work: _Work, fn: Callable[..., Any], convention: str, name: str, reference: _Reference
+) -> list[str]:
+    """For a callable returning one array: the gate whose recurrent weights, set to zero,
+    make it agree (the difference comes through what that gate carries back).
+
+    Each gate's recurrent weights are zeroed in turn at a few points where the
+    callable differs, and the callable is compared with the reference there.
+    Said only when exactly one gate does it (and some other gate does not).
+    """
+    weights = _recurrent_weights(work)
+    if len(weights) < 2:
+        return []
+    expected_shape = tuple(int(v) for v in _target(work, name).shape)
+    differing = []
+    for p in _points(work, 1, _PATH_POINTS, one_hot=True):
+        try:
+            value = _call(fn, work, p.leaves, name, convention, expected_shape)
+        except (CallableFailed, ValueError):
+            return []
+        if value is None or not _close(value, reference.gradient(p, name), RTOL_FLOAT):
+            differing.append(p)
+    if not differing:
+        return []
+    fixing = []
+    for gate, names in weights.items():
+        agrees = True
+        for p in differing:
+            leaves = dict(p.leaves)
+            for weight in names:
+                symbol = work.graph.params[weight]
+                leaves[symbol] = np.zeros_like(leaves[symbol])
+            zeroed = _Point(work, leaves, p.kind)
+            try:
+                value = _call(fn, work, leaves, name, convention, expected_shape)
+            except (CallableFailed, ValueError):
+                return []
+            if value is None or not _close(value, reference.gradient(zeroed, name), RTOL_FLOAT):
+                agrees = False
+                break
+        if agrees:
+            fixing.append(gate)
+    if len(fixing) != 1:
+        return []
+    (gate,) = fixing
+    zeroed = ", ".join(weights[gate])
+    others = ", ".join(w for g, names in weights.items() if g != gate for w in names)
+    return [
+        f"paths: with {zeroed} = 0 it agrees (at {len(differing)} points where it differs): "
+        f"the difference comes through what the {gate} gate carries back to the step before "
+        f"(through {zeroed}); with {others} = 0 in turn it still differs"
+    ]
 
 
 def _expected_cut(
