@@ -401,7 +401,8 @@ def _weight_paths(
     weights = _recurrent_weights(work)
     if len(weights) < 2:
         return []
-    expected_shape = tuple(int(v) for v in _target(work, name).shape)
+    rows, cols = _target(work, name).shape
+    expected_shape = (int(rows), int(cols))
     differing = []
     for p in _points(work, 1, _PATH_POINTS, one_hot=True):
         try:
@@ -420,12 +421,12 @@ def _weight_paths(
             for weight in names:
                 symbol = work.graph.params[weight]
                 leaves[symbol] = np.zeros_like(leaves[symbol])
-            zeroed = _Point(work, leaves, p.kind)
+            at = _Point(work, leaves, p.kind)
             try:
                 value = _call(fn, work, leaves, name, convention, expected_shape)
             except (CallableFailed, ValueError):
                 return []
-            if value is None or not _close(value, reference.gradient(zeroed, name), RTOL_FLOAT):
+            if value is None or not _close(value, reference.gradient(at, name), RTOL_FLOAT):
                 agrees = False
                 break
         if agrees:
