@@ -200,10 +200,11 @@ def test_masked_points_pad_a_step() -> None:
         assert 0.0 in masks and masks[: work.sizes["batch"]].all()
 
 
-def _bidirectional_bptt(forward_habit: bool) -> Any:
+def _bidirectional_bptt(forward_habit: bool = False, backward_pass_from_t: bool = False) -> Any:
     """A hand-written NumPy BPTT of a one-layer bidirectional Elman RNN (softmax,
     cross-entropy, mean over the batch), examples as rows; with ``forward_habit``
-    the backward unit's recurrent gradient reads h_b[t-1] where h_b[t+1] belongs."""
+    the backward unit's recurrent gradient reads h_b[t-1] where h_b[t+1] belongs; with
+    ``backward_pass_from_t`` its backward pass runs from t = T down, carrying from t + 1."""
     previous = -1 if forward_habit else 1
 
     def grads(
@@ -239,7 +240,7 @@ def _bidirectional_bptt(forward_habit: bool) -> Any:
             out["b_h_f"] += dz.sum(axis=0)[:, None]
             carry = dz @ params["W_hh_f"]
         carry = np.zeros((m, n))
-        for t in range(1, T + 1):
+        for t in range(T, 0, -1) if backward_pass_from_t else range(1, T + 1):
             dz = (do[t - 1] @ params["W_hy_b"] + carry) * (1 - hb[t] ** 2)
             out["W_xh_b"] += dz.T @ X[t - 1]
             out["W_hh_b"] += dz.T @ hb[t + previous]
@@ -262,6 +263,14 @@ def test_a_callable_of_a_bidirectional_model() -> None:
         r.explain()
     )
     assert "with all 3 steps: gates right: z_f, the output layer; wrong: z_b" in r.notes
+    r = symbptt.check(BIDIRECTIONAL, "W_xh_b", _bidirectional_bptt(backward_pass_from_t=True))
+    assert not r.ok
+    assert [m.name for m in r.mistakes] == ["off_by_one"], r.explain()
+    assert r.mistakes[0].description == (
+        "off-by-one step in the wrong direction in dh_b[t]: W_hh_b.T @ delta_b[t+1] where "
+        "W_hh_b.T @ delta_b[t-1] belongs (a backward direction's adjoints carry from step t-1: "
+        "its backward pass runs t = 1..T)"
+    )
 
 
 def test_cli_checks_a_composed_model(capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -200,6 +201,9 @@ class _Diagnosis:
         local = any(atom.flavour == LOCAL for atom in atoms)
         if not local:
             mutated = self._mutated(atoms)
+            if any(atom.alteration.reorders for atom in atoms if atom.alteration):
+                ordered = _dependency_order(mutated)
+                return [self._run(p.env_f, ordered) for p in points]
             first = next(
                 (
                     i
@@ -863,6 +867,38 @@ def _ranked_combinations(
             triples.append((float(costs[k]), key))
     triples.sort()
     return [tuple(singles[n] for n in key) for _, key in triples]
+
+
+def _dependency_order(assignments: Sequence[Assignment]) -> list[Assignment]:
+    """``assignments`` in an order where each comes after those whose targets it reads.
+
+    Stable (the first ready in the given order goes first); a recursion that a
+    mutation runs the other way (a backward unit's, from t = T down) is computed
+    in its own order.  Left as given if it has a cycle.
+    """
+    index = {a.target: i for i, a in enumerate(assignments)}
+    needs = [
+        {index[s] for s in a.expr.free_symbols if s in index and index[s] != i}
+        for i, a in enumerate(assignments)
+    ]
+    users: dict[int, list[int]] = {}
+    for i, deps in enumerate(needs):
+        for j in deps:
+            users.setdefault(j, []).append(i)
+    waiting = [len(deps) for deps in needs]
+    ready = [i for i, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for k in users.get(i, []):
+            waiting[k] -= 1
+            if waiting[k] == 0:
+                heapq.heappush(ready, k)
+    if len(order) != len(assignments):
+        return list(assignments)
+    return [assignments[i] for i in order]
 
 
 def _same(values: Sequence[Any], others: Sequence[Any]) -> bool:

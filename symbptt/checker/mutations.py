@@ -68,6 +68,8 @@ class Alteration:
     place: str  # the adjoint it changes, in the language: dc[t]
     text: str  # what is wrong, in the notation's names
     rewrite: Callable[[Assignment], Any | None]
+    #: the mutated adjoints must be computed in a new order (a recursion run the other way)
+    reorders: bool = False
 
 
 def _terms(expr: Any) -> tuple[Any, ...]:
@@ -628,6 +630,67 @@ def _output(work: _Work) -> list[Alteration]:
     return out
 
 
+# ---------------------------------------------------------------------- directions
+def _reflections(work: _Work) -> list[Alteration]:
+    """``off_by_one`` in the wrong direction: a backward unit's adjoint run the forward way.
+
+    Every quantity of the unit read at another step than the adjoint's is read
+    on the other side (``delta_b[t+1]`` for ``delta_b[t-1]``, ``f_b[t+1]`` for
+    ``f_b[t-1]``; outside the model an initial state, else zero): the recursion
+    of a hand-written loop that runs a backward unit's backward pass from t = T
+    down, as a forward unit's.  Its values are computed in the order the mutated
+    recursion needs (:attr:`Alteration.reorders`).
+    """
+    graph = work.graph
+    meta = graph.symbols.meta
+    out: list[Alteration] = []
+    for kind, assignments in _by_kind(work).items():
+        unit = _unit(work, kind)
+        if unit is None or unit.step > 0:
+            continue
+
+        # the step that reads the most (an inner one: a boundary step reads zeros)
+        template = max(assignments, key=lambda a: (len(a.expr.free_symbols), -a.step))
+        if not _later_adjoints(work, template.expr, template.step, kind):
+            continue
+
+        def mapping_of(step: int, unit: Any = unit, template: Assignment = template) -> Any:
+            """The template moved to ``step``, the unit's other steps on the other side."""
+            mapping = {}
+            for symbol in template.expr.free_symbols:
+                role, at = meta.get(symbol, ("", None))
+                if not isinstance(at, int):
+                    continue
+                offset = at - template.step
+                if offset and _unit(work, role) == unit:
+                    offset = -offset
+                found = _shifted(work, role, step + offset)
+                mapping[symbol] = found if found is not None else sp.ZeroMatrix(*symbol.shape)
+            return mapping
+
+        def rewrite(
+            a: Assignment, kind: str = kind, mapping_of: Any = mapping_of, template: Any = template
+        ) -> Any | None:
+            if a.kind != kind:
+                return None
+            return mexpr.substitute(template.expr, mapping_of(a.step))
+
+        holder = template
+        printer = _relative_printer(work, holder.step)
+        carried = [t for t in _terms(holder.expr) if _later_adjoints(work, t, holder.step, kind)]
+        right = " + ".join(printer(t) for t in carried)
+        reflected = mapping_of(holder.step)
+        wrong = " + ".join(printer(mexpr.substitute(t, reflected)) for t in carried)
+        place = printer(holder.target)
+        text = (
+            f"off-by-one step in the wrong direction in {place}: {wrong} where {right} belongs "
+            "(a backward direction's adjoints carry from step t-1: its backward pass runs "
+            "t = 1..T)"
+        )
+        out.append(Alteration("off_by_one", ("reflect", kind), place, text, rewrite, reorders=True))
+    return out
+
+
 # -------------------------------------------------------------------------------- masks
 def _masks(work: _Work) -> list[Alteration]:
     """``forgotten_mask``: a masked model's backward pass without the mask, in one place.
@@ -682,5 +745,6 @@ def alterations(work: _Work) -> list[Alteration]:
         + _swapped_factors(work)
         + _weights(work)
         + _steps(work)
+        + _reflections(work)
         + _masks(work)
     )
