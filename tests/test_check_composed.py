@@ -355,3 +355,15 @@ def test_a_callable_of_a_masked_model() -> None:
     assert not r.ok
     assert [m.name for m in r.mistakes] == ["forgotten_mask"], r.explain()
     assert "goes through the cell instead of being carried" in r.mistakes[0].description
+
+
+def test_a_many_to_one_formula_says_its_exceptional_steps() -> None:
+    """The backward unit's final state (step 1) feeds the output: its line at step 1
+    is not the recursion of the other steps, and the output weight reads h_b[1]."""
+    spec = ModelSpec(steps=3, direction="bidirectional", mode="many_to_one")
+    formula = symbptt.check.correct_formula(spec, "W_hh_b")
+    assert "delta_b[t] = (W_hh_b.T @ delta_b[t-1]) * (1 - h_b[t]**2)  (t = 2, 3)" in formula.where
+    assert "delta_b[1] = (W_hy_b.T @ do[3]) * (1 - h_b[1]**2)" in formula.where
+    assert symbptt.check.correct_formula(spec, "W_hy_b").gradient == "do[T] @ h_b[1].T"
+    for name in derive(spec).gradients:
+        assert symbptt.check(spec, name, symbptt.check.correct_formula(spec, name).gradient).ok

@@ -12,7 +12,7 @@ from typing import Any
 
 import sympy as sp
 
-from .. import exprlang
+from .. import exprlang, mexpr
 from ..derive import Derivation
 from ..exprlang import ExpressionError
 from ..graph import T_SYMBOL, Assignment, Symbols
@@ -20,7 +20,7 @@ from ..notation import Notation
 from ..spec import ModelSpec
 from .flat import direction
 from .language import _base_role, _is_adjoint, _label
-from .namespace import _refuse_outside
+from .namespace import _refuse_outside, _state_initials
 from .points import _close, _evaluate, _gradient_symbol, _points, _prepare
 from .printer import _naming, _Printer, _relative_naming
 from .work import _derivation, _namespace_of, _resolve_wrt, _work
@@ -196,14 +196,25 @@ def _composed_recursion(d: Derivation) -> tuple[str, ...]:
     meta = graph.symbols.meta
     kept = _kept(d)
     defs = _inline(d.adjoints, kept)
+    absolute = _Printer(_naming(graph.symbols, notation))
     lines: list[str] = []
     for kind in kept:
+        mine = [a for a in d.adjoints if a.kind == kind]
         texts = []
-        for a in d.adjoints:
-            if a.kind == kind:
-                printer = _Printer(_relative_naming(meta, notation, a.step))
-                texts.append(f"{printer(a.target)} = {printer(defs[a.target])}")
-        lines.append(_most_common(texts))
+        for a in mine:
+            printer = _Printer(_relative_naming(meta, notation, a.step))
+            texts.append(f"{printer(a.target)} = {printer(defs[a.target])}")
+        common = _most_common(texts)
+        template = mine[texts.index(common)]
+        template_expr = defs[template.target]
+        other = [
+            a for a in mine if _moved(d, template_expr, template.step, a.step) != defs[a.target]
+        ]
+        if other:
+            steps = ", ".join(str(step) for step in sorted(a.step for a in mine if a not in other))
+            common += f"  (t = {steps})"
+        lines.append(common)
+        lines += [f"{absolute(a.target)} = {absolute(defs[a.target])}" for a in other]
     outside = []
     for role in kept:
         label = _label(notation, role)
@@ -216,6 +227,31 @@ def _composed_recursion(d: Derivation) -> tuple[str, ...]:
         outside.append(f"{entry.ascii}[{_outside(d, entry.role)[0]}] = {initial}")
     lines.append(", ".join(outside))
     return tuple(lines)
+
+
+def _moved(d: Derivation, expr: Any, at_step: int, step: int) -> Any:
+    """``expr`` (of the step ``at_step``) at ``step``: every symbol moved by the same steps.
+
+    Outside the model a state is its initial value, anything else zero (a
+    quantity after the last step only ever multiplies a zero adjoint there).
+    """
+    graph = d.graph
+    meta = graph.symbols.meta
+    table = {(role, at): s for s, (role, at) in meta.items() if isinstance(at, int)}
+    initials = _state_initials(graph)
+    first, last = graph.steps[0], graph.steps[-1]
+    mapping: dict[Any, Any] = {}
+    for symbol in expr.free_symbols:
+        role, at = meta.get(symbol, ("", None))
+        if not isinstance(at, int):
+            continue
+        k = at + step - at_step
+        found = table.get((role, k))
+        if found is None:
+            before = first - 1 if direction(graph, role) > 0 else last + 1
+            found = initials[role] if role in initials and k == before else None
+        mapping[symbol] = found if found is not None else sp.ZeroMatrix(*symbol.shape)
+    return mexpr.substitute(expr, mapping)
 
 
 def _outside(d: Derivation, role: str) -> tuple[str, str]:
@@ -244,8 +280,16 @@ def _composed_formula(d: Derivation, name: str) -> str | None:
     last = graph.steps[-1]
     if len(terms) == 1 and terms[0].step == last and len(graph.steps) > 1:
         shift = graph.notation.t0 - 1  # the last step is T (T - 1 where steps start at 0)
-        printer = _Printer(_relative_naming(meta, graph.notation, last, "T", shift))
-        return printer(defs[terms[0].target])
+        at_last = _relative_naming(meta, graph.notation, last, "T", shift)
+        absolute = _naming(graph.symbols, graph.notation)
+
+        def named(symbol: Any) -> str:
+            """A backward unit's final state is at the first step: h_b[1], not h_b[T-2]."""
+            role, _ = meta.get(symbol, ("", None))
+            backward = direction(graph, _base_role(role)) < 0
+            return absolute(symbol) if backward else at_last(symbol)
+
+        return _Printer(named)(defs[terms[0].target])
     texts = [
         _Printer(_relative_naming(meta, graph.notation, c.step))(defs[c.target]) for c in terms
     ]
