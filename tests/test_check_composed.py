@@ -12,12 +12,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 import symbptt
 from symbptt import ModelSpec, derive
 from symbptt.checker import names, names_text
 from symbptt.cli import main
 from symbptt.exprlang import ExpressionError
+
+from .test_compose import composed_specs
 
 STACKED = ModelSpec(steps=3, layers=2)
 BIDIRECTIONAL = ModelSpec(steps=3, direction="bidirectional")
@@ -367,3 +370,15 @@ def test_a_many_to_one_formula_says_its_exceptional_steps() -> None:
     assert symbptt.check.correct_formula(spec, "W_hy_b").gradient == "do[T] @ h_b[1].T"
     for name in derive(spec).gradients:
         assert symbptt.check(spec, name, symbptt.check.correct_formula(spec, name).gradient).ok
+
+
+@pytest.mark.slow
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(composed_specs())
+def test_property_the_printed_formula_of_every_gradient_is_equal(spec: ModelSpec) -> None:
+    """Any composed spec: every gradient's formula, printed from the concrete steps,
+    parses in the unit's names and equals the derivation's gradient."""
+    for name in derive(spec).gradients:
+        formula = symbptt.check.correct_formula(spec, name)
+        r = symbptt.check(spec, name, formula.gradient, points=2)
+        assert r.ok, r.explain()
