@@ -382,3 +382,13 @@ def test_property_the_printed_formula_of_every_gradient_is_equal(spec: ModelSpec
         formula = symbptt.check.correct_formula(spec, name)
         r = symbptt.check(spec, name, formula.gradient, points=2)
         assert r.ok, r.explain()
+
+
+def test_a_role_of_several_units_names_no_gradient() -> None:
+    with pytest.raises(
+        ValueError, match=r"the role 'recurrent_weight' belongs to several .*W_hh_1, W_hh_2"
+    ):
+        symbptt.check(STACKED, "recurrent_weight", "0")
+    assert symbptt.check(
+        STACKED, "output_bias", symbptt.check.correct_formula(STACKED, "b_y").gradient
+    ).ok

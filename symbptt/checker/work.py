@@ -78,10 +78,19 @@ def _namespace_of(spec: ModelSpec) -> Namespace:
 def _resolve_wrt(d: Derivation, wrt: str) -> str:
     if wrt in d.gradients:
         return wrt
-    by_role = {role: name for name, role in d.roles.items()}
+    holders: dict[str, list[str]] = {}
+    for name, role in d.roles.items():
+        holders.setdefault(role, []).append(name)
+    # a role names a gradient only where one parameter has it (not every unit's W_hh_1f, ...)
+    by_role = {role: names[0] for role, names in holders.items() if len(names) == 1}
     if wrt in by_role:
         return by_role[wrt]
+    if wrt in holders:
+        raise ValueError(
+            f"wrt: the role {wrt!r} belongs to several parameters in this model "
+            f"({', '.join(holders[wrt])}); name one of them"
+        )
+    roles = f" (or a role: {', '.join(by_role)})" if by_role else ""
     raise ValueError(
-        f"wrt: no gradient named {wrt!r}; this model has {', '.join(d.gradients)} "
-        f"(or a role: {', '.join(by_role)})"
+        f"wrt: no gradient named {wrt!r}; this model has {', '.join(d.gradients)}{roles}"
     )
