@@ -133,7 +133,8 @@ class Symbols:
             self.contributes_to: dict[Any, str] = {}  # a contribution's symbol -> its parameter
             self.params: dict[str, sp.MatrixSymbol] = {}
             self._keys: dict[str, str] = {}  # parameter ASCII name -> key in the cell file
-            self.owner: dict[Any, Symbols] = {}  # a unit's symbol -> the unit's registry
+            #: a unit's symbol (series, adjoint) -> the unit's registry
+            self.owner: dict[Any, Symbols] = {}
         else:
             self.meta, self.contributes_to = root.meta, root.contributes_to
             self.params, self._keys, self.owner = root.params, root._keys, root.owner

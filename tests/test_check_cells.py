@@ -627,3 +627,27 @@ def test_hand_written_numpy_gru_in_rows_is_equal_and_its_bug_is_not() -> None:
     assert "no step localisation: the callable failed on the sequences cut to 1 step" in (
         result.explain()
     )
+
+
+def test_one_array_is_localised_to_the_gate_whose_carry_is_wrong() -> None:
+    """A single array has no gates' verdicts; zeroing each gate's recurrent weights in
+    turn says which gate's carry the difference comes through (where exactly one does)."""
+    spec = ModelSpec(cell="lstm", steps=4)
+
+    def forget_gate_bug(p: Any, X: Any, Y: Any, h0: Any = None, c0: Any = None) -> Any:
+        return numpy_lstm(p, X, Y, h0, c0, forget_factor="sigmoid")[1]["W_hi"]
+
+    result = check(spec, "W_hi", forget_gate_bug, points=4)
+    assert not result.ok and result.gates_wrong is None
+    assert (
+        "paths: with W_hf = 0 it agrees (at 3 points where it differs): the difference comes "
+        "through what the f gate carries back to the step before (through W_hf); with W_hi, "
+        "W_ho, W_hc = 0 in turn it still differs"
+    ) in result.notes, result.explain()
+
+    def no_cell_carry(p: Any, X: Any, Y: Any, h0: Any = None, c0: Any = None) -> Any:
+        return numpy_lstm(p, X, Y, h0, c0, carry=False)[1]["W_hf"]
+
+    result = check(spec, "W_hf", no_cell_carry, points=4)  # c's carry: no weight carries it
+    assert not any(note.startswith("paths:") for note in result.notes), result.explain()
+    assert "carry: the carry of c (dc[t+1] * f[t+1]) is missing; h's is right" in result.notes

@@ -11,8 +11,11 @@ from typing import Any
 import numpy as np
 
 from ..spec import ModelSpec
-from .points import _close, _Point, _target
-from .work import _Work
+from .flat import FlatSymbols
+from .limits import RTOL_FLOAT
+from .namespace import _state_initials
+from .points import _close, _Point, _points, _run, _target
+from .work import _Work, _work
 
 #: The argument conventions of a callable candidate (``check(..., convention=...)``).
 CONVENTIONS = ("time_major", "batch_major")
@@ -45,9 +48,12 @@ def _arrays(
     ys = [batch_major(leaves[y]) for y in graph.targets]
     Y = np.stack(ys) if work.spec.mode == "many_to_many" else ys[0]
     initials: dict[str, np.ndarray | None] = {}
-    for key, initial in graph.initials.items():
-        given = work.spec.initial_state == "input"
-        initials[f"{key}0"] = batch_major(leaves[initial]) if given else None
+    given = work.spec.initial_state == "input"
+    for keyword, initial in _initial_keywords(work).items():
+        initials[keyword] = batch_major(leaves[initial]) if given else None
+    if graph.masks:  # (T, m): 1 where an example's step is real
+        mask = np.stack([np.asarray(leaves[m], dtype=float).reshape(-1) for m in graph.masks])
+        initials["mask"] = mask.T.copy() if convention == "batch_major" else mask
     if convention == "batch_major":
         X = np.swapaxes(X, 0, 1).copy()
         if Y.ndim == 3:
@@ -59,11 +65,25 @@ def _arrays(
     return params, X, Y, initials
 
 
+def _initial_keywords(work: _Work) -> dict[str, Any]:
+    """The keyword of each initial state (``h0``, ``c0``; a unit's ``h0_1f``) -> its symbol."""
+    graph = work.graph
+    symbols = graph.symbols
+    if not isinstance(symbols, FlatSymbols):
+        return {f"{key}0": initial for key, initial in graph.initials.items()}
+    out = {}
+    for registry in symbols.root.registries:
+        assert registry.unit is not None
+        for state in registry.cell.states:
+            out[registry.unit.name(f"{state.key}0")] = registry.initials[state.key]
+    return out
+
+
 def _per_unit(work: _Work) -> list[str]:
     """The ASCII names of the parameters that are per unit (biases, vectors): (n, 1)."""
-    cell = work.graph.symbols.cell
-    keys = {p.key for p in cell.parameters if p.kind in ("bias", "vector")} | {"b_out"}
-    return [e.ascii for e in work.notation.params if e.key in keys and e.ascii in work.graph.params]
+    symbols = work.graph.symbols
+    keys = {p.key for p in symbols.cell.parameters if p.kind in ("bias", "vector")} | {"b_out"}
+    return [name for name in work.graph.params if symbols.key_of_param(name) in keys]
 
 
 def _call(
@@ -160,18 +180,27 @@ def _generated_module(spec: ModelSpec) -> tuple[Any, str]:
 
 def _gates(work: _Work) -> dict[str, str]:
     """Parameter (ASCII) -> the quantity whose equation reads it (a gate: ``f``), or the output."""
-    cell = work.graph.symbols.cell
-    notation = work.notation
-    by_key = {e.key: e.ascii for e in notation.params}
+    symbols = work.graph.symbols
+    cell = symbols.cell
     out: dict[str, str] = {}
-    for eq in cell.equations:
-        label = notation.name_of(eq.target).ascii
-        for node in ast.walk(eq.tree):
-            if isinstance(node, ast.Name) and node.id in by_key:
-                out.setdefault(by_key[node.id], label)
-    for key in ("W_out", "b_out"):
-        if key in by_key:
-            out.setdefault(by_key[key], "the output layer")
+    if isinstance(symbols, FlatSymbols):  # every unit's gates: f_1f for W_hf_1f
+        units = [(r.notation, r.split) for r in symbols.root.registries]
+    else:
+        units = [(work.notation, {})]
+    for notation, split in units:
+        by_key: dict[str, list[str]] = {}
+        for e in notation.params:
+            parts = split.get(e.key)
+            by_key[e.key] = [p.name for p, _ in parts] if parts else [e.ascii]
+        for eq in cell.equations:
+            label = notation.name_of(eq.target).ascii
+            for node in ast.walk(eq.tree):
+                if isinstance(node, ast.Name) and node.id in by_key:
+                    for name in by_key[node.id]:
+                        out.setdefault(name, label)
+    for name in work.graph.params:
+        if symbols.key_of_param(name) in ("W_out", "b_out"):
+            out.setdefault(name, "the output layer")
     return out
 
 
@@ -227,6 +256,8 @@ def _cut(
     """A callable's arguments for the first ``k`` steps (one target in many_to_one)."""
     params, X, Y, initials = arrays
     params = {key: value.copy() for key, value in params.items()}
+    if initials.get("mask") is not None:
+        initials = {**initials, "mask": np.take(initials["mask"], range(k), axis=time_axis)}
     X = np.take(X, range(k), axis=time_axis)
     if work.spec.mode == "many_to_many":
         Y = np.take(Y, range(k), axis=time_axis)
@@ -267,7 +298,8 @@ def localise(
     returns a dict of gradients, the gates whose gradients are right at that
     k (a gate is the quantity whose equation reads the parameter: ``f`` for
     ``W_xf``, ``W_hf``, ``b_f``) and at every step are said too.  Without a
-    generated module (the reference is then the derivation) no step is said.
+    generated module (a composed model, today) the model of k steps is the
+    derivation of k steps, evaluated in float64.
     """
     steps = len(work.graph.steps)
     time_axis = 1 if convention == "batch_major" else 0
@@ -276,38 +308,32 @@ def localise(
     notes: list[str] = []
     first: int | None = None
     first_verdict = None
-    if reference.module is not None:
-        for k in range(1, steps):
-            cut = ModelSpec.from_mapping({**work.spec.as_dict(), "steps": k})
-            module, _ = _generated_module(cut)
-            if module is None:
-                break
-            params, X, Y, initials = _cut(work, arrays, k, time_axis)
-            try:
-                result = _unwrap(fn(params, X, Y, **initials))
-            except Exception as exc:  # the user's code: say so, then go on without steps
-                notes.append(
-                    f"no step localisation: the callable failed on the sequences cut to "
-                    f"{k} step{'s' * (k > 1)} ({type(exc).__name__}: {exc})"
-                )
-                break
-            rp, rX, rY, rinit = _cut(work, own, k, 0)
-            try:
-                _, expected = module.loss_and_gradients(rp, rX, rY, **rinit)
-            except Exception:  # the generated module of k steps failed: no step is said
-                break
-            expected = {key: np.asarray(value, dtype=float) for key, value in expected.items()}
-            value = result.get(name) if isinstance(result, Mapping) else result
-            if value is None or name not in expected:
-                break  # nothing to compare: no step is said
-            if _differs(value, expected[name]):
-                first = k
-                if isinstance(result, Mapping):
-                    first_verdict = _gate_verdict(work, result, expected)
-                break
-        else:
-            first = steps
+    for k in range(1, steps):
+        params, X, Y, initials = _cut(work, arrays, k, time_axis)
+        try:
+            result = _unwrap(fn(params, X, Y, **initials))
+        except Exception as exc:  # the user's code: say so, then go on without steps
+            notes.append(
+                f"no step localisation: the callable failed on the sequences cut to "
+                f"{k} step{'s' * (k > 1)} ({type(exc).__name__}: {exc})"
+            )
+            break
+        expected = _expected_cut(work, reference, point, own, k)
+        if expected is None:
+            break  # no reference of k steps: no step is said
+        value = result.get(name) if isinstance(result, Mapping) else result
+        if value is None or name not in expected:
+            break  # nothing to compare: no step is said
+        if _differs(value, expected[name]):
+            first = k
+            if isinstance(result, Mapping):
+                first_verdict = _gate_verdict(work, result, expected)
+            break
+    else:
+        first = steps
     full = _unwrap(_safe_call(fn, _arrays(work, point.leaves, convention)))
+    if full is not None and not isinstance(full, Mapping):
+        notes += _weight_paths(work, fn, convention, name, reference)
     full_verdict = None
     if isinstance(full, Mapping):
         expected = {key: reference.gradient(point, key) for key in work.graph.params}
@@ -333,6 +359,122 @@ def localise(
         None if verdict is None else tuple(verdict[0]),
         None if verdict is None else tuple(verdict[1]),
     )
+
+
+#: How many points the weight-path test of a single array uses.
+_PATH_POINTS = 3
+
+
+def _recurrent_weights(work: _Work) -> dict[str, list[str]]:
+    """Gate -> the parameters of its equation that read a state of the step before.
+
+    Read from the derivation: a parameter whose contribution reads a state at
+    another step than its own (``W_hf``: ``delta_f[t] @ h[t-1].T``).
+    """
+    graph = work.graph
+    meta = graph.symbols.meta
+    states = set(_state_initials(graph))
+    gates = _gates(work)
+    out: dict[str, list[str]] = {}
+    for c in work.d.contributions:
+        name = c.param
+        if name not in gates or name in out.get(gates[name], []):
+            continue
+        for symbol in c.expr.free_symbols:
+            role, at = meta.get(symbol, ("", None))
+            if role in states and isinstance(at, int) and at != c.step:
+                out.setdefault(gates[name], []).append(name)
+                break
+    return out
+
+
+def _weight_paths(
+    work: _Work, fn: Callable[..., Any], convention: str, name: str, reference: _Reference
+) -> list[str]:
+    """For a callable returning one array: the gate whose recurrent weights, set to zero,
+    make it agree (the difference comes through what that gate carries back).
+
+    Each gate's recurrent weights are zeroed in turn at a few points where the
+    callable differs, and the callable is compared with the reference there.
+    Said only when exactly one gate does it (and some other gate does not).
+    """
+    weights = _recurrent_weights(work)
+    if len(weights) < 2:
+        return []
+    rows, cols = _target(work, name).shape
+    expected_shape = (int(rows), int(cols))
+    differing = []
+    for p in _points(work, 1, _PATH_POINTS, one_hot=True):
+        try:
+            value = _call(fn, work, p.leaves, name, convention, expected_shape)
+        except (CallableFailed, ValueError):
+            return []
+        if value is None or not _close(value, reference.gradient(p, name), RTOL_FLOAT):
+            differing.append(p)
+    if not differing:
+        return []
+    fixing = []
+    for gate, names in weights.items():
+        agrees = True
+        for p in differing:
+            leaves = dict(p.leaves)
+            for weight in names:
+                symbol = work.graph.params[weight]
+                leaves[symbol] = np.zeros_like(leaves[symbol])
+            at = _Point(work, leaves, p.kind)
+            try:
+                value = _call(fn, work, leaves, name, convention, expected_shape)
+            except (CallableFailed, ValueError):
+                return []
+            if value is None or not _close(value, reference.gradient(at, name), RTOL_FLOAT):
+                agrees = False
+                break
+        if agrees:
+            fixing.append(gate)
+    if len(fixing) != 1:
+        return []
+    (gate,) = fixing
+    zeroed = ", ".join(weights[gate])
+    others = ", ".join(w for g, names in weights.items() if g != gate for w in names)
+    return [
+        f"paths: with {zeroed} = 0 it agrees (at {len(differing)} points where it differs): "
+        f"the difference comes through what the {gate} gate carries back to the step before "
+        f"(through {zeroed}); with {others} = 0 in turn it still differs"
+    ]
+
+
+def _expected_cut(
+    work: _Work, reference: _Reference, point: _Point, own: tuple[Any, ...], k: int
+) -> dict[str, np.ndarray] | None:
+    """Every gradient of the model cut to its first ``k`` steps, at ``point`` cut the same way.
+
+    From the generated module of k steps where the reference is the generated
+    module, else from the derivation of k steps evaluated in float64 (a
+    composed model's, until code generation takes one).
+    """
+    cut = ModelSpec.from_mapping({**work.spec.as_dict(), "steps": k})
+    if reference.module is not None:
+        module, _ = _generated_module(cut)
+        if module is None:
+            return None
+        rp, rX, rY, rinit = _cut(work, own, k, 0)
+        try:
+            _, expected = module.loss_and_gradients(rp, rX, rY, **rinit)
+        except Exception:  # the generated module of k steps failed
+            return None
+        return {key: np.asarray(value, dtype=float) for key, value in expected.items()}
+    small = _work(cut)
+    graph, full = small.graph, work.graph
+    leaves = {symbol: point.leaves[full.params[name]] for name, symbol in graph.params.items()}
+    pairs = [(graph.inputs, full.inputs), (graph.masks, full.masks)]
+    pairs.append((graph.targets, full.targets if len(full.targets) > 1 else full.targets[-1:]))
+    for mine, theirs in pairs:
+        leaves.update({a: point.leaves[b] for a, b in zip(mine, theirs, strict=False)})
+    for key, initial in graph.initials.items():
+        if full.initials[key] in point.leaves:  # initial_state = "input"
+            leaves[initial] = point.leaves[full.initials[key]]
+    env = _run(small, leaves, "float")
+    return {name: np.asarray(env[_target(small, name)], dtype=float) for name in graph.params}
 
 
 def _safe_call(fn: Callable[..., Any], arrays: tuple[Any, ...]) -> Any:

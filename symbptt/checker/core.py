@@ -73,7 +73,6 @@ def check(
         spec = spec.spec
     if not isinstance(spec, ModelSpec):
         raise TypeError(f"spec: expected a ModelSpec or a Derivation, got {type(spec).__name__}")
-    spec.require_plain("the checker")
     if spec.steps > MAX_CHECK_STEPS:
         raise SpecError(
             f"steps: got {spec.steps}; the checker proves a candidate for at most "
@@ -259,6 +258,8 @@ class _Checker:
         all_notes = list(notes)
         if values:
             all_notes += diagnosis.target_kind_note(values, pts)
+        mistakes = diagnosis.mistakes(pts[:_SCREEN])
+        all_notes += diagnosis.carry_note()
         all_notes += _localisation_notes(self, differing, loss_steps, rows, columns)
         all_notes += diagnosis.class_row_note()
         return self.result(
@@ -266,7 +267,7 @@ class _Checker:
             method,
             shown,
             counterexample=self.counterexample(index, point, got),
-            mistakes=diagnosis.mistakes(pts[:_SCREEN]),
+            mistakes=mistakes,
             differing_terms=differing,
             loss_steps=loss_steps,
             rows=rows,

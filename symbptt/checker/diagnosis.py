@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -14,12 +15,22 @@ import sympy as sp
 from .. import functions, mexpr
 from ..derive import Derivation
 from ..graph import Assignment
+from .flat import direction
 from .formulas import _contribution_of, _inline, _is_forward, _kept
 from .language import _base_role, _is_adjoint, _label
-from .mutations import EVERY, LOCAL, ONE, Alteration, alterations
+from .mutations import (
+    EVERY,
+    LOCAL,
+    ONE,
+    Alteration,
+    _later_adjoints,
+    _shifted,
+    _terms,
+    alterations,
+)
 from .namespace import _state_initials
 from .points import _close, _Eval, _evaluate, _leaves, _other_target, _Point
-from .printer import _naming, _Printer
+from .printer import _naming, _Printer, _relative_naming
 from .report import Mistake
 from .work import _Work
 
@@ -60,6 +71,8 @@ class _Diagnosis:
         self.value_at = value_at
         self.adjoints = list(self.work.d.adjoints)
         self.contribs = [c for c in self.work.d.contributions if c.param == self.name]
+        #: the atoms of every variant that reproduces the candidate (after :meth:`mistakes`)
+        self.found: list[tuple[_Atom, ...]] = []
 
     # -- atoms ---------------------------------------------------------------------------
     def _adjoint_atoms(self) -> list[_Atom]:
@@ -92,6 +105,9 @@ class _Diagnosis:
                 for offset in (1, -1):
                     text = texts.describe_role(role, offset)
                     out.append(_Atom("off_by_one", ("terms",), text, data=(role, offset)))
+        if any(direction(self.work.graph, role) < 0 for role in roles):
+            text = texts.describe_reflected()
+            out.append(_Atom("off_by_one", ("terms",), text, data="reflected"))
         out += self._gate_atoms()
         return out
 
@@ -102,6 +118,8 @@ class _Diagnosis:
     def _forward_roles(self) -> list[str]:
         """The forward quantities the generic step's term of the gradient reads."""
         form = self.work.form
+        if form is None:  # a composed model: the concrete steps' terms
+            return _forward_roles_of(self.work, self.contribs)
         body = _contribution_of(form.backward, self.name)
         if body is None and form.last_backward is not None:
             body = _contribution_of(form.last_backward, self.name)
@@ -183,6 +201,9 @@ class _Diagnosis:
         local = any(atom.flavour == LOCAL for atom in atoms)
         if not local:
             mutated = self._mutated(atoms)
+            if any(atom.alteration.reorders for atom in atoms if atom.alteration):
+                ordered = _dependency_order(mutated)
+                return [self._run(p.env_f, ordered) for p in points]
             first = next(
                 (
                     i
@@ -220,6 +241,8 @@ class _Diagnosis:
         elif terms_atom.name == "other_gate":
             own, other = terms_atom.data
             terms = self._generic_terms(0, swap=(own, other))
+        elif terms_atom.data == "reflected":
+            terms = self._reflected_terms()
         elif isinstance(terms_atom.data, tuple):
             role, offset = terms_atom.data
             terms = self._generic_terms(offset, role)
@@ -268,6 +291,8 @@ class _Diagnosis:
         """
         work = self.work
         form = work.form
+        if form is None:
+            return self._concrete_terms(offset, only, swap)
         graph = work.graph
         first, last = graph.steps[0], graph.steps[-1]
         out = []
@@ -295,6 +320,51 @@ class _Diagnosis:
                 mapping[symbol] = found if found is not None else sp.ZeroMatrix(*symbol.shape)
             out.append(contribution.expr.xreplace(mapping))
         return out
+
+    def _concrete_terms(
+        self,
+        offset: int,
+        only: str | None = None,
+        swap: tuple[str, str] | None = None,
+        reflect: bool = False,
+    ) -> list[Any]:
+        """:meth:`_generic_terms` from the concrete steps (a composed model has no generic step).
+
+        The term of the step that reads the most quantities is moved to every
+        step (every symbol by the same number of steps; outside the model an
+        initial state, else zero) with its forward quantities shifted by
+        ``offset`` (only ``only``'s, if given), the adjoint ``swap[1]`` read
+        for ``swap[0]``, or (``reflect``) a backward unit's steps taken the
+        forward way: t + 1 for t - 1.
+        """
+        work = self.work
+        meta = work.graph.symbols.meta
+        if not self.contribs:
+            return []
+        template = max(self.contribs, key=lambda c: (len(c.expr.free_symbols), -c.step))
+        steps = work.graph.steps if len(self.contribs) > 1 else (template.step,)
+        out = []
+        for step in steps:
+            mapping: dict[Any, Any] = {}
+            for symbol in template.expr.free_symbols:
+                role, at = meta.get(symbol, ("", None))
+                if not isinstance(at, int):
+                    continue
+                k = at + step - template.step
+                if _is_forward(work.notation, role) and (only is None or role == only):
+                    k += offset
+                if reflect and direction(work.graph, _base_role(role)) < 0:
+                    k = 2 * step - k
+                if swap is not None and role == swap[0]:
+                    role = swap[1]
+                found = _shifted(work, role, k)
+                mapping[symbol] = found if found is not None else sp.ZeroMatrix(*symbol.shape)
+            out.append(template.expr.xreplace(mapping))
+        return out
+
+    def _reflected_terms(self) -> list[Any]:
+        """The terms with a backward unit's steps taken the forward way: t + 1 <-> t - 1."""
+        return self._concrete_terms(0, reflect=True)
 
     def _wrong_quantities(
         self, points: Sequence[_Point]
@@ -411,6 +481,7 @@ class _Diagnosis:
                 tried += 1
                 consider(level, combo, screened(combo))
         found.sort(key=lambda item: min((_rank(a) for a in item[0]), default=3))
+        self.found = [atoms for atoms, _ in found]
         out: list[Mistake] = []
         for atoms, factor in found:
             for mistake in self._describe(atoms, factor):
@@ -436,6 +507,89 @@ class _Diagnosis:
 
     def _factor_mistake(self, factor: float) -> Mistake:
         return _factor_mistake(self.work, factor)
+
+    # -- which state's carry ---------------------------------------------------------------
+    def _carries(self) -> dict[str, Assignment]:
+        """Each state's adjoint kind that carries a term back -> its first such assignment."""
+        work = self.work
+        states = set(_state_initials(work.graph))
+        out: dict[str, Assignment] = {}
+        for a in self.adjoints:
+            if not a.kind.startswith("adjoint_") or _base_role(a.kind) not in states:
+                continue
+            if a.kind not in out and any(
+                _later_adjoints(work, t, a.step, a.kind) for t in _terms(a.expr)
+            ):
+                out[a.kind] = a
+        return out
+
+    def _carry_changed(self, alt: Alteration) -> tuple[str, bool, str] | None:
+        """(the adjoint kind whose carried terms ``alt`` changes, whether it drops them, which).
+
+        None when it changes anything else.  The assignment it changes most
+        terms of decides (a boundary step may have fewer).
+        """
+        best: tuple[int, Assignment, list[Any]] | None = None
+        for a in self.adjoints:
+            new = alt.rewrite(a)
+            if new is None:
+                continue
+            new_terms = set(_terms(new))
+            removed = [t for t in _terms(a.expr) if t not in new_terms]
+            if removed and (best is None or len(removed) > best[0]):
+                best = (len(removed), a, removed)
+        if best is None:
+            return None
+        _, a, removed = best
+        if not all(_later_adjoints(self.work, t, a.step, a.kind) for t in removed):
+            return None
+        printer = _Printer(
+            _relative_naming(self.work.graph.symbols.meta, self.work.notation, a.step)
+        )
+        shown = " + ".join(printer(t) for t in removed)
+        return a.kind, alt.name == "dropped_carry", shown
+
+    def carry_note(self) -> list[str]:
+        """Which state's carry is wrong and which is right, as the matching variants say.
+
+        Said only when every variant that reproduces the candidate changes the
+        same states' carries (and nothing is said of a state none of them
+        changes unless there is one): "the carry of c (dc[t+1] * f[t+1]) is
+        missing; h's is right".
+        """
+        carries = self._carries()
+        if not carries or not self.found:
+            return []
+        verdicts = []
+        for atoms in self.found:
+            changed: dict[str, tuple[bool, str]] = {}
+            for atom in atoms:
+                if atom.alteration is None:
+                    continue
+                hit = self._carry_changed(atom.alteration)
+                if hit is not None and hit[0] in carries:
+                    changed.setdefault(hit[0], (hit[1], hit[2]))
+            verdicts.append(changed)
+        if any(v.keys() != verdicts[0].keys() for v in verdicts) or not verdicts[0]:
+            return []
+        changed = verdicts[0]
+        notation = self.work.notation
+        parts = []
+        for kind in carries:
+            if kind not in changed:
+                continue
+            label = notation.name_of(_base_role(kind)).ascii
+            state = "missing" if all(v[kind][0] for v in verdicts) else "wrong"
+            parts.append(f"the carry of {label} ({changed[kind][1]}) is {state}")
+        right = [
+            f"{notation.name_of(_base_role(kind)).ascii}'s"
+            for kind in carries
+            if kind not in changed
+        ]
+        text = "; ".join(parts)
+        if right:
+            text += f"; {', '.join(right)} {'is' if len(right) == 1 else 'are'} right"
+        return [f"carry: {text}"]
 
     # -- localisation ------------------------------------------------------------------
     def loss_steps(self, point: _Point) -> tuple[int, ...] | None:
@@ -589,6 +743,8 @@ class _KnobText:
         δ_t h_{t-1}^T), as in the mutation :meth:`_Diagnosis._generic_terms`
         compares with; the adjoints written out into it do not.
         """
+        if self.orig.spec.composed:
+            return self._concrete_text(offset, only)
         form = self.orig.step_form
         contribution = _contribution_of(form.backward, self.name)
         if contribution is None:
@@ -612,6 +768,58 @@ class _KnobText:
         }
         expr = contribution.expr.xreplace(moved).xreplace(written_out)
         return _Printer(_naming(form.symbols, notation))(expr)
+
+    def describe_reflected(self) -> str:
+        """A backward unit's steps taken the forward way in the gradient's term."""
+        wrong, right = self._concrete_text(0, reflect=True), self._concrete_text(0)
+        lead = "off-by-one step in the wrong direction: a backward direction runs t = T..1"
+        if wrong and right:
+            return f"{lead}, its previous state is at t+1: {wrong} where {right} belongs"
+        return f"{lead}: its previous step is t+1, not t-1"
+
+    def _concrete_text(self, offset: int, only: str | None = None, reflect: bool = False) -> str:
+        """:meth:`_contribution_text` from a middle step of the concrete derivation."""
+        work = self.work
+        graph = work.graph
+        meta = graph.symbols.meta
+        steps = graph.steps
+        contributions = [c for c in work.d.contributions if c.param == self.name]
+        if not contributions:
+            return ""
+        middle = steps[len(steps) // 2]
+        contribution = next((c for c in contributions if c.step == middle), contributions[-1])
+        step = contribution.step
+        moved: dict[Any, Any] = {}
+        for symbol in contribution.expr.free_symbols:
+            role, at = meta.get(symbol, ("", None))
+            if not isinstance(at, int) or not _is_forward(graph.notation, role):
+                continue
+            k = at + offset if only is None or role == only else at
+            if reflect and direction(graph, role) < 0:
+                k = 2 * step - at
+            if k == at:
+                continue
+            found = work.table.get((role, k))
+            if found is None:
+                return ""
+            moved[symbol] = found
+        kept = _kept(work.d)
+        defs = _inline(work.d.adjoints, kept)
+        written_out = {a.target: defs[a.target] for a in work.d.adjoints if a.kind not in kept}
+        expr = contribution.expr.xreplace(moved).xreplace(written_out)
+        return _Printer(_relative_naming(meta, graph.notation, step))(expr)
+
+
+def _forward_roles_of(work: _Work, contribs: Sequence[Assignment]) -> list[str]:
+    """The forward quantities the concrete terms of a gradient read."""
+    meta = work.graph.symbols.meta
+    roles: list[str] = []
+    for c in contribs:
+        for symbol in sorted(c.expr.free_symbols, key=str):
+            role, at = meta.get(symbol, ("", None))
+            if isinstance(at, int) and _is_forward(work.notation, role) and role not in roles:
+                roles.append(role)
+    return roles
 
 
 #: How many of the best pairs are extended by a third mutation when ranking triples.
@@ -659,6 +867,38 @@ def _ranked_combinations(
             triples.append((float(costs[k]), key))
     triples.sort()
     return [tuple(singles[n] for n in key) for _, key in triples]
+
+
+def _dependency_order(assignments: Sequence[Assignment]) -> list[Assignment]:
+    """``assignments`` in an order where each comes after those whose targets it reads.
+
+    Stable (the first ready in the given order goes first); a recursion that a
+    mutation runs the other way (a backward unit's, from t = T down) is computed
+    in its own order.  Left as given if it has a cycle.
+    """
+    index = {a.target: i for i, a in enumerate(assignments)}
+    needs = [
+        {index[s] for s in a.expr.free_symbols if s in index and index[s] != i}
+        for i, a in enumerate(assignments)
+    ]
+    users: dict[int, list[int]] = {}
+    for i, deps in enumerate(needs):
+        for j in deps:
+            users.setdefault(j, []).append(i)
+    waiting = [len(deps) for deps in needs]
+    ready = [i for i, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for k in users.get(i, []):
+            waiting[k] -= 1
+            if waiting[k] == 0:
+                heapq.heappush(ready, k)
+    if len(order) != len(assignments):
+        return list(assignments)
+    return [assignments[i] for i in order]
 
 
 def _same(values: Sequence[Any], others: Sequence[Any]) -> bool:

@@ -12,16 +12,17 @@ from typing import Any
 
 import sympy as sp
 
-from .. import exprlang
+from .. import exprlang, mexpr
 from ..derive import Derivation
 from ..exprlang import ExpressionError
 from ..graph import T_SYMBOL, Assignment, Symbols
 from ..notation import Notation
 from ..spec import ModelSpec
-from .language import _is_adjoint, _label
-from .namespace import _refuse_outside
+from .flat import direction
+from .language import _base_role, _is_adjoint, _label
+from .namespace import _refuse_outside, _state_initials
 from .points import _close, _evaluate, _gradient_symbol, _points, _prepare
-from .printer import _naming, _Printer
+from .printer import _naming, _Printer, _relative_naming
 from .work import _derivation, _namespace_of, _resolve_wrt, _work
 
 
@@ -49,6 +50,8 @@ def _kept(d: Derivation) -> tuple[str, ...]:
     LSTM) or that two other adjoints of the step read (dh_t in an LSTM).
     Every other adjoint is written out where it is used.
     """
+    if d.spec.composed:
+        return _kept_concrete(d)
     form = d.step_form
     meta = form.symbols.meta
     carried: set[str] = set()
@@ -74,6 +77,35 @@ def _kept(d: Derivation) -> tuple[str, ...]:
         for a in body:
             if _is_adjoint(a.kind) and a.kind not in order and a.kind in carried | shared:
                 order.append(a.kind)
+    return tuple(order)
+
+
+def _kept_concrete(d: Derivation) -> tuple[str, ...]:
+    """:func:`_kept` read from the concrete steps (a composed model has no generic step).
+
+    An adjoint read at another step than the one it is computed for (the
+    carry, in either direction), or read by two adjoints of one step.
+    """
+    meta = d.graph.symbols.meta
+    carried: set[str] = set()
+    readers: dict[tuple[str, Any], int] = {}
+    for a in d.adjoints:
+        seen: set[str] = set()
+        for symbol in a.expr.free_symbols:
+            role, step = meta.get(symbol, ("", None))
+            if not _is_adjoint(role):
+                continue
+            if step != a.step:
+                carried.add(role)
+            else:
+                seen.add(role)
+        for role in seen:
+            readers[(role, a.step)] = readers.get((role, a.step), 0) + 1
+    shared = {role for (role, _), count in readers.items() if count >= 2}
+    order: list[str] = []
+    for a in d.adjoints:
+        if a.kind not in order and a.kind in carried | shared:
+            order.append(a.kind)
     return tuple(order)
 
 
@@ -147,8 +179,127 @@ def model_equations(model: ModelSpec | Derivation) -> tuple[tuple[str, str], ...
     return tuple(rows)
 
 
+def _most_common(texts: list[str]) -> str:
+    """The text most steps share; of equally common ones the longest (a boundary step
+    drops the terms that read zeros there), then the first."""
+    return max(texts, key=lambda text: (texts.count(text), len(text)))
+
+
+def _composed_recursion(d: Derivation) -> tuple[str, ...]:
+    """:func:`_recursion_lines` from the concrete steps of a composed model.
+
+    Each kept adjoint's line is its assignment printed relative to its step, the
+    text most steps share; a backward unit's carry reads step t - 1.
+    """
+    graph = d.graph
+    notation = graph.notation
+    meta = graph.symbols.meta
+    kept = _kept(d)
+    defs = _inline(d.adjoints, kept)
+    absolute = _Printer(_naming(graph.symbols, notation))
+    lines: list[str] = []
+    for kind in kept:
+        mine = [a for a in d.adjoints if a.kind == kind]
+        texts = []
+        for a in mine:
+            printer = _Printer(_relative_naming(meta, notation, a.step))
+            texts.append(f"{printer(a.target)} = {printer(defs[a.target])}")
+        common = _most_common(texts)
+        template = mine[texts.index(common)]
+        template_expr = defs[template.target]
+        other = [
+            a for a in mine if _moved(d, template_expr, template.step, a.step) != defs[a.target]
+        ]
+        if other:
+            steps = ", ".join(str(step) for step in sorted(a.step for a in mine if a not in other))
+            common += f"  (t = {steps})"
+        lines.append(common)
+        lines += [f"{absolute(a.target)} = {absolute(defs[a.target])}" for a in other]
+    outside = []
+    for role in kept:
+        label = _label(notation, role)
+        after = _outside(d, _base_role(role))[1]
+        if any(f"{label}[t+1]" in line or f"{label}[t-1]" in line for line in lines):
+            outside.append(f"{label}[{after}] = 0")
+    for key in graph.initials:
+        entry = notation.name_of(key)
+        initial = "0" if d.spec.initial_state == "zero" else entry.initial
+        outside.append(f"{entry.ascii}[{_outside(d, entry.role)[0]}] = {initial}")
+    lines.append(", ".join(outside))
+    return tuple(lines)
+
+
+def _moved(d: Derivation, expr: Any, at_step: int, step: int) -> Any:
+    """``expr`` (of the step ``at_step``) at ``step``: every symbol moved by the same steps.
+
+    Outside the model a state is its initial value, anything else zero (a
+    quantity after the last step only ever multiplies a zero adjoint there).
+    """
+    graph = d.graph
+    meta = graph.symbols.meta
+    table = {(role, at): s for s, (role, at) in meta.items() if isinstance(at, int)}
+    initials = _state_initials(graph)
+    first, last = graph.steps[0], graph.steps[-1]
+    mapping: dict[Any, Any] = {}
+    for symbol in expr.free_symbols:
+        role, at = meta.get(symbol, ("", None))
+        if not isinstance(at, int):
+            continue
+        k = at + step - at_step
+        found = table.get((role, k))
+        if found is None:
+            before = first - 1 if direction(graph, role) > 0 else last + 1
+            found = initials[role] if role in initials and k == before else None
+        mapping[symbol] = found if found is not None else sp.ZeroMatrix(*symbol.shape)
+    return mexpr.substitute(expr, mapping)
+
+
+def _outside(d: Derivation, role: str) -> tuple[str, str]:
+    """The step before the first and after the last in the role's direction, as text."""
+    first = d.graph.notation.t0
+    forward = (f"{first - 1}", "T+1" if first == 1 else "T")
+    return forward if direction(d.graph, role) > 0 else (forward[1], forward[0])
+
+
+def _composed_formula(d: Derivation, name: str) -> str | None:
+    """The gradient as ``sum_t(...)`` from the concrete steps of a composed model.
+
+    Each step's contribution printed relative to its step; the text most steps
+    share (the caller checks that it parses back to the gradient's values).  A
+    gradient with one term at the last step (a many_to_one output layer) is
+    printed at ``T``.
+    """
+    if name not in d.graph.params:
+        return None
+    graph = d.graph
+    meta = graph.symbols.meta
+    defs = _inline((a for a in d.assignments if a.kind != "gradient"), _kept(d))
+    terms = [c for c in d.contributions if c.param == name]
+    if not terms:
+        return None
+    last = graph.steps[-1]
+    if len(terms) == 1 and terms[0].step == last and len(graph.steps) > 1:
+        shift = graph.notation.t0 - 1  # the last step is T (T - 1 where steps start at 0)
+        at_last = _relative_naming(meta, graph.notation, last, "T", shift)
+        absolute = _naming(graph.symbols, graph.notation)
+
+        def named(symbol: Any) -> str:
+            """A backward unit's final state is at the first step: h_b[1], not h_b[T-2]."""
+            role, _ = meta.get(symbol, ("", None))
+            backward = direction(graph, _base_role(role)) < 0
+            return absolute(symbol) if backward else at_last(symbol)
+
+        return _Printer(named)(defs[terms[0].target])
+    texts = [
+        _Printer(_relative_naming(meta, graph.notation, c.step))(defs[c.target]) for c in terms
+    ]
+    return f"sum_t({_most_common(texts)})"
+
+
 def _recursion_lines(d: Derivation) -> tuple[str, ...]:
     """The kept adjoints' recursion in the expression language, and what lies outside."""
+    if d.spec.composed:
+        return _composed_recursion(d)
     form = d.step_form
     notation = d.graph.notation
     printer, last_printer, last_step = _printers(d)
@@ -182,6 +333,8 @@ def _recursion_lines(d: Derivation) -> tuple[str, ...]:
 
 def _generic_formula(d: Derivation, name: str) -> str | None:
     """The gradient as ``sum_t(...)`` from the generic step form (None if it has no such form)."""
+    if d.spec.composed:
+        return _composed_formula(d, name)
     if name not in d.graph.params:
         return None
     form = d.step_form

@@ -12,9 +12,10 @@ from typing import Any
 
 from .. import functions
 from ..derive import Derivation, derive
-from ..model import load_cell
+from ..model import HEAD_KEYS, load_cell
 from ..notation import NOTATIONS, Notation
 from ..spec import ModelSpec, SpecError
+from .flat import FlatSymbols, direction, flatten, original_key
 from .limits import _SIZE_FIELDS
 from .report import _shape_text
 
@@ -63,6 +64,74 @@ def _generic_derivation(cell: str, notation: str) -> Derivation:
     return derive(ModelSpec(cell=cell, notation=notation, steps=2))
 
 
+@lru_cache(maxsize=32)
+def _composed_derivation(spec: ModelSpec) -> Derivation:
+    """A composed model at two steps, as the checker reads it: every unit's symbols."""
+    return flatten(derive(ModelSpec.from_mapping({**spec.as_dict(), "steps": 2})))
+
+
+def _readout(root: Any, index: int) -> str:
+    """The readout state of unit ``index`` by its name (``h_1b``)."""
+    source = root.registries[index]
+    return str(source.notation.name_of(source.cell.readout).ascii)
+
+
+def _names_derivation(spec: ModelSpec) -> Derivation:
+    if spec.composed:
+        return _composed_derivation(spec)
+    return _generic_derivation(spec.cell, spec.notation)
+
+
+def _parameter_names(d: Derivation) -> list[NameInfo]:
+    """Every parameter of the model, in the order the registries made them."""
+    graph = d.graph
+    symbols = graph.symbols
+    nota = graph.notation
+    out = []
+    if not isinstance(symbols, FlatSymbols):
+        for param in nota.params:
+            shape = _shape_text(symbols.param_shape(param.key))
+            out.append(NameInfo(param.ascii, "parameter", f"{param.description} {shape}"))
+        return out
+    root = symbols.root
+    program = root.program
+    for registry in root.registries:
+        unit = registry.unit
+        assert unit is not None
+        for entry in registry.notation.params:
+            if entry.key in HEAD_KEYS:
+                continue  # the output layer's: the model's, listed below
+            where = [f"layer {unit.layer}"] if program.layers > 1 else []
+            if program.bidirectional:
+                where.append(f"{unit.direction} direction")
+            parts = registry.split.get(entry.key)
+            if parts is None:
+                found = [(graph.params.get(entry.ascii), "")]
+            else:
+                found = [
+                    (symbol, f", applied to {_readout(root, index)}") for symbol, index in parts
+                ]
+            for symbol, read in found:
+                if symbol is None:
+                    continue
+                text = (
+                    f"{entry.description} ({', '.join(where)}{read})"
+                    if where
+                    else entry.description
+                )
+                out.append(
+                    NameInfo(symbol.name, "parameter", f"{text} {_shape_text(symbol.shape)}")
+                )
+    listed = {info.name for info in out}
+    for name, symbol in graph.params.items():
+        if name not in listed:
+            entry = root.notation.name_of(root.key_of_param(name))
+            out.append(
+                NameInfo(name, "parameter", f"{entry.description} {_shape_text(symbol.shape)}")
+            )
+    return out
+
+
 def _label(notation: Notation, role: str) -> str | None:
     """The expression language's name of a step-indexed role (series or adjoint), or None."""
     try:
@@ -91,7 +160,10 @@ def _is_adjoint(kind: str) -> bool:
 def _step_roles(d: Derivation) -> list[str]:
     """Every step-indexed role of the model: series in the notation's order, then adjoints."""
     found: set[str] = set()
-    for meta in (d.graph.symbols.meta, d.step_form.symbols.meta):
+    metas = [d.graph.symbols.meta]
+    if not d.spec.composed:  # a composed model has no generic step: its steps hold every role
+        metas.append(d.step_form.symbols.meta)
+    for meta in metas:
         for role, step in meta.values():
             if step is not None and _label(d.graph.notation, role) is not None:
                 found.add(role)
@@ -165,42 +237,46 @@ def names(notation: str | Notation | ModelSpec | Derivation) -> tuple[NameInfo, 
     every parameter, initial state, step-indexed quantity and adjoint.
     """
     spec = _spec_of(notation)
-    d = _generic_derivation(spec.cell, spec.notation)
+    d = _names_derivation(spec)
     nota = d.graph.notation
-    cell = d.graph.symbols.cell
+    graph = d.graph
+    cell = graph.symbols.cell
     first = nota.t0
     last = "T" if first == 1 else "T-1"
-    before = first - 1
-    after = "T+1" if first == 1 else "T"
-    symbols = d.graph.symbols
+    symbols = graph.symbols
+
+    def outside(role: str) -> tuple[str, str]:
+        """The step before the first and after the last, in the role's direction."""
+        forward = (f"{first - 1}", "T+1" if first == 1 else "T")
+        return forward if direction(graph, role) > 0 else forward[::-1]
+
     states = {state.key for state in cell.states}
     cell_targets = {eq.target for eq in cell.equations}
-    out: list[NameInfo] = []
-    for param in nota.params:
-        shape = _shape_text(symbols.param_shape(param.key))
-        out.append(NameInfo(param.ascii, "parameter", f"{param.description} {shape}"))
-    for state in cell.states:
-        entry = nota.name_of(state.key)
+    out: list[NameInfo] = list(_parameter_names(d))
+    for key in graph.initials:
+        entry = nota.name_of(key)
         out.append(
             NameInfo(
                 entry.initial,
                 "initial state",
-                f"initial {entry.description} = {entry.ascii}[{before}] "
-                f"{_shape_text(symbols.series_shape(state.key))} "
+                f"initial {entry.description} = {entry.ascii}[{outside(entry.role)[0]}] "
+                f"{_shape_text(symbols.series_shape(key))} "
                 "(zero unless the spec has initial_state='input')",
             )
         )
     for role, label in _labelled_roles(d):
         entry = nota.name_of(_base_role(role))
+        key = original_key(graph, entry.key)
+        before, after = outside(entry.role)
         shape = _shape_text(symbols.series_shape(entry.key))
         if role == entry.role:
-            extra = f"; {entry.ascii}[{before}] is the initial state" if entry.key in states else ""
+            extra = f"; {entry.ascii}[{before}] is the initial state" if key in states else ""
             text = f"{entry.description} {shape}, t = {first}..{last}{extra}"
             out.append(NameInfo(f"{label}[t]", "series", text))
             continue
         of = f"{entry.ascii}[t]"
         if role.startswith("pre_adjoint_"):
-            tree = cell.equation_of(entry.key).tree if entry.key in cell_targets else None
+            tree = cell.equation_of(key).tree if key in cell_targets else None
             fn = (
                 tree.func.id
                 if isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name)
@@ -248,9 +324,16 @@ def names(notation: str | Notation | ModelSpec | Derivation) -> tuple[NameInfo, 
 def names_text(notation: str | Notation | ModelSpec | Derivation) -> str:
     """:func:`names` as a block of text, one name a line."""
     spec = _spec_of(notation)
-    spec.require_plain("the checker's names")
     cell = "" if spec.cell == "elman" else f"{spec.model.name} cell, "
-    lines = [f"expression language names ({cell}{spec.notation}):"]
+    composed = []
+    if spec.layers > 1:
+        composed.append(f"{spec.layers} layers")
+    if spec.direction != "forward":
+        composed.append(spec.direction)
+    if spec.masked:
+        composed.append("masked")
+    more = "".join(f", {part}" for part in composed)
+    lines = [f"expression language names ({cell}{spec.notation}{more}):"]
     lines += [f"  {info}" for info in names(spec)]
     lines.append("  operators: @ (matrix product), * (elementwise), / + - ** .T")
     return "\n".join(lines)

@@ -44,9 +44,10 @@ from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
 from .. import functions, mexpr
 from ..graph import Assignment
+from .flat import direction, unit_of
 from .language import _base_role, _is_adjoint, _label
 from .namespace import _state_initials
-from .printer import _Printer
+from .printer import _Printer, _relative_naming
 from .work import _Work
 
 #: How an alteration is applied: at every step (carried), in each step's formula only, at one step.
@@ -67,6 +68,8 @@ class Alteration:
     place: str  # the adjoint it changes, in the language: dc[t]
     text: str  # what is wrong, in the notation's names
     rewrite: Callable[[Assignment], Any | None]
+    #: the mutated adjoints must be computed in a new order (a recursion run the other way)
+    reorders: bool = False
 
 
 def _terms(expr: Any) -> tuple[Any, ...]:
@@ -75,33 +78,51 @@ def _terms(expr: Any) -> tuple[Any, ...]:
 
 def _relative_printer(work: _Work, step: int) -> _Printer:
     """Concrete symbols printed relative to ``step``: ``dc_3`` at step 2 is ``dc[t+1]``."""
-    meta = work.graph.symbols.meta
-    notation = work.notation
-
-    def name(symbol: Any) -> str:
-        role, at = meta.get(symbol, ("", None))
-        label = _label(notation, role) if isinstance(at, int) else None
-        if label is None:
-            return str(symbol.name)
-        offset = at - step
-        return f"{label}[t{offset:+d}]" if offset else f"{label}[t]"
-
-    return _Printer(name)
+    return _Printer(_relative_naming(work.graph.symbols.meta, work.notation, step))
 
 
 def _place(work: _Work, a: Assignment) -> str:
     return _relative_printer(work, a.step)(a.target)
 
 
-def _later_adjoints(work: _Work, expr: Any, step: int) -> frozenset[str]:
-    """The adjoint roles ``expr`` reads at a later step than ``step`` (what is carried back)."""
-    meta = work.graph.symbols.meta
+def _later_adjoints(work: _Work, expr: Any, step: int, kind: str = "") -> frozenset[str]:
+    """The adjoint roles ``expr`` (in the adjoint ``kind``) reads from what is carried back.
+
+    An adjoint of a later step in the direction of ``kind``'s unit (step t + 1;
+    t - 1 in a backward unit), or of the same step from another unit (the
+    layer above, in a stacked model).
+    """
+    graph = work.graph
+    meta = graph.symbols.meta
+    way = direction(graph, _base_role(kind)) if kind else 1
+    mine = unit_of(graph, _base_role(kind)) if kind else None
     out = set()
     for symbol in expr.free_symbols:
         role, at = meta.get(symbol, ("", None))
-        if _is_adjoint(role) and isinstance(at, int) and at > step:
+        if not _is_adjoint(role) or not isinstance(at, int):
+            continue
+        theirs = unit_of(graph, _base_role(role))
+        if (at - step) * way > 0 or (
+            at == step and mine is not None and theirs is not None and theirs != mine
+        ):
             out.add(role)
     return frozenset(out)
+
+
+def _unit(work: _Work, kind: str) -> Any:
+    """The unit of an adjoint kind (None in a plain model)."""
+    return unit_of(work.graph, _base_role(kind))
+
+
+def _from_above(work: _Work, kind: str, roles: frozenset[str]) -> str | None:
+    """How the unit that sends ``roles`` back is called, when they all come from another unit."""
+    graph = work.graph
+    mine = unit_of(graph, _base_role(kind))
+    units = {unit_of(graph, _base_role(role)) for role in roles}
+    if mine is None or None in units or mine in units:
+        return None
+    layers = sorted({unit.layer for unit in units if unit is not None})
+    return f"layer {', '.join(map(str, layers))}"
 
 
 def _by_kind(work: _Work) -> dict[str, list[Assignment]]:
@@ -119,7 +140,7 @@ def _carries(work: _Work) -> list[Alteration]:
         example: dict[frozenset[str], tuple[Assignment, Any]] = {}
         for a in assignments:
             for term in _terms(a.expr):
-                key = _later_adjoints(work, term, a.step)
+                key = _later_adjoints(work, term, a.step, kind)
                 if key and key not in keys:
                     keys.append(key)
                     example[key] = (a, term)
@@ -129,17 +150,24 @@ def _carries(work: _Work) -> list[Alteration]:
         for chosen in choices:
             a0 = min((example[k][0] for k in keys), key=lambda a: a.step)
             printer = _relative_printer(work, a0.step)
-            dropped = [t for t in _terms(a0.expr) if _later_adjoints(work, t, a0.step) <= chosen]
-            dropped = [t for t in dropped if _later_adjoints(work, t, a0.step)]
+            carried = [(t, _later_adjoints(work, t, a0.step, kind)) for t in _terms(a0.expr)]
+            dropped = [t for t, roles in carried if roles and roles <= chosen]
             shown = " + ".join(printer(t) for t in dropped) if dropped else "the carried terms"
             whole = chosen == choices[0]
             state = work.notation.name_of(_base_role(kind)).description or _base_role(kind)
+            above = _from_above(work, kind, chosen)
             lead = f"the carry of the {state} is missing" if whole else "a carried term is missing"
+            if above is not None:
+                lead = f"what {above} above sends back is missing"
             text = f"{lead}: {printer(a0.target)} lacks {shown}"
 
-            def rewrite(a: Assignment, chosen: frozenset[str] = chosen) -> Any | None:
+            def rewrite(
+                a: Assignment, chosen: frozenset[str] = chosen, kind: str = kind
+            ) -> Any | None:
+                if _unit(work, a.kind) != _unit(work, kind):
+                    return None  # the unit whose adjoint the text names
                 terms = _terms(a.expr)
-                kept = [t for t in terms if not (_later_adjoints(work, t, a.step) & chosen)]
+                kept = [t for t in terms if not (_later_adjoints(work, t, a.step, a.kind) & chosen)]
                 if len(kept) == len(terms):
                     return None
                 return mexpr.add(*kept) if kept else sp.ZeroMatrix(*a.target.shape)
@@ -495,7 +523,9 @@ def _shifted(work: _Work, role: str, step: int) -> Any:
     if found is not None:
         return found
     initials = _state_initials(work.graph)
-    if role in initials and step == work.graph.steps[0] - 1:
+    graph = work.graph
+    before = graph.steps[0] - 1 if direction(graph, role) > 0 else graph.steps[-1] + 1
+    if role in initials and step == before:
         return initials[role]
     return None
 
@@ -514,7 +544,7 @@ def _steps(work: _Work) -> list[Alteration]:
                     and not _is_adjoint(role)
                     and _label(work.notation, role) is not None
                     and role not in roles
-                    and role not in ("target",)
+                    and role not in ("target", "mask")
                 ):
                     roles.append(role)
         for role in roles:
@@ -600,6 +630,112 @@ def _output(work: _Work) -> list[Alteration]:
     return out
 
 
+# ---------------------------------------------------------------------- directions
+def _reflections(work: _Work) -> list[Alteration]:
+    """``off_by_one`` in the wrong direction: a backward unit's adjoint run the forward way.
+
+    Every quantity of the unit read at another step than the adjoint's is read
+    on the other side (``delta_b[t+1]`` for ``delta_b[t-1]``, ``f_b[t+1]`` for
+    ``f_b[t-1]``; outside the model an initial state, else zero): the recursion
+    of a hand-written loop that runs a backward unit's backward pass from t = T
+    down, as a forward unit's.  Its values are computed in the order the mutated
+    recursion needs (:attr:`Alteration.reorders`).
+    """
+    graph = work.graph
+    meta = graph.symbols.meta
+    out: list[Alteration] = []
+    for kind, assignments in _by_kind(work).items():
+        unit = _unit(work, kind)
+        if unit is None or unit.step > 0:
+            continue
+
+        # the step that reads the most (an inner one: a boundary step reads zeros)
+        template = max(assignments, key=lambda a: (len(a.expr.free_symbols), -a.step))
+        if not _later_adjoints(work, template.expr, template.step, kind):
+            continue
+
+        def mapping_of(step: int, unit: Any = unit, template: Assignment = template) -> Any:
+            """The template moved to ``step``, the unit's other steps on the other side."""
+            mapping = {}
+            for symbol in template.expr.free_symbols:
+                role, at = meta.get(symbol, ("", None))
+                if not isinstance(at, int):
+                    continue
+                offset = at - template.step
+                if offset and _unit(work, role) == unit:
+                    offset = -offset
+                found = _shifted(work, role, step + offset)
+                mapping[symbol] = found if found is not None else sp.ZeroMatrix(*symbol.shape)
+            return mapping
+
+        def rewrite(
+            a: Assignment, kind: str = kind, mapping_of: Any = mapping_of, template: Any = template
+        ) -> Any | None:
+            if a.kind != kind:
+                return None
+            return mexpr.substitute(template.expr, mapping_of(a.step))
+
+        holder = template
+        printer = _relative_printer(work, holder.step)
+        carried = [t for t in _terms(holder.expr) if _later_adjoints(work, t, holder.step, kind)]
+        right = " + ".join(printer(t) for t in carried)
+        reflected = mapping_of(holder.step)
+        wrong = " + ".join(printer(mexpr.substitute(t, reflected)) for t in carried)
+        place = printer(holder.target)
+        text = (
+            f"off-by-one step in the wrong direction in {place}: {wrong} where {right} belongs "
+            "(a backward direction's adjoints carry from step t-1: its backward pass runs "
+            "t = 1..T)"
+        )
+        out.append(Alteration("off_by_one", ("reflect", kind), place, text, rewrite, reorders=True))
+    return out
+
+
+# -------------------------------------------------------------------------------- masks
+def _masks(work: _Work) -> list[Alteration]:
+    """``forgotten_mask``: a masked model's backward pass without the mask, in one place.
+
+    In the output error (the padded steps' losses counted: ``y_hat[t] - y[t]``
+    where ``M[t] * (y_hat[t] - y[t])`` belongs), or in the states' adjoints (a
+    padded step not carried: the state's adjoint goes on through the cell).
+    """
+    graph = work.graph
+    if not graph.masks:
+        return []
+    ones = {mask: sp.OneMatrix(*mask.shape) for mask in graph.masks}
+    out = []
+    for in_loss in (True, False):
+
+        def rewrite(a: Assignment, in_loss: bool = in_loss) -> Any | None:
+            if (a.kind == "adjoint_output_pre_activation") != in_loss:
+                return None
+            if not any(mask in a.expr.free_symbols for mask in ones):
+                return None
+            return a.expr.xreplace(ones)
+
+        if in_loss:
+            place = "do[t]"
+            holder = next((a for a in work.d.adjoints if rewrite(a) is not None), None)
+            if holder is None:
+                continue
+            place = _place(work, holder)
+            text = (
+                f"the mask is forgotten in the output error {place}: the padded steps' "
+                "losses are counted"
+            )
+        else:
+            holder = next((a for a in work.d.adjoints if rewrite(a) is not None), None)
+            if holder is None:
+                continue
+            place = _place(work, holder)
+            text = (
+                f"the mask is forgotten in the states' adjoints ({place}, ...): a padded step's "
+                "adjoint goes through the cell instead of being carried past it"
+            )
+        out.append(Alteration("forgotten_mask", ("mask", in_loss), place, text, rewrite))
+    return out
+
+
 def alterations(work: _Work) -> list[Alteration]:
     """Every alteration of the derivation's rules at every site, in a fixed order."""
     return (
@@ -609,4 +745,6 @@ def alterations(work: _Work) -> list[Alteration]:
         + _swapped_factors(work)
         + _weights(work)
         + _steps(work)
+        + _reflections(work)
+        + _masks(work)
     )

@@ -16,6 +16,7 @@ from .. import functions, mexpr
 from ..derive import Derivation
 from ..exprlang import ExpressionError, Namespace
 from ..graph import Graph
+from .flat import direction, original_key
 from .language import _base_role, _function_names, _label, _labelled_roles
 from .limits import _SIZE_FIELDS, MAX_ONES
 
@@ -49,14 +50,15 @@ def _series_at(
     if found is not None:
         return found
     initials = _state_initials(graph)
-    if role in initials and step == first - 1:
-        return initials[role]
     base = _base_role(role)
+    before, after = _outside_steps(graph, base)
+    if role in initials and step == before:
+        return initials[role]
     adjoint = base != role
-    if adjoint and (step == last + 1 or (first <= step <= last and (base, step) in table)):
-        # after the last step, or a step where nothing reaches it: zero
+    if adjoint and (step == after or (first <= step <= last and (base, step) in table)):
+        # after the last step (of the unit's direction), or a step nothing reaches: zero
         return sp.ZeroMatrix(*graph.symbols.series_shape(base))
-    if step == last + 1 and _base_role(role) == role and _in_cell(graph, role):
+    if step == after and base == role and (_in_cell(graph, role) or role == "mask"):
         return _after_last(graph, role, label, step)
     if first <= step <= last:
         raise ExpressionError(
@@ -64,10 +66,13 @@ def _series_at(
             f"({last}) has an output and a target"
         )
     hint = ""
-    if role in initials:
-        hint = f" ({label}[{first - 1}] is the initial state)"
+    if direction(graph, base) < 0:
+        hint = f" ({_backward_hint(graph, role, label)}"
+        hint += f"; {label}[{after}] is zero)" if adjoint else ")"
+    elif role in initials:
+        hint = f" ({label}[{before}] is the initial state)"
     elif adjoint:
-        hint = f" ({label}[{last + 1}], one step after the last, is zero)"
+        hint = f" ({label}[{after}], one step after the last, is zero)"
     raise ExpressionError(
         f"{label}[{step}] is outside the model: its steps are {_steps_text(steps)}{hint}"
     )
@@ -77,10 +82,22 @@ def _series_at(
 _OUTSIDE: dict[Any, str] = {}
 
 
+def _outside_steps(graph: Graph, role: str) -> tuple[int, int]:
+    """The step before the first and the one after the last, in the role's direction.
+
+    A backward unit runs t = T..1: its initial state is at T + 1 and an adjoint
+    "one step after the last" is at 0.
+    """
+    first, last = graph.steps[0], graph.steps[-1]
+    if direction(graph, role) < 0:
+        return last + 1, first - 1
+    return first - 1, last + 1
+
+
 def _in_cell(graph: Graph, role: str) -> bool:
     cell = graph.symbols.cell
     keys = {q.key for q in cell.quantities}
-    return graph.notation.name_of(role).key in keys
+    return original_key(graph, graph.notation.name_of(role).key) in keys
 
 
 def _after_last(graph: Graph, role: str, label: str, step: int) -> Any:
@@ -92,12 +109,27 @@ def _after_last(graph: Graph, role: str, label: str, step: int) -> Any:
     """
     shape = graph.symbols.series_shape(role)
     symbol = sp.MatrixSymbol(f"{label}[{step}]", *shape)
+    why = (
+        "one step after the last it may appear only multiplied by an adjoint of that "
+        "step, which is zero"
+    )
+    if direction(graph, role) < 0:
+        why = f"{_backward_hint(graph, role, label)}; {label}[{step}] may appear only " + (
+            "multiplied by an adjoint of that step, which is zero"
+        )
     _OUTSIDE[symbol] = (
-        f"{label}[{step}] is outside the model: its steps are {_steps_text(graph.steps)} "
-        f"(one step after the last it may appear only multiplied by an adjoint of that "
-        f"step, which is zero)"
+        f"{label}[{step}] is outside the model: its steps are {_steps_text(graph.steps)} ({why})"
     )
     return symbol
+
+
+def _backward_hint(graph: Graph, role: str, label: str) -> str:
+    """How a backward unit's steps run, for a message about a step outside them."""
+    first, last = graph.steps[0], graph.steps[-1]
+    text = f"{label} belongs to a backward direction, which runs t = {last}..{first}"
+    if role in _state_initials(graph):
+        text += f": the state before step t is {label}[t+1], {label}[{last + 1}] the initial one"
+    return text
 
 
 def _refuse_outside(expr: Any) -> Any:

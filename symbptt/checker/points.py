@@ -212,7 +212,28 @@ def _leaves(
     if work.spec.initial_state == "input":
         for initial in graph.initials.values():
             leaves[initial] = rng.normal(scale=0.5, size=_shape(initial))
+    if graph.masks:
+        leaves.update(_masks(work, rng))
     return leaves
+
+
+def _masks(work: _Work, rng: np.random.Generator) -> dict[Any, np.ndarray]:
+    """Each step's mask: every example's real steps first, 1 to T of them.
+
+    The first example is padded after its first step when T > 1 (so a padded
+    step is always there to be handled), the others get random lengths.
+    """
+    graph = work.graph
+    steps = len(graph.steps)
+    batch = work.sizes["batch"]
+    lengths = rng.integers(1, steps + 1, size=batch)
+    if steps > 1:
+        lengths[0] = 1 + int(rng.integers(0, steps - 1))
+    out = {}
+    for index, symbol in enumerate(graph.masks):
+        row = (lengths > index).astype(float)
+        out[symbol] = row.reshape(_shape(symbol))
+    return out
 
 
 def _kind(work: _Work, index: int, one_hot: bool) -> str:

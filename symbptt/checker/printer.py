@@ -182,3 +182,23 @@ def _naming(
         return f"{label}[{Symbols.step_name(step)}]"
 
     return name
+
+
+def _relative_naming(
+    meta: Any, notation: Notation, step: int, base: str = "t", shift: int = 0
+) -> Callable[[Any], str]:
+    """Concrete symbols named relative to ``step``: ``dc_3`` at step 2 is ``dc[t+1]``.
+
+    ``step`` is called ``base + shift`` (``T - 1`` for the last step of a
+    notation whose steps run 0..T-1).
+    """
+
+    def name(symbol: Any) -> str:
+        role, at = meta.get(symbol, ("", None))
+        label = _label(notation, role) if isinstance(at, int) else None
+        if label is None:
+            return str(symbol.name)
+        offset = at - step + shift
+        return f"{label}[{base}{offset:+d}]" if offset else f"{label}[{base}]"
+
+    return name

@@ -11,6 +11,7 @@ from ..exprlang import Namespace
 from ..graph import Assignment, Graph
 from ..notation import Notation
 from ..spec import ModelSpec
+from .flat import flatten
 from .limits import _DEFAULT_SIZES, _SIZE_FIELDS, _SIZE_POOL
 from .namespace import _table, namespace
 
@@ -25,7 +26,9 @@ class _Work:
     table: dict[tuple[str, int], Any]
     forward: tuple[Assignment, ...]
     sizes: dict[str, int]
-    form: StepForm
+    #: the generic step (None for a composed model, which has none: its steps are read
+    #: from the concrete assignments)
+    form: StepForm | None
 
     @property
     def graph(self) -> Graph:
@@ -53,7 +56,8 @@ def _concrete(spec: ModelSpec) -> ModelSpec:
 
 @lru_cache(maxsize=32)
 def _derivation(spec: ModelSpec) -> Derivation:
-    return derive(spec)
+    """The derivation the checker reads (a composed model's as :func:`flatten` shows it)."""
+    return flatten(derive(spec))
 
 
 @lru_cache(maxsize=32)
@@ -62,7 +66,8 @@ def _work(spec: ModelSpec) -> _Work:
     d = _derivation(concrete)
     forward = tuple(a for a in d.graph.assignments if a.kind not in ("loss", "total_loss"))
     sizes = {key: getattr(concrete, key) for key, _ in _SIZE_FIELDS}
-    return _Work(concrete, d, namespace(d), _table(d.graph), forward, sizes, d.step_form)
+    form = None if spec.composed else d.step_form
+    return _Work(concrete, d, namespace(d), _table(d.graph), forward, sizes, form)
 
 
 @lru_cache(maxsize=32)
@@ -73,10 +78,19 @@ def _namespace_of(spec: ModelSpec) -> Namespace:
 def _resolve_wrt(d: Derivation, wrt: str) -> str:
     if wrt in d.gradients:
         return wrt
-    by_role = {role: name for name, role in d.roles.items()}
+    holders: dict[str, list[str]] = {}
+    for name, role in d.roles.items():
+        holders.setdefault(role, []).append(name)
+    # a role names a gradient only where one parameter has it (not every unit's W_hh_1f, ...)
+    by_role = {role: names[0] for role, names in holders.items() if len(names) == 1}
     if wrt in by_role:
         return by_role[wrt]
+    if wrt in holders:
+        raise ValueError(
+            f"wrt: the role {wrt!r} belongs to several parameters in this model "
+            f"({', '.join(holders[wrt])}); name one of them"
+        )
+    roles = f" (or a role: {', '.join(by_role)})" if by_role else ""
     raise ValueError(
-        f"wrt: no gradient named {wrt!r}; this model has {', '.join(d.gradients)} "
-        f"(or a role: {', '.join(by_role)})"
+        f"wrt: no gradient named {wrt!r}; this model has {', '.join(d.gradients)}{roles}"
     )
