@@ -49,7 +49,7 @@ def initial_arguments(module: ModuleType) -> tuple[str, ...]:
     """The keywords of a module's initial states, in order: ``("h0",)``, ``("h0", "c0")``.
 
     A composed model's module names them in ``INITIALS`` (state key -> keyword:
-    ``{"h_1f": "h_0_1f", ...}``).
+    ``{"h_1f": "h0_1f", ...}``).
     """
     if hasattr(module, "INITIALS"):
         return tuple(module.INITIALS.values())

@@ -99,7 +99,7 @@ def _states(module: ModuleType) -> tuple[str, ...]:
 
 def _keywords(module: ModuleType) -> list[str]:
     """The initial-state keywords: ``h0``, ``c0``, ... (a composed model's ``INITIALS``:
-    ``h_0_1f``, ``c_0_1f``, ... one per unit's state)."""
+    ``h0_1f``, ``c0_1f``, ... one per unit's state)."""
     initials = getattr(module, "INITIALS", None)
     if isinstance(initials, dict):
         return list(initials.values())
@@ -179,7 +179,7 @@ def truncated_bptt(
     """Loss and gradients by truncated BPTT over windows of ``k`` steps.
 
     A composed model (docs/composition.md) carries every unit's states (keywords
-    ``h_0_1f``, ``h_0_2f``, ...; ``h0`` is the first unit's ``h``); a masked one
+    ``h0_1f``, ``h0_2f``, ...; a one-layer masked model's ``h0``); a masked one
     takes ``mask`` (T, m), cut with the windows.  A bidirectional model takes
     only ``k >= T``.
 

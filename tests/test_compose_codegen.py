@@ -98,7 +98,9 @@ def test_the_loss_is_the_scalar_oracles(rng: np.random.Generator) -> None:
         Y = np.stack([array(y) for y in values["y"]])
         Y = Y if spec.mode == "many_to_many" else Y[0]
         symbols = Symbols(spec, spec.model.notations[spec.notation])
-        initial = {s.name: array(values[s.name]) for s in symbols.initials.values()}
+        initial = {
+            module.INITIALS[key]: array(values[s.name]) for key, s in symbols.initials.items()
+        }
         mask = np.array(values["mask"], dtype=float)
         with mpmath.workdps(DPS):
             oracle = float(sp.N(scalar_loss(spec, values), DPS))
@@ -215,7 +217,7 @@ def test_bad_masks_and_labels_are_refused() -> None:
 def test_keywords_states_and_gradients_are_named_per_unit() -> None:
     module = _module(cell="lstm", **ALL_THREE)
     assert {
-        f"{s}_{u}": f"{s}_0_{u}" for u in ("1f", "1b", "2f", "2b") for s in ("h", "c")
+        f"{s}_{u}": f"{s}0_{u}" for u in ("1f", "1b", "2f", "2b") for s in ("h", "c")
     } == module.INITIALS
     problem = random_problem(module, batch=2, n_in=2, n_hidden=2, n_out=3, rng=0)
     assert set(problem.initial) == set(module.INITIALS.values())
@@ -405,8 +407,8 @@ def test_the_generated_module_equals_torch_lstm_on_packed_sequences(
     params = split(lambda p: p.detach().numpy().copy())
     initial = {}
     for k, (unit, _) in enumerate(units):
-        initial[f"h_0_{unit}"] = h0.detach().numpy()[k].copy()
-        initial[f"c_0_{unit}"] = c0.detach().numpy()[k].copy()
+        initial[f"h0_{unit}"] = h0.detach().numpy()[k].copy()
+        initial[f"c0_{unit}"] = c0.detach().numpy()[k].copy()
     x = X.detach().numpy()
     value, gradients, state = module.loss_and_all_gradients(params, x, labels, mask=mask, **initial)
     assert value == pytest.approx(loss.item(), rel=1e-12)
@@ -414,8 +416,8 @@ def test_the_generated_module_equals_torch_lstm_on_packed_sequences(
         np.testing.assert_allclose(gradients[name], expected, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(state["dX"], X.grad.numpy(), rtol=1e-9, atol=1e-12)
     for k, (unit, _) in enumerate(units):
-        np.testing.assert_allclose(state[f"dh_0_{unit}"], h0.grad.numpy()[k], atol=1e-12)
-        np.testing.assert_allclose(state[f"dc_0_{unit}"], c0.grad.numpy()[k], atol=1e-12)
+        np.testing.assert_allclose(state[f"dh0_{unit}"], h0.grad.numpy()[k], atol=1e-12)
+        np.testing.assert_allclose(state[f"dc0_{unit}"], c0.grad.numpy()[k], atol=1e-12)
         np.testing.assert_allclose(state[f"h_{unit}_T"], h_n.detach().numpy()[k], rtol=1e-12)
         np.testing.assert_allclose(state[f"c_{unit}_T"], c_n.detach().numpy()[k], rtol=1e-12)
 

@@ -121,7 +121,7 @@ def layout(line: str, indent: int = 4) -> str:
         wrapped = _split_brackets(head + "(", body, "):", at)
     elif text.startswith("return ") and text.endswith("}") and "{" in text:
         head, _, body = text[:-1].rpartition("{")
-        wrapped = _split_brackets(head + "{", body, "}", at)
+        wrapped = _split_brackets(head + "{", body, "}", at, explode=True)
     elif sep and all(part.strip().isidentifier() for part in target.split(",")):
         wrapped = wrap_assignment(target, rhs, at)
     elif (
@@ -146,9 +146,10 @@ def fit_lines(source: str) -> str:
     return "\n".join(layout(line, 0) if len(line) > WIDTH else line for line in lines)
 
 
-def _split_brackets(head: str, body: str, close: str, indent: int) -> str:
-    """``head`` / body / ``close`` on three lines, or the body's items one a line."""
-    if indent + 4 + len(body) <= WIDTH:
+def _split_brackets(head: str, body: str, close: str, indent: int, explode: bool = False) -> str:
+    """``head`` / body / ``close`` on three lines, or the body's items one a line (always
+    for a collection literal, ``explode``: ruff format splits a dict one item a line)."""
+    if not explode and indent + 4 + len(body) <= WIDTH:
         return "\n".join([head, "    " + body, close])
     return "\n".join([head, *("    " + part + "," for part in _items(body)), close])
 

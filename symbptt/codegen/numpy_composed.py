@@ -45,6 +45,7 @@ from ..model.compose import Unit
 from ..spec import ModelSpec, SpecError
 from .lines import Code, SharedPrinter, fit
 from .module_parts import assemble, size_names
+from .numpy_unrolled import initial_arguments
 from .rowform import RowForm, transpose
 
 __all__ = ["ComposedRolledModule", "rolled_steps", "takes"]
@@ -285,12 +286,13 @@ class ComposedRolledModule:
         units = self._units()
         body = [a for a in graph.assignments if a.kind not in ("loss", "total_loss")]
         self._arrays(code, [a.target for a in body])
+        arguments = initial_arguments(graph)
         for registry in self.symbols.registries:
             unit = _unit(registry)
-            for key, initial in registry.initials.items():
+            for key in registry.initials:
                 state = self.bases[self.rf.symbol(registry.series(key, graph.steps[0]))]
                 index = "0" if unit.direction == "forward" else "-1"
-                argument = str(initial.name)
+                argument = arguments[unit.name(key)]
                 code.add(f"{state}[{index}] = {argument}", {argument, state}, state)
         generic = self._generic()
         views: dict[str, str] = {}
@@ -440,12 +442,14 @@ class ComposedRolledModule:
             )
         else:
             extras.add("    pass", set())
+        arguments = initial_arguments(self.d.graph)
         for registry in self.symbols.registries:
-            for initial in registry.initials.values():
-                name = f"d{initial.name}"
+            for key, initial in registry.initials.items():
+                argument = arguments[_unit(registry).name(key)]
+                name = f"d{argument}"
                 value = d.gradients.get(initial.name)
                 if value is None or mexpr.is_zero(value):
-                    extras.add(f"{name} = {zeros_like}({initial.name})", {str(initial.name)}, name)
+                    extras.add(f"{name} = {zeros_like}({argument})", {argument}, name)
                     continue
                 expr = value.xreplace(self._count_of) if self._count_of else value
                 row = transpose(self.rf.expr(expr)) if self.column else expr
@@ -471,7 +475,7 @@ class ComposedRolledModule:
             for key in registry.initials:
                 state = self.bases[self.rf.symbol(registry.series(key, graph.steps[0]))]
                 finals[unit.name(key)] = (state, "-2" if unit.direction == "forward" else "1")
-        arguments = [str(i.name) for i in graph.initials.values()]
+        arguments = list(initial_arguments(graph).values())
         outputs = [f"d{a}" for a in arguments]
         parts = assemble(
             forward,

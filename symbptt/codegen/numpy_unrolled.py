@@ -21,10 +21,16 @@ _ADJOINT = ("adjoint_", "pre_adjoint_")
 
 
 def initial_arguments(graph: Graph) -> dict[str, str]:
-    """Each initial state's keyword: ``h0``, or a composed model's symbol name (``h_0_1f``)."""
+    """Each initial state's keyword: ``h0``, ``c0``; a unit's adds its tag (``h0_1f``), as
+    the checker's callables take them (the state key ``h_1f`` -> ``h0_1f``)."""
     if not graph.symbols.registries:
         return {key: f"{key}0" for key in graph.initials}
-    return {key: str(initial.name) for key, initial in graph.initials.items()}
+    out = {}
+    for registry in graph.symbols.registries:
+        assert registry.unit is not None
+        for key in registry.initials:
+            out[registry.unit.name(key)] = registry.unit.name(f"{key}0")
+    return out
 
 
 def final_states(graph: Graph) -> dict[str, Any]:
