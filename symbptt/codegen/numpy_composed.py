@@ -332,12 +332,10 @@ class ComposedRolledModule:
             for size, (name, axis) in _api(self.d)["size_sources"].items()
         }
 
-    def loss_code(self) -> Code:
-        graph = self.d.graph
-        code = Code()
-        loss_name = graph.notation.loss_ascii
+    def _targets(self, code: Code) -> None:
+        """``targets[0 .. T + 1]``: Y at the steps that have a loss, zero elsewhere."""
         zeros = str(self._printer({})._module_format("numpy.zeros"))
-        target = next(a for a in graph.assignments if a.kind == "loss")
+        target = next(a for a in self.d.graph.assignments if a.kind == "loss")
         n_out = str(self._printer(self.sizes).doprint(self.rf.symbol(target.expr.target).shape[1]))
         code.add(
             f"targets = {zeros}((T + 2, m, {n_out}), Y.dtype)", {"T", "m", n_out, "Y"}, "targets"
@@ -345,6 +343,12 @@ class ComposedRolledModule:
         code.add(
             f"targets[{'-2' if self.many_to_one else '1:-1'}] = Y", {"Y", "targets"}, "targets"
         )
+
+    def loss_code(self) -> Code:
+        graph = self.d.graph
+        code = Code()
+        loss_name = graph.notation.loss_ascii
+        self._targets(code)
         losses = [a for a in graph.assignments if a.kind == "loss"]
         total = next(a for a in graph.assignments if a.kind == "total_loss")
         scale = sp.simplify(total.expr / sp.Add(*[a.target for a in losses]))
@@ -372,14 +376,7 @@ class ComposedRolledModule:
         code, extras = Code(), Code()
         zeros = str(self._printer({})._module_format("numpy.zeros"))
         zeros_like = str(self._printer({})._module_format("numpy.zeros_like"))
-        target = next(a for a in graph.assignments if a.kind == "loss")
-        n_out = str(self._printer(self.sizes).doprint(self.rf.symbol(target.expr.target).shape[1]))
-        code.add(
-            f"targets = {zeros}((T + 2, m, {n_out}), Y.dtype)", {"T", "m", n_out, "Y"}, "targets"
-        )
-        code.add(
-            f"targets[{'-2' if self.many_to_one else '1:-1'}] = Y", {"Y", "targets"}, "targets"
-        )
+        self._targets(code)
         middle_step = graph.steps[_MIDDLE - 1]
         adjoints = [a for a in d.assignments if a.kind not in ("contribution", "gradient")]
         contributions = [a for a in d.assignments if a.kind == "contribution"]
