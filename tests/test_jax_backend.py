@@ -147,7 +147,7 @@ def test_the_loss_works_under_jit_and_in_a_bigger_program() -> None:
 
     def program(params):  # type: ignore[no-untyped-def]
         penalty = sum((w**2).sum() for w in params.values())
-        return 3 * mod.loss(params, X, Y, **states) + penalty  # check=True under jit too
+        return 3 * mod.loss(params, X, Y, **states) + penalty  # check=True: shapes, dtypes
 
     grads = jax.jit(jax.grad(program))(params)
     for name, value in grads.items():
@@ -235,6 +235,8 @@ def test_bad_arguments_name_what_is_wrong() -> None:
         for call in (mod.loss, mod.loss_and_gradients):
             with pytest.raises(mod.ArgumentError, match=message):
                 call(args["params"], args["X"], args["Y"], args["h0"])
+    with pytest.raises(mod.ArgumentError, match=r"^Y: cross_entropy targets must sum to 1"):
+        mod.loss(params, X, 2 * Y, h0)
     with pytest.raises(mod.ArgumentError, match=r"^dtype: expected float32 or float64"):
         mod.init_params(3, 4, 3, dtype=jnp.int32)
 
