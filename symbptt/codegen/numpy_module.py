@@ -377,7 +377,7 @@ def _context(
         "kernels": kernels,
         "fused_width": fused_width,
         "fused_size": fused_size,
-        "fused_step_size": FUSED_STEP_SIZE,
+        "fused_step_size": TORCH_FUSED_STEP_SIZE if torch else FUSED_STEP_SIZE,
         "helpers": [
             {"torch": torch_helper_source, "jax": jax_helper_source}.get(backend, helper_source)(
                 name
@@ -447,6 +447,13 @@ def _tuple(words: list[str]) -> str:
 #: fused block): there the number of NumPy calls decides; above it, memory traffic and the
 #: shapes BLAS is fastest at (many small products beat one wide one for m of 4 to 8 here).
 FUSED_STEP_SIZE = 256
+
+
+#: torch's: a torch call costs several times a NumPy call (dispatch, autograd's checks), so
+#: fewer calls win at every size measured (benchmarks/peers.py, LSTM on one CPU thread: the
+#: fused schedule 0.84 of torch autograd's time against 1.11 for the plain one at the
+#: smallest size, 1.09 against 1.18 at (50, 32, 64, 128, 64)): the fused schedule always.
+TORCH_FUSED_STEP_SIZE = 2**62
 
 
 def _group_width(fused: RolledModule, d: Derivation) -> tuple[str, str]:
