@@ -94,7 +94,7 @@ class JaxRolledModule(RolledModule):
             if name not in written or symbol not in s.base:
                 continue
             base = s.base[symbol]
-            if base not in self.seq_index:
+            if base not in self.seq_index or not self.read_again(name):
                 continue
             seq = f"{base}_seq"
             index = self.seq_index[base](t, s.offset[symbol])
@@ -102,6 +102,23 @@ class JaxRolledModule(RolledModule):
             if line not in out.lines(0):  # two symbols of one step value: one store
                 out.add(line, {seq, name, t})
         return out
+
+    def read_again(self, name: str) -> bool:
+        """Whether the step value ``name``'s storage is read after its own step: by a
+        neighbouring step, or after the loops.  A loop statement that adds to a hoisted
+        array (an alias: ``z_t = z_pre_t + ...`` into ``z_pre``'s storage) often is not;
+        storing it anyway would make XLA copy the whole array at every step."""
+        s = self.s
+        aliases = [x for x, n in self.names_step.items() if n == name and x in s.alias]
+        if not aliases:
+            return True
+        steps = s.forward_loop + s.backward_last + s.backward_loop + s.looped
+        read = {s.base[r] for st in steps for r in s.step_symbols(st.expr) if s.offset[r]}
+        read |= {s.base[r] for e in self._after_backward_loop() for r in s.step_symbols(e)}
+        forward = {st.target for st in s.forward_loop}
+        if any(x in forward for x in aliases):  # read after the forward loop
+            read |= self.reads_after()
+        return any(s.base[x] in read for x in aliases)
 
     def loop(self, c: Code, body: Code, backward: bool) -> None:
         """``for t in range(T):`` (backward: ``T - 2, ..., 0``) with the step's reads and
