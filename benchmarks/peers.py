@@ -1,7 +1,7 @@
 """The generated modules against their peers, size by size: generated / best peer.
 
     python benchmarks/peers.py [--cells elman,lstm] [--dtypes float64,float32]
-                               [--repeats N] [--quick] [--no-torch]
+                               [--repeats N] [--quick] [--no-torch] [--no-jax]
 
 The same model (the cell's equations in the xh notation, softmax output,
 cross-entropy summed over time and averaged over the batch) computed by:
@@ -13,15 +13,20 @@ cross-entropy summed over time and averaged over the batch) computed by:
 * hand-written hoisted NumPy (cuDNN's schedule: ``baselines.HOISTED``);
 * hand-written per-step NumPy (min-char-rnn, batched: ``baselines.elman``; Elman only);
 * PyTorch autograd: ``nn.RNN`` / ``nn.LSTM`` + ``nn.Linear`` + the loss, ``backward()``,
-  with the same weights (the second recurrent bias set to zero).
+  with the same weights (the second recurrent bias set to zero);
+* the generated JAX module (``symbptt.emit(spec, backend="jax")``), as a user calls it:
+  ``loss_and_gradients`` (compiled with ``jax.jit``, validation on);
+* JAX autodiff: ``jax.jit(jax.value_and_grad(loss))`` of the same model written as a
+  ``lax.scan`` (:func:`jax_peer`), with the same weights.
 
 Before any timing, at every size and dtype, every implementation's loss and
 gradients are compared with one reference (the hand-written hoisted NumPy,
 itself proven by finite differences in ``tests/test_baselines.py``); a
 mismatch stops the run.  Times are medians of interleaved calls in one
 process with one thread (BLAS and torch); each row prints every time and
-generated / best peer: against the best NumPy peer (target <= 0.9) and the
-torch module against torch autograd (target <= 1.0).
+generated / best peer: against the best NumPy peer (target <= 0.9), the
+torch module against torch autograd (target <= 1.0) and the JAX module against
+JAX autodiff (target <= 1.0).  XLA runs on one thread too (``XLA_FLAGS``).
 
 OpenBLAS settings that slow current NumPy on these machines
 (``OPENBLAS_CORETYPE``, ``OPENBLAS_L2_SIZE``; ../shared/FACTS.md) are removed
@@ -37,6 +42,7 @@ for _variable in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
     os.environ.pop(_variable, None)
 for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_variable] = "1"
+os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 import argparse  # noqa: E402 - after the environment settings
 import statistics  # noqa: E402
@@ -60,6 +66,7 @@ SIZES: list[Sizes] = [
 QUICK: list[Sizes] = SIZES[:2]
 NUMPY_TARGET = 0.9
 TORCH_TARGET = 1.0
+JAX_TARGET = 1.0
 #: The torch modules' gate order (nn.LSTM: i, f, g, o) in the cell files' names.
 TORCH_LSTM_GATES = ("i", "f", "c", "o")
 
@@ -161,6 +168,76 @@ def torch_peer(cell: str, params: dict[str, Any], X: Any, Y: Any) -> tuple[Any, 
     return step, gradients
 
 
+def jax_peer(cell: str, params: dict[str, Any], X: Any, Y: Any) -> tuple[Any, Any]:
+    """(step, gradients): ``jax.jit(jax.value_and_grad(loss))`` of the model written by hand
+    as a ``lax.scan`` over the steps (the input projections inside the step)."""
+    import jax
+    import jax.numpy as jnp
+
+    m = X.shape[1]
+
+    def gate(p: Any, k: str, x: Any, h: Any) -> Any:
+        return x @ p[f"W_x{k}"].T + h @ p[f"W_h{k}"].T + p[f"b_{k}"].T
+
+    def loss(p: Any, x: Any, y: Any) -> Any:
+        n = p["W_hy"].shape[1]
+        h0 = jnp.zeros((m, n), x.dtype)
+        if cell == "lstm":
+
+            def step(carry: Any, x_t: Any) -> Any:
+                h, c = carry
+                i = jax.nn.sigmoid(gate(p, "i", x_t, h))
+                f = jax.nn.sigmoid(gate(p, "f", x_t, h))
+                o = jax.nn.sigmoid(gate(p, "o", x_t, h))
+                c = f * c + i * jnp.tanh(gate(p, "c", x_t, h))
+                h = o * jnp.tanh(c)
+                return (h, c), h
+
+            _, hs = jax.lax.scan(step, (h0, h0), x)
+        else:
+
+            def step(h: Any, x_t: Any) -> Any:
+                h = jnp.tanh(gate(p, "h", x_t, h))
+                return h, h
+
+            _, hs = jax.lax.scan(step, h0, x)
+        scores = hs @ p["W_hy"].T + p["b_y"].T
+        return -(y * jax.nn.log_softmax(scores, axis=-1)).sum() / m
+
+    compiled = jax.jit(jax.value_and_grad(loss))
+    p, x, y = {k: jnp.asarray(v) for k, v in params.items()}, jnp.asarray(X), jnp.asarray(Y)
+
+    def run() -> Any:
+        value, grads = compiled(p, x, y)
+        jax.block_until_ready(grads)
+        return value, grads
+
+    def gradients() -> tuple[float, dict[str, Any]]:
+        value, grads = run()
+        return float(value), {k: np.asarray(v) for k, v in grads.items()}
+
+    return run, gradients
+
+
+def jax_module_peer(module: Any, params: dict[str, Any], X: Any, Y: Any) -> tuple[Any, Any]:
+    """(step, gradients) of the generated JAX module, called as a user calls it."""
+    import jax
+    import jax.numpy as jnp
+
+    p, x, y = {k: jnp.asarray(v) for k, v in params.items()}, jnp.asarray(X), jnp.asarray(Y)
+
+    def run() -> Any:
+        value, grads = module.loss_and_gradients(p, x, y)
+        jax.block_until_ready(grads)
+        return value, grads
+
+    def gradients() -> tuple[float, dict[str, Any]]:
+        value, grads = run()
+        return float(value), {k: np.asarray(v) for k, v in grads.items()}
+
+    return run, gradients
+
+
 def torch_module_peer(module: Any, params: dict[str, Any], X: Any, Y: Any) -> tuple[Any, Any]:
     """(step, gradients) of the generated torch module, called as a user calls it."""
     import torch
@@ -183,46 +260,64 @@ def torch_module_peer(module: Any, params: dict[str, Any], X: Any, Y: Any) -> tu
 
 
 def run(
-    cell: str, sizes_run: Sequence[Sizes], dtypes: Sequence[Any], base: int, use_torch: bool
+    cell: str,
+    sizes_run: Sequence[Sizes],
+    dtypes: Sequence[Any],
+    base: int,
+    use_torch: bool,
+    use_jax: bool = False,
 ) -> list[str]:
     """One cell's table; returns the rows whose ratios missed their targets."""
     module = symbptt.load_module(symbptt.emit_numpy(spec_for(cell, 4)))
     gates = {"elman": 1, "lstm": 4, "gru": 3}[cell]
     print(f"\n{cell}: xh notation, softmax, cross-entropy (sum over time, mean over the batch)")
     names = ["generated", "check=False", "hoisted", "per-step", "torch mod", "torch"]
+    names += ["jax mod", "jax"]
     head = " ".join(f"{n:>11}" for n in names)
     print(
         f"{'(T, m, n_in, n_hidden, n_out)':27} {'dtype':7} {head} {'gen/best':>8} {'mod/torch':>9}"
+        f" {'mod/jax':>8}"
     )
     missed = []
     for sizes in sizes_run:
-        torch_module = None
+        torch_module = jax_module = None
+        spec = spec_for(cell, sizes[0])
         if use_torch:
-            spec = spec_for(cell, sizes[0])
             torch_module = symbptt.load_module(symbptt.emit(spec, backend="torch"))
+        if use_jax:
+            jax_module = symbptt.load_module(symbptt.emit(spec, backend="jax"))
         for dtype in dtypes:
-            medians = _time_one(cell, sizes, dtype, module, torch_module, base, gates)
+            modules = (module, torch_module, jax_module)
+            medians = _time_one(cell, sizes, dtype, modules, base, gates)
             numpy_peers = [medians[k] for k in ("hoisted", "per-step") if k in medians]
             ratio = medians["generated"] / min(numpy_peers)
             torch_ratio = medians["torch mod"] / medians["torch"] if use_torch else float("nan")
+            jax_ratio = medians["jax mod"] / medians["jax"] if use_jax else float("nan")
             row = " ".join(
                 f"{medians[n] * 1e3:9.3f}ms" if n in medians else f"{'-':>11}" for n in names
             )
             name = np.dtype(dtype).name
-            print(f"{sizes!s:27} {name:7} {row} {ratio:8.2f} {torch_ratio:9.2f}", flush=True)
+            print(
+                f"{sizes!s:27} {name:7} {row} {ratio:8.2f} {torch_ratio:9.2f} {jax_ratio:8.2f}",
+                flush=True,
+            )
             where = f"{cell} {sizes} {name}"
             if ratio > NUMPY_TARGET:
                 missed.append(f"{where}: generated / best NumPy peer {ratio:.2f} > {NUMPY_TARGET}")
             if use_torch and torch_ratio > TORCH_TARGET:
                 missed.append(f"{where}: torch module / torch autograd {torch_ratio:.2f}")
+            if use_jax and jax_ratio > JAX_TARGET:
+                missed.append(f"{where}: JAX module / JAX autodiff {jax_ratio:.2f}")
     return missed
 
 
 def _time_one(
-    cell: str, sizes: Sizes, dtype: Any, module: Any, torch_module: Any, base: int, gates: int
+    cell: str, sizes: Sizes, dtype: Any, modules: tuple[Any, Any, Any], base: int, gates: int
 ) -> dict[str, float]:
     """Check every implementation against the reference, then time them: the NumPy ones
-    interleaved in one pass, the torch ones in another (torch's calls evict the caches)."""
+    interleaved in one pass, the torch ones in another (torch's calls evict the caches),
+    the JAX ones in a third."""
+    module, torch_module, jax_module = modules
     T, m, n_in, n_hidden, n_out = sizes
     rng = np.random.default_rng(0)
     params = baselines.init_params(cell, n_in, n_hidden, n_out, rng=rng, dtype=dtype)
@@ -249,9 +344,15 @@ def _time_one(
         check("generated torch module", *gradients(), reference, tol)
         torch_steps["torch"], gradients = torch_peer(cell, params, X, Y)
         check("torch autograd", *gradients(), reference, tol)
+    jax_steps: dict[str, Callable[[], Any]] = {}
+    if jax_module is not None:
+        jax_steps["jax mod"], gradients = jax_module_peer(jax_module, params, X, Y)
+        check("generated JAX module", *gradients(), reference, tol)
+        jax_steps["jax"], gradients = jax_peer(cell, params, X, Y)
+        check("JAX autodiff", *gradients(), reference, tol)
     repeats = repeats_for(sizes, base, gates)
     medians = {}
-    for steps in (numpy_steps, torch_steps):
+    for steps in (numpy_steps, torch_steps, jax_steps):
         if steps:
             times = median_times(list(steps.values()), repeats)
             medians.update(zip(steps, times, strict=True))
@@ -267,7 +368,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help=f"the two small sizes only: {QUICK}")
     parser.add_argument("--no-torch", action="store_true", help="leave the torch rows out")
+    parser.add_argument("--no-jax", action="store_true", help="leave the JAX rows out")
     args = parser.parse_args(argv)
+    use_jax = not args.no_jax and importlib.util.find_spec("jax") is not None
+    if use_jax:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+    else:
+        print("jax: not timed" + (" (not installed)" if not args.no_jax else ""))
     use_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
     if use_torch:
         import torch
@@ -278,9 +387,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     dtypes = [np.dtype(name).type for name in args.dtypes.split(",")]
     missed = []
     for cell in args.cells.split(","):
-        missed += run(cell, QUICK if args.quick else SIZES, dtypes, args.repeats, use_torch)
+        sizes = QUICK if args.quick else SIZES
+        missed += run(cell, sizes, dtypes, args.repeats, use_torch, use_jax)
     print(f"\ntargets: generated NumPy <= {NUMPY_TARGET} of the best NumPy peer; "
-          f"torch module <= {TORCH_TARGET} of torch autograd")  # fmt: skip
+          f"torch module <= {TORCH_TARGET} of torch autograd; "
+          f"JAX module <= {JAX_TARGET} of JAX autodiff")  # fmt: skip
     for line in missed:
         print(f"missed: {line}")
     if not missed:

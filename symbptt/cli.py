@@ -425,6 +425,8 @@ _ALL_OUTPUTS = (
     "gradients_unrolled.py",
     "gradients_torch.py",
     "gradients_torch_unrolled.py",
+    "gradients_jax.py",
+    "gradients_jax_unrolled.py",
     "derivation.tex",
     "derivation.md",
     "derivation.pdf",
@@ -518,9 +520,10 @@ def _derive_parser(sub: Any) -> argparse.ArgumentParser:
         default="numpy",
         metavar="NAME",
         help=(
-            "numpy (default), or torch: also write gradients_torch.py (any T; with --unrolled "
-            "also gradients_torch_unrolled.py), a torch.autograd.Function and nn.Module; "
-            "needs PyTorch"
+            "numpy (default), torch or jax: also write gradients_<backend>.py (any T; with "
+            "--unrolled also gradients_<backend>_unrolled.py): for torch a "
+            "torch.autograd.Function and nn.Module (needs PyTorch), for jax a jax.custom_vjp "
+            "loss (needs JAX)"
         ),
     )
     out.add_argument("--no-pdf", action="store_true", help="do not build derivation.pdf")
@@ -817,16 +820,17 @@ def numerical_check(
 
     A rolled module is checked at ``min(T, GRADCHECK_MAX_STEPS)`` steps (its
     code does not depend on T; central differences of every entry of X cost
-    O(T²)); an unrolled one at its own T.  A torch module (``import torch`` in
-    ``source``) is called through NumPy arrays; its random problem is drawn by
-    the NumPy module ``numpy_source`` of the same spec.
+    O(T²)); an unrolled one at its own T.  A torch or JAX module (``import torch``
+    or ``import jax.numpy as jnp`` in ``source``) is called through NumPy arrays;
+    its random problem is drawn by the NumPy module ``numpy_source`` of the same spec.
     """
     from .emit import load_module
     from .gradcheck import finite_difference_errors, numpy_view, random_problem
 
     module = load_module(source)
     draws = module
-    if getattr(module, "torch", None) is not None and numpy_source is not None:
+    foreign = getattr(module, "torch", None) or getattr(module, "jnp", None)
+    if foreign is not None and numpy_source is not None:
         draws, module = load_module(numpy_source), numpy_view(module)
     steps = module.STEPS or min(int(module.SPEC["steps"]), GRADCHECK_MAX_STEPS)
     problem = random_problem(draws, steps=steps, rng=seed)
@@ -854,6 +858,8 @@ def _numerical_checks(artifacts: Artifacts, bar: Progress) -> list[NumericalChec
         "gradients_unrolled.py",
         "gradients_torch.py",
         "gradients_torch_unrolled.py",
+        "gradients_jax.py",
+        "gradients_jax_unrolled.py",
     ):
         if name in artifacts.files:
             bar.stage(f"checking {name} numerically")

@@ -23,7 +23,7 @@ import sys
 from types import CodeType, ModuleType
 
 from .codegen import RowForm, emit_numpy
-from .codegen.numpy_module import emission_derivation, emit_torch
+from .codegen.numpy_module import emission_derivation, emit_jax, emit_torch
 from .derive import Derivation
 from .spec import ModelSpec
 
@@ -46,7 +46,7 @@ class BackendError(ValueError):
 BACKENDS: dict[str, tuple[str, str, bool]] = {
     "numpy": ("numpy", "", True),
     "torch": ("torch", "torch", True),
-    "jax": ("jax", "jax", False),
+    "jax": ("jax", "jax", True),
     "cupy": ("cupy", "cupy", False),
 }
 
@@ -72,11 +72,11 @@ def require_backend(backend: object) -> str:
 
 
 def emit(spec: ModelSpec | Derivation, backend: str = "numpy", unrolled: bool | None = None) -> str:
-    """The source of a gradient module of ``spec`` for ``backend`` (numpy or torch).
+    """The source of a gradient module of ``spec`` for ``backend`` (numpy, torch or jax).
 
     ``unrolled`` False (or None) gives the rolled module (any T), True
     straight-line code for ``spec.steps`` steps.  An unknown backend, one not
-    printed yet (jax, cupy) or one whose library is not installed raises
+    printed yet (cupy) or one whose library is not installed raises
     :class:`BackendError` in one line.
     """
     require_backend(backend)
@@ -84,6 +84,8 @@ def emit(spec: ModelSpec | Derivation, backend: str = "numpy", unrolled: bool | 
         raise TypeError(f"unrolled: expected True, False or None, got {unrolled!r}")
     if backend == "torch":
         return emit_torch(spec, unrolled=bool(unrolled))
+    if backend == "jax":
+        return emit_jax(spec, unrolled=bool(unrolled))
     return emit_numpy(spec, unrolled=bool(unrolled))
 
 

@@ -65,22 +65,29 @@ def _final_key(module: ModuleType, argument: str) -> str:
 
 
 class _NumPyView:
-    """A generated torch module called with NumPy arrays and answering in NumPy arrays.
+    """A generated torch or JAX module called with NumPy arrays and answering in NumPy arrays.
 
-    The tensors it passes share the arrays' memory (``torch.from_numpy``), so the
+    torch tensors share the arrays' memory (``torch.from_numpy``), so the
     entries :func:`finite_difference_errors` perturbs in place are the ones the
-    module reads.
+    module reads; JAX arrays are copies made at every call (float64 needs
+    ``jax_enable_x64``, which the view sets for the process).
     """
 
     def __init__(self, module: ModuleType) -> None:
-        import torch
+        self.module = module
+        if getattr(module, "jnp", None) is not None:
+            config: Any = module.jax.config  # the module's own jax
+            config.update("jax_enable_x64", True)
+            self.array: Any = module.jnp.asarray
+        else:
+            import torch
 
-        self.module, self.torch = module, torch
+            self.array = torch.from_numpy
         for name in ("PARAMETERS", "STATES", "STEPS", "SPEC", "SIZES", "ROLES", "LAYOUT"):
             setattr(self, name, getattr(module, name))
 
     def _tensors(self, params: Mapping[str, Array], X: Array, Y: Array, initial: Any) -> Any:
-        tensor = self.torch.from_numpy
+        tensor = self.array
         states = {k: None if v is None else tensor(v) for k, v in initial.items()}
         return {k: tensor(v) for k, v in params.items()}, tensor(X), tensor(Y), states
 
@@ -93,13 +100,14 @@ class _NumPyView:
     ) -> tuple[float, dict[str, Array], dict[str, Array]]:
         params_t, X_t, Y_t, states = self._tensors(params, X, Y, initial)
         value, gradients, state = self.module.loss_and_all_gradients(params_t, X_t, Y_t, **states)
-        as_numpy = {k: v.numpy() for k, v in gradients.items()}
-        return value, as_numpy, {k: v.numpy() for k, v in state.items()}
+        as_numpy = {k: np.asarray(v) for k, v in gradients.items()}
+        return float(value), as_numpy, {k: np.asarray(v) for k, v in state.items()}
 
 
 def numpy_view(module: ModuleType) -> Any:
-    """A generated torch module seen through NumPy arrays, for :func:`finite_difference_errors`
-    (its ``loss`` and ``loss_and_all_gradients`` take and give arrays)."""
+    """A generated torch or JAX module seen through NumPy arrays, for
+    :func:`finite_difference_errors` (its ``loss`` and ``loss_and_all_gradients``
+    take and give arrays)."""
     return _NumPyView(module)
 
 

@@ -438,6 +438,10 @@ class NumPyPrinter(_SymPyNumPyPrinter):  # type: ignore[misc]
         """A fresh copy of an array (C-ordered)."""
         return f"{code}.copy()"
 
+    def set_item(self, array: str, index: str, value: str) -> str:
+        """The statement writing ``value`` into the step ``index`` of ``array``."""
+        return f"{array}[{index}] = {value}"
+
     # -- precedence ---------------------------------------------------------------
     def _prec(self, expr: Any) -> int:
         if expr in self.names:

@@ -72,9 +72,10 @@ def test_program_units_tags_and_reads() -> None:
 )
 def test_stages_that_do_not_take_a_composed_model_say_so(spec: ModelSpec) -> None:
     # the code, the documents and the checker take them (test_compose_codegen,
-    # test_documents_composed, test_check_composed); these two do not yet
+    # test_documents_composed, test_check_composed); these do not yet
     for stage, call in [
         ("the torch backend", lambda: emit(spec, backend="torch")),
+        ("the jax backend", lambda: emit(spec, backend="jax")),
         ("the generic-step form", lambda: derive(spec).step_form),
     ]:
         with pytest.raises(SpecError, match=rf"^{stage}: a model with .* not supported"):

@@ -1,6 +1,6 @@
 """One op, every table: each node class with a differentiation rule (``rules.VJP``) has an
-evaluation (``evaluate.EVALUATE``) and its own printing in the NumPy, torch and LaTeX
-printers; the NumPy code printed for it computes what the evaluator computes."""
+evaluation (``evaluate.EVALUATE``) and its own printing in the NumPy, torch, JAX and
+LaTeX printers; the NumPy code printed for it computes what the evaluator computes."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
 from symbptt import functions, mexpr
+from symbptt.codegen.jax_printer import JaxPrinter
 from symbptt.codegen.torch_printer import TorchPrinter
 from symbptt.evaluate import EVALUATE, Evaluator, evaluates
 from symbptt.latex_printer import BPTTLatexPrinter
@@ -59,7 +60,7 @@ def test_every_op_with_a_rule_has_an_example_here() -> None:
     assert set(VJP) <= set(EXAMPLES), sorted(c.__name__ for c in set(VJP) - set(EXAMPLES))
 
 
-@pytest.mark.parametrize("printer", [NumPyPrinter, TorchPrinter, BPTTLatexPrinter])
+@pytest.mark.parametrize("printer", [NumPyPrinter, TorchPrinter, JaxPrinter, BPTTLatexPrinter])
 @pytest.mark.parametrize("op", list(VJP), ids=lambda op: op.__name__)
 def test_every_printer_prints_every_op(op: type, printer: type) -> None:
     assert _handler(printer, op) is not None, f"{printer.__name__} has no printing of {op}"

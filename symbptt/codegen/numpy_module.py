@@ -31,6 +31,8 @@ from ..numpy_printer import NumPyPrinter, helper_source
 from ..spec import ModelSpec
 from ..spec_flags import preset_of, regenerate_command
 from ..templating import render
+from .jax_printer import JaxPrinter, jax_helper_source
+from .jax_rolled import JaxRolledModule
 from .lines import SharedPrinter, fit_lines
 from .module_parts import size_names
 from .numpy_composed import ComposedRolledModule, rolled_steps
@@ -38,7 +40,7 @@ from .numpy_rolled import RolledModule
 from .numpy_unrolled import UnrolledModule, initial_arguments
 from .torch_printer import TorchPrinter, torch_helper_source
 
-__all__ = ["emission_derivation", "emit_numpy", "emit_torch", "equations"]
+__all__ = ["emission_derivation", "emit_jax", "emit_numpy", "emit_torch", "equations"]
 
 
 def emission_derivation(source: ModelSpec | Derivation) -> tuple[ModelSpec, Derivation]:
@@ -293,11 +295,13 @@ def _state_units(d: Derivation) -> dict[str, tuple[str, Any]]:
 def _context(
     spec: ModelSpec, d: Derivation, unrolled: bool, backend: str = "numpy"
 ) -> dict[str, Any]:
-    """What the templates lay out; ``backend`` "torch" prints for torch (TorchPrinter)."""
+    """What the templates lay out; ``backend`` "torch" prints for torch (TorchPrinter),
+    "jax" for JAX (JaxPrinter; the rolled schedule functional: JaxRolledModule)."""
     notation = d.notation
     cell = d.graph.symbols.cell
     torch = backend == "torch"
-    printer = TorchPrinter if torch else SharedPrinter
+    jax = backend == "jax"
+    printer = {"torch": TorchPrinter, "jax": JaxPrinter}.get(backend, SharedPrinter)
     composed_rolled = not unrolled and not spec.program.plain
     builder: RolledModule | UnrolledModule | ComposedRolledModule
     if unrolled:
@@ -305,13 +309,15 @@ def _context(
     elif composed_rolled:
         _, three = emission_derivation(dataclasses.replace(spec, steps=rolled_steps))
         builder = ComposedRolledModule(spec, three, printer)
+    elif jax:
+        builder = JaxRolledModule(spec, d)
     else:
         builder = RolledModule(spec, d, printer=printer)
     built = builder.build()
     helpers = set(builder.helpers)
     kernels = [{**built, "suffix": "", "what": ""}]
     fused_width = fused_size = ""
-    if not unrolled and not composed_rolled:
+    if not unrolled and not composed_rolled and not jax:  # XLA fuses on its own
         fused = RolledModule(spec, d, fuse=True, printer=printer)
         if fused.s.groups:
             fused_built = fused.build()
@@ -338,7 +344,7 @@ def _context(
         if many_to_one:
             prediction = f'cache["{built["prediction"]}"]'
         else:
-            stack = "torch.stack" if torch else "np.stack"
+            stack = {"torch": "torch.stack", "jax": "jnp.stack"}.get(backend, "np.stack")
             prediction = f"{stack}([cache[name] for name in _PREDICTIONS])"
     else:
         final_states = {key: f'cache["{name}"][-1]' for key, name in finals.items()}
@@ -367,7 +373,7 @@ def _context(
         (
             f"or in Python: symbptt.emit(symbptt.ModelSpec(**SPEC), backend={backend!r}"
             f"{', unrolled=True' if unrolled else ''})."
-            if torch
+            if torch or jax
             else f"or in Python: symbptt.emit_numpy(symbptt.ModelSpec(**SPEC)"
             f"{', unrolled=True' if unrolled else ''})."
         ),
@@ -464,6 +470,11 @@ def _context(
                 ]
                 if torch
                 else [
+                    "hold what the states carry from step to step, as Python loops over t that",
+                    "jax.jit traces into straight-line XLA code (one compilation per shape).",
+                ]
+                if jax
+                else [
                     "hold what the states carry from step to step.  loss_and_gradients keeps its",
                     "scratch arrays between calls (per thread); clear_workspace() frees them.",
                 ]
@@ -482,6 +493,15 @@ def _context(
             "generated code above (not autograd's); Model is an nn.Module holding the",
             "parameters, Model(n_in, n_hidden, n_out)(X, Y) the loss, for a training loop.",
         ]
+    if jax:
+        docstring += [
+            "",
+            "JAX: every argument is a jax array, of one dtype (float64 needs",
+            'jax.config.update("jax_enable_x64", True)).  loss() is differentiable: a',
+            "jax.custom_vjp function whose backward is the generated code above (not JAX's",
+            "autodiff), so jax.grad of a bigger program uses it; every function works under",
+            "jax.jit, and loss_and_gradients is compiled with it.",
+        ]
     docstring = _wrap(docstring)
     spec_items = {
         key: repr(value) if not isinstance(value, str) else f'"{value}"'
@@ -492,9 +512,12 @@ def _context(
         "kernels": kernels,
         "fused_width": fused_width,
         "fused_size": fused_size,
-        "fused_step_size": FUSED_STEP_SIZE,
+        "fused_step_size": TORCH_FUSED_STEP_SIZE if torch else FUSED_STEP_SIZE,
         "helpers": [
-            (torch_helper_source if torch else helper_source)(name) for name in sorted(helpers)
+            {"torch": torch_helper_source, "jax": jax_helper_source}.get(backend, helper_source)(
+                name
+            )
+            for name in sorted(helpers)
         ],
         "title": title,
         "header": header,
@@ -609,6 +632,13 @@ def _tuple(words: list[str]) -> str:
 FUSED_STEP_SIZE = 256
 
 
+#: torch's: a torch call costs several times a NumPy call (dispatch, autograd's checks), so
+#: fewer calls win at every size measured (benchmarks/peers.py, LSTM on one CPU thread: the
+#: fused schedule 0.84 of torch autograd's time against 1.11 for the plain one at the
+#: smallest size, 1.09 against 1.18 at (50, 32, 64, 128, 64)): the fused schedule always.
+TORCH_FUSED_STEP_SIZE = 2**62
+
+
 def _group_width(fused: RolledModule, d: Derivation) -> tuple[str, str]:
     """The size name of the fused blocks' units and the code of its value in ``_kernel``."""
     symbols = d.graph.symbols
@@ -659,6 +689,22 @@ def emit_torch(spec: ModelSpec | Derivation, unrolled: bool = False) -> str:
     (spec.spec if isinstance(spec, Derivation) else spec).require_plain("the torch backend")
     user_spec, d = emission_derivation(spec)
     return render("gradients_torch.py.jinja", **_context(user_spec, d, unrolled, "torch"))
+
+
+def emit_jax(spec: ModelSpec | Derivation, unrolled: bool = False) -> str:
+    """The source of a JAX module computing the loss and gradients of ``spec``.
+
+    The same schedule (rolled: any T) or assignments (unrolled: ``spec.steps``)
+    as :func:`emit_numpy`, printed functionally by
+    :class:`~symbptt.codegen.jax_rolled.JaxRolledModule` and
+    :class:`~symbptt.codegen.jax_printer.JaxPrinter`, with a ``jax.custom_vjp``
+    loss (``templates/gradients_jax.py.jinja``).
+    """
+    if not isinstance(unrolled, bool):
+        raise TypeError(f"unrolled: expected True or False, got {unrolled!r}")
+    (spec.spec if isinstance(spec, Derivation) else spec).require_plain("the jax backend")
+    user_spec, d = emission_derivation(spec)
+    return render("gradients_jax.py.jinja", **_context(user_spec, d, unrolled, "jax"))
 
 
 def emit_numpy(spec: ModelSpec | Derivation, unrolled: bool = False) -> str:

@@ -307,6 +307,11 @@ class RolledModule:
                     views.add(f"{name} = {code.replace('@', t)}", used | {t}, name, True)
         return views
 
+    def stored_back(self, body: Code, t: str = "t") -> Code:
+        """Lines storing the step values ``body`` wrote back into their stacked arrays:
+        none here, as ``q_t`` is a view of ``q_seq`` (a functional backend's are copies)."""
+        return Code()
+
     def loop(self, c: Code, body: Code, backward: bool) -> None:
         """``for t, q_t, ... in zip(range(...), q_seq[...], ...):`` and ``body``.
 
@@ -506,7 +511,8 @@ class RolledModule:
         for state in s.states:
             b = s.base[state.now]
             self.buffer(c, f"{b}_seq", *self.seq_shape(state.now, 1))
-            c.add(f"{b}_seq[0] = {state.argument}", {f"{b}_seq", state.argument})
+            first = self.new_printer({}).set_item(f"{b}_seq", "0", state.argument)
+            c.add(first, {f"{b}_seq", state.argument})
             self._seq(b, shift=1)
         after = self.reads_after()
         printer = self.new_printer(self.names_all)
@@ -591,6 +597,7 @@ class RolledModule:
             c.add("t = T - 1", {"T"}, "t", True)
             c.extend(self.views(last))
             c.extend(last)
+            c.extend(self.stored_back(last))
         return c
 
     def _source(self, st: Stmt) -> Stmt:
@@ -827,6 +834,7 @@ class RolledModule:
         c.add("t = T - 1", {"T"}, "t", True)
         c.extend(self.views(block))
         c.extend(block)
+        c.extend(self.stored_back(block))
 
         # the loop, t = T - 2, ..., 0
         loop, before = Code(), Code()

@@ -1,0 +1,132 @@
+"""The rolled JAX module's code: the same schedule as NumPy's, printed functionally.
+
+:class:`~symbptt.codegen.numpy_rolled.RolledModule` writes every array in
+place (a loop's ``q_t`` is a view of ``q_seq``).  JAX arrays are immutable,
+so this subclass changes what a write is, and nothing else:
+
+* a statement is ``q = <expression>`` (split into named parts where long),
+  never a NumPy call into ``out=``;
+* the arrays of the workspace are only the stacked ones the steps are
+  stored into (``q_seq = jnp.zeros(...)``); every other array is the value
+  of its statement;
+* the loops are Python loops over ``t`` (``jax.jit`` traces them once per
+  shape, as straight-line XLA code): a step reads ``q_prev = q_seq[t]`` and
+  stores what it wrote with ``q_seq = q_seq.at[t + 1].set(q_t)``, which XLA
+  performs in place.
+
+The fused schedule (blocks of one wide product written through views) is
+NumPy's answer to per-call overhead; XLA fuses on its own, so JAX prints the
+plain schedule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ..derive import Derivation
+from ..spec import ModelSpec
+from .jax_printer import JaxPrinter
+from .lines import Code, SharedPrinter
+from .numpy_rolled import RolledModule
+
+__all__ = ["JaxRolledModule"]
+
+
+class JaxRolledModule(RolledModule):
+    """The function bodies of the rolled JAX module of one derivation."""
+
+    def __init__(
+        self, spec: ModelSpec, d: Derivation, printer: type[SharedPrinter] = JaxPrinter
+    ) -> None:
+        super().__init__(spec, d, fuse=False, printer=printer)
+        if self.s.groups:  # pragma: no cover -- the plain schedule has no groups
+            raise AssertionError("the plain schedule has groups")
+        self.accumulated: set[str] = set()
+
+    # -- writes -------------------------------------------------------------------
+    def buffer(self, code: Code, name: str, shape: str, uses: Iterable[str]) -> None:
+        """Zeros for the stacked arrays the steps are stored into; nothing for the others
+        (each is the value of the statement that writes it)."""
+        if self.stacked_storage(name):
+            zeros = self.function("numpy.zeros")
+            code.add(f"{name} = {zeros}({shape}, dtype=dtype)", {"dtype", *uses}, name, True)
+
+    def stacked_storage(self, name: str) -> bool:
+        """Whether the array ``name`` is the stacked storage of a family (``q_seq``)."""
+        return any(name == f"{base}_seq" for base in set(self.s.base.values()))
+
+    def lower(
+        self,
+        expr: Any,
+        target: str,
+        context: str,
+        code: Code,
+        scratch_code: Code,
+        extra: Mapping[Any, str] | None = None,
+    ) -> None:
+        """``target = expr``: a new array (JAX writes none in place)."""
+        self.fresh(code, target, expr, context, extra)
+
+    def accumulate(self, expr: Any, target: str, code: Code, before: Code) -> None:
+        self.accumulated.add(target)
+        super().accumulate(expr, target, code, before)
+
+    # -- steps --------------------------------------------------------------------
+    def views(self, body: Code, t: str = "t") -> Code:
+        """``q_t = q_seq[t]`` for the step values ``body`` reads before it writes them."""
+        read_first: set[str] = set()
+        defined: set[str] = set()
+        for _, uses, defines, _ in body.entries:
+            read_first |= uses - defined
+            if defines is not None:
+                defined.add(defines)
+        views = super().views(body, t)
+        return Code([entry for entry in views.entries if entry[2] in read_first])
+
+    def stored_back(self, body: Code, t: str = "t") -> Code:
+        """``q_seq = q_seq.at[t].set(q_t)`` for each step value with storage ``body`` wrote."""
+        s = self.s
+        written = set(body.defines) | (self.accumulated & body.uses)
+        out = Code()
+        printer = self.new_printer({})
+        for symbol, name in sorted(self.names_step.items(), key=lambda kv: kv[1]):
+            if name not in written or symbol not in s.base:
+                continue
+            base = s.base[symbol]
+            if base not in self.seq_index or not self.read_again(name):
+                continue
+            seq = f"{base}_seq"
+            index = self.seq_index[base](t, s.offset[symbol])
+            line = printer.set_item(seq, index, name)
+            if line not in out.lines(0):  # two symbols of one step value: one store
+                out.add(line, {seq, name, t})
+        return out
+
+    def read_again(self, name: str) -> bool:
+        """Whether the step value ``name``'s storage is read after its own step: by a
+        neighbouring step, or after the loops.  A loop statement that adds to a hoisted
+        array (an alias: ``z_t = z_pre_t + ...`` into ``z_pre``'s storage) often is not;
+        storing it anyway would make XLA copy the whole array at every step."""
+        s = self.s
+        aliases = [x for x, n in self.names_step.items() if n == name and x in s.alias]
+        if not aliases:
+            return True
+        steps = s.forward_loop + s.backward_last + s.backward_loop + s.looped
+        read = {s.base[r] for st in steps for r in s.step_symbols(st.expr) if s.offset[r]}
+        read |= {s.base[r] for e in self._after_backward_loop() for r in s.step_symbols(e)}
+        forward = {st.target for st in s.forward_loop}
+        if any(x in forward for x in aliases):  # read after the forward loop
+            read |= self.reads_after()
+        return any(s.base[x] in read for x in aliases)
+
+    def loop(self, c: Code, body: Code, backward: bool) -> None:
+        """``for t in range(T):`` (backward: ``T - 2, ..., 0``) with the step's reads and
+        stores around ``body``."""
+        steps = "range(T - 2, -1, -1)" if backward else "range(T)"
+        inner = Code()
+        inner.extend(self.views(body))
+        inner.extend(body)
+        inner.extend(self.stored_back(body))
+        c.add(f"for t in {steps}:", {"T"})
+        c.extend(inner, indent=1)
