@@ -322,6 +322,7 @@ def fit(
     clip_norm: float | None = None,
     clip_value: float | None = None,
     callback: Callable[[int, float, Mapping[str, Array]], None] | None = None,
+    mask: Array | None = None,
     **initial: Array | None,
 ) -> list[float]:
     """Train ``params`` in place on one sequence; returns the loss before each update.
@@ -331,7 +332,8 @@ def fit(
     global norm), then ``optimizer.step`` (default :class:`Adam`).
     ``callback(iteration, loss, grads)`` runs after each step (1-based).
     ``h0`` and, for a cell of several states, ``c0``, ... are the initial
-    states (None for zeros).
+    states (None for zeros; a composed model's ``h0_1f``, ...); ``mask`` (T, m) the
+    mask of a masked model (required there, refused elsewhere).
     """
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
         raise ValueError(f"iterations: got {iterations!r}; expected an integer >= 0")
@@ -339,12 +341,15 @@ def fit(
     start = _initial(module, h0, initial)
     first, *others = start
     rest = {name: start[name] for name in others}
+    (masked,) = _masks(module, mask, [(0, int(np.shape(X)[0]))])  # checked once, up front
     losses: list[float] = []
     for iteration in range(1, iterations + 1):
         if truncate is None:
-            value, grads = module.loss_and_gradients(params, X, Y, **start)
+            value, grads = module.loss_and_gradients(params, X, Y, **start, **masked)
         else:
-            value, grads, _ = truncated_bptt(module, params, X, Y, truncate, start[first], **rest)
+            value, grads, _ = truncated_bptt(
+                module, params, X, Y, truncate, start[first], mask=mask, **rest
+            )
         if clip_value is not None:
             grads = clip_by_value(grads, clip_value)
         if clip_norm is not None:

@@ -470,3 +470,57 @@ def test_truncated_bptt_refuses_what_windows_cannot_carry(rng: np.random.Generat
         truncated_bptt(stacked, problem.params, problem.X, problem.Y, 2, mask=mask)
     with pytest.raises(TypeError, match=r"^mask: required"):
         truncated_bptt(stacked, problem.params, problem.X, problem.Y, 2)
+
+
+def test_fit_trains_a_masked_stacked_model(rng: np.random.Generator) -> None:
+    """fit passes the mask to every call: its first loss is the module's loss with the mask,
+    each update is the optimizer's on the module's own gradients, and the loss falls; without the
+    mask, or with one for an unmasked module, one error names it."""
+    from symbptt.optimizers import SGD
+    from symbptt.train import fit
+
+    module = _rolled(cell="gru", layers=2, masked=True)
+    problem = random_problem(module, steps=5, batch=3, n_in=2, n_hidden=3, n_out=3, rng=rng)
+    mask = np.ones((5, 3))
+    mask[4:, 2] = 0  # example 2: four real steps
+    params = {k: v.copy() for k, v in problem.params.items()}
+    start = module.loss(params, problem.X, problem.Y, mask=mask, **problem.initial)
+    expected = {k: v.copy() for k, v in params.items()}
+    _, grads = module.loss_and_gradients(
+        expected, problem.X, problem.Y, mask=mask, **problem.initial
+    )
+    for name, g in grads.items():
+        expected[name] -= 0.1 * g
+    losses = fit(
+        module,
+        params,
+        problem.X,
+        problem.Y,
+        optimizer=SGD(lr=0.1),
+        iterations=1,
+        mask=mask,
+        **problem.initial,
+    )
+    assert losses == [pytest.approx(start, rel=1e-14)]
+    for name, value in expected.items():
+        np.testing.assert_allclose(params[name], value, rtol=1e-14)
+    losses = fit(module, params, problem.X, problem.Y, iterations=30, mask=mask, **problem.initial)
+    assert losses[-1] < losses[0]
+    before = module.loss(params, problem.X, problem.Y, mask=mask, **problem.initial)
+    truncated = fit(
+        module,
+        params,
+        problem.X,
+        problem.Y,
+        iterations=1,
+        truncate=3,
+        mask=mask,
+        **problem.initial,
+    )  # windows of steps 1-3 and 4-5: each gives example 2 a real step
+    assert truncated == [pytest.approx(before, rel=1e-13)]  # the forward pass is exact
+    with pytest.raises(TypeError, match=r"^mask: required"):
+        fit(module, params, problem.X, problem.Y, iterations=1)
+    plain = _rolled(layers=2)
+    other = random_problem(plain, steps=3, batch=2, n_in=2, n_hidden=2, n_out=3, rng=rng)
+    with pytest.raises(TypeError, match=r"^mask: this module is not masked"):
+        fit(plain, other.params, other.X, other.Y, iterations=1, mask=np.ones((3, 2)))
