@@ -417,9 +417,23 @@ class NumPyPrinter(_SymPyNumPyPrinter):  # type: ignore[misc]
         return str(super()._print(expr, **kwargs))
 
     # -- modules ------------------------------------------------------------------
+    #: Another backend's spelling of each NumPy function the code calls (``numpy.tanh``
+    #: -> ``torch.tanh``), and that backend's name; None: NumPy's own, as ``np.tanh``.
+    spellings: ClassVar[Mapping[str, str] | None] = None
+    backend: ClassVar[str] = "numpy"
+
     def _module_format(self, fqn: str, register: bool = True) -> str:
-        if fqn.startswith("numpy."):
+        spellings = self.spellings
+        if fqn.startswith("numpy.") and spellings is None:
             fqn = "np." + fqn[len("numpy.") :]
+        elif fqn.startswith("numpy.") and spellings is not None:  # no fallback: an error
+            spelled = spellings.get(fqn)
+            if spelled is None:
+                table = f"{self.backend.upper()}_FUNCTIONS"
+                raise NotImplementedError(
+                    f"the {self.backend} backend has no spelling of {fqn} (add it to {table})"
+                )
+            fqn = spelled
         if register and "." in fqn:
             module, _, name = fqn.rpartition(".")
             self.module_imports[module].add(name)

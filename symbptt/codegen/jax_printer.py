@@ -64,19 +64,8 @@ class JaxPrinter(SharedPrinter):
 
     printmethod = "_symbptt_jax"
     _default_settings: ClassVar[dict[str, Any]] = dict(SharedPrinter._default_settings)
-
-    def _module_format(self, fqn: str, register: bool = True) -> str:
-        if fqn.startswith("numpy."):
-            jax_name = JAX_FUNCTIONS.get(fqn)
-            if jax_name is None:
-                raise NotImplementedError(
-                    f"the jax backend has no spelling of {fqn} (add it to JAX_FUNCTIONS)"
-                )
-            fqn = jax_name
-        if register and "." in fqn:
-            module, _, name = fqn.rpartition(".")
-            self.module_imports[module].add(name)
-        return fqn
+    spellings = JAX_FUNCTIONS
+    backend = "jax"
 
     # -- statements ---------------------------------------------------------------------
     def call_into(self, function: str, args: list[str], out: str) -> str:

@@ -71,19 +71,8 @@ class TorchPrinter(SharedPrinter):
 
     printmethod = "_symbptt_torch"
     _default_settings: ClassVar[dict[str, Any]] = dict(SharedPrinter._default_settings)
-
-    def _module_format(self, fqn: str, register: bool = True) -> str:
-        if fqn.startswith("numpy."):
-            torch_name = TORCH_FUNCTIONS.get(fqn)
-            if torch_name is None:
-                raise NotImplementedError(
-                    f"the torch backend has no spelling of {fqn} (add it to TORCH_FUNCTIONS)"
-                )
-            fqn = torch_name
-        if register and "." in fqn:
-            module, _, name = fqn.rpartition(".")
-            self.module_imports[module].add(name)
-        return fqn
+    spellings = TORCH_FUNCTIONS
+    backend = "torch"
 
     # -- statements of the in-place lowering -----------------------------------------
     def call_into(self, function: str, args: list[str], out: str) -> str:
