@@ -820,12 +820,12 @@ def test_a_folder_that_cannot_be_read_is_still_written(
     out.mkdir()
     real_open = os.open
 
-    def no_read(path: Any, flags: int, *args: Any) -> int:
+    def no_read(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
         if Path(path) == out and not flags & (os.O_WRONLY | os.O_RDWR):
             raise PermissionError(13, "Permission denied")
-        return real_open(path, flags, *args)
+        return real_open(path, flags, *args, **kwargs)  # rmtree passes dir_fd=
 
-    monkeypatch.setattr(cli.os, "open", no_read)
+    monkeypatch.setattr(cli.os, "open", no_read)  # os.open itself: every caller sees it
     code, _, err = run(["derive", *QUICK, "--no-pdf", "--out", str(out)], capsys)
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == sorted(DOCS)
