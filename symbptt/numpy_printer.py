@@ -50,6 +50,7 @@ __all__ = [
     "NumPyPrinter",
     "SumEntries",
     "activation_helper",
+    "activation_source",
     "flatten_matmul",
     "helper_form",
     "helper_source",
@@ -321,9 +322,14 @@ def helper_source(name: str) -> str:
             "        return top - np.log(softmax.max(axis=axis, keepdims=True))\n"
             "    return top + np.log(np.exp(x - top).sum(axis=axis, keepdims=True))\n"
         )
+    return activation_source(name, NumPyPrinter())
+
+
+def activation_source(name: str, printer: Any) -> str:
+    """An activation's module-level helper: its :func:`safe_form` printed by ``printer``
+    (the NumPy printer or a backend's), its definition in the docstring."""
     activation = functions.ACTIVATIONS[name]
     body = safe_form(activation.definition)
-    printer = NumPyPrinter()
     code = printer.doprint(body)
     definition = sp.sstr(activation.definition)
     note = "" if body == activation.definition else f", evaluated as {sp.sstr(body)}"

@@ -16,10 +16,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import sympy as sp
-
-from .. import functions
-from ..numpy_printer import safe_form
+from ..numpy_printer import activation_source
 from .lines import SharedPrinter
 
 __all__ = ["JAX_FUNCTIONS", "JaxPrinter", "jax_helper_source"]
@@ -112,9 +109,4 @@ def jax_helper_source(name: str) -> str:
             "        return top - jnp.log(softmax.max(axis=axis, keepdims=True))\n"
             "    return jax.nn.logsumexp(x, axis=axis, keepdims=True)\n"
         )
-    activation = functions.ACTIVATIONS[name]
-    body = safe_form(activation.definition)
-    code = JaxPrinter({}).doprint(body)
-    definition = sp.sstr(activation.definition)
-    note = "" if body == activation.definition else f", evaluated as {sp.sstr(body)}"
-    return f'def {name}(z):\n    """{name}(z) = {definition}{note}."""\n    return {code}\n'
+    return activation_source(name, JaxPrinter({}))

@@ -14,8 +14,7 @@ from typing import Any, ClassVar
 
 import sympy as sp
 
-from .. import functions
-from ..numpy_printer import _is_softplus, _softplus_arg, safe_form
+from ..numpy_printer import _is_softplus, _softplus_arg, activation_source, safe_form
 from .lines import SharedPrinter
 
 __all__ = ["TORCH_FUNCTIONS", "TorchPrinter", "torch_helper_source"]
@@ -159,9 +158,4 @@ def torch_helper_source(name: str) -> str:
             "        return top - torch.log(softmax.amax(dim=axis, keepdim=True))\n"
             "    return torch.logsumexp(x, dim=axis, keepdim=True)\n"
         )
-    activation = functions.ACTIVATIONS[name]
-    body = safe_form(activation.definition)
-    code = TorchPrinter({}).doprint(body)
-    definition = sp.sstr(activation.definition)
-    note = "" if body == activation.definition else f", evaluated as {sp.sstr(body)}"
-    return f'def {name}(z):\n    """{name}(z) = {definition}{note}."""\n    return {code}\n'
+    return activation_source(name, TorchPrinter({}))
