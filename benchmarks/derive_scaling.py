@@ -22,7 +22,8 @@ import time
 import sympy as sp
 
 import symbptt
-from symbptt import functions, verify
+from symbptt.expr import functions
+from symbptt.oracle import verify
 
 CELLS = ("elman", "lstm", "gru")
 STEPS = (10, 100, 1000)

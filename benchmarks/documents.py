@@ -71,9 +71,10 @@ def stages(preset: str, steps: int, pdf: bool) -> list[tuple[str, float]]:
     import numpy as np
 
     import symbptt
-    from symbptt import documents, gradcheck, verification
-    from symbptt import verify as scalar_oracle
-    from symbptt.presets import PRESETS
+    from symbptt import documents
+    from symbptt.model.presets import PRESETS
+    from symbptt.oracle import gradcheck, verification
+    from symbptt.oracle import verify as scalar_oracle
 
     spec = replace(PRESETS[preset], steps=steps)
     out: list[tuple[str, float]] = []
@@ -102,8 +103,9 @@ def composed() -> list[tuple[str, float]]:
     import numpy as np
 
     import symbptt
-    from symbptt import documents, verification
-    from symbptt import verify as scalar_oracle
+    from symbptt import documents
+    from symbptt.oracle import verification
+    from symbptt.oracle import verify as scalar_oracle
 
     spec = symbptt.ModelSpec(steps=4, layers=2, direction="bidirectional", masked=True)
     out: list[tuple[str, float]] = []

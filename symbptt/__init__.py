@@ -11,12 +11,13 @@ from . import testing
 
 # the module symbptt/check.py first, then the name: symbptt.check is the function
 from .check import CheckResult, check
-from .derive import Derivation, derive
-from .emit import BackendError, emit, emit_numpy, load_module
-from .exprlang import ExpressionError
-from .graph import build_graph
-from .notation import NOTATIONS
-from .spec import ModelSpec, SpecError
+from .codegen.emit import BackendError, emit, emit_numpy, load_module
+from .core.derive import Derivation, derive
+from .core.graph import build_graph
+from .expr.exprlang import ExpressionError
+from .model.notation import NOTATIONS
+from .model.spec import ModelSpec, SpecError
+from .oracle.verification import build_pdf, render_latex, render_markdown
 from .train import (
     SGD,
     Adagrad,
@@ -27,7 +28,6 @@ from .train import (
     gradient_norms,
     truncated_bptt,
 )
-from .verification import build_pdf, render_latex, render_markdown
 
 __version__ = "0.1.0"
 

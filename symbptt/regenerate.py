@@ -2,7 +2,7 @@
 
     python -m symbptt.regenerate [OUTDIR]
 
-writes, for every entry of :data:`symbptt.presets.PRESETS`,
+writes, for every entry of :data:`symbptt.model.presets.PRESETS`,
 ``OUTDIR/<name>/gradients.py`` (rolled: any number of steps) and
 ``OUTDIR/<name>/gradients_unrolled.py`` (straight-line code for the preset's
 steps), then the documents of the derivation (``symbptt.documents``).
@@ -23,12 +23,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import documents as _documents
-from .cli import _silence_stdout
-from .emit import emit_numpy
+from .cli.commands import _silence_stdout
+from .codegen.emit import emit_numpy
 from .files import write_atomically
-from .presets import PRESETS
-from .spec import ModelSpec
-from .verification import run_checks
+from .model.presets import PRESETS
+from .model.spec import ModelSpec
+from .oracle.verification import run_checks
 
 __all__ = ["CODE_FILES", "main", "regenerate"]
 
@@ -70,7 +70,7 @@ def regenerate(outdir: str | Path = "generated", documents: bool = True) -> list
 
 USAGE = "usage: python -m symbptt.regenerate [OUTDIR]"
 HELP = """\
-Rewrite the generated files of every preset model (symbptt.presets.PRESETS):
+Rewrite the generated files of every preset model (symbptt.model.presets.PRESETS):
 OUTDIR/<preset>/gradients.py, gradients_unrolled.py, derivation.tex,
 derivation.md and derivation.pdf (the PDF needs pdflatex). OUTDIR defaults to
 ./generated. Each file is replaced atomically; the same presets give the same

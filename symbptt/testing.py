@@ -12,7 +12,7 @@ Any cell works: ``assert_gradient(ModelSpec(cell="lstm"), "W_hf",
 callable ``f(params, X, Y, h0=None, c0=None)``.  A wrong candidate fails with
 the checker's report (counterexample, the steps and losses where it differs,
 the mistake it matches where one does, the correct formula); a malformed one
-raises :class:`~symbptt.exprlang.ExpressionError`.
+raises :class:`~symbptt.expr.exprlang.ExpressionError`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 
 from .checker import Candidate, CheckResult, check
-from .derive import Derivation
-from .spec import ModelSpec
+from .core.derive import Derivation
+from .model.spec import ModelSpec
 
 __all__ = ["assert_gradient"]
 

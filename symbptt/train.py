@@ -47,15 +47,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .optimizers import (
-    SGD,
-    Adagrad,
-    Adam,
-    Optimizer,
-    clip_by_norm,
-    clip_by_value,
-    global_norm,
-)
+from .optimizers import SGD, Adagrad, Adam, Optimizer, clip_by_norm, clip_by_value, global_norm
 
 __all__ = [
     "SGD",
@@ -244,8 +236,8 @@ def _advance(
 # -- the vanishing / exploding gradient picture ---------------------------------------
 @cache
 def _last_step_module(spec_items: tuple[tuple[str, Any], ...]) -> ModuleType:
-    from .emit import emit_numpy, load_module
-    from .spec import ModelSpec
+    from .codegen.emit import emit_numpy, load_module
+    from .model.spec import ModelSpec
 
     spec = dataclasses.replace(ModelSpec(**dict(spec_items)), mode="many_to_one")
     return load_module(emit_numpy(spec))

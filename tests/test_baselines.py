@@ -17,7 +17,7 @@ import pytest
 
 import symbptt
 from benchmarks import baselines
-from symbptt.evaluate import Evaluator
+from symbptt.core.evaluate import Evaluator
 from symbptt.model import load_cell
 
 CELLS = ("elman", "lstm", "gru")

@@ -14,10 +14,10 @@ import symbptt
 from symbptt import ExpressionError, ModelSpec, SpecError, derive
 from symbptt.check import check, correct_formula, names, names_text, namespace
 from symbptt.checker.localise import _rows_columns
-from symbptt.exprlang import parse
-from symbptt.notation import NOTATIONS
-from symbptt.presets import PRESETS
-from symbptt.spec import MAX_CHECK_STEPS
+from symbptt.expr.exprlang import parse
+from symbptt.model.notation import NOTATIONS
+from symbptt.model.presets import PRESETS
+from symbptt.model.spec import MAX_CHECK_STEPS
 from symbptt.testing import assert_gradient
 
 from .test_seeds import cs231n_rnn, min_char_rnn

@@ -17,7 +17,7 @@ import pytest
 
 from symbptt import ExpressionError, ModelSpec, SpecError, derive
 from symbptt.check import check, correct_formula, names, names_text, namespace
-from symbptt.exprlang import parse
+from symbptt.expr.exprlang import parse
 from symbptt.testing import assert_gradient
 
 # A user's cell: the minimal gated unit (Zhou et al. 2016), one gate f.
@@ -522,7 +522,7 @@ def test_names_of_a_cell_notation_and_bad_names() -> None:
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_check_works_at_the_most_steps(cell: str) -> None:
-    from symbptt.spec import MAX_CHECK_STEPS
+    from symbptt.model.spec import MAX_CHECK_STEPS
 
     fields: dict[str, Any] = {"cell": cell, "mode": "many_to_one", "initial_state": "input"}
     spec = ModelSpec(steps=MAX_CHECK_STEPS, **fields)

@@ -18,7 +18,7 @@ import symbptt
 from symbptt import ModelSpec, derive
 from symbptt.checker import names, names_text
 from symbptt.cli import main
-from symbptt.exprlang import ExpressionError
+from symbptt.expr.exprlang import ExpressionError
 
 from .test_compose import composed_specs
 

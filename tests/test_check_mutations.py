@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 
-from symbptt import ModelSpec, mexpr
+from symbptt import ModelSpec
 from symbptt.check import check
 from symbptt.checker.mutations import Alteration, alterations
 from symbptt.checker.work import _work
+from symbptt.expr import mexpr
 
 #: Every size given, so the checker's concrete model is the spec's own (same symbols).
 SIZES: dict[str, Any] = {"n_in": 3, "n_hidden": 4, "n_out": 5, "batch": 2, "steps": 3}

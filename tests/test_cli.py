@@ -17,11 +17,12 @@ from typing import Any
 
 import pytest
 
-from symbptt import ModelSpec, __version__, cli, derive, load_module
+from symbptt import ModelSpec, __version__, derive, load_module
 from symbptt.check import model_equations
-from symbptt.cli import UsageError, main, spec_from_options, write_outputs
-from symbptt.notation import NOTATIONS
-from symbptt.spec import CHOICES, MAX_BATCH, MAX_CHECK_STEPS, MAX_SIZE, MAX_STEPS, SpecError
+from symbptt.cli import commands as cli
+from symbptt.cli.commands import UsageError, main, spec_from_options, write_outputs
+from symbptt.model.notation import NOTATIONS
+from symbptt.model.spec import CHOICES, MAX_BATCH, MAX_CHECK_STEPS, MAX_SIZE, MAX_STEPS, SpecError
 
 COMMANDS = ("derive", "check", "notations", "demo")
 
@@ -525,7 +526,7 @@ def test_derive_derives_each_spec_once(
 ) -> None:
     """The user's spec, the code's (symbolic sizes, h0 an input) and the proof's small one:
     each derived once; the documents' numerical check reuses the code just printed."""
-    stage = sys.modules["symbptt.derive"]
+    stage = sys.modules["symbptt.core.derive"]
     real, calls = stage.derive, []
 
     def counted(spec: ModelSpec, *args: Any, **kwargs: Any) -> Any:
@@ -990,7 +991,7 @@ def test_notations_equations_are_printed_from_the_derivation(
 def test_notations_equations_parse_in_the_expression_language() -> None:
     """The printed right-hand sides are formulas `check` reads (those of matrices)."""
     from symbptt.check import namespace
-    from symbptt.exprlang import parse
+    from symbptt.expr.exprlang import parse
 
     for key in ("xh", "layered"):
         spec = ModelSpec(notation=key, n_in=2, n_hidden=3, n_out=2, batch=1)

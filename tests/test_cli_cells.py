@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from symbptt import cli
+from symbptt.cli import commands as cli
 from symbptt.model import load_cell
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

@@ -24,15 +24,15 @@ import pytest
 
 import symbptt
 from symbptt import ModelSpec
-from symbptt.gradcheck import (
+from symbptt.model import BUILTIN_CELLS, load_cell
+from symbptt.model.spec import CHOICES
+from symbptt.oracle.gradcheck import (
     finite_difference_errors,
     initial_arguments,
     random_problem,
     relative_error,
     taylor_test,
 )
-from symbptt.model import BUILTIN_CELLS, load_cell
-from symbptt.spec import CHOICES
 from symbptt.train import fit, gradient_norms, truncated_bptt
 
 ROOT = Path(__file__).resolve().parent.parent

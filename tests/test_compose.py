@@ -2,7 +2,7 @@
 
 Stacked layers, both directions and masks go through the one graph builder and
 reverse mode; every gradient entry is compared with ``sympy.diff`` of the
-explicit loss the oracle (``symbptt.verify``) writes out from the cell
+explicit loss the oracle (``symbptt.oracle.verify``) writes out from the cell
 equations on its own (a concatenated input, masks applied column by column).
 """
 
@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from symbptt import ModelSpec, SpecError, derive
-from symbptt.evaluate import Evaluator
-from symbptt.graph import build_graph
-from symbptt.verify import DPS, _env, random_values, scalar_loss, scalar_proof
+from symbptt.core.evaluate import Evaluator
+from symbptt.core.graph import build_graph
+from symbptt.oracle.verify import DPS, _env, random_values, scalar_loss, scalar_proof
 
 SMALL = {"n_in": 2, "n_hidden": 2, "n_out": 2, "batch": 3}
 
@@ -178,7 +178,7 @@ def test_proof_composed(cell: str, fields: dict[str, object], rng: np.random.Gen
 
 
 def test_parameter_names_per_layer_and_direction() -> None:
-    from symbptt.graph import build_graph
+    from symbptt.core.graph import build_graph
 
     graph = build_graph(
         ModelSpec(cell="lstm", layers=2, direction="bidirectional", steps=2, notation="layered")

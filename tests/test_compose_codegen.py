@@ -2,7 +2,7 @@
 
 The unrolled NumPy module of a composed spec is checked against oracles that do
 not share its code: central finite differences of its own loss
-(:mod:`symbptt.gradcheck`), the scalar oracle's loss (:mod:`symbptt.verify`,
+(:mod:`symbptt.oracle.gradcheck`), the scalar oracle's loss (:mod:`symbptt.oracle.verify`,
 which writes the model out on its own), every example run alone on its
 unpadded sequence (a padded batch is the sum of its examples), one-hot targets
 for class labels, and PyTorch's ``nn.LSTM`` on packed sequences (slow).
@@ -26,9 +26,9 @@ import sympy as sp
 
 import symbptt
 from symbptt import ModelSpec, SpecError
-from symbptt.gradcheck import finite_difference_errors, gradcheck, random_problem
-from symbptt.graph import Symbols
-from symbptt.verify import DPS, random_values, scalar_loss
+from symbptt.core.graph import Symbols
+from symbptt.oracle.gradcheck import finite_difference_errors, gradcheck, random_problem
+from symbptt.oracle.verify import DPS, random_values, scalar_loss
 
 ALL_THREE = {"layers": 2, "direction": "bidirectional", "masked": True}
 

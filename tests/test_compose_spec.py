@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from symbptt import ModelSpec, SpecError, derive, emit
-from symbptt.cli import main, spec_from_options
+from symbptt.cli.commands import main, spec_from_options
 from symbptt.model import Unit, program
-from symbptt.spec import COMPOSITION_DEFAULTS, MAX_LAYERS
+from symbptt.model.spec import COMPOSITION_DEFAULTS, MAX_LAYERS
 
 
 def test_defaults_leave_the_canonical_text_as_before() -> None:

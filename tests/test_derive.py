@@ -10,10 +10,10 @@ import pytest
 import sympy as sp
 
 import symbptt
-from symbptt import mexpr
-from symbptt.derive import instantiate
-from symbptt.evaluate import Evaluator
-from symbptt.rules import MissingRuleError, rule_for
+from symbptt.core.derive import instantiate
+from symbptt.core.evaluate import Evaluator
+from symbptt.core.rules import MissingRuleError, rule_for
+from symbptt.expr import mexpr
 
 NOTATIONS = ["xh", "uvw", "layered", "aa"]
 

@@ -32,8 +32,8 @@ from symbptt.documents import (
     tex_width,
     write_documents,
 )
-from symbptt.presets import PRESETS
-from symbptt.verification import run_checks
+from symbptt.model.presets import PRESETS
+from symbptt.oracle.verification import run_checks
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -534,7 +534,7 @@ def test_escape_markdown() -> None:
 def test_registered_activation_names_are_escaped() -> None:
     import sympy as sp
 
-    from symbptt import functions
+    from symbptt.expr import functions
 
     name = "soft_plus"
     functions.register_activation(name, sp.log(1 + sp.exp(functions.z)))
@@ -573,7 +573,7 @@ def test_same_bytes_under_any_hash_seed() -> None:
     code = (
         "import hashlib, sys\n"
         "from symbptt.documents import render_latex, render_markdown\n"
-        "from symbptt.presets import PRESETS\n"
+        "from symbptt.model.presets import PRESETS\n"
         "h = hashlib.sha256()\n"
         "for name in ('uvw_mean', 'layered_many_to_one', 'aa_hello'):\n"
         "    h.update(render_latex(PRESETS[name]).encode())\n"
@@ -602,21 +602,21 @@ def test_checks_skipped_say_not_run() -> None:
 
 
 def test_a_check_that_cannot_run_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
-    import symbptt.verify
+    import symbptt.oracle.verify
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("no oracle for 50% & more")
 
-    monkeypatch.setattr(symbptt.verify, "scalar_proof", broken)
+    monkeypatch.setattr(symbptt.oracle.verify, "scalar_proof", broken)
     tex, md = render_documents(PRESETS["xh_hello"], checks=run_checks(PRESETS["xh_hello"]))
     assert r"Could not be run: RuntimeError: no oracle for 50\% \& more." in tex
     assert "Could not be run: RuntimeError: no oracle for 50% &amp; more." in md
 
 
 def test_a_failing_numerical_check_says_failed(monkeypatch: pytest.MonkeyPatch) -> None:
-    import symbptt.gradcheck
-    import symbptt.verify
-    from symbptt.gradcheck import GradcheckResult
+    import symbptt.oracle.gradcheck
+    import symbptt.oracle.verify
+    from symbptt.oracle.gradcheck import GradcheckResult
 
     def failing(*args: object, **kwargs: object) -> GradcheckResult:
         return GradcheckResult({"W_hh": 0.5}, tolerance=1e-6)
@@ -624,8 +624,8 @@ def test_a_failing_numerical_check_says_failed(monkeypatch: pytest.MonkeyPatch) 
     def no_proof(*args: object, **kwargs: object) -> None:
         raise RuntimeError("skipped here")
 
-    monkeypatch.setattr(symbptt.gradcheck, "gradcheck", failing)
-    monkeypatch.setattr(symbptt.verify, "scalar_proof", no_proof)
+    monkeypatch.setattr(symbptt.oracle.gradcheck, "gradcheck", failing)
+    monkeypatch.setattr(symbptt.oracle.verify, "scalar_proof", no_proof)
     tex, md = render_documents(PRESETS["xh_hello"], checks=run_checks(PRESETS["xh_hello"]))
     for text in (tex, md):
         section = text.rsplit("Numerical check of the generated code", 1)[1]
@@ -634,14 +634,14 @@ def test_a_failing_numerical_check_says_failed(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_a_numerical_check_that_raises_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
-    import symbptt.gradcheck
-    import symbptt.verify
+    import symbptt.oracle.gradcheck
+    import symbptt.oracle.verify
 
     def broken(*args: object, **kwargs: object) -> None:
         raise ValueError("no module")
 
-    monkeypatch.setattr(symbptt.gradcheck, "gradcheck", broken)
-    monkeypatch.setattr(symbptt.verify, "scalar_proof", broken)
+    monkeypatch.setattr(symbptt.oracle.gradcheck, "gradcheck", broken)
+    monkeypatch.setattr(symbptt.oracle.verify, "scalar_proof", broken)
     tex = render_latex(PRESETS["xh_hello"], checks=run_checks(PRESETS["xh_hello"]))
     section = tex.rsplit("Numerical check of the generated code", 1)[1]
     assert "Could not be run: ValueError: no module." in section
@@ -662,7 +662,7 @@ def test_verified_section_filled_from_checks_run() -> None:
 
 # -- API ----------------------------------------------------------------------------
 def test_public_api() -> None:
-    import symbptt.verification as verification
+    import symbptt.oracle.verification as verification
 
     # the public ones run the checks (the verifying stage), then the documents render
     assert symbptt.render_latex is verification.render_latex
@@ -672,39 +672,6 @@ def test_public_api() -> None:
         render_latex("xh")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="ModelSpec or a Derivation"):
         symbptt.render_latex("xh")  # type: ignore[arg-type]
-
-
-def test_documents_import_no_proof_training_or_code_generation() -> None:
-    """The documents print what the verifying stage hands over; they never run it."""
-    import ast as pyast
-
-    package = Path(symbptt.__file__).parent / "documents"
-    for path in package.glob("*.py"):
-        tree = pyast.parse(path.read_text("utf-8"))
-        for node in pyast.walk(tree):
-            if isinstance(node, pyast.ImportFrom) and node.module:
-                top = node.module.split(".")[0]
-                assert top not in {
-                    "verify",
-                    "gradcheck",
-                    "train",
-                    "emit",
-                    "codegen",
-                    "verification",
-                } or (node.module == "verification" and _under_type_checking(tree, node)), (
-                    f"{path.name} imports {node.module}"
-                )
-
-
-def _under_type_checking(tree: object, node: object) -> bool:
-    import ast as pyast
-
-    return any(
-        isinstance(branch, pyast.If)
-        and getattr(branch.test, "id", "") == "TYPE_CHECKING"
-        and node in branch.body
-        for branch in pyast.walk(tree)  # type: ignore[arg-type]
-    )
 
 
 def test_repr_latex_summary() -> None:
@@ -834,7 +801,7 @@ def test_generated_documents_are_up_to_date(name: str) -> None:
 
 def test_only_a_preset_document_names_its_seed_file() -> None:
     """A user's spec in a seed's notation is not that seed's model: no seed file is named."""
-    from symbptt.presets import PRESETS
+    from symbptt.model.presets import PRESETS
 
     preset = PRESETS["uvw_mean"]
     seed = preset.model.notations[preset.notation].seed

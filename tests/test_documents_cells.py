@@ -17,8 +17,9 @@ import pytest
 import sympy as sp
 
 import symbptt
-from symbptt import ModelSpec, derive, mexpr
-from symbptt.derive import instantiate
+from symbptt import ModelSpec, derive
+from symbptt.core.derive import instantiate
+from symbptt.core.graph import t_SYMBOL
 from symbptt.documents import (
     _CellWriter,
     _teaching_shape,
@@ -30,7 +31,7 @@ from symbptt.documents import (
     render_latex,
     render_markdown,
 )
-from symbptt.graph import t_SYMBOL
+from symbptt.expr import mexpr
 from tests.test_documents import MATHJAX, _math_spans, require_pdflatex
 
 #: A user's cell: a minimal gated unit with two states, in the "sup" and "call" index

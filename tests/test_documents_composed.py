@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import sympy as sp
 
-from symbptt import ModelSpec, SpecError, derive, verification
+from symbptt import ModelSpec, SpecError, derive
 from symbptt.documents import compile_pdf, overfull_boxes, render_documents, render_latex
 from symbptt.documents.cells import _writer
 from symbptt.documents.composed import _ComposedWriter
+from symbptt.oracle import verification
 from tests.test_documents import MATHJAX, _math_spans, require_pdflatex
 
 #: Composed specs over the cells, notations, modes and reductions.

@@ -19,9 +19,9 @@ from symbptt.documents import (
     render_documents,
     render_latex,
 )
-from symbptt.latex_printer import delta_name, escape_tex
-from symbptt.verification import Checks, _numerical_sizes, proof_spec, worked_example
-from symbptt.verify import ScalarProof
+from symbptt.documents.latex_printer import delta_name, escape_tex
+from symbptt.oracle.verification import Checks, _numerical_sizes, proof_spec, worked_example
+from symbptt.oracle.verify import ScalarProof
 
 from .test_documents import require_pdflatex
 
@@ -502,8 +502,8 @@ def test_worked_example_gradients_equal_finite_differences() -> None:
 
     import numpy as np
 
-    from symbptt.emit import emit_numpy, load_module
-    from symbptt.presets import HELLO, PRESETS
+    from symbptt.codegen.emit import emit_numpy, load_module
+    from symbptt.model.presets import HELLO, PRESETS
 
     spec = PRESETS["xh_hello"]
     d = derive(spec)
@@ -538,7 +538,7 @@ def test_worked_example_gradients_equal_finite_differences() -> None:
 
 
 def test_no_worked_example_where_it_does_not_fit() -> None:
-    from symbptt.presets import PRESETS
+    from symbptt.model.presets import PRESETS
 
     for name in ("uvw_mean", "layered_many_to_one", "lstm_hello"):
         assert worked_example(derive(PRESETS[name])) is None
@@ -546,8 +546,8 @@ def test_no_worked_example_where_it_does_not_fit() -> None:
 
 def test_measured_gradient_norms_are_plotted_and_listed() -> None:
     from symbptt.documents.layout import _sci
-    from symbptt.presets import PRESETS
-    from symbptt.verification import NORM_SCALES, NORM_STEPS
+    from symbptt.model.presets import PRESETS
+    from symbptt.oracle.verification import NORM_SCALES, NORM_STEPS
 
     d = derive(PRESETS["xh_hello"])
     example = worked_example(d)
@@ -573,9 +573,9 @@ def test_the_seeds_formulas_are_printed_with_the_checkers_verdicts(preset: str) 
     from dataclasses import replace
 
     from symbptt.check import check
-    from symbptt.presets import PRESETS
-    from symbptt.seed_formulas import for_spec
-    from symbptt.verification import seed_checks
+    from symbptt.checker.seed_formulas import for_spec
+    from symbptt.model.presets import PRESETS
+    from symbptt.oracle.verification import seed_checks
 
     spec = PRESETS[preset]
     found = seed_checks(spec)

@@ -21,11 +21,13 @@ import pytest
 import sympy as sp
 
 import symbptt
-from symbptt import ModelSpec, functions, verify
+from symbptt import ModelSpec
 from symbptt.codegen.lines import Lowering, SharedPrinter, layout
-from symbptt.gradcheck import finite_difference_errors, random_problem, relative_error
-from symbptt.presets import PRESETS
-from symbptt.spec import CHOICES, OUTPUT_LOSS_PAIRS
+from symbptt.expr import functions
+from symbptt.model.presets import PRESETS
+from symbptt.model.spec import CHOICES, OUTPUT_LOSS_PAIRS
+from symbptt.oracle import verify
+from symbptt.oracle.gradcheck import finite_difference_errors, random_problem, relative_error
 
 ROOT = Path(__file__).resolve().parent.parent
 

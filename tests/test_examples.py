@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import symbptt
-from symbptt import verify
+from symbptt.oracle import verify
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CELLS = {"gru_pytorch.toml": (1, 2), "lstm_peephole.toml": (1, 1)}  # file: (n_in, n_hidden)
@@ -51,5 +51,5 @@ def test_example_cells_equal_scalar_diff(name: str, rng: np.random.Generator) ->
 @pytest.mark.parametrize("unrolled", [False, True])
 def test_example_cells_generated_code_equals_finite_differences(name: str, unrolled: bool) -> None:
     spec = symbptt.ModelSpec(cell=str(EXAMPLES / name), steps=3, initial_state="input")
-    result = symbptt.gradcheck.gradcheck(spec, rng=5, unrolled=unrolled)
+    result = symbptt.oracle.gradcheck.gradcheck(spec, rng=5, unrolled=unrolled)
     assert result.ok, result

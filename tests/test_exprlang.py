@@ -1,4 +1,4 @@
-"""Tests for symbptt.exprlang: the safe parser of the matrix formula language."""
+"""Tests for symbptt.expr.exprlang: the safe parser of the matrix formula language."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from sympy import (
 )
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
-from symbptt.exprlang import (
+from symbptt.expr.exprlang import (
     MAX_DEPTH,
     MAX_LENGTH,
     ExpressionError,
@@ -39,7 +39,7 @@ from symbptt.exprlang import (
     names_used,
     parse,
 )
-from symbptt.mexpr import HadamardPower
+from symbptt.expr.mexpr import HadamardPower
 
 # ---------------------------------------------------------------------------
 # A toy model: hidden size 3, input/output size 2, steps 1..3.

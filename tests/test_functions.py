@@ -7,9 +7,9 @@ import pytest
 import sympy as sp
 
 import symbptt
-from symbptt import functions, mexpr
-from symbptt.functions import a, y, z
-from symbptt.verify import scalar_proof
+from symbptt.expr import functions, mexpr
+from symbptt.expr.functions import a, y, z
+from symbptt.oracle.verify import scalar_proof
 
 
 def test_tanh_derivative_is_written_through_the_output() -> None:

@@ -17,8 +17,10 @@ from hypothesis import strategies as st
 import symbptt
 import symbptt.regenerate
 from symbptt import ModelSpec
-from symbptt.evaluate import Evaluator
-from symbptt.gradcheck import (
+from symbptt.core.evaluate import Evaluator
+from symbptt.model.presets import PRESETS
+from symbptt.model.spec import CHOICES, OUTPUT_LOSS_PAIRS
+from symbptt.oracle.gradcheck import (
     Problem,
     finite_difference_errors,
     gradcheck,
@@ -26,9 +28,7 @@ from symbptt.gradcheck import (
     relative_error,
     taylor_test,
 )
-from symbptt.presets import PRESETS
 from symbptt.regenerate import CODE_FILES, regenerate
-from symbptt.spec import CHOICES, OUTPUT_LOSS_PAIRS
 
 ROOT = Path(__file__).resolve().parent.parent
 PAIRS = OUTPUT_LOSS_PAIRS

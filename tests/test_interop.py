@@ -9,7 +9,7 @@ import sympy as sp
 from sympy.printing.numpy import NumPyPrinter
 
 import symbptt
-from symbptt import functions, mexpr
+from symbptt.expr import functions, mexpr
 
 X = sp.MatrixSymbol("X", 2, 3)
 

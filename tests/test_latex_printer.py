@@ -8,16 +8,18 @@ import pytest
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
-from symbptt import ModelSpec, functions, mexpr, rules
-from symbptt.graph import Symbols
-from symbptt.latex_printer import (
+from symbptt import ModelSpec
+from symbptt.core import rules
+from symbptt.core.graph import Symbols
+from symbptt.documents.latex_printer import (
     BPTTLatexPrinter,
     TeXName,
     escape_math_text,
     escape_tex,
     symbol_names,
 )
-from symbptt.notation import NOTATIONS
+from symbptt.expr import functions, mexpr
+from symbptt.model.notation import NOTATIONS
 
 
 class Model:
@@ -231,7 +233,7 @@ def test_one_by_one_ones_matrix_is_dropped() -> None:
     ],
 )
 def test_pre_activation_terms_in_the_seeds_order(notation: str, expected: str) -> None:
-    from symbptt.graph import build_graph
+    from symbptt.core.graph import build_graph
 
     graph = build_graph(ModelSpec(notation=notation, steps=3))
     step = graph.steps[1]
@@ -445,7 +447,7 @@ def test_pre_adjoint_is_delta_with_the_quantity_as_superscript(
 def test_pre_adjoint_name_in_every_index_style(style: str, expected: str) -> None:
     from dataclasses import replace
 
-    from symbptt.latex_printer import pre_adjoint_name
+    from symbptt.documents.latex_printer import pre_adjoint_name
 
     notation = replace(ModelSpec(cell="lstm").model.notations["xh"], style=style)
     assert pre_adjoint_name(notation, "i", sp.Symbol("t")).tex() == expected

@@ -7,8 +7,7 @@ import pytest
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
-from symbptt import functions, mexpr
-from symbptt.numpy_printer import (
+from symbptt.codegen.numpy_printer import (
     LSE,
     LogSumExp,
     NumPyPrinter,
@@ -21,6 +20,7 @@ from symbptt.numpy_printer import (
     safe_form,
     stable_unit_loss,
 )
+from symbptt.expr import functions, mexpr
 
 n, k, m, T = sp.symbols("n k m T", integer=True, positive=True)
 A = sp.MatrixSymbol("A", n, m)

@@ -12,13 +12,13 @@ import pytest
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
-from symbptt import functions, mexpr
 from symbptt.codegen.jax_printer import JaxPrinter
+from symbptt.codegen.numpy_printer import NumPyPrinter, helper_source
 from symbptt.codegen.torch_printer import TorchPrinter
-from symbptt.evaluate import EVALUATE, Evaluator, evaluates
-from symbptt.latex_printer import BPTTLatexPrinter
-from symbptt.numpy_printer import NumPyPrinter, helper_source
-from symbptt.rules import VJP
+from symbptt.core.evaluate import EVALUATE, Evaluator, evaluates
+from symbptt.core.rules import VJP
+from symbptt.documents.latex_printer import BPTTLatexPrinter
+from symbptt.expr import functions, mexpr
 
 A, B = sp.MatrixSymbol("A", 3, 2), sp.MatrixSymbol("B", 3, 2)
 C, Y = sp.MatrixSymbol("C", 2, 4), sp.MatrixSymbol("Y", 3, 2)

@@ -95,7 +95,7 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
 
 
 def test_license_file_matches_pyproject() -> None:
-    from symbptt.cli import _toml_module  # tomllib, or tomli on Python 3.10
+    from symbptt.cli.commands import _toml_module  # tomllib, or tomli on Python 3.10
 
     license_text = (ROOT / "LICENSE").read_text(encoding="utf-8")
     declared = _toml_module().loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))

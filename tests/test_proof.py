@@ -2,7 +2,7 @@
 
 The derivation's expanded gradients (``Derivation.gradient(name, expand=True)``)
 are compared entry by entry with ``sympy.diff`` of the fully scalar unrolled
-loss (:mod:`symbptt.verify`), at 30 significant digits at a random point, and
+loss (:mod:`symbptt.oracle.verify`), at 30 significant digits at a random point, and
 exactly (symbolically) for a polynomial model.
 """
 
@@ -15,9 +15,9 @@ import pytest
 import sympy as sp
 
 import symbptt
-from symbptt import verify
-from symbptt.evaluate import Evaluator
-from symbptt.spec import OUTPUT_LOSS_PAIRS
+from symbptt.core.evaluate import Evaluator
+from symbptt.model.spec import OUTPUT_LOSS_PAIRS
+from symbptt.oracle import verify
 
 HIDDEN = ("tanh", "relu", "sigmoid", "identity")
 PAIRS = OUTPUT_LOSS_PAIRS

@@ -30,7 +30,7 @@ import pytest
 
 from symbptt import ExpressionError, ModelSpec
 from symbptt.check import check
-from symbptt.presets import PRESETS
+from symbptt.model.presets import PRESETS
 
 # ---------------------------------------------------------------------------- models
 #: 000: U, V, W, J = 1/T sum_t J^(t); h^(t) column vectors, one example.
@@ -375,9 +375,9 @@ def test_seed_formula_verdict(seed: Seed) -> None:
 
 
 def test_the_package_holds_these_formulas() -> None:
-    """The verifying stage checks the package's copy (symbptt.seed_formulas) for the
+    """The verifying stage checks the package's copy (symbptt.checker.seed_formulas) for the
     documents: the same id, spec, parameter and formula as every fixture here."""
-    from symbptt.seed_formulas import SEED_FORMULAS
+    from symbptt.checker.seed_formulas import SEED_FORMULAS
 
     mine = [(s.id, s.spec, s.wrt, s.formula) for s in SEEDS]
     assert [(f.id, f.spec, f.wrt, f.formula) for f in SEED_FORMULAS] == mine

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from symbptt import ModelSpec, SpecError
-from symbptt.spec import CHOICES, MAX_BATCH, MAX_SIZE, MAX_STEPS
+from symbptt.model.spec import CHOICES, MAX_BATCH, MAX_SIZE, MAX_STEPS
 
 
 def test_defaults_are_the_xh_hello_style_model() -> None:

@@ -12,11 +12,11 @@ import pytest
 
 import symbptt
 from symbptt import ModelSpec
-from symbptt.cli import _spec_from_args, build_parser
+from symbptt.cli.commands import _spec_from_args, build_parser
 from symbptt.documents import render_documents
-from symbptt.presets import PRESETS
-from symbptt.spec_flags import REGENERATE_PRESETS, preset_of, regenerate_command
-from symbptt.verification import run_checks
+from symbptt.model.presets import PRESETS
+from symbptt.model.spec_flags import REGENERATE_PRESETS, preset_of, regenerate_command
+from symbptt.oracle.verification import run_checks
 
 ROOT = Path(__file__).resolve().parent.parent
 GRU_FILE = "examples/gru_pytorch.toml"

@@ -341,7 +341,7 @@ def test_derive_backend_torch_writes_and_checks_the_torch_module(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from symbptt.cli import main
-    from symbptt.spec_flags import regenerate_command
+    from symbptt.model.spec_flags import regenerate_command
 
     spec = ModelSpec(steps=2, cell="gru")
     out = tmp_path / "out"

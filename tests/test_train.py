@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from symbptt import ModelSpec, emit_numpy, load_module
-from symbptt.presets import HELLO, PRESETS
-from symbptt.progress import Progress
+from symbptt.cli.progress import Progress
+from symbptt.model.presets import HELLO, PRESETS
 from symbptt.train import (
     SGD,
     Adagrad,

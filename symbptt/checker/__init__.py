@@ -11,7 +11,7 @@ the GRU, a user's cell file): the names come from the model's symbol registry.
 
 A candidate is one of
 
-* a string in the expression language of :mod:`symbptt.exprlang` over the
+* a string in the expression language of :mod:`symbptt.expr.exprlang` over the
   names of the model (:func:`names` lists them; below);
 * a SymPy matrix expression in the derivation's symbols (``derive(spec)``:
   parameters, ``graph.symbols.series(key, step)``, the adjoints ``delta_t``,
@@ -60,7 +60,7 @@ dropped softmax + cross-entropy target term (-(1 - y_hat) or
 another quantity (∂L/∂y_hat_t instead of ∂L/∂W).  The correct formula is
 printed in the same language (``sum_t(delta[t] @ h[t-1].T)``, with the δ
 recursion).  A candidate whose shape cannot match is reported with both
-shapes.  Malformed text raises :class:`~symbptt.exprlang.ExpressionError`
+shapes.  Malformed text raises :class:`~symbptt.expr.exprlang.ExpressionError`
 (shape errors inside the formula included); nothing in it is executed.
 
 Names of the expression language
@@ -97,7 +97,7 @@ same as                ``h[0]``       ``h[0]``       ``H1[-1]``        ``a[0]``
 sigmoid`` (elementwise, and any other function the cell's equations call),
 ``softmax`` (over the output units), ``ones(rows, cols)`` and
 ``diag(vector)``; the reducers ``sum_t``, ``sum_k`` and ``prod_j``
-(:mod:`symbptt.exprlang`).  Steps run 1..T (0..T-1 in Elman's ``layered``);
+(:mod:`symbptt.expr.exprlang`).  Steps run 1..T (0..T-1 in Elman's ``layered``);
 a state one step before the first is its initial value, an adjoint one step
 after the last is zero (so is one at a step nothing reaches), a cell's
 quantity one step after the last may appear only where such a zero adjoint
@@ -122,7 +122,7 @@ formula in the language), :mod:`~symbptt.checker.work` and
 :mod:`~symbptt.checker.callables`, :mod:`~symbptt.checker.diagnosis` (the named
 mistakes), :mod:`~symbptt.checker.localise`, :mod:`~symbptt.checker.report` (the
 result) and :mod:`~symbptt.checker.core` (:func:`check`).  The expression
-language itself is :mod:`symbptt.exprlang`, shared with the cell files.
+language itself is :mod:`symbptt.expr.exprlang`, shared with the cell files.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..spec import ModelSpec
+from ..model.spec import ModelSpec
 from .flat import FlatSymbols
 from .limits import RTOL_FLOAT
 from .namespace import _state_initials
@@ -169,7 +169,7 @@ class _Reference:
 def _generated_module(spec: ModelSpec) -> tuple[Any, str]:
     """The generated module of ``spec`` and, when there is none, why."""
     try:
-        from ..emit import emit_numpy, load_module
+        from ..codegen.emit import emit_numpy, load_module
     except ImportError as exc:
         return None, f"code generation is not available: {exc}"
     try:

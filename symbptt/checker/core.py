@@ -9,9 +9,9 @@ from typing import Any, TypeAlias
 import numpy as np
 import sympy as sp
 
-from .. import exprlang, mexpr
-from ..derive import Derivation
-from ..spec import MAX_CHECK_STEPS, ModelSpec, SpecError
+from ..core.derive import Derivation
+from ..expr import exprlang, mexpr
+from ..model.spec import MAX_CHECK_STEPS, ModelSpec, SpecError
 from .callables import CONVENTIONS, CallableFailed, _call, _Reference, localise
 from .diagnosis import _Diagnosis
 from .formulas import Formula, correct_formula

@@ -12,22 +12,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import sympy as sp
 
-from .. import functions, mexpr
-from ..derive import Derivation
-from ..graph import Assignment
+from ..core.derive import Derivation
+from ..core.graph import Assignment
+from ..expr import functions, mexpr
 from .flat import direction
 from .formulas import _contribution_of, _inline, _is_forward, _kept
 from .language import _base_role, _is_adjoint, _label
-from .mutations import (
-    EVERY,
-    LOCAL,
-    ONE,
-    Alteration,
-    _later_adjoints,
-    _shifted,
-    _terms,
-    alterations,
-)
+from .mutations import EVERY, LOCAL, ONE, Alteration, _later_adjoints, _shifted, _terms, alterations
 from .namespace import _state_initials
 from .points import _close, _Eval, _evaluate, _leaves, _other_target, _Point
 from .printer import _naming, _Printer, _relative_naming

@@ -22,8 +22,8 @@ from typing import Any
 
 import sympy as sp
 
-from ..derive import Derivation
-from ..graph import Assignment, Graph, Symbols
+from ..core.derive import Derivation
+from ..core.graph import Assignment, Graph, Symbols
 from ..model import HEAD_KEYS, Name, Notation, Unit
 
 __all__ = ["MASK", "FlatSymbols", "direction", "flatten", "unit_of"]
@@ -49,7 +49,7 @@ def _qualified(role: str, unit: Unit) -> str:
 class FlatSymbols:
     """The registry a check reads: the composed model's symbols, one role per unit.
 
-    It answers what the checker asks a :class:`~symbptt.graph.Symbols` (``meta``,
+    It answers what the checker asks a :class:`~symbptt.core.graph.Symbols` (``meta``,
     ``series_shape``, ``cell``, ``sizes``, ...) and, besides, which unit a role
     belongs to and in which direction that unit runs.
     """

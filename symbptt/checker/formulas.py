@@ -12,12 +12,12 @@ from typing import Any
 
 import sympy as sp
 
-from .. import exprlang, mexpr
-from ..derive import Derivation
-from ..exprlang import ExpressionError
-from ..graph import T_SYMBOL, Assignment, Symbols
-from ..notation import Notation
-from ..spec import ModelSpec
+from ..core.derive import Derivation
+from ..core.graph import T_SYMBOL, Assignment, Symbols
+from ..expr import exprlang, mexpr
+from ..expr.exprlang import ExpressionError
+from ..model.notation import Notation
+from ..model.spec import ModelSpec
 from .flat import direction
 from .language import _base_role, _is_adjoint, _label
 from .namespace import _refuse_outside, _state_initials

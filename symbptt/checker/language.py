@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from .. import functions
-from ..derive import Derivation, derive
+from ..core.derive import Derivation, derive
+from ..expr import functions
 from ..model import HEAD_KEYS, load_cell
-from ..notation import NOTATIONS, Notation
-from ..spec import ModelSpec, SpecError
+from ..model.notation import NOTATIONS, Notation
+from ..model.spec import ModelSpec, SpecError
 from .flat import FlatSymbols, direction, flatten, original_key
 from .limits import _SIZE_FIELDS
 from .report import _shape_text

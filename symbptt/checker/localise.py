@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import sympy as sp
 
-from .. import exprlang, mexpr
-from ..exprlang import ExpressionError
+from ..expr import exprlang, mexpr
+from ..expr.exprlang import ExpressionError
 from .namespace import _refuse_outside
 from .points import _close, _evaluate, _gradient_symbol, _Point, _prepare, _shape
 from .work import _Work

@@ -42,8 +42,8 @@ from typing import Any
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
-from .. import functions, mexpr
-from ..graph import Assignment
+from ..core.graph import Assignment
+from ..expr import functions, mexpr
 from .flat import direction, unit_of
 from .language import _base_role, _is_adjoint, _label
 from .namespace import _state_initials

@@ -1,4 +1,4 @@
-"""The expression language's :class:`~symbptt.exprlang.Namespace` of a derivation.
+"""The expression language's :class:`~symbptt.expr.exprlang.Namespace` of a derivation.
 
 What each name of :mod:`symbptt.checker.language` stands for: a parameter, an initial
 state, a quantity or adjoint at a step (with the rules for steps outside the model),
@@ -12,10 +12,10 @@ from typing import Any
 import sympy as sp
 from sympy.matrices.expressions.diagonal import DiagMatrix
 
-from .. import functions, mexpr
-from ..derive import Derivation
-from ..exprlang import ExpressionError, Namespace
-from ..graph import Graph
+from ..core.derive import Derivation
+from ..core.graph import Graph
+from ..expr import functions, mexpr
+from ..expr.exprlang import ExpressionError, Namespace
 from .flat import direction, original_key
 from .language import _base_role, _function_names, _label, _labelled_roles
 from .limits import _SIZE_FIELDS, MAX_ONES
@@ -213,7 +213,7 @@ def _functions(
 
 
 def namespace(d: Derivation) -> Namespace:
-    """The expression language's :class:`~symbptt.exprlang.Namespace` of a derivation.
+    """The expression language's :class:`~symbptt.expr.exprlang.Namespace` of a derivation.
 
     Built from the graph's symbol registry: the parameters, the initial
     states, every step-indexed quantity and every adjoint, in the notation's

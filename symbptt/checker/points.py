@@ -16,11 +16,11 @@ import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.diagonal import DiagMatrix
 
-from .. import mexpr
-from ..derive import Derivation
-from ..evaluate import Evaluator
-from ..exprlang import ExpressionError
-from ..graph import T_SYMBOL
+from ..core.derive import Derivation
+from ..core.evaluate import Evaluator
+from ..core.graph import T_SYMBOL
+from ..expr import mexpr
+from ..expr.exprlang import ExpressionError
 from .limits import _MAX_MP_ARGUMENT, _SIZE_FIELDS, DPS
 from .work import _Work
 

@@ -9,9 +9,9 @@ import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.diagonal import DiagMatrix
 
-from .. import functions, mexpr
-from ..graph import Symbols
-from ..notation import Notation
+from ..core.graph import Symbols
+from ..expr import functions, mexpr
+from ..model.notation import Notation
 from .language import _label
 
 

@@ -10,7 +10,7 @@ import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.diagonal import DiagMatrix
 
-from .. import mexpr
+from ..expr import mexpr
 from .formulas import _kept
 from .language import _label
 from .points import _gradient_symbol

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..spec import ModelSpec
+from ..model.spec import ModelSpec
 
 if TYPE_CHECKING:
     from .formulas import Formula

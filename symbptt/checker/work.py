@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from ..derive import Derivation, StepForm, derive
-from ..exprlang import Namespace
-from ..graph import Assignment, Graph
-from ..notation import Notation
-from ..spec import ModelSpec
+from ..core.derive import Derivation, StepForm, derive
+from ..core.graph import Assignment, Graph
+from ..expr.exprlang import Namespace
+from ..model.notation import Notation
+from ..model.spec import ModelSpec
 from .flat import flatten
 from .limits import _DEFAULT_SIZES, _SIZE_FIELDS, _SIZE_POOL
 from .namespace import _table, namespace

@@ -10,7 +10,7 @@
   printed), :mod:`~symbptt.codegen.numpy_unrolled` (straight-line code),
   :mod:`~symbptt.codegen.numpy_module` (the module's text from the templates
   ``templates/gradients*.py.jinja``), with the printer
-  :class:`symbptt.numpy_printer.NumPyPrinter`.
+  :class:`symbptt.codegen.numpy_printer.NumPyPrinter`.
 """
 
 from __future__ import annotations

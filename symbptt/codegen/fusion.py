@@ -31,8 +31,8 @@ from typing import Any
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
-from .. import functions, mexpr
-from ..numpy_printer import flatten_matmul
+from ..expr import functions, mexpr
+from .numpy_printer import flatten_matmul
 from .rowform import transpose
 from .schedule import (
     Block,

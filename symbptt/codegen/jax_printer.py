@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from ..numpy_printer import activation_source
 from .lines import SharedPrinter
+from .numpy_printer import activation_source
 
 __all__ = ["JAX_FUNCTIONS", "JaxPrinter", "jax_helper_source"]
 

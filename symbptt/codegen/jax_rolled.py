@@ -24,8 +24,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..derive import Derivation
-from ..spec import ModelSpec
+from ..core.derive import Derivation
+from ..model.spec import ModelSpec
 from .jax_printer import JaxPrinter
 from .lines import Code, SharedPrinter
 from .numpy_rolled import RolledModule

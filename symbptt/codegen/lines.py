@@ -18,8 +18,8 @@ import sympy as sp
 from sympy.core.symbol import Str
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
-from .. import mexpr
-from ..numpy_printer import (
+from ..expr import mexpr
+from .numpy_printer import (
     LogSumExp,
     NumPyPrinter,
     SumEntries,

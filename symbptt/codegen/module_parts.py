@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..graph import T_SYMBOL, Symbols
+from ..core.graph import T_SYMBOL, Symbols
 from .lines import Code
 
 __all__ = ["SIZE_NAMES", "assemble", "size_names"]

@@ -38,11 +38,11 @@ from typing import Any
 
 import sympy as sp
 
-from .. import mexpr
-from ..derive import Derivation
-from ..graph import Assignment, Symbols
+from ..core.derive import Derivation
+from ..core.graph import Assignment, Symbols
+from ..expr import mexpr
 from ..model.compose import Unit
-from ..spec import ModelSpec, SpecError
+from ..model.spec import ModelSpec, SpecError
 from .lines import Code, SharedPrinter, fit
 from .module_parts import assemble, size_names
 from .numpy_unrolled import initial_arguments

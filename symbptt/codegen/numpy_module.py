@@ -23,19 +23,19 @@ from typing import Any
 
 import sympy as sp
 
-from .. import functions
-from ..derive import Derivation, derive
-from ..graph import T_SYMBOL, Symbols
-from ..notation import Notation
-from ..numpy_printer import NumPyPrinter, helper_source
-from ..spec import ModelSpec
-from ..spec_flags import preset_of, regenerate_command
+from ..core.derive import Derivation, derive
+from ..core.graph import T_SYMBOL, Symbols
+from ..expr import functions
+from ..model.notation import Notation
+from ..model.spec import ModelSpec
+from ..model.spec_flags import preset_of, regenerate_command
 from ..templating import render
 from .jax_printer import JaxPrinter, jax_helper_source
 from .jax_rolled import JaxRolledModule
 from .lines import SharedPrinter, fit_lines
 from .module_parts import size_names
 from .numpy_composed import ComposedRolledModule, rolled_steps
+from .numpy_printer import NumPyPrinter, helper_source
 from .numpy_rolled import RolledModule
 from .numpy_unrolled import UnrolledModule, initial_arguments
 from .torch_printer import TorchPrinter, torch_helper_source

@@ -18,14 +18,14 @@ from typing import Any
 
 import sympy as sp
 
-from .. import mexpr
-from ..derive import Derivation
-from ..graph import T_SYMBOL
-from ..notation import Notation
-from ..numpy_printer import stable_loss_matrix
-from ..spec import ModelSpec
+from ..core.derive import Derivation
+from ..core.graph import T_SYMBOL
+from ..expr import mexpr
+from ..model.notation import Notation
+from ..model.spec import ModelSpec
 from .lines import WIDTH, Code, Lowering, SharedPrinter, atomic, fit
 from .module_parts import assemble, size_names
+from .numpy_printer import stable_loss_matrix
 from .rowform import transpose
 from .schedule import Hoisted, Repeat, Schedule, Stmt, build_schedule
 

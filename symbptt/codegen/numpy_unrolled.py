@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .. import mexpr
-from ..derive import Derivation
-from ..graph import Assignment, Graph
-from ..notation import Notation
-from ..spec import ModelSpec
+from ..core.derive import Derivation
+from ..core.graph import Assignment, Graph
+from ..expr import mexpr
+from ..model.notation import Notation
+from ..model.spec import ModelSpec
 from .lines import Code, SharedPrinter, fit
 from .module_parts import assemble, size_names
 from .rowform import RowForm, transpose

@@ -14,9 +14,9 @@ from typing import Any
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
-from .. import mexpr
-from ..graph import Assignment, Symbols
-from ..numpy_printer import LogSumExp, flatten_matmul
+from ..core.graph import Assignment, Symbols
+from ..expr import mexpr
+from .numpy_printer import LogSumExp, flatten_matmul
 
 __all__ = ["RowForm", "push_transposes", "transpose"]
 

@@ -1,7 +1,7 @@
 """The rolled schedule of BPTT: what runs once over all steps, what stays in the loop.
 
 Everything here is decided by dependency analysis of the generic step form
-(:attr:`symbptt.derive.Derivation.step_form`, in row form), for any cell:
+(:attr:`symbptt.core.derive.Derivation.step_form`, in row form), for any cell:
 no role name or cell shape is recognised.
 
 Forward pass.  The states at ``t - 1`` are *carried* into step ``t``.  An
@@ -28,7 +28,7 @@ by an elementwise product of the same step, is written into it.
 
 The step form gives the last step of the backward pass separately for
 many-to-one models; for many-to-many ones it is the body with every carried
-adjoint zero (the terms vanish symbolically, with :func:`symbptt.mexpr.substitute`).
+adjoint zero (the terms vanish symbolically, with :func:`symbptt.expr.mexpr.substitute`).
 """
 
 from __future__ import annotations
@@ -42,11 +42,11 @@ import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
-from .. import mexpr
-from ..derive import Derivation, backprop
-from ..graph import Symbols, build_cell
-from ..numpy_printer import LogSumExp, flatten_matmul
+from ..core.derive import Derivation, backprop
+from ..core.graph import Symbols, build_cell
+from ..expr import mexpr
 from .lines import atomic
+from .numpy_printer import LogSumExp, flatten_matmul
 from .rowform import RowForm, push_transposes, transpose
 
 __all__ = [
@@ -784,7 +784,7 @@ def _name_of(builder: _Builder, expr: Any, fallback: str) -> str:
     s = builder.s
     parts: list[str] = []
     if isinstance(expr, ElementwiseApplyFunction) and expr.expr in s.base:
-        from ..functions import activation_for
+        from ..expr.functions import activation_for
 
         parts = [activation_for(expr.function).name, s.base[expr.expr]]
     elif isinstance(expr, sp.HadamardProduct) and all(a in s.base for a in expr.args):

@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 
 import sympy as sp
 
-from ..numpy_printer import _is_softplus, _softplus_arg, activation_source, safe_form
 from .lines import SharedPrinter
+from .numpy_printer import _is_softplus, _softplus_arg, activation_source, safe_form
 
 __all__ = ["TORCH_FUNCTIONS", "TorchPrinter", "torch_helper_source"]
 

@@ -21,7 +21,7 @@ its equations, the forward pass, the loss, the adjoint recursion per state with
 every carry from step t + 1 and the named pre-activation adjoints, the
 gradients as sums over the steps, the updates, and what was verified.
 
-Every formula is printed in Python by :class:`~symbptt.latex_printer.BPTTLatexPrinter`
+Every formula is printed in Python by :class:`~symbptt.documents.latex_printer.BPTTLatexPrinter`
 from the derivation's recorded steps; the templates (``derivation.tex.jinja``,
 ``derivation.md.jinja`` and their ``_derivation_cell_*`` parts) hold prose and
 layout only.  A formula too wide for the page is split into rows, or a part of
@@ -45,17 +45,17 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..derive import LATEX_SUMMARY, Derivation, derive
+from ..core.derive import LATEX_SUMMARY, Derivation, derive
 from ..files import write_atomically
-from ..latex_printer import escape_tex
-from ..spec import ModelSpec
+from ..model.spec import ModelSpec
 from ..templating import render
 from .cells import _CellWriter, _teaching_shape, _writer  # noqa: F401 (the tests read them)
+from .latex_printer import escape_tex
 from .layout import MARKER, REGENERATE, escape_markdown, join_rows, prose, tex_width
 from .teaching import _Writer  # noqa: F401 (the tests read it)
 
 if TYPE_CHECKING:  # the results only: documents never run a check
-    from ..verification import Checks
+    from ..oracle.verification import Checks
 
 __all__ = [
     "MARKER",
@@ -114,7 +114,7 @@ def render_latex(
     """The derivation of ``spec`` as a complete LaTeX document.
 
     ``name`` (a title given by the user) is escaped.  ``checks`` are the
-    results of the verifying stage (:func:`symbptt.verification.run_checks`):
+    results of the verifying stage (:func:`symbptt.oracle.verification.run_checks`):
     they fill the last section; without them it says the checks were not run.
     ``symbptt.render_latex`` runs them first.
     """

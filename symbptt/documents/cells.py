@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING, Any
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
-from .. import functions
-from ..derive import Derivation
-from ..latex_printer import (
+from ..core.derive import Derivation
+from ..expr import functions
+from ..model.spec import SpecError
+from . import figure
+from .latex_printer import (
     TeXName,
     loss_name,
     param_name,
@@ -25,13 +27,11 @@ from ..latex_printer import (
     series_name,
     state_initial_name,
 )
-from ..spec import SpecError
-from . import figure
 from .layout import ROW_WIDTH, UNROLL_LIMIT, _atoms, prose, tex_width
 from .teaching import _Writer, teaching_roles
 
 if TYPE_CHECKING:  # the results only: documents never run a check
-    from ..verification import Checks
+    from ..oracle.verification import Checks
 
 
 def _teaching_shape(derivation: Derivation) -> bool:

@@ -18,7 +18,7 @@ see docs/composition.md) runs one cell per (layer, direction), a *unit*.
 
 Every formula is printed from the derivation's assignments (the unrolled
 graph and reverse mode); the cell's equations at the generic step come from the
-same builder the graph uses (:func:`symbptt.graph._equations`), with a fresh
+same builder the graph uses (:func:`symbptt.core.graph._equations`), with a fresh
 registry so the derivation's own is not touched.
 """
 
@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 import sympy as sp
 
-from ..derive import Derivation
-from ..graph import T_SYMBOL, Symbols, _equations, _output_step, loss_weights, t_SYMBOL
-from ..latex_printer import (
+from ..core.derive import Derivation
+from ..core.graph import T_SYMBOL, Symbols, _equations, _output_step, loss_weights, t_SYMBOL
+from .latex_printer import (
     BPTTLatexPrinter,
     TeXName,
     _indexed,
@@ -44,7 +44,7 @@ from .layout import UNROLL_LIMIT, _atoms
 from .teaching import _term_classes, _Writer
 
 if TYPE_CHECKING:  # the results only: documents never run a check
-    from ..verification import Checks
+    from ..oracle.verification import Checks
 
 #: The arrows a direction is written with (the unit's names carry the same).
 _ARROW = {"forward": r"\rightarrow", "backward": r"\leftarrow"}

@@ -13,13 +13,7 @@ from typing import Any
 
 import sympy as sp
 
-from ..latex_printer import (
-    delta_name,
-    loss_name,
-    partial_name,
-    series_name,
-    state_initial_name,
-)
+from .latex_printer import delta_name, loss_name, partial_name, series_name, state_initial_name
 
 #: The drawn rows, bottom to top (states in between, in the cell's order).
 _BOTTOM, _TOP = ("input",), ("output", "loss")

@@ -12,8 +12,8 @@ from typing import Any
 
 import sympy as sp
 
-from ..spec_flags import REGENERATE_PRESETS
-from ..spec_flags import regenerate_command as regenerate_command  # re-exported
+from ..model.spec_flags import REGENERATE_PRESETS
+from ..model.spec_flags import regenerate_command as regenerate_command  # re-exported
 
 #: The command that regenerates the presets' documents (in generated/); any other
 #: spec's documents name their own ``symbptt derive`` command (:func:`regenerate_command`).

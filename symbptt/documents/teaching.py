@@ -21,10 +21,15 @@ import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.diagonal import DiagMatrix
 
-from .. import functions, mexpr, rules
-from ..derive import Derivation
-from ..graph import T_SYMBOL, Symbols
-from ..latex_printer import (
+from ..core import rules
+from ..core.derive import Derivation
+from ..core.graph import T_SYMBOL, Symbols
+from ..expr import functions, mexpr
+from ..model.notation import PARAM_ROLES, Notation
+from ..model.spec_flags import preset_of
+from ..optimizers import Adam
+from . import figure
+from .latex_printer import (
     BPTTLatexPrinter,
     TeXName,
     delta_name,
@@ -36,10 +41,6 @@ from ..latex_printer import (
     state_initial_name,
     symbol_names,
 )
-from ..notation import PARAM_ROLES, Notation
-from ..optimizers import Adam
-from ..spec_flags import preset_of
-from . import figure
 from .layout import (
     _CHAIN_ORDER,
     _DEFAULT_CHAIN_ORDER,
@@ -63,7 +64,7 @@ from .layout import (
 )
 
 if TYPE_CHECKING:  # the results only: documents never run a check
-    from ..verification import Checks
+    from ..oracle.verification import Checks
 
 
 #: How the documents write the spec's sizes.

@@ -21,7 +21,7 @@ from typing import Any
 
 import sympy as sp
 
-from ..exprlang import ExpressionError
+from ..expr.exprlang import ExpressionError
 
 __all__ = [
     "HEAD_KEYS",

@@ -1,6 +1,6 @@
 """Cell equations: from a checked syntax tree to a SymPy matrix expression.
 
-An equation's right-hand side is parsed once by :func:`symbptt.exprlang.syntax_tree`
+An equation's right-hand side is parsed once by :func:`symbptt.expr.exprlang.syntax_tree`
 (a whitelist: nothing is ever executed).  :func:`reads` lists what it reads;
 :func:`build` turns it into a matrix expression for one step of one model,
 with the mexpr constructors (so a zero initial state or a dropped bias simply
@@ -29,8 +29,8 @@ from typing import Any, Protocol
 
 import sympy as sp
 
-from .. import functions, mexpr
-from ..exprlang import ExpressionError
+from ..expr import functions, mexpr
+from ..expr.exprlang import ExpressionError
 
 __all__ = ["Env", "build", "reads", "step_offset"]
 

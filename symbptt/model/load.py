@@ -3,9 +3,9 @@
 The built-in cells (``elman``, ``lstm``, ``gru``) are files in
 ``symbptt/model/cells/`` read by exactly the code that reads a user's file.
 A file is parsed, never executed: TOML by :mod:`tomllib`, each equation's
-right-hand side by :func:`symbptt.exprlang.syntax_tree` (a whitelist).
+right-hand side by :func:`symbptt.expr.exprlang.syntax_tree` (a whitelist).
 
-Every problem raises :class:`~symbptt.spec.SpecError` naming the file, the
+Every problem raises :class:`~symbptt.model.spec.SpecError` naming the file, the
 line and equation where there is one, and what was expected.  A parameter
 that no equation uses is a :class:`CellWarning`.  See docs/cells.md.
 """
@@ -29,11 +29,11 @@ from typing import Any
 
 import sympy as sp
 
-from .. import functions, mexpr
-from ..exprlang import ExpressionError, syntax_tree
-from ..spec import SpecError
+from ..expr import functions, mexpr
+from ..expr.exprlang import ExpressionError, syntax_tree
 from . import equations
 from .cell import HEAD_KEYS, Cell, Equation, Name, Notation, Parameter, Quantity
+from .spec import SpecError
 
 #: TOML reader: the standard library's, or tomli on Python 3.10 (a dependency there).
 tomllib: Any = importlib.import_module("tomllib" if sys.version_info >= (3, 11) else "tomli")

@@ -19,8 +19,8 @@ for a scaled matrix and knows no elementwise power).  What it prints:
 * ``log(1 + exp(u))`` as ``np.logaddexp(0, u)``, ``log(1 + u)`` as
   ``np.log1p(u)``, ``Heaviside(x, 0)`` as ``np.heaviside(x, 0)``, ``Max`` as
   ``np.maximum``;
-* :class:`~symbptt.mexpr.Softmax` and :class:`LogSumExp` as calls of helpers
-  that subtract the maximum first, and :class:`~symbptt.mexpr.OutputLoss` as
+* :class:`~symbptt.expr.mexpr.Softmax` and :class:`LogSumExp` as calls of helpers
+  that subtract the maximum first, and :class:`~symbptt.expr.mexpr.OutputLoss` as
   the sum of the stable per-unit loss of :func:`stable_unit_loss` (the loss
   composed with the output layer and rewritten by SymPy into log-sum-exp and
   log-sigmoid form).
@@ -42,7 +42,7 @@ from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.matexpr import MatrixExpr
 from sympy.printing.numpy import NumPyPrinter as _SymPyNumPyPrinter
 
-from . import functions, mexpr
+from ..expr import functions, mexpr
 
 __all__ = [
     "LSE",
@@ -164,7 +164,7 @@ def stable_unit_loss(output_name: str, loss_name: str) -> sp.Expr:
 
     The result is an expression of the unit's pre-activation ``z``, its
     prediction ``a``, its target ``y`` (the symbols of
-    :mod:`symbptt.functions`) and :data:`LSE`, the log-sum-exp over the units.
+    :mod:`symbptt.expr.functions`) and :data:`LSE`, the log-sum-exp over the units.
 
     * A loss without a logarithm (squared error) is its definition, in ``a``.
     * Otherwise the loss is composed with the output layer and rewritten by
@@ -210,7 +210,7 @@ def _shortest(expr: sp.Expr) -> sp.Expr:
 
 
 def stable_loss_matrix(node: mexpr.OutputLoss) -> Any:
-    """The per-entry loss of an :class:`~symbptt.mexpr.OutputLoss` as a matrix expression.
+    """The per-entry loss of an :class:`~symbptt.expr.mexpr.OutputLoss` as a matrix expression.
 
     Its entries sum to the node's value; built by lifting
     :func:`stable_unit_loss` onto the node's matrices, times the node's weight
@@ -228,7 +228,7 @@ def stable_loss_matrix(node: mexpr.OutputLoss) -> Any:
 
 
 def _keep_log_forms(expr: sp.Basic, recurse: Callable[[sp.Basic], Any]) -> Any:
-    """A :func:`symbptt.functions.lift` hook: ``log(1 + exp(u))`` and ``log(1 + u)`` stay whole."""
+    """A :func:`symbptt.expr.functions.lift` hook: ``log(1 + exp(u))``, ``log(1 + u)`` kept."""
     if not isinstance(expr, sp.log) or not expr.free_symbols:
         return None
     (arg,) = expr.args

@@ -16,7 +16,7 @@ aa         003_0e8c7e6dd8507587.txt                 column  1..T  a(t) = f(w_aa 
 
 from __future__ import annotations
 
-from .model import Name, Notation, load_cell
+from . import Name, Notation, load_cell
 
 __all__ = ["NOTATIONS", "PARAM_ROLES", "SERIES_ROLES", "Notation", "Param", "Series"]
 

@@ -22,7 +22,7 @@ import numpy as np
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
-from . import functions, mexpr
+from ..expr import functions, mexpr
 
 __all__ = ["EVALUATE", "Evaluator", "evaluates"]
 
@@ -138,7 +138,7 @@ class Evaluator:
 Evaluation = Callable[[Evaluator, Any], Any]
 
 #: The evaluation table: SymPy node class -> its value from its children's (the
-#: counterpart of :data:`symbptt.rules.VJP`; ``tests/test_ops.py`` checks that every op
+#: counterpart of :data:`symbptt.core.rules.VJP`; ``tests/test_ops.py`` checks that every op
 #: with a rule has an evaluation and a printing in every printer).
 EVALUATE: dict[type, Evaluation] = {}
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .presets import PRESETS
-from .spec import ModelSpec
+from ..model.presets import PRESETS
+from ..model.spec import ModelSpec
 
 __all__ = ["SEED_FORMULAS", "SeedFormula", "for_spec"]
 

@@ -100,7 +100,7 @@ MAX_BATCH = 64
 
 def _choices() -> dict[str, tuple[str, ...]]:
     """CHOICES, with activations registered at run time allowed as hidden or output layers."""
-    from .functions import ACTIVATIONS
+    from ..expr.functions import ACTIVATIONS
 
     extra = tuple(name for name in ACTIVATIONS if name not in CHOICES["hidden"])
     return CHOICES | {
@@ -246,18 +246,18 @@ class ModelSpec:
             asked.append("batch_reduction='tokens'")
         raise SpecError(
             f"{stage}: a model with {', '.join(asked)} is not supported by this stage yet; "
-            "symbptt.derive and the scalar proof (symbptt.verify) take it"
+            "symbptt.derive and the scalar proof (symbptt.oracle.verify) take it"
         )
 
     @property
     def program(self) -> Any:
         """How this spec's layers and directions compose (:class:`symbptt.model.Program`)."""
-        from .model.compose import program
+        from .compose import program
 
         return program(self.layers, self.direction, self.masked)
 
     def _check_cell(self) -> Any:
-        from .model import Cell, cell_from_mapping, load_cell
+        from . import Cell, cell_from_mapping, load_cell
 
         cell = self.cell
         if hasattr(cell, "__fspath__"):
@@ -283,7 +283,7 @@ class ModelSpec:
     @property
     def model(self) -> Any:
         """The :class:`~symbptt.model.Cell` this spec's ``cell`` names (loaded once, cached)."""
-        from .model import load_cell
+        from . import load_cell
 
         if not isinstance(self.cell, str):
             return self.cell

@@ -7,7 +7,7 @@ registered in :data:`VJP` with the :func:`vjp` decorator; a node with no rule
 raises :class:`MissingRuleError` naming its op (there is no fallback).
 
 The output layer + loss rule uses the gradient SymPy derives from the two
-definitions (:func:`symbptt.functions.output_loss_gradient`): softmax +
+definitions (:func:`symbptt.expr.functions.output_loss_gradient`): softmax +
 cross-entropy and sigmoid + binary cross-entropy come out as ``a - y``; a
 pair that couples the units (softmax + squared error) chains the loss's
 derivative and the output's own rule.
@@ -21,7 +21,7 @@ from typing import Any
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
-from . import functions, mexpr
+from ..expr import functions, mexpr
 
 __all__ = ["VJP", "MissingRuleError", "vjp"]
 

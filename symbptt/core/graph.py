@@ -22,9 +22,9 @@ from typing import Any
 
 import sympy as sp
 
-from . import functions, mexpr
-from .model import HEAD_KEYS, Name, Notation, Unit, equations
-from .spec import ModelSpec, SpecError
+from ..expr import functions, mexpr
+from ..model import HEAD_KEYS, Name, Notation, Unit, equations
+from ..model.spec import ModelSpec, SpecError
 
 __all__ = ["T_SYMBOL", "Assignment", "Graph", "Symbols", "build_cell", "build_graph", "t_SYMBOL"]
 

@@ -19,11 +19,11 @@ import mpmath
 import numpy as np
 import sympy as sp
 
-from . import functions
-from .derive import Derivation, derive
-from .evaluate import Evaluator
-from .graph import Symbols
-from .spec import ModelSpec
+from ..core.derive import Derivation, derive
+from ..core.evaluate import Evaluator
+from ..core.graph import Symbols
+from ..expr import functions
+from ..model.spec import ModelSpec
 
 __all__ = ["DPS", "ScalarProof", "random_mask", "random_values", "scalar_loss", "scalar_proof"]
 

@@ -30,9 +30,9 @@ import sympy as sp
 from sympy.core.function import AppliedUndef
 from sympy.printing.latex import LatexPrinter
 
-from . import functions, mexpr
-from .graph import Symbols
-from .notation import Notation
+from ..core.graph import Symbols
+from ..expr import functions, mexpr
+from ..model.notation import Notation
 
 __all__ = [
     "BPTTLatexPrinter",

@@ -2,7 +2,7 @@
 
 :func:`backprop` walks a list of assignments backwards.  Each assignment's
 right-hand side is a small expression tree; the cotangent of its target is
-pushed through that tree with the rules of :mod:`symbptt.rules` (an explicit
+pushed through that tree with the rules of :mod:`symbptt.core.rules` (an explicit
 stack, no recursion), and what reaches a symbol is recorded as a
 contribution.  When the walk reaches an intermediate symbol, all its
 contributions are in (its consumers come later in the forward order), so its
@@ -23,10 +23,10 @@ from typing import Any
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
-from . import mexpr
+from ..expr import mexpr
+from ..model.spec import ModelSpec
 from .graph import T_SYMBOL, Assignment, Graph, Symbols, build_cell, build_graph, t_SYMBOL
 from .rules import rule_for
-from .spec import ModelSpec
 
 __all__ = ["Derivation", "StepForm", "backprop", "derive", "instantiate"]
 

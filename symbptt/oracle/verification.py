@@ -4,10 +4,10 @@ A document states what was verified, at which sizes.  The documents print
 those results but never run a proof themselves (imports flow one way: this
 module imports the oracles and the documents, not the reverse).
 
-* the scalar proof (:func:`symbptt.verify.scalar_proof`): every gradient entry
+* the scalar proof (:func:`symbptt.oracle.verify.scalar_proof`): every gradient entry
   against ``sympy.diff`` of the explicit unrolled loss, at small concrete
   sizes and T ≤ 3;
-* the numerical check (:func:`symbptt.gradcheck.gradcheck`): the generated
+* the numerical check (:func:`symbptt.oracle.gradcheck.gradcheck`): the generated
   module against central differences, at the spec's sizes (small defaults for
   sizes it leaves symbolic);
 * for the "hello" presets, a worked example (:func:`worked_example`): one
@@ -31,11 +31,12 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from . import documents, gradcheck
+from .. import documents
+from ..core.derive import Derivation
+from ..expr.exprlang import ExpressionError
+from ..model.spec import ModelSpec
+from . import gradcheck
 from . import verify as scalar_oracle
-from .derive import Derivation
-from .exprlang import ExpressionError
-from .spec import ModelSpec
 
 __all__ = [
     "Checks",
@@ -76,7 +77,7 @@ class WorkedExample:
 
 @dataclass(frozen=True)
 class SeedVerdict:
-    """One of a seed's own formulas (:mod:`symbptt.seed_formulas`) and the checker's verdict."""
+    """A seed's own formula (:mod:`symbptt.checker.seed_formulas`) and the checker's verdict."""
 
     id: str
     wrt: str
@@ -110,9 +111,9 @@ WORD, EXAMPLE_HIDDEN, EXAMPLE_SEED, EXAMPLE_GRID = "hello", 3, 20261130, 0.1
 def worked_example(derivation: Derivation) -> WorkedExample | None:
     """The "hello" example with numbers, for a one-state cell whose inputs and outputs are
     the four characters (one example, many-to-many, T < 5); None for any other spec."""
-    from .emit import emit_numpy, load_module
-    from .evaluate import Evaluator
-    from .presets import HELLO
+    from ..codegen.emit import emit_numpy, load_module
+    from ..core.evaluate import Evaluator
+    from ..model.presets import HELLO
 
     spec, graph = derivation.spec, derivation.graph
     n = len(HELLO)
@@ -179,8 +180,8 @@ def _norms(
 ) -> dict[float, tuple[float, ...]]:
     """``train.gradient_norms`` over NORM_STEPS random characters, for each scale of the
     recurrent weight: how far back the last step's loss reaches."""
-    from .presets import HELLO
-    from .train import gradient_norms
+    from ..model.presets import HELLO
+    from ..train import gradient_norms
 
     eye = np.eye(len(HELLO))
     chars = rng.integers(0, len(HELLO), size=NORM_STEPS + 1)
@@ -239,8 +240,8 @@ def _numerical_sizes(spec: ModelSpec) -> tuple[tuple[str, int], ...]:
 
 def seed_checks(spec: ModelSpec) -> tuple[SeedVerdict, ...]:
     """Every seed formula written for exactly ``spec``, run through :func:`symbptt.check`."""
-    from .check import check
-    from .seed_formulas import for_spec
+    from ..checker import check
+    from ..checker.seed_formulas import for_spec
 
     out = []
     for entry in for_spec(spec):
@@ -281,7 +282,7 @@ def run_checks(source: ModelSpec | Derivation, module: ModuleType | None = None)
     except Exception as exc:  # reported in the document
         proof_error = f"{type(exc).__name__}: {exc}"
     try:
-        from .codegen.numpy_composed import takes
+        from ..codegen.numpy_composed import takes
 
         checked = source if module is None else module
         unrolled = module is None and bool(takes(spec))  # the rolled module refuses it

@@ -356,14 +356,14 @@ def gradcheck(
 ) -> GradcheckResult:
     """Central finite differences of the generated module of ``model`` (float64).
 
-    ``model`` is a :class:`~symbptt.spec.ModelSpec`, a
-    :class:`~symbptt.derive.Derivation` or a generated module; ``steps`` (the
+    ``model`` is a :class:`~symbptt.model.spec.ModelSpec`, a
+    :class:`~symbptt.core.derive.Derivation` or a generated module; ``steps`` (the
     spec's by default) and ``batch`` size the random problem.
     """
     if isinstance(model, ModuleType):
         module = model
     else:
-        from .emit import emit_numpy, load_module
+        from ..codegen.emit import emit_numpy, load_module
 
         module = load_module(emit_numpy(model, unrolled=unrolled))
     problem = random_problem(module, steps=steps, batch=batch, rng=rng)

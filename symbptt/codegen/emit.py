@@ -22,10 +22,10 @@ import linecache
 import sys
 from types import CodeType, ModuleType
 
-from .codegen import RowForm, emit_numpy
-from .codegen.numpy_module import emission_derivation, emit_jax, emit_torch
-from .derive import Derivation
-from .spec import ModelSpec
+from ..core.derive import Derivation
+from ..model.spec import ModelSpec
+from . import RowForm, emit_numpy
+from .numpy_module import emission_derivation, emit_jax, emit_torch
 
 __all__ = [
     "BACKENDS",

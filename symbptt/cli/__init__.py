@@ -1,0 +1,5 @@
+"""The ``symbptt`` command (also ``python -m symbptt``)."""
+
+from .commands import main
+
+__all__ = ["main"]
