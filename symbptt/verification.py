@@ -4,9 +4,11 @@ A document states what was verified, at which sizes.  The documents print
 those results but never run a proof themselves (imports flow one way: this
 module imports the oracles and the documents, not the reverse).
 
-* the scalar proof (:func:`symbptt.verify.scalar_proof`): every gradient entry
-  against ``sympy.diff`` of the explicit unrolled loss, at small concrete
-  sizes and T ≤ 3;
+* the scalar proof (:func:`symbptt.verify.direction_proof`): ``sympy.diff`` of the
+  explicit unrolled loss along one random direction of all the parameters, against
+  the derivation's gradients weighted by that direction, at small concrete sizes —
+  at the document's own T (up to :data:`OWN_STEPS`, a one-state cell), on the
+  document's own derivation, its symbolic sizes set to the proof's;
 * the numerical check (:func:`symbptt.gradcheck.gradcheck`): the generated
   module against central differences, at the spec's sizes (small defaults for
   sizes it leaves symbolic);
@@ -100,6 +102,7 @@ class Checks:
     numerical_sizes: tuple[tuple[str, int], ...]  # (n_in, n_hidden, n_out, batch, steps)
     example: WorkedExample | None = None  # the "hello" presets: numbers, checked
     seeds: tuple[SeedVerdict, ...] = ()  # the seed's own formulas for this spec, checked
+    proof_own: bool = False  # the proof checked the document's own derivation (same T)
 
 
 #: The word of the seeds' example and the hidden size a worked example uses when the
@@ -192,8 +195,21 @@ def _norms(
     return out
 
 
+#: The scalar proof runs at the document's own T up to this many steps (an Elman cell);
+#: beyond, at PROOF_STEPS.  The explicit unrolled loss grows about exponentially with T
+#: (xh "hello", n_1 = 2, one direction: T = 4 about 1 s here, T = 5 several).
+OWN_STEPS, PROOF_STEPS = 4, 3
+#: The largest input and output sizes the proof takes from a document (n_0, n_2).
+PROOF_WIDTH = 4
+
+
 def proof_spec(spec: ModelSpec) -> ModelSpec:
     """The spec at the small concrete sizes the scalar proof runs at.
+
+    A one-state cell (Elman) keeps the document's T up to :data:`OWN_STEPS` and
+    its input and output sizes up to :data:`PROOF_WIDTH`; a size the document
+    leaves symbolic is 2, the hidden size at most 2, the batch at most 2.  A
+    gated cell runs at T ≤ 3 with n_0, n_2 ≤ 3 (its explicit loss is far larger).
 
     A composed model's explicit unrolled loss grows with every unit: its proof runs
     at two steps, one input unit, and one hidden unit for a cell with more equations
@@ -210,14 +226,21 @@ def proof_spec(spec: ModelSpec) -> ModelSpec:
             n_out=min(spec.n_out or 2, 2),
             batch=min(spec.batch or 2, 2),
         )
+    one_state = len(spec.model.equations) <= 2
+    steps = spec.steps if one_state and spec.steps <= OWN_STEPS else min(spec.steps, PROOF_STEPS)
+    width = PROOF_WIDTH if one_state else 3
     return replace(
         spec,
-        steps=min(spec.steps, 3),
-        n_in=min(spec.n_in or 2, 3),
+        steps=steps,
+        n_in=min(spec.n_in or 2, width),
         n_hidden=min(spec.n_hidden or 2, 2),
-        n_out=min(spec.n_out or 2, 3),
+        n_out=min(spec.n_out or 2, width),
         batch=min(spec.batch or 2, 2),
     )
+
+
+#: The sizes a spec may leave symbolic.
+_SIZES = ("n_in", "n_hidden", "n_out", "batch")
 
 
 def _seed(spec: ModelSpec) -> int:
@@ -272,24 +295,29 @@ def run_checks(source: ModelSpec | Derivation, module: ModuleType | None = None)
     ``module``: the generated NumPy module of ``source`` when the caller has it already
     (``symbptt derive`` does), so that it is not derived and printed a second time.
     """
-    spec = source.spec if isinstance(source, Derivation) else source
+    derivation = documents.as_derivation(source)  # derived once, here, when a spec is given
+    spec = derivation.spec
     small = proof_spec(spec)
     proof = numerical = None
     proof_error = numerical_error = None
+    # the document's own derivation when the proof runs at its T (its sizes, symbolic
+    # or not, are set to the proof's): what is proven is what is printed
+    same = all(getattr(spec, k) in (None, getattr(small, k)) for k in _SIZES)
+    own = derivation if same and small.steps == spec.steps else None
     try:
-        proof = scalar_oracle.scalar_proof(small, np.random.default_rng(_seed(spec)))
+        proof = scalar_oracle.direction_proof(small, np.random.default_rng(_seed(spec)), own)
     except Exception as exc:  # reported in the document
         proof_error = f"{type(exc).__name__}: {exc}"
     try:
         from .codegen.numpy_composed import takes
 
-        checked = source if module is None else module
+        checked = derivation if module is None else module
         unrolled = module is None and bool(takes(spec))  # the rolled module refuses it
         rng = np.random.default_rng(_seed(spec))
         numerical = gradcheck.gradcheck(checked, rng, unrolled=unrolled)
     except Exception as exc:  # reported in the document
         numerical_error = f"{type(exc).__name__}: {exc}"
-    example = None if spec.composed else worked_example(documents.as_derivation(source))
+    example = None if spec.composed else worked_example(derivation)
     seeds = () if spec.composed else seed_checks(spec)
     return Checks(
         small,
@@ -300,6 +328,7 @@ def run_checks(source: ModelSpec | Derivation, module: ModuleType | None = None)
         _numerical_sizes(spec),
         example,
         seeds,
+        proof_own=own is not None,
     )
 
 

@@ -172,37 +172,46 @@ def test_time_mean_in_the_table_matches_the_loss(mode: str) -> None:
 
 
 # -- 5. "Verified" says at which sizes, and claims nothing more ---------------------------
-def _checks(spec: ModelSpec) -> Checks:
+def _checks(spec: ModelSpec, direction: bool = True) -> Checks:
     """Results as the verifying stage hands them over (the proof's own sizes, no run)."""
     small = proof_spec(spec)
     return Checks(
         small,
-        ScalarProof(small, 16, 1e-31, 30),
+        ScalarProof(small, 16, 1e-31, 30, direction=direction),
         None,
         None,
         "not run in this test",
         _numerical_sizes(spec),
+        proof_own=small.steps == spec.steps,
     )
 
 
 @pytest.mark.parametrize(
     ("spec", "larger", "symbolic"),
     [
-        (ModelSpec(steps=4), ["$T = 4$"], ["n_{0}", "n_{1}", "n_{2}", "m"]),
+        (ModelSpec(steps=4), [], ["n_{0}", "n_{1}", "n_{2}", "m"]),
+        (ModelSpec(steps=6), ["$T = 6$"], ["n_{0}", "n_{1}", "n_{2}", "m"]),
         (ModelSpec(steps=2, n_in=2, n_hidden=2, n_out=2, batch=2), [], []),
         (
-            ModelSpec(steps=10, n_in=4, n_hidden=5, n_out=2, batch=1),
-            ["n_{0} = 4", "n_{1} = 5", "T = 10"],
+            ModelSpec(steps=10, n_in=6, n_hidden=5, n_out=2, batch=1),
+            ["n_{0} = 6", "n_{1} = 5", "T = 10"],
             [],
         ),
     ],
 )
+@pytest.mark.parametrize("direction", [True, False], ids=["direction", "entries"])
 def test_verified_says_which_of_the_documents_sizes_the_proof_ran_at(
-    spec: ModelSpec, larger: list[str], symbolic: list[str]
+    spec: ModelSpec, larger: list[str], symbolic: list[str], direction: bool
 ) -> None:
-    checks = _checks(spec)
+    checks = _checks(spec, direction)
     for text in render_documents(spec, checks=checks):
         section = text.split("Scalar differentiation proof")[1].split("Numerical check")[0]
+        if direction:
+            assert "along one random direction" in section
+            own = "from this document's own derivation" in " ".join(section.split())
+            assert own is (checks.proof_spec.steps == spec.steps), section
+        else:
+            assert "random direction" not in section
         sizes = section.split("every entry of")[0]
         for name in ("n_in", "n_hidden", "n_out", "batch", "steps"):
             value = getattr(checks.proof_spec, name)

@@ -1795,6 +1795,8 @@ class _Writer:
             "digits": proof.digits,
             "tolerance": rf"10^{{-{proof.digits - 5}}}",
             "ok": proof.ok,
+            "direction": proof.direction,  # one random direction, not entry by entry
+            "own": checks.proof_own,  # this document's derivation, not one at the proof's T
         }
 
     def _numerical_check(self) -> dict[str, Any]:
