@@ -88,6 +88,9 @@ class SeedVerdict:
     where: tuple[str, ...] = ()
     mistakes: tuple[str, ...] = ()  # the named mistakes it matches
     reason: str = ""  # why it was refused, or why its shape cannot match
+    #: the spec fields the check ran with that differ from the document's (the seed's
+    #: setting: 000 one example, 002 no 1/m), e.g. (("batch", 1),); () for the same spec
+    setting: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -261,17 +264,33 @@ def _numerical_sizes(spec: ModelSpec) -> tuple[tuple[str, int], ...]:
 
 
 def seed_checks(spec: ModelSpec) -> tuple[SeedVerdict, ...]:
-    """Every seed formula written for exactly ``spec``, run through :func:`symbptt.check`."""
+    """The seed formulas a document of ``spec`` shows (:func:`symbptt.seed_formulas.for_spec`),
+    each run through :func:`symbptt.check` at the formula's own spec; a refused one gets
+    the correct formula too."""
     from .check import check
+    from .checker.formulas import correct_formula
     from .seed_formulas import for_spec
 
     out = []
     for entry in for_spec(spec):
+        setting = entry.fields if entry.spec != spec else ()
         try:
-            result = check(spec, entry.wrt, entry.formula)
+            result = check(entry.spec, entry.wrt, entry.formula)
         except ExpressionError as exc:  # shapes that cannot fit, a step outside the model
             reason = str(exc).splitlines()[0]
-            out.append(SeedVerdict(entry.id, entry.wrt, entry.formula, "REFUSED", reason=reason))
+            right = correct_formula(entry.spec, entry.wrt)
+            out.append(
+                SeedVerdict(
+                    entry.id,
+                    entry.wrt,
+                    entry.formula,
+                    "REFUSED",
+                    correct=str(right.gradient),
+                    where=tuple(right.where),
+                    reason=reason,
+                    setting=setting,
+                )
+            )
             continue
         shape = next((note for note in result.notes if "shape" in note), "")
         out.append(
@@ -284,6 +303,7 @@ def seed_checks(spec: ModelSpec) -> tuple[SeedVerdict, ...]:
                 where=tuple(result.formula.where),
                 mistakes=tuple(m.description for m in result.mistakes),
                 reason=shape if result.shape_mismatch else "",
+                setting=setting,
             )
         )
     return tuple(out)

@@ -576,9 +576,14 @@ def test_measured_gradient_norms_are_plotted_and_listed() -> None:
 
 
 # -- the seed's own formulas, checked ----------------------------------------------------
-@pytest.mark.parametrize("preset", ["xh_hello", "aa_hello"])
+@pytest.mark.parametrize(
+    "preset",
+    ["xh_hello", "aa_hello", "uvw_mean", "layered_many_to_many", "layered_many_to_one"],
+)
 def test_the_seeds_formulas_are_printed_with_the_checkers_verdicts(preset: str) -> None:
-    """Every formula the seed writes for this preset, with the verdict symbptt.check gives."""
+    """Every formula the seed writes for this preset, with the verdict symbptt.check gives
+    at the formula's own spec (000: one example, 002: no 1/m; the document says so), and
+    the correct formula beside every one that is not equal or refused."""
     from dataclasses import replace
 
     from symbptt.check import check
@@ -594,14 +599,24 @@ def test_the_seeds_formulas_are_printed_with_the_checkers_verdicts(preset: str) 
     tex, md = render_documents(spec, checks=checks)
     for text, esc, code in ((tex, escape_tex, escape_tex), (md, escape_markdown, str)):
         verified = text[text.index("Verified") :]
-        for seed in found:
-            assert f"{seed.verdict}" in verified and code(seed.formula) in verified, seed.id
+        items = verified.split(r"\item[")[1:] if text is tex else verified.split("\n- ")[1:]
+        assert len(items) == len(found)
+        for seed, item in zip(found, items, strict=True):
+            assert f"{seed.verdict}" in item and code(seed.formula) in item, seed.id
             for mistake in seed.mistakes:
-                assert esc(mistake) in verified
-    # the verdicts are the checker's own (EQUAL where it proves the formula)
+                assert esc(mistake) in item
+            assert ("Correct:" in item) is (seed.verdict != "EQUAL"), item
+            assert ("Checked on this model with" in item) is bool(seed.setting), item
+            if ("batch", 1) in seed.setting:
+                assert "$m = 1$" in item
+            if ("batch_reduction", "sum") in seed.setting:
+                assert "summed over the batch" in item
+    # the verdicts are the checker's own (EQUAL where it proves the formula), each at the
+    # formula's own spec: the document's, or the seed's variant of it
     for seed, entry in zip(found, entries, strict=True):
+        assert seed.setting == (() if entry.spec == spec else entry.fields)
         if seed.verdict != "REFUSED":
-            assert (seed.verdict == "EQUAL") is check(spec, entry.wrt, entry.formula).ok
+            assert (seed.verdict == "EQUAL") is check(entry.spec, entry.wrt, entry.formula).ok
 
 
 def test_a_document_without_seed_formulas_has_no_such_paragraph() -> None:

@@ -1760,9 +1760,23 @@ class _Writer:
                     "where": list(found.where),
                     "mistakes": list(found.mistakes),
                     "reason": found.reason,
+                    "setting": self._seed_setting(found.setting),
                 }
             )
         return out
+
+    def _seed_setting(self, fields: Sequence[tuple[str, Any]]) -> list[str]:
+        """The fields a seed formula was checked with that differ from this document's spec,
+        in words (math in ``$…$``, the same in LaTeX and Markdown)."""
+        words = []
+        for field, value in fields:
+            if field in _SIZE_SYMBOLS:
+                words.append(f"${self._sizes_tex([(field, value)])[0]}$")
+            elif field == "batch_reduction" and value == "sum":
+                words.append(r"the losses summed over the batch (no $1/m$)")
+            else:
+                words.append(f"{field} = {value}")
+        return words
 
     def _sizes_tex(self, sizes: Sequence[tuple[str, int | None]]) -> list[str]:
         return [rf"{self.tex(sp.Symbol(_SIZE_SYMBOLS[n]))} = {v}" for n, v in sizes]
