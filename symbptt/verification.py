@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
@@ -44,6 +45,7 @@ __all__ = [
     "SeedVerdict",
     "WorkedExample",
     "build_pdf",
+    "formula_checks",
     "proof_spec",
     "render_latex",
     "render_markdown",
@@ -106,6 +108,8 @@ class Checks:
     example: WorkedExample | None = None  # the "hello" presets: numbers, checked
     seeds: tuple[SeedVerdict, ...] = ()  # the seed's own formulas for this spec, checked
     proof_own: bool = False  # the proof checked the document's own derivation (same T)
+    user: tuple[SeedVerdict, ...] = ()  # the user's formulas (symbptt derive --check FILE)
+    user_file: str = ""  # that file's name
 
 
 #: The word of the seeds' example and the hidden size a worked example uses when the
@@ -263,11 +267,29 @@ def _numerical_sizes(spec: ModelSpec) -> tuple[tuple[str, int], ...]:
     )
 
 
+def _verdict(spec: ModelSpec, id: str, wrt: str, formula: str) -> SeedVerdict:
+    """``formula`` for ``wrt`` run through :func:`symbptt.check` at ``spec``
+    (an :class:`ExpressionError` propagates)."""
+    from .check import check
+
+    result = check(spec, wrt, formula)
+    shape = next((note for note in result.notes if "shape" in note), "")
+    return SeedVerdict(
+        id,
+        wrt,
+        formula,
+        "EQUAL" if result.ok else "NOT EQUAL",
+        correct=str(result.formula.gradient),
+        where=tuple(result.formula.where),
+        mistakes=tuple(m.description for m in result.mistakes),
+        reason=shape if result.shape_mismatch else "",
+    )
+
+
 def seed_checks(spec: ModelSpec) -> tuple[SeedVerdict, ...]:
     """The seed formulas a document of ``spec`` shows (:func:`symbptt.seed_formulas.for_spec`),
     each run through :func:`symbptt.check` at the formula's own spec; a refused one gets
     the correct formula too."""
-    from .check import check
     from .checker.formulas import correct_formula
     from .seed_formulas import for_spec
 
@@ -275,45 +297,42 @@ def seed_checks(spec: ModelSpec) -> tuple[SeedVerdict, ...]:
     for entry in for_spec(spec):
         setting = entry.fields if entry.spec != spec else ()
         try:
-            result = check(entry.spec, entry.wrt, entry.formula)
+            found = _verdict(entry.spec, entry.id, entry.wrt, entry.formula)
         except ExpressionError as exc:  # shapes that cannot fit, a step outside the model
-            reason = str(exc).splitlines()[0]
             right = correct_formula(entry.spec, entry.wrt)
-            out.append(
-                SeedVerdict(
-                    entry.id,
-                    entry.wrt,
-                    entry.formula,
-                    "REFUSED",
-                    correct=str(right.gradient),
-                    where=tuple(right.where),
-                    reason=reason,
-                    setting=setting,
-                )
-            )
-            continue
-        shape = next((note for note in result.notes if "shape" in note), "")
-        out.append(
-            SeedVerdict(
+            found = SeedVerdict(
                 entry.id,
                 entry.wrt,
                 entry.formula,
-                "EQUAL" if result.ok else "NOT EQUAL",
-                correct=str(result.formula.gradient),
-                where=tuple(result.formula.where),
-                mistakes=tuple(m.description for m in result.mistakes),
-                reason=shape if result.shape_mismatch else "",
-                setting=setting,
+                "REFUSED",
+                correct=str(right.gradient),
+                where=tuple(right.where),
+                reason=str(exc).splitlines()[0],
             )
-        )
+        out.append(replace(found, setting=setting))
     return tuple(out)
 
 
-def run_checks(source: ModelSpec | Derivation, module: ModuleType | None = None) -> Checks:
+def formula_checks(spec: ModelSpec, formulas: Sequence[tuple[str, str]]) -> tuple[SeedVerdict, ...]:
+    """The user's formulas ((parameter, formula) pairs, ``symbptt derive --check FILE``),
+    each run through :func:`symbptt.check`.  A formula the checker cannot read raises
+    :class:`ExpressionError` (the command says which, and writes nothing)."""
+    return tuple(_verdict(spec, f"user-{wrt}", wrt, formula) for wrt, formula in formulas)
+
+
+def run_checks(
+    source: ModelSpec | Derivation,
+    module: ModuleType | None = None,
+    *,
+    user: tuple[SeedVerdict, ...] = (),
+    user_file: str = "",
+) -> Checks:
     """Run both checks for ``source``; a check that fails to run is reported, not hidden.
 
     ``module``: the generated NumPy module of ``source`` when the caller has it already
     (``symbptt derive`` does), so that it is not derived and printed a second time.
+    ``user``: the verdicts of :func:`formula_checks` on the file ``user_file``
+    (``symbptt derive --check``, which runs them first), handed to the documents.
     """
     derivation = documents.as_derivation(source)  # derived once, here, when a spec is given
     spec = derivation.spec
@@ -349,6 +368,8 @@ def run_checks(source: ModelSpec | Derivation, module: ModuleType | None = None)
         example,
         seeds,
         proof_own=own is not None,
+        user=user,
+        user_file=user_file,
     )
 
 

@@ -63,7 +63,7 @@ from .layout import (
 )
 
 if TYPE_CHECKING:  # the results only: documents never run a check
-    from ..verification import Checks
+    from ..verification import Checks, SeedVerdict
 
 
 #: How the documents write the spec's sizes.
@@ -1737,19 +1737,21 @@ class _Writer:
     # -- 8. verified ------------------------------------------------------------------
     def verified(self) -> dict[str, Any]:
         if self.checks is None:
-            return {"ran": False, "scalar": None, "numerical": None, "seeds": []}
+            return {"ran": False, "scalar": None, "numerical": None, "seeds": [], "user": []}
         return {
             "ran": True,
             "scalar": self._scalar_check(),
             "numerical": self._numerical_check(),
-            "seeds": self._seed_checks(),
+            "seeds": self._seed_checks(self.checks.seeds),
+            "user": self._seed_checks(self.checks.user),
+            "user_file": self.checks.user_file,
         }
 
-    def _seed_checks(self) -> list[dict[str, Any]]:
-        """The seed's own formulas for this model and the checker's verdicts (in order)."""
-        assert self.checks is not None
+    def _seed_checks(self, verdicts: Sequence[SeedVerdict]) -> list[dict[str, Any]]:
+        """Formulas (the seed's own, or the user's ``--check`` file) and the checker's
+        verdicts, in order."""
         out = []
-        for found in self.checks.seeds:
+        for found in verdicts:
             name = self._leaf_name(found.wrt, self.d.roles.get(found.wrt, ""))
             out.append(
                 {
