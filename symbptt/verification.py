@@ -203,9 +203,10 @@ def _norms(
 
 
 #: The scalar proof runs at the document's own T up to this many steps (an Elman cell);
-#: beyond, at PROOF_STEPS.  The explicit unrolled loss grows about exponentially with T
-#: (xh "hello", n_1 = 2, one direction: T = 4 about 1 s here, T = 5 several).
-OWN_STEPS, PROOF_STEPS = 4, 3
+#: beyond, at PROOF_STEPS (a gated cell: GATED_STEPS).  The explicit unrolled loss grows
+#: about exponentially with T (CPU seconds here, one direction, n_1 = 2: xh "hello"
+#: T = 4 about 1; GRU T = 2 10, T = 3 128; LSTM T = 2 9, entry by entry 11).
+OWN_STEPS, PROOF_STEPS, GATED_STEPS = 4, 3, 2
 #: The largest input and output sizes the proof takes from a document (n_0, n_2).
 PROOF_WIDTH = 4
 
@@ -216,7 +217,7 @@ def proof_spec(spec: ModelSpec) -> ModelSpec:
     A one-state cell (Elman) keeps the document's T up to :data:`OWN_STEPS` and
     its input and output sizes up to :data:`PROOF_WIDTH`; a size the document
     leaves symbolic is 2, the hidden size at most 2, the batch at most 2.  A
-    gated cell runs at T ≤ 3 with n_0, n_2 ≤ 3 (its explicit loss is far larger).
+    gated cell runs at T ≤ 2 with n_0, n_2 ≤ 3 (its explicit loss is far larger).
 
     A composed model's explicit unrolled loss grows with every unit: its proof runs
     at two steps, one input unit, and one hidden unit for a cell with more equations
@@ -234,7 +235,10 @@ def proof_spec(spec: ModelSpec) -> ModelSpec:
             batch=min(spec.batch or 2, 2),
         )
     one_state = len(spec.model.equations) <= 2
-    steps = spec.steps if one_state and spec.steps <= OWN_STEPS else min(spec.steps, PROOF_STEPS)
+    if one_state:
+        steps = spec.steps if spec.steps <= OWN_STEPS else min(spec.steps, PROOF_STEPS)
+    else:
+        steps = min(spec.steps, GATED_STEPS)
     width = PROOF_WIDTH if one_state else 3
     return replace(
         spec,
