@@ -623,3 +623,27 @@ def test_a_document_without_seed_formulas_has_no_such_paragraph() -> None:
     spec = ModelSpec(steps=3)
     tex = render_latex(spec, checks=_checks(spec))
     assert "seed's own formulas" not in tex
+
+
+@pytest.mark.parametrize("preset", ["xh_hello", "gru_layered"])
+def test_the_users_formulas_are_printed_after_the_seeds(preset: str) -> None:
+    """``symbptt derive --check FILE``: the user's formulas in every cell's document, each
+    with the checker's verdict, in their own paragraph after the seed's."""
+    from dataclasses import replace
+
+    from symbptt.presets import PRESETS
+    from symbptt.verification import formula_checks
+
+    spec = PRESETS[preset]
+    wrt, right = ("W_hh", "sum_t(delta[t] @ h[t-1].T)")
+    if preset == "gru_layered":
+        wrt, right = ("b_z", "(ones(1, m) @ sum_t(delta_Z[t])).T")
+    user = formula_checks(spec, [(wrt, right), (wrt, f"2 * {right}")])
+    assert [u.verdict for u in user] == ["EQUAL", "NOT EQUAL"]
+    checks = replace(_checks(spec), user=user, user_file="mine.toml")
+    for text, code in zip(render_documents(spec, checks=checks), (escape_tex, str), strict=True):
+        mine = text.split("Your formulas.")[1]
+        assert "mine.toml" in mine and code(right) in mine and code(f"2 * {right}") in mine
+        assert "EQUAL" in mine and "NOT EQUAL" in mine and "Correct:" in mine
+        assert text.index("Your formulas.") > text.index("Numerical check of the generated code")
+    assert "Your formulas" not in render_documents(spec, checks=_checks(spec))[1]
