@@ -524,8 +524,9 @@ def test_derive_writes_code_and_documents(
 def test_derive_derives_each_spec_once(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The user's spec, the code's (symbolic sizes, h0 an input) and the proof's small one:
-    each derived once; the documents' numerical check reuses the code just printed."""
+    """The user's spec and the code's (symbolic sizes, h0 an input): each derived once;
+    the scalar proof runs on the user's own derivation (its T is small: its symbolic
+    sizes are set to the proof's), and the numerical check on the code just printed."""
     stage = sys.modules["symbptt.core.derive"]
     real, calls = stage.derive, []
 
@@ -538,7 +539,7 @@ def test_derive_derives_each_spec_once(
             monkeypatch.setattr(module, "derive", counted)
     code, _, err = run(["derive", *QUICK, "--out", str(tmp_path / "out"), "--no-pdf"], capsys)
     assert code == 0, err
-    assert len(calls) == 3 and len(set(calls)) == 3, calls
+    assert len(calls) == 2 and len(set(calls)) == 2, calls
 
 
 def test_derive_from_config_with_flag_override(
@@ -1211,3 +1212,99 @@ def test_check_names_lists_every_cells_names(capsys: pytest.CaptureFixture[str])
     code, _, err = run(["check", "--names", "x[1]"], capsys)
     assert code == 2
     assert_one_line_error(err, "--names takes no EXPR")
+
+
+# -- derive --check FILE: the user's own formulas in the documents --------------------------
+def test_derive_check_prints_each_formula_with_its_verdict(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    formulas = write(
+        tmp_path / "mine.toml",
+        '[formulas]\nW_hh = "sum_t(delta[t] @ h[t-1].T)"\nb_h = "sum_t(delta[t]) / 2"\n',
+    )
+    out = tmp_path / "out"
+    argv = ["derive", *QUICK, "--out", str(out), "--no-pdf", "--check", str(formulas)]
+    code, stdout, err = run(argv, capsys)
+    assert code == 0, err
+    assert "your formulas (mine.toml" in stdout
+    assert re.search(r"W_hh +EQUAL\n", stdout) and re.search(r"b_h +NOT EQUAL\n", stdout)
+    from symbptt.check import check
+
+    spec = ModelSpec(steps=2, hidden="identity", output="identity", loss="squared_error")
+    wrong = check(spec, "b_h", "sum_t(delta[t]) / 2")  # the checker's own verdict
+    assert not wrong.ok and check(spec, "W_hh", "sum_t(delta[t] @ h[t-1].T)").ok
+    md = (out / "derivation.md").read_text()
+    mine = md.split("**Your formulas.**")[1]
+    assert "`mine.toml`" in mine
+    assert "**EQUAL**. `sum_t(delta[t] @ h[t-1].T)`" in mine
+    assert "**NOT EQUAL**. `sum_t(delta[t]) / 2`" in mine
+    assert f"Correct: `{wrong.formula.gradient}`" in mine
+    tex = (out / "derivation.tex").read_text()
+    assert r"\paragraph{Your formulas.}" in tex and r"\texttt{mine.toml}" in tex
+    # the JSON report carries the verdicts too
+    out2 = tmp_path / "out2"
+    argv = ["derive", *QUICK, "--out", str(out2), "--no-pdf", "--check", str(formulas)]
+    code, stdout, err = run([*argv, "--json"], capsys)
+    assert code == 0, err
+    verdicts = [(f["wrt"], f["verdict"]) for f in json.loads(stdout)["formulas"]]
+    assert verdicts == [("W_hh", "EQUAL"), ("b_h", "NOT EQUAL")]
+
+
+@pytest.mark.parametrize(
+    ("text", "needles"),
+    [
+        (None, ("cannot be read",)),
+        ("[formulas\n", ("not TOML",)),
+        ('W_hh = "h[1]"\n', ("unexpected key 'W_hh'", "[formulas]")),
+        ("[other]\n", ("unexpected key 'other'",)),
+        ("[formulas]\n", ("[formulas] is empty",)),
+        ("[formulas]\nW_hh = 3\n", ("formulas.W_hh", "expected a string", "got int")),
+        ('[formulas]\nW_hh = "  "\n', ("formulas.W_hh", "empty")),
+        ('[formulas]\nW_zz = "h[1]"\n', ("formulas.W_zz", "no gradient named 'W_zz'")),
+        ('[formulas]\nW_hh = "sum_t(h[t"\n', ("formulas.W_hh", "syntax error")),
+        ("[formulas]\nW_hh = \"__import__('os')\"\n", ("formulas.W_hh",)),
+        (b'[formulas]\nW_hh = "\xff"\n', ("cannot be read",)),
+    ],
+    ids=[
+        "missing",
+        "not-toml",
+        "no-table",
+        "other-table",
+        "empty",
+        "not-a-string",
+        "blank",
+        "no-such-parameter",
+        "syntax",
+        "code",
+        "not-utf8",
+    ],
+)
+def test_derive_check_bad_file_is_one_line_exit_2_nothing_written(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    text: str | bytes | None,
+    needles: tuple[str, ...],
+) -> None:
+    path = tmp_path / "formulas.toml"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    elif text is not None:
+        write(path, text)
+    out = tmp_path / "out"
+    argv = ["derive", *QUICK, "--out", str(out), "--no-pdf", "--check", str(path)]
+    code, _, err = run(argv, capsys)
+    assert code == 2
+    assert_one_line_error(err, "--check", *needles)
+    assert not out.exists()
+
+
+def test_derive_check_refuses_a_composed_model(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = write(tmp_path / "f.toml", '[formulas]\nW_hh = "h[1]"\n')
+    out = tmp_path / "out"
+    argv = ["derive", "--layers", "2", "--out", str(out), "--no-pdf", "--check", str(path)]
+    code, _, err = run(argv, capsys)
+    assert code == 2
+    assert_one_line_error(err, "--check", "symbptt check")
+    assert not out.exists()

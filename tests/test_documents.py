@@ -607,7 +607,7 @@ def test_a_check_that_cannot_run_is_reported(monkeypatch: pytest.MonkeyPatch) ->
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("no oracle for 50% & more")
 
-    monkeypatch.setattr(symbptt.oracle.verify, "scalar_proof", broken)
+    monkeypatch.setattr(symbptt.oracle.verify, "direction_proof", broken)
     tex, md = render_documents(PRESETS["xh_hello"], checks=run_checks(PRESETS["xh_hello"]))
     assert r"Could not be run: RuntimeError: no oracle for 50\% \& more." in tex
     assert "Could not be run: RuntimeError: no oracle for 50% &amp; more." in md
@@ -625,7 +625,7 @@ def test_a_failing_numerical_check_says_failed(monkeypatch: pytest.MonkeyPatch) 
         raise RuntimeError("skipped here")
 
     monkeypatch.setattr(symbptt.oracle.gradcheck, "gradcheck", failing)
-    monkeypatch.setattr(symbptt.oracle.verify, "scalar_proof", no_proof)
+    monkeypatch.setattr(symbptt.oracle.verify, "direction_proof", no_proof)
     tex, md = render_documents(PRESETS["xh_hello"], checks=run_checks(PRESETS["xh_hello"]))
     for text in (tex, md):
         section = text.rsplit("Numerical check of the generated code", 1)[1]
@@ -641,7 +641,7 @@ def test_a_numerical_check_that_raises_is_reported(monkeypatch: pytest.MonkeyPat
         raise ValueError("no module")
 
     monkeypatch.setattr(symbptt.oracle.gradcheck, "gradcheck", broken)
-    monkeypatch.setattr(symbptt.oracle.verify, "scalar_proof", broken)
+    monkeypatch.setattr(symbptt.oracle.verify, "direction_proof", broken)
     tex = render_latex(PRESETS["xh_hello"], checks=run_checks(PRESETS["xh_hello"]))
     section = tex.rsplit("Numerical check of the generated code", 1)[1]
     assert "Could not be run: ValueError: no module." in section

@@ -172,37 +172,46 @@ def test_time_mean_in_the_table_matches_the_loss(mode: str) -> None:
 
 
 # -- 5. "Verified" says at which sizes, and claims nothing more ---------------------------
-def _checks(spec: ModelSpec) -> Checks:
+def _checks(spec: ModelSpec, direction: bool = True) -> Checks:
     """Results as the verifying stage hands them over (the proof's own sizes, no run)."""
     small = proof_spec(spec)
     return Checks(
         small,
-        ScalarProof(small, 16, 1e-31, 30),
+        ScalarProof(small, 16, 1e-31, 30, direction=direction),
         None,
         None,
         "not run in this test",
         _numerical_sizes(spec),
+        proof_own=small.steps == spec.steps,
     )
 
 
 @pytest.mark.parametrize(
     ("spec", "larger", "symbolic"),
     [
-        (ModelSpec(steps=4), ["$T = 4$"], ["n_{0}", "n_{1}", "n_{2}", "m"]),
+        (ModelSpec(steps=4), [], ["n_{0}", "n_{1}", "n_{2}", "m"]),
+        (ModelSpec(steps=6), ["$T = 6$"], ["n_{0}", "n_{1}", "n_{2}", "m"]),
         (ModelSpec(steps=2, n_in=2, n_hidden=2, n_out=2, batch=2), [], []),
         (
-            ModelSpec(steps=10, n_in=4, n_hidden=5, n_out=2, batch=1),
-            ["n_{0} = 4", "n_{1} = 5", "T = 10"],
+            ModelSpec(steps=10, n_in=6, n_hidden=5, n_out=2, batch=1),
+            ["n_{0} = 6", "n_{1} = 5", "T = 10"],
             [],
         ),
     ],
 )
+@pytest.mark.parametrize("direction", [True, False], ids=["direction", "entries"])
 def test_verified_says_which_of_the_documents_sizes_the_proof_ran_at(
-    spec: ModelSpec, larger: list[str], symbolic: list[str]
+    spec: ModelSpec, larger: list[str], symbolic: list[str], direction: bool
 ) -> None:
-    checks = _checks(spec)
+    checks = _checks(spec, direction)
     for text in render_documents(spec, checks=checks):
         section = text.split("Scalar differentiation proof")[1].split("Numerical check")[0]
+        if direction:
+            assert "along one random direction" in section
+            own = "from this document's own derivation" in " ".join(section.split())
+            assert own is (checks.proof_spec.steps == spec.steps), section
+        else:
+            assert "random direction" not in section
         sizes = section.split("every entry of")[0]
         for name in ("n_in", "n_hidden", "n_out", "batch", "steps"):
             value = getattr(checks.proof_spec, name)
@@ -567,9 +576,14 @@ def test_measured_gradient_norms_are_plotted_and_listed() -> None:
 
 
 # -- the seed's own formulas, checked ----------------------------------------------------
-@pytest.mark.parametrize("preset", ["xh_hello", "aa_hello"])
+@pytest.mark.parametrize(
+    "preset",
+    ["xh_hello", "aa_hello", "uvw_mean", "layered_many_to_many", "layered_many_to_one"],
+)
 def test_the_seeds_formulas_are_printed_with_the_checkers_verdicts(preset: str) -> None:
-    """Every formula the seed writes for this preset, with the verdict symbptt.check gives."""
+    """Every formula the seed writes for this preset, with the verdict symbptt.check gives
+    at the formula's own spec (000: one example, 002: no 1/m; the document says so), and
+    the correct formula beside every one that is not equal or refused."""
     from dataclasses import replace
 
     from symbptt.check import check
@@ -585,17 +599,51 @@ def test_the_seeds_formulas_are_printed_with_the_checkers_verdicts(preset: str) 
     tex, md = render_documents(spec, checks=checks)
     for text, esc, code in ((tex, escape_tex, escape_tex), (md, escape_markdown, str)):
         verified = text[text.index("Verified") :]
-        for seed in found:
-            assert f"{seed.verdict}" in verified and code(seed.formula) in verified, seed.id
+        items = verified.split(r"\item[")[1:] if text is tex else verified.split("\n- ")[1:]
+        assert len(items) == len(found)
+        for seed, item in zip(found, items, strict=True):
+            assert f"{seed.verdict}" in item and code(seed.formula) in item, seed.id
             for mistake in seed.mistakes:
-                assert esc(mistake) in verified
-    # the verdicts are the checker's own (EQUAL where it proves the formula)
+                assert esc(mistake) in item
+            assert ("Correct:" in item) is (seed.verdict != "EQUAL"), item
+            assert ("Checked on this model with" in item) is bool(seed.setting), item
+            if ("batch", 1) in seed.setting:
+                assert "$m = 1$" in item
+            if ("batch_reduction", "sum") in seed.setting:
+                assert "summed over the batch" in item
+    # the verdicts are the checker's own (EQUAL where it proves the formula), each at the
+    # formula's own spec: the document's, or the seed's variant of it
     for seed, entry in zip(found, entries, strict=True):
+        assert seed.setting == (() if entry.spec == spec else entry.fields)
         if seed.verdict != "REFUSED":
-            assert (seed.verdict == "EQUAL") is check(spec, entry.wrt, entry.formula).ok
+            assert (seed.verdict == "EQUAL") is check(entry.spec, entry.wrt, entry.formula).ok
 
 
 def test_a_document_without_seed_formulas_has_no_such_paragraph() -> None:
     spec = ModelSpec(steps=3)
     tex = render_latex(spec, checks=_checks(spec))
     assert "seed's own formulas" not in tex
+
+
+@pytest.mark.parametrize("preset", ["xh_hello", "gru_layered"])
+def test_the_users_formulas_are_printed_after_the_seeds(preset: str) -> None:
+    """``symbptt derive --check FILE``: the user's formulas in every cell's document, each
+    with the checker's verdict, in their own paragraph after the seed's."""
+    from dataclasses import replace
+
+    from symbptt.model.presets import PRESETS
+    from symbptt.oracle.verification import formula_checks
+
+    spec = PRESETS[preset]
+    wrt, right = ("W_hh", "sum_t(delta[t] @ h[t-1].T)")
+    if preset == "gru_layered":
+        wrt, right = ("b_z", "(ones(1, m) @ sum_t(delta_Z[t])).T")
+    user = formula_checks(spec, [(wrt, right), (wrt, f"2 * {right}")])
+    assert [u.verdict for u in user] == ["EQUAL", "NOT EQUAL"]
+    checks = replace(_checks(spec), user=user, user_file="mine.toml")
+    for text, code in zip(render_documents(spec, checks=checks), (escape_tex, str), strict=True):
+        mine = text.split("Your formulas.")[1]
+        assert "mine.toml" in mine and code(right) in mine and code(f"2 * {right}") in mine
+        assert "EQUAL" in mine and "NOT EQUAL" in mine and "Correct:" in mine
+        assert text.index("Your formulas.") > text.index("Numerical check of the generated code")
+    assert "Your formulas" not in render_documents(spec, checks=_checks(spec))[1]

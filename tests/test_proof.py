@@ -226,3 +226,97 @@ def test_exact_equality_for_a_polynomial_model(notation: str) -> None:
             for j in range(matrix.cols):  # type: ignore[attr-defined]
                 exact = sp.diff(loss, matrix[i, j])  # type: ignore[index]
                 assert sp.expand(exact - sp.nsimplify(derived[i, j])) == 0, (name, i, j)
+
+
+# -- one random direction: what the documents' verifying stage runs -----------------------
+@pytest.mark.parametrize(
+    "spec",
+    [
+        symbptt.ModelSpec(steps=2, n_in=2, n_hidden=2, n_out=2, batch=2),
+        symbptt.ModelSpec(
+            steps=3,
+            notation="layered",
+            mode="many_to_one",
+            hidden="relu",
+            n_in=2,
+            n_hidden=2,
+            n_out=2,
+            batch=2,
+            initial_state="input",
+        ),
+        symbptt.ModelSpec(
+            steps=2,
+            notation="uvw",
+            hidden="sigmoid",
+            output="sigmoid",
+            loss="binary_cross_entropy",
+            time_reduction="mean",
+            n_in=2,
+            n_hidden=2,
+            n_out=2,
+            batch=2,
+            bias=False,
+        ),
+    ],
+    ids=["xh", "layered-relu-m2o-h0", "uvw-sigmoid-bce-mean"],
+)
+def test_direction_proof_agrees_with_sympy_diff(
+    spec: symbptt.ModelSpec, rng: np.random.Generator
+) -> None:
+    proof = verify.direction_proof(spec, rng)
+    assert proof.ok and proof.direction, proof
+    gradients = symbptt.derive(spec).gradients.values()
+    assert proof.entries == sum(int(g.shape[0]) * int(g.shape[1]) for g in gradients)
+
+
+def test_direction_proof_checks_the_derivation_it_is_given(rng: np.random.Generator) -> None:
+    """The document's own derivation, sizes symbolic, evaluated at the proof's sizes."""
+    doc = symbptt.ModelSpec(steps=2, notation="aa", n_out=3)
+    small = symbptt.ModelSpec(steps=2, notation="aa", n_in=2, n_hidden=2, n_out=3, batch=1)
+    assert verify.direction_proof(small, rng, symbptt.derive(doc)).ok
+
+
+@pytest.mark.parametrize("name", ["W_xh", "W_hh", "W_hy", "b_h", "b_y"])
+def test_direction_proof_fails_when_one_gradient_is_off_by_a_millionth(
+    name: str, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One parameter's gradient scaled by 1 + 10⁻⁶, every other one right: the one
+    derivative along a random direction of all the parameters sees it."""
+    from symbptt.core.derive import Derivation
+
+    spec = symbptt.ModelSpec(steps=2, n_in=2, n_hidden=2, n_out=2, batch=1)
+    right = Derivation.gradient
+
+    def off(self: Derivation, which: str, expand: bool = True) -> sp.MatrixExpr:
+        g = right(self, which, expand=expand)
+        return sp.MatMul(1 + sp.Rational(1, 10**6), g) if which == name else g
+
+    monkeypatch.setattr(Derivation, "gradient", off)
+    proof = verify.direction_proof(spec, rng)
+    assert not proof.ok and proof.max_relative_error > 1e-9, proof
+
+
+@pytest.mark.parametrize("other", [{"steps": 3}, {"mode": "many_to_one"}, {"hidden": "relu"}])
+def test_direction_proof_refuses_another_models_derivation(
+    other: dict[str, object], rng: np.random.Generator
+) -> None:
+    from dataclasses import replace
+
+    spec = symbptt.ModelSpec(steps=2, n_in=2, n_hidden=2, n_out=2, batch=1)
+    with pytest.raises(ValueError, match="another model"):
+        verify.direction_proof(spec, rng, symbptt.derive(replace(spec, **other)))
+
+
+def test_value_at_equals_evalf() -> None:
+    """The memoised numeric walk the direction proof reads sympy.diff's result with."""
+    import mpmath
+
+    s = sp.Symbol("s", real=True)
+    inner = sp.tanh(sp.Float("0.3", 30) + 2 * s)
+    expr = sp.log(1 + sp.exp(inner * inner - s)) / (1 + inner) + sp.Heaviside(s, 0) + sp.pi
+    value = sp.Float("0.7", 30)
+    with mpmath.workdps(30):
+        got = verify._value_at(expr, {s: mpmath.mpf("0.7")})
+        assert abs(got - mpmath.mpf(str(expr.xreplace({s: value}).evalf(30)))) < 1e-28
+    with pytest.raises(TypeError, match="unevaluated"):
+        verify._value_at(sp.Derivative(sp.Function("f")(s), s), {s: mpmath.mpf(0)})

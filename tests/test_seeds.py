@@ -231,7 +231,7 @@ SEEDS: tuple[Seed, ...] = (
         "W_2",
         "sum_t(H1[t].T @ (Y_hat[t] - Y[t])) + H1[T].T @ (Y_hat[T] - Y[T])",
         "refused",
-        says=("outside the model", "0..2"),
+        says=("outside the model", "0..2", "off by one: Y_hat[3] is one step past the last"),
     ),
     # -------------------------------------------------------------------- 003 (aa)
     # The seed's y(t) is the prediction and yhat(t) the target.  Its a(t) after a
@@ -381,6 +381,19 @@ def test_the_package_holds_these_formulas() -> None:
 
     mine = [(s.id, s.spec, s.wrt, s.formula) for s in SEEDS]
     assert [(f.id, f.spec, f.wrt, f.formula) for f in SEED_FORMULAS] == mine
+
+
+@pytest.mark.parametrize("seed", ["000", "001", "002", "003"])
+def test_every_seeds_formulas_are_in_its_presets_documents(seed: str) -> None:
+    """Each seed's formulas are shown by the documents of the presets of its model (000's
+    one-example and 002's no-1/m variants too, checked at their own spec and saying so)."""
+    from symbptt.checker.seed_formulas import SEED_FORMULAS, for_spec
+
+    mine = [f for f in SEED_FORMULAS if f.seed == seed]
+    shown = {f.id for preset in {f.preset for f in mine} for f in for_spec(PRESETS[preset])}
+    assert mine and {f.id for f in mine} <= shown
+    for preset in {f.preset for f in mine}:  # and no other seed's
+        assert {f.seed for f in for_spec(PRESETS[preset])} == {seed}
 
 
 # ------------------------------------------------------------ classic backward passes

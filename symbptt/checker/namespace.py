@@ -73,6 +73,8 @@ def _series_at(
         hint = f" ({label}[{before}] is the initial state)"
     elif adjoint:
         hint = f" ({label}[{after}], one step after the last, is zero)"
+    elif step == after:  # a sum to T where the steps end at T - 1 (or the other way)
+        hint = f" (off by one: {label}[{step}] is one step past the last)"
     raise ExpressionError(
         f"{label}[{step}] is outside the model: its steps are {_steps_text(steps)}{hint}"
     )

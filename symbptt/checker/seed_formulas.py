@@ -7,8 +7,10 @@ seed's own notation, with the preset and the fields the transcription needs
 (a seed without a batch is one example: ``batch=1``; 002 writes no 1/m:
 ``batch_reduction="sum"``).  How each was read is told beside it in
 ``tests/test_seeds.py``, which pins every verdict; the verifying stage checks
-the ones whose spec is a document's own (:func:`for_spec`) and the document
-prints each with its verdict.
+the ones a document shows (:func:`for_spec`: those of its spec, and in a
+preset's own document its seed's variants, 000's one example and 002's sum
+over the batch, each checked at its own spec) and the document prints each
+with its verdict, the setting it was checked in, and the correct formula.
 """
 
 # ruff: noqa: E501 - each transcribed formula is data, kept whole on one line
@@ -191,5 +193,8 @@ SEED_FORMULAS: tuple[SeedFormula, ...] = (
 
 
 def for_spec(spec: ModelSpec) -> tuple[SeedFormula, ...]:
-    """The seed formulas written for exactly ``spec`` (a preset's own document)."""
-    return tuple(entry for entry in SEED_FORMULAS if entry.spec == spec)
+    """The seed formulas a document of ``spec`` shows: those written for exactly ``spec``,
+    and, for a preset's own document, those of its seed written for a variant of it
+    (000 and 002 write one example or no 1/m: each is checked at its own ``spec``, and
+    the document says with which fields)."""
+    return tuple(entry for entry in SEED_FORMULAS if spec in (entry.spec, PRESETS[entry.preset]))

@@ -530,6 +530,15 @@ def _derive_parser(sub: Any) -> argparse.ArgumentParser:
     out.add_argument(
         "--force", action="store_true", help="overwrite files symbptt did not generate"
     )
+    p.add_argument(
+        "--check",
+        metavar="FILE",
+        help=(
+            'a TOML file of your own formulas, one per parameter ([formulas] W_hh = "...", '
+            "in the expression language of `symbptt check`): each is checked and printed in "
+            "the documents with its verdict"
+        ),
+    )
     _add_report_flags(p)
     return p
 
@@ -705,6 +714,8 @@ def build_artifacts(
     verify: bool = True,
     progress: Progress | None = None,
     backend: str = "numpy",
+    user: tuple[Any, ...] = (),
+    user_file: str = "",
 ) -> Artifacts:
     """Derive ``spec`` and print its code and documents (nothing is written here).
 
@@ -742,7 +753,7 @@ def build_artifacts(
         bar.stage("printing the documents")
     code = out.files["gradients_unrolled.py" if refusal else "gradients.py"].decode()
     try:
-        tex, md = _render_documents(derivation, verify, code)
+        tex, md = _render_documents(derivation, verify, code, user, user_file)
     except SpecError as exc:  # a spec the documents do not take: the code is still written
         out.warnings.append(f"derivation.tex, .md and .pdf not written: {_one_line(str(exc))}")
         return out
@@ -761,14 +772,23 @@ def build_artifacts(
     return out
 
 
-def _render_documents(derivation: Any, verify: bool, source: str) -> tuple[str, str]:
+def _render_documents(
+    derivation: Any,
+    verify: bool,
+    source: str,
+    user: tuple[Any, ...] = (),
+    user_file: str = "",
+) -> tuple[str, str]:
     """derivation.tex and derivation.md from one rendering (their checks run once, here,
-    on ``source``: the generated NumPy module just printed, not printed again)."""
+    on ``source``: the generated NumPy module just printed, not printed again; ``user``:
+    the verdicts of ``--check FILE``, already run)."""
     from ..codegen.emit import load_module
     from ..documents import render_documents
     from ..oracle.verification import run_checks
 
-    checks = run_checks(derivation, load_module(source)) if verify else None
+    checks = None
+    if verify:
+        checks = run_checks(derivation, load_module(source), user=user, user_file=user_file)
     return render_documents(derivation, checks=checks)
 
 
@@ -868,10 +888,40 @@ def _numerical_checks(artifacts: Artifacts, bar: Progress) -> list[NumericalChec
     return checks
 
 
+def _user_formulas(spec: ModelSpec, path: str | None) -> tuple[tuple[Any, ...], str]:
+    """``--check FILE``: the file read and each formula checked, before anything is
+    derived or written; a bad file, or a formula the checker cannot read, is a UsageError."""
+    if path is None:
+        return (), ""
+    from ..checker.formula_file import FormulaFileError, read_formula_file
+    from ..expr.exprlang import ExpressionError
+    from ..oracle.verification import formula_checks
+
+    if spec.composed:
+        raise UsageError(
+            "--check: the documents of a stacked, bidirectional or masked model do not print "
+            "checked formulas yet; check each with `symbptt check`"
+        )
+    try:
+        formulas = read_formula_file(path)
+    except FormulaFileError as exc:
+        raise UsageError(f"--check {exc}") from None
+    verdicts: list[Any] = []
+    for wrt, formula in formulas:
+        try:
+            verdicts += formula_checks(spec, [(wrt, formula)])
+        except ExpressionError as exc:
+            raise UsageError(f"--check {path}: formulas.{wrt}: {_expression_error(exc)}") from None
+        except ValueError as exc:  # not a parameter of this model
+            raise UsageError(f"--check {path}: formulas.{wrt}: {_one_line(str(exc))}") from None
+    return tuple(verdicts), Path(path).name
+
+
 def _cmd_derive(args: argparse.Namespace) -> int:
     from ..codegen.emit import BackendError, require_backend
 
     spec = _spec_from_args(args, args.config)
+    user, user_file = _user_formulas(spec, args.check)
     refusal = rolled_refusal(spec)
     unrolled = args.unrolled or bool(refusal)  # no rolled module: the unrolled one
     if unrolled and spec.steps > MAX_UNROLLED_STEPS:
@@ -895,7 +945,13 @@ def _cmd_derive(args: argparse.Namespace) -> int:
     shown = {"enabled": False} if args.report != "text" else _LINES
     with output_lock(folder), Progress(None, "symbptt derive", **shown) as bar:
         artifacts = build_artifacts(
-            spec, unrolled=unrolled, pdf=not args.no_pdf, progress=bar, backend=backend
+            spec,
+            unrolled=unrolled,
+            pdf=not args.no_pdf,
+            progress=bar,
+            backend=backend,
+            user=user,
+            user_file=user_file,
         )
         bar.stage("writing the files")
         written = write_outputs(folder, artifacts.files, args.force, _ALL_OUTPUTS)
@@ -914,6 +970,9 @@ def _cmd_derive(args: argparse.Namespace) -> int:
                     "removed": [str(path) for path in written.removed],
                     "warnings": artifacts.warnings,
                     "checks": [dataclasses.asdict(check) for check in checks],
+                    "formulas": [
+                        {"wrt": v.wrt, "formula": v.formula, "verdict": v.verdict} for v in user
+                    ],
                 },
                 indent=2,
             )
@@ -925,6 +984,10 @@ def _cmd_derive(args: argparse.Namespace) -> int:
         for path in written.removed:
             _print(f"removed {path} (an earlier run's, not written by this one)")
         _print_checks(checks)
+        if user:
+            _print(f"your formulas ({user_file}; the documents give each in full):")
+            for verdict in user:
+                _print(f"  {verdict.wrt:<22} {verdict.verdict}")
     return 0 if ok else 1
 
 

@@ -64,7 +64,7 @@ from .layout import (
 )
 
 if TYPE_CHECKING:  # the results only: documents never run a check
-    from ..oracle.verification import Checks
+    from ..oracle.verification import Checks, SeedVerdict
 
 
 #: How the documents write the spec's sizes.
@@ -1738,19 +1738,21 @@ class _Writer:
     # -- 8. verified ------------------------------------------------------------------
     def verified(self) -> dict[str, Any]:
         if self.checks is None:
-            return {"ran": False, "scalar": None, "numerical": None, "seeds": []}
+            return {"ran": False, "scalar": None, "numerical": None, "seeds": [], "user": []}
         return {
             "ran": True,
             "scalar": self._scalar_check(),
             "numerical": self._numerical_check(),
-            "seeds": self._seed_checks(),
+            "seeds": self._seed_checks(self.checks.seeds),
+            "user": self._seed_checks(self.checks.user),
+            "user_file": self.checks.user_file,
         }
 
-    def _seed_checks(self) -> list[dict[str, Any]]:
-        """The seed's own formulas for this model and the checker's verdicts (in order)."""
-        assert self.checks is not None
+    def _seed_checks(self, verdicts: Sequence[SeedVerdict]) -> list[dict[str, Any]]:
+        """Formulas (the seed's own, or the user's ``--check`` file) and the checker's
+        verdicts, in order."""
         out = []
-        for found in self.checks.seeds:
+        for found in verdicts:
             name = self._leaf_name(found.wrt, self.d.roles.get(found.wrt, ""))
             out.append(
                 {
@@ -1761,9 +1763,23 @@ class _Writer:
                     "where": list(found.where),
                     "mistakes": list(found.mistakes),
                     "reason": found.reason,
+                    "setting": self._seed_setting(found.setting),
                 }
             )
         return out
+
+    def _seed_setting(self, fields: Sequence[tuple[str, Any]]) -> list[str]:
+        """The fields a seed formula was checked with that differ from this document's spec,
+        in words (math in ``$…$``, the same in LaTeX and Markdown)."""
+        words = []
+        for field, value in fields:
+            if field in _SIZE_SYMBOLS:
+                words.append(f"${self._sizes_tex([(field, value)])[0]}$")
+            elif field == "batch_reduction" and value == "sum":
+                words.append(r"the losses summed over the batch (no $1/m$)")
+            else:
+                words.append(f"{field} = {value}")
+        return words
 
     def _sizes_tex(self, sizes: Sequence[tuple[str, int | None]]) -> list[str]:
         return [rf"{self.tex(sp.Symbol(_SIZE_SYMBOLS[n]))} = {v}" for n, v in sizes]
@@ -1796,6 +1812,8 @@ class _Writer:
             "digits": proof.digits,
             "tolerance": rf"10^{{-{proof.digits - 5}}}",
             "ok": proof.ok,
+            "direction": proof.direction,  # one random direction, not entry by entry
+            "own": checks.proof_own,  # this document's derivation, not one at the proof's T
         }
 
     def _numerical_check(self) -> dict[str, Any]:

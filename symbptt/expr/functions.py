@@ -18,7 +18,7 @@ ReLU's derivative at 0 is 0 (``Heaviside(z, 0)``), as PyTorch does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache, cached_property
 from typing import Any
@@ -113,13 +113,7 @@ class Activation:
         raw = self.raw_derivative
         if z not in raw.free_symbols:
             return raw, "output"
-        candidates: list[sp.Expr] = [raw.subs(self.definition, a)]
-        try:
-            inverses = sp.solve(sp.Eq(a, self.definition), z)
-        except (NotImplementedError, ValueError):  # no closed-form inverse
-            inverses = []
-        candidates += [sp.simplify(raw.subs(z, inverse)) for inverse in inverses]
-        for candidate in candidates:
+        for candidate in self._output_forms(raw):
             if z in candidate.free_symbols:
                 continue
             if sp.count_ops(candidate) > sp.count_ops(raw):
@@ -127,6 +121,18 @@ class Activation:
             if _agrees(candidate.subs(a, self.definition), raw, z):
                 return _tidy(candidate), "output"
         return raw, "input"
+
+    def _output_forms(self, raw: sp.Expr) -> Iterator[sp.Expr]:
+        """The derivative rewritten in the output ``a``: by substituting the definition,
+        then through each closed-form inverse.  Lazily: ``solve`` and ``simplify`` cost
+        about half a second, and tanh and sigmoid need only the first."""
+        yield raw.subs(self.definition, a)
+        try:
+            inverses = sp.solve(sp.Eq(a, self.definition), z)
+        except (NotImplementedError, ValueError):  # no closed-form inverse
+            inverses = []
+        for inverse in inverses:
+            yield sp.simplify(raw.subs(z, inverse))
 
     def derivative_of(self, out: sp.Basic, arg: sp.Basic) -> sp.Basic:
         """The derivative as a matrix expression, given the output and argument matrices."""

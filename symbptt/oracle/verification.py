@@ -4,9 +4,11 @@ A document states what was verified, at which sizes.  The documents print
 those results but never run a proof themselves (imports flow one way: this
 module imports the oracles and the documents, not the reverse).
 
-* the scalar proof (:func:`symbptt.oracle.verify.scalar_proof`): every gradient entry
-  against ``sympy.diff`` of the explicit unrolled loss, at small concrete
-  sizes and T ≤ 3;
+* the scalar proof (:func:`symbptt.oracle.verify.direction_proof`): ``sympy.diff`` of the
+  explicit unrolled loss along one random direction of all the parameters, against
+  the derivation's gradients weighted by that direction, at small concrete sizes —
+  at the document's own T (up to :data:`OWN_STEPS`, a one-state cell), on the
+  document's own derivation, its symbolic sizes set to the proof's;
 * the numerical check (:func:`symbptt.oracle.gradcheck.gradcheck`): the generated
   module against central differences, at the spec's sizes (small defaults for
   sizes it leaves symbolic);
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
@@ -43,6 +46,7 @@ __all__ = [
     "SeedVerdict",
     "WorkedExample",
     "build_pdf",
+    "formula_checks",
     "proof_spec",
     "render_latex",
     "render_markdown",
@@ -87,6 +91,9 @@ class SeedVerdict:
     where: tuple[str, ...] = ()
     mistakes: tuple[str, ...] = ()  # the named mistakes it matches
     reason: str = ""  # why it was refused, or why its shape cannot match
+    #: the spec fields the check ran with that differ from the document's (the seed's
+    #: setting: 000 one example, 002 no 1/m), e.g. (("batch", 1),); () for the same spec
+    setting: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,9 @@ class Checks:
     numerical_sizes: tuple[tuple[str, int], ...]  # (n_in, n_hidden, n_out, batch, steps)
     example: WorkedExample | None = None  # the "hello" presets: numbers, checked
     seeds: tuple[SeedVerdict, ...] = ()  # the seed's own formulas for this spec, checked
+    proof_own: bool = False  # the proof checked the document's own derivation (same T)
+    user: tuple[SeedVerdict, ...] = ()  # the user's formulas (symbptt derive --check FILE)
+    user_file: str = ""  # that file's name
 
 
 #: The word of the seeds' example and the hidden size a worked example uses when the
@@ -193,8 +203,22 @@ def _norms(
     return out
 
 
+#: The scalar proof runs at the document's own T up to this many steps (an Elman cell);
+#: beyond, at PROOF_STEPS (a gated cell: GATED_STEPS).  The explicit unrolled loss grows
+#: about exponentially with T (CPU seconds here, one direction, n_1 = 2: xh "hello"
+#: T = 4 about 1; GRU T = 2 10, T = 3 128; LSTM T = 2 9, entry by entry 11).
+OWN_STEPS, PROOF_STEPS, GATED_STEPS = 4, 3, 2
+#: The largest input and output sizes the proof takes from a document (n_0, n_2).
+PROOF_WIDTH = 4
+
+
 def proof_spec(spec: ModelSpec) -> ModelSpec:
     """The spec at the small concrete sizes the scalar proof runs at.
+
+    A one-state cell (Elman) keeps the document's T up to :data:`OWN_STEPS` and
+    its input and output sizes up to :data:`PROOF_WIDTH`; a size the document
+    leaves symbolic is 2, the hidden size at most 2, the batch at most 2.  A
+    gated cell runs at T ≤ 2 with n_0, n_2 ≤ 3 (its explicit loss is far larger).
 
     A composed model's explicit unrolled loss grows with every unit: its proof runs
     at two steps, one input unit, and one hidden unit for a cell with more equations
@@ -211,14 +235,24 @@ def proof_spec(spec: ModelSpec) -> ModelSpec:
             n_out=min(spec.n_out or 2, 2),
             batch=min(spec.batch or 2, 2),
         )
+    one_state = len(spec.model.equations) <= 2
+    if one_state:
+        steps = spec.steps if spec.steps <= OWN_STEPS else min(spec.steps, PROOF_STEPS)
+    else:
+        steps = min(spec.steps, GATED_STEPS)
+    width = PROOF_WIDTH if one_state else 3
     return replace(
         spec,
-        steps=min(spec.steps, 3),
-        n_in=min(spec.n_in or 2, 3),
+        steps=steps,
+        n_in=min(spec.n_in or 2, width),
         n_hidden=min(spec.n_hidden or 2, 2),
-        n_out=min(spec.n_out or 2, 3),
+        n_out=min(spec.n_out or 2, width),
         batch=min(spec.batch or 2, 2),
     )
+
+
+#: The sizes a spec may leave symbolic.
+_SIZES = ("n_in", "n_hidden", "n_out", "batch")
 
 
 def _seed(spec: ModelSpec) -> int:
@@ -238,59 +272,97 @@ def _numerical_sizes(spec: ModelSpec) -> tuple[tuple[str, int], ...]:
     )
 
 
-def seed_checks(spec: ModelSpec) -> tuple[SeedVerdict, ...]:
-    """Every seed formula written for exactly ``spec``, run through :func:`symbptt.check`."""
+def _verdict(spec: ModelSpec, id: str, wrt: str, formula: str) -> SeedVerdict:
+    """``formula`` for ``wrt`` run through :func:`symbptt.check` at ``spec``
+    (an :class:`ExpressionError` propagates)."""
     from ..checker import check
+
+    result = check(spec, wrt, formula)
+    shape = next((note for note in result.notes if "shape" in note), "")
+    return SeedVerdict(
+        id,
+        wrt,
+        formula,
+        "EQUAL" if result.ok else "NOT EQUAL",
+        correct=str(result.formula.gradient),
+        where=tuple(result.formula.where),
+        mistakes=tuple(m.description for m in result.mistakes),
+        reason=shape if result.shape_mismatch else "",
+    )
+
+
+def seed_checks(spec: ModelSpec) -> tuple[SeedVerdict, ...]:
+    """The seed formulas a document of ``spec`` shows
+    (:func:`symbptt.checker.seed_formulas.for_spec`), each run through
+    :func:`symbptt.check` at the formula's own spec; a refused one gets the correct
+    formula too."""
+    from ..checker.formulas import correct_formula
     from ..checker.seed_formulas import for_spec
 
     out = []
     for entry in for_spec(spec):
+        setting = entry.fields if entry.spec != spec else ()
         try:
-            result = check(spec, entry.wrt, entry.formula)
+            found = _verdict(entry.spec, entry.id, entry.wrt, entry.formula)
         except ExpressionError as exc:  # shapes that cannot fit, a step outside the model
-            reason = str(exc).splitlines()[0]
-            out.append(SeedVerdict(entry.id, entry.wrt, entry.formula, "REFUSED", reason=reason))
-            continue
-        shape = next((note for note in result.notes if "shape" in note), "")
-        out.append(
-            SeedVerdict(
+            right = correct_formula(entry.spec, entry.wrt)
+            found = SeedVerdict(
                 entry.id,
                 entry.wrt,
                 entry.formula,
-                "EQUAL" if result.ok else "NOT EQUAL",
-                correct=str(result.formula.gradient),
-                where=tuple(result.formula.where),
-                mistakes=tuple(m.description for m in result.mistakes),
-                reason=shape if result.shape_mismatch else "",
+                "REFUSED",
+                correct=str(right.gradient),
+                where=tuple(right.where),
+                reason=str(exc).splitlines()[0],
             )
-        )
+        out.append(replace(found, setting=setting))
     return tuple(out)
 
 
-def run_checks(source: ModelSpec | Derivation, module: ModuleType | None = None) -> Checks:
+def formula_checks(spec: ModelSpec, formulas: Sequence[tuple[str, str]]) -> tuple[SeedVerdict, ...]:
+    """The user's formulas ((parameter, formula) pairs, ``symbptt derive --check FILE``),
+    each run through :func:`symbptt.check`.  A formula the checker cannot read raises
+    :class:`ExpressionError` (the command says which, and writes nothing)."""
+    return tuple(_verdict(spec, f"user-{wrt}", wrt, formula) for wrt, formula in formulas)
+
+
+def run_checks(
+    source: ModelSpec | Derivation,
+    module: ModuleType | None = None,
+    *,
+    user: tuple[SeedVerdict, ...] = (),
+    user_file: str = "",
+) -> Checks:
     """Run both checks for ``source``; a check that fails to run is reported, not hidden.
 
     ``module``: the generated NumPy module of ``source`` when the caller has it already
     (``symbptt derive`` does), so that it is not derived and printed a second time.
+    ``user``: the verdicts of :func:`formula_checks` on the file ``user_file``
+    (``symbptt derive --check``, which runs them first), handed to the documents.
     """
-    spec = source.spec if isinstance(source, Derivation) else source
+    derivation = documents.as_derivation(source)  # derived once, here, when a spec is given
+    spec = derivation.spec
     small = proof_spec(spec)
     proof = numerical = None
     proof_error = numerical_error = None
+    # the document's own derivation when the proof runs at its T (its sizes, symbolic
+    # or not, are set to the proof's): what is proven is what is printed
+    same = all(getattr(spec, k) in (None, getattr(small, k)) for k in _SIZES)
+    own = derivation if same and small.steps == spec.steps else None
     try:
-        proof = scalar_oracle.scalar_proof(small, np.random.default_rng(_seed(spec)))
+        proof = scalar_oracle.direction_proof(small, np.random.default_rng(_seed(spec)), own)
     except Exception as exc:  # reported in the document
         proof_error = f"{type(exc).__name__}: {exc}"
     try:
         from ..codegen.numpy_composed import takes
 
-        checked = source if module is None else module
+        checked = derivation if module is None else module
         unrolled = module is None and bool(takes(spec))  # the rolled module refuses it
         rng = np.random.default_rng(_seed(spec))
         numerical = gradcheck.gradcheck(checked, rng, unrolled=unrolled)
     except Exception as exc:  # reported in the document
         numerical_error = f"{type(exc).__name__}: {exc}"
-    example = None if spec.composed else worked_example(documents.as_derivation(source))
+    example = None if spec.composed else worked_example(derivation)
     seeds = () if spec.composed else seed_checks(spec)
     return Checks(
         small,
@@ -301,6 +373,9 @@ def run_checks(source: ModelSpec | Derivation, module: ModuleType | None = None)
         _numerical_sizes(spec),
         example,
         seeds,
+        proof_own=own is not None,
+        user=user,
+        user_file=user_file,
     )
 
 

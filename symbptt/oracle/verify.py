@@ -12,7 +12,7 @@ Scalar differentiation grows about exponentially with T: use small sizes.
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import mpmath
@@ -25,7 +25,15 @@ from ..core.graph import Symbols
 from ..expr import functions
 from ..model.spec import ModelSpec
 
-__all__ = ["DPS", "ScalarProof", "random_mask", "random_values", "scalar_loss", "scalar_proof"]
+__all__ = [
+    "DPS",
+    "ScalarProof",
+    "direction_proof",
+    "random_mask",
+    "random_values",
+    "scalar_loss",
+    "scalar_proof",
+]
 
 DPS = 30
 
@@ -313,21 +321,32 @@ def _target(
 
 @dataclass(frozen=True)
 class ScalarProof:
-    """The outcome of comparing a derivation with scalar ``sympy.diff``."""
+    """The outcome of comparing a derivation with scalar ``sympy.diff``.
+
+    ``direction`` False (:func:`scalar_proof`): every entry was compared on its own.
+    True (:func:`direction_proof`): one derivative along a random direction of all the
+    parameters together was compared with the derivation's gradients, ``entries``
+    of them, each weighted by the direction's entry.
+    """
 
     spec: ModelSpec
-    entries: int  # how many gradient entries were compared
+    entries: int  # how many gradient entries were compared (or weighted into the sum)
     max_relative_error: float  # max |derived - diff| / max(1, |diff|)
     digits: int  # working precision
+    direction: bool = False
 
     @property
     def ok(self) -> bool:
         return self.max_relative_error < 10.0 ** (-(self.digits - 5))
 
 
-def _env(d: Derivation, values: dict[str, Any]) -> dict[Any, Any]:
-    """Evaluator values (mp backend) for the derivation's leaves from oracle values."""
+def _env(d: Derivation, values: dict[str, Any], sizes: ModelSpec | None = None) -> dict[Any, Any]:
+    """Evaluator values (mp backend) for the derivation's leaves from oracle values.
+
+    ``sizes``: the concrete spec whose sizes fill the ones ``d`` leaves symbolic
+    (default ``d.spec``)."""
     graph = d.graph
+    sizes = d.spec if sizes is None else sizes
 
     def arr(matrix: sp.Matrix) -> Any:
         rows = [[mpmath.mpf(str(v)) for v in row] for row in matrix.tolist()]
@@ -348,7 +367,7 @@ def _env(d: Derivation, values: dict[str, Any]) -> dict[Any, Any]:
         env[symbol] = arr(sp.Matrix([row]) if column else sp.Matrix(row))
     for key, size in graph.symbols.sizes.items():
         if isinstance(size, sp.Symbol):
-            env[size] = getattr(d.spec, key)
+            env[size] = getattr(sizes, key)
     return env
 
 
@@ -383,3 +402,95 @@ def scalar_proof(
                     worst = max(worst, error)
                     count += 1
         return ScalarProof(spec, count, float(worst), DPS)
+
+
+def _value_at(expr: sp.Expr, point: dict[sp.Symbol, Any]) -> Any:
+    """``expr`` at ``point`` in mpmath (the caller's precision), each distinct node once.
+
+    ``xreplace(...).evalf()`` rebuilds and re-walks the shared subtrees of a derivative;
+    this walk is iterative and memoised.  Sums, products and powers are computed here;
+    any other function is rebuilt on its numeric arguments and evaluated by SymPy.
+    """
+    memo: dict[sp.Basic, Any] = {}
+    stack: list[sp.Basic] = [expr]
+    while stack:
+        node = stack[-1]
+        if node in memo:
+            stack.pop()
+            continue
+        if node in point:
+            memo[node] = point[node]
+            stack.pop()
+            continue
+        if node.is_Number or node.is_NumberSymbol:
+            memo[node] = mpmath.mpf(sp.Float(node.evalf(DPS), DPS)._mpf_)
+            stack.pop()
+            continue
+        if isinstance(node, (sp.Derivative, sp.Subs)) or not node.args:
+            raise TypeError(f"sympy.diff left {node} unevaluated")
+        waiting = [arg for arg in node.args if arg not in memo]
+        if waiting:
+            stack.extend(waiting)
+            continue
+        stack.pop()
+        args = [memo[arg] for arg in node.args]
+        if node.is_Add:
+            memo[node] = mpmath.fsum(args)
+        elif node.is_Mul:
+            memo[node] = mpmath.fprod(args)
+        elif node.is_Pow:
+            memo[node] = mpmath.power(args[0], args[1])
+        else:
+            rebuilt = node.func(*(sp.Float(value, DPS) for value in args))
+            memo[node] = mpmath.mpf(sp.Float(rebuilt.evalf(DPS), DPS)._mpf_)
+    return memo[expr]
+
+
+def direction_proof(
+    spec: ModelSpec, rng: np.random.Generator, derivation: Derivation | None = None
+) -> ScalarProof:
+    """Compare a derivation with ``sympy.diff`` along one random direction.
+
+    Every parameter θ_P gets a random direction E_P (30-digit entries); the fully
+    explicit unrolled loss of :func:`scalar_loss` is built once with every θ_P
+    replaced by θ_P + s E_P, one scalar symbol s, and ``sympy.diff`` gives dL/ds at
+    s = 0.  The derivation's side is Σ_P ⟨∂L/∂θ_P, E_P⟩ from its expanded gradients
+    at the same point.  A wrong entry of any gradient changes that sum unless its
+    error is orthogonal to a random direction, so one derivative stands for all
+    the entries (the per-entry :func:`scalar_proof` needs one per entry).
+
+    ``spec`` has concrete sizes.  ``derivation``: the one to check when it is not
+    ``derive(spec)`` — the document's own, with the same steps and structure,
+    whose sizes may be symbolic (they are set to ``spec``'s); none is derived then.
+    """
+    with mpmath.workdps(DPS):
+        d = derive(spec) if derivation is None else derivation
+        sizes = ("n_in", "n_hidden", "n_out", "batch")
+        sized = replace(d.spec, **{k: getattr(spec, k) for k in sizes})
+        if sized != spec:
+            raise ValueError(
+                f"the derivation is of another model ({d.spec.steps} steps, spec "
+                f"{d.spec.hash()[:12]}) than the proof's spec ({spec.steps} steps)"
+            )
+        values = random_values(spec, rng)
+        env = _env(d, values, spec)
+        s = sp.Symbol("s", real=True)
+        directions: dict[str, sp.Matrix] = {}
+        for name in d.gradients:
+            rows, cols = values[name].shape
+            data = rng.normal(size=(rows, cols)).ravel()
+            directions[name] = sp.Matrix(rows, cols, [sp.Float(repr(float(v)), DPS) for v in data])
+        moved = {name: values[name] + s * e for name, e in directions.items()}
+        loss = scalar_loss(spec, {**values, **moved})
+        exact_mp = _value_at(sp.diff(loss, s), {s: mpmath.mpf(0)})
+        derived = mpmath.mpf(0)
+        count = 0
+        evaluator = Evaluator(env, backend="mp", dps=DPS)
+        for name, e in directions.items():
+            g = evaluator(d.gradient(name, expand=True))
+            for i in range(e.shape[0]):
+                for j in range(e.shape[1]):
+                    derived += g[i, j] * mpmath.mpf(str(e[i, j]))
+                    count += 1
+        error = abs(exact_mp - derived) / max(1, abs(exact_mp))
+        return ScalarProof(spec, count, float(error), DPS, direction=True)
