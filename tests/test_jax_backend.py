@@ -4,7 +4,7 @@ The oracle is ``jax.grad`` of the module's printed forward pass and loss
 (``_loss(_forward(...))``): JAX differentiates the forward code itself, so the
 generated backward pass is not involved; ``jax.test_util.check_grads``
 compares the custom VJP with finite differences of the loss.  The rolled
-module's loops are Python loops over t (traced by ``jax.jit``).
+module's loops are ``jax.lax.scan`` over t.
 """
 
 from __future__ import annotations
@@ -239,6 +239,17 @@ def test_bad_arguments_name_what_is_wrong() -> None:
         mod.loss(params, X, 2 * Y, h0)
     with pytest.raises(mod.ArgumentError, match=r"^dtype: expected float32 or float64"):
         mod.init_params(3, 4, 3, dtype=jnp.int32)
+
+
+def test_finite_values_whose_sum_overflows_are_accepted() -> None:
+    """The compiled check sums each argument (a finite sum has finite terms); a sum that
+    overflows sends the call to the closer look, which finds every entry finite."""
+    mod = module_for("elman")
+    params, X, Y, states = problem(mod)
+    huge = X.at[0, 0, 0].set(1e308).at[0, 1, 0].set(1e308)
+    assert not np.isfinite(float(huge.sum()))
+    mod.loss(params, huge, Y, states["h0"])  # no ArgumentError
+    assert np.isfinite(float(mod.loss(params, X, Y, states["h0"])))
 
 
 def test_the_unrolled_module_takes_its_own_T_only() -> None:
