@@ -403,3 +403,14 @@ def test_an_activation_torch_computes_natively_is_one_call() -> None:
     exact = [1 / (1 + sp.exp(-sp.Float(float(v), 30))) for v in values]
     expected = torch.tensor([float(e) for e in exact], dtype=torch.float64)
     assert torch.allclose(torch.sigmoid(values), expected, rtol=1e-15, atol=0)
+
+
+def test_a_product_added_into_an_array_is_one_torch_call() -> None:
+    p = TorchPrinter({})
+    assert p.add_into("dot", ["a", "b"], "z") == "z.addmm_(a, b)"
+    assert p.add_into("multiply", ["a", "b"], "z") == "z.addcmul_(a, b)"
+    assert p.add_into("subtract", ["a", "b"], "z") is None
+    source = symbptt.emit(SPECS["lstm"], backend="torch")
+    assert "c_t.addcmul_(i_t, g_t)" in source
+    assert "oifg_t.addmm_(h_prev, W_h_oifc)" in source
+    assert "addmm_(1," not in source  # a broadcast bias is no product

@@ -102,6 +102,12 @@ class TorchPrinter(SharedPrinter):
         name = _INTO.get(function) or self._module_format("numpy." + function)
         return f"{name}({', '.join(args)}, out={out})"
 
+    def add_into(self, function: str, args: list[str], out: str) -> str | None:
+        """``out += a @ b`` as ``out.addmm_(a, b)``, ``out += a * b`` as ``out.addcmul_(a, b)``:
+        one torch call instead of two (and no scratch tensor)."""
+        method = {"dot": "addmm_", "multiply": "addcmul_"}.get(function)
+        return f"{out}.{method}({', '.join(args)})" if method else None
+
     def steps_reversed(self, code: str) -> str:
         """Tensors take no negative step: the views of ``unbind``, last first."""
         return f"{code}.unbind(0)[::-1]"
