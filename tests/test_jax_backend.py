@@ -4,7 +4,7 @@ The oracle is ``jax.grad`` of the module's printed forward pass and loss
 (``_loss(_forward(...))``): JAX differentiates the forward code itself, so the
 generated backward pass is not involved; ``jax.test_util.check_grads``
 compares the custom VJP with finite differences of the loss.  The rolled
-module's loops are Python loops over t (traced by ``jax.jit``).
+module's loops are ``jax.lax.scan`` over t.
 """
 
 from __future__ import annotations
@@ -239,6 +239,22 @@ def test_bad_arguments_name_what_is_wrong() -> None:
         mod.loss(params, X, 2 * Y, h0)
     with pytest.raises(mod.ArgumentError, match=r"^dtype: expected float32 or float64"):
         mod.init_params(3, 4, 3, dtype=jnp.int32)
+
+
+@pytest.mark.parametrize("concatenated", [0, 2**16])
+def test_the_finite_check_by_sums_and_by_concatenation(concatenated: int) -> None:
+    """The compiled check concatenates the arguments up to ``_CONCATENATED`` entries, else
+    sums each (a finite sum has finite terms); a sum that overflows sends the call to the
+    closer look, which finds every entry finite and refuses nothing."""
+    mod = symbptt.load_module(symbptt.emit(SPECS["elman"], backend="jax"))  # its own jit cache
+    mod._CONCATENATED = concatenated
+    params, X, Y, states = problem(mod)
+    huge = X.at[0, 0, 0].set(1e308).at[0, 1, 0].set(1e308)
+    assert not np.isfinite(float(huge.sum()))
+    mod.loss(params, huge, Y, states["h0"])  # no ArgumentError
+    with pytest.raises(mod.ArgumentError, match=r"^W_hh: expected finite values, got inf"):
+        mod.loss_and_gradients({**params, "W_hh": params["W_hh"].at[1, 2].set(jnp.inf)}, X, Y)
+    assert np.isfinite(float(mod.loss(params, X, Y, states["h0"])))
 
 
 def test_the_unrolled_module_takes_its_own_T_only() -> None:

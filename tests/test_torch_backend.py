@@ -378,3 +378,39 @@ def test_the_printer_writes_the_lowering_s_statements_for_torch() -> None:
     assert p.call_into("negative", ["x"], "x") == "torch.neg(x, out=x)"
     assert p.steps_reversed("d_seq[1:T]") == "d_seq[1:T].unbind(0)[::-1]"
     assert p.copy_of("W.T") == "W.T.clone(memory_format=torch.contiguous_format)"
+
+
+def test_an_activation_torch_computes_natively_is_one_call() -> None:
+    """An activation whose definition is one of TORCH_NATIVE's (matched by its definition,
+    not its name) is one torch call, in place and as its helper; another keeps its safe
+    form."""
+    import sympy as sp
+
+    from symbptt.codegen.torch_printer import TORCH_NATIVE, native_call, torch_helper_source
+    from symbptt.expr import functions
+
+    z = functions.z
+    applied = sp.MatrixSymbol("a", 3, 2).applyfunc(sp.Lambda(z, 1 / (1 + sp.exp(-z))))
+    p = TorchPrinter({})
+    assert p.elementwise_into(applied, "a", "b") == "torch.sigmoid(a, out=b)"
+    x = sp.Symbol("x")
+    assert native_call(sp.Lambda(x, 1 / (1 + sp.exp(-x)))) == "torch.sigmoid"
+    assert native_call(sp.Lambda(x, sp.tanh(x))) is None
+    assert "return torch.sigmoid(z)" in torch_helper_source("sigmoid")
+    assert set(TORCH_NATIVE) == {"torch.sigmoid"}
+    torch = pytest.importorskip("torch")
+    values = torch.linspace(-800.0, 800.0, 9, dtype=torch.float64)
+    exact = [1 / (1 + sp.exp(-sp.Float(float(v), 30))) for v in values]
+    expected = torch.tensor([float(e) for e in exact], dtype=torch.float64)
+    assert torch.allclose(torch.sigmoid(values), expected, rtol=1e-15, atol=0)
+
+
+def test_a_product_added_into_an_array_is_one_torch_call() -> None:
+    p = TorchPrinter({})
+    assert p.add_into("dot", ["a", "b"], "z") == "z.addmm_(a, b)"
+    assert p.add_into("multiply", ["a", "b"], "z") == "z.addcmul_(a, b)"
+    assert p.add_into("subtract", ["a", "b"], "z") is None
+    source = symbptt.emit(SPECS["lstm"], backend="torch")
+    assert "c_t.addcmul_(i_t, g_t)" in source
+    assert "oifg_t.addmm_(h_prev, W_h_oifc)" in source
+    assert "addmm_(1," not in source  # a broadcast bias is no product

@@ -26,6 +26,7 @@ JAX_FUNCTIONS: dict[str, str] = {
     f"numpy.{name}": f"jnp.{name}"
     for name in (
         "abs",
+        "arange",
         "arccos",
         "arccosh",
         "arcsin",

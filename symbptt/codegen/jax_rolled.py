@@ -9,10 +9,11 @@ so this subclass changes what a write is, and nothing else:
 * the arrays of the workspace are only the stacked ones the steps are
   stored into (``q_seq = jnp.zeros(...)``); every other array is the value
   of its statement;
-* the loops are Python loops over ``t`` (``jax.jit`` traces them once per
-  shape, as straight-line XLA code): a step reads ``q_prev = q_seq[t]`` and
-  stores what it wrote with ``q_seq = q_seq.at[t + 1].set(q_t)``, which XLA
-  performs in place.
+* a loop is one ``jax.lax.scan`` over ``t`` whose carry is what the steps
+  write and read again: a step reads ``q_prev = q_seq[t]`` and stores what it
+  wrote with ``q_seq = q_seq.at[t + 1].set(q_t)``, which XLA performs in place
+  (Python loops traced by ``jax.jit`` were straight-line code T steps long:
+  compiled in 26 s for the LSTM at T = 50, and no faster to run).
 
 The fused schedule (blocks of one wide product written through views) is
 NumPy's answer to per-call overhead; XLA fuses on its own, so JAX prints the
@@ -27,7 +28,7 @@ from typing import Any
 from ..core.derive import Derivation
 from ..model.spec import ModelSpec
 from .jax_printer import JaxPrinter
-from .lines import Code, SharedPrinter
+from .lines import WIDTH, Code, SharedPrinter
 from .numpy_rolled import RolledModule
 
 __all__ = ["JaxRolledModule"]
@@ -100,7 +101,7 @@ class JaxRolledModule(RolledModule):
             index = self.seq_index[base](t, s.offset[symbol])
             line = printer.set_item(seq, index, name)
             if line not in out.lines(0):  # two symbols of one step value: one store
-                out.add(line, {seq, name, t})
+                out.add(line, {seq, name, t}, seq)
         return out
 
     def read_again(self, name: str) -> bool:
@@ -121,12 +122,54 @@ class JaxRolledModule(RolledModule):
         return any(s.base[x] in read for x in aliases)
 
     def loop(self, c: Code, body: Code, backward: bool) -> None:
-        """``for t in range(T):`` (backward: ``T - 2, ..., 0``) with the step's reads and
-        stores around ``body``."""
-        steps = "range(T - 2, -1, -1)" if backward else "range(T)"
+        """The steps as one ``jax.lax.scan`` over ``t`` (backward: ``T - 2, ..., 0``): a
+        nested function whose carry is what the steps write and read again (the stacked
+        arrays they store into, the gradients they add to), the step's reads and stores
+        around ``body``.  XLA compiles one step, not T of them, and updates the carry in
+        place."""
         inner = Code()
         inner.extend(self.views(body))
         inner.extend(body)
         inner.extend(self.stored_back(body))
-        c.add(f"for t in {steps}:", {"T"})
-        c.extend(inner, indent=1)
+        before = set(c.defines)
+        step_names = set(self.names_step.values())
+        written = set(inner.defines) | (self.accumulated & body.uses)
+        carry = sorted(name for name in written & before if name not in step_names)
+        if not carry:  # pragma: no cover -- a loop that writes nothing is pruned away
+            raise AssertionError("a loop whose steps carry nothing")
+        step = "backward_step" if backward else "forward_step"
+        steps = f"{self.function('numpy.arange')}({'T - 1' if backward else 'T'})"
+        reverse = ", reverse=True" if backward else ""
+        reads = inner.uses - set(inner.defines) - {"t", *carry}
+        c.add("")
+        if len(carry) == 1:
+            (name,) = carry
+            c.add(f"def {step}({name}, t):", set())
+            c.extend(inner, indent=1)
+            c.add(f"    return {name}, None", set())
+            c.add("")
+            scan = f"jax.lax.scan({step}, {name}, {steps}{reverse})"
+            c.add(f"{name}, _ = {scan}", {name, "T", *reads})
+            return
+        function = Code()
+        function.add(_tuple(carry, "", " = carry", 8), set())
+        function.extend(inner)
+        function.add(_tuple(carry, "return ", ", None", 8), set())
+        c.add(f"def {step}(carry, t):", set())
+        c.extend(function, indent=1)
+        c.add("")
+        c.add(_tuple(carry, "carry = ", "", 4), set(carry))
+        c.add(f"carry, _ = jax.lax.scan({step}, carry, {steps}{reverse})", {"T", *reads})
+        c.add(_tuple(carry, "", " = carry", 4), set())
+
+
+def _tuple(names: list[str], head: str, tail: str, indent: int) -> str:
+    """``head(a, b, c)tail`` on one line, or one name a line (with the trailing comma that
+    keeps ``ruff format`` from joining them) where that is longer than :data:`WIDTH`;
+    without ``head`` an unpacking target (no parentheses on one line)."""
+    one = ", ".join(names)
+    line = f"{head}({one}){tail}" if head else f"{one}{tail}"
+    if indent + len(line) <= WIDTH:
+        return line
+    inner = "".join(f"\n    {name}," for name in names)
+    return f"{head}({inner}\n){tail}"

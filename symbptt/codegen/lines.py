@@ -325,6 +325,22 @@ def atomic(expr: Any) -> bool:
     return False
 
 
+def product_parts(expr: Any) -> tuple[str, list[Any]] | None:
+    """``("dot", [a, b])`` for ``a @ b``, ``("multiply", [a, b])`` for ``a * b`` of two
+    arrays (what a backend may add into an array in one call: the printer's
+    ``add_into``), else None."""
+    if isinstance(expr, sp.MatMul) and len(expr.args) == 2:
+        function = "dot"
+    elif isinstance(expr, sp.HadamardProduct) and len(expr.args) == 2:
+        function = "multiply"
+    else:
+        return None
+    named = (sp.MatrixSymbol, sp.Transpose)  # arrays, not a broadcast (b 1^T) or a number
+    if not all(isinstance(a, named) and atomic(a) for a in expr.args):
+        return None
+    return function, list(expr.args)
+
+
 class Lowering:
     """Three-address code: an expression written into an existing array, in place.
 
@@ -519,6 +535,13 @@ class Lowering:
             rest = order[2:]
         for i in rest:
             negative, term = signed[i]
+            parts = None if negative else product_parts(term)
+            if parts is not None:
+                args = [self.short(a, code) for a in parts[1]]
+                line = self.printer.add_into(parts[0], args, target)
+                if line is not None:  # one call, no scratch array (torch: addcmul_)
+                    code.add(line)
+                    continue
             code.add(f"{target} {'-=' if negative else '+='} {self.operand(term, code)}")
 
     def _scale(self, coeff: Any, target: str, code: Code) -> None:

@@ -450,6 +450,11 @@ class NumPyPrinter(_SymPyNumPyPrinter):  # type: ignore[misc]
         """``np.<function>(args..., out=out)``: one call writing into the array ``out``."""
         return f"{self._module_format('numpy.' + function)}({', '.join(args)}, out={out})"
 
+    def add_into(self, function: str, args: list[str], out: str) -> str | None:
+        """``out += function(*args)`` as one call, or None where it takes two (NumPy: a
+        call into a scratch array, then ``+=``)."""
+        return None
+
     def steps_reversed(self, code: str) -> str:
         """The steps of a stacked array (its first axis), last first, as views."""
         return f"{code}[::-1]"

@@ -23,7 +23,7 @@ from ..core.graph import T_SYMBOL
 from ..expr import mexpr
 from ..model.notation import Notation
 from ..model.spec import ModelSpec
-from .lines import WIDTH, Code, Lowering, SharedPrinter, atomic, fit
+from .lines import WIDTH, Code, Lowering, SharedPrinter, atomic, fit, product_parts
 from .module_parts import assemble, size_names
 from .numpy_printer import stable_loss_matrix
 from .rowform import transpose
@@ -217,10 +217,29 @@ class RolledModule:
             text, used = self.code_of(expr, "loop")
             code.add(f"{target} += {text}", used | {target})
             return
+        if self.add_product(expr, target, code):
+            return
         name = self.buffers.scratch_name()
         self.buffer(before, name, *self.shape_code(expr.shape, False))
         self.lower(expr, name, "loop", code, before)
         code.add(f"{target} += {name}", {target, name})
+
+    def add_product(self, expr: Any, target: str, code: Code) -> bool:
+        """``target += a @ b`` or ``target += a * b`` of two operands as one call, where the
+        backend has one (the printer's ``add_into``: torch's ``addmm_``, ``addcmul_``)."""
+        parts = product_parts(expr)
+        if parts is None:
+            return False
+        texts, uses = [], {target}
+        for arg in parts[1]:
+            text, used = self.code_of(arg, "loop")
+            texts.append(text)
+            uses |= used
+        line = self.new_printer({}).add_into(parts[0], texts, target)
+        if line is None:
+            return False
+        code.add(line, uses)
+        return True
 
     # -- storage ------------------------------------------------------------------
     def _seq(self, base: str, shift: int = 0) -> None:
