@@ -959,8 +959,8 @@ def _describe(spec: ModelSpec) -> str:
         parts.append(spec.direction)
     if spec.masked:
         parts.append("masked")
-    if spec.initial_state == "input":
-        initial = [f"{state.key}0" for state in cell.states]
+    if spec.initial_inputs:
+        initial = [f"{key}0" for key in spec.initial_inputs]
         parts.append(
             f"{initial[0]} an input" if len(initial) == 1 else f"{' and '.join(initial)} inputs"
         )
@@ -1108,7 +1108,10 @@ def _cmd_cells(args: argparse.Namespace) -> int:
             f"  {cell.description}",
             f"  reference: {cell.reference}",
             "  states: "
-            + ", ".join(f"{q.key} ({q.size}, initial {q.key}0)" for q in cell.states)
+            + ", ".join(
+                f"{q.key} ({q.size}, initial {q.key}0{', ' + q.initial if q.initial else ''})"
+                for q in cell.states
+            )
             + f"; the output layer reads {cell.readout}",
             "  parameters: "
             + ", ".join(

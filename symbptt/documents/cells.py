@@ -178,7 +178,7 @@ class _CellWriter(_Writer):
             "loss": spec.loss.replace("_", " "),
             "row": notation.layout == "row",
             "bias": spec.bias,
-            "initial_zero": spec.initial_state == "zero",
+            "initial_zero": not self.d.graph.initial_inputs,
             "notes": list(notation.notes),
         }
 
@@ -256,7 +256,7 @@ class _CellWriter(_Writer):
                 )
             )
         for state in cell.states:
-            how = " (zero)" if self.spec.initial_state == "zero" else " (an input)"
+            how = " (zero)" if self.spec.initial_of(state.key) == "zero" else " (an input)"
             entry = notation.name_of(state.key)
             rows.append(
                 row(
@@ -318,7 +318,8 @@ class _CellWriter(_Writer):
             "figure": figure.picture(self),
             "mermaid": figure.mermaid(self),
             "initial": self._initial_tex(),
-            "initial_zero": spec.initial_state == "zero",
+            "initial_zero": not graph.initial_inputs,
+            **self._initial_parts(),
             "first": self.first,
             "last": self.last,
             "elided": len(graph.steps) > UNROLL_LIMIT,

@@ -209,6 +209,9 @@ class Quantity:
     key: str
     kind: str  # "input", "state" or "intermediate"
     size: str  # a size name ("n_in", "n_hidden")
+    #: a state's initial value as the cell file pins it: "zero", "input", or ""
+    #: (the spec's ``initial_state`` decides; see :meth:`ModelSpec.initial_of`)
+    initial: str = ""
 
 
 @dataclass(frozen=True)
