@@ -57,6 +57,8 @@ def emission_derivation(source: ModelSpec | Derivation) -> tuple[ModelSpec, Deri
         and len(source.graph.initial_inputs) == len(source.graph.initials)
     ):
         return spec, source
+    if len(emission.initial_inputs) == len(spec.model.states):
+        return spec, derive(emission)
     # every state an input inside the code; its API leaves out a state the cell file
     # pins at zero (no keyword, no gradient: :func:`_api`)
     return spec, derive(build_graph(emission, initial_override="input"))
