@@ -19,7 +19,7 @@ from symbptt.documents import (
     render_documents,
     render_latex,
 )
-from symbptt.latex_printer import delta_name, escape_tex
+from symbptt.latex_printer import delta_name, delta_role, escape_tex
 from symbptt.verification import Checks, _numerical_sizes, proof_spec, worked_example
 from symbptt.verify import ScalarProof
 
@@ -335,7 +335,7 @@ def test_gradient_sums_in_step_order(notation: str) -> None:
     spec = ModelSpec(steps=4, initial_state="input", notation=notation)
     d = derive(spec)
     notation_ = d.notation
-    deltas = [delta_name(notation_, step).tex() for step in d.graph.steps]
+    deltas = [delta_name(notation_, step, delta_role(notation_)).tex() for step in d.graph.steps]
     tex = render_latex(spec)
     rows = tex.split("and the gradients are")[1].split(r"\end{align*}")[0]
     checked = 0

@@ -198,8 +198,6 @@ class _Writer:
         self._aux = 0
         self.t = self.form.t
         self.first = self.graph.steps[0]
-        #: the state starts at zero (the cell file's ``initial`` or the spec's initial_state)
-        self.initial_zero = not self.graph.initial_inputs
         self.last = self.graph.steps[-1]
         #: the generic last step: T (t0 = 1) or T - 1 (t0 = 0)
         self.T_last = T_SYMBOL + self.notation.t0 - 1
@@ -1593,6 +1591,11 @@ class _Writer:
 
     def _zero_tex(self) -> str:
         return self.tex(sp.ZeroMatrix(*self.graph.symbols.series_shape(self.k["pre_activation"])))
+
+    @property
+    def initial_zero(self) -> bool:
+        """No state starts at an input (the cell file's ``initial``, or the spec's)."""
+        return not self.graph.initial_inputs
 
     def _initial_parts(self) -> dict[str, Any]:
         """Where each state starts, for a forward pass whose states start differently

@@ -180,10 +180,6 @@ class Notation:
         series = self.series_of(role)
         return self.index(series.base, step, series.layer)
 
-    def delta_latex(self, step: Any) -> str:
-        layer = self.series_of("pre_activation").layer
-        return self.index(r"\delta", step, layer)
-
     def loss_latex_at(self, step: Any) -> str:
         return self.index(self.loss_latex, step)
 
