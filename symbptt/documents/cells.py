@@ -26,7 +26,7 @@ from ..latex_printer import (
     state_initial_name,
 )
 from ..spec import SpecError
-from . import figure
+from . import cell_figure, figure
 from .layout import ROW_WIDTH, UNROLL_LIMIT, _atoms, prose, tex_width
 from .teaching import _Writer, teaching_roles
 
@@ -180,6 +180,8 @@ class _CellWriter(_Writer):
             "bias": spec.bias,
             "initial_zero": not self.d.graph.initial_inputs,
             "notes": list(notation.notes),
+            "cell_figure": cell_figure.picture(self),
+            "cell_mermaid": cell_figure.mermaid(self),
         }
 
     def cell_functions(self) -> list[dict[str, str]]:
