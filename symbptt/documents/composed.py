@@ -41,6 +41,7 @@ from ..latex_printer import (
     series_name,
     state_initial_name,
 )
+from . import composed_figure
 from .layout import UNROLL_LIMIT, _atoms
 from .teaching import _term_classes, _Writer
 
@@ -251,6 +252,9 @@ class _ComposedWriter(_Writer):
         head = self._head()
         return {
             "units": units,
+            "figure": composed_figure.picture(self),
+            "mermaid": composed_figure.mermaid(self),
+            "elided": len(self.graph.steps) > composed_figure.SHOWN,
             "bidirectional": self.program.bidirectional,
             "layers": self.program.layers,
             "masked": spec.masked,
