@@ -98,3 +98,56 @@ def test_derive_writes_and_checks_an_lstm(
     checks = [line for line in text.splitlines() if "max relative error" in line]
     assert len(checks) == 2
     assert all(line.split()[-6] == "OK" or " OK " in line for line in checks)
+
+
+# -- `symbptt notations --cell`: any cell's notations, read from its file -----------------
+@pytest.mark.parametrize("cell", ["lstm", "gru", str(EXAMPLES / "gru_pytorch.toml")])
+def test_notations_lists_any_cells_notations(cell: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    from symbptt import ModelSpec
+    from symbptt.checker import model_equations, names
+
+    assert cli.main(["notations", "--cell", cell]) == 0
+    out = capsys.readouterr().out
+    model = load_cell(cell)
+    for key, notation in model.notations.items():
+        assert f"\n{key}" in "\n" + out and notation.title in out
+        spec = ModelSpec(cell=cell, notation=key)
+        for lhs, rhs in model_equations(spec):
+            assert re.search(rf"\n    {re.escape(lhs)} +\= {re.escape(rhs)}\n", out), (lhs, rhs)
+        for info in names(spec):
+            assert f"  {info}" in out
+        starts = ", ".join(
+            f"{notation.name_of(q.key).initial} = {notation.name_of(q.key).ascii}"
+            f"[{notation.t0 - 1}]"
+            for q in model.states
+        )
+        assert starts in out
+    assert " hidden, " not in out  # a gated cell fixes its activations: no spec.hidden
+    assert "seed " not in out  # no seed document behind these notations
+
+
+def test_notations_of_a_cell_file_say_where_each_state_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (EXAMPLES / "lstm_peephole.toml").read_text(encoding="utf-8")
+    plain = 'h = "n_hidden"\nc = "n_hidden"'
+    assert plain in text
+    pinned = (
+        'h = { size = "n_hidden", initial = "input" }\nc = { size = "n_hidden", initial = "zero" }'
+    )
+    path = tmp_path / "pinned.toml"
+    path.write_text(text.replace(plain, pinned), encoding="utf-8")
+    assert cli.main(["notations", "--cell", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "(an input: the cell file)" in out and "(zero: the cell file)" in out
+
+
+def test_notations_of_an_unknown_cell_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["notations", "--cell", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "'nope'" in err and "Traceback" not in err
+    assert cli.main(["notations", "--cell", "lstm", "uvw"]) == 2
+    err = capsys.readouterr().err
+    assert "expected one of 'xh', 'layered'" in err

@@ -361,6 +361,8 @@ def _untagged(text: str) -> str:
         {"notation": "layered", "steps": 2, "mode": "many_to_one", "initial_state": "input"},
         {"notation": "uvw", "steps": 4, "bias": False, "hidden": "relu"},
         {"notation": "aa", "steps": 1, "time_reduction": "mean"},
+        # a composed document names Elman's δ from the notation (adjoint = "delta"), not a tag
+        {"notation": "xh", "steps": 2, "layers": 2},
     ],
     ids=str,
 )

@@ -204,3 +204,24 @@ def test_verifying_stage_proves_a_composed_model_and_the_document_says_so() -> N
     assert "passed" in verified and f"{checks.proof.entries} entries" in verified
     assert "T = 3" in verified  # the document's own T, which the proof did not run at
     assert "central finite differences" in verified and "Could not be run" not in verified
+
+
+@pytest.mark.parametrize("fields", SPECS, ids=IDS)
+def test_the_summary_page_holds_every_recursion_and_gradient(fields: dict[str, object]) -> None:
+    """The summary re-prints the derivation's rows: every unit's recursion at the middle step,
+    every parameter's contribution there and every gradient's sum, after a page break."""
+    spec = _spec(fields)
+    context = _writer(derive(spec), None, None).context()
+    tex, md = render_documents(spec)
+    summary_tex = tex.split(r"\section{Summary}\label{sec:summary}")[1].split(
+        r"\section{Verified}"
+    )[0]
+    summary_md = md.split("## 5. Summary")[1].split("## 6. Verified")[0]
+    assert tex.split(r"\section{Summary}")[0].rstrip().endswith(r"\clearpage")
+    rows = [*context["backward"]["head"], *context["gradients"]["at_middle"]]
+    rows += [row for unit in context["backward"]["units"] for row in unit["rows"]]
+    rows += context["gradients"]["sums"]
+    for row in rows:
+        assert row in summary_tex and row in summary_md
+    for unit in context["backward"]["units"]:
+        assert f"then layer {unit['layer']}, {unit['direction']}, computes" in summary_md

@@ -19,7 +19,7 @@ from symbptt.documents import (
     render_documents,
     render_latex,
 )
-from symbptt.documents.latex_printer import delta_name, escape_tex
+from symbptt.documents.latex_printer import delta_name, delta_role, escape_tex
 from symbptt.oracle.verification import Checks, _numerical_sizes, proof_spec, worked_example
 from symbptt.oracle.verify import ScalarProof
 
@@ -344,7 +344,7 @@ def test_gradient_sums_in_step_order(notation: str) -> None:
     spec = ModelSpec(steps=4, initial_state="input", notation=notation)
     d = derive(spec)
     notation_ = d.notation
-    deltas = [delta_name(notation_, step).tex() for step in d.graph.steps]
+    deltas = [delta_name(notation_, step, delta_role(notation_)).tex() for step in d.graph.steps]
     tex = render_latex(spec)
     rows = tex.split("and the gradients are")[1].split(r"\end{align*}")[0]
     checked = 0
@@ -647,3 +647,19 @@ def test_the_users_formulas_are_printed_after_the_seeds(preset: str) -> None:
         assert "EQUAL" in mine and "NOT EQUAL" in mine and "Correct:" in mine
         assert text.index("Your formulas.") > text.index("Numerical check of the generated code")
     assert "Your formulas" not in render_documents(spec, checks=_checks(spec))[1]
+
+
+def test_no_worked_example_when_the_cell_file_makes_the_state_an_input() -> None:
+    """The worked example starts from h = 0: a cell file pinning h as an input (the spec
+    saying zero) gets none, rather than a missing value for h_0."""
+    import dataclasses
+
+    from symbptt.model import cell_from_mapping, load_cell
+    from symbptt.model.presets import PRESETS
+
+    mapping = load_cell("elman").as_mapping()
+    mapping["states"] = {"h": {"size": "n_hidden", "initial": "input"}}
+    spec = dataclasses.replace(PRESETS["xh_hello"], cell=cell_from_mapping(mapping))
+    assert spec.initial_state == "zero" and spec.initial_inputs == ("h",)
+    assert worked_example(derive(spec)) is None
+    assert worked_example(derive(PRESETS["xh_hello"])) is not None

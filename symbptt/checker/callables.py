@@ -9,6 +9,7 @@ from functools import cache
 from typing import Any
 
 import numpy as np
+import sympy as sp
 
 from ..model.spec import ModelSpec
 from .flat import FlatSymbols
@@ -48,8 +49,8 @@ def _arrays(
     ys = [batch_major(leaves[y]) for y in graph.targets]
     Y = np.stack(ys) if work.spec.mode == "many_to_many" else ys[0]
     initials: dict[str, np.ndarray | None] = {}
-    given = work.spec.initial_state == "input"
     for keyword, initial in _initial_keywords(work).items():
+        given = isinstance(initial, sp.MatrixSymbol)  # an input; a zero start passes None
         initials[keyword] = batch_major(leaves[initial]) if given else None
     if graph.masks:  # (T, m): 1 where an example's step is real
         mask = np.stack([np.asarray(leaves[m], dtype=float).reshape(-1) for m in graph.masks])
@@ -66,16 +67,27 @@ def _arrays(
 
 
 def _initial_keywords(work: _Work) -> dict[str, Any]:
-    """The keyword of each initial state (``h0``, ``c0``; a unit's ``h0_1f``) -> its symbol."""
+    """The keyword of each initial state (``h0``, ``c0``; a unit's ``h0_1f``) -> its symbol.
+
+    A state that the cell file starts at zero has no keyword (a generated module
+    takes none for it); one that starts at zero by the spec's ``initial_state``
+    gets None.
+    """
     graph = work.graph
     symbols = graph.symbols
+    cell = work.spec.model
     if not isinstance(symbols, FlatSymbols):
-        return {f"{key}0": initial for key, initial in graph.initials.items()}
+        return {
+            f"{key}0": initial
+            for key, initial in graph.initials.items()
+            if cell.quantity(key).initial != "zero"
+        }
     out = {}
     for registry in symbols.root.registries:
         assert registry.unit is not None
         for state in registry.cell.states:
-            out[registry.unit.name(f"{state.key}0")] = registry.initials[state.key]
+            if state.initial != "zero":
+                out[registry.unit.name(f"{state.key}0")] = registry.initials[state.key]
     return out
 
 

@@ -223,7 +223,7 @@ def _composed_recursion(d: Derivation) -> tuple[str, ...]:
             outside.append(f"{label}[{after}] = 0")
     for key in graph.initials:
         entry = notation.name_of(key)
-        initial = "0" if d.spec.initial_state == "zero" else entry.initial
+        initial = entry.initial if key in d.graph.initial_inputs else "0"
         outside.append(f"{entry.ascii}[{_outside(d, entry.role)[0]}] = {initial}")
     lines.append(", ".join(outside))
     return tuple(lines)
@@ -325,7 +325,7 @@ def _recursion_lines(d: Derivation) -> tuple[str, ...]:
     ]
     for key in d.graph.initials:
         entry = notation.name_of(key)
-        initial = "0" if d.spec.initial_state == "zero" else entry.initial
+        initial = entry.initial if key in d.graph.initial_inputs else "0"
         outside.append(f"{entry.ascii}[{first - 1}] = {initial}")
     lines.append(", ".join(outside))
     return tuple(lines)

@@ -255,13 +255,17 @@ def names(notation: str | Notation | ModelSpec | Derivation) -> tuple[NameInfo, 
     out: list[NameInfo] = list(_parameter_names(d))
     for key in graph.initials:
         entry = nota.name_of(key)
+        pinned = cell.quantity(original_key(graph, key)).initial
+        if pinned:
+            start = "(an input: the cell file)" if pinned == "input" else "(zero: the cell file)"
+        else:
+            start = "(zero unless the spec has initial_state='input')"
         out.append(
             NameInfo(
                 entry.initial,
                 "initial state",
                 f"initial {entry.description} = {entry.ascii}[{outside(entry.role)[0]}] "
-                f"{_shape_text(symbols.series_shape(key))} "
-                "(zero unless the spec has initial_state='input')",
+                f"{_shape_text(symbols.series_shape(key))} {start}",
             )
         )
     for role, label in _labelled_roles(d):

@@ -209,9 +209,8 @@ def _leaves(
         leaves[symbol] = rng.normal(size=_shape(symbol))
     for symbol in graph.targets:
         leaves[symbol] = _target_value(work, _shape(symbol), rng, kind, same_class)
-    if work.spec.initial_state == "input":
-        for initial in graph.initials.values():
-            leaves[initial] = rng.normal(scale=0.5, size=_shape(initial))
+    for initial in graph.initial_inputs.values():
+        leaves[initial] = rng.normal(scale=0.5, size=_shape(initial))
     if graph.masks:
         leaves.update(_masks(work, rng))
     return leaves

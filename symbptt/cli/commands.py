@@ -597,13 +597,20 @@ def _notations_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
         allow_abbrev=False,
         name="notations",
-        help="the four notations: equations and the names the expression language uses",
+        help="a cell's notations: equations and the names the expression language uses",
         description=(
-            "List the four notation presets, one per seed document: their equations, "
-            "layout, first step and the names `symbptt check` understands."
+            "List the notations of a cell (the Elman cell's four, one per seed document, "
+            "unless --cell names another): their equations, layout, first step and the "
+            "names `symbptt check` understands."
         ),
     )
     p.add_argument("name", nargs="?", metavar="NAME", help="show only this notation")
+    p.add_argument(
+        "--cell",
+        default="elman",
+        metavar="NAME|FILE",
+        help="the cell whose notations to list: elman (default), lstm, gru or a .toml file",
+    )
     return p
 
 
@@ -1022,8 +1029,8 @@ def _describe(spec: ModelSpec) -> str:
         parts.append(spec.direction)
     if spec.masked:
         parts.append("masked")
-    if spec.initial_state == "input":
-        initial = [f"{state.key}0" for state in cell.states]
+    if spec.initial_inputs:
+        initial = [f"{key}0" for key in spec.initial_inputs]
         parts.append(
             f"{initial[0]} an input" if len(initial) == 1 else f"{' and '.join(initial)} inputs"
         )
@@ -1096,50 +1103,63 @@ def _expression_error(exc: Any) -> str:
 
 def _spec_words(spec: ModelSpec) -> str:
     """The spec fields the printed equations depend on, in a few words."""
+    hidden = f"{spec.hidden} hidden, " if spec.model.activation else ""
     return (
-        f"T = {spec.steps}, {spec.hidden} hidden, {spec.output} output, {spec.loss}, "
+        f"T = {spec.steps}, {hidden}{spec.output} output, {spec.loss}, "
         f"{spec.batch_reduction} over the batch, {spec.time_reduction} over time"
     )
 
 
 def _cmd_notations(args: argparse.Namespace) -> int:
     from ..checker import model_equations, names
-    from ..model.notation import NOTATIONS
+    from ..model import load_cell
 
-    order = [key for key in CHOICES["notation"] if key in NOTATIONS]
-    order += [key for key in NOTATIONS if key not in order]
+    try:
+        cell = load_cell(args.cell)
+    except SpecError as exc:
+        raise UsageError(_one_line(str(exc))) from None
+    notations = cell.notations
+    order = [key for key in CHOICES["notation"] if key in notations]  # Elman's seed order
+    order += [key for key in notations if key not in order]
     chosen = [args.name] if args.name else order
     for key in chosen:
-        if key not in NOTATIONS:
+        if key not in notations:
             raise UsageError(f"NAME: got {key!r}; expected one of {', '.join(map(repr, order))}")
     blocks = []
     for key in chosen:
-        notation = NOTATIONS[key]
-        spec = ModelSpec(notation=key)
+        notation = notations[key]
+        spec = ModelSpec(cell=args.cell, notation=key)
         first = notation.t0
         last = "T" if first == 1 else "T-1"
-        hidden = notation.series_of("hidden").ascii
         layout = (
             "column vectors (examples are columns)"
             if notation.layout == "column"
             else "row-major (a batch of m rows)"
         )
         default = " (the default)" if key == ModelSpec().notation else ""
+        states = [notation.name_of(q.key) for q in cell.states]
+        starts = ", ".join(f"{entry.initial} = {entry.ascii}[{first - 1}]" for entry in states)
+        several = "s" if len(states) > 1 else ""
+        seed = f"seed {notation.seed}; " if notation.seed else ""
         lines = [
             f"{key}{default}: {notation.title}",
-            f"  seed {notation.seed}; {layout}; t = {first}..{last}; "
-            f"initial state {notation.initial_ascii} = {hidden}[{first - 1}]",
+            f"  {seed}{layout}; t = {first}..{last}; initial state{several} {starts}",
             f"  equations of the default spec in this notation ({_spec_words(spec)}):",
         ]
         rows = model_equations(spec)
         width = max(len(lhs) for lhs, _ in rows)
         lines += [f"    {lhs:<{width}} = {rhs}" for lhs, rhs in rows]
         lines += [f"    note: {_one_line(note)}" for note in notation.notes]
-        lines.append(f"  names in `symbptt check --notation {key}`:")
-        own = [info for info in names(notation) if info.kind in _OWN_KINDS]
+        cell_flag = "" if args.cell == "elman" else f" --cell {args.cell}"
+        lines.append(f"  names in `symbptt check{cell_flag} --notation {key}`:")
+        own = [info for info in names(spec) if info.kind in _OWN_KINDS]
         lines += [f"    {info}" for info in own]
         blocks.append("\n".join(lines))
-    shared = [info for info in names(chosen[0]) if info.kind not in _OWN_KINDS]
+    shared = [
+        info
+        for info in names(ModelSpec(cell=args.cell, notation=chosen[0]))
+        if info.kind not in _OWN_KINDS
+    ]
     common = [
         "in every notation:",
         "  L[t] is the loss of step t (J[t] in uvw); time_reduction='mean' divides the sum "
@@ -1171,7 +1191,10 @@ def _cmd_cells(args: argparse.Namespace) -> int:
             f"  {cell.description}",
             f"  reference: {cell.reference}",
             "  states: "
-            + ", ".join(f"{q.key} ({q.size}, initial {q.key}0)" for q in cell.states)
+            + ", ".join(
+                f"{q.key} ({q.size}, initial {q.key}0{', ' + q.initial if q.initial else ''})"
+                for q in cell.states
+            )
             + f"; the output layer reads {cell.readout}",
             "  parameters: "
             + ", ".join(

@@ -24,7 +24,7 @@ from typing import Any
 import sympy as sp
 
 from ..core.derive import Derivation, derive
-from ..core.graph import T_SYMBOL, Symbols
+from ..core.graph import T_SYMBOL, Symbols, build_graph
 from ..expr import functions
 from ..model.notation import Notation
 from ..model.spec import ModelSpec
@@ -51,9 +51,17 @@ def emission_derivation(source: ModelSpec | Derivation) -> tuple[ModelSpec, Deri
     emission = dataclasses.replace(
         spec, n_in=None, n_hidden=None, n_out=None, batch=None, initial_state="input"
     )
-    if isinstance(source, Derivation) and source.spec == emission:
+    if (
+        isinstance(source, Derivation)
+        and source.spec == emission
+        and len(source.graph.initial_inputs) == len(source.graph.initials)
+    ):
         return spec, source
-    return spec, derive(emission)
+    if len(emission.initial_inputs) == len(spec.model.states):
+        return spec, derive(emission)
+    # every state an input inside the code; its API leaves out a state the cell file
+    # pins at zero (no keyword, no gradient: :func:`_api`)
+    return spec, derive(build_graph(emission, initial_override="input"))
 
 
 # ---------------------------------------------------------------------------- docstring
@@ -250,6 +258,7 @@ def _api(d: Derivation) -> dict[str, Any]:
             fallbacks[size] = arguments.get(size, "")
     states = []
     for key, (size, entry) in units.items():
+        pinned = cell.quantity(entry.key).initial
         if size == "n_in":
             zeros_size = "X.shape[2]"
         elif size in sources:
@@ -268,6 +277,8 @@ def _api(d: Derivation) -> dict[str, Any]:
                 "size_code": zeros_size,
                 "initial": entry.initial,
                 "description": entry.description,
+                # a state the cell file pins at zero: no keyword, no gradient
+                "input": pinned != "zero",
             }
         )
     return {"init": init, "size_sources": sources, "size_fallbacks": fallbacks, "states": states}
@@ -404,16 +415,22 @@ def _context(
         if distribution
         else []
     )
-    arguments = [s["argument"] for s in states]
+    everything = [s["argument"] for s in states]  # the code's own positional arguments
+    arguments = [s["argument"] for s in states if s["input"]]  # the caller's keywords
     masks = ["mask"] if spec.masked else []
-    initials = [s["initial"] for s in states]
-    several = len(states) > 1
+    initials = [s["initial"] for s in states if s["input"]]
+    several = len(arguments) > 1
+    zeros = [s["initial"] for s in states if not s["input"]]  # the cell file pins them
     initial_line = (
-        f"{_join(initials)} the initial state{'s' if several else ''} {_join(arguments)}):"
+        f"{_join(initials)} the initial state{'s' if several else ''} {_join(arguments)}"
         if initials != arguments
-        else f"{_join(arguments)} the initial state{'s' if several else ''}):"
+        else f"{_join(arguments)} the initial state{'s' if several else ''}"
     )
-    state_shapes = [f"{s['argument']} (m, {s['size']})" for s in states]
+    if zeros:
+        zero_text = f"{_join(zeros)} = 0 (the cell file)"
+        initial_line = f"{initial_line}; {zero_text}" if arguments else zero_text
+    initial_line += "):"
+    state_shapes = [f"{s['argument']} (m, {s['size']})" for s in states if s["input"]]
     finals_text = _join([s["description"] for s in states])
     gradient_keys = ", ".join(
         [
@@ -540,7 +557,12 @@ def _context(
         "readout": cell.readout,
         "initial_args": arguments,
         "initial_keywords": ", ".join(f"{a}=None" for a in [*masks, *arguments]),
-        "initial_call": ", ".join([*masks, *arguments]),
+        "initial_call": ", ".join([*masks, *everything]),
+        "initial_pass": ", ".join([*masks, *arguments]),
+        # what a public function passes on: None for a state that starts at zero
+        "initial_entry": ", ".join(
+            [*masks, *(s["argument"] if s["input"] else "None" for s in states)]
+        ),
         "masked": spec.masked,
         "composed": composed,
         "integer_labels": composed and spec.loss == "cross_entropy",
@@ -602,18 +624,20 @@ def _n_out_code(api: dict[str, Any]) -> str:
     return 'SIZES["n_out"]'
 
 
-def _all_gradients_doc(states: list[dict[str, str]]) -> list[str]:
+def _all_gradients_doc(states: list[dict[str, Any]]) -> list[str]:
     """The docstring of ``loss_and_all_gradients``: what ``state`` holds."""
     parts = ['``state["dX"]`` is the gradient with respect to X (T, m, n_in)']
     for s in states:
         argument, size = s["argument"], s["size"]
+        if not s["input"]:
+            continue
         parts.append(
             f'``state["d{argument}"]`` the gradient with respect to {argument} (m, {size})'
         )
     parts += [
         f'``state["{s["key"]}_T"]`` the final {s["description"]} (m, {s["size"]})' for s in states
     ]
-    arguments = _join([s["argument"] for s in states])
+    arguments = _join([s["argument"] for s in states if s["input"]])
     text = (
         ", ".join(parts[:-1]) + " and " + parts[-1] + f", to pass as {arguments} to the next chunk."
     )

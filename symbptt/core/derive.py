@@ -311,8 +311,7 @@ def derive(spec: ModelSpec | Graph) -> Derivation:
     spec = graph.spec
     symbols = graph.symbols
     order: list[tuple[str, Any]] = list(symbols.params.items())
-    if spec.initial_state == "input":
-        order += [(initial.name, initial) for initial in graph.initials.values()]
+    order += [(initial.name, initial) for initial in graph.initial_inputs.values()]
     leaves = {symbol for _, symbol in order} | set(graph.inputs)
     adjoints, parts = backprop(graph.assignments, {graph.loss: sp.Integer(1)}, leaves, symbols)
     contributions = _contributions(symbols, parts, order)
@@ -332,9 +331,8 @@ def derive(spec: ModelSpec | Graph) -> Derivation:
         symbols.meta[target] = ("gradient", None)
         sums.append(Assignment(target, total, "gradient", None, name))
     roles = {name: symbols.meta[symbol][0] for name, symbol in symbols.params.items()}
-    if spec.initial_state == "input":
-        for initial in graph.initials.values():
-            roles[initial.name] = "initial_state"
+    for initial in graph.initial_inputs.values():
+        roles[initial.name] = "initial_state"
     table: dict[str, Any] = {
         role: symbols.params[name] for name, role in roles.items() if name in symbols.params
     }

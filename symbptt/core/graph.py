@@ -106,11 +106,15 @@ class Symbols:
         notation: Notation,
         unit: Unit | None = None,
         root: Symbols | None = None,
+        initial_override: str = "",
     ) -> None:
         self.spec = spec
         self.cell = spec.model
         self.program = spec.program
         self.unit = unit
+        #: "input": every state's initial value an input, whatever the cell file pins
+        #: (the generated code's own form; its API then leaves the pinned-zero ones out)
+        self.initial_override = initial_override
         self.root = self if root is None else root
         self.notation = notation if unit is None else _unit_notation(notation, spec, unit)
         self.layout = notation.layout
@@ -161,7 +165,8 @@ class Symbols:
         for state in self.cell.states:
             entry = self.notation.name_of(state.key)
             shape = self.series_shape(state.key)
-            if spec.initial_state == "zero":
+            kind = initial_override or spec.initial_of(state.key)
+            if kind == "zero":
                 self.initials[state.key] = sp.ZeroMatrix(*shape)
             else:
                 symbol = sp.MatrixSymbol(entry.initial, *shape)
@@ -177,7 +182,10 @@ class Symbols:
     def _compose(self, notation: Notation) -> None:
         """The registry of a composed program: one registry per unit, then the output layer."""
         program = self.program
-        self.registries = tuple(Symbols(self.spec, notation, unit, self) for unit in program.units)
+        override = self.initial_override
+        self.registries = tuple(
+            Symbols(self.spec, notation, unit, self, override) for unit in program.units
+        )
         for registry in self.registries:
             assert registry.unit is not None
             for key, initial in registry.initials.items():
@@ -587,14 +595,25 @@ class Graph:
     masks: tuple[Any, ...] = ()  # the mask of every step, in a masked model
 
     @property
+    def initial_inputs(self) -> dict[str, sp.MatrixSymbol]:
+        """The initial states that are inputs (symbols with a gradient), by state key;
+        a state that starts at zero is left out."""
+        return {k: v for k, v in self.initials.items() if isinstance(v, sp.MatrixSymbol)}
+
+    @property
     def params(self) -> dict[str, sp.MatrixSymbol]:
         return self.symbols.params
 
 
-def build_graph(spec: ModelSpec) -> Graph:
-    """Unroll ``spec`` for ``spec.steps`` steps (iteratively)."""
+def build_graph(spec: ModelSpec, initial_override: str = "") -> Graph:
+    """Unroll ``spec`` for ``spec.steps`` steps (iteratively).
+
+    Each state starts at zero or at an input symbol as :meth:`ModelSpec.initial_of`
+    says; ``initial_override="input"`` makes every one an input (the generated
+    code's internal form).
+    """
     notation = spec.model.notations[spec.notation]
-    symbols = Symbols(spec, notation)
+    symbols = Symbols(spec, notation, initial_override=initial_override)
     steps = tuple(notation.steps(spec.steps))
     if symbols.registries:
         assignments, losses = _composed(symbols, steps)

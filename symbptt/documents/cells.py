@@ -18,7 +18,7 @@ from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from ..core.derive import Derivation
 from ..expr import functions
 from ..model.spec import SpecError
-from . import figure
+from . import cell_figure, figure
 from .latex_printer import (
     TeXName,
     loss_name,
@@ -178,8 +178,10 @@ class _CellWriter(_Writer):
             "loss": spec.loss.replace("_", " "),
             "row": notation.layout == "row",
             "bias": spec.bias,
-            "initial_zero": spec.initial_state == "zero",
+            "initial_zero": not self.d.graph.initial_inputs,
             "notes": list(notation.notes),
+            "cell_figure": cell_figure.picture(self),
+            "cell_mermaid": cell_figure.mermaid(self),
         }
 
     def cell_functions(self) -> list[dict[str, str]]:
@@ -256,7 +258,7 @@ class _CellWriter(_Writer):
                 )
             )
         for state in cell.states:
-            how = " (zero)" if self.spec.initial_state == "zero" else " (an input)"
+            how = " (zero)" if self.spec.initial_of(state.key) == "zero" else " (an input)"
             entry = notation.name_of(state.key)
             rows.append(
                 row(
@@ -318,7 +320,8 @@ class _CellWriter(_Writer):
             "figure": figure.picture(self),
             "mermaid": figure.mermaid(self),
             "initial": self._initial_tex(),
-            "initial_zero": spec.initial_state == "zero",
+            "initial_zero": not graph.initial_inputs,
+            **self._initial_parts(),
             "first": self.first,
             "last": self.last,
             "elided": len(graph.steps) > UNROLL_LIMIT,

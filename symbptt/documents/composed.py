@@ -31,11 +31,13 @@ import sympy as sp
 
 from ..core.derive import Derivation
 from ..core.graph import T_SYMBOL, Symbols, _equations, _output_step, loss_weights, t_SYMBOL
+from . import composed_figure
 from .latex_printer import (
     BPTTLatexPrinter,
     TeXName,
     _indexed,
     _name_for,
+    delta_role,
     partial_name,
     series_name,
     state_initial_name,
@@ -123,6 +125,7 @@ class _ComposedWriter(_Writer):
     def _name_all(self, registry: Symbols) -> None:
         """Name every symbol ``registry`` recorded, in the notation of the unit that made it."""
         params = {symbol: name for name, symbol in registry.params.items()}
+        delta_of = delta_role(self.notation)  # the cell's names (a unit's renames its adjoints)
         for symbol, (role, step) in list(registry.meta.items()):
             self.roles[symbol] = (role, step)
             owner = self._unit_of(registry, symbol)
@@ -140,10 +143,10 @@ class _ComposedWriter(_Writer):
                 found = _indexed(self.notation, "M", step)
             else:
                 try:
-                    found = _name_for(owner.notation, symbol, role, step)
+                    found = _name_for(owner.notation, symbol, role, step, delta_of)
                 except KeyError:
                     found = None
-            if found is not None and role == "adjoint_pre_activation" and owner.unit is not None:
+            if found is not None and delta_of and role == "adjoint_" + delta_of and owner.unit:
                 found = _indexed(self.notation, owner.unit.latex(r"\delta"), step)
             if found is not None:
                 self.names[symbol] = found
@@ -249,6 +252,9 @@ class _ComposedWriter(_Writer):
         head = self._head()
         return {
             "units": units,
+            "figure": composed_figure.picture(self),
+            "mermaid": composed_figure.mermaid(self),
+            "elided": len(self.graph.steps) > composed_figure.SHOWN,
             "bidirectional": self.program.bidirectional,
             "layers": self.program.layers,
             "masked": spec.masked,

@@ -182,8 +182,8 @@ def param_name(notation: Notation, role: str) -> TeXName:
     return TeXName(notation.param(role).latex)
 
 
-def delta_name(notation: Notation, step: Any, role: str = "pre_activation") -> TeXName:
-    """``\\delta_t``: the adjoint of the pre-activation ``role`` (Elman's z) at ``step``."""
+def delta_name(notation: Notation, step: Any, role: str) -> TeXName:
+    """``\\delta_t``: the adjoint of the quantity ``role`` (Elman's z) at ``step``."""
     layer = notation.series_of(role).layer
     return _indexed(notation, r"\delta", step, layer)
 
@@ -194,8 +194,8 @@ def loss_name(notation: Notation, step: Any = None) -> TeXName:
     return _indexed(notation, notation.loss_latex, step)
 
 
-def initial_name(notation: Notation, role: str = "hidden") -> TeXName:
-    """The initial value of the state ``role`` (Elman's hidden state)."""
+def initial_name(notation: Notation, role: str) -> TeXName:
+    """The initial value of the state ``role``."""
     return state_initial_name(notation, role)
 
 
@@ -238,9 +238,20 @@ def _initial_of(notation: Notation, ascii_name: str) -> TeXName | None:
     return None
 
 
+def delta_role(notation: Notation) -> str:
+    """The role of the quantity whose adjoint the notation calls ``delta`` (its names'
+    ``adjoint = "delta"``, Elman's pre-activation), written ``\\delta``; "" if none."""
+    for entry in notation.series:
+        if entry.adjoint == "delta":
+            return entry.role
+    return ""
+
+
 def _name_for(
-    notation: Notation, symbol: Any, role: str, step: Any, delta_of: str = "pre_activation"
+    notation: Notation, symbol: Any, role: str, step: Any, delta_of: str | None = None
 ) -> TeXName | None:
+    if delta_of is None:
+        delta_of = delta_role(notation)
     if step is None and role in {n.role for n in notation.params}:
         return param_name(notation, role)
     if role == "initial_state":
@@ -251,7 +262,7 @@ def _name_for(
         return loss_name(notation, step)
     if role == "total_loss":
         return loss_name(notation)
-    if role == "adjoint_" + delta_of:
+    if delta_of and role == "adjoint_" + delta_of:
         return delta_name(notation, step, delta_of)
     if role.startswith("adjoint_"):
         return partial_name(notation, series_name(notation, role[len("adjoint_") :], step))
@@ -286,12 +297,13 @@ def _param_of(notation: Notation, ascii_name: str) -> TeXName | None:
 def symbol_names(
     notation: Notation,
     metas: Iterable[Mapping[Any, tuple[str, Any]]],
-    delta_of: str = "pre_activation",
+    delta_of: str | None = None,
 ) -> dict[Any, TeXName]:
     """``symbol -> TeXName`` for every symbol recorded in the ``meta`` maps (role, step).
 
-    The adjoint of the quantity whose role is ``delta_of`` (Elman's pre-activation)
-    is written ``\\delta``; every other adjoint as a partial derivative.
+    The adjoint of the quantity whose role is ``delta_of`` (by default the one the
+    notation calls ``delta``: :func:`delta_role`) is written ``\\delta``; every other
+    adjoint as a partial derivative.
     """
     names: dict[Any, TeXName] = {}
     for meta in metas:

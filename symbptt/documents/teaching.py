@@ -393,7 +393,7 @@ class _Writer:
             ("over time", self._time_reduction_words()),
             ("over the batch", "sum" if spec.batch_reduction == "sum" else "mean (1/m)"),
             ("biases", "yes" if spec.bias else "no"),
-            ("initial state", "zero" if spec.initial_state == "zero" else "an input"),
+            ("initial state", self._initial_words()),
         ]
         return {
             "name": self.name,
@@ -491,7 +491,7 @@ class _Writer:
             "notes": list(notation.notes),
             "seed": notation.seed,
             "initial": initial_name(notation, self.k["hidden"]).tex(),
-            "initial_zero": spec.initial_state == "zero",
+            "initial_zero": self.initial_zero,
             "layout": notation.layout,
         }
 
@@ -563,8 +563,7 @@ class _Writer:
                 "shape": shape,
                 "kind": kind,
                 "meaning": prose(
-                    "initial hidden state"
-                    + (" (zero)" if self.spec.initial_state == "zero" else " (an input)")
+                    "initial hidden state" + (" (zero)" if self.initial_zero else " (an input)")
                 ),
             }
         )
@@ -712,7 +711,8 @@ class _Writer:
             "figure": figure.picture(self),
             "mermaid": figure.mermaid(self),
             "initial": initial_name(self.notation, self.k["hidden"]).tex(),
-            "initial_zero": spec.initial_state == "zero",
+            "initial_zero": self.initial_zero,
+            **self._initial_parts(),
             "first": self.first,
             "last": self.last,
             "elided": len(graph.steps) > UNROLL_LIMIT,
@@ -726,7 +726,7 @@ class _Writer:
         lhs = self.tex(assignment.target)
         general = generic.expr.xreplace(mapping)
         rows = self.rows(lhs, general)
-        if self.spec.initial_state == "zero":
+        if self.initial_zero:
             rows += self.rows("", assignment.expr)
         return rows
 
@@ -861,7 +861,7 @@ class _Writer:
             symbol = graph.symbols.param(role)
             if symbol is not None:
                 leaves.append((role, symbol, param_name(self.notation, role)))
-        if self.spec.initial_state == "input":
+        if not self.initial_zero:
             leaves.append(
                 ("initial_state", graph.initial, initial_name(self.notation, self.k["hidden"]))
             )
@@ -1140,7 +1140,7 @@ class _Writer:
                 continue
             hidden = self.sym(self.k["hidden"], assignment.step)
             why = ""
-            if role == self.k["recurrent_weight"] and self.spec.initial_state == "zero":
+            if role == self.k["recurrent_weight"] and self.initial_zero:
                 why = "zero_initial"
             if role == "initial_state":
                 why = "later"
@@ -1410,7 +1410,7 @@ class _Writer:
             "gradient_rows": gradient_rows,
             "elided": len(self.graph.steps) > UNROLL_LIMIT,
             "initial": self._initial_tex(),
-            "initial_zero": self.spec.initial_state == "zero",
+            "initial_zero": self.initial_zero,
             "last_step": self.step_tex(self.T_last),
         }
 
@@ -1593,10 +1593,42 @@ class _Writer:
     def _zero_tex(self) -> str:
         return self.tex(sp.ZeroMatrix(*self.graph.symbols.series_shape(self.k["pre_activation"])))
 
-    def _initial_tex(self) -> str:
-        """The initial state(s), comma-separated."""
+    @property
+    def initial_zero(self) -> bool:
+        """No state starts at an input (the cell file's ``initial``, or the spec's)."""
+        return not self.graph.initial_inputs
+
+    def _initial_parts(self) -> dict[str, Any]:
+        """Where each state starts, for a forward pass whose states start differently
+        (the cell file's ``initial``): each initial state's LaTeX and whether it is zero."""
+        inputs = self.graph.initial_inputs
+        return {
+            "initial_parts": [
+                {
+                    "tex": state_initial_name(self.notation, state.key).tex(),
+                    "zero": state.key not in inputs,
+                }
+                for state in self.spec.model.states
+            ],
+            "initial_mixed": 0 < len(inputs) < len(self.graph.initials),
+        }
+
+    def _initial_words(self) -> str:
+        """The settings table's "initial state": zero, an input, or each state's own."""
+        inputs = self.graph.initial_inputs
+        if len(inputs) in (0, len(self.graph.initials)):
+            return "zero" if self.initial_zero else "an input"
         return ", ".join(
-            state_initial_name(self.notation, state.key).tex() for state in self.spec.model.states
+            f"{self.notation.name_of(key).description}: {'an input' if key in inputs else 'zero'}"
+            for key in self.graph.initials
+        )
+
+    def _initial_tex(self, inputs_only: bool = False) -> str:
+        """The initial state(s), comma-separated (``inputs_only``: those that are inputs)."""
+        return ", ".join(
+            state_initial_name(self.notation, state.key).tex()
+            for state in self.spec.model.states
+            if not inputs_only or state.key in self.graph.initial_inputs
         )
 
     def _at(self, expr: Any, step: Any) -> Any:
@@ -1731,8 +1763,9 @@ class _Writer:
                 "count": rf"{self.tex(tau)} = 1, 2, \dots",
             },
             "eta": self.tex(eta),
-            "initial_input": self.spec.initial_state == "input",
-            "initial": self._initial_tex(),
+            "initial_input": not self.initial_zero,
+            "initial": self._initial_tex(inputs_only=True),
+            "initial_count": len(self.graph.initial_inputs),
         }
 
     # -- 8. verified ------------------------------------------------------------------

@@ -180,10 +180,6 @@ class Notation:
         series = self.series_of(role)
         return self.index(series.base, step, series.layer)
 
-    def delta_latex(self, step: Any) -> str:
-        layer = self.series_of("pre_activation").layer
-        return self.index(r"\delta", step, layer)
-
     def loss_latex_at(self, step: Any) -> str:
         return self.index(self.loss_latex, step)
 
@@ -209,6 +205,9 @@ class Quantity:
     key: str
     kind: str  # "input", "state" or "intermediate"
     size: str  # a size name ("n_in", "n_hidden")
+    #: a state's initial value as the cell file pins it: "zero", "input", or ""
+    #: (the spec's ``initial_state`` decides; see :meth:`ModelSpec.initial_of`)
+    initial: str = ""
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,8 @@ __all__ = ["BUILTIN_CELLS", "MAX_CELL_BYTES", "CellWarning", "builtin_cells", "l
 MAX_CELL_BYTES = 256 * 1024
 #: The sizes a cell may use (the spec's n_in and n_hidden).
 SIZES = ("n_in", "n_hidden")
+#: What a state's ``initial`` may say: its value before the first step.
+INITIAL_VALUES = ("zero", "input")
 #: The built-in cells, in the order `symbptt cells` lists them.
 BUILTIN_CELLS = ("elman", "lstm", "gru")
 
@@ -198,12 +200,33 @@ class _Reader:
         out = []
         for key, size in table.items():
             self.identifier(key, f"[{where}] name")
+            initial = ""
+            if kind == "state" and isinstance(size, dict):
+                size, initial = self.state_entry(key, size)
             if size not in SIZES:
+                also = " (or, for a state, { size = ..., initial = ... })" * (kind == "state")
                 raise self.fail(
-                    f"[{where}] {key} has size {size!r}; expected one of {', '.join(SIZES)}"
+                    f"[{where}] {key} has size {size!r}; expected one of {', '.join(SIZES)}{also}"
                 )
-            out.append(Quantity(key, kind, size))
+            out.append(Quantity(key, kind, size, initial))
         return tuple(out)
+
+    def state_entry(self, key: str, entry: dict[str, Any]) -> tuple[Any, str]:
+        """``h = { size = "n_hidden", initial = "input" }``: the size and the pinned start."""
+        extra = sorted(set(entry) - {"size", "initial"})
+        if extra or "size" not in entry:
+            raise self.fail(
+                f"[states] {key} is {entry!r}; expected a size name or "
+                '{ size = "n_hidden", initial = "zero" or "input" }'
+            )
+        initial = entry.get("initial", "")
+        if initial not in INITIAL_VALUES:
+            raise self.fail(
+                f"[states] {key} has initial {initial!r}; expected one of "
+                f"{', '.join(map(repr, INITIAL_VALUES))} (leave it out for the spec's "
+                "initial_state)"
+            )
+        return entry["size"], initial
 
     def parameters(self, table: dict[str, Any]) -> tuple[Parameter, ...]:
         out = []

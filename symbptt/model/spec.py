@@ -249,6 +249,21 @@ class ModelSpec:
             "symbptt.derive and the scalar proof (symbptt.oracle.verify) take it"
         )
 
+    def initial_of(self, state: str) -> str:
+        """A state's initial value, ``"zero"`` or ``"input"`` (docs/cells.md).
+
+        What the cell file says for the state (``h = { size = "n_hidden",
+        initial = "input" }``) comes first; a state whose file says nothing takes
+        the spec's ``initial_state``.  ``state`` is a key of the cell's states.
+        """
+        pinned = self.model.quantity(state).initial
+        return str(pinned or self.initial_state)
+
+    @property
+    def initial_inputs(self) -> tuple[str, ...]:
+        """The keys of the cell's states whose initial value is an input (gets a gradient)."""
+        return tuple(q.key for q in self.model.states if self.initial_of(q.key) == "input")
+
     @property
     def program(self) -> Any:
         """How this spec's layers and directions compose (:class:`symbptt.model.Program`)."""

@@ -181,8 +181,10 @@ def random_problem(
     sizes = {"n_in": n_in, "n_hidden": n_hidden}
     state_sizes = getattr(module, "STATE_SIZES", {"h": "n_hidden"})
     initial: dict[str, Array | None] = {}
-    arguments = initial_arguments(module)
-    for key, argument in zip(getattr(module, "STATES", ("h",)), arguments, strict=True):
+    keys = getattr(module, "INITIALS", None) or {
+        key: f"{key}0" for key in getattr(module, "STATES", ("h",))
+    }
+    for key, argument in keys.items():
         shape = (batch, sizes[state_sizes[key]])
         value = rng.normal(scale=scale, size=shape).astype(dtype) if initial_state else None
         initial[argument] = value

@@ -130,7 +130,7 @@ def worked_example(derivation: Derivation) -> WorkedExample | None:
     fits = spec.n_in == n and spec.n_out == n and spec.batch == 1
     if not fits or spec.mode != "many_to_many" or spec.steps >= len(WORD):
         return None
-    if len(spec.model.states) != 1 or spec.initial_state != "zero":
+    if len(spec.model.states) != 1 or spec.initial_inputs:  # the example starts from h = 0
         return None
     text = WORD[: spec.steps + 1]
     symbols = graph.symbols

@@ -274,8 +274,8 @@ def random_values(spec: ModelSpec, rng: np.random.Generator) -> dict[str, Any]:
     count = spec.steps if spec.mode == "many_to_many" else 1
     shape = symbols.series_shape("target")
     values["y"] = [_target(spec, (int(shape[0]), int(shape[1])), rng, column) for _ in range(count)]
-    if spec.initial_state == "input":
-        for initial in symbols.initials.values():
+    for initial in symbols.initials.values():
+        if isinstance(initial, sp.MatrixSymbol):  # an input, not a zero start
             values[initial.name] = mat(initial.shape)
     if spec.masked:
         values["mask"] = random_mask(spec.steps, int(symbols.sizes["batch"]), rng)
@@ -359,9 +359,8 @@ def _env(d: Derivation, values: dict[str, Any], sizes: ModelSpec | None = None) 
         env[symbol] = arr(value)
     for symbol, value in zip(graph.targets, values["y"], strict=True):
         env[symbol] = arr(value)
-    if d.spec.initial_state == "input":
-        for initial in graph.initials.values():
-            env[initial] = arr(values[initial.name])
+    for initial in graph.initial_inputs.values():
+        env[initial] = arr(values[initial.name])
     column = graph.notation.layout == "column"
     for symbol, row in zip(graph.masks, values.get("mask", []), strict=False):
         env[symbol] = arr(sp.Matrix([row]) if column else sp.Matrix(row))
