@@ -124,14 +124,17 @@ def layout(line: str, indent: int = 4) -> str:
         wrapped = _split_brackets(head + "{", body, "}", at, explode=True)
     elif sep and all(part.strip().isidentifier() for part in target.split(",")):
         wrapped = wrap_assignment(target, rhs, at)
-    elif (
-        text.endswith(")") and "(" in text and text.split("(", 1)[0].replace(".", "").isidentifier()
-    ):
+    elif text.endswith(")") and "(" in text and _callee(text.split("(", 1)[0]):
         head, _, body = text[:-1].partition("(")
         wrapped = _split_brackets(head + "(", body, ")", at)
     else:
         return line
     return "\n".join(pad + part for part in wrapped.split("\n"))
+
+
+def _callee(head: str) -> bool:
+    """``f``, ``a.f`` or ``return a.f``: a call statement ruff format splits at its brackets."""
+    return head.removeprefix("return ").replace(".", "").isidentifier()
 
 
 def fit_lines(source: str) -> str:

@@ -686,9 +686,10 @@ def emit_torch(spec: ModelSpec | Derivation, unrolled: bool = False) -> str:
     """
     if not isinstance(unrolled, bool):
         raise TypeError(f"unrolled: expected True or False, got {unrolled!r}")
-    (spec.spec if isinstance(spec, Derivation) else spec).require_plain("the torch backend")
     user_spec, d = emission_derivation(spec)
-    return render("gradients_torch.py.jinja", **_context(user_spec, d, unrolled, "torch"))
+    return fit_lines(
+        render("gradients_torch.py.jinja", **_context(user_spec, d, unrolled, "torch"))
+    )
 
 
 def emit_jax(spec: ModelSpec | Derivation, unrolled: bool = False) -> str:
