@@ -328,8 +328,174 @@ def test_torch_module_equals_torch_lstm_on_packed_sequences() -> None:
         torch.testing.assert_close(state[f"c_{unit}_T"], c_n.detach()[k], rtol=1e-12, atol=1e-14)
 
 
+# -- JAX --------------------------------------------------------------------------------------
+def _jax() -> Any:
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    return jax
+
+
+def _arrays(problem: Problem) -> tuple[dict, Any, Any, dict]:
+    """The problem as jax arrays: params, X, Y, and the keywords (mask, initial states)."""
+    jnp = _jax().numpy
+    params = {k: jnp.asarray(v) for k, v in problem.params.items()}
+    keywords = {k: jnp.asarray(v) for k, v in {**problem.keywords(), **problem.initial}.items()}
+    return params, jnp.asarray(problem.X), jnp.asarray(problem.Y), keywords
+
+
+def _jax_autodiff(mod: ModuleType, params: dict, X: Any, Y: Any, keywords: dict) -> dict:
+    """jax.grad of the module's own printed forward pass and loss: no generated backward."""
+    jax = _jax()
+    mask = keywords.get("mask")
+    masks = [] if mask is None else [mask.astype(X.dtype)]
+    initial = {k: v for k, v in keywords.items() if k != "mask"}
+
+    def plain(params, X, *states):  # type: ignore[no-untyped-def]
+        return mod._loss(mod._forward(params, X, *masks, *states), Y)
+
+    argnums = tuple(range(2 + len(initial)))  # compiled: op by op, JAX takes seconds
+    grads = jax.jit(jax.grad(plain, argnums=argnums))(params, X, *initial.values())
+    named = dict(grads[0])
+    named["dX"] = grads[1]
+    named.update({f"d{k}": g for k, g in zip(initial, grads[2:], strict=True)})
+    return named
+
+
+def _close(actual: Any, expected: Any, name: str, rtol: float = 1e-10) -> None:
+    np.testing.assert_allclose(
+        np.asarray(actual), np.asarray(expected), rtol=rtol, atol=1e-12, err_msg=name
+    )
+
+
+#: JAX compiles every function it runs (seconds each here): one spec in the fast suite.
+JAX_SPECS = [FAST[0], *(pytest.param(f, marks=pytest.mark.slow) for f in [*FAST[1:], *SLOW])]
+
+
+@pytest.mark.parametrize("unrolled", [False, True], ids=["rolled", "unrolled"])
+@pytest.mark.parametrize("fields", JAX_SPECS, ids=_id)
+def test_jax_bptt_equals_autodiff_and_the_numpy_module(
+    fields: dict[str, Any], unrolled: bool
+) -> None:
+    jax = _jax()
+    mod = _module("jax", unrolled, **fields)
+    problem = _problem(fields)
+    params, X, Y, keywords = _arrays(problem)
+    expected = _jax_autodiff(mod, params, X, Y, keywords)
+    value, gradients, state = mod.loss_and_all_gradients(params, X, Y, **keywords)
+    for name, grad in {**gradients, **{k: v for k, v in state.items() if k[0] == "d"}}.items():
+        _close(grad, expected[name], name)
+    numpy_value, numpy_gradients, numpy_state = _expected(fields, problem)
+    assert float(value) == pytest.approx(numpy_value, rel=1e-12)
+    assert state.keys() == numpy_state.keys()
+    for name, array in {**numpy_gradients, **numpy_state}.items():
+        _close(gradients.get(name, state.get(name)), array, name)
+    # through jax.grad: the custom VJP's backward is the generated BPTT
+    initial = {k: v for k, v in keywords.items() if k != "mask"}
+    masks = {k: v for k, v in keywords.items() if k == "mask"}
+
+    def loss(params, X, states):  # type: ignore[no-untyped-def]
+        return mod.loss(params, X, Y, **masks, **states)
+
+    grads = jax.grad(loss, argnums=(0, 1, 2))(params, X, initial)
+    for name, grad in grads[0].items():
+        _close(grad, expected[name], name)
+    _close(grads[1], expected["dX"], "dX")
+    for name, grad in grads[2].items():
+        _close(grad, expected[f"d{name}"], name)
+
+
+def test_jax_works_under_jit_inside_a_bigger_program() -> None:
+    """jax.jit(jax.grad(f)) of a program that adds a penalty to the loss: the same as
+    without jit, and the loss's part is the generated BPTT's gradient."""
+    jax = _jax()
+    fields = FAST[0]
+    mod = _module("jax", False, **fields)
+    params, X, Y, keywords = _arrays(_problem(fields, rng=5))
+
+    def program(params):  # type: ignore[no-untyped-def]
+        penalty = sum((w**2).sum() for w in params.values())
+        return 2.0 * mod.loss(params, X, Y, **keywords) + 0.5 * penalty
+
+    compiled = jax.jit(jax.grad(program))(params)
+    eager = jax.grad(program)(params)
+    _, gradients = mod.loss_and_gradients(params, X, Y, **keywords)
+    for name, grad in compiled.items():
+        _close(grad, eager[name], name)
+        _close(grad, 2.0 * gradients[name] + params[name], name)
+    mask = keywords["mask"]
+    rest = {k: v for k, v in keywords.items() if k != "mask"}
+    jitted = jax.jit(lambda p, m: mod.loss_and_gradients(p, X, Y, mask=m, **rest))
+    value, again = jitted(params, mask)
+    assert float(value) == pytest.approx(float(mod.loss(params, X, Y, **keywords)), rel=1e-13)
+    for name, grad in again.items():
+        _close(grad, gradients[name], name)
+
+
+@pytest.mark.parametrize("mode", ["many_to_many", "many_to_one"])
+def test_jax_class_labels_are_one_hot_targets(mode: str) -> None:
+    jax = _jax()
+    jnp = jax.numpy
+    fields = {**ALL_THREE, "mode": mode}
+    mod = _module("jax", False, **fields)
+    params, X, _, keywords = _arrays(_problem(fields, rng=3))
+    rng = np.random.default_rng(3)
+    shape = X.shape[:2] if mode == "many_to_many" else X.shape[1:2]
+    raw = rng.integers(0, 3, size=shape)
+    one_hot = jnp.asarray(np.eye(3)[raw])
+    if mode == "many_to_many":
+        raw[np.asarray(keywords["mask"]) == 0] = -100  # PyTorch's ignore_index at a padded step
+    labels = jnp.asarray(raw)
+    by_labels = mod.loss_and_gradients(params, X, labels, **keywords)
+    by_one_hot = mod.loss_and_gradients(params, X, one_hot, **keywords)
+    assert float(by_labels[0]) == float(by_one_hot[0])
+    for name in mod.PARAMETERS:
+        np.testing.assert_array_equal(by_labels[1][name], by_one_hot[1][name])
+    grads = jax.grad(lambda p: mod.loss(p, X, labels, **keywords))(params)
+    for name in mod.PARAMETERS:
+        _close(grads[name], by_one_hot[1][name], name)
+
+
+def test_jax_bad_masks_and_labels_are_refused() -> None:
+    jnp = _jax().numpy
+    mod = _module("jax", False, **ALL_THREE)
+    params, X, Y, keywords = _arrays(_problem(ALL_THREE))
+    full = np.ones((3, 3))
+    gap = full.copy()
+    gap[1, 2] = 0
+    empty = full.copy()
+    empty[:, 1] = 0
+    half = np.where(np.arange(9).reshape(3, 3) == 5, 0.5, 1.0)
+    labels = np.zeros((3, 3), dtype=int)
+    cases = [
+        ({"mask": None}, r"^mask: required"),
+        ({"mask": full}, r"^mask: expected a jax array, got numpy.ndarray"),
+        ({"mask": jnp.asarray(full[:, :2])}, r"^mask: expected shape \(T, m\) = \(3, 3\)"),
+        ({"mask": jnp.asarray(half)}, r"^mask: expected 0 or 1, got 0.5 at \(1, 2\)"),
+        ({"mask": jnp.asarray(gap)}, r"^mask: example 2 has a real step 2 after a padded step 1"),
+        ({"mask": jnp.asarray(empty)}, r"^mask: example 1 has no real step"),
+        (
+            {
+                "Y": jnp.asarray(np.where(np.arange(9).reshape(3, 3) == 1, 3, labels)),
+                "mask": jnp.asarray(full),
+            },
+            r"^Y: expected class labels from 0 to 2 \(n_out = 3\), got 3 at index \(0, 1\)",
+        ),
+        ({"Y": jnp.asarray(labels[:, :2])}, r"^Y: expected class labels of shape \(T, m\)"),
+        ({"Y": jnp.asarray(labels).astype(bool)}, r"^Y: expected integer class labels or float"),
+        (
+            {"Y": jnp.zeros((3, 3, 3)), "mask": jnp.asarray(full)},
+            r"^Y: cross_entropy targets must sum to 1",
+        ),
+    ]
+    for change, message in cases:
+        arguments = {"Y": Y, **keywords, **change}
+        for call in (mod.loss, mod.loss_and_gradients):
+            with pytest.raises(mod.ArgumentError, match=message):
+                call(params, X, **arguments)
+
+
 # -- both -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("backend", ["torch"])
+@pytest.mark.parametrize("backend", ["torch", "jax"])
 def test_derive_writes_the_backend_code_of_a_composed_model(
     backend: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -165,8 +165,11 @@ def wrap_assignment(target: str, rhs: str, indent: int) -> str:
     the right-hand side goes in parentheses.
     """
     line = f"{target} = {rhs}"
-    if indent + len(line) <= WIDTH or rhs[-1:] not in (")", "]"):
+    if indent + len(line) <= WIDTH:
         return line
+    if rhs[-1:] not in (")", "]"):  # no bracket to split at: the whole in parentheses
+        fits = indent + 4 + len(rhs) <= WIDTH
+        return "\n".join([f"{target} = (", "    " + rhs, ")"]) if fits else line
     close = rhs[-1]
     opening = {")": "(", "]": "["}[close]
     depth = 0
