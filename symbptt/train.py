@@ -280,13 +280,36 @@ def gradient_norms(
     ``Y`` is the module's target: (T, m, n_out) for many-to-many (its last
     step is used) or (m, n_out) for many-to-one; the initial states (``h0``,
     ``c0``, ...) as for the module.  Returns an array of T floats.
+
+    A stacked model's ``h_k`` is the last layer's state (the one the output
+    layer reads).  A masked or bidirectional model is refused (ValueError): with
+    a mask each example's last real step is another, so L_T is not one step's
+    loss; a backward direction's state after k steps is computed from the
+    steps after k, not from those before it.
     """
+    _spec_field(module, "mode")  # a module symbptt generated
+    spec = module.SPEC
+    if spec.get("masked") or spec.get("direction", "forward") != "forward":
+        what = "masked" if spec.get("masked") else "bidirectional"
+        reason = (
+            "each example's last real step is another, so L_T is not one step's loss"
+            if what == "masked"
+            else "its backward direction's state after k steps is computed from the later steps"
+        )
+        raise ValueError(
+            f"gradient_norms: not defined for a {what} model ({reason}); "
+            "it measures a one-direction, unmasked model"
+        )
     last = last_step_module(module)
     steps = int(np.shape(X)[0])
     target = Y if _spec_field(module, "mode") == "many_to_one" else Y[-1]
     states = _states(module)
     readout = getattr(module, "READOUT", states[0])
+    layers = int(spec.get("layers", 1))
+    if layers > 1:  # the last layer's readout (docs/composition.md: its tag is the layer)
+        readout = f"{readout}_{layers}"
     key = readout if readout in states else states[0]
+    keyword = dict(zip(states, _keywords(module), strict=True))[key]
     # the states after 0 .. T-1 steps, one step at a time
     carried: Mapping[str, Array | None] = _initial(module, h0, initial)
     history = [carried]
@@ -296,7 +319,7 @@ def gradient_norms(
     norms = np.empty(steps)
     for k, at_k in enumerate(history):
         _, _, state = last.loss_and_all_gradients(params, X[k:], target, **at_k)
-        norms[k] = float(np.linalg.norm(np.asarray(state[f"d{key}0"], dtype=np.float64)))
+        norms[k] = float(np.linalg.norm(np.asarray(state[f"d{keyword}"], dtype=np.float64)))
     return norms
 
 

@@ -450,8 +450,8 @@ def _output_names(
     if unrolled or not rolled:
         names.append("gradients_unrolled.py")
     if backend != "numpy":
-        names.append(f"gradients_{backend}.py")
-        if unrolled:
+        names += [f"gradients_{backend}.py"] * rolled
+        if unrolled or not rolled:
             names.append(f"gradients_{backend}_unrolled.py")
     names += ["derivation.tex", "derivation.md"]
     if pdf:
@@ -750,8 +750,9 @@ def build_artifacts(
         out.warnings.append(f"gradients.py not written: the rolled module does not take {refusal}")
     if backend != "numpy":
         bar.stage(f"printing the {backend} code")
-        out.files[f"gradients_{backend}.py"] = emit(derivation, backend=backend).encode()
-        if unrolled:
+        if not refusal:
+            out.files[f"gradients_{backend}.py"] = emit(derivation, backend=backend).encode()
+        if unrolled or refusal:
             source = emit(derivation, backend=backend, unrolled=True)
             out.files[f"gradients_{backend}_unrolled.py"] = source.encode()
     if verify:
@@ -890,7 +891,8 @@ def _numerical_checks(artifacts: Artifacts, bar: Progress) -> list[NumericalChec
     ):
         if name in artifacts.files:
             bar.stage(f"checking {name} numerically")
-            reference = artifacts.files.get("gradients.py", artifacts.files[name]).decode()
+            numpy = artifacts.files.get("gradients.py") or artifacts.files["gradients_unrolled.py"]
+            reference = numpy.decode()
             checks.append(numerical_check(name, artifacts.files[name].decode(), reference))
     return checks
 
@@ -944,8 +946,6 @@ def _cmd_derive(args: argparse.Namespace) -> int:
         backend = require_backend(args.backend)
     except BackendError as exc:
         raise UsageError(f"--backend: {exc}") from None
-    if backend != "numpy":
-        spec.require_plain(f"symbptt derive --backend {backend}")
     folder = output_folder(args.out)
     names = _output_names(unrolled=unrolled, pdf=not args.no_pdf, backend=backend, spec=spec)
     check_destination(folder, names, force=args.force)

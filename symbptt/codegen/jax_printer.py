@@ -51,6 +51,7 @@ JAX_FUNCTIONS: dict[str, str] = {
         "stack",
         "tan",
         "tanh",
+        "tile",
         "zeros",
         "zeros_like",
     )
@@ -82,6 +83,10 @@ class JaxPrinter(SharedPrinter):
     def set_item(self, array: str, index: str, value: str) -> str:
         """``array[index] = value`` as JAX spells it: a new array, in place under jit."""
         return f"{array} = {array}.at[{index}].set({value})"
+
+    def add_item(self, array: str, index: str, value: str) -> str:
+        """``array[index] += value`` as JAX spells it."""
+        return f"{array} = {array}.at[{index}].add({value})"
 
 
 def jax_helper_source(name: str) -> str:

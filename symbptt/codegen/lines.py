@@ -124,14 +124,17 @@ def layout(line: str, indent: int = 4) -> str:
         wrapped = _split_brackets(head + "{", body, "}", at, explode=True)
     elif sep and all(part.strip().isidentifier() for part in target.split(",")):
         wrapped = wrap_assignment(target, rhs, at)
-    elif (
-        text.endswith(")") and "(" in text and text.split("(", 1)[0].replace(".", "").isidentifier()
-    ):
+    elif text.endswith(")") and "(" in text and _callee(text.split("(", 1)[0]):
         head, _, body = text[:-1].partition("(")
         wrapped = _split_brackets(head + "(", body, ")", at)
     else:
         return line
     return "\n".join(pad + part for part in wrapped.split("\n"))
+
+
+def _callee(head: str) -> bool:
+    """``f``, ``a.f`` or ``return a.f``: a call statement ruff format splits at its brackets."""
+    return head.removeprefix("return ").replace(".", "").isidentifier()
 
 
 def fit_lines(source: str) -> str:
@@ -162,8 +165,11 @@ def wrap_assignment(target: str, rhs: str, indent: int) -> str:
     the right-hand side goes in parentheses.
     """
     line = f"{target} = {rhs}"
-    if indent + len(line) <= WIDTH or rhs[-1:] not in (")", "]"):
+    if indent + len(line) <= WIDTH:
         return line
+    if rhs[-1:] not in (")", "]"):  # no bracket to split at: the whole in parentheses
+        fits = indent + 4 + len(rhs) <= WIDTH
+        return "\n".join([f"{target} = (", "    " + rhs, ")"]) if fits else line
     close = rhs[-1]
     opening = {")": "(", "]": "["}[close]
     depth = 0
@@ -247,6 +253,11 @@ def _descendants(expr: Any) -> list[Any]:
     return out
 
 
+#: How many namings in a row may leave a line no shorter before it is left long (a part
+#: of equal length can let a later grouping fit; renaming a part forever cannot).
+_MAX_STALLS = 3
+
+
 def fit(
     target: str,
     expr: Any,
@@ -268,6 +279,7 @@ def fit(
     names = dict(names)
     pending = [(target, expr)]
     out: list[tuple[str, str, set[str]]] = []
+    stalls: dict[str, tuple[int, int]] = {}  # name -> (its shortest line, namings since)
     while pending:
         name, current = pending.pop()
         printer = new_printer(names)
@@ -275,6 +287,11 @@ def fit(
         excess = indent + len(name) + 3 + len(code) - WIDTH
         candidates = _descendants(current) if excess > 0 else []
         if not candidates:
+            out.append((name, code, set(printer.used)))
+            continue
+        best, stalled = stalls.get(name, (len(code) + 1, -1))
+        stalls[name] = (len(code), 0) if len(code) < best else (best, stalled + 1)
+        if stalls[name][1] > _MAX_STALLS:  # naming parts no longer shortens it: it stays long
             out.append((name, code, set(printer.used)))
             continue
         counter[0] += 1

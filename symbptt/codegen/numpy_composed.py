@@ -180,7 +180,9 @@ class ComposedRolledModule:
         for part, text, u in fitted:
             code.add(f"{part} = {text}", {n.split("[")[0] for n in u}, part)
         if reshape:
-            code.add(f"{reshape} = {target}.reshape(T, m, -1)", {target, "T", "m"}, reshape)
+            array = reshape.split("[")[0]
+            line = self._write(reshape, f"{target}.reshape(T, m, -1)")
+            code.add(line, {target, "T", "m", array}, reshape)
 
     def _row_local(self, expr: Any) -> bool:
         """True when ``expr``'s rows depend only on the same rows of what it reads.
@@ -223,15 +225,26 @@ class ComposedRolledModule:
             names = {**names, mexpr.Softmax(expr.pre, expr.axis): names[expr.pred]}
         array = target.split("[")[0]
         # fit lays ``identifier_t = ...`` out: the entry (and ``+=``) may be longer
-        wider = max(0, len(target) + add - len(identifier) - 2)
+        wider = max(0, len(self._write(target, "", add)) - len(identifier) - 5)
         fitted = fit(identifier + "_t", expr, self._printer, names, indent=indent + wider)
         for part, text, used in fitted:
             reads = {name.split("[")[0] for name in used} | {"t"}
             if part != identifier + "_t":
                 code.add(f"{pad}{part} = {text}", reads, part)
             else:
-                operator = "+=" if add else "="
-                code.add(f"{pad}{target} {operator} {text}", reads | {array}, array)
+                code.add(pad + self._write(target, text, add), reads | {array}, array)
+
+    def _write(self, target: str, value: str, add: bool = False) -> str:
+        """``target = value`` (``+=`` with ``add``); an entry ``q[i]`` as the printer writes
+        into an array (JAX's arrays are immutable: ``q = q.at[i].set(value)``)."""
+        if "[" not in target:
+            return f"{target} {'+=' if add else '='} {value}"
+        array, _, index = target[:-1].partition("[")
+        printer = self._printer({})
+        return (printer.add_item if add else printer.set_item)(array, index, value)
+
+    def _zeros(self, shape: str, dtype: str = "dtype") -> str:
+        return self._printer({}).zeros(shape, dtype)
 
     # -- the three parts ------------------------------------------------------------
     def _units(self) -> list[Unit]:
@@ -256,7 +269,6 @@ class ComposedRolledModule:
     def _arrays(self, code: Code, symbols: list[Any], pad: str = "") -> None:
         """``q = np.zeros((T + 2, m, units), dtype)`` for each array a part writes."""
         seen: set[str] = set()
-        zeros = str(self._printer({})._module_format("numpy.zeros"))
         for symbol in symbols:
             row = self.rf.symbol(symbol)
             base = self.bases.get(row)
@@ -265,7 +277,7 @@ class ComposedRolledModule:
             seen.add(base)
             units = str(self._printer(self.sizes).doprint(row.shape[1]))
             reads = {"T", "m", "dtype", units}
-            code.add(f"{pad}{base} = {zeros}((T + 2, m, {units}), dtype)", reads, base)
+            code.add(f"{pad}{base} = {self._zeros(f'(T + 2, m, {units})')}", reads, base)
 
     def forward_code(self) -> Code:
         graph = self.d.graph
@@ -274,14 +286,13 @@ class ComposedRolledModule:
         code.add("dtype = X.dtype", {"X"}, "dtype")
         for size, source in self._size_sources().items():
             code.add(f"{size} = {source}", {"params"}, size)
-        zeros = str(self._printer({})._module_format("numpy.zeros"))
         code.add(
-            f"inputs = {zeros}((T + 2, m, n_in), dtype)", {"T", "m", "n_in", "dtype"}, "inputs"
+            f"inputs = {self._zeros('(T + 2, m, n_in)')}", {"T", "m", "n_in", "dtype"}, "inputs"
         )
-        code.add("inputs[1:-1] = X", {"X", "inputs"}, "inputs")
+        code.add(self._write("inputs[1:-1]", "X"), {"X", "inputs"}, "inputs")
         if graph.masks:
-            code.add(f"masks = {zeros}((T + 2, m, 1), dtype)", {"T", "m", "dtype"}, "masks")
-            code.add("masks[1:-1] = mask[:, :, None]", {"mask", "masks"}, "masks")
+            code.add(f"masks = {self._zeros('(T + 2, m, 1)')}", {"T", "m", "dtype"}, "masks")
+            code.add(self._write("masks[1:-1]", "mask[:, :, None]"), {"mask", "masks"}, "masks")
             code.add("mask_count = mask.sum(axis=0)[:, None]", {"mask"}, "mask_count", True)
         units = self._units()
         body = [a for a in graph.assignments if a.kind not in ("loss", "total_loss")]
@@ -293,7 +304,7 @@ class ComposedRolledModule:
                 state = self.bases[self.rf.symbol(registry.series(key, graph.steps[0]))]
                 index = "0" if unit.direction == "forward" else "-1"
                 argument = arguments[unit.name(key)]
-                code.add(f"{state}[{index}] = {argument}", {argument, state}, state)
+                code.add(self._write(f"{state}[{index}]", argument), {argument, state}, state)
         generic = self._generic()
         views: dict[str, str] = {}
         for unit in units:
@@ -334,15 +345,12 @@ class ComposedRolledModule:
 
     def _targets(self, code: Code) -> None:
         """``targets[0 .. T + 1]``: Y at the steps that have a loss, zero elsewhere."""
-        zeros = str(self._printer({})._module_format("numpy.zeros"))
         target = next(a for a in self.d.graph.assignments if a.kind == "loss")
         n_out = str(self._printer(self.sizes).doprint(self.rf.symbol(target.expr.target).shape[1]))
-        code.add(
-            f"targets = {zeros}((T + 2, m, {n_out}), Y.dtype)", {"T", "m", n_out, "Y"}, "targets"
-        )
-        code.add(
-            f"targets[{'-2' if self.many_to_one else '1:-1'}] = Y", {"Y", "targets"}, "targets"
-        )
+        zeros = self._zeros(f"(T + 2, m, {n_out})", "Y.dtype")
+        code.add(f"targets = {zeros}", {"T", "m", n_out, "Y"}, "targets")
+        rows = "-2" if self.many_to_one else "1:-1"
+        code.add(self._write(f"targets[{rows}]", "Y"), {"Y", "targets"}, "targets")
 
     def loss_code(self) -> Code:
         graph = self.d.graph
@@ -374,7 +382,6 @@ class ComposedRolledModule:
     def backward_code(self) -> tuple[Code, Code, dict[str, str]]:
         d, graph = self.d, self.d.graph
         code, extras = Code(), Code()
-        zeros = str(self._printer({})._module_format("numpy.zeros"))
         zeros_like = str(self._printer({})._module_format("numpy.zeros_like"))
         self._targets(code)
         middle_step = graph.steps[_MIDDLE - 1]
@@ -426,7 +433,7 @@ class ComposedRolledModule:
         for name, a in stacked.items():
             self._emit_stacked(code, f"d{name}", self._row(a).expr, views)
         # the gradients of X and of the initial states
-        extras.add(f"dX = {zeros}((T, m, n_in), dtype)", {"T", "m", "n_in", "dtype"}, "dX")
+        extras.add(f"dX = {self._zeros('(T, m, n_in)')}", {"T", "m", "n_in", "dtype"}, "dX")
         extras.add("for t in range(1, T + 1):", {"T"})
         value = d.input_gradients[middle_step]
         if not mexpr.is_zero(value):

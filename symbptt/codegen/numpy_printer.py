@@ -467,6 +467,14 @@ class NumPyPrinter(_SymPyNumPyPrinter):  # type: ignore[misc]
         """The statement writing ``value`` into the step ``index`` of ``array``."""
         return f"{array}[{index}] = {value}"
 
+    def add_item(self, array: str, index: str, value: str) -> str:
+        """The statement adding ``value`` to the step ``index`` of ``array``."""
+        return f"{array}[{index}] += {value}"
+
+    def zeros(self, shape: str, dtype: str) -> str:
+        """The expression of a new array of zeros (``shape`` and ``dtype`` are code)."""
+        return f"{self._module_format('numpy.zeros')}({shape}, {dtype})"
+
     # -- precedence ---------------------------------------------------------------
     def _prec(self, expr: Any) -> int:
         if expr in self.names:

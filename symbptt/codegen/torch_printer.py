@@ -43,6 +43,7 @@ TORCH_FUNCTIONS: dict[str, str] = {
     "numpy.stack": "torch.stack",
     "numpy.tan": "torch.tan",
     "numpy.tanh": "torch.tanh",
+    "numpy.tile": "torch.tile",
     "numpy.zeros_like": "torch.zeros_like",
 }
 
@@ -114,6 +115,10 @@ class TorchPrinter(SharedPrinter):
 
     def copy_of(self, code: str) -> str:
         return f"{code}.clone(memory_format=torch.contiguous_format)"
+
+    def zeros(self, shape: str, dtype: str) -> str:
+        """Zeros on the call's device: the workspace ``ws`` of the function knows it."""
+        return f"torch.zeros({shape}, dtype={dtype}, device=ws[_DEVICE])"
 
     def elementwise_into(self, expr: Any, arg: str, out: str) -> str | None:
         """NumPy's one-call form, where torch has the same call with ``out=``; else None

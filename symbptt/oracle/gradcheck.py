@@ -85,6 +85,8 @@ class _NumPyView:
             self.array = torch.from_numpy
         for name in ("PARAMETERS", "STATES", "STEPS", "SPEC", "SIZES", "ROLES", "LAYOUT"):
             setattr(self, name, getattr(module, name))
+        if hasattr(module, "INITIALS"):  # a composed model's keywords of its initial states
+            self.INITIALS = module.INITIALS
 
     def _tensors(self, params: Mapping[str, Array], X: Array, Y: Array, initial: Any) -> Any:
         tensor = self.array
