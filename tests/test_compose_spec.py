@@ -93,7 +93,6 @@ def test_config_file_takes_the_fields(tmp_path: Path) -> None:
         (["--layers", "0"], "layers: got 0"),
         (["--layers", "two"], "--layers: got 'two'"),
         (["--batch-reduction", "tokens", "--time-reduction", "mean"], "batch_reduction: 'tokens'"),
-        (["--layers", "2", "--bidirectional", "--backend", "torch"], "direction='bidirectional'"),
     ],
 )
 def test_cli_exit_2_and_writes_nothing(
