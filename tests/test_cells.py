@@ -149,6 +149,16 @@ def test_spec_accepts_a_path_object_and_names_the_cell(tmp_path: Path) -> None:
             ('g = { ascii = "g"', 'g = { ascii = "dh"'),
             r"the adjoint of h and g are both called 'dh'",
         ),
+        (('layout = "column"', 'layout = "column"\npartials = "nabla"'), r"partials is 'nabla'"),
+        (('layout = "column"', 'layout = "column"\nupdates = "adam"'), r"updates is 'adam'"),
+        (
+            ('layout = "column"', 'layout = "column"\nchain_through_logits = 1'),
+            r"chain_through_logits is 1; expected true or false",
+        ),
+        (  # every parameter once: W_hh is missing
+            ('layout = "column"', 'layout = "column"\nparameter_order = ["W_out", "b_out"]'),
+            r"parameter_order is .*expected each of W_xr, .*W_out, b_out once",
+        ),
     ],
 )
 def test_bad_cell_files_are_refused_naming_file_line_and_equation(

@@ -574,3 +574,38 @@ def test_the_figure_has_every_weight_and_every_state(
     for name, symbol in writer.graph.params.items():
         if writer.tex(symbol) in weights:
             assert name in chart, name
+
+
+def test_a_notations_document_habits_are_data(tmp_path: Path) -> None:
+    """The seeds' habits (002's operator partials, 003's Δw updates, 000's parameter
+    order) are keys of a notation, so a user's cell file may take them too."""
+    habits = (
+        'partials = "operator"\nupdates = "delta"\n'
+        'parameter_order = ["b", "W_h", "W_x", "W_out", "b_out"]\n'
+    )
+    text = UNTAGGED_ELMAN.replace("[notations.xh.names]", habits + "\n[notations.xh.names]")
+    tex = render_latex(ModelSpec(cell=_cell_file(tmp_path, text, "habits"), steps=3))
+    plain = render_latex(ModelSpec(cell=_cell_file(tmp_path, UNTAGGED_ELMAN), steps=3))
+    chain = tex[tex.index("The chain rule, parameter by parameter") :]
+    headings = re.findall(r"\\subsection\{\\texorpdfstring\{\$([^$]*)\$", chain)
+    assert headings[:5] == ["b", "W_h", "W_x", "V", "c"]
+    assert r"\frac{\partial}{\partial b} L_{1}" in tex
+    assert r"\Delta W_x &= - \eta \frac{\partial L}{\partial W_x}" in tex
+    assert r"W_x &= W_x + \Delta W_x" in tex
+    # without the habits: fractions, W ← W − η ∂L/∂W, the output layer first
+    default = plain[plain.index("The chain rule, parameter by parameter") :]
+    assert re.findall(r"\\subsection\{\\texorpdfstring\{\$([^$]*)\$", default)[:5] == [
+        "V",
+        "c",
+        "W_x",
+        "W_h",
+        "b",
+    ]
+    assert r"\frac{\partial L_{1}}{\partial b}" in plain
+    assert r"\Delta W_x" not in plain
+
+
+def _cell_file(folder: Path, text: str, name: str = "plain") -> str:
+    path = folder / f"{name}.toml"
+    path.write_text(text, encoding="utf-8")
+    return str(path)

@@ -234,6 +234,7 @@ def test_one_by_one_ones_matrix_is_dropped() -> None:
 )
 def test_pre_activation_terms_in_the_seeds_order(notation: str, expected: str) -> None:
     from symbptt.core.graph import build_graph
+    from symbptt.documents.teaching import term_classes
 
     graph = build_graph(ModelSpec(notation=notation, steps=3))
     step = graph.steps[1]
@@ -244,6 +245,7 @@ def test_pre_activation_terms_in_the_seeds_order(notation: str, expected: str) -
             "names": symbol_names(graph.notation, [meta]),
             "roles": dict(meta),
             "recurrent_first": graph.notation.recurrent_first,
+            "classes": term_classes(graph.spec.model),  # read from the cell's equations
         }
     )
     assert printer.doprint(z.expr) == expected

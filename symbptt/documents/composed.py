@@ -43,7 +43,7 @@ from .latex_printer import (
     state_initial_name,
 )
 from .layout import UNROLL_LIMIT, _atoms
-from .teaching import _term_classes, _Writer
+from .teaching import term_classes, _Writer
 
 if TYPE_CHECKING:  # the results only: documents never run a check
     from ..oracle.verification import Checks
@@ -78,7 +78,7 @@ class _ComposedWriter(_Writer):
         self.gen = Symbols(self.spec, notation)
         self.roles: dict[Any, tuple[str, Any]] = {}
         self.names: dict[Any, TeXName] = {}
-        self.classes = _term_classes(self.spec.model)
+        self.classes = term_classes(self.spec.model)
         self._aux = 0
         self._name_all(self.symbols)
         self._name_all(self.gen)

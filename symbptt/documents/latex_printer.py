@@ -318,7 +318,10 @@ def symbol_names(
 # Where a term of a sum goes: (class, rank within the class).  Sums are printed in
 # the order the seeds write them: 1 - h ⊙ h, ŷ - y, W_hy^T ∂L/∂o + W_hh^T δ,
 # W_xh x + W_hh h + b (W h + U x + b when the notation puts the recurrence first).
-_ROLE_CLASS: dict[str, tuple[str, int]] = {
+# This table holds the roles every model shares (the output layer, the input, the
+# initial state, a gradient); a cell's own quantities get their places from its
+# equations (``classes``, see ``documents.teaching.term_classes``).
+_SHARED_CLASS: dict[str, tuple[str, int]] = {
     "output": ("output", 0),
     "target": ("output", 1),
     "output_weight": ("output", 2),
@@ -326,14 +329,7 @@ _ROLE_CLASS: dict[str, tuple[str, int]] = {
     "adjoint_output": ("output", 4),
     "output_pre_activation": ("output", 5),
     "input": ("input", 0),
-    "input_weight": ("input", 1),
-    "hidden": ("recurrent", 1),
-    "recurrent_weight": ("recurrent", 0),
     "initial_state": ("recurrent", 2),
-    "adjoint_pre_activation": ("recurrent", 3),
-    "adjoint_hidden": ("recurrent", 4),
-    "pre_activation": ("recurrent", 5),
-    "hidden_bias": ("bias", 0),
     "output_bias": ("bias", 1),
     "gradient": ("gradient", 0),
 }
@@ -394,9 +390,9 @@ class BPTTLatexPrinter(LatexPrinter):  # type: ignore[misc]
     ``transpose``
         the superscript of a transpose (``\\top``).
     ``classes``
-        ``role -> (class, rank)`` for roles beyond the Elman ones, where a term of a sum
-        goes (``"input"``, ``"recurrent"``, ``"output"``, ``"bias"``, ...; see
-        ``_ROLE_CLASS``): a cell's states are recurrent, its biases bias.
+        ``role -> (class, rank)`` for the cell's own roles, where a term of a sum goes
+        (``"input"``, ``"recurrent"``, ``"output"``, ``"bias"``, ...; the roles every
+        model shares are in ``_SHARED_CLASS``): read from the cell's equations.
     """
 
     printmethod = "_symbptt_latex"
@@ -415,8 +411,8 @@ class BPTTLatexPrinter(LatexPrinter):  # type: ignore[misc]
         self._names: dict[Any, TeXName] = dict(self._settings["names"] or {})
         self._roles: dict[Any, tuple[str, Any]] = dict(self._settings["roles"] or {})
         self._classes: dict[str, tuple[str, int]] = {
-            **_ROLE_CLASS,
             **(self._settings["classes"] or {}),
+            **_SHARED_CLASS,
         }
         if self._settings["hadamard_power"] not in ("product", "power"):
             raise ValueError(

@@ -10,6 +10,7 @@ are read from the step form and are used by :class:`~.cells._CellWriter` too.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from ..core import rules
 from ..core.derive import Derivation
 from ..core.graph import T_SYMBOL, Symbols
 from ..expr import functions, mexpr
+from ..model import equations
 from ..model.notation import PARAM_ROLES, Notation
 from ..model.spec_flags import preset_of
 from ..optimizers import Adam
@@ -42,11 +44,7 @@ from .latex_printer import (
     symbol_names,
 )
 from .layout import (
-    _CHAIN_ORDER,
     _DEFAULT_CHAIN_ORDER,
-    _DELTA_UPDATES,
-    _OPERATOR_PARTIALS,
-    _THROUGH_OUTPUT_PRE,
     CHAIN_LIMIT,
     MARKER,
     ROW_WIDTH,
@@ -71,24 +69,54 @@ if TYPE_CHECKING:  # the results only: documents never run a check
 _SIZE_SYMBOLS = {"n_in": "n_0", "n_hidden": "n_1", "n_out": "n_2", "batch": "m", "steps": "T"}
 
 
-def _term_classes(cell: Any) -> dict[str, tuple[str, int]]:
+def term_classes(cell: Any) -> dict[str, tuple[str, int]]:
     """Where the terms of a cell's sums go when printed (see ``BPTTLatexPrinter``).
 
-    A state and its adjoint are recurrent, a bias is a bias, and the named
-    pre-activation adjoints (δ^i, δ^f, ...) come in the order of the cell's
-    equations.  The Elman roles keep their own places (the printer's table wins).
+    Read from the cell's equations: an input is an input, a weight that multiplies
+    the previous step's state is recurrent (it leads the sum in a notation that puts
+    the recurrence first), a weight that multiplies only inputs is an input weight;
+    a state and its adjoint are recurrent, and so is an intermediate (a
+    pre-activation, a gate) with its adjoint; a bias is a bias; the named
+    pre-activation adjoints (δ^i, δ^f, ...) come in the order of the equations.
     """
+    inputs = {quantity.key for quantity in cell.inputs}
+    states = {quantity.key for quantity in cell.states}
+    params = {parameter.key for parameter in cell.parameters}
     classes: dict[str, tuple[str, int]] = {}
+    for quantity in cell.inputs:
+        classes[cell.role_of(quantity.key)] = ("input", 0)
     for state in cell.states:
         role = cell.role_of(state.key)
         classes[role] = ("recurrent", 1)
         classes["adjoint_" + role] = ("recurrent", 4)
     for k, equation in enumerate(cell.equations):
-        classes["pre_adjoint_" + cell.role_of(equation.target)] = ("recurrent", 10 + k)
+        role = cell.role_of(equation.target)
+        if equation.target not in states:
+            classes[role] = ("recurrent", 5)
+            classes["adjoint_" + role] = ("recurrent", 3)
+        classes["pre_adjoint_" + role] = ("recurrent", 10 + k)
+        for weight, reads in _products(equation, params):
+            if any(key in states and offset == -1 for key, offset in reads):
+                classes[cell.role_of(weight)] = ("recurrent", 0)
+            elif reads and all(key in inputs for key, _ in reads):
+                classes.setdefault(cell.role_of(weight), ("input", 1))
     for parameter in cell.parameters:
         if parameter.kind == "bias":
             classes[cell.role_of(parameter.key)] = ("bias", 0)
     return classes
+
+
+def _products(equation: Any, params: set[str]) -> list[tuple[str, list[tuple[str, int]]]]:
+    """Each ``P @ operand`` of an equation with P a parameter, and what the operand
+    reads (``(key, offset)``: 0 for step t, -1 for t - 1)."""
+    found = []
+    for node in ast.walk(equation.tree):
+        if not (isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult)):
+            continue
+        if isinstance(node.left, ast.Name) and node.left.id in params:
+            operand = equations.reads(node.right, equation.error)
+            found.append((node.left.id, [(key, offset) for key, offset, _ in operand]))
+    return found
 
 
 #: The quantities the teaching sections speak of, by their Elman role names.
@@ -146,26 +174,6 @@ def teaching_roles(derivation: Derivation) -> dict[str, str] | None:
     return found
 
 
-def _teaching_classes(roles: dict[str, str]) -> dict[str, tuple[str, int]]:
-    """The Elman roles' places in a sum (``_ROLE_CLASS``), under the cell's own roles."""
-    places = {
-        "pre_activation": ("recurrent", 5),
-        "adjoint_pre_activation": ("recurrent", 3),
-        "hidden": ("recurrent", 1),
-        "adjoint_hidden": ("recurrent", 4),
-        "input_weight": ("input", 1),
-        "recurrent_weight": ("recurrent", 0),
-        "hidden_bias": ("bias", 0),
-    }
-    out = {}
-    for role, place in places.items():
-        if role.startswith("adjoint_"):
-            out["adjoint_" + roles[role[len("adjoint_") :]]] = place
-        else:
-            out[roles[role]] = place
-    return out
-
-
 # ---------------------------------------------------------------------------- the writer
 class _Writer:
     """Prints every formula of one derivation into the templates' context."""
@@ -184,7 +192,7 @@ class _Writer:
         self.form = derivation.step_form
         self.name = name
         self.checks = checks
-        self.operator = self.notation.name in _OPERATOR_PARTIALS
+        self.operator = self.notation.partials == "operator"
         self.gen = Symbols(self.spec, self.notation)  # symbols made here (generic j, k, ...)
         metas = [self.graph.symbols.meta, self.form.symbols.meta]
         roles: dict[Any, tuple[str, Any]] = {}
@@ -194,7 +202,7 @@ class _Writer:
         self.k = teaching_roles(derivation) or {role: role for role in TEACHING_ROLES}
         self.names = symbol_names(self.notation, metas, self.k["pre_activation"])
         self.roles = roles
-        self.classes = {**_term_classes(self.spec.model), **_teaching_classes(self.k)}
+        self.classes = term_classes(self.spec.model)
         self.printer = self._make_printer()
         self._aux = 0
         self.t = self.form.t
@@ -830,7 +838,7 @@ class _Writer:
     def _paths(self, deps: dict[Any, list[Any]], start: Any, leaf: Any) -> list[list[Any]]:
         """Every path from ``start`` to ``leaf`` (iterative), projected on the seeds' nodes."""
         keep = {"loss", "output", self.k["hidden"], "initial_state", *self._param_roles()}
-        if self.notation.name in _THROUGH_OUTPUT_PRE:
+        if self.notation.chain_through_logits:
             keep.add("output_pre_activation")
         found: list[list[Any]] = []
         stack: list[tuple[Any, list[Any]]] = [(start, [start])]
@@ -855,8 +863,11 @@ class _Writer:
         graph = self.graph
         losses = [a for a in graph.assignments if a.kind == "loss"]
         leaves: list[tuple[str, Any, TeXName]] = []
-        habit = _CHAIN_ORDER.get(self.notation.name) if self.notation.seed else None
-        order = [self.k.get(role, role) for role in habit or _DEFAULT_CHAIN_ORDER]
+        cell = self.spec.model
+        if self.notation.parameter_order:  # the seed's own order
+            order = [cell.role_of(key) for key in self.notation.parameter_order]
+        else:
+            order = [self.k.get(role, role) for role in _DEFAULT_CHAIN_ORDER]
         for role in order:
             symbol = graph.symbols.param(role)
             if symbol is not None:
@@ -1680,7 +1691,7 @@ class _Writer:
             self.roles[gradient] = ("gradient", None)
             self._refresh()
             step = sp.MatMul(-eta, gradient)
-            if self.notation.name in _DELTA_UPDATES and self.notation.seed:  # 003's Δw
+            if self.notation.updates == "delta":  # 003's Δw = −η ∂L/∂w, w = w + Δw
                 delta = sp.MatrixSymbol("Delta_" + name, *symbol.shape)
                 self.names[delta] = TeXName(rf"\Delta {self.tex(symbol)}")
                 self._refresh()

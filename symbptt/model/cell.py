@@ -99,6 +99,16 @@ class Notation:
     functions: tuple[tuple[str, str], ...]  # (name in the equations or "output", LaTeX)
     recurrent_first: bool = False  # W h + U x (uvw, aa) rather than W_xh x + W_hh h
     notes: tuple[str, ...] = ()
+    # -- the seed's habits in documents, beyond names -------------------------------
+    #: "fraction" (∂L/∂W) or "operator" (002's ∂/∂Ŷ L)
+    partials: str = "fraction"
+    #: the order the chain-rule section takes the parameters in, by key (000: V, W,
+    #: U); empty: output layer, then input, recurrent, bias as the equations have them
+    parameter_order: tuple[str, ...] = ()
+    #: "assign" (W ← W − η ∂L/∂W) or "delta" (003's ΔW = −η ∂L/∂W, W = W + ΔW)
+    updates: str = "assign"
+    #: the chain rule goes through the output pre-activation (003's ∂y/∂net_y)
+    chain_through_logits: bool = False
     #: a layer and a step always apart (H_{1,1}): for documents with steps >= 10,
     #: where H_{11} could be read as step 11
     comma_steps: bool = False

@@ -76,6 +76,10 @@ _NOTATION_KEYS = {
     "functions",
     "recurrent_first",
     "notes",
+    "partials",
+    "parameter_order",
+    "updates",
+    "chain_through_logits",
     "names",
 }
 _NAME_KEYS = {"ascii", "latex", "description", "layer", "adjoint", "initial", "initial_latex"}
@@ -460,6 +464,7 @@ class _Reader:
         notes = table.get("notes", [])
         if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
             raise self.fail(f"{where} notes is {notes!r}; expected an array of strings")
+        habits = self.habits(cell, where, table)
         return Notation(
             name=key,
             cell=cell.name,
@@ -474,7 +479,34 @@ class _Reader:
             functions=ordered_fns,
             recurrent_first=bool(table.get("recurrent_first", False)),
             notes=tuple(notes),
+            **habits,
         )
+
+    def habits(self, cell: Cell, where: str, table: dict[str, Any]) -> dict[str, Any]:
+        """A notation's habits in documents: how it writes partials, orders, updates."""
+        out: dict[str, Any] = {}
+        for key, choices in (
+            ("partials", ("fraction", "operator")),
+            ("updates", ("assign", "delta")),
+        ):
+            value = table.get(key, choices[0])
+            if value not in choices:
+                raise self.fail(
+                    f"{where} {key} is {value!r}; expected {' or '.join(map(repr, choices))}"
+                )
+            out[key] = value
+        through = table.get("chain_through_logits", False)
+        if not isinstance(through, bool):
+            raise self.fail(f"{where} chain_through_logits is {through!r}; expected true or false")
+        out["chain_through_logits"] = through
+        order = table.get("parameter_order", [])
+        keys = [p.key for p in cell.parameters] + ["W_out", "b_out"]
+        if order and (not isinstance(order, list) or sorted(map(str, order)) != sorted(keys)):
+            raise self.fail(
+                f"{where} parameter_order is {order!r}; expected each of {', '.join(keys)} once"
+            )
+        out["parameter_order"] = tuple(order)
+        return out
 
     def names(
         self, cell: Cell, notation: str, table: dict[str, Any], t0: int, style: str
