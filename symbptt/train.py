@@ -39,6 +39,7 @@ models only the last window has a loss; the earlier ones only carry the state.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Mapping, MutableMapping
 from functools import cache
 from types import ModuleType
@@ -235,11 +236,11 @@ def _advance(
 
 # -- the vanishing / exploding gradient picture ---------------------------------------
 @cache
-def _last_step_module(spec_items: tuple[tuple[str, Any], ...]) -> ModuleType:
+def _last_step_module(spec_json: str) -> ModuleType:
     from .codegen.emit import emit_numpy, load_module
     from .model.spec import ModelSpec
 
-    spec = dataclasses.replace(ModelSpec(**dict(spec_items)), mode="many_to_one")
+    spec = dataclasses.replace(ModelSpec(**json.loads(spec_json)), mode="many_to_one")
     return load_module(emit_numpy(spec))
 
 
@@ -252,8 +253,8 @@ def last_step_module(module: ModuleType) -> ModuleType:
     """
     if _spec_field(module, "mode") == "many_to_one":
         return module
-    spec: dict[str, Any] = dict(module.SPEC)
-    return _last_step_module(tuple(sorted(spec.items())))
+    # the spec as canonical JSON: hashable, also when its cell is a mapping
+    return _last_step_module(json.dumps(dict(module.SPEC), sort_keys=True))
 
 
 def gradient_norms(

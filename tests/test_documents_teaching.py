@@ -663,3 +663,24 @@ def test_no_worked_example_when_the_cell_file_makes_the_state_an_input() -> None
     assert spec.initial_state == "zero" and spec.initial_inputs == ("h",)
     assert worked_example(derive(spec)) is None
     assert worked_example(derive(PRESETS["xh_hello"])) is not None
+
+
+def test_the_norms_follow_the_weight_on_the_previous_state_not_a_role_tag() -> None:
+    """The recurrent weight of the gradient-norm plot is read from the equations:
+    an Elman cell with its role tags taken out measures the same weight."""
+    import dataclasses
+
+    from symbptt.model import cell_from_mapping, load_cell
+    from symbptt.model.presets import PRESETS
+
+    mapping = load_cell("elman").as_mapping()
+    mapping.pop("roles", None)
+    for entry in mapping["parameters"].values():
+        entry.pop("role", None)
+    spec = dataclasses.replace(PRESETS["xh_hello"], cell=cell_from_mapping(mapping))
+    assert "recurrent_weight" not in derive(spec).roles.values()
+    untagged = worked_example(derive(spec))
+    tagged = worked_example(derive(PRESETS["xh_hello"]))
+    assert untagged is not None and tagged is not None
+    assert untagged.recurrent == tagged.recurrent == "W_hh"
+    assert untagged.norms == tagged.norms

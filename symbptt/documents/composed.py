@@ -43,7 +43,7 @@ from .latex_printer import (
     state_initial_name,
 )
 from .layout import UNROLL_LIMIT, _atoms
-from .teaching import term_classes, _Writer
+from .teaching import _Writer, term_classes
 
 if TYPE_CHECKING:  # the results only: documents never run a check
     from ..oracle.verification import Checks

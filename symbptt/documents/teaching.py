@@ -10,7 +10,6 @@ are read from the step form and are used by :class:`~.cells._CellWriter` too.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -79,9 +78,7 @@ def term_classes(cell: Any) -> dict[str, tuple[str, int]]:
     pre-activation, a gate) with its adjoint; a bias is a bias; the named
     pre-activation adjoints (δ^i, δ^f, ...) come in the order of the equations.
     """
-    inputs = {quantity.key for quantity in cell.inputs}
     states = {quantity.key for quantity in cell.states}
-    params = {parameter.key for parameter in cell.parameters}
     classes: dict[str, tuple[str, int]] = {}
     for quantity in cell.inputs:
         classes[cell.role_of(quantity.key)] = ("input", 0)
@@ -95,28 +92,12 @@ def term_classes(cell: Any) -> dict[str, tuple[str, int]]:
             classes[role] = ("recurrent", 5)
             classes["adjoint_" + role] = ("recurrent", 3)
         classes["pre_adjoint_" + role] = ("recurrent", 10 + k)
-        for weight, reads in _products(equation, params):
-            if any(key in states and offset == -1 for key, offset in reads):
-                classes[cell.role_of(weight)] = ("recurrent", 0)
-            elif reads and all(key in inputs for key, _ in reads):
-                classes.setdefault(cell.role_of(weight), ("input", 1))
+    for weight, operand in equations.weight_operands(cell).items():
+        classes[cell.role_of(weight)] = ("recurrent", 0) if operand == "recurrent" else ("input", 1)
     for parameter in cell.parameters:
         if parameter.kind == "bias":
             classes[cell.role_of(parameter.key)] = ("bias", 0)
     return classes
-
-
-def _products(equation: Any, params: set[str]) -> list[tuple[str, list[tuple[str, int]]]]:
-    """Each ``P @ operand`` of an equation with P a parameter, and what the operand
-    reads (``(key, offset)``: 0 for step t, -1 for t - 1)."""
-    found = []
-    for node in ast.walk(equation.tree):
-        if not (isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult)):
-            continue
-        if isinstance(node.left, ast.Name) and node.left.id in params:
-            operand = equations.reads(node.right, equation.error)
-            found.append((node.left.id, [(key, offset) for key, offset, _ in operand]))
-    return found
 
 
 #: The quantities the teaching sections speak of, by their Elman role names.

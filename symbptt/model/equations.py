@@ -32,7 +32,7 @@ import sympy as sp
 from ..expr import functions, mexpr
 from ..expr.exprlang import ExpressionError
 
-__all__ = ["Env", "build", "reads", "step_offset"]
+__all__ = ["Env", "build", "reads", "step_offset", "weight_operands"]
 
 Error = Callable[[str, ast.AST], ExpressionError]
 
@@ -250,3 +250,26 @@ def _shape(value: Any) -> str:
 def build(tree: ast.expr, env: Env, error: Error) -> Any:
     """The matrix expression of ``tree`` at one step of one model (see the module docstring)."""
     return _Builder(env, error).build(tree)
+
+
+def weight_operands(cell: Any) -> dict[str, str]:
+    """Each weight of ``cell`` that multiplies something (``P @ operand``), and what:
+    ``"recurrent"`` where an operand reads a state at t - 1 (``W_hh @ h[t-1]``,
+    ``W_hh @ (r[t] * h[t-1])``), ``"input"`` where it reads only the inputs.
+    Read from the equations' syntax trees; a weight that is both is recurrent."""
+    params = {parameter.key for parameter in cell.parameters}
+    inputs = {quantity.key for quantity in cell.inputs}
+    states = {quantity.key for quantity in cell.states}
+    found: dict[str, str] = {}
+    for equation in cell.equations:
+        for node in ast.walk(equation.tree):
+            if not (isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult)):
+                continue
+            if not (isinstance(node.left, ast.Name) and node.left.id in params):
+                continue
+            operand = [(key, offset) for key, offset, _ in reads(node.right, equation.error)]
+            if any(key in states and offset == -1 for key, offset in operand):
+                found[node.left.id] = "recurrent"
+            elif operand and all(key in inputs for key, _ in operand):
+                found.setdefault(node.left.id, "input")
+    return found

@@ -37,6 +37,7 @@ import sympy as sp
 from .. import documents
 from ..core.derive import Derivation
 from ..expr.exprlang import ExpressionError
+from ..model import equations
 from ..model.spec import ModelSpec
 from . import gradcheck
 from . import verify as scalar_oracle
@@ -174,7 +175,11 @@ def worked_example(derivation: Derivation) -> WorkedExample | None:
     error = max(error, abs(loss - value) / max(1.0, abs(value)))
     values = {a.target: evaluator.env[a.target] for a in graph.assignments + derivation.assignments}
     values.update({graph.params[name]: value for name, value in params.items()})
-    recurrent = next((n for n, role in derivation.roles.items() if role == "recurrent_weight"), "")
+    cell = spec.model  # the weight that multiplies the previous state, by the equations
+    weights = {
+        cell.role_of(k) for k, v in equations.weight_operands(cell).items() if v == "recurrent"
+    }
+    recurrent = next((n for n, role in derivation.roles.items() if role in weights), "")
     norms = _norms(module, params, recurrent, rng) if recurrent else None
     return WorkedExample(
         text, dict(sizes), values, gradients, loss, error, EXAMPLE_GRID, norms, recurrent
