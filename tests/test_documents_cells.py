@@ -351,7 +351,7 @@ def test_the_teaching_sections_are_chosen_by_the_equations(cells: dict[str, str]
 def _untagged(text: str) -> str:
     """A cell file with its Elman role tags taken out (the [roles] table, role = ...)."""
     text = re.sub(r", role = \"[a-z_]+\"", "", text)
-    return re.sub(r"\[roles\]\n(?:#.*\n)?(?:[a-z]+ = \"[a-z_]+\"\n)+", "", text)
+    return re.sub(r"\[roles\]\n(?:#.*\n)*(?:[a-z]+ = \"[a-z_]+\"\n)+", "", text)
 
 
 @pytest.mark.parametrize(
