@@ -395,8 +395,7 @@ def scalar_proof(
                     changed = original.copy()
                     changed[i, j] = w
                     loss = scalar_loss(spec, {**values, name: changed})
-                    exact = sp.diff(loss, w).xreplace({w: original[i, j]}).evalf(DPS)
-                    exact_mp = mpmath.mpf(str(exact))
+                    exact_mp = _value_at(sp.diff(loss, w), {w: mpmath.mpf(original[i, j]._mpf_)})
                     error = abs(exact_mp - derived[i, j]) / max(1, abs(exact_mp))
                     worst = max(worst, error)
                     count += 1
