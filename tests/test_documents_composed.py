@@ -225,3 +225,51 @@ def test_the_summary_page_holds_every_recursion_and_gradient(fields: dict[str, o
         assert row in summary_tex and row in summary_md
     for unit in context["backward"]["units"]:
         assert f"then layer {unit['layer']}, {unit['direction']}, computes" in summary_md
+
+
+@pytest.mark.parametrize("fields", SPECS, ids=IDS)
+def test_the_generic_step_is_printed_from_the_step_form(fields: dict[str, object]) -> None:
+    """'At any step t' prints every adjoint of the generic-step form (``d.step_form``), each
+    unit's own next step at t + 1 (forward) or t - 1 (backward); the Jupyter view too."""
+    spec = _spec(fields)
+    d = derive(spec)
+    writer = _writer(d, None, None)
+    assert isinstance(writer, _ComposedWriter)
+    generic = writer.generic_recursion()
+    form = d.step_form
+    tex, md = render_documents(d)
+    section_tex = tex.split(r"\subsection*{At any step $t$}")[1].split(r"\subsection*")[0]
+    section_md = md.split("### At any step $t$")[1].split("###")[0]
+    bodies = [form.backward] + ([form.last_backward] if form.last_backward else [])
+    for body in bodies:
+        for assignment in body:
+            if assignment.kind == "contribution" or assignment.expr.is_ZeroMatrix:
+                continue
+            lhs = writer.tex(assignment.target) + " &="
+            assert lhs in section_tex and lhs in section_md, assignment.target
+    summary = d._repr_latex_()
+    assert summary.startswith("$$\\begin{aligned}") and summary.endswith("\\end{aligned}$$")
+    for unit in generic["units"]:
+        for row in unit["rows"]:
+            assert row in summary
+    for assignment in d.assignments:
+        if assignment.kind == "gradient":
+            assert writer.tex(assignment.target) + " &=" in summary
+    meta = form.symbols.meta
+    for index, unit in enumerate(spec.program.units):  # its own next step, in its direction
+        carried = {
+            symbol
+            for a in form.part(form.backward, index)
+            for symbol in a.expr.free_symbols
+            if meta.get(symbol, ("", None))[0].startswith("adjoint_")
+            and meta[symbol][1] == form.t + unit.step
+            and form.symbols.owner[symbol].unit == unit
+        }
+        assert carried, unit
+        assert all(writer.tex(symbol) in section_tex for symbol in carried)
+    if spec.mode == "many_to_one":
+        assert r"\text{(final step)}" in summary
+
+
+def test_a_derivation_of_tokens_alone_shows_no_summary() -> None:
+    assert derive(_spec({"steps": 2, "batch_reduction": "tokens"}))._repr_latex_() is None

@@ -446,7 +446,7 @@ class Derivation:
 
     def _repr_latex_(self) -> str | None:
         """Jupyter's view: the summary the documents stage registers (:data:`LATEX_SUMMARY`)."""
-        if self.spec.composed:  # the documents do not show a composed model yet
+        if self.spec.composed and self.spec.program.plain:  # tokens alone: no document yet
             return None
         return LATEX_SUMMARY[0](self) if LATEX_SUMMARY else None
 
