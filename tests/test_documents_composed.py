@@ -186,6 +186,28 @@ def test_every_composed_document_compiles(fields: dict[str, object]) -> None:
     assert "undefined" not in log.lower()
 
 
+@pytest.mark.tex
+def test_your_formulas_in_a_composed_document_compile() -> None:
+    """``symbptt derive --check``'s verdicts (one EQUAL, one NOT EQUAL with its correct
+    formula and recursion) in a composed document: printed, and the PDF compiles."""
+    require_pdflatex()
+    spec = _spec({"steps": 2, "direction": "bidirectional", "masked": True})
+    user = verification.formula_checks(
+        spec,
+        [("W_hh_b", "sum_t(delta_b[t] @ h_b[t+1].T)"), ("W_hh_f", "sum_t(delta_f[t] @ h_f[t].T)")],
+    )
+    assert [v.verdict for v in user] == ["EQUAL", "NOT EQUAL"]
+    checks = dataclasses.replace(verification.run_checks(spec), user=user, user_file="my_f.toml")
+    tex, md = render_documents(spec, checks=checks)
+    from symbptt.documents.latex_printer import escape_tex
+
+    assert r"\paragraph{Your formulas.}" in tex and escape_tex(user[1].correct) in tex
+    assert "**Your formulas.**" in md and f"Correct: `{user[1].correct}`" in md
+    pdf, log = compile_pdf(tex)
+    assert pdf.startswith(b"%PDF") and "undefined" not in log.lower()
+    assert overfull_boxes(log) == []
+
+
 # -- the verifying stage ----------------------------------------------------------------
 @pytest.mark.slow
 def test_verifying_stage_proves_a_composed_model_and_the_document_says_so() -> None:
