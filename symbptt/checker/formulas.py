@@ -81,7 +81,7 @@ def _kept(d: Derivation) -> tuple[str, ...]:
 
 
 def _kept_concrete(d: Derivation) -> tuple[str, ...]:
-    """:func:`_kept` read from the concrete steps (a composed model has no generic step).
+    """:func:`_kept` read from the concrete steps (a composed model, read flat).
 
     An adjoint read at another step than the one it is computed for (the
     carry, in either direction), or read by two adjoints of one step.

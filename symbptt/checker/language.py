@@ -161,7 +161,7 @@ def _step_roles(d: Derivation) -> list[str]:
     """Every step-indexed role of the model: series in the notation's order, then adjoints."""
     found: set[str] = set()
     metas = [d.graph.symbols.meta]
-    if not d.spec.composed:  # a composed model has no generic step: its steps hold every role
+    if not d.spec.composed:  # a composed model is read flat: its concrete steps hold every role
         metas.append(d.step_form.symbols.meta)
     for meta in metas:
         for role, step in meta.values():
