@@ -57,10 +57,56 @@ def test_names_list_every_unit(spec: ModelSpec) -> None:
     assert ("M[t]" in listed) == spec.masked
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"layers": 2, "direction": "bidirectional", "masked": True},
+        {"cell": "lstm", "direction": "bidirectional", "masked": True, "notation": "layered"},
+        {"cell": "gru", "layers": 2, "mode": "many_to_one", "direction": "bidirectional"},
+    ],
+    ids=["elman-2-bi-masked", "lstm-bi-masked-layered", "gru-2-bi-many_to_one"],
+)
+def test_names_print_the_model_equations_at_a_generic_step(
+    fields: dict[str, Any], rng: np.random.Generator
+) -> None:
+    """Each equation of ``--names`` (from the generic-step form), at a concrete step, read
+    back by the checker's parser and evaluated, is the graph's quantity at that step."""
+    from symbptt.checker import model_equations
+    from symbptt.checker.work import _namespace_of
+    from symbptt.core.evaluate import Evaluator
+    from symbptt.expr import exprlang
+    from symbptt.oracle.verify import _env, random_values
+
+    sizes = {"n_in": 2, "n_hidden": 2, "n_out": 2, "batch": 3}
+    spec = ModelSpec(steps=3, **sizes, **fields)
+    rows = model_equations(spec)
+    text = names_text(spec)
+    assert all(f"= {rhs}" in text for _, rhs in rows)
+    d = derive(spec)
+    evaluator = Evaluator(_env(d, random_values(spec, rng)), backend="mp", dps=30)
+    evaluator.run(d.graph.assignments)
+    ns = _namespace_of(spec)
+    checked = 0
+    loss = d.graph.notation.loss_ascii
+    for lhs, rhs in rows:
+        if "[t" not in lhs or lhs.startswith(f"{loss}["):  # the total; a step's loss
+            continue  # (a many-to-one output layer is at the last step)
+        for step in d.graph.steps:
+            target = exprlang.parse(lhs.replace("[t", f"[{step}"), ns)
+            expr = exprlang.parse(rhs.replace("[t", f"[{step}"), ns)
+            got = np.array(evaluator(expr), dtype=float)
+            want = np.array(evaluator.env[target], dtype=float)
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+            checked += 1
+    # every unit's every equation at every step (and the output layer's, many-to-many)
+    assert checked >= len(spec.program.units) * len(spec.model.equations) * len(d.graph.steps)
+
+
 def test_names_say_where_a_backward_unit_starts() -> None:
     text = names_text(BIDIRECTIONAL)
     assert "bidirectional" in text.splitlines()[0]
-    lines = {line.split()[0]: line for line in text.splitlines()[1:]}
+    listed = text.split("\nmodel equations")[0]  # the names, before the model's equations
+    lines = {line.split()[0]: line for line in listed.splitlines()[1:]}
     assert "h_b[T+1] is the initial state" in lines["h_b[t]"]
     assert "delta_b[0] = 0" in lines["delta_b[t]"]
     assert "h_f[0] is the initial state" in lines["h_f[t]"]

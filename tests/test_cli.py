@@ -1298,13 +1298,72 @@ def test_derive_check_bad_file_is_one_line_exit_2_nothing_written(
     assert not out.exists()
 
 
-def test_derive_check_refuses_a_composed_model(
+def test_derive_check_of_a_composed_model_prints_each_formula_in_its_names(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    path = write(tmp_path / "f.toml", '[formulas]\nW_hh = "h[1]"\n')
+    """A bidirectional masked model's formulas, named with the units' tags, each with the
+    checker's own verdict, in the command's report, the JSON and both documents."""
+    formulas = write(
+        tmp_path / "units.toml",
+        "[formulas]\n"
+        'W_hh_b = "sum_t(delta_b[t] @ h_b[t+1].T)"\n'
+        'W_hh_f = "sum_t(delta_f[t] @ h_f[t].T)"\n',
+    )
+    composed = [*QUICK, "--bidirectional", "--masked"]
     out = tmp_path / "out"
-    argv = ["derive", "--layers", "2", "--out", str(out), "--no-pdf", "--check", str(path)]
-    code, _, err = run(argv, capsys)
+    argv = ["derive", *composed, "--out", str(out), "--no-pdf", "--check", str(formulas)]
+    code, stdout, err = run(argv, capsys)
+    assert code == 0, err
+    from symbptt.check import check
+
+    spec = ModelSpec(
+        steps=2,
+        hidden="identity",
+        output="identity",
+        loss="squared_error",
+        direction="bidirectional",
+        masked=True,
+    )
+    right = check(spec, "W_hh_b", "sum_t(delta_b[t] @ h_b[t+1].T)")  # the checker's verdicts
+    wrong = check(spec, "W_hh_f", "sum_t(delta_f[t] @ h_f[t].T)")
+    assert right.ok and not wrong.ok
+    assert re.search(r"W_hh_b +EQUAL\n", stdout) and re.search(r"W_hh_f +NOT EQUAL\n", stdout)
+    md = (out / "derivation.md").read_text()
+    mine = md.split("**Your formulas.**")[1]
+    assert "`units.toml`" in mine
+    assert "**EQUAL**. `sum_t(delta_b[t] @ h_b[t+1].T)`" in mine
+    assert "**NOT EQUAL**. `sum_t(delta_f[t] @ h_f[t].T)`" in mine
+    assert f"Correct: `{wrong.formula.gradient}`" in mine
+    tex = (out / "derivation.tex").read_text()
+    assert r"\paragraph{Your formulas.}" in tex and r"\texttt{units.toml}" in tex
+    assert tex.index(r"\paragraph{Your formulas.}") < tex.index(r"\end{document}")
+    out2 = tmp_path / "out2"
+    argv = ["derive", *composed, "--out", str(out2), "--no-pdf", "--check", str(formulas)]
+    code, stdout, err = run([*argv, "--json"], capsys)
+    assert code == 0, err
+    verdicts = [(f["wrt"], f["verdict"]) for f in json.loads(stdout)["formulas"]]
+    assert verdicts == [("W_hh_b", "EQUAL"), ("W_hh_f", "NOT EQUAL")]
+
+
+@pytest.mark.parametrize(
+    ("text", "needles"),
+    [
+        ('[formulas]\nW_hh = "sum_t(delta[t] @ h[t-1].T)"\n', ("formulas.W_hh", "W_hh_b")),
+        (
+            '[formulas]\nW_hh_b = "sum_t(delta_b[t] @ h_b[t-1].T)"\n',
+            ("formulas.W_hh_b", "h_b[0] is outside the model", "backward direction"),
+        ),
+        ('[formulas]\nW_hh_b = "sum_t(delta_2b[t])"\n', ("formulas.W_hh_b", "delta_2b")),
+    ],
+    ids=["one-cell-name", "backward-state-outside", "no-such-unit"],
+)
+def test_derive_check_of_a_composed_model_refuses_what_it_cannot_read(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str, needles: tuple[str, ...]
+) -> None:
+    path = write(tmp_path / "f.toml", text)
+    out = tmp_path / "out"
+    argv = ["derive", *QUICK, "--bidirectional", "--masked", "--out", str(out), "--no-pdf"]
+    code, _, err = run([*argv, "--check", str(path)], capsys)
     assert code == 2
-    assert_one_line_error(err, "--check", "symbptt check")
+    assert_one_line_error(err, "--check", *needles)
     assert not out.exists()

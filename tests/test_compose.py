@@ -115,11 +115,6 @@ def test_tokens_divide_by_the_number_of_pairs(rng: np.random.Generator) -> None:
         assert abs(_graph_loss(masked, values) - summed / 6) < 1e-25
 
 
-def test_the_step_form_refuses_a_composed_model() -> None:
-    with pytest.raises(SpecError, match=r"^the generic-step form .* layers=2"):
-        _ = derive(_spec(layers=2)).step_form
-
-
 def test_a_cell_reading_its_input_otherwise_cannot_be_split(tmp_path: Path) -> None:
     from tests.test_cells import GRU_CELL
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 
-from symbptt import ModelSpec, SpecError, derive
+from symbptt import ModelSpec, SpecError
 from symbptt.cli.commands import main, spec_from_options
 from symbptt.model import Unit, program
 from symbptt.model.spec import COMPOSITION_DEFAULTS, MAX_LAYERS
@@ -60,24 +59,6 @@ def test_program_units_tags_and_reads() -> None:
     assert program(1).units == (Unit(1, "forward", ""),)
     assert Unit(2, "backward", "2b").name("W_xi") == "W_xi_2b"
     assert Unit(1, "forward", "").name("W_xi") == "W_xi"
-
-
-@pytest.mark.parametrize(
-    "spec",
-    [
-        ModelSpec(layers=2),
-        ModelSpec(direction="bidirectional"),
-        ModelSpec(masked=True),
-    ],
-)
-def test_stages_that_do_not_take_a_composed_model_say_so(spec: ModelSpec) -> None:
-    # the code (NumPy, torch, JAX), the documents and the checker take them
-    # (test_compose_codegen, test_compose_backends, test_documents_composed,
-    # test_check_composed); the generic-step form does not yet (batch_reduction="tokens"
-    # alone only scales the loss: it takes that)
-    stage = "the generic-step form (the loop body of the generated code)"
-    with pytest.raises(SpecError, match=rf"^{re.escape(stage)}: a model with .* not supported"):
-        _ = derive(spec).step_form
 
 
 def test_config_file_takes_the_fields(tmp_path: Path) -> None:

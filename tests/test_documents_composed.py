@@ -186,6 +186,28 @@ def test_every_composed_document_compiles(fields: dict[str, object]) -> None:
     assert "undefined" not in log.lower()
 
 
+@pytest.mark.tex
+def test_your_formulas_in_a_composed_document_compile() -> None:
+    """``symbptt derive --check``'s verdicts (one EQUAL, one NOT EQUAL with its correct
+    formula and recursion) in a composed document: printed, and the PDF compiles."""
+    require_pdflatex()
+    spec = _spec({"steps": 2, "direction": "bidirectional", "masked": True})
+    user = verification.formula_checks(
+        spec,
+        [("W_hh_b", "sum_t(delta_b[t] @ h_b[t+1].T)"), ("W_hh_f", "sum_t(delta_f[t] @ h_f[t].T)")],
+    )
+    assert [v.verdict for v in user] == ["EQUAL", "NOT EQUAL"]
+    checks = dataclasses.replace(verification.run_checks(spec), user=user, user_file="my_f.toml")
+    tex, md = render_documents(spec, checks=checks)
+    from symbptt.documents.latex_printer import escape_tex
+
+    assert r"\paragraph{Your formulas.}" in tex and escape_tex(user[1].correct) in tex
+    assert "**Your formulas.**" in md and f"Correct: `{user[1].correct}`" in md
+    pdf, log = compile_pdf(tex)
+    assert pdf.startswith(b"%PDF") and "undefined" not in log.lower()
+    assert overfull_boxes(log) == []
+
+
 # -- the verifying stage ----------------------------------------------------------------
 @pytest.mark.slow
 def test_verifying_stage_proves_a_composed_model_and_the_document_says_so() -> None:
@@ -225,3 +247,51 @@ def test_the_summary_page_holds_every_recursion_and_gradient(fields: dict[str, o
         assert row in summary_tex and row in summary_md
     for unit in context["backward"]["units"]:
         assert f"then layer {unit['layer']}, {unit['direction']}, computes" in summary_md
+
+
+@pytest.mark.parametrize("fields", SPECS, ids=IDS)
+def test_the_generic_step_is_printed_from_the_step_form(fields: dict[str, object]) -> None:
+    """'At any step t' prints every adjoint of the generic-step form (``d.step_form``), each
+    unit's own next step at t + 1 (forward) or t - 1 (backward); the Jupyter view too."""
+    spec = _spec(fields)
+    d = derive(spec)
+    writer = _writer(d, None, None)
+    assert isinstance(writer, _ComposedWriter)
+    generic = writer.generic_recursion()
+    form = d.step_form
+    tex, md = render_documents(d)
+    section_tex = tex.split(r"\subsection*{At any step $t$}")[1].split(r"\subsection*")[0]
+    section_md = md.split("### At any step $t$")[1].split("###")[0]
+    bodies = [form.backward] + ([form.last_backward] if form.last_backward else [])
+    for body in bodies:
+        for assignment in body:
+            if assignment.kind == "contribution" or assignment.expr.is_ZeroMatrix:
+                continue
+            lhs = writer.tex(assignment.target) + " &="
+            assert lhs in section_tex and lhs in section_md, assignment.target
+    summary = d._repr_latex_()
+    assert summary.startswith("$$\\begin{aligned}") and summary.endswith("\\end{aligned}$$")
+    for unit in generic["units"]:
+        for row in unit["rows"]:
+            assert row in summary
+    for assignment in d.assignments:
+        if assignment.kind == "gradient":
+            assert writer.tex(assignment.target) + " &=" in summary
+    meta = form.symbols.meta
+    for index, unit in enumerate(spec.program.units):  # its own next step, in its direction
+        carried = {
+            symbol
+            for a in form.part(form.backward, index)
+            for symbol in a.expr.free_symbols
+            if meta.get(symbol, ("", None))[0].startswith("adjoint_")
+            and meta[symbol][1] == form.t + unit.step
+            and form.symbols.owner[symbol].unit == unit
+        }
+        assert carried, unit
+        assert all(writer.tex(symbol) in section_tex for symbol in carried)
+    if spec.mode == "many_to_one":
+        assert r"\text{(final step)}" in summary
+
+
+def test_a_derivation_of_tokens_alone_shows_no_summary() -> None:
+    assert derive(_spec({"steps": 2, "batch_reduction": "tokens"}))._repr_latex_() is None

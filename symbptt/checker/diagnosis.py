@@ -319,7 +319,7 @@ class _Diagnosis:
         swap: tuple[str, str] | None = None,
         reflect: bool = False,
     ) -> list[Any]:
-        """:meth:`_generic_terms` from the concrete steps (a composed model has no generic step).
+        """:meth:`_generic_terms` from the concrete steps (a composed model, read flat).
 
         The term of the step that reads the most quantities is moved to every
         step (every symbol by the same number of steps; outside the model an

@@ -26,7 +26,7 @@ from ..core.derive import Derivation
 from ..core.graph import Assignment, Graph, Symbols
 from ..model import HEAD_KEYS, Name, Notation, Unit
 
-__all__ = ["MASK", "FlatSymbols", "direction", "flatten", "unit_of"]
+__all__ = ["MASK", "FlatSymbols", "direction", "flat_symbols", "flatten", "unit_of"]
 
 #: The expression language's name of the mask (1 where an example's step is real).
 MASK = "M"
@@ -165,11 +165,9 @@ def _unit_text(unit: Unit, layers: int, bidirectional: bool) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
-def flatten(d: Derivation) -> Derivation:
-    """``d`` with one role per (unit, quantity) (see the module docstring); plain: ``d``."""
-    root = d.graph.symbols
-    if not root.registries:
-        return d
+def flat_symbols(root: Symbols) -> FlatSymbols:
+    """The flat view of a composed model's registry (one role per unit and quantity): the
+    derivation's (:func:`flatten`) or its generic step's (``step_form.symbols``)."""
     keys = _shared_keys(root)
     shared = {e.role for e in root.notation.names if e.key in keys}
     meta: dict[Any, tuple[str, Any]] = {}
@@ -178,8 +176,16 @@ def flatten(d: Derivation) -> Derivation:
         if owner is not None and owner.unit is not None and _split(role)[1] not in shared:
             role = _qualified(role, owner.unit)
         meta[symbol] = (role, step)
-    notation = _notation(root)
-    symbols = FlatSymbols(root, notation, meta)
+    return FlatSymbols(root, _notation(root), meta)
+
+
+def flatten(d: Derivation) -> Derivation:
+    """``d`` with one role per (unit, quantity) (see the module docstring); plain: ``d``."""
+    root = d.graph.symbols
+    if not root.registries:
+        return d
+    symbols = flat_symbols(root)
+    notation, meta = symbols.notation, symbols.meta
 
     def renamed(assignments: tuple[Assignment, ...]) -> tuple[Assignment, ...]:
         out = []

@@ -12,13 +12,13 @@ from typing import Any
 
 import sympy as sp
 
-from ..core.derive import Derivation
+from ..core.derive import Derivation, derive
 from ..core.graph import T_SYMBOL, Assignment, Symbols
 from ..expr import exprlang, mexpr
 from ..expr.exprlang import ExpressionError
 from ..model.notation import Notation
 from ..model.spec import ModelSpec
-from .flat import direction
+from .flat import direction, flat_symbols
 from .language import _base_role, _is_adjoint, _label
 from .namespace import _refuse_outside, _state_initials
 from .points import _close, _evaluate, _gradient_symbol, _points, _prepare
@@ -81,7 +81,7 @@ def _kept(d: Derivation) -> tuple[str, ...]:
 
 
 def _kept_concrete(d: Derivation) -> tuple[str, ...]:
-    """:func:`_kept` read from the concrete steps (a composed model has no generic step).
+    """:func:`_kept` read from the concrete steps (a composed model, read flat).
 
     An adjoint read at another step than the one it is computed for (the
     carry, in either direction), or read by two adjoints of one step.
@@ -151,22 +151,37 @@ def model_equations(model: ModelSpec | Derivation) -> tuple[tuple[str, str], ...
 
     The forward assignments of the generic step ``t`` (the cell's equations,
     output pre-activation, prediction, the loss of a step) and the total loss,
-    as ``(left-hand side, right-hand side)`` pairs.
+    as ``(left-hand side, right-hand side)`` pairs.  A composed model's: every
+    unit's equations at step t (a masked state's choice too), the output layer
+    (many-to-one: at the last step, reading each unit's final state), the loss
+    of a step with its weights, and the total.
     """
     d = model if isinstance(model, Derivation) else _derivation(model)
-    printer, _, _ = _printers(d)
+    if d.spec.program.plain:
+        form = d.step_form
+        printer, _, _ = _printers(d)
+        forward: tuple[Assignment, ...] = form.forward
+        meta = form.symbols.meta
+    else:
+        form = derive(d.spec).step_form
+        flat = flat_symbols(form.symbols)
+        meta = flat.meta
+        printer = _Printer(_naming(flat, flat.notation))
+        forward = form.forward + (form.part(form.last_forward or (), None))
     notation = d.graph.notation
     rows: list[tuple[str, str]] = []
     step_losses: dict[Any, Any] = {}
 
     def loss_text(symbol: Any) -> str:
-        _, step = d.step_form.symbols.meta.get(symbol) or d.graph.symbols.meta[symbol]
+        _, step = meta.get(symbol) or d.graph.symbols.meta[symbol]
         return f"{notation.loss_ascii}[{Symbols.step_name(step)}]"
 
-    for a in d.step_form.forward:
+    for a in forward:
         if a.kind == "loss":
             node = a.expr
             rhs = f"{d.spec.loss}({printer(node.pred)}, {printer(node.target)})"
+            if node.weight is not None:
+                rhs += f", each unit's weighted by {printer(node.weight)}"
             rows.append((loss_text(a.target), rhs))
         else:
             rows.append((printer(a.target), printer(a.expr)))

@@ -161,7 +161,7 @@ def _step_roles(d: Derivation) -> list[str]:
     """Every step-indexed role of the model: series in the notation's order, then adjoints."""
     found: set[str] = set()
     metas = [d.graph.symbols.meta]
-    if not d.spec.composed:  # a composed model has no generic step: its steps hold every role
+    if not d.spec.composed:  # a composed model is read flat: its concrete steps hold every role
         metas.append(d.step_form.symbols.meta)
     for meta in metas:
         for role, step in meta.values():
@@ -340,4 +340,10 @@ def names_text(notation: str | Notation | ModelSpec | Derivation) -> str:
     lines = [f"expression language names ({cell}{spec.notation}{more}):"]
     lines += [f"  {info}" for info in names(spec)]
     lines.append("  operators: @ (matrix product), * (elementwise), / + - ** .T")
+    from .formulas import model_equations  # printed from the derivation (formulas reads names)
+
+    rows = model_equations(spec)
+    width = max(len(lhs) for lhs, _ in rows)
+    lines.append("model equations at a generic step t (printed from the derivation):")
+    lines += [f"  {lhs:<{width}} = {rhs}" for lhs, rhs in rows]
     return "\n".join(lines)

@@ -26,8 +26,8 @@ class _Work:
     table: dict[tuple[str, int], Any]
     forward: tuple[Assignment, ...]
     sizes: dict[str, int]
-    #: the generic step (None for a composed model, which has none: its steps are read
-    #: from the concrete assignments)
+    #: the generic step (None for a composed model: the checker reads its steps from the
+    #: concrete assignments, whose flat roles its tables use; ``flatten``)
     form: StepForm | None
 
     @property

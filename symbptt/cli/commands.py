@@ -906,11 +906,6 @@ def _user_formulas(spec: ModelSpec, path: str | None) -> tuple[tuple[Any, ...], 
     from ..expr.exprlang import ExpressionError
     from ..oracle.verification import formula_checks
 
-    if spec.composed:
-        raise UsageError(
-            "--check: the documents of a stacked, bidirectional or masked model do not print "
-            "checked formulas yet; check each with `symbptt check`"
-        )
     try:
         formulas = read_formula_file(path)
     except FormulaFileError as exc:

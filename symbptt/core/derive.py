@@ -16,7 +16,7 @@ a named assignment, and the gradient is their sum.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -24,11 +24,24 @@ import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
 from ..expr import mexpr
+from ..model.compose import Unit
 from ..model.spec import ModelSpec
-from .graph import T_SYMBOL, Assignment, Graph, Symbols, build_cell, build_graph, t_SYMBOL
+from .graph import (
+    T_SYMBOL,
+    Assignment,
+    Graph,
+    Symbols,
+    _equations,
+    build_cell,
+    build_graph,
+    composed_output,
+    loss_weight,
+    mask_count,
+    t_SYMBOL,
+)
 from .rules import rule_for
 
-__all__ = ["Derivation", "StepForm", "backprop", "derive", "instantiate"]
+__all__ = ["Derivation", "StepForm", "backprop", "backward_pass", "derive", "instantiate"]
 
 _CONSTANTS = (sp.OneMatrix, sp.ZeroMatrix, sp.Identity)
 
@@ -113,7 +126,7 @@ def backprop(
 
 @dataclass(frozen=True)
 class StepForm:
-    """The loop body of BPTT for a generic step ``t``, derived once from one cell.
+    """The loop body of BPTT for a generic step ``t``, derived once from the equations.
 
     ``body`` holds the forward assignments of step t and, after them, the
     backward ones.  What the future sends back arrives through the equations
@@ -124,6 +137,22 @@ class StepForm:
     output); ``body`` then has no output.  Outside the model every adjoint
     after the last step is 0 and a state before the first step is its
     initial value.
+
+    A composed model (``spec.program``: layers, directions, a mask) has every
+    unit at step t in ``forward``, in the order they run, then the output
+    layer; ``backward`` is the output layer's adjoints, then every unit's, the
+    last unit first.  A unit's adjoints at t receive from its own next step
+    (t + 1; t - 1 for a backward unit, whose recursion runs the other way),
+    from the units of the layer above at t, and from the output layer at t; a
+    masked state's carry (``s_t = s_{t-1} + M_t ⊙ (s̄_t − s_{t-1})``) is one more
+    equation of the next step that reads it.  A loss weight that sums every
+    step's mask reads ``mask_count`` (each example's number of real steps).
+    Many-to-one: ``last_forward`` is the output layer at the last step, reading
+    each unit of the last layer at its final step (a forward unit's at T, a
+    backward unit's at the first step), with those units' equations there;
+    ``last_backward`` their backward pass, without a next step (it is outside).
+    :meth:`unit_of` says which unit an assignment belongs to;
+    :func:`backward_pass` instantiates it all, in an order that works.
     """
 
     t: sp.Symbol
@@ -132,6 +161,24 @@ class StepForm:
     last_forward: tuple[Assignment, ...] | None
     last_backward: tuple[Assignment, ...] | None
     symbols: Symbols
+    #: a composed model's units, in the order they run (empty for one cell)
+    units: tuple[Unit, ...] = field(default=())
+
+    def unit_of(self, assignment: Assignment) -> int | None:
+        """The index in :attr:`units` of the unit ``assignment`` belongs to (None: the
+        output layer, or a model of one cell); a contribution belongs to its parameter's."""
+        symbols = self.symbols
+        symbol = assignment.target
+        if assignment.kind == "contribution" and assignment.param in symbols.params:
+            symbol = symbols.params[assignment.param]
+        registry = symbols.owner.get(symbol)
+        if registry is None or registry.unit is None:
+            return None
+        return self.units.index(registry.unit)
+
+    def part(self, body: tuple[Assignment, ...], unit: int | None) -> tuple[Assignment, ...]:
+        """The assignments of ``body`` that belong to ``unit`` (:meth:`unit_of`), in order."""
+        return tuple(a for a in body if self.unit_of(a) == unit)
 
 
 def _contributions(
@@ -156,21 +203,29 @@ def _contributions(
 
 
 def _next_reads(symbols: Symbols, t: Any) -> tuple[list[Assignment], dict[Any, Any]]:
-    """The equations of step t + 1 that read a state of step t, and their seeds.
+    """The equations of the next step that read a state of step t, and their seeds.
 
-    Each is seeded with its target's adjoint at t + 1, which the backward pass
-    of step t + 1 has computed whole.
+    The next step is t + 1, or t - 1 for a backward unit of a composed model
+    (its registry's unit runs the steps the other way).  With a mask, each
+    state's choice at the next step reads the state of step t too.  Each is
+    seeded with its target's adjoint at the next step, which the backward
+    pass of that step has computed whole.
     """
     cell = symbols.cell
     states = {state.key for state in cell.states}
+    way = 1 if symbols.unit is None else symbols.unit.step
     extra: list[Assignment] = []
     seeds: dict[Any, Any] = {}
-    nxt, _, _ = build_cell(symbols, t + 1, with_output=False)
-    for eq, assignment in zip(cell.equations, nxt, strict=False):
-        if any(key in states and offset < 0 for key, offset in eq.reads):
-            extra.append(Assignment(assignment.target, assignment.expr, "next", t + 1))
-            role = symbols.meta[assignment.target][0]
-            seeds[assignment.target] = symbols.adjoint(role, t + 1)
+    nxt = _equations(symbols, t + way, first=False)
+    for k, assignment in enumerate(nxt):
+        # past the cell's equations: a masked state's choice, which reads the state
+        if k < len(cell.equations) and not any(
+            key in states and offset < 0 for key, offset in cell.equations[k].reads
+        ):
+            continue
+        extra.append(Assignment(assignment.target, assignment.expr, "next", t + way))
+        role = symbols.meta[assignment.target][0]
+        seeds[assignment.target] = symbols.registry(assignment.target).adjoint(role, t + way)
     return extra, seeds
 
 
@@ -212,6 +267,103 @@ def _step_form(spec: ModelSpec, graph: Graph) -> StepForm:
     return StepForm(t, forward, backward, last_forward, last_backward, symbols)
 
 
+def _final_zeros(
+    symbols: Symbols,
+    units: tuple[Unit, ...],
+    body: tuple[Assignment, ...],
+    final: dict[int, Any],
+    named: set[Any],
+) -> tuple[Assignment, ...]:
+    """Zero adjoints of the units' final steps (many-to-one) that ``body`` reads and the
+    last part does not name: nothing there sends them back (a masked cell state's adjoint,
+    where the output layer reads only h); said so, so each step's reads are defined."""
+    zeros: list[Assignment] = []
+    for a in body:
+        for symbol in sorted(a.expr.free_symbols, key=str):
+            role, step = symbols.meta.get(symbol, ("", None))
+            owner = symbols.owner.get(symbol)
+            if owner is None or owner.unit is None:
+                continue
+            index = units.index(owner.unit)
+            if index not in final or step != t_SYMBOL + units[index].step:
+                continue
+            if role.startswith("pre_adjoint_"):
+                zero = owner.pre_adjoint(role[len("pre_adjoint_") :], final[index])
+            elif role.startswith("adjoint_"):
+                zero = owner.adjoint(role[len("adjoint_") :], final[index])
+            else:
+                continue
+            if zero not in named:
+                named.add(zero)
+                zeros.append(Assignment(zero, sp.ZeroMatrix(*zero.shape), role, final[index]))
+    return tuple(zeros)
+
+
+def _composed_step_form(spec: ModelSpec, graph: Graph) -> StepForm:
+    """The generic-step form of a composed model (:class:`StepForm`), from its equations."""
+    symbols = Symbols(spec, graph.notation)
+    t = t_SYMBOL
+    many = spec.mode == "many_to_many"
+    scale = symbols.loss_scale(T_SYMBOL if many else sp.Integer(1))
+    registries = symbols.registries
+    units = tuple(registry.unit for registry in registries if registry.unit is not None)
+    first = sp.Integer(graph.notation.t0)
+    last = T_SYMBOL + first - 1
+    names = list(symbols.params.items())
+    params = set(symbols.params.values())
+
+    def leaves(at: dict[int, Any]) -> set[Any]:
+        """The parameters, and what the units at these steps read from outside them."""
+        out = set(params)
+        for index, step in at.items():
+            registry = registries[index]
+            out |= {registry.series(s.key, step - units[index].step) for s in registry.cell.states}
+            out.add(symbols.series("input", step))
+        return out
+
+    def derive_part(
+        forward: list[Assignment], seeds: dict[Any, Any], extra: list[Assignment], at: Any
+    ) -> tuple[tuple[Assignment, ...], tuple[Assignment, ...]]:
+        steps = dict(at) if isinstance(at, dict) else {index: at for index in range(len(units))}
+        constants = frozenset(a.target for a in extra)
+        adjoints, parts = backprop(forward + extra, seeds, leaves(steps), symbols, constants)
+        own_steps = {a.step for a in forward}
+        own = {s: [(k, part) for k, part in found if k in own_steps] for s, found in parts.items()}
+        return tuple(forward), tuple(adjoints + _contributions(symbols, own, names))
+
+    forward: list[Assignment] = []
+    for registry in registries:
+        forward += _equations(registry, t, first=False)
+    seeds: dict[Any, Any] = {}
+    extra: list[Assignment] = []
+    for registry in registries:
+        found, found_seeds = _next_reads(registry, t)
+        extra += found
+        seeds.update(found_seeds)
+    if many:
+        weight = None
+        if spec.masked:
+            weight = loss_weight(symbols, symbols.mask(t), mask_count(symbols))
+        head, loss = composed_output(symbols, t, first, weight)
+        forward += head
+        seeds[loss] = scale
+    body_forward, body_backward = derive_part(forward, seeds, extra, t)
+    if many:
+        return StepForm(t, body_forward, body_backward, None, None, symbols, units)
+    # many-to-one: the output layer at the last step, and the units it reads at their final step
+    final = {i: last if units[i].direction == "forward" else first for i in symbols.program.head}
+    last_forward: list[Assignment] = []
+    for index, step in final.items():
+        last_forward += _equations(registries[index], step, first=False)
+    head, loss = composed_output(symbols, last, first)
+    last_forward += head
+    last_part = derive_part(last_forward, {loss: scale}, [], final)
+    zeros = _final_zeros(symbols, units, body_backward, final, {a.target for a in last_part[1]})
+    last_backward = tuple(a for a in last_part[1] if a.kind != "contribution") + zeros
+    last_backward += tuple(a for a in last_part[1] if a.kind == "contribution")
+    return StepForm(t, body_forward, body_backward, last_part[0], last_backward, symbols, units)
+
+
 #: How a derivation shows itself in Jupyter; :mod:`symbptt.documents` registers its summary
 #: here, so that the derivation never imports the documents (imports flow one way).
 LATEX_SUMMARY: list[Callable[[Derivation], str]] = []
@@ -245,9 +397,9 @@ class Derivation:
     @cached_property
     def step_form(self) -> StepForm:
         """The generic-step form (derived on first use, once)."""
-        if not self.spec.program.plain:  # batch_reduction="tokens" alone only scales the loss
-            self.spec.require_plain("the generic-step form (the loop body of the generated code)")
-        return _step_form(self.spec, self.graph)
+        if self.spec.program.plain:  # batch_reduction="tokens" alone only scales the loss
+            return _step_form(self.spec, self.graph)
+        return _composed_step_form(self.spec, self.graph)
 
     @cached_property
     def _expanded(self) -> dict[Any, Any]:
@@ -294,7 +446,7 @@ class Derivation:
 
     def _repr_latex_(self) -> str | None:
         """Jupyter's view: the summary the documents stage registers (:data:`LATEX_SUMMARY`)."""
-        if self.spec.composed:  # the documents do not show a composed model yet
+        if self.spec.composed and self.spec.program.plain:  # tokens alone: no document yet
             return None
         return LATEX_SUMMARY[0](self) if LATEX_SUMMARY else None
 
@@ -357,8 +509,35 @@ def instantiate(
 
     Generic symbols become the graph's symbols of that step; h before the
     first step becomes the initial state, δ after the last step zero, and T
-    the number of steps.
+    the number of steps.  In a composed model the same holds in each unit's
+    direction (a backward unit's state after the last step is its initial
+    state, its adjoints before the first step are zero), anything else outside
+    the steps is zero (it only ever multiplies an adjoint that is zero there),
+    and ``mask_count`` is the sum of every step's mask.
     """
+    if step_form.units:
+        mapping = _composed_mapping(step_form, step, graph)
+    else:
+        mapping = _mapping(step_form, step, graph)
+    steps = {step_form.t: step, T_SYMBOL: len(graph.steps)}
+    out = []
+    for assignment in assignments:
+        at = assignment.step
+        concrete = int(at.subs(steps)) if isinstance(at, sp.Basic) else at
+        out.append(
+            Assignment(
+                assignment.target.xreplace(mapping),
+                mexpr.substitute(assignment.expr, mapping),
+                assignment.kind,
+                concrete,
+                assignment.param,
+            )
+        )
+    return out
+
+
+def _mapping(step_form: StepForm, step: int, graph: Graph) -> dict[Any, Any]:
+    """Generic symbols -> the graph's at ``step`` (a model of one cell)."""
     symbols = graph.symbols
     first, last = graph.steps[0], graph.steps[-1]
     mapping: dict[Any, Any] = {T_SYMBOL: sp.Integer(len(graph.steps))}
@@ -372,27 +551,95 @@ def instantiate(
             mapping[generic] = states[role]
         elif role.startswith(("adjoint_", "pre_adjoint_")) and k > last:
             mapping[generic] = sp.ZeroMatrix(*generic.shape)
-        elif role == "loss":
-            mapping[generic] = symbols.step_loss(k)
-        elif role.startswith("pre_adjoint_"):
-            mapping[generic] = symbols.pre_adjoint(role[len("pre_adjoint_") :], k)
-        elif role.startswith("adjoint_"):
-            mapping[generic] = symbols.adjoint(role[len("adjoint_") :], k)
-        elif role == "contribution":
-            mapping[generic] = symbols.contribution(step_form.symbols.contributes_to[generic], k)
         else:
-            mapping[generic] = symbols.series(role, k)
+            mapping[generic] = _concrete(symbols, step_form, generic, role, k)
+    return mapping
+
+
+def _concrete(symbols: Symbols, step_form: StepForm, generic: Any, role: str, k: int) -> Any:
+    """The symbol of ``symbols`` (a registry) for the generic one of ``role`` at step ``k``."""
+    if role == "loss":
+        return symbols.root.step_loss(k)
+    if role == "mask":
+        return symbols.root.mask(k)
+    if role.startswith("pre_adjoint_"):
+        return symbols.pre_adjoint(role[len("pre_adjoint_") :], k)
+    if role.startswith("adjoint_"):
+        return symbols.adjoint(role[len("adjoint_") :], k)
+    if role == "contribution":
+        return symbols.root.contribution(step_form.symbols.contributes_to[generic], k)
+    return symbols.series(role, k)
+
+
+def _composed_mapping(step_form: StepForm, step: int, graph: Graph) -> dict[Any, Any]:
+    """Generic symbols -> the graph's at ``step`` (a composed model), each in its unit."""
+    symbols = graph.symbols
+    first, last = graph.steps[0], graph.steps[-1]
+    steps = {step_form.t: step, T_SYMBOL: len(graph.steps)}
+    generic_symbols = step_form.symbols
+    mapping: dict[Any, Any] = {T_SYMBOL: sp.Integer(len(graph.steps))}
+    for generic, (role, at) in generic_symbols.meta.items():
+        if role == "mask_count":
+            mapping[generic] = mexpr.add(*graph.masks)
+            continue
+        if at is None or not isinstance(at, (int, sp.Basic)):
+            continue
+        k = int(sp.sympify(at).subs(steps))
+        owner = generic_symbols.owner.get(generic)
+        unit = None if owner is None else owner.unit
+        registry = symbols if unit is None else symbols.registries[step_form.units.index(unit)]
+        if first <= k <= last:
+            mapping[generic] = _concrete(registry, step_form, generic, role, k)
+            continue
+        way = 1 if unit is None else unit.step
+        before = first - 1 if way > 0 else last + 1
+        key = registry.notation.name_of(role).key if role in _roles(registry) else None
+        if k == before and key in registry.initials:
+            mapping[generic] = registry.initials[key]
+        elif mexpr.is_matrix(generic):
+            mapping[generic] = sp.ZeroMatrix(*generic.shape)
+    return mapping
+
+
+def _roles(registry: Symbols) -> set[str]:
+    return {entry.role for entry in registry.notation.names}
+
+
+def backward_pass(step_form: StepForm, graph: Graph) -> list[Assignment]:
+    """The backward pass of ``graph``'s model written from the generic-step form alone.
+
+    Every part instantiated at every step, in an order where each adjoint comes
+    after what it reads: the output layer's, then each unit from the last one
+    down, a forward unit from T to the first step, a backward unit the other
+    way; many-to-one takes the last part where the output layer reads a unit.
+    """
+    steps = graph.steps
+    many = step_form.last_backward is None
+    if not step_form.units:
+        out: list[Assignment] = []
+        for step in reversed(steps):
+            last = step == steps[-1] and step_form.last_backward is not None
+            body = step_form.last_backward if last else step_form.backward
+            assert body is not None
+            out += instantiate(body, step_form, step, graph)
+        return out
     out = []
-    for assignment in assignments:
-        at = assignment.step
-        concrete = int(at.subs(step_form.t, step)) if isinstance(at, sp.Basic) else at
-        out.append(
-            Assignment(
-                assignment.target.xreplace(mapping),
-                mexpr.substitute(assignment.expr, mapping),
-                assignment.kind,
-                concrete,
-                assignment.param,
-            )
-        )
+    if many:
+        for step in reversed(steps):
+            out += instantiate(step_form.part(step_form.backward, None), step_form, step, graph)
+    else:
+        assert step_form.last_backward is not None
+        head = step_form.part(step_form.last_backward, None)
+        out += instantiate(head, step_form, steps[-1], graph)
+    read = set(graph.spec.program.head)
+    for index in reversed(range(len(step_form.units))):
+        unit = step_form.units[index]
+        order = steps[::-1] if unit.direction == "forward" else steps
+        final = steps[-1] if unit.direction == "forward" else steps[0]
+        for step in order:
+            body = step_form.backward
+            if not many and index in read and step == final:
+                assert step_form.last_backward is not None
+                body = step_form.last_backward
+            out += instantiate(step_form.part(body, index), step_form, step, graph)
     return out

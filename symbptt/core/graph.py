@@ -26,7 +26,16 @@ from ..expr import functions, mexpr
 from ..model import HEAD_KEYS, Name, Notation, Unit, equations
 from ..model.spec import ModelSpec, SpecError
 
-__all__ = ["T_SYMBOL", "Assignment", "Graph", "Symbols", "build_cell", "build_graph", "t_SYMBOL"]
+__all__ = [
+    "T_SYMBOL",
+    "Assignment",
+    "Graph",
+    "Symbols",
+    "build_cell",
+    "build_graph",
+    "composed_output",
+    "t_SYMBOL",
+]
 
 #: The generic step and the symbolic number of steps.
 t_SYMBOL = sp.Symbol("t", integer=True)
@@ -559,9 +568,16 @@ def loss_weights(symbols: Symbols, steps: tuple[int, ...]) -> dict[int, Any]:
     (time mean), or by the number of real (step, example) pairs (tokens).
     """
     masks = {step: symbols.mask(step) for step in steps}
+    real = mexpr.add(*masks.values())  # each example's number of real steps
+    return {step: loss_weight(symbols, mask, real) for step, mask in masks.items()}
+
+
+def loss_weight(symbols: Symbols, mask: Any, real: Any) -> Any:
+    """One step's per-example loss weights (:func:`loss_weights`), from its ``mask`` and
+    ``real``, each example's number of real steps (the sum of every step's mask; the
+    generic step names it ``mask_count``, :func:`mask_count`)."""
     spec = symbols.spec
     batch = symbols.sizes["batch"]
-    real = mexpr.add(*masks.values())  # each example's number of real steps
     column = symbols.layout == "column"
     if spec.time_reduction == "mean":
         divide = real
@@ -571,9 +587,18 @@ def loss_weights(symbols: Symbols, steps: tuple[int, ...]) -> dict[int, Any]:
         else:
             divide = mexpr.matmul(mexpr.ones(batch, 1), mexpr.ones(1, batch), real)
     else:
-        return masks
-    inverse = mexpr.hadamard_power(divide, -1)
-    return {step: mexpr.hadamard(mask, inverse) for step, mask in masks.items()}
+        return mask
+    return mexpr.hadamard(mask, mexpr.hadamard_power(divide, -1))
+
+
+def mask_count(symbols: Symbols) -> sp.MatrixSymbol:
+    """Each example's number of real steps as one symbol, the mask's shape (not at a step):
+    what a generic step's loss weight reads where the unrolled graph sums every mask."""
+    batch = symbols.sizes["batch"]
+    shape = (sp.Integer(1), batch) if symbols.layout == "column" else (batch, sp.Integer(1))
+    symbol = sp.MatrixSymbol("mask_count", *shape)
+    symbols.meta[symbol] = ("mask_count", None)
+    return symbol
 
 
 @dataclass(frozen=True)
@@ -661,21 +686,35 @@ def _composed(symbols: Symbols, steps: tuple[int, ...]) -> tuple[list[Assignment
         order = steps if unit.direction == "forward" else steps[::-1]
         for step in order:
             assignments += _equations(registry, step, first=step == order[0])
-    read = [(program.units[i], symbols.registries[i]) for i in program.head]
-    weights = [symbols.param("W_out")] if len(read) == 1 else []
-    if len(read) > 1:
-        name = symbols.notation.name_of("W_out").ascii
-        weights = [symbols.params[f"{name}_{unit.direction_tag}"] for unit, _ in read]
     many = spec.mode == "many_to_many"
     loss_steps = steps if many else steps[-1:]
     weighting = loss_weights(symbols, steps) if spec.masked and many else {}
     losses = []
     for step in loss_steps:
-        pairs = []
-        for weight, (unit, registry) in zip(weights, read, strict=True):
-            at = step if many or unit.direction == "forward" else steps[0]
-            pairs.append((weight, registry.series(registry.cell.readout, at)))
-        head, loss = _output_step(symbols, step, pairs[0][1], pairs, weighting.get(step))
+        head, loss = composed_output(symbols, step, steps[0], weighting.get(step))
         assignments += head
         losses.append(loss)
     return assignments, losses
+
+
+def composed_output(
+    symbols: Symbols, step: Any, first: Any, weight: Any = None
+) -> tuple[list[Assignment], Any]:
+    """The output layer and the loss of a composed model at ``step``.
+
+    It reads the last layer's units at ``step`` (many-to-many); a many-to-one
+    model reads each unit's final state: a forward unit's at ``step`` (the last),
+    a backward unit's at ``first``.  ``weight``: the step's loss weights (a mask).
+    """
+    program = symbols.program
+    read = [(program.units[i], symbols.registries[i]) for i in program.head]
+    weights = [symbols.param("W_out")] if len(read) == 1 else []
+    if len(read) > 1:
+        name = symbols.notation.name_of("W_out").ascii
+        weights = [symbols.params[f"{name}_{unit.direction_tag}"] for unit, _ in read]
+    many = symbols.spec.mode == "many_to_many"
+    pairs = []
+    for w, (unit, registry) in zip(weights, read, strict=True):
+        at = step if many or unit.direction == "forward" else first
+        pairs.append((w, registry.series(registry.cell.readout, at)))
+    return _output_step(symbols, step, pairs[0][1], pairs, weight)

@@ -304,7 +304,12 @@ def write_documents(
 # ---------------------------------------------------------------------------- Jupyter
 def derivation_summary_latex(derivation: Derivation) -> str:
     """A short summary for Jupyter: the δ recursion and every gradient as a sum over t
-    (the documents' Summary section, in one ``aligned`` block)."""
+    (the documents' Summary section, in one ``aligned`` block); a composed model's: the
+    generic step of every unit (:func:`symbptt.documents.composed.composed_summary_latex`)."""
+    if derivation.spec.composed and not derivation.spec.program.plain:
+        from .composed import composed_summary_latex
+
+        return composed_summary_latex(derivation)
     writer = _writer(derivation, None, None)
     summary = writer.summary(writer.bptt())
     rows = [rf"{row} && \text{{(last step)}}" for row in summary["last_rows"]]

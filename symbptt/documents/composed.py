@@ -31,6 +31,7 @@ import sympy as sp
 
 from ..core.derive import Derivation
 from ..core.graph import T_SYMBOL, Symbols, _equations, _output_step, loss_weights, t_SYMBOL
+from ..expr import mexpr
 from . import composed_figure
 from .latex_printer import (
     BPTTLatexPrinter,
@@ -175,6 +176,7 @@ class _ComposedWriter(_Writer):
             "structure": self.structure(),
             "loss": self.composed_loss(),
             "backward": self.composed_backward(),
+            "generic": self.generic_recursion(),
             "gradients": self.composed_gradients(),
             "verified": self.verified(),
         }
@@ -412,6 +414,46 @@ class _ComposedWriter(_Writer):
             "masked": self.spec.masked,
         }
 
+    def generic_recursion(self) -> dict[str, Any]:
+        """The generic-step form (``Derivation.step_form``): the output layer's adjoints and
+        every unit's at a step t (the last layer first), its next step's adjoints read by
+        name; many-to-one also the last part, at each unit's final step; and the copy of
+        every parameter used at step t."""
+        form = self.d.step_form
+        self._name_all(form.symbols)
+        self.printer = self._make_printer()
+
+        def part(body: tuple[Any, ...], unit: int | None) -> list[str]:
+            rows: list[str] = []
+            for assignment in form.part(body, unit):
+                if assignment.kind != "contribution" and not mexpr.is_zero(assignment.expr):
+                    rows += self.rows(self.tex(assignment.target), assignment.expr)
+            return rows
+
+        def units(body: tuple[Any, ...]) -> list[dict[str, Any]]:
+            out = []
+            for index in reversed(range(len(self.program.units))):
+                rows = part(body, index)
+                if rows:
+                    out.append({**self._unit_title(index), "rows": rows})
+            return out
+
+        contributions: list[str] = []
+        bodies = [form.backward] + ([form.last_backward] if form.last_backward else [])
+        for body in bodies:
+            for assignment in body:
+                if assignment.kind == "contribution":
+                    contributions += self.rows(self.tex(assignment.target), assignment.expr)
+        last = form.last_backward or ()
+        return {
+            "t": self.tex(self.t),
+            "head": part(form.backward, None),
+            "units": units(form.backward),
+            "last_head": part(last, None),
+            "last_units": units(last),
+            "contributions": contributions,
+        }
+
     # -- 4. gradients -----------------------------------------------------------------
     def composed_gradients(self) -> dict[str, Any]:
         middle = self._middle()
@@ -438,3 +480,22 @@ class _ComposedWriter(_Writer):
                 for name in self.d.gradients
             ]
         return found
+
+
+def composed_summary_latex(derivation: Derivation) -> str:
+    """Jupyter's view of a composed model: the generic step's recursion (the output layer,
+    then every unit, the last layer first; many-to-one's last step) and every gradient as a
+    sum over the steps, in one ``aligned`` block."""
+    writer = _ComposedWriter(derivation, None, None)
+    generic = writer.generic_recursion()
+    rows = list(generic["head"])
+    for unit in generic["units"]:
+        rows += unit["rows"]
+    last = list(generic["last_head"])
+    for unit in generic["last_units"]:
+        last += unit["rows"]
+    rows += [rf"{row} && \text{{(final step)}}" for row in last]
+    for assignment in derivation.assignments:
+        if assignment.kind == "gradient":
+            rows += writer.long_sum_rows(writer.tex(assignment.target), assignment.expr)
+    return "$$\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}$$"

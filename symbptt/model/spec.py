@@ -233,22 +233,6 @@ class ModelSpec:
             or self.batch_reduction == "tokens"
         )
 
-    def require_plain(self, stage: str) -> None:
-        """Refuse a composed spec in a stage that does not support one yet (one clear line)."""
-        if not self.composed:
-            return
-        asked = [
-            f"{name}={getattr(self, name)!r}"
-            for name, value in COMPOSITION_DEFAULTS.items()
-            if getattr(self, name) != value
-        ]
-        if self.batch_reduction == "tokens":
-            asked.append("batch_reduction='tokens'")
-        raise SpecError(
-            f"{stage}: a model with {', '.join(asked)} is not supported by this stage yet; "
-            "symbptt.derive and the scalar proof (symbptt.oracle.verify) take it"
-        )
-
     def initial_of(self, state: str) -> str:
         """A state's initial value, ``"zero"`` or ``"input"`` (docs/cells.md).
 
