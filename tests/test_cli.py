@@ -671,6 +671,35 @@ def test_a_terminated_command_leaves_nothing_in_the_temporary_folder(tmp_path: P
     assert list(scratch.iterdir()) == []
 
 
+def test_sigterm_right_after_the_scratch_folder_is_made_still_removes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The signal arriving just after the folder's mkdir (as it may under load): the
+    command exits with 143 and the folder is gone, its name was recorded first."""
+    import threading
+
+    from symbptt.cli import commands
+
+    assert threading.current_thread() is threading.main_thread()  # signals reach it
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    made: list[str] = []
+    real = os.mkdir
+
+    def mkdir_then_terminated(path: str, *args: Any) -> None:
+        real(path, *args)
+        made.append(path)
+        os.kill(os.getpid(), signal.SIGTERM)  # Python raises at the next bytecode
+
+    monkeypatch.setattr(os, "mkdir", mkdir_then_terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as info, commands._scratch_folder():
+        pytest.fail("SIGTERM was not raised")
+    assert info.value.code == 143
+    assert made and not Path(made[0]).exists()
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
 def test_an_unusable_temporary_folder_does_not_stop_notations(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -28,6 +28,7 @@ import heapq
 import importlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -1260,20 +1261,27 @@ def _scratch_folder() -> Iterator[None]:
     command it points here, so nothing is left behind in ``/tmp``.
     """
     handler = _exit_on_sigterm()  # before the folder exists, so no signal can orphan it
+    previous = tempfile.tempdir
+    # The folder's name is recorded before it is made (mkdtemp would return it only
+    # after its mkdir: a SIGTERM in between would leave a folder nothing removes).
+    made: list[str] = []
     try:
         try:
-            folder = tempfile.mkdtemp(prefix="symbptt-run-")
+            base = tempfile.gettempdir()
+            while not made:
+                made.append(os.path.join(base, "symbptt-run-" + secrets.token_hex(16)))
+                try:
+                    os.mkdir(made[0], 0o700)
+                except FileExistsError:  # 128 random bits: in practice never
+                    made.clear()
+            tempfile.tempdir = made[0]
         except OSError:  # no usable temporary folder: what needs one says so itself
-            yield
-            return
-        previous = tempfile.tempdir
-        tempfile.tempdir = folder
-        try:
-            yield
-        finally:
-            tempfile.tempdir = previous
-            shutil.rmtree(folder, ignore_errors=True)
+            made.clear()
+        yield
     finally:
+        tempfile.tempdir = previous
+        for folder in made:
+            shutil.rmtree(folder, ignore_errors=True)
         if handler is not None:
             signal.signal(signal.SIGTERM, handler)
 
