@@ -465,6 +465,9 @@ def test_every_initial_state_is_named() -> None:
 
 def test_term_classes_order_a_cells_sums() -> None:
     """Input before state before bias, and the gates' δ in the order of the equations."""
+    from symbptt.documents.teaching import term_classes
+    from symbptt.model import load_cell
+
     t = sp.Symbol("t", integer=True)
     symbols, _ = _cell_printer("lstm", "xh")
     x, h = symbols.series("input", t), symbols.series("h", t - 1)
@@ -474,11 +477,8 @@ def test_term_classes_order_a_cells_sums() -> None:
     deltas = [symbols.pre_adjoint(q, t + 1) for q in ("i", "f", "o", "g")]
     weights = [symbols.param(f"W_h{q}") for q in ("i", "f", "o", "c")]
     carry = sp.MatAdd(*(w.T * d for w, d in zip(weights, deltas, strict=True)))
-    classes = {
-        "h": ("recurrent", 1),
-        "b_i": ("bias", 0),
-        **{f"pre_adjoint_{q}": ("recurrent", 10 + k) for k, q in enumerate("ifog")},
-    }
+    classes = term_classes(load_cell("lstm"))  # read from the cell's equations
+    assert classes["W_hi"] == ("recurrent", 0) and classes["W_xi"] == ("input", 1)
     printer = BPTTLatexPrinter(
         {
             "names": symbol_names(symbols.notation, [symbols.meta]),
