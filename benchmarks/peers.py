@@ -1,7 +1,10 @@
 """The generated modules against their peers, size by size: generated / best peer.
 
     python benchmarks/peers.py [--cells elman,lstm] [--dtypes float64,float32]
-                               [--repeats N] [--quick] [--no-torch] [--no-jax]
+                               [--backends numpy,torch,jax] [--repeats N] [--quick]
+
+``--backends`` names the rows timed (default: all three; ``--no-torch`` and
+``--no-jax`` leave one out); the others print ``-`` and their ratio ``nan``.
 
 The same model (the cell's equations in the xh notation, softmax output,
 cross-entropy summed over time and averaged over the batch) computed by:
@@ -67,6 +70,8 @@ QUICK: list[Sizes] = SIZES[:2]
 NUMPY_TARGET = 0.9
 TORCH_TARGET = 1.0
 JAX_TARGET = 1.0
+#: What ``--backends`` chooses from: the generated module of each and its peers.
+BACKENDS = ("numpy", "torch", "jax")
 #: The torch modules' gate order (nn.LSTM: i, f, g, o) in the cell files' names.
 TORCH_LSTM_GATES = ("i", "f", "c", "o")
 
@@ -266,6 +271,7 @@ def run(
     base: int,
     use_torch: bool,
     use_jax: bool = False,
+    use_numpy: bool = True,
 ) -> list[str]:
     """One cell's table; returns the rows whose ratios missed their targets."""
     module = symbptt.load_module(symbptt.emit_numpy(spec_for(cell, 4)))
@@ -288,9 +294,9 @@ def run(
             jax_module = symbptt.load_module(symbptt.emit(spec, backend="jax"))
         for dtype in dtypes:
             modules = (module, torch_module, jax_module)
-            medians = _time_one(cell, sizes, dtype, modules, base, gates)
+            medians = _time_one(cell, sizes, dtype, modules, base, gates, use_numpy)
             numpy_peers = [medians[k] for k in ("hoisted", "per-step") if k in medians]
-            ratio = medians["generated"] / min(numpy_peers)
+            ratio = medians["generated"] / min(numpy_peers) if use_numpy else float("nan")
             torch_ratio = medians["torch mod"] / medians["torch"] if use_torch else float("nan")
             jax_ratio = medians["jax mod"] / medians["jax"] if use_jax else float("nan")
             row = " ".join(
@@ -302,7 +308,7 @@ def run(
                 flush=True,
             )
             where = f"{cell} {sizes} {name}"
-            if ratio > NUMPY_TARGET:
+            if use_numpy and ratio > NUMPY_TARGET:
                 missed.append(f"{where}: generated / best NumPy peer {ratio:.2f} > {NUMPY_TARGET}")
             if use_torch and torch_ratio > TORCH_TARGET:
                 missed.append(f"{where}: torch module / torch autograd {torch_ratio:.2f}")
@@ -312,11 +318,17 @@ def run(
 
 
 def _time_one(
-    cell: str, sizes: Sizes, dtype: Any, modules: tuple[Any, Any, Any], base: int, gates: int
+    cell: str,
+    sizes: Sizes,
+    dtype: Any,
+    modules: tuple[Any, Any, Any],
+    base: int,
+    gates: int,
+    use_numpy: bool = True,
 ) -> dict[str, float]:
     """Check every implementation against the reference, then time them: the NumPy ones
-    interleaved in one pass, the torch ones in another (torch's calls evict the caches),
-    the JAX ones in a third."""
+    interleaved in one pass (unless not ``use_numpy``), the torch ones in another (torch's
+    calls evict the caches), the JAX ones in a third."""
     module, torch_module, jax_module = modules
     T, m, n_in, n_hidden, n_out = sizes
     rng = np.random.default_rng(0)
@@ -352,6 +364,8 @@ def _time_one(
         check("JAX autodiff", *gradients(), reference, tol)
     repeats = repeats_for(sizes, base, gates)
     medians = {}
+    if not use_numpy:
+        numpy_steps = {}
     for steps in (numpy_steps, torch_steps, jax_steps):
         if steps:
             times = median_times(list(steps.values()), repeats)
@@ -367,9 +381,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--repeats", type=int, default=200, help="most calls timed per implementation"
     )
     parser.add_argument("--quick", action="store_true", help=f"the two small sizes only: {QUICK}")
+    parser.add_argument(
+        "--backends",
+        default=",".join(BACKENDS),
+        help="the generated modules and peers timed, of %(default)s",
+    )
     parser.add_argument("--no-torch", action="store_true", help="leave the torch rows out")
     parser.add_argument("--no-jax", action="store_true", help="leave the JAX rows out")
     args = parser.parse_args(argv)
+    backends = [name for name in args.backends.split(",") if name]
+    unknown = sorted(set(backends) - set(BACKENDS))
+    if unknown or not backends:
+        parser.error(f"--backends: expected names from {','.join(BACKENDS)}, got {args.backends}")
+    args.no_torch = args.no_torch or "torch" not in backends
+    args.no_jax = args.no_jax or "jax" not in backends
+    use_numpy = "numpy" in backends
     use_jax = not args.no_jax and importlib.util.find_spec("jax") is not None
     if use_jax:
         import jax
@@ -377,6 +403,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         jax.config.update("jax_enable_x64", True)
     else:
         print("jax: not timed" + (" (not installed)" if not args.no_jax else ""))
+    if not use_numpy:
+        print("numpy: not timed")
     use_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
     if use_torch:
         import torch
@@ -388,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     missed = []
     for cell in args.cells.split(","):
         sizes = QUICK if args.quick else SIZES
-        missed += run(cell, sizes, dtypes, args.repeats, use_torch, use_jax)
+        missed += run(cell, sizes, dtypes, args.repeats, use_torch, use_jax, use_numpy)
     print(f"\ntargets: generated NumPy <= {NUMPY_TARGET} of the best NumPy peer; "
           f"torch module <= {TORCH_TARGET} of torch autograd; "
           f"JAX module <= {JAX_TARGET} of JAX autodiff")  # fmt: skip

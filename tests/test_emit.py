@@ -170,6 +170,28 @@ def test_non_finite_values_are_refused_naming_the_array(spec: ModelSpec) -> None
     assert np.isnan(mod.loss_and_gradients(p.params, X, p.Y, check=False)[0])
 
 
+def test_the_one_sum_of_the_values_refuses_nothing_finite_and_misses_nothing() -> None:
+    # The validation reduces all the arguments at once; a sum that is not finite (an
+    # overflow of finite values) is looked at array by array, and so is every argument
+    # past _CONCATENATED entries in all.
+    mod = module_for(XH)
+    p = random_problem(mod, rng=4)
+    huge = {**p.params, "W_hh": p.params["W_hh"] * 1e160}  # squares overflow; values finite
+    checked = mod.loss_and_gradients(huge, p.X, p.Y, **p.initial)
+    unchecked = mod.loss_and_gradients(huge, p.X, p.Y, **p.initial, check=False)
+    assert checked[0] == unchecked[0]
+    assert sum(a.size for a in (p.X, *p.params.values())) < mod._CONCATENATED
+    mod._CONCATENATED = 0  # one reduction per argument, as at large sizes (a fresh module)
+    assert mod.loss_and_gradients(huge, p.X, p.Y, **p.initial)[0] == checked[0]
+    for name in ("X", *mod.PARAMETERS):
+        params = {k: v.copy() for k, v in p.params.items()}
+        X = p.X.copy()
+        array = params.get(name, X)
+        array[(-1,) * array.ndim] = np.nan
+        with pytest.raises(mod.ArgumentError, match=rf"^{name}: expected finite values"):
+            mod.loss_and_gradients(params, X, p.Y, **p.initial)
+
+
 def test_check_false_gives_the_same_results() -> None:
     for spec in (XH, ModelSpec(steps=2, cell="gru")):
         mod = module_for(spec)
