@@ -279,6 +279,31 @@ ROLLED = [
 ]
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"cell": "elman", **ALL_THREE},
+        {"cell": "elman", **ALL_THREE, "mode": "many_to_one", "notation": "aa"},
+        pytest.param({"cell": "lstm", **ALL_THREE, "mode": "many_to_one"}, marks=pytest.mark.slow),
+    ],
+    ids=_id,
+)
+def test_the_rolled_module_keeps_nothing_of_a_call_but_its_arrays(fields: dict[str, Any]) -> None:
+    """The rolled NumPy module keeps its arrays of the steps between calls (the workspace):
+    after a call on other values, of the same shapes, it still equals the unrolled module."""
+    rolled, unrolled = _rolled(**fields), _module(**fields)
+    for rng in (5, 6):
+        problem = random_problem(unrolled, batch=3, n_in=2, n_hidden=2, n_out=3, rng=rng)
+        arguments = (problem.params, problem.X, problem.Y)
+        keywords = {**problem.keywords(), **problem.initial}
+        value, gradients, state = rolled.loss_and_all_gradients(*arguments, **keywords)
+        expected = unrolled.loss_and_all_gradients(*arguments, **keywords)
+        assert value == pytest.approx(expected[0], rel=1e-13)
+        for mine, theirs in ((gradients, expected[1]), (state, expected[2])):
+            for name, array in theirs.items():
+                np.testing.assert_allclose(mine[name], array, rtol=1e-11, atol=1e-15)
+
+
 @pytest.mark.parametrize("fields", ROLLED, ids=_id)
 def test_the_rolled_module_at_any_length(fields: dict[str, Any]) -> None:
     """Central differences at T = 1, 2 and 6 (the module was printed from five steps)."""
