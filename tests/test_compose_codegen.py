@@ -25,7 +25,7 @@ import pytest
 import sympy as sp
 
 import symbptt
-from symbptt import ModelSpec, SpecError
+from symbptt import ModelSpec
 from symbptt.core.graph import Symbols
 from symbptt.oracle.gradcheck import finite_difference_errors, gradcheck, random_problem
 from symbptt.oracle.verify import DPS, random_values, scalar_loss
@@ -318,11 +318,36 @@ def test_the_rolled_module_at_any_length(fields: dict[str, Any]) -> None:
         assert max(errors.values()) < 1e-6, (steps, errors)
 
 
-def test_the_rolled_module_refuses_a_mean_without_a_mask() -> None:
-    for fields in ({"time_reduction": "mean"}, {"batch_reduction": "tokens"}):
-        with pytest.raises(SpecError, match=r"^the rolled generated code of a composed model: "):
-            symbptt.emit_numpy(ModelSpec(layers=2, **fields))
-        assert _module(layers=2, **fields).STEPS == 3  # the unrolled one takes it
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"cell": "elman", "layers": 2, "time_reduction": "mean"},
+        {"cell": "elman", "layers": 2, "direction": "bidirectional", "batch_reduction": "tokens"},
+        pytest.param(
+            {"cell": "gru", "layers": 2, "direction": "bidirectional", "time_reduction": "mean"},
+            marks=pytest.mark.slow,
+        ),
+    ],
+    ids=_id,
+)
+def test_the_rolled_module_of_a_mean_without_a_mask(fields: dict[str, Any]) -> None:
+    """A mean over time or tokens without a mask divides by T, not the derivation's 5:
+    central differences at T = 1, 2 and 6, and equal to the unrolled module at T = 3."""
+    module = _rolled(**fields)
+    for steps in (1, 2, 6):
+        problem = random_problem(module, steps=steps, batch=3, n_in=2, n_hidden=2, n_out=3)
+        errors = finite_difference_errors(module, problem)
+        assert max(errors.values()) < 1e-6, (steps, errors)
+    unrolled = _module(**fields)
+    problem = random_problem(unrolled, batch=3, n_in=2, n_hidden=2, n_out=3, rng=2)
+    arguments = (problem.params, problem.X, problem.Y)
+    value, gradients, state = module.loss_and_all_gradients(*arguments, **problem.initial)
+    expected = unrolled.loss_and_all_gradients(*arguments, **problem.initial)
+    assert value == pytest.approx(expected[0], rel=1e-13)
+    for mine, theirs in ((gradients, expected[1]), (state, expected[2])):
+        assert mine.keys() == theirs.keys()
+        for name, array in theirs.items():
+            np.testing.assert_allclose(mine[name], array, rtol=1e-11, atol=1e-15)
 
 
 def test_composed_modules_are_ruff_clean(tmp_path: Path) -> None:
@@ -368,14 +393,18 @@ def test_derive_writes_the_unrolled_code_of_a_composed_model(
         assert gradcheck(module, batch=3).ok
 
 
-def test_derive_refuses_what_a_composed_model_cannot_have_yet(
+def test_derive_writes_the_rolled_code_of_a_mean_without_a_mask(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["--time-reduction", "mean", "--layers", "2", "--steps", "101"]
-    code, _, err = _derive([*argv, "--out", str(tmp_path)], capsys)
+    argv = ["--time-reduction", "mean", "--layers", "2", "--steps", "101", "--no-pdf"]
+    code, out, err = _derive([*argv, "--out", str(tmp_path)], capsys)
+    assert code == 0, err
+    assert re.search(r"gradients.py +max relative error .* OK", out)
+    assert not (tmp_path / "gradients_unrolled.py").exists()
+    code, _, err = _derive([*argv, "--unrolled", "--out", str(tmp_path / "more")], capsys)
     assert code == 2
-    assert "the rolled module does not take time_reduction='mean' without a mask yet" in err
-    assert not list(tmp_path.iterdir())
+    assert "straight-line code is written for at most 100 (gradients.py takes any T)" in err
+    assert not (tmp_path / "more").exists()
 
 
 # -- PyTorch ----------------------------------------------------------------------------------

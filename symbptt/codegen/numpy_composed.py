@@ -47,16 +47,16 @@ from typing import Any
 import sympy as sp
 
 from ..core.derive import Derivation
-from ..core.graph import Assignment, Symbols
+from ..core.graph import T_SYMBOL, Assignment, Graph, Symbols
 from ..expr import mexpr
 from ..model.compose import Unit
-from ..model.spec import ModelSpec, SpecError
+from ..model.spec import ModelSpec
 from .lines import Code, Lowering, SharedPrinter, fit
 from .module_parts import assemble, size_names
 from .numpy_unrolled import initial_arguments
 from .rowform import RowForm, transpose
 
-__all__ = ["ComposedRolledModule", "rolled_steps", "takes"]
+__all__ = ["ComposedRolledModule", "five_step_graph", "rolled_steps"]
 
 #: The arrays of the arguments by step (index t is step t), named apart from the arguments.
 _ARRAYS = {"input": "inputs", "target": "targets", "mask": "masks"}
@@ -67,21 +67,25 @@ _MIDDLE = 3  # the position (1-based) of the generic step among the five
 _LAST = rolled_steps
 
 
-def takes(spec: ModelSpec) -> str:
-    """Why the rolled composed module cannot be printed for ``spec`` ("" when it can).
+def five_step_graph(graph: Graph) -> Graph:
+    """``graph`` (of five steps) with its loss scaled for T steps, not five.
 
-    The loss's scale must not depend on T: with a mask the per-step weights
-    carry the means; without one, a mean over time or over all tokens would
-    divide by the 5 of the five-step derivation.
+    Without a mask, a mean over time or over all tokens divides by the number of
+    steps with a loss: the derivation's adjoints then carry ``1 / T`` where the
+    five-step graph has ``1 / 5`` (with a mask the per-step weights carry the
+    means, and a many-to-one model has one loss step: the scale is the same).
     """
-    if spec.program.plain:
-        return ""  # the one-cell rolled module (numpy_rolled) takes it
-    many = spec.mode == "many_to_many"
-    if many and not spec.masked and spec.time_reduction == "mean":
-        return "time_reduction='mean' without a mask"
-    if many and not spec.masked and spec.batch_reduction == "tokens":
-        return "batch_reduction='tokens' without a mask"
-    return ""
+    spec = graph.spec
+    steps = T_SYMBOL if spec.mode == "many_to_many" else sp.Integer(1)
+    total = graph.assignments[-1]
+    if total.kind != "total_loss":
+        raise ValueError("expected the total loss last")
+    losses = [a.target for a in graph.assignments if a.kind == "loss"]
+    scale = graph.symbols.loss_scale(steps)
+    if scale == graph.symbols.loss_scale(len(losses)):
+        return graph
+    rescaled = dataclasses.replace(total, expr=scale * sp.Add(*losses))
+    return dataclasses.replace(graph, assignments=(*graph.assignments[:-1], rescaled))
 
 
 def _unit(registry: Symbols) -> Unit:
@@ -96,12 +100,6 @@ class ComposedRolledModule:
     def __init__(
         self, spec: ModelSpec, d: Derivation, printer: type[SharedPrinter] = SharedPrinter
     ) -> None:
-        why = takes(spec)
-        if why:
-            raise SpecError(
-                f"the rolled generated code of a composed model: {why} is not supported yet "
-                "(emit_numpy(spec, unrolled=True) takes it)"
-            )
         if len(d.graph.steps) != rolled_steps:
             raise ValueError(f"expected a derivation of {rolled_steps} steps")
         self.spec, self.d = spec, d
@@ -120,7 +118,7 @@ class ComposedRolledModule:
             self.count = sp.MatrixSymbol("mask_count", *masks[0].shape)  # not at a step
             self._count_of = {sp.MatAdd(*masks): self.count}
         self.rf = RowForm(self.symbols)
-        self.sizes = size_names(self.symbols)
+        self.sizes = {**size_names(self.symbols), T_SYMBOL: "T"}  # T: a mean's 1 / T
         self.param_names = {symbol: name for name, symbol in graph.params.items()}
         self._view_reads: dict[str, set[str]] = {}  # a stacked view -> the names it reads
         self.bases: dict[Any, str] = {}
