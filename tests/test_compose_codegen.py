@@ -76,17 +76,21 @@ def test_finite_differences(fields: dict[str, Any]) -> None:
 
 
 def test_the_loss_is_the_scalar_oracles(rng: np.random.Generator) -> None:
-    """The module's loss at the oracle's random values equals the oracle's explicit loss."""
+    """The modules' loss (unrolled and rolled) at the oracle's random values equals the
+    oracle's explicit loss."""
     for fields in (
         {**ALL_THREE, "batch_reduction": "tokens"},
         {**ALL_THREE, "notation": "layered", "time_reduction": "mean"},
         {**ALL_THREE, "mode": "many_to_one", "cell": "gru"},
+        {"layers": 2, "direction": "bidirectional", "time_reduction": "mean"},  # no mask
     ):
         spec = ModelSpec(
             steps=3, n_in=2, n_hidden=2, n_out=2, batch=3, initial_state="input", **fields
         )
         values = random_values(spec, rng)
-        module = symbptt.load_module(symbptt.emit_numpy(spec, unrolled=True))
+        unrolled = symbptt.load_module(symbptt.emit_numpy(spec, unrolled=True))
+        rolled = symbptt.load_module(symbptt.emit_numpy(spec))
+        module = unrolled
         column = module.LAYOUT == "column"
 
         def array(matrix: sp.Matrix, transpose: bool = column) -> np.ndarray:
@@ -101,10 +105,12 @@ def test_the_loss_is_the_scalar_oracles(rng: np.random.Generator) -> None:
         initial = {
             module.INITIALS[key]: array(values[s.name]) for key, s in symbols.initials.items()
         }
-        mask = np.array(values["mask"], dtype=float)
+        if spec.masked:
+            initial["mask"] = np.array(values["mask"], dtype=float)
         with mpmath.workdps(DPS):
             oracle = float(sp.N(scalar_loss(spec, values), DPS))
-        assert module.loss(params, X, Y, mask=mask, **initial) == pytest.approx(oracle, rel=1e-12)
+        for module in (unrolled, rolled):
+            assert module.loss(params, X, Y, **initial) == pytest.approx(oracle, rel=1e-12)
 
 
 @pytest.mark.parametrize("cell", ["elman", pytest.param("lstm", marks=pytest.mark.slow)])
