@@ -535,11 +535,11 @@ class ComposedRolledModule:
                 steps = "range(T - 1, 0, -1)" if forward else "range(2, T + 1)"
             else:
                 steps = "range(T, 0, -1)" if forward else "range(1, T + 1)"
-            self._loop(
-                code,
-                f"for t in {steps}:",
-                lambda into, unit=unit: emit_step(unit, _MIDDLE, generic, 8, into),
-            )
+
+            def generic_step(into: Code, unit: Unit = unit) -> None:
+                emit_step(unit, _MIDDLE, generic, 8, into)
+
+            self._loop(code, f"for t in {steps}:", generic_step)
         # every parameter's gradient: its contribution summed over the steps, as one
         # product over the steps stacked by rows (a contribution is a sum over rows)
         for name, a in stacked.items():
