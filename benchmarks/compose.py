@@ -7,9 +7,9 @@ notation), masked with random lengths, softmax output, cross-entropy summed
 over each example's real steps and averaged over the batch, at
 (T, m, n_in, n_hidden, n_out) = (50, 32, 64, 128, 64) (``--quick``: T = 12).
 Two generated modules are timed: the rolled one (``symbptt.emit_numpy(spec)``,
-any T: one loop per unit over the derivation's generic step, not hoisted;
-docs/composition.md) and the unrolled one (``unrolled=True``, straight-line
-code for T steps).
+any T: one loop per unit over the derivation's generic step, written in place,
+its arrays of the steps kept between calls; docs/composition.md) and the
+unrolled one (``unrolled=True``, straight-line code for T steps).
 
 The baseline, :func:`lstm2_bidirectional`, is written as the gated baselines of
 ``baselines.py`` are (CS231n-style): per unit, the input projections of every

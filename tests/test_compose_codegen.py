@@ -25,7 +25,7 @@ import pytest
 import sympy as sp
 
 import symbptt
-from symbptt import ModelSpec, SpecError
+from symbptt import ModelSpec
 from symbptt.core.graph import Symbols
 from symbptt.oracle.gradcheck import finite_difference_errors, gradcheck, random_problem
 from symbptt.oracle.verify import DPS, random_values, scalar_loss
@@ -76,17 +76,21 @@ def test_finite_differences(fields: dict[str, Any]) -> None:
 
 
 def test_the_loss_is_the_scalar_oracles(rng: np.random.Generator) -> None:
-    """The module's loss at the oracle's random values equals the oracle's explicit loss."""
+    """The modules' loss (unrolled and rolled) at the oracle's random values equals the
+    oracle's explicit loss."""
     for fields in (
         {**ALL_THREE, "batch_reduction": "tokens"},
         {**ALL_THREE, "notation": "layered", "time_reduction": "mean"},
         {**ALL_THREE, "mode": "many_to_one", "cell": "gru"},
+        {"layers": 2, "direction": "bidirectional", "time_reduction": "mean"},  # no mask
     ):
         spec = ModelSpec(
             steps=3, n_in=2, n_hidden=2, n_out=2, batch=3, initial_state="input", **fields
         )
         values = random_values(spec, rng)
-        module = symbptt.load_module(symbptt.emit_numpy(spec, unrolled=True))
+        unrolled = symbptt.load_module(symbptt.emit_numpy(spec, unrolled=True))
+        rolled = symbptt.load_module(symbptt.emit_numpy(spec))
+        module = unrolled
         column = module.LAYOUT == "column"
 
         def array(matrix: sp.Matrix, transpose: bool = column) -> np.ndarray:
@@ -101,10 +105,12 @@ def test_the_loss_is_the_scalar_oracles(rng: np.random.Generator) -> None:
         initial = {
             module.INITIALS[key]: array(values[s.name]) for key, s in symbols.initials.items()
         }
-        mask = np.array(values["mask"], dtype=float)
+        if spec.masked:
+            initial["mask"] = np.array(values["mask"], dtype=float)
         with mpmath.workdps(DPS):
             oracle = float(sp.N(scalar_loss(spec, values), DPS))
-        assert module.loss(params, X, Y, mask=mask, **initial) == pytest.approx(oracle, rel=1e-12)
+        for module in (unrolled, rolled):
+            assert module.loss(params, X, Y, **initial) == pytest.approx(oracle, rel=1e-12)
 
 
 @pytest.mark.parametrize("cell", ["elman", pytest.param("lstm", marks=pytest.mark.slow)])
@@ -279,6 +285,35 @@ ROLLED = [
 ]
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"cell": "elman", **ALL_THREE},
+        {"cell": "elman", **ALL_THREE, "mode": "many_to_one", "notation": "aa"},
+        pytest.param(
+            {"cell": "lstm", **ALL_THREE, "mode": "many_to_one", "batch_reduction": "tokens"},
+            marks=pytest.mark.slow,
+        ),
+    ],
+    ids=_id,
+)
+def test_the_rolled_module_keeps_nothing_of_a_call_but_its_arrays(fields: dict[str, Any]) -> None:
+    """The rolled NumPy module keeps its arrays of the steps between calls (the workspace):
+    after a call on other values, of the same shapes, it still equals the unrolled module."""
+    rolled = _rolled(**fields)
+    for steps, rng in ((2, 5), (2, 6), (3, 5), (3, 6)):
+        unrolled = _module(**fields, steps=steps)
+        problem = random_problem(unrolled, batch=3, n_in=2, n_hidden=2, n_out=3, rng=rng)
+        arguments = (problem.params, problem.X, problem.Y)
+        keywords = {**problem.keywords(), **problem.initial}
+        value, gradients, state = rolled.loss_and_all_gradients(*arguments, **keywords)
+        expected = unrolled.loss_and_all_gradients(*arguments, **keywords)
+        assert value == pytest.approx(expected[0], rel=1e-13)
+        for mine, theirs in ((gradients, expected[1]), (state, expected[2])):
+            for name, array in theirs.items():
+                np.testing.assert_allclose(mine[name], array, rtol=1e-11, atol=1e-15)
+
+
 @pytest.mark.parametrize("fields", ROLLED, ids=_id)
 def test_the_rolled_module_at_any_length(fields: dict[str, Any]) -> None:
     """Central differences at T = 1, 2 and 6 (the module was printed from five steps)."""
@@ -289,11 +324,36 @@ def test_the_rolled_module_at_any_length(fields: dict[str, Any]) -> None:
         assert max(errors.values()) < 1e-6, (steps, errors)
 
 
-def test_the_rolled_module_refuses_a_mean_without_a_mask() -> None:
-    for fields in ({"time_reduction": "mean"}, {"batch_reduction": "tokens"}):
-        with pytest.raises(SpecError, match=r"^the rolled generated code of a composed model: "):
-            symbptt.emit_numpy(ModelSpec(layers=2, **fields))
-        assert _module(layers=2, **fields).STEPS == 3  # the unrolled one takes it
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"cell": "elman", "layers": 2, "time_reduction": "mean"},
+        {"cell": "elman", "layers": 2, "direction": "bidirectional", "batch_reduction": "tokens"},
+        pytest.param(
+            {"cell": "gru", "layers": 2, "direction": "bidirectional", "time_reduction": "mean"},
+            marks=pytest.mark.slow,
+        ),
+    ],
+    ids=_id,
+)
+def test_the_rolled_module_of_a_mean_without_a_mask(fields: dict[str, Any]) -> None:
+    """A mean over time or tokens without a mask divides by T, not the derivation's 5:
+    central differences at T = 1, 2 and 6, and equal to the unrolled module at T = 3."""
+    module = _rolled(**fields)
+    for steps in (1, 2, 6):
+        problem = random_problem(module, steps=steps, batch=3, n_in=2, n_hidden=2, n_out=3)
+        errors = finite_difference_errors(module, problem)
+        assert max(errors.values()) < 1e-6, (steps, errors)
+    unrolled = _module(**fields)
+    problem = random_problem(unrolled, batch=3, n_in=2, n_hidden=2, n_out=3, rng=2)
+    arguments = (problem.params, problem.X, problem.Y)
+    value, gradients, state = module.loss_and_all_gradients(*arguments, **problem.initial)
+    expected = unrolled.loss_and_all_gradients(*arguments, **problem.initial)
+    assert value == pytest.approx(expected[0], rel=1e-13)
+    for mine, theirs in ((gradients, expected[1]), (state, expected[2])):
+        assert mine.keys() == theirs.keys()
+        for name, array in theirs.items():
+            np.testing.assert_allclose(mine[name], array, rtol=1e-11, atol=1e-15)
 
 
 def test_composed_modules_are_ruff_clean(tmp_path: Path) -> None:
@@ -339,14 +399,18 @@ def test_derive_writes_the_unrolled_code_of_a_composed_model(
         assert gradcheck(module, batch=3).ok
 
 
-def test_derive_refuses_what_a_composed_model_cannot_have_yet(
+def test_derive_writes_the_rolled_code_of_a_mean_without_a_mask(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["--time-reduction", "mean", "--layers", "2", "--steps", "101"]
-    code, _, err = _derive([*argv, "--out", str(tmp_path)], capsys)
+    argv = ["--time-reduction", "mean", "--layers", "2", "--steps", "101", "--no-pdf"]
+    code, out, err = _derive([*argv, "--out", str(tmp_path)], capsys)
+    assert code == 0, err
+    assert re.search(r"gradients.py +max relative error .* OK", out)
+    assert not (tmp_path / "gradients_unrolled.py").exists()
+    code, _, err = _derive([*argv, "--unrolled", "--out", str(tmp_path / "more")], capsys)
     assert code == 2
-    assert "the rolled module does not take time_reduction='mean' without a mask yet" in err
-    assert not list(tmp_path.iterdir())
+    assert "straight-line code is written for at most 100 (gradients.py takes any T)" in err
+    assert not (tmp_path / "more").exists()
 
 
 # -- PyTorch ----------------------------------------------------------------------------------

@@ -436,23 +436,13 @@ _ALL_OUTPUTS = (
 )
 
 
-def rolled_refusal(spec: ModelSpec) -> str:
-    """What keeps the rolled module from taking ``spec`` ("" when it takes it)."""
-    from ..codegen.numpy_composed import takes
-
-    return takes(spec)
-
-
-def _output_names(
-    unrolled: bool, pdf: bool, backend: str = "numpy", spec: ModelSpec | None = None
-) -> list[str]:
-    rolled = spec is None or not rolled_refusal(spec)  # else the unrolled module only
-    names = ["gradients.py"] * rolled
-    if unrolled or not rolled:
+def _output_names(unrolled: bool, pdf: bool, backend: str = "numpy") -> list[str]:
+    names = ["gradients.py"]
+    if unrolled:
         names.append("gradients_unrolled.py")
     if backend != "numpy":
-        names += [f"gradients_{backend}.py"] * rolled
-        if unrolled or not rolled:
+        names.append(f"gradients_{backend}.py")
+        if unrolled:
             names.append(f"gradients_{backend}_unrolled.py")
     names += ["derivation.tex", "derivation.md"]
     if pdf:
@@ -742,25 +732,20 @@ def build_artifacts(
     bar.stage("deriving the gradients")
     derivation = derive(spec)
     bar.stage("printing the NumPy code")
-    refusal = rolled_refusal(spec)
-    if not refusal:
-        out.files["gradients.py"] = emit_numpy(derivation).encode()
-    if unrolled or refusal:
+    out.files["gradients.py"] = emit_numpy(derivation).encode()
+    if unrolled:
         out.files["gradients_unrolled.py"] = emit_numpy(derivation, unrolled=True).encode()
-    if refusal:
-        out.warnings.append(f"gradients.py not written: the rolled module does not take {refusal}")
     if backend != "numpy":
         bar.stage(f"printing the {backend} code")
-        if not refusal:
-            out.files[f"gradients_{backend}.py"] = emit(derivation, backend=backend).encode()
-        if unrolled or refusal:
+        out.files[f"gradients_{backend}.py"] = emit(derivation, backend=backend).encode()
+        if unrolled:
             source = emit(derivation, backend=backend, unrolled=True)
             out.files[f"gradients_{backend}_unrolled.py"] = source.encode()
     if verify:
         bar.stage("printing the documents (proving the derivation by sympy.diff)")
     else:
         bar.stage("printing the documents")
-    code = out.files["gradients_unrolled.py" if refusal else "gradients.py"].decode()
+    code = out.files["gradients.py"].decode()
     try:
         tex, md = _render_documents(derivation, verify, code, user, user_file)
     except SpecError as exc:  # a spec the documents do not take: the code is still written
@@ -927,23 +912,18 @@ def _cmd_derive(args: argparse.Namespace) -> int:
 
     spec = _spec_from_args(args, args.config)
     user, user_file = _user_formulas(spec, args.check)
-    refusal = rolled_refusal(spec)
-    unrolled = args.unrolled or bool(refusal)  # no rolled module: the unrolled one
+    unrolled = args.unrolled
     if unrolled and spec.steps > MAX_UNROLLED_STEPS:
         raise UsageError(
             f"--unrolled: T = {spec.steps} steps; straight-line code is written for at most "
-            + (
-                f"{MAX_UNROLLED_STEPS} (gradients.py takes any T)"
-                if not refusal
-                else f"{MAX_UNROLLED_STEPS}, and the rolled module does not take {refusal} yet"
-            )
+            f"{MAX_UNROLLED_STEPS} (gradients.py takes any T)"
         )
     try:
         backend = require_backend(args.backend)
     except BackendError as exc:
         raise UsageError(f"--backend: {exc}") from None
     folder = output_folder(args.out)
-    names = _output_names(unrolled=unrolled, pdf=not args.no_pdf, backend=backend, spec=spec)
+    names = _output_names(unrolled=unrolled, pdf=not args.no_pdf, backend=backend)
     check_destination(folder, names, force=args.force)
     shown = {"enabled": False} if args.report != "text" else _LINES
     with output_lock(folder), Progress(None, "symbptt derive", **shown) as bar:

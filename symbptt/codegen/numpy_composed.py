@@ -24,10 +24,18 @@ Outside the loops, what is row-local runs over every step at once, the steps
 stacked by rows (``q_all``, (T m, units) views): the output layer and its
 gradient, and each parameter's gradient as one product (a contribution
 ``A_t^T B_t`` summed over t is ``A_all^T B_all``).  Inside, each iteration
-runs the step's assignments as the derivation writes them; the input
-projections are not hoisted out of the loops (measured on a 2-layer
-bidirectional LSTM at m = 32: one product over all steps cost more than the
-per-step ones it replaced; ``benchmarks/compose.py``).
+runs the step's assignments as the derivation writes them; NumPy's are
+written in place into ``q[t]`` (:class:`~symbptt.codegen.lines.Lowering`, one
+call a line, scratch arrays made before the loop), and NumPy's arrays of the
+steps that the loops write at every step are the workspace's, kept between
+calls (``_steps``), not new arrays of zeros: those cost the first write of
+each of their pages at every call, which was most of what the module lost to
+the hand-written one (``benchmarks/compose.py``, a 2-layer bidirectional LSTM
+at m = 32).  Measured there and left out: the input projections hoisted out
+of the loops (one product over all steps costs what the per-step ones do:
+the products are bound by arithmetic, and the stacked arrays are new pages
+again), the local derivatives hoisted (slower), and the gates' products of
+one operand fused into one product (no faster with one BLAS thread).
 """
 
 from __future__ import annotations
@@ -39,16 +47,16 @@ from typing import Any
 import sympy as sp
 
 from ..core.derive import Derivation
-from ..core.graph import Assignment, Symbols
+from ..core.graph import T_SYMBOL, Assignment, Graph, Symbols
 from ..expr import mexpr
 from ..model.compose import Unit
-from ..model.spec import ModelSpec, SpecError
-from .lines import Code, SharedPrinter, fit
+from ..model.spec import ModelSpec
+from .lines import Code, Lowering, SharedPrinter, fit
 from .module_parts import assemble, size_names
 from .numpy_unrolled import initial_arguments
 from .rowform import RowForm, transpose
 
-__all__ = ["ComposedRolledModule", "rolled_steps", "takes"]
+__all__ = ["ComposedRolledModule", "five_step_graph", "rolled_steps"]
 
 #: The arrays of the arguments by step (index t is step t), named apart from the arguments.
 _ARRAYS = {"input": "inputs", "target": "targets", "mask": "masks"}
@@ -59,21 +67,25 @@ _MIDDLE = 3  # the position (1-based) of the generic step among the five
 _LAST = rolled_steps
 
 
-def takes(spec: ModelSpec) -> str:
-    """Why the rolled composed module cannot be printed for ``spec`` ("" when it can).
+def five_step_graph(graph: Graph) -> Graph:
+    """``graph`` (of five steps) with its loss scaled for T steps, not five.
 
-    The loss's scale must not depend on T: with a mask the per-step weights
-    carry the means; without one, a mean over time or over all tokens would
-    divide by the 5 of the five-step derivation.
+    Without a mask, a mean over time or over all tokens divides by the number of
+    steps with a loss: the derivation's adjoints then carry ``1 / T`` where the
+    five-step graph has ``1 / 5`` (with a mask the per-step weights carry the
+    means, and a many-to-one model has one loss step: the scale is the same).
     """
-    if spec.program.plain:
-        return ""  # the one-cell rolled module (numpy_rolled) takes it
-    many = spec.mode == "many_to_many"
-    if many and not spec.masked and spec.time_reduction == "mean":
-        return "time_reduction='mean' without a mask"
-    if many and not spec.masked and spec.batch_reduction == "tokens":
-        return "batch_reduction='tokens' without a mask"
-    return ""
+    spec = graph.spec
+    steps = T_SYMBOL if spec.mode == "many_to_many" else sp.Integer(1)
+    total = graph.assignments[-1]
+    if total.kind != "total_loss":
+        raise ValueError("expected the total loss last")
+    losses = [a.target for a in graph.assignments if a.kind == "loss"]
+    scale = graph.symbols.loss_scale(steps)
+    if scale == graph.symbols.loss_scale(len(losses)):
+        return graph
+    rescaled = dataclasses.replace(total, expr=scale * sp.Add(*losses))
+    return dataclasses.replace(graph, assignments=(*graph.assignments[:-1], rescaled))
 
 
 def _unit(registry: Symbols) -> Unit:
@@ -88,12 +100,6 @@ class ComposedRolledModule:
     def __init__(
         self, spec: ModelSpec, d: Derivation, printer: type[SharedPrinter] = SharedPrinter
     ) -> None:
-        why = takes(spec)
-        if why:
-            raise SpecError(
-                f"the rolled generated code of a composed model: {why} is not supported yet "
-                "(emit_numpy(spec, unrolled=True) takes it)"
-            )
         if len(d.graph.steps) != rolled_steps:
             raise ValueError(f"expected a derivation of {rolled_steps} steps")
         self.spec, self.d = spec, d
@@ -112,15 +118,20 @@ class ComposedRolledModule:
             self.count = sp.MatrixSymbol("mask_count", *masks[0].shape)  # not at a step
             self._count_of = {sp.MatAdd(*masks): self.count}
         self.rf = RowForm(self.symbols)
-        self.sizes = size_names(self.symbols)
+        self.sizes = {**size_names(self.symbols), T_SYMBOL: "T"}  # T: a mean's 1 / T
         self.param_names = {symbol: name for name, symbol in graph.params.items()}
         self._view_reads: dict[str, set[str]] = {}  # a stacked view -> the names it reads
         self.bases: dict[Any, str] = {}
+        self._taken: set[str] = {*self.param_names.values(), *self.sizes.values(), "t"}
+        #: NumPy's loops write in place (JAX's arrays are immutable; torch prints as before)
+        self._in_place = printer.backend == "numpy"
+        self._scratch: Code | None = None  # where a loop's scratch arrays are made
         for symbol, (role, step) in self.rf.meta.items():
             if step in self.position and isinstance(symbol, sp.MatrixSymbol | sp.Symbol):
                 suffix = "_" + Symbols.step_name(step)
                 # the model's input, targets and mask by step: not the arguments X, Y, mask
                 self.bases[symbol] = _ARRAYS.get(role, str(symbol.name)[: -len(suffix)])
+        self._taken |= set(self.bases.values())
 
     # -- names --------------------------------------------------------------------
     def _names(self, index: Callable[[int], str]) -> dict[Any, str]:
@@ -224,6 +235,10 @@ class ComposedRolledModule:
         if isinstance(expr, mexpr.OutputLoss) and expr.output == "softmax":
             names = {**names, mexpr.Softmax(expr.pre, expr.axis): names[expr.pred]}
         array = target.split("[")[0]
+        in_place = self._scratch is not None and "[" in target and not add
+        if in_place and not isinstance(expr, mexpr.OutputLoss):
+            self._lower(code, expr, target, names, indent)
+            return
         # fit lays ``identifier_t = ...`` out: the entry (and ``+=``) may be longer
         wider = max(0, len(self._write(target, "", add)) - len(identifier) - 5)
         fitted = fit(identifier + "_t", expr, self._printer, names, indent=indent + wider)
@@ -233,6 +248,37 @@ class ComposedRolledModule:
                 code.add(f"{pad}{part} = {text}", reads, part)
             else:
                 code.add(pad + self._write(target, text, add), reads | {array}, array)
+
+    def _lower(
+        self, code: Code, expr: Any, target: str, names: Mapping[Any, str], indent: int
+    ) -> None:
+        """``target = expr`` written in place, one NumPy call a line (:class:`Lowering`);
+        a compound operand goes to a scratch array made before the loop."""
+        assert self._scratch is not None
+        scratch_code = self._scratch
+
+        def scratch(shape: tuple[Any, Any]) -> str:
+            name = self._fresh("scratch")
+            units = str(self._printer(self.sizes).doprint(shape[1]))
+            empty = str(self._printer({})._module_format("numpy.empty"))
+            scratch_code.add(f"{name} = {empty}((m, {units}), dtype)", {"m", "dtype", units}, name)
+            return name
+
+        lowering = Lowering(self._printer(dict(names)), scratch, indent)
+        pad = " " * (indent - 4)
+        for line, uses, _, _ in lowering.statement(expr, target).entries:
+            text = "\n".join(pad + part for part in line.split("\n"))
+            code.add(text, {name.split("[")[0] for name in uses} | {"t"})
+
+    def _loop(self, code: Code, header: str, emit: Callable[[Code], None]) -> None:
+        """``header`` and the loop body ``emit`` writes, the scratch arrays it asks for first."""
+        body, self._scratch = Code(), (Code() if self._in_place else None)
+        emit(body)
+        if self._scratch is not None:
+            code.extend(self._scratch)
+        self._scratch = None
+        code.add(header, {"T"})
+        code.extend(body)
 
     def _write(self, target: str, value: str, add: bool = False) -> str:
         """``target = value`` (``+=`` with ``add``); an entry ``q[i]`` as the printer writes
@@ -245,6 +291,15 @@ class ComposedRolledModule:
 
     def _zeros(self, shape: str, dtype: str = "dtype") -> str:
         return self._printer({}).zeros(shape, dtype)
+
+    def _fresh(self, wanted: str) -> str:
+        """A name no array, parameter or earlier scratch array has (one counter)."""
+        name, k = wanted, 1
+        while name in self._taken:
+            k += 1
+            name = f"{wanted}{k}"
+        self._taken.add(name)
+        return name
 
     # -- the three parts ------------------------------------------------------------
     def _units(self) -> list[Unit]:
@@ -266,8 +321,14 @@ class ComposedRolledModule:
             unit = next((u for u in reads if u is not None), None)
         return unit
 
-    def _arrays(self, code: Code, symbols: list[Any], pad: str = "") -> None:
-        """``q = np.zeros((T + 2, m, units), dtype)`` for each array a part writes."""
+    def _arrays(self, code: Code, symbols: list[Any], every: set[str]) -> None:
+        """``q = np.zeros((T + 2, m, units), dtype)`` for each array a part writes.
+
+        NumPy's arrays that are written at every step (the names in ``every``) are
+        the workspace's, kept between calls (``_steps``: the ends zeroed, the steps
+        written by the loops): new arrays of zeros this size cost the first write of
+        every page (measured on a 2-layer bidirectional LSTM, benchmarks/compose.py).
+        """
         seen: set[str] = set()
         for symbol in symbols:
             row = self.rf.symbol(symbol)
@@ -276,8 +337,42 @@ class ComposedRolledModule:
                 continue
             seen.add(base)
             units = str(self._printer(self.sizes).doprint(row.shape[1]))
-            reads = {"T", "m", "dtype", units}
-            code.add(f"{pad}{base} = {self._zeros(f'(T + 2, m, {units})')}", reads, base)
+            self._steps_array(code, base, units, base in every)
+
+    def _base(self, a: Assignment) -> str:
+        return self.bases.get(self.rf.symbol(a.target), "")
+
+    def _every_step(self, adjoints: list[Assignment]) -> set[str]:
+        """The adjoints the backward loops write at every step: each unit's generic step;
+        a many-to-one model's only where the unit's first iteration (from the output
+        layer, at a boundary) writes them too, not its output layer's (the last step)."""
+        graph = self.d.graph
+        middle = graph.steps[_MIDDLE - 1]
+        every = {self._base(a) for a in adjoints if a.step == middle}
+        if not self.many_to_one:
+            return every
+        head_reads = {self.symbols.registries[i].unit for i in self.symbols.program.head}
+        first: set[str] = set()
+        for a in adjoints:
+            unit = self._unit_of(a)
+            if unit is None or unit not in head_reads:
+                continue
+            at = graph.steps[_LAST - 1] if unit.direction == "forward" else graph.steps[0]
+            if a.step == at:
+                first.add(self._base(a))
+        heads = {self._base(a) for a in adjoints if self._unit_of(a) is None}
+        reading = {self._base(a) for a in adjoints if self._unit_of(a) in head_reads}
+        return (every - heads) - (reading - first)
+
+    def _steps_array(self, code: Code, base: str, units: str, every: bool) -> None:
+        """``base``: an array of the steps 0..T+1 (see :meth:`_arrays`)."""
+        shape = f"(T + 2, m, {units})"
+        reads = {"T", "m", "dtype", units}
+        if every and self.printer_class.backend == "numpy":
+            self.helpers |= {"_steps"}
+            code.add(f'{base} = _steps(ws, "{base}", {shape}, dtype)', reads | {"ws"}, base)
+        else:
+            code.add(f"{base} = {self._zeros(shape)}", reads, base)
 
     def forward_code(self) -> Code:
         graph = self.d.graph
@@ -286,17 +381,22 @@ class ComposedRolledModule:
         code.add("dtype = X.dtype", {"X"}, "dtype")
         for size, source in self._size_sources().items():
             code.add(f"{size} = {source}", {"params"}, size)
-        code.add(
-            f"inputs = {self._zeros('(T + 2, m, n_in)')}", {"T", "m", "n_in", "dtype"}, "inputs"
-        )
+        self._steps_array(code, "inputs", "n_in", True)
         code.add(self._write("inputs[1:-1]", "X"), {"X", "inputs"}, "inputs")
         if graph.masks:
-            code.add(f"masks = {self._zeros('(T + 2, m, 1)')}", {"T", "m", "dtype"}, "masks")
+            self._steps_array(code, "masks", "1", True)
             code.add(self._write("masks[1:-1]", "mask[:, :, None]"), {"mask", "masks"}, "masks")
             code.add("mask_count = mask.sum(axis=0)[:, None]", {"mask"}, "mask_count", True)
         units = self._units()
         body = [a for a in graph.assignments if a.kind not in ("loss", "total_loss")]
-        self._arrays(code, [a.target for a in body])
+        # what the generic step writes; a many-to-one model's output layer: the last step
+        every = {
+            self._base(a)
+            for a in body
+            if a.step == graph.steps[_MIDDLE - 1]
+            and (not self.many_to_one or self._owner(a.target) is not None)
+        }
+        self._arrays(code, [a.target for a in body], every)
         arguments = initial_arguments(graph)
         for registry in self.symbols.registries:
             unit = _unit(registry)
@@ -308,11 +408,18 @@ class ComposedRolledModule:
         generic = self._generic()
         views: dict[str, str] = {}
         for unit in units:
+            rows = [
+                self._row(a)
+                for a in body
+                if a.step == graph.steps[_MIDDLE - 1] and self._owner(a.target) is unit
+            ]
             loop = "range(1, T + 1)" if unit.direction == "forward" else "range(T, 0, -1)"
-            code.add(f"for t in {loop}:", {"T"})
-            for a in body:
-                if a.step == graph.steps[_MIDDLE - 1] and self._owner(a.target) is unit:
-                    self._emit(code, self._row(a), generic, 8)
+
+            def emit_rows(into: Code, rows: list[Assignment] = rows) -> None:
+                for row in rows:
+                    self._emit(into, row, generic, 8)
+
+            self._loop(code, f"for t in {loop}:", emit_rows)
         head = [a for a in body if self._owner(a.target) is None]
         if self.many_to_one:
             for a in head:
@@ -387,7 +494,7 @@ class ComposedRolledModule:
         middle_step = graph.steps[_MIDDLE - 1]
         adjoints = [a for a in d.assignments if a.kind not in ("contribution", "gradient")]
         contributions = [a for a in d.assignments if a.kind == "contribution"]
-        self._arrays(code, [a.target for a in adjoints])
+        self._arrays(code, [a.target for a in adjoints], self._every_step(adjoints))
         gradients: dict[str, str] = {}
         params = set(graph.params)
         stacked = {  # each parameter's contribution at the middle step: the same at every step
@@ -401,11 +508,13 @@ class ComposedRolledModule:
         units = self._units()
         head_reads = {self.symbols.registries[i].unit for i in self.symbols.program.head}
 
-        def emit_step(unit: Any, at: int, names: dict[Any, str], indent: int) -> None:
+        def emit_step(
+            unit: Any, at: int, names: dict[Any, str], indent: int, into: Code = code
+        ) -> None:
             step = graph.steps[at - 1]
             for a in adjoints:
                 if a.step == step and self._unit_of(a) is unit:
-                    self._emit(code, self._row(a), names, indent)
+                    self._emit(into, self._row(a), names, indent)
             if at != _MIDDLE and unit is None:  # the output layer of a many-to-one model
                 for a in contributions:
                     if a.step == step and a.param in params and self._unit_of(a) is None:
@@ -423,11 +532,14 @@ class ComposedRolledModule:
             forward = unit.direction == "forward"
             if self.many_to_one and unit in head_reads:
                 emit_step(unit, _LAST if forward else 1, self._boundary(), 4)
-                rest = "range(T - 1, 0, -1)" if forward else "range(2, T + 1)"
-                code.add(f"for t in {rest}:", {"T"})
+                steps = "range(T - 1, 0, -1)" if forward else "range(2, T + 1)"
             else:
-                code.add(f"for t in {'range(T, 0, -1)' if forward else 'range(1, T + 1)'}:", {"T"})
-            emit_step(unit, _MIDDLE, generic, 8)
+                steps = "range(T, 0, -1)" if forward else "range(1, T + 1)"
+
+            def generic_step(into: Code, unit: Unit = unit) -> None:
+                emit_step(unit, _MIDDLE, generic, 8, into)
+
+            self._loop(code, f"for t in {steps}:", generic_step)
         # every parameter's gradient: its contribution summed over the steps, as one
         # product over the steps stacked by rows (a contribution is a sum over rows)
         for name, a in stacked.items():

@@ -34,7 +34,7 @@ from .jax_printer import JaxPrinter, jax_helper_source
 from .jax_rolled import JaxRolledModule
 from .lines import SharedPrinter, fit_lines
 from .module_parts import size_names
-from .numpy_composed import ComposedRolledModule, rolled_steps
+from .numpy_composed import ComposedRolledModule, five_step_graph, rolled_steps
 from .numpy_printer import NumPyPrinter, helper_source
 from .numpy_rolled import RolledModule
 from .numpy_unrolled import UnrolledModule, initial_arguments
@@ -318,8 +318,11 @@ def _context(
     if unrolled:
         builder = UnrolledModule(spec, d, printer)
     elif composed_rolled:
-        _, three = emission_derivation(dataclasses.replace(spec, steps=rolled_steps))
-        builder = ComposedRolledModule(spec, three, printer)
+        _, five = emission_derivation(dataclasses.replace(spec, steps=rolled_steps))
+        graph = five_step_graph(five.graph)  # a mean without a mask: 1 / T, not 1 / 5
+        builder = ComposedRolledModule(
+            spec, five if graph is five.graph else derive(graph), printer
+        )
     elif jax:
         builder = JaxRolledModule(spec, d)
     else:

@@ -308,6 +308,17 @@ def helper_source(name: str) -> str:
             "    out /= out.sum(axis=axis, keepdims=True)\n"
             "    return out\n"
         )
+    if name == "_steps":
+        return (
+            "def _steps(ws, name, shape, dtype):\n"
+            '    """The array ``name`` of ``ws`` for the steps 0..T+1, its two ends zero (the\n'
+            "    caller writes the steps 1..T): kept between calls, as ``_buffer``'s are.\n"
+            '    """\n'
+            "    array = _buffer(ws, name, shape, dtype)\n"
+            "    array[0] = 0\n"
+            "    array[-1] = 0\n"
+            "    return array\n"
+        )
     if name == "logsumexp":
         return (
             "def logsumexp(x, axis, softmax=None):\n"

@@ -359,12 +359,9 @@ def run_checks(
     except Exception as exc:  # reported in the document
         proof_error = f"{type(exc).__name__}: {exc}"
     try:
-        from ..codegen.numpy_composed import takes
-
         checked = derivation if module is None else module
-        unrolled = module is None and bool(takes(spec))  # the rolled module refuses it
         rng = np.random.default_rng(_seed(spec))
-        numerical = gradcheck.gradcheck(checked, rng, unrolled=unrolled)
+        numerical = gradcheck.gradcheck(checked, rng)
     except Exception as exc:  # reported in the document
         numerical_error = f"{type(exc).__name__}: {exc}"
     example = None if spec.composed else worked_example(derivation)
