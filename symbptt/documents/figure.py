@@ -164,8 +164,21 @@ def picture(writer: Any) -> dict[str, Any]:
     )
     along = [", ".join(e.labels) for e in found if e.offset == -1 and e.source == e.target]
     along_width = max((_points(label) for label in along), default=0.0)
-    column = max(COLUMN, along_width + 24 + 8)
-    first = max(FIRST, first_start + along_width + 8 + 12)
+    #: how far from a node's centre an arrow along its row ends: clear of a wide name, a(t)
+    gap = {
+        role: max(
+            [12.0]
+            + [
+                _points(series_name(notation, role, s).tex()) / 2 + 4
+                for s in steps
+                if s is not None
+            ]
+        )
+        for role in states
+    }
+    clearance = max(gap.values())
+    column = max(COLUMN, along_width + 2 * clearance + 8)
+    first = max(FIRST, first_start + along_width + 8 + clearance)
     y = {role: i * row_height for i, role in enumerate(rows)}
     x = {step: first + i * column for i, step in enumerate(steps)}
     lines: list[str] = []
@@ -229,7 +242,8 @@ def picture(writer: Any) -> dict[str, Any]:
                 if i and steps[i - 1] is None:
                     left = first + (i - 1) * column
                 row = y[edge.target]
-                start, end = (left + 12 if i else first_start), x[step] - 12
+                clear = gap[edge.target]
+                start, end = (left + clear if i else first_start), x[step] - clear
                 lines.append(rf"\put({start:g},{row:g}){{\vector(1,0){{{end - start:g}}}}}")
                 if label:
                     lines.append(
