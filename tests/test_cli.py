@@ -1279,6 +1279,37 @@ def test_derive_check_prints_each_formula_with_its_verdict(
     assert verdicts == [("W_hh", "EQUAL"), ("b_h", "NOT EQUAL")]
 
 
+@pytest.mark.parametrize("preset", [None, "aa_hello"])
+def test_derive_check_documents_name_the_command_that_writes_them_again(
+    preset: str | None,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With --check FILE the documents' header gives --check with the file's name (a
+    preset's too: python -m symbptt.regenerate writes none); run from the file's folder,
+    that command writes the same documents again, byte for byte."""
+    import shlex
+
+    formulas = write(tmp_path / "mine.toml", '[formulas]\nb_y = "sum_t(y_hat[t] - y[t])"\n')
+    spec = QUICK if preset is None else ["--preset", preset, "--steps", "2"]
+    argv = ["derive", *spec, "--out", str(tmp_path / "a"), "--no-pdf", "--check", str(formulas)]
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    md = (tmp_path / "a" / "derivation.md").read_text()
+    command = re.search(r"regenerate with `([^`]+)`", md)
+    assert command is not None and "--check mine.toml --out DIR" in command.group(1), md[:600]
+    tex = (tmp_path / "a" / "derivation.tex").read_text()
+    assert f"regenerate with `{command.group(1)}`" in tex
+    again = shlex.split(command.group(1).replace("DIR", str(tmp_path / "b")))
+    assert again[:2] == ["symbptt", "derive"]
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run([*again[1:], "--no-pdf"], capsys)
+    assert code == 0, err
+    for name in ("derivation.md", "derivation.tex", "gradients.py"):
+        assert (tmp_path / "b" / name).read_bytes() == (tmp_path / "a" / name).read_bytes(), name
+
+
 @pytest.mark.parametrize(
     ("text", "needles"),
     [

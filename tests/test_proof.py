@@ -347,3 +347,62 @@ def test_value_at_equals_evalf() -> None:
         assert abs(got - mpmath.mpf(str(expr.xreplace({s: value}).evalf(30)))) < 1e-28
     with pytest.raises(TypeError, match="unevaluated"):
         verify._value_at(sp.Derivative(sp.Function("f")(s), s), {s: mpmath.mpf(0)})
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        symbptt.ModelSpec(steps=3, n_in=2, n_hidden=2, n_out=3, batch=1),
+        symbptt.ModelSpec(
+            steps=2,
+            notation="layered",
+            hidden="relu",
+            mode="many_to_one",
+            n_in=2,
+            n_hidden=2,
+            n_out=2,
+            batch=2,
+            initial_state="input",
+        ),
+        symbptt.ModelSpec(
+            steps=2,
+            notation="uvw",
+            hidden="sigmoid",
+            output="sigmoid",
+            loss="binary_cross_entropy",
+            time_reduction="mean",
+            n_in=2,
+            n_hidden=2,
+            n_out=2,
+            batch=2,
+        ),
+        symbptt.ModelSpec(steps=2, cell="lstm", n_in=1, n_hidden=1, n_out=2, batch=1),
+    ],
+    ids=["xh-softmax", "layered-relu-m2o-h0", "uvw-sigmoid-bce", "lstm"],
+)
+def test_directional_derivative_equals_one_sympy_diff_of_the_whole_loss(
+    spec: symbptt.ModelSpec, rng: np.random.Generator
+) -> None:
+    """The proof's derivative (sympy.cse, then sympy.diff of each piece and the chain
+    rule) against one sympy.diff in s of the whole explicit loss at θ + s E."""
+    import mpmath
+
+    values = verify.random_values(spec, rng)
+    s = sp.Symbol("s", real=True)
+    moved, entries, point, direction = {}, {}, {}, {}
+    with mpmath.workdps(verify.DPS):
+        for name in symbptt.derive(spec).gradients:
+            rows, cols = values[name].shape
+            data = [sp.Float(repr(float(v)), verify.DPS) for v in rng.normal(size=rows * cols)]
+            e = sp.Matrix(rows, cols, data)
+            moved[name] = values[name] + s * e
+            entries[name] = sp.Matrix(rows, cols, [sp.Dummy(real=True) for _ in data])
+            for entry, at, slope in zip(entries[name], values[name], e, strict=True):
+                point[entry], direction[entry] = mpmath.mpf(str(at)), mpmath.mpf(str(slope))
+        whole = verify._value_at(
+            sp.diff(verify.scalar_loss(spec, {**values, **moved}), s), {s: mpmath.mpf(0)}
+        )
+        pieces = verify.directional_derivative(
+            verify.scalar_loss(spec, {**values, **entries}), point, direction
+        )
+        assert abs(pieces - whole) <= mpmath.mpf(10) ** -25 * max(1, abs(whole))

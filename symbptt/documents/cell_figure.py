@@ -411,7 +411,8 @@ def picture(writer: Any) -> dict[str, Any]:
         if segment.thick:
             lines.append(r"\thinlines")
         if segment.tex:
-            put(x1 - 2, y1 + 1, rf"\makebox(0,0)[br]{{$\scriptscriptstyle {segment.tex}$}}")
+            # baseline 2.5 pt above the wire: its subscripts clear it, the next port 9 pt up too
+            put(x1 - 2, y1 + 2.5, rf"\makebox(0,0)[br]{{$\scriptscriptstyle {segment.tex}$}}")
     columns = max(node.column for node in nodes.values())
     top = max(node.y + node.height / 2 + 10 for node in nodes.values())
     bottom = min(node.y - node.height / 2 for node in nodes.values()) - 2

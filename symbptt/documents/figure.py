@@ -14,6 +14,7 @@ from typing import Any
 import sympy as sp
 
 from .latex_printer import delta_name, loss_name, partial_name, series_name, state_initial_name
+from .layout import tex_width
 
 #: The drawn rows, bottom to top (states in between, in the cell's order).
 _BOTTOM, _TOP = ("input",), ("output", "loss")
@@ -25,6 +26,8 @@ SKIP = 16
 ROW_STATES = 60
 #: At most this many steps are drawn (the first ones, a gap, the last).
 SHOWN = 4
+#: Points per letter of ``layout.tex_width`` (generous: a label is given room to spare).
+POINTS = 7.0
 
 
 @dataclass(frozen=True)
@@ -130,17 +133,54 @@ def _steps(writer: Any) -> list[int | None]:
     return steps if len(steps) <= SHOWN else [*steps[: SHOWN - 2], None, steps[-1]]
 
 
+def _points(tex: str) -> float:
+    """A generous width in points of a label or name (``layout.tex_width`` letters)."""
+    return POINTS * tex_width(tex)
+
+
 def picture(writer: Any) -> dict[str, Any]:
-    """The figure as ``picture`` commands, and its size in points."""
+    """The figure as ``picture`` commands, and its size in points.
+
+    The distances follow the labels: a column is as wide as its longest label along
+    a row needs, the first arrow starts clear of the widest initial state, a label up
+    an arrow that would reach the next step's error is set low beside it, and an
+    arrow past a row (an LSTM's x_t -> h_t past c_t) breaks where it crosses the row's
+    arrows and turns onto its target clear of the errors' arrows.
+    """
     rows, found = edges(writer)
     notation = writer.notation
     loss_steps = {a.step for a in writer.graph.assignments if a.kind == "loss"}
     steps = _steps(writer)
-    #: more room between the rows of a cell with several states (its errors' labels are tall)
-    row_height = ROW if len(writer.spec.model.states) == 1 else ROW_STATES
-    y = {role: i * row_height for i, role in enumerate(rows)}
-    x = {step: FIRST + i * COLUMN for i, step in enumerate(steps)}
     states = [writer.spec.model.role_of(s.key) for s in writer.spec.model.states]
+    shown = next(s for s in steps if s is not None)
+    flows = {role: _flow(writer, role, shown) for role in states}
+    #: more room between the rows of a cell with several states or with tall errors'
+    #: labels (a state's adjoint, ∂L/∂h_t, is a fraction)
+    tall = len(states) > 1 or any(r"\frac" in flow for flow in flows.values())
+    row_height = ROW_STATES if tall else ROW
+    flow_width = max(_points(flow) for flow in flows.values())
+    first_start = max(
+        12.0, max(_points(state_initial_name(notation, r).tex()) for r in states) / 2 + 5
+    )
+    along = [", ".join(e.labels) for e in found if e.offset == -1 and e.source == e.target]
+    along_width = max((_points(label) for label in along), default=0.0)
+    #: how far from a node's centre an arrow along its row ends: clear of a wide name, a(t)
+    gap = {
+        role: max(
+            [12.0]
+            + [
+                _points(series_name(notation, role, s).tex()) / 2 + 4
+                for s in steps
+                if s is not None
+            ]
+        )
+        for role in states
+    }
+    clearance = max(gap.values())
+    column = max(COLUMN, along_width + 2 * clearance + 8)
+    first = max(FIRST, first_start + along_width + 8 + clearance)
+    y = {role: i * row_height for i, role in enumerate(rows)}
+    x = {step: first + i * column for i, step in enumerate(steps)}
     lines: list[str] = []
 
     def node(px: float, py: float, tex: str) -> None:
@@ -164,7 +204,7 @@ def picture(writer: Any) -> dict[str, Any]:
             for role in rows:
                 after = steps[i + 1]
                 if after is not None and has(role, after - 1):
-                    node(FIRST + i * COLUMN, y[role], r"\cdots")
+                    node(first + i * column, y[role], r"\cdots")
             continue
         for edge in found:
             if not (has(edge.target, step) and has(edge.source, step)):
@@ -172,19 +212,20 @@ def picture(writer: Any) -> dict[str, Any]:
             label = ", ".join(edge.labels)
             if edge.offset == 0 and y[edge.target] > y[edge.source]:  # up, within the step
                 low, high = y[edge.source] + 8, y[edge.target] - 8
-                # past a row between them (an LSTM's x_t -> h_t past c_t): on the left,
-                # labelled near its end, clear of the row's own label
-                past = y[edge.target] - y[edge.source] > row_height
-                at = x[step] - SKIP if past else x[step]
+                if y[edge.target] - y[edge.source] > row_height:
+                    lines += _past(x[step], low, y[edge.target], row_height, label)
+                    continue
+                at = x[step]
                 lines.append(rf"\put({at:g},{low:g}){{\vector(0,1){{{high - low:g}}}}}")
                 if label:
-                    middle, side, place = (
-                        (y[edge.target] - row_height / 2, at - 3, "r") if past else (0, at + 3, "l")
-                    )
-                    middle = middle or (low + high) / 2
+                    # beside the arrow, halfway up; low, clear of the errors' labels
+                    # under the row above, when it would reach the next step's
+                    middle = (low + high) / 2
+                    if _points(label) + 6 > column / 2 - flow_width / 2 - 3:
+                        middle = low + 8
                     lines.append(
-                        rf"\put({side:g},{middle:g})"
-                        rf"{{\makebox(0,0)[{place}]{{$\scriptstyle {label}$}}}}"
+                        rf"\put({at + 3:g},{middle:g})"
+                        rf"{{\makebox(0,0)[l]{{$\scriptstyle {label}$}}}}"
                     )
             elif edge.offset == -1 and edge.source != edge.target:  # across rows (h_{t-1} -> c_t)
                 # unlabelled (the caption names its weights), below the errors' labels
@@ -199,9 +240,10 @@ def picture(writer: Any) -> dict[str, Any]:
             elif edge.offset == -1:  # from the step before, along the row
                 left = x[steps[i - 1]] if i else 0
                 if i and steps[i - 1] is None:
-                    left = FIRST + (i - 1) * COLUMN
+                    left = first + (i - 1) * column
                 row = y[edge.target]
-                start, end = left + 12, x[step] - 12
+                clear = gap[edge.target]
+                start, end = (left + clear if i else first_start), x[step] - clear
                 lines.append(rf"\put({start:g},{row:g}){{\vector(1,0){{{end - start:g}}}}}")
                 if label:
                     lines.append(
@@ -217,7 +259,7 @@ def picture(writer: Any) -> dict[str, Any]:
                         rf"\put({(start + end) / 2:g},{back - 3:g})"
                         rf"{{\makebox(0,0)[t]{{$\scriptstyle {delta}$}}}}"
                     )
-    width = FIRST + (len(steps) - 1) * COLUMN + 30
+    width = first + (len(steps) - 1) * column + 30
     height = (len(rows) - 1) * row_height + 10
     bottom = -14  # the labels of the errors below the lowest state
     across = [
@@ -235,6 +277,28 @@ def picture(writer: Any) -> dict[str, Any]:
         "size": f"({width:g},{height - bottom:g})(0,{bottom:g})",
         "across": across,
     }
+
+
+def _past(at: float, low: float, top: float, row_height: float, label: str) -> list[str]:
+    """An arrow up the column at ``at`` from ``low`` to the node at height ``top``, past
+    the rows in between: it runs SKIP to the left, broken where it crosses each row's
+    arrows (and the arrow that reaches that row's node from the step before), and
+    turns onto the node below the errors' arrow of the row above; its label sits beside
+    its first piece, between a label set low and the errors' labels of the row it
+    passes."""
+    left = at - SKIP
+    out: list[str] = []
+    bottom = low
+    for row in range(int(low - 8 + row_height), int(top), int(row_height)):
+        out.append(rf"\put({left:g},{bottom:g}){{\line(0,1){{{row - 13 - bottom:g}}}}}")
+        bottom = row + 14
+    turn = top - 20  # then up and right at 45 degrees, below the errors' arrow at top - 9
+    out.append(rf"\put({left:g},{bottom:g}){{\line(0,1){{{turn - bottom:g}}}}}")
+    out.append(rf"\put({left:g},{turn:g}){{\vector(1,1){{{SKIP - 7:g}}}}}")
+    if label:  # halfway up the first piece: above a label set low beside an arrow up
+        middle = (low + low - 8 + row_height - 13) / 2
+        out.append(rf"\put({left - 3:g},{middle:g}){{\makebox(0,0)[r]{{$\scriptstyle {label}$}}}}")
+    return out
 
 
 def _name(writer: Any, role: str, step: Any) -> str:

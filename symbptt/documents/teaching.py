@@ -394,7 +394,9 @@ class _Writer:
             "hash": spec.hash(),
             "version": __version__,
             "sympy": sp.__version__,
-            "regenerate": regenerate_command(spec),
+            "regenerate": regenerate_command(
+                spec, check=self.checks.user_file if self.checks is not None else ""
+            ),
             "marker": MARKER,
             "items": items,
             "steps": spec.steps,

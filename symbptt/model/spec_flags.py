@@ -163,7 +163,9 @@ def _options() -> dict[str, tuple[str, ...]]:
     return options
 
 
-def regenerate_command(spec: ModelSpec, unrolled: bool = False, backend: str = "numpy") -> str:
+def regenerate_command(
+    spec: ModelSpec, unrolled: bool = False, backend: str = "numpy", check: str = ""
+) -> str:
     """The command that writes ``spec``'s files again, byte for byte.
 
     For a preset (:func:`preset_of`), :data:`REGENERATE_PRESETS`, which rewrites
@@ -172,9 +174,11 @@ def regenerate_command(spec: ModelSpec, unrolled: bool = False, backend: str = "
     ``--unrolled`` when the file is the unrolled module; the output folder is
     left as ``DIR``.  Another ``backend`` than numpy adds ``--backend NAME`` (its
     files, ``gradients_<backend>.py`` and ``gradients_<backend>_unrolled.py``, are
-    written by ``symbptt derive`` only).
+    written by ``symbptt derive`` only).  ``check``: the name of the file of formulas
+    the documents were written with (``symbptt derive --check FILE``), given again
+    as ``--check NAME`` (a preset's documents too: ``generated/`` holds none).
     """
-    if preset_of(spec) is not None and backend == "numpy":
+    if preset_of(spec) is not None and backend == "numpy" and not check:
         return REGENERATE_PRESETS
     if not isinstance(spec.cell, str):  # a cell given as a Python object has no file to name
         return "Python: symbptt.ModelSpec(**SPEC), SPEC holding the cell's mapping"
@@ -194,5 +198,7 @@ def regenerate_command(spec: ModelSpec, unrolled: bool = False, backend: str = "
         words += ["--backend", backend]
     if unrolled:
         words.append("--unrolled")
+    if check:
+        words += ["--check", shlex.quote(check)]
     words += ["--out", "DIR"]
     return " ".join(words)

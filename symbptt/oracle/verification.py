@@ -119,9 +119,15 @@ class Checks:
 WORD, EXAMPLE_HIDDEN, EXAMPLE_SEED, EXAMPLE_GRID = "hello", 3, 20261130, 0.1
 
 
-def worked_example(derivation: Derivation) -> WorkedExample | None:
+def worked_example(
+    derivation: Derivation, module: ModuleType | None = None
+) -> WorkedExample | None:
     """The "hello" example with numbers, for a one-state cell whose inputs and outputs are
-    the four characters (one example, many-to-many, T < 5); None for any other spec."""
+    the four characters (one example, many-to-many, T < 5); None for any other spec.
+
+    ``module``: the generated NumPy module of ``derivation``'s spec when the caller has it
+    (``symbptt derive``: the very ``gradients.py`` it writes; it takes any size the spec
+    leaves symbolic); else one is printed for the example's sizes."""
     from ..codegen.emit import emit_numpy, load_module
     from ..core.evaluate import Evaluator
     from ..model.presets import HELLO
@@ -163,7 +169,8 @@ def worked_example(derivation: Derivation) -> WorkedExample | None:
     evaluator.run(derivation.assignments)
     gradients = {name: evaluator(g) for name, g in derivation.gradients.items()}
     # the same numbers through the generated module
-    module = load_module(emit_numpy(replace(spec, n_hidden=spec.n_hidden or EXAMPLE_HIDDEN)))
+    if module is None:
+        module = load_module(emit_numpy(replace(spec, n_hidden=spec.n_hidden or EXAMPLE_HIDDEN)))
     value, computed = module.loss_and_gradients(params, np.array(X), np.array(Y))
     error = max(
         float(np.max(np.abs(computed[name] - gradients[name])) / max(1.0, np.max(np.abs(g))))
@@ -364,7 +371,7 @@ def run_checks(
         numerical = gradcheck.gradcheck(checked, rng)
     except Exception as exc:  # reported in the document
         numerical_error = f"{type(exc).__name__}: {exc}"
-    example = None if spec.composed else worked_example(derivation)
+    example = None if spec.composed else worked_example(derivation, module)
     seeds = () if spec.composed else seed_checks(spec)
     return Checks(
         small,
