@@ -71,7 +71,7 @@ def _check_markdown_math(md: str) -> None:
     used: set[str] = set()
     for span in _math_spans(md):
         used |= set(re.findall(r"\\([A-Za-z]+)", span))
-    arrows = {"overrightarrow", "overleftarrow", "rightarrow", "cdot", "omega", "bar"}
+    arrows = {"overrightarrow", "overleftarrow", "rightarrow", "cdot", "omega", "bar", "overline"}
     assert used <= MATHJAX | arrows, used - MATHJAX
 
 

@@ -79,7 +79,7 @@ def _unit_notation(notation: Notation, spec: ModelSpec, unit: Unit) -> Notation:
                     kind="series",
                     ascii=unit.name(entry.ascii + CANDIDATE),
                     # a bar: a cell's own candidate is often a tilde (GRU's h~, LSTM's C~)
-                    latex=unit.latex(rf"\bar{{{entry.latex}}}"),
+                    latex=unit.latex(entry.latex, bar=True),
                     description=f"candidate {entry.description} (before the mask)",
                     role=entry.role + CANDIDATE,
                     layer=entry.layer,

@@ -56,12 +56,20 @@ class Unit:
         """``ascii_name`` of this unit (unchanged for the one unit of a plain model)."""
         return f"{ascii_name}_{self.tag}" if self.tag else ascii_name
 
-    def latex(self, base: str) -> str:
-        """The LaTeX of ``base`` for this unit: an arrow for its direction, ^{(ℓ)} for its layer."""
+    def latex(self, base: str, bar: bool = False) -> str:
+        """The LaTeX of ``base`` for this unit: an arrow for its direction, ^{(ℓ)} for its layer.
+
+        ``bar`` marks a candidate (the state before the mask): a bar over the arrow,
+        where a bar under it would hide in the arrow's line.
+        """
         out = base
         if self.tag.endswith(("f", "b")):
             arrow = r"\overrightarrow" if self.direction == "forward" else r"\overleftarrow"
             out = f"{arrow}{{{out}}}"
+            if bar:
+                out = rf"\overline{{{out}}}"
+        elif bar:
+            out = rf"\bar{{{out}}}"
         if self.tag.rstrip("fb"):
             out = f"{{{out}}}^{{({self.layer})}}"
         return out
