@@ -116,3 +116,38 @@ def test_the_picture_compiles_without_overfull_boxes(fields: dict[str, Any]) -> 
     )
     _, log = compile_pdf(tex)
     assert overfull_boxes(log) == []
+
+
+@pytest.mark.tex
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"steps": 6, "layers": 2, "direction": "bidirectional", "cell": "lstm"},
+        {"steps": 6, "layers": 2, "direction": "bidirectional", "mode": "many_to_one"},
+        {"steps": 6, "layers": 3},
+    ],
+    ids=["bidirectional", "bidirectional-many-to-one", "stacked"],
+)
+def test_a_long_sequence_is_elided_to_fit_the_page(fields: dict[str, Any]) -> None:
+    """Past its columns the figure draws the first steps, a gap and the last step; the
+    wider bidirectional columns are fewer, so every picture fits between the margins."""
+    require_pdflatex()
+    spec = ModelSpec(**fields)
+    writer = _writer(derive(spec), None, None)
+    figure = composed_figure.picture(writer)
+    commands = "\n".join(figure["commands"])
+    graph = composed_figure._Graph(writer)
+    drawn = [s for s in graph.steps if f"${graph.unit_name(0, s)}$" in commands]
+    assert drawn == [*graph.steps[: composed_figure.shown(spec.program) - 2], graph.steps[-1]]
+    assert r"\cdots" in commands
+    tex = "\n".join(
+        [
+            r"\documentclass{article}\usepackage[margin=2.5cm]{geometry}\usepackage{amsmath}",
+            r"\begin{document}\begin{center}\setlength{\unitlength}{1pt}",
+            rf"\begin{{picture}}{figure['size']}",
+            *figure["commands"],
+            r"\end{picture}\end{center}\end{document}",
+        ]
+    )
+    _, log = compile_pdf(tex)
+    assert overfull_boxes(log) == []

@@ -256,7 +256,7 @@ class _ComposedWriter(_Writer):
             "units": units,
             "figure": composed_figure.picture(self),
             "mermaid": composed_figure.mermaid(self),
-            "elided": len(self.graph.steps) > composed_figure.SHOWN,
+            "elided": len(self.graph.steps) > composed_figure.shown(self.spec.program),
             "bidirectional": self.program.bidirectional,
             "layers": self.program.layers,
             "masked": spec.masked,

@@ -17,18 +17,26 @@ from typing import Any
 
 from .latex_printer import loss_name, series_name, state_initial_name
 
-#: Picture units (pt): between rows, between steps, a direction's offset from its column.
-ROW, COLUMN, SIDE = 28, 92, 14
+#: Picture units (pt): between rows, between steps, a direction's offset from its column
+#: (a bidirectional model's steps are wider: a forward and a backward name side by side).
+ROW, COLUMN, SIDE = 28, 92, 28
+COLUMN_BIDIRECTIONAL = 120
 #: How far left (right) of the first (last) step an initial state is written.
 STUB = 58
 #: Where the first step's column is, and how far an arrow stops short of a name.
 FIRST, GAP = 60, 8
-#: At most this many steps are drawn (the first ones, a gap, the last).
-SHOWN = 4
+#: At most this many columns are drawn (the first steps, a gap, the last), so that the
+#: figure fits the page: fewer of the wider bidirectional ones.
+SHOWN, SHOWN_BIDIRECTIONAL = 4, 3
 
 
-def _steps(steps: tuple[int, ...]) -> list[int | None]:
-    return list(steps) if len(steps) <= SHOWN else [*steps[: SHOWN - 2], None, steps[-1]]
+def shown(program: Any) -> int:
+    """How many columns the figure of ``program`` draws at most."""
+    return SHOWN_BIDIRECTIONAL if program.bidirectional else SHOWN
+
+
+def _steps(steps: tuple[int, ...], shown: int) -> list[int | None]:
+    return list(steps) if len(steps) <= shown else [*steps[: shown - 2], None, steps[-1]]
 
 
 class _Graph:
@@ -85,8 +93,10 @@ class _Graph:
 def picture(writer: Any) -> dict[str, Any]:
     """The figure as ``picture`` commands and its size (pt)."""
     g = _Graph(writer)
-    steps = _steps(g.steps)
-    x = {step: FIRST + k * COLUMN for k, step in enumerate(steps)}
+    both = g.program.bidirectional
+    steps = _steps(g.steps, shown(g.program))
+    column = COLUMN_BIDIRECTIONAL if both else COLUMN
+    x = {step: FIRST + k * column for k, step in enumerate(steps)}
     lines: list[str] = []
 
     def node(px: float, py: float, tex: str) -> None:
@@ -102,7 +112,7 @@ def picture(writer: Any) -> dict[str, Any]:
                 rf"\put({start[0]:g},{start[1]:g}){{\vector(0,1){{{dy * (1 - 2 * s):g}}}}}"
             )
             return
-        rise = round(2 * dy / abs(dx))  # dy / |dx| in halves: 1, 2, 4 or 8 (SIDE = ROW / 2)
+        rise = round(2 * dy / abs(dx))  # dy / |dx| in halves: 1, 2, 3, 4 (SIDE = ROW)
         run, up = (1, rise // 2) if rise % 2 == 0 else (2, rise)
         sign = 1 if dx > 0 else -1
         length = abs(dx) * (1 - 2 * s)
@@ -164,7 +174,7 @@ def picture(writer: Any) -> dict[str, Any]:
 def mermaid(writer: Any) -> list[str]:
     """The same graph as a Mermaid flowchart (GitHub draws it), with ASCII names."""
     g = _Graph(writer)
-    steps = [s for s in _steps(g.steps) if s is not None]
+    steps = [s for s in _steps(g.steps, shown(g.program)) if s is not None]
     input_entry = g.notation.name_of(g.cell.inputs[0].key)
     lines = ["flowchart BT"]
     for step in steps:
