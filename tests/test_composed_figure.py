@@ -105,17 +105,7 @@ def test_the_picture_compiles_without_overfull_boxes(fields: dict[str, Any]) -> 
     require_pdflatex()
     writer = _writer(derive(ModelSpec(**fields)), None, None)
     figure = composed_figure.picture(writer)
-    tex = "\n".join(
-        [
-            r"\documentclass{article}\usepackage[margin=2.5cm]{geometry}\usepackage{amsmath}",
-            r"\begin{document}\begin{center}\setlength{\unitlength}{1pt}",
-            rf"\begin{{picture}}{figure['size']}",
-            *figure["commands"],
-            r"\end{picture}\end{center}\end{document}",
-        ]
-    )
-    _, log = compile_pdf(tex)
-    assert overfull_boxes(log) == []
+    _assert_fits_the_page(figure)
 
 
 @pytest.mark.tex
@@ -140,6 +130,11 @@ def test_a_long_sequence_is_elided_to_fit_the_page(fields: dict[str, Any]) -> No
     drawn = [s for s in graph.steps if f"${graph.unit_name(0, s)}$" in commands]
     assert drawn == [*graph.steps[: composed_figure.shown(spec.program) - 2], graph.steps[-1]]
     assert r"\cdots" in commands
+    _assert_fits_the_page(figure)
+
+
+def _assert_fits_the_page(figure: dict[str, Any]) -> None:
+    """The picture alone on an A4 page with the documents' margins: no overfull box."""
     tex = "\n".join(
         [
             r"\documentclass{article}\usepackage[margin=2.5cm]{geometry}\usepackage{amsmath}",

@@ -38,6 +38,7 @@ __all__ = [
     "fit",
     "fit_lines",
     "layout",
+    "unused_name",
     "wrap_assignment",
 ]
 
@@ -322,6 +323,16 @@ def _constant(expr: Any) -> bool:
         _, mats = flatten_matmul(expr)
         return len(mats) == 1 and isinstance(mats[0], sp.OneMatrix)
     return False
+
+
+def unused_name(wanted: str, taken: set[str]) -> str:
+    """``wanted``, or ``wanted2``, ``wanted3``, ... if taken; the name is added to ``taken``."""
+    name, k = wanted, 1
+    while name in taken:
+        k += 1
+        name = f"{wanted}{k}"
+    taken.add(name)
+    return name
 
 
 def atomic(expr: Any) -> bool:

@@ -51,7 +51,7 @@ from ..core.graph import T_SYMBOL, Assignment, Graph, Symbols
 from ..expr import mexpr
 from ..model.compose import Unit
 from ..model.spec import ModelSpec
-from .lines import Code, Lowering, SharedPrinter, fit
+from .lines import Code, Lowering, SharedPrinter, fit, unused_name
 from .module_parts import assemble, size_names
 from .numpy_unrolled import initial_arguments
 from .rowform import RowForm, transpose
@@ -294,12 +294,7 @@ class ComposedRolledModule:
 
     def _fresh(self, wanted: str) -> str:
         """A name no array, parameter or earlier scratch array has (one counter)."""
-        name, k = wanted, 1
-        while name in self._taken:
-            k += 1
-            name = f"{wanted}{k}"
-        self._taken.add(name)
-        return name
+        return unused_name(wanted, self._taken)
 
     # -- the three parts ------------------------------------------------------------
     def _units(self) -> list[Unit]:

@@ -45,7 +45,7 @@ from sympy.matrices.expressions.matexpr import MatrixExpr
 from ..core.derive import Derivation, backprop
 from ..core.graph import Symbols, build_cell
 from ..expr import mexpr
-from .lines import atomic
+from .lines import atomic, unused_name
 from .numpy_printer import LogSumExp, flatten_matmul
 from .rowform import RowForm, push_transposes, transpose
 
@@ -412,12 +412,7 @@ class _Builder:
         return out
 
     def fresh_name(self, wanted: str) -> str:
-        name, k = wanted, 1
-        while name in self._names:
-            k += 1
-            name = f"{wanted}{k}"
-        self._names.add(name)
-        return name
+        return unused_name(wanted, self._names)
 
     def new_symbol(self, base: str, shape: tuple[Any, Any], offset: int = 0) -> Any:
         """A hoisted array's symbol (a new family ``base``)."""
