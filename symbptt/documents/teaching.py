@@ -43,7 +43,6 @@ from .latex_printer import (
     symbol_names,
 )
 from .layout import (
-    _DEFAULT_CHAIN_ORDER,
     CHAIN_LIMIT,
     MARKER,
     ROW_WIDTH,
@@ -99,6 +98,16 @@ def term_classes(cell: Any) -> dict[str, tuple[str, int]]:
             classes[cell.role_of(parameter.key)] = ("bias", 0)
     return classes
 
+
+#: The order the chain-rule section takes the parameters in, by the roles of the
+#: teaching sections, where the notation names none (its ``parameter_order``).
+_DEFAULT_CHAIN_ORDER = (
+    "output_weight",
+    "output_bias",
+    "input_weight",
+    "recurrent_weight",
+    "hidden_bias",
+)
 
 #: The quantities the teaching sections speak of, by their Elman role names.
 TEACHING_ROLES = ("pre_activation", "hidden", "input_weight", "recurrent_weight", "hidden_bias")
