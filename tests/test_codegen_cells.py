@@ -639,3 +639,75 @@ def test_gated_cells_equal_torch_autograd(cell: str) -> None:
     assert relative_error(state["dX"], X.grad.numpy()) < 1e-10
     for name, tensor in init.items():
         assert relative_error(state[f"d{name}"], tensor.grad.numpy()) < 1e-10, name
+
+
+# -- a parameter whose name the generated module uses for its own value --------------------
+
+#: The example GRU with its W_in renamed: each name below is one the generated module
+#: also gives its own value (an argument, the batch size, a schedule array, an import).
+CLASHES = {
+    "m": "in _forward(): `T, m, n_in = X.shape`",
+    "X": "as an argument of _forward()",
+    "params": "as an argument of _forward()",
+    "h0": "as an argument of forward()",
+    "gradients": "in _backward(): `gradients = {",
+    "h_seq": 'in _forward(): `h_seq = _buffer(ws, "h_seq"',
+    "np": "at its top level: `import numpy as np`",
+}
+
+
+def _renamed_gru(tmp_path: Path, name: str) -> Path:
+    text = (ROOT / "examples" / "gru_pytorch.toml").read_text()
+    path = tmp_path / f"gru_{name}.toml"
+    path.write_text(text.replace("W_in", name))
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(CLASHES))
+def test_a_parameter_named_like_the_modules_own_values_is_refused_in_one_line(
+    tmp_path: Path, name: str
+) -> None:
+    spec = ModelSpec(steps=3, cell=str(_renamed_gru(tmp_path, name)))
+    with pytest.raises(symbptt.SpecError) as info:
+        symbptt.emit_numpy(spec)
+    message = str(info.value)
+    assert message.startswith(f"parameter {name!r}: the generated numpy module already uses")
+    assert CLASHES[name] in message
+    assert message.endswith("rename the parameter in the cell file")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_the_other_backends_refuse_a_clashing_parameter_too(tmp_path: Path, backend: str) -> None:
+    pytest.importorskip(backend)
+    spec = ModelSpec(steps=3, cell=str(_renamed_gru(tmp_path, "m")))
+    with pytest.raises(
+        symbptt.SpecError, match=f"generated {backend} module already uses the name 'm'"
+    ):
+        symbptt.emit(spec, backend=backend)
+
+
+def test_a_parameter_named_like_a_value_of_another_function_is_printed_and_right(
+    tmp_path: Path,
+) -> None:
+    """``carry`` is the JAX scan's name, not the NumPy module's: the NumPy module keeps it,
+    and its gradients pass central differences (the check refuses only real clashes)."""
+    spec = ModelSpec(steps=3, cell=str(_renamed_gru(tmp_path, "carry")))
+    mod = symbptt.load_module(symbptt.emit_numpy(spec))
+    assert "carry" in mod.PARAMETERS
+    errors = finite_difference_errors(mod, random_problem(mod, rng=4))
+    assert max(errors.values()) < 1e-6
+
+
+def test_derive_refuses_a_clashing_parameter_with_exit_2_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from symbptt import cli
+
+    out = tmp_path / "out"
+    argv = ["derive", "--cell", str(_renamed_gru(tmp_path, "m")), "--out", str(out), "--no-pdf"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "parameter 'm': the generated numpy module already uses the name 'm'" in err
+    assert err.count("\n") == 1
+    assert not out.exists()

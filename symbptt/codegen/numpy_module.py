@@ -34,6 +34,7 @@ from .jax_printer import JaxPrinter, jax_helper_source
 from .jax_rolled import JaxRolledModule
 from .lines import SharedPrinter, fit_lines
 from .module_parts import size_names
+from .names import require_distinct_names
 from .numpy_composed import ComposedRolledModule, five_step_graph, rolled_steps
 from .numpy_printer import NumPyPrinter, helper_source
 from .numpy_rolled import RolledModule
@@ -714,9 +715,10 @@ def emit_torch(spec: ModelSpec | Derivation, unrolled: bool = False) -> str:
     if not isinstance(unrolled, bool):
         raise TypeError(f"unrolled: expected True or False, got {unrolled!r}")
     user_spec, d = emission_derivation(spec)
-    return fit_lines(
+    source = fit_lines(
         render("gradients_torch.py.jinja", **_context(user_spec, d, unrolled, "torch"))
     )
+    return require_distinct_names(source, "torch")
 
 
 def emit_jax(spec: ModelSpec | Derivation, unrolled: bool = False) -> str:
@@ -731,7 +733,8 @@ def emit_jax(spec: ModelSpec | Derivation, unrolled: bool = False) -> str:
     if not isinstance(unrolled, bool):
         raise TypeError(f"unrolled: expected True or False, got {unrolled!r}")
     user_spec, d = emission_derivation(spec)
-    return fit_lines(render("gradients_jax.py.jinja", **_context(user_spec, d, unrolled, "jax")))
+    source = fit_lines(render("gradients_jax.py.jinja", **_context(user_spec, d, unrolled, "jax")))
+    return require_distinct_names(source, "jax")
 
 
 def emit_numpy(spec: ModelSpec | Derivation, unrolled: bool = False) -> str:
@@ -746,4 +749,6 @@ def emit_numpy(spec: ModelSpec | Derivation, unrolled: bool = False) -> str:
         raise TypeError(f"unrolled: expected True or False, got {unrolled!r}")
     user_spec, d = emission_derivation(spec)
     template = "gradients_unrolled.py.jinja" if unrolled else "gradients.py.jinja"
-    return fit_lines(render(template, **_context(user_spec, d, unrolled)))
+    return require_distinct_names(
+        fit_lines(render(template, **_context(user_spec, d, unrolled))), "numpy"
+    )
