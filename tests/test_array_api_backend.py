@@ -245,3 +245,50 @@ def test_on_cupy_gradients_equal_numpy(key: str) -> None:
         np.testing.assert_allclose(cupy.asnumpy(grads[name]), ref_grads[name], rtol=1e-10)
     with pytest.raises(mod.ArgumentError, match=r"^X: expected a cupy array"):
         mod.loss_and_gradients(params, X, Y)
+
+
+# -- composed models: stacked, bidirectional, masked ---------------------------------------
+ALL_THREE = {"layers": 2, "direction": "bidirectional", "masked": True}
+COMPOSED = [
+    {"cell": "elman", **ALL_THREE},
+    {"cell": "elman", **ALL_THREE, "mode": "many_to_one", "notation": "aa"},
+    {"cell": "gru", "batch_reduction": "tokens"},
+    pytest.param({"cell": "lstm", **ALL_THREE}, marks=pytest.mark.slow),
+    pytest.param(
+        {"cell": "gru", **ALL_THREE, "notation": "layered", "time_reduction": "mean"},
+        marks=pytest.mark.slow,
+    ),
+]
+
+
+@pytest.mark.parametrize("unrolled", [False, True])
+@pytest.mark.parametrize(
+    "fields", COMPOSED, ids=lambda f: "-".join(f"{k}={v}" for k, v in f.items())
+)
+def test_composed_gradients_equal_numpy(fields: dict, unrolled: bool) -> None:
+    """A composed model's array API module, on array_api_strict, against the NumPy module
+    (itself checked by central differences in test_compose_codegen.py); the mask and the
+    initial states as arrays of the namespace, class labels as integers."""
+    from symbptt.oracle.gradcheck import random_problem
+
+    spec = ModelSpec(**{"steps": 3, **fields})
+    reference = symbptt.load_module(symbptt.emit_numpy(spec))
+    mod = symbptt.load_module(emit_array_api(spec, unrolled=unrolled))
+    problem = random_problem(reference, steps=3, batch=3, n_in=2, n_hidden=2, n_out=3, rng=1)
+    keywords = {**problem.keywords(), **problem.initial}
+    targets = [problem.Y]
+    if spec.loss == "cross_entropy":  # class labels too
+        targets.append(np.argmax(problem.Y, axis=-1))
+    for Y in targets:
+        expected = reference.loss_and_all_gradients(problem.params, problem.X, Y, **keywords)
+        loss, grads, state = mod.loss_and_all_gradients(
+            strict(problem.params),
+            array_api_strict.asarray(problem.X),
+            array_api_strict.asarray(Y),
+            **strict({k: v for k, v in keywords.items() if v is not None}),
+        )
+        assert loss == pytest.approx(expected[0], rel=1e-12)
+        for name, value in expected[1].items():
+            np.testing.assert_allclose(np.asarray(grads[name]), value, rtol=1e-9, atol=1e-12)
+        for name, value in expected[2].items():
+            np.testing.assert_allclose(np.asarray(state[name]), value, rtol=1e-9, atol=1e-12)
