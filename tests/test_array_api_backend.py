@@ -206,15 +206,6 @@ def test_printer_spells_only_the_standard() -> None:
     assert not re.search(r"\bnp\.|out=|(?<!xp)\.(sum|reshape|copy|max)\(", kernels)
 
 
-def test_cupy_backend_needs_its_extra() -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("cupy") is not None:
-        pytest.skip("cupy is installed here: the missing-library message cannot be seen")
-    with pytest.raises(BackendError, match=r"^backend 'cupy' needs cupy, .*symbptt\[cupy\]"):
-        symbptt.emit(SPECS["elman"], backend="cupy")
-
-
 def _gpu_reason() -> str | None:
     """None where CuPy can run (cupy imports and sees a GPU), else why it cannot."""
     try:
@@ -292,3 +283,47 @@ def test_composed_gradients_equal_numpy(fields: dict, unrolled: bool) -> None:
             np.testing.assert_allclose(np.asarray(grads[name]), value, rtol=1e-9, atol=1e-12)
         for name, value in expected[2].items():
             np.testing.assert_allclose(np.asarray(state[name]), value, rtol=1e-9, atol=1e-12)
+
+
+def test_a_missing_library_is_one_line_naming_the_extra(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without cupy (or array-api-compat): BackendError naming the extra, in Python and as
+    one line (exit 2, nothing written) on the command line."""
+    import importlib.util
+    from pathlib import Path
+
+    from symbptt.cli import main
+
+    real = importlib.util.find_spec
+    missing = {"cupy", "array_api_compat"}
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in missing else real(name, *a)
+    )
+    for backend, module, extra in (
+        ("cupy", "cupy", "cupy"),
+        ("array_api", "array_api_compat", "array-api"),
+    ):
+        needle = f"backend '{backend}' needs {module}, which is not installed: "
+        needle += f"pip install 'symbptt[{extra}]'"
+        with pytest.raises(BackendError, match=f"^{re.escape(needle)}$"):
+            symbptt.emit(SPECS["elman"], backend=backend)
+        out = Path(str(tmp_path)) / backend
+        code = main(["derive", "--backend", backend, "--out", str(out), "--no-pdf"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and needle in err, err
+        assert not out.exists()
+
+
+def test_derive_writes_the_array_api_module(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from symbptt.cli import main
+
+    out = Path(str(tmp_path))
+    args = ["derive", "--steps", "2", "--backend", "array_api", "--unrolled", "--no-pdf"]
+    assert main([*args, "--out", str(out)]) == 0
+    spec = ModelSpec(steps=2)
+    assert (out / "gradients_array_api.py").read_text() == symbptt.emit(spec, backend="array_api")
+    unrolled = (out / "gradients_array_api_unrolled.py").read_text()
+    assert unrolled == symbptt.emit(spec, backend="array_api", unrolled=True)
