@@ -174,9 +174,9 @@ class UnrolledModule:
         many_to_one = self.spec.mode == "many_to_one"
         for i, y in enumerate(graph.targets):
             name = str(printer.doprint(self.rf.symbol(y)))
-            value = "Y" if many_to_one else printer.item("Y", str(i))
-            loss.add(f"{name} = {value}", {"Y"}, name, True)
-            backward.add(f"{name} = {value}", {"Y"}, name, True)
+            target = "Y" if many_to_one else printer.item("Y", str(i))
+            loss.add(f"{name} = {target}", {"Y"}, name, True)
+            backward.add(f"{name} = {target}", {"Y"}, name, True)
         for s in self.forward:
             if s.kind in ("loss", "total_loss"):
                 node = s.expr
