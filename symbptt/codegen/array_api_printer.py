@@ -26,14 +26,16 @@ that names it, never a silent fallback.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 import sympy as sp
 
 from .jax_rolled import JaxRolledModule
 from .lines import Code, SharedPrinter
-from .numpy_printer import activation_source
+from .numpy_printer import _single_call, activation_helper, activation_source, safe_form
+from .numpy_rolled import RolledModule
 
 __all__ = [
     "ARRAY_API_FUNCTIONS",
@@ -80,6 +82,10 @@ ARRAY_API_FUNCTIONS: dict[str, str] = {
 }
 
 
+#: The lowering's calls that are Python operators on arrays (``np.dot`` -> ``@``).
+_OPERATORS = {"dot": "@", "multiply": "*", "add": "+", "subtract": "-", "negative": "-"}
+
+
 class ArrayApiPrinter(SharedPrinter):
     """Prints for the namespace ``xp``: functional statements, :data:`ARRAY_API_FUNCTIONS`."""
 
@@ -88,13 +94,45 @@ class ArrayApiPrinter(SharedPrinter):
     spellings = ARRAY_API_FUNCTIONS
     backend = "array_api"
 
-    # -- statements ---------------------------------------------------------------------
+    # -- statements of the lowering (codegen.lines): no out=, so a call's result is bound
+    # to the name, and the statements after it write into that new array in place
     def call_into(self, function: str, args: list[str], out: str) -> str:
-        """The standard has no ``out=``: the functional schedule never lowers into one."""
-        raise NotImplementedError(f"the array API has no out= (asked for {function} into {out})")
+        """``out = a @ b``, ``out = a * b``, ``out = -a``, ``out = xp.tanh(a)``, ...: a new
+        array (the standard has no ``out=``); ``out`` may be one of the operands."""
+        operator = _OPERATORS.get(function)
+        if operator is None:
+            name = self._module_format("numpy." + function)
+            return f"{out} = {name}({', '.join(args)})"
+        if len(args) == 1:
+            return f"{out} = {operator}{args[0]}"
+        return f"{out} = {args[0]} {operator} {args[1]}"
 
     def elementwise_into(self, expr: Any, arg: str, out: str) -> str | None:
-        return None
+        """``out = xp.tanh(arg)``: a function the standard computes in one call, else None
+        (the lowering then writes a helper's body, or assigns the printed expression)."""
+        if activation_helper(expr.function) is not None:
+            return None
+        (var,) = expr.function.variables
+        body = safe_form(expr.function.expr)
+        if not _single_call(body, var):
+            return None
+        placeholder = sp.Dummy("arg")
+        self.names[placeholder] = arg
+        try:
+            return f"{out} = {self._print(body.xreplace({var: placeholder}))}"
+        finally:
+            del self.names[placeholder]
+
+    def assign_into(self, target: str, code: str) -> str:
+        """``target = code``: the value, a new array (no array is written through ``[...]``)."""
+        return f"{target} = {code}"
+
+    def copy_into(self, target: str, code: str) -> str:
+        """A copy, as the statements after it write into ``target`` in place."""
+        return f"{target} = xp.asarray({code}, copy=True)"
+
+    def softmax_into(self, code: str, axis: int, target: str) -> str:
+        return f"{target} = softmax({code}, axis={axis})"
 
     def copy_of(self, code: str) -> str:
         """No copy: the arrays made once per call are only read (a transposed weight)."""
@@ -186,6 +224,29 @@ class ArrayApiRolledModule(JaxRolledModule):
     def __init__(self, spec: Any, d: Any) -> None:
         super().__init__(spec, d, printer=ArrayApiPrinter)
 
+    def lower(
+        self,
+        expr: Any,
+        target: str,
+        context: str,
+        code: Code,
+        scratch_code: Code,
+        extra: Mapping[Any, str] | None = None,
+    ) -> None:
+        """``expr`` into ``target`` one operation a line, as NumPy's module writes it
+        (:class:`~symbptt.codegen.lines.Lowering`), its first line binding a new array
+        (``z = a @ b``) and the others writing into it (``z += b``, ``z /= 2``): one new
+        array per call the standard makes, not one per operation.  Each line defines
+        the name it binds or updates and reads what it names besides."""
+        lowered = Code()
+        RolledModule.lower(self, expr, target, context, lowered, scratch_code, extra)
+        bound: set[str] = set()
+        for line, uses, _, _ in lowered.entries:
+            name, operator = _written(line)
+            reads = uses - bound - ({name} if operator == "=" else set())
+            code.add(line, reads, name)
+            bound.add(name)
+
     def buffer(self, code: Code, name: str, shape: str, uses: Iterable[str]) -> None:
         if self.stacked_storage(name):
             zeros = self.new_printer({}).zeros(shape, "dtype")
@@ -202,3 +263,12 @@ class ArrayApiRolledModule(JaxRolledModule):
         reads = inner.uses - set(inner.defines) - {"t"}
         c.add(f"for t in {steps}:", {"T", *reads})
         c.extend(inner, indent=1)
+
+
+def _written(line: str) -> tuple[str, str]:
+    """The name a statement of the lowering binds or updates, and its operator (``=``,
+    ``+=``, ...)."""
+    found = re.match(r"(\w+) (=|\+=|-=|\*=|/=) ", line)
+    if found is None:  # pragma: no cover -- the lowering writes only these statements
+        raise AssertionError(f"not a statement the lowering writes: {line!r}")
+    return found.group(1), found.group(2)

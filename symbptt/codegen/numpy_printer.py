@@ -474,6 +474,18 @@ class NumPyPrinter(_SymPyNumPyPrinter):  # type: ignore[misc]
         """A fresh copy of an array (C-ordered)."""
         return f"{code}.copy()"
 
+    def assign_into(self, target: str, code: str) -> str:
+        """The statement writing the value ``code`` into the array ``target`` (the lowering's)."""
+        return f"{target}[...] = {code}"
+
+    def copy_into(self, target: str, code: str) -> str:
+        """The statement writing a copy of the array ``code`` into the array ``target``."""
+        return self.assign_into(target, code)
+
+    def softmax_into(self, code: str, axis: int, target: str) -> str:
+        """The statement writing the softmax of ``code`` along ``axis`` into ``target``."""
+        return f"softmax({code}, axis={axis}, out={target})"
+
     def item(self, array: str, index: str) -> str:
         """``array[index]``: the step(s) ``index`` of a stacked array (its first axis)."""
         return f"{array}[{index}]"
