@@ -11,9 +11,11 @@ it: the tests' proof that the code uses only standard calls).
 
 What the standard lacks, and NumPy's module uses, is spelled here:
 
-* no ``out=``: every statement is ``q = <expression>`` (the functional
-  schedule of :class:`~symbptt.codegen.jax_rolled.JaxRolledModule`); ``q += r``
-  and ``q_seq[t, ...] = q_t`` are standard and write in place;
+* no ``out=``, and no array written through a view is guaranteed to write the
+  array it views: a statement binds its name to a new array (``z = a @ b``)
+  and writes into it in place (``z += b``, ``z /= 2``: standard), and a step's
+  values are stored into their stacked arrays (``q_seq[t, ...] = q_t``), as
+  :class:`~symbptt.codegen.jax_rolled.JaxRolledModule` stores them;
 * no methods but ``.T``: ``xp.sum(q, axis=0)``, ``xp.reshape(q, shape)``;
 * an index names every axis (``q_seq[t, ...]``, not ``q_seq[t]``);
 * NumPy's names the standard changed (``concatenate`` -> ``concat``,
@@ -212,13 +214,15 @@ def array_api_helper_source(name: str) -> str:
 
 
 class ArrayApiRolledModule(JaxRolledModule):
-    """The rolled schedule printed functionally (as JAX's), its loops Python loops.
+    """The rolled schedule with JAX's writes, NumPy's lowering and Python loops.
 
-    JAX's subclass of :class:`~symbptt.codegen.numpy_rolled.RolledModule` already
-    makes every statement a new array and stores each step's values back into
-    their stacked arrays (``q_seq[t + 1, ...] = q_t``, the printer's
-    ``set_item``); what changes here is the loop (``for t in range(T)``, not
-    ``lax.scan``) and the workspace (zeros on the call's device).
+    JAX's subclass of :class:`~symbptt.codegen.numpy_rolled.RolledModule` reads a
+    step's values from their stacked arrays before the step and stores what it
+    wrote back after it (``q_seq[t + 1, ...] = q_t``, the printer's ``set_item``),
+    so nothing relies on a view writing through (the standard leaves that to the
+    library).  Here a statement is NumPy's lowering (:meth:`lower`: a new array,
+    then in-place updates of it), a loop is ``for t in range(T)`` (not
+    ``lax.scan``), and the workspace is zeros on the call's device.
     """
 
     def __init__(self, spec: Any, d: Any) -> None:

@@ -519,8 +519,9 @@ def _context(
                 ]
                 if jax
                 else [
-                    "hold what the states carry from step to step, as Python loops over t; each",
-                    "statement makes a new array (the standard has no out=).",
+                    "hold what the states carry from step to step, as Python loops over t; a",
+                    "statement makes one new array and updates it in place (no out= in the",
+                    "standard).",
                 ]
                 if array_api
                 else [
