@@ -327,3 +327,25 @@ def test_derive_writes_the_array_api_module(tmp_path: object) -> None:
     assert (out / "gradients_array_api.py").read_text() == symbptt.emit(spec, backend="array_api")
     unrolled = (out / "gradients_array_api_unrolled.py").read_text()
     assert unrolled == symbptt.emit(spec, backend="array_api", unrolled=True)
+
+
+def test_generated_array_api_code_is_ruff_clean(tmp_path: object) -> None:
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if importlib.util.find_spec("ruff") is None:
+        pytest.skip("ruff is not installed")
+    folder = Path(str(tmp_path))
+    specs = {**SPECS, "composed": ModelSpec(steps=3, **ALL_THREE)}
+    for key, spec in specs.items():
+        for unrolled in (False, True):
+            for backend in ("array_api", "cupy"):
+                source = emit_array_api(spec, unrolled=unrolled, backend=backend)
+                (folder / f"{key}_{int(unrolled)}_{backend}.py").write_text(source)
+    for command in (["check", "--isolated"], ["format", "--isolated", "--check"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "ruff", *command, str(folder)], capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stdout + done.stderr

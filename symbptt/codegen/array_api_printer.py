@@ -156,12 +156,13 @@ class ArrayApiPrinter(SharedPrinter):
         return f"{self.item(array, index)} += {value}"
 
     def sum_of(self, code: str, axis: int | None = None, keepdims: bool = False) -> str:
+        """``xp.sum(code, ...)``: a function, so ``code`` needs no parentheses of its own."""
         if axis is None:
-            return f"xp.sum({code})"
-        return f"xp.sum({code}, axis={axis}{', keepdims=True' if keepdims else ''})"
+            return f"xp.sum({_bare(code)})"
+        return f"xp.sum({_bare(code)}, axis={axis}{', keepdims=True' if keepdims else ''})"
 
     def reshape(self, code: str, shape: str) -> str:
-        return f"xp.reshape({code}, ({shape}))"
+        return f"xp.reshape({_bare(code)}, ({shape}))"
 
     # -- functions ----------------------------------------------------------------------
     def _print_Heaviside(self, expr: sp.Heaviside) -> str:
@@ -276,3 +277,15 @@ def _written(line: str) -> tuple[str, str]:
     if found is None:  # pragma: no cover -- the lowering writes only these statements
         raise AssertionError(f"not a statement the lowering writes: {line!r}")
     return found.group(1), found.group(2)
+
+
+def _bare(code: str) -> str:
+    """``code`` without the parentheses around all of it that a method call needed."""
+    if not (code.startswith("(") and code.endswith(")")):
+        return code
+    depth = 0
+    for i, char in enumerate(code):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth == 0:
+            return code[1:-1] if i == len(code) - 1 else code
+    return code  # pragma: no cover -- printed code has balanced parentheses
