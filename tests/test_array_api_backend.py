@@ -349,3 +349,25 @@ def test_generated_array_api_code_is_ruff_clean(tmp_path: object) -> None:
             [sys.executable, "-m", "ruff", *command, str(folder)], capture_output=True, text=True
         )
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("key", ["lstm", "elman_relu_bce"])
+def test_float32_in_float32_out(key: str) -> None:
+    """float32 arguments give float32 gradients (no Python number promotes them), near the
+    float64 ones."""
+    mod = module_for(key)
+    params, X, Y, states = problem(mod)
+
+    def single(tree: dict) -> dict:
+        return {
+            k: array_api_strict.asarray(v, dtype=array_api_strict.float32) for k, v in tree.items()
+        }
+
+    loss, grads = mod.loss_and_gradients(
+        single(params), *single({"X": X, "Y": Y}).values(), **single(states)
+    )
+    expected_loss, expected = numpy_module(key).loss_and_gradients(params, X, Y, **states)
+    assert loss == pytest.approx(expected_loss, rel=1e-5)
+    for name, value in expected.items():
+        assert grads[name].dtype == array_api_strict.float32
+        np.testing.assert_allclose(np.asarray(grads[name]), value, rtol=1e-3, atol=1e-5)
