@@ -511,10 +511,12 @@ def _derive_parser(sub: Any) -> argparse.ArgumentParser:
         default="numpy",
         metavar="NAME",
         help=(
-            "numpy (default), torch or jax: also write gradients_<backend>.py (any T; with "
-            "--unrolled also gradients_<backend>_unrolled.py): for torch a "
-            "torch.autograd.Function and nn.Module (needs PyTorch), for jax a jax.custom_vjp "
-            "loss (needs JAX)"
+            "numpy (default), torch, jax, cupy or array_api: also write "
+            "gradients_<backend>.py (any T; with --unrolled also "
+            "gradients_<backend>_unrolled.py): for torch a torch.autograd.Function and "
+            "nn.Module (needs PyTorch), for jax a jax.custom_vjp loss (needs JAX), for cupy "
+            "the array API module for CuPy arrays (needs CuPy), for array_api the same code "
+            "for any array API namespace (needs array-api-compat)"
         ),
     )
     out.add_argument("--no-pdf", action="store_true", help="do not build derivation.pdf")

@@ -25,7 +25,13 @@ from types import CodeType, ModuleType
 from ..core.derive import Derivation
 from ..model.spec import ModelSpec
 from . import RowForm, emit_numpy
-from .numpy_module import emission_derivation, emit_jax, emit_torch
+from .numpy_module import (
+    ARRAY_API_BACKENDS,
+    emission_derivation,
+    emit_array_api,
+    emit_jax,
+    emit_torch,
+)
 
 __all__ = [
     "BACKENDS",
@@ -47,7 +53,8 @@ BACKENDS: dict[str, tuple[str, str, bool]] = {
     "numpy": ("numpy", "", True),
     "torch": ("torch", "torch", True),
     "jax": ("jax", "jax", True),
-    "cupy": ("cupy", "cupy", False),
+    "cupy": ("cupy", "cupy", True),
+    "array_api": ("array_api_compat", "array-api", True),
 }
 
 
@@ -86,6 +93,8 @@ def emit(spec: ModelSpec | Derivation, backend: str = "numpy", unrolled: bool | 
         return emit_torch(spec, unrolled=bool(unrolled))
     if backend == "jax":
         return emit_jax(spec, unrolled=bool(unrolled))
+    if backend in ARRAY_API_BACKENDS:
+        return emit_array_api(spec, unrolled=bool(unrolled), backend=backend)
     return emit_numpy(spec, unrolled=bool(unrolled))
 
 

@@ -442,16 +442,17 @@ class Lowering:
         if atomic(expr):
             text = self.short(expr, code)
             if text != target:
-                code.add(f"{target}[...] = {text}")
+                code.add(self.printer.copy_into(target, text))
             return code
         if isinstance(expr, sp.MatMul) and matmul_form(expr)[2] is not None:
             coeff, mats, axis = matmul_form(expr)
             if len(mats) == 1 and not isinstance(mats[0], sp.Transpose):
                 inner = self.operand(mats[0], code)
-                code.add(f"{target}[...] = {inner}.sum(axis={axis}, keepdims=True)")
+                summed = self.printer.sum_of(inner, axis, keepdims=True)
+                code.add(self.printer.assign_into(target, summed))
             else:
                 body = sp.MatMul(*flatten_matmul(expr)[1])
-                code.add(f"{target}[...] = {self.fresh(body, code)}")
+                code.add(self.printer.assign_into(target, self.fresh(body, code)))
             self._scale(coeff, target, code)
             return code
         if isinstance(expr, sp.MatMul):
@@ -465,7 +466,7 @@ class Lowering:
                         into = self.scratch((mats[0].shape[0], factor.shape[1]))
                         self.scratches.add(into)
                     if into in self.strided:
-                        code.add(f"{into}[...] = {left} @ {right}")
+                        code.add(self.printer.assign_into(into, f"{left} @ {right}"))
                     else:
                         code.add(self.printer.call_into("dot", [left, right], into))
                     left = into
@@ -517,15 +518,15 @@ class Lowering:
                 placeholder = sp.MatrixSymbol("_arg", *arg.shape)
                 self.printer.names[placeholder] = arg_code
                 applied = expr.func(expr.function, placeholder)
-                code.add(f"{target}[...] = {self.fresh(applied, code)}")
+                code.add(self.printer.assign_into(target, self.fresh(applied, code)))
                 del self.printer.names[placeholder]
             return code
         if isinstance(expr, mexpr.Softmax):
             arg_code = self.operand(expr.arg, code)
             self.printer.helpers.add("softmax")
-            code.add(f"softmax({arg_code}, axis={expr.axis}, out={target})")
+            code.add(self.printer.softmax_into(arg_code, expr.axis, target))
             return code
-        code.add(f"{target}[...] = {self.fresh(expr, code)}")
+        code.add(self.printer.assign_into(target, self.fresh(expr, code)))
         return code
 
     def _sum(self, terms: list[Any], target: str, code: Code) -> None:

@@ -140,7 +140,9 @@ class ComposedRolledModule:
         if self.count is not None:
             names[self.rf.symbol(self.count)] = "mask_count"
         for symbol, base in self.bases.items():
-            names[symbol] = f"{base}[{index(self.position[self.rf.meta[symbol][1]])}]"
+            names[symbol] = self._printer({}).item(
+                base, index(self.position[self.rf.meta[symbol][1]])
+            )
         return names
 
     def _generic(self) -> dict[Any, str]:
@@ -170,9 +172,11 @@ class ComposedRolledModule:
             if abs(offset) > 1:
                 continue
             name = base + {-1: "_prev_all", 0: "_all", 1: "_next_all"}[offset]
-            rows = {-1: "[:-2]", 0: "[1:-1]", 1: "[2:]"}[offset]
+            rows = {-1: ":-2", 0: "1:-1", 1: "2:"}[offset]
             names[symbol] = name
-            used.setdefault(name, f"{name} = {base}{rows}.reshape(T * m, -1)")
+            printer = self._printer({})
+            reshaped = printer.reshape(printer.item(base, rows), "T * m, -1")
+            used.setdefault(name, f"{name} = {reshaped}")
             self._view_reads[name] = {base, "T", "m"}
         return names
 
@@ -192,7 +196,7 @@ class ComposedRolledModule:
             code.add(f"{part} = {text}", {n.split("[")[0] for n in u}, part)
         if reshape:
             array = reshape.split("[")[0]
-            line = self._write(reshape, f"{target}.reshape(T, m, -1)")
+            line = self._write(reshape, self._printer({}).reshape(target, "T, m, -1"))
             code.add(line, {target, "T", "m", array}, reshape)
 
     def _row_local(self, expr: Any) -> bool:
@@ -381,7 +385,12 @@ class ComposedRolledModule:
         if graph.masks:
             self._steps_array(code, "masks", "1", True)
             code.add(self._write("masks[1:-1]", "mask[:, :, None]"), {"mask", "masks"}, "masks")
-            code.add("mask_count = mask.sum(axis=0)[:, None]", {"mask"}, "mask_count", True)
+            code.add(
+                f"mask_count = {self._printer({}).sum_of('mask', 0)}[:, None]",
+                {"mask"},
+                "mask_count",
+                True,
+            )
         units = self._units()
         body = [a for a in graph.assignments if a.kind not in ("loss", "total_loss")]
         # what the generic step writes; a many-to-one model's output layer: the last step

@@ -30,6 +30,7 @@ from ..model.notation import Notation
 from ..model.spec import ModelSpec
 from ..model.spec_flags import preset_of, regenerate_command
 from ..templating import render
+from .array_api_printer import ArrayApiPrinter, ArrayApiRolledModule, array_api_helper_source
 from .jax_printer import JaxPrinter, jax_helper_source
 from .jax_rolled import JaxRolledModule
 from .lines import SharedPrinter, fit_lines
@@ -41,7 +42,19 @@ from .numpy_rolled import RolledModule
 from .numpy_unrolled import UnrolledModule, initial_arguments
 from .torch_printer import TorchPrinter, torch_helper_source
 
-__all__ = ["emission_derivation", "emit_jax", "emit_numpy", "emit_torch", "equations"]
+__all__ = [
+    "ARRAY_API_BACKENDS",
+    "emission_derivation",
+    "emit_array_api",
+    "emit_jax",
+    "emit_numpy",
+    "emit_torch",
+    "equations",
+]
+
+#: The backends whose module is the array API module (``gradients_array_api.py.jinja``):
+#: the same printed code, "cupy"'s refusing arrays of any other namespace.
+ARRAY_API_BACKENDS = ("array_api", "cupy")
 
 
 def emission_derivation(source: ModelSpec | Derivation) -> tuple[ModelSpec, Derivation]:
@@ -308,12 +321,16 @@ def _context(
     spec: ModelSpec, d: Derivation, unrolled: bool, backend: str = "numpy"
 ) -> dict[str, Any]:
     """What the templates lay out; ``backend`` "torch" prints for torch (TorchPrinter),
-    "jax" for JAX (JaxPrinter; the rolled schedule functional: JaxRolledModule)."""
+    "jax" for JAX (JaxPrinter; the rolled schedule functional: JaxRolledModule), "cupy" and
+    "array_api" for the namespace xp (ArrayApiPrinter, ArrayApiRolledModule)."""
     notation = d.notation
     cell = d.graph.symbols.cell
     torch = backend == "torch"
     jax = backend == "jax"
+    array_api = backend in ARRAY_API_BACKENDS
     printer = {"torch": TorchPrinter, "jax": JaxPrinter}.get(backend, SharedPrinter)
+    if array_api:
+        printer = ArrayApiPrinter
     composed_rolled = not unrolled and not spec.program.plain
     builder: RolledModule | UnrolledModule | ComposedRolledModule
     if unrolled:
@@ -326,13 +343,16 @@ def _context(
         )
     elif jax:
         builder = JaxRolledModule(spec, d)
+    elif array_api:
+        builder = ArrayApiRolledModule(spec, d)
     else:
         builder = RolledModule(spec, d, printer=printer)
     built = builder.build()
     helpers = set(builder.helpers)
     kernels = [{**built, "suffix": "", "what": ""}]
     fused_width = fused_size = ""
-    if not unrolled and not composed_rolled and not jax:  # XLA fuses on its own
+    # XLA fuses on its own; the array API has no out= to write the fused blocks with
+    if not unrolled and not composed_rolled and not jax and not array_api:
         fused = RolledModule(spec, d, fuse=True, printer=printer)
         if fused.s.groups:
             fused_built = fused.build()
@@ -350,24 +370,28 @@ def _context(
     column = notation.layout == "column"
     finals = built["finals"]
     composed = spec.composed  # layers, directions, a mask, or batch_reduction="tokens"
+    item = printer({}).item
     if composed_rolled:
-        final_states = {key: f'cache["{name}"][{index}]' for key, (name, index) in finals.items()}
+        final_states = {
+            key: item(f'cache["{name}"]', str(index)) for key, (name, index) in finals.items()
+        }
         name = built["prediction"]
-        prediction = f'cache["{name}"][-2]' if many_to_one else f'cache["{name}"][1:-1]'
+        prediction = item(f'cache["{name}"]', "-2" if many_to_one else "1:-1")
     elif unrolled:
         final_states = {key: f'cache["{name}"]' for key, name in finals.items()}
         if many_to_one:
             prediction = f'cache["{built["prediction"]}"]'
         else:
             stack = {"torch": "torch.stack", "jax": "jnp.stack"}.get(backend, "np.stack")
+            stack = "xp.stack" if array_api else stack
             prediction = f"{stack}([cache[name] for name in _PREDICTIONS])"
     else:
-        final_states = {key: f'cache["{name}"][-1]' for key, name in finals.items()}
+        final_states = {key: item(f'cache["{name}"]', "-1") for key, name in finals.items()}
         name = built["prediction"]
         prediction = (
             f'cache["{name}"]'
             if many_to_one
-            else f'cache["{name}"].reshape(X.shape[0], X.shape[1], -1)'
+            else printer({}).reshape(f'cache["{name}"]', "X.shape[0], X.shape[1], -1")
         )
     steps_text = ", ".join(str(s) for s in notation.steps(2)) + ", ...,"
     first = notation.t0
@@ -388,7 +412,7 @@ def _context(
         (
             f"or in Python: symbptt.emit(symbptt.ModelSpec(**SPEC), backend={backend!r}"
             f"{', unrolled=True' if unrolled else ''})."
-            if torch or jax
+            if torch or jax or array_api
             else f"or in Python: symbptt.emit_numpy(symbptt.ModelSpec(**SPEC)"
             f"{', unrolled=True' if unrolled else ''})."
         ),
@@ -496,6 +520,12 @@ def _context(
                 ]
                 if jax
                 else [
+                    "hold what the states carry from step to step, as Python loops over t; a",
+                    "statement makes one new array and updates it in place (no out= in the",
+                    "standard).",
+                ]
+                if array_api
+                else [
                     "hold what the states carry from step to step.  loss_and_gradients keeps its",
                     "scratch arrays between calls (per thread); clear_workspace() frees them.",
                 ]
@@ -523,6 +553,8 @@ def _context(
             "autodiff), so jax.grad of a bigger program uses it; every function works under",
             "jax.jit, and loss_and_gradients is compiled with it.",
         ]
+    if array_api:
+        docstring += ["", *_array_api_doc(backend)]
     docstring = _wrap(docstring)
     spec_items = {
         key: repr(value) if not isinstance(value, str) else f'"{value}"'
@@ -535,9 +567,11 @@ def _context(
         "fused_size": fused_size,
         "fused_step_size": TORCH_FUSED_STEP_SIZE if torch else FUSED_STEP_SIZE,
         "helpers": [
-            {"torch": torch_helper_source, "jax": jax_helper_source}.get(backend, helper_source)(
-                name
-            )
+            {
+                "torch": torch_helper_source,
+                "jax": jax_helper_source,
+                **dict.fromkeys(ARRAY_API_BACKENDS, array_api_helper_source),
+            }.get(backend, helper_source)(name)
             for name in sorted(helpers)
         ],
         "title": title,
@@ -582,8 +616,27 @@ def _context(
         "target_shape": data_shape,
         "targets_are_distributions": distribution,
         "workspace": not unrolled,
+        "backend": backend,
         "stacked_predictions": built.get("predictions", []) if not many_to_one else [],
     }
+
+
+def _array_api_doc(backend: str) -> list[str]:
+    """What the array API module's docstring adds: the namespace, and CuPy's module's rule."""
+    if backend == "cupy":
+        return [
+            "CuPy: every argument is a cupy array, of one dtype, on one GPU.  The code is",
+            "written against the Python array API standard, in the namespace of the",
+            "arguments (array_api_compat.array_namespace): symbptt.emit(spec,",
+            'backend="array_api") prints the same functions for any namespace, and its',
+            "tests run them on array_api_strict; arrays of another namespace are refused.",
+        ]
+    return [
+        "Array API: the arguments are arrays of any namespace of the Python array API",
+        "standard (NumPy, CuPy, array_api_strict, ...; array_api_compat.array_namespace),",
+        "all of one namespace, dtype and device; the code calls only the standard's",
+        "functions, in that namespace.",
+    ]
 
 
 def _composition_doc(spec: ModelSpec) -> list[str]:
@@ -752,3 +805,26 @@ def emit_numpy(spec: ModelSpec | Derivation, unrolled: bool = False) -> str:
     return require_distinct_names(
         fit_lines(render(template, **_context(user_spec, d, unrolled))), "numpy"
     )
+
+
+def emit_array_api(
+    spec: ModelSpec | Derivation, unrolled: bool = False, backend: str = "array_api"
+) -> str:
+    """The source of an array API module computing the loss and gradients of ``spec``.
+
+    The same schedule (rolled: any T) or assignments (unrolled: ``spec.steps``)
+    as :func:`emit_numpy`, printed functionally in the namespace ``xp`` of the
+    arguments by :class:`~symbptt.codegen.array_api_printer.ArrayApiRolledModule`
+    and :class:`~symbptt.codegen.array_api_printer.ArrayApiPrinter`
+    (``templates/gradients_array_api.py.jinja``).  ``backend`` "cupy" gives the
+    same code for CuPy arrays only (others are refused), "array_api" for any
+    namespace of the standard.
+    """
+    if not isinstance(unrolled, bool):
+        raise TypeError(f"unrolled: expected True or False, got {unrolled!r}")
+    if backend not in ARRAY_API_BACKENDS:
+        raise ValueError(f"backend: expected one of {ARRAY_API_BACKENDS}, got {backend!r}")
+    user_spec, d = emission_derivation(spec)
+    context = _context(user_spec, d, unrolled, backend)
+    source = fit_lines(render("gradients_array_api.py.jinja", **context))
+    return require_distinct_names(source, backend)

@@ -474,6 +474,22 @@ class NumPyPrinter(_SymPyNumPyPrinter):  # type: ignore[misc]
         """A fresh copy of an array (C-ordered)."""
         return f"{code}.copy()"
 
+    def assign_into(self, target: str, code: str) -> str:
+        """The statement writing the value ``code`` into the array ``target`` (the lowering's)."""
+        return f"{target}[...] = {code}"
+
+    def copy_into(self, target: str, code: str) -> str:
+        """The statement writing a copy of the array ``code`` into the array ``target``."""
+        return self.assign_into(target, code)
+
+    def softmax_into(self, code: str, axis: int, target: str) -> str:
+        """The statement writing the softmax of ``code`` along ``axis`` into ``target``."""
+        return f"softmax({code}, axis={axis}, out={target})"
+
+    def item(self, array: str, index: str) -> str:
+        """``array[index]``: the step(s) ``index`` of a stacked array (its first axis)."""
+        return f"{array}[{index}]"
+
     def set_item(self, array: str, index: str, value: str) -> str:
         """The statement writing ``value`` into the step ``index`` of ``array``."""
         return f"{array}[{index}] = {value}"
@@ -485,6 +501,16 @@ class NumPyPrinter(_SymPyNumPyPrinter):  # type: ignore[misc]
     def zeros(self, shape: str, dtype: str) -> str:
         """The expression of a new array of zeros (``shape`` and ``dtype`` are code)."""
         return f"{self._module_format('numpy.zeros')}({shape}, {dtype})"
+
+    def sum_of(self, code: str, axis: int | None = None, keepdims: bool = False) -> str:
+        """The sum of the array ``code`` (an atom), of all entries or along ``axis``."""
+        if axis is None:
+            return f"{code}.sum()"
+        return f"{code}.sum(axis={axis}{', keepdims=True' if keepdims else ''})"
+
+    def reshape(self, code: str, shape: str) -> str:
+        """The array ``code`` (an atom) in the shape ``shape`` (code without parentheses)."""
+        return f"{code}.reshape({shape})"
 
     # -- precedence ---------------------------------------------------------------
     def _prec(self, expr: Any) -> int:
@@ -675,7 +701,7 @@ class NumPyPrinter(_SymPyNumPyPrinter):  # type: ignore[misc]
         return f"{code} / ({' * '.join(self._paren(arg, _MUL) for arg in denom)})"
 
     def _print_SumEntries(self, expr: SumEntries) -> str:
-        return f"{self._paren(expr.args[0], _ATOM)}.sum()"
+        return self.sum_of(self._paren(expr.args[0], _ATOM))
 
     def _print_MatMul(self, expr: sp.MatMul) -> str:
         coeff, mats, axis = matmul_form(expr)
@@ -691,10 +717,10 @@ class NumPyPrinter(_SymPyNumPyPrinter):  # type: ignore[misc]
             # the transpose as a new axis, so the result is contiguous (a gradient of a
             # contiguous parameter in its own layout; DDP's buckets expect that layout)
             index = "[:, None]" if axis == 1 else "[None, :]"
-            body, prec = f"{inner}.sum(axis={1 - axis}){index}", _ATOM
+            body, prec = f"{self.sum_of(inner, 1 - axis)}{index}", _ATOM
         elif axis is not None:
             inner = f"({body})" if prec < _ATOM else body
-            body, prec = f"{inner}.sum(axis={axis}, keepdims=True)", _ATOM
+            body, prec = self.sum_of(inner, axis, keepdims=True), _ATOM
         if coeff == 1:
             return body
         return self._print_scaled(coeff, body, prec)
@@ -704,7 +730,7 @@ class NumPyPrinter(_SymPyNumPyPrinter):  # type: ignore[misc]
             coeff, mats, axis = matmul_form(expr.arg)
             if axis is not None and len(mats) == 1 and not _is_ones(mats[0]):
                 index = "[:, None]" if axis == 0 else "[None, :]"
-                body = f"{self._paren(mats[0], _ATOM)}.sum(axis={axis}){index}"
+                body = f"{self.sum_of(self._paren(mats[0], _ATOM), axis)}{index}"
                 return body if coeff == 1 else self._print_scaled(coeff, body, _ATOM)
         return f"{self._paren(expr.arg, _ATOM)}.T"
 

@@ -122,6 +122,10 @@ class RolledModule:
     def new_printer(self, names: Mapping[Any, str]) -> SharedPrinter:
         return self.printer_class(names, self.helpers)
 
+    def reshape(self, code: str, shape: str) -> str:
+        """``code.reshape(shape)`` as the printer spells it (``xp.reshape(code, (shape))``)."""
+        return self.new_printer({}).reshape(code, shape)
+
     def function(self, fqn: str) -> str:
         """A NumPy function's name in the printed code (``np.concatenate``, ``torch.cat``)."""
         return str(self.new_printer({})._module_format(fqn))
@@ -271,7 +275,7 @@ class RolledModule:
         seq = f"{storage}_seq"
         index = self.seq_index[storage](t, offset)
         if block is None or not self.columns(block):
-            return f"{seq}[{index}]", {seq}
+            return self.new_printer({}).item(seq, index), {seq}
         if block.stop - block.start == 1:  # one block: a single subscript of the 4-D view
             return f"{storage}_blocks[{index}, :, {block.start}]", {f"{storage}_blocks"}
         return f"{seq}[{index}, {self.columns(block)[1:-1]}]", {seq, *self.columns_uses(block)}
@@ -390,7 +394,7 @@ class RolledModule:
             uses = {"T", "m", *printer.used}
             self.buffer(c, f"{name}_seq", f"(T, m, {units})", uses)
             c.add(
-                f"{name}_all = {name}_seq.reshape(T * m, {units})",
+                f"{name}_all = {self.reshape(f'{name}_seq', f'T * m, {units}')}",
                 {f"{name}_seq", *uses},
                 f"{name}_all",
                 True,
@@ -398,7 +402,7 @@ class RolledModule:
             self._seq(name)
             width = printer.doprint(group.width)
             c.add(
-                f"{name}_blocks = {name}_seq.reshape(T, m, {group.count}, {width})",
+                f"{name}_blocks = {self.reshape(f'{name}_seq', f'T, m, {group.count}, {width}')}",
                 {f"{name}_seq", *uses},
                 f"{name}_blocks",
                 True,
@@ -524,7 +528,12 @@ class RolledModule:
         c.add("dtype = X.dtype", {"X"}, "dtype", True)
         x = s.index[("input", 0)]
         xb = s.base[x]
-        c.add(f"{xb}_all = X.reshape(T * m, n_in)", {"X", "T", "m", "n_in"}, f"{xb}_all", True)
+        c.add(
+            f"{xb}_all = {self.reshape('X', 'T * m, n_in')}",
+            {"X", "T", "m", "n_in"},
+            f"{xb}_all",
+            True,
+        )
         c.add(f"{xb}_seq = X", {"X"}, f"{xb}_seq", True)
         self._seq(xb)
         for state in s.states:
@@ -577,14 +586,15 @@ class RolledModule:
         for state in s.states:
             b = s.base[state.now]
             units, uses = self.units_code(state.now)
+            item = self.new_printer({}).item
             c.add(
-                f"{b}_all = {b}_seq[1:].reshape(T * m, {units})",
+                f"{b}_all = {self.reshape(item(f'{b}_seq', '1:'), f'T * m, {units}')}",
                 {f"{b}_seq", "T", "m", *uses},
                 f"{b}_all",
                 True,
             )
             c.add(
-                f"{b}_prev_all = {b}_seq[:-1].reshape(T * m, {units})",
+                f"{b}_prev_all = {self.reshape(item(f'{b}_seq', ':-1'), f'T * m, {units}')}",
                 {f"{b}_seq", "T", "m", *uses},
                 f"{b}_prev_all",
                 True,
@@ -596,7 +606,7 @@ class RolledModule:
                     continue
                 units, uses = self.units_code(st.target)
                 c.add(
-                    f"{b}_all = {b}_seq.reshape(T * m, {units})",
+                    f"{b}_all = {self.reshape(f'{b}_seq', f'T * m, {units}')}",
                     {f"{b}_seq", "T", "m", *uses},
                     f"{b}_all",
                     True,
@@ -627,7 +637,7 @@ class RolledModule:
         b = self.s.base[symbol]
         units, uses = self.units_code(symbol)
         c.add(
-            f"{b}_seq = {b}_all.reshape(T, m, {units})",
+            f"{b}_seq = {self.reshape(f'{b}_all', f'T, m, {units}')}",
             {f"{b}_all", "T", "m", *uses},
             f"{b}_seq",
             True,
@@ -760,14 +770,19 @@ class RolledModule:
             self.fresh(c, name, scale * loss.expr, "step", known)
         else:
             y_all = self.names_all[y]
-            c.add(f"{y_all} = Y.reshape(T * m, n_out)", {"Y", "T", "m", "n_out"}, y_all, True)
+            c.add(
+                f"{y_all} = {self.reshape('Y', 'T * m, n_out')}",
+                {"Y", "T", "m", "n_out"},
+                y_all,
+                True,
+            )
             terms = f"{self.notation.loss_ascii}_terms"
             matrix = stable_loss_matrix(loss.expr)
             self.buffer(c, terms, *self.shape_code(matrix.shape, True))
             known = {softmax: self.names_all[node.pred]} if node.output == "softmax" else {}
             self.lower(matrix, terms, "all", c, c, known)
             c.add(f"# {self.loss_line()}")
-            printer = self.new_printer({total: f"{terms}.sum()"})
+            printer = self.new_printer({total: self.new_printer({}).sum_of(terms)})
             c.add(
                 f"{name} = {printer.doprint(scale * total)}",
                 {terms} | self._size_uses(scale),
@@ -789,7 +804,12 @@ class RolledModule:
             c.add(f"{self.names_step[y]} = Y", {"Y"}, self.names_step[y], True)
         else:
             y_all = self.names_all[y]
-            c.add(f"{y_all} = Y.reshape(T * m, n_out)", {"Y", "T", "m", "n_out"}, y_all, True)
+            c.add(
+                f"{y_all} = {self.reshape('Y', 'T * m, n_out')}",
+                {"Y", "T", "m", "n_out"},
+                y_all,
+                True,
+            )
         loss_line = self.loss_line()
         # what does not depend on the adjoints carried back from step t + 1: all steps at once
         self.group_code(c, "backward")
@@ -873,7 +893,7 @@ class RolledModule:
             if st.target in s.alias or b not in self.seq_index or b in s.blocks:
                 continue
             units, uses = self.units_code(st.target)
-            line = f"{b}_all = {b}_seq.reshape(T * m, {units})"
+            line = f"{b}_all = {self.reshape(f'{b}_seq', f'T * m, {units}')}"
             if line not in c.lines():
                 c.add(line, {f"{b}_seq", "T", "m", *uses}, f"{b}_all", True)
         groups: dict[str, list[Stmt]] = {}
@@ -920,13 +940,16 @@ class RolledModule:
             extras.add(f"dX = {self.function('numpy.zeros_like')}(X)", {"X"}, "dX", True)
         else:
             printer = self.new_printer(self.names_all)
-            text = f"dX = ({printer.doprint(s.dx)}).reshape(T, m, n_in)"
+            text = f"dX = {self.reshape(f'({printer.doprint(s.dx)})', 'T, m, n_in')}"
             if len(text) + 4 <= WIDTH:
                 extras.add(text, printer.used | {"T", "m", "n_in"}, "dX", True)
             else:
                 self.fresh(extras, "dX_all", s.dx, "all")
                 extras.add(
-                    "dX = dX_all.reshape(T, m, n_in)", {"dX_all", "T", "m", "n_in"}, "dX", True
+                    f"dX = {self.reshape('dX_all', 'T, m, n_in')}",
+                    {"dX_all", "T", "m", "n_in"},
+                    "dX",
+                    True,
                 )
         for state in s.states:
             name = f"d{state.argument}"

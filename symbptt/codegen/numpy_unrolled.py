@@ -162,7 +162,7 @@ class UnrolledModule:
         printer = self.new_printer(self.names)
         for i, x in enumerate(graph.inputs):
             name = str(printer.doprint(self.rf.symbol(x)))
-            forward.add(f"{name} = X[{i}]", {"X"}, name, True)
+            forward.add(f"{name} = {printer.item('X', str(i))}", {"X"}, name, True)
         arguments = initial_arguments(graph)
         for key, initial in graph.initials.items():
             name = str(printer.doprint(self.rf.symbol(initial)))
@@ -170,12 +170,13 @@ class UnrolledModule:
                 forward.add(f"{name} = {arguments[key]}", {arguments[key]}, name, True)
         for i, mask in enumerate(graph.masks):  # (m, 1) in the code's row layout
             name = str(printer.doprint(self.rf.symbol(mask)))
-            forward.add(f"{name} = mask[{i}][:, None]", {"mask"}, name, True)
+            forward.add(f"{name} = {printer.item('mask', str(i))}[:, None]", {"mask"}, name, True)
         many_to_one = self.spec.mode == "many_to_one"
         for i, y in enumerate(graph.targets):
             name = str(printer.doprint(self.rf.symbol(y)))
-            loss.add(f"{name} = {'Y' if many_to_one else f'Y[{i}]'}", {"Y"}, name, True)
-            backward.add(f"{name} = {'Y' if many_to_one else f'Y[{i}]'}", {"Y"}, name, True)
+            target = "Y" if many_to_one else printer.item("Y", str(i))
+            loss.add(f"{name} = {target}", {"Y"}, name, True)
+            backward.add(f"{name} = {target}", {"Y"}, name, True)
         for s in self.forward:
             if s.kind in ("loss", "total_loss"):
                 node = s.expr
@@ -202,7 +203,7 @@ class UnrolledModule:
             value = d.input_gradients[step]
             if mexpr.is_zero(value):
                 zeros = self.function("numpy.zeros_like")
-                extras.add(f"{name} = {zeros}(X[0])", {"X"}, name, True)
+                extras.add(f"{name} = {zeros}({printer.item('X', '0')})", {"X"}, name, True)
                 continue
             self.assign(extras, Stmt(None, self._row(value), "input"), name)
             names.append(name)
