@@ -499,7 +499,11 @@ RECURRENT_WIDTHS = {"elman": (1,), "lstm": (4,), "gru": (2, 1)}
 
 
 def floor(
-    cell: str, params: dict[str, Array], X: Array, workspace: Workspace | None = None
+    cell: str,
+    params: dict[str, Array],
+    X: Array,
+    workspace: Workspace | None = None,
+    elementwise: bool = True,
 ) -> Callable[[], None]:
     """The NumPy calls that any BPTT of ``cell`` (with the softmax head) must make, alone:
     a function that makes them into preallocated arrays, whose time is a lower bound.
@@ -512,7 +516,8 @@ def floor(
     (the nonlinearities of the step's pre-activations forward, the product with their
     derivatives backward), over the (m, gates * n_hidden) block of the step: the
     recurrence gives no way to batch these over the steps.
-    Nothing else (biases, softmax, loss, the gates' other elementwise terms) is counted.
+    Nothing else (biases, softmax, loss, the gates' other elementwise terms) is counted;
+    ``elementwise=False`` leaves out the elementwise calls too (the matrix products alone).
     """
     ws: Workspace = {} if workspace is None else workspace
     T, m, n_in = X.shape
@@ -556,11 +561,13 @@ def floor(
             if t:
                 for W, out in zip(W_hT, recurrent, strict=True):
                     np.dot(hs[t], W, out=out)
-            np.tanh(pre[t], out=pre[t])
+            if elementwise:
+                np.tanh(pre[t], out=pre[t])
         np.dot(H, W_hy.T, out=scores)
         np.dot(d_scores, W_hy, out=dh.reshape(T * m, n))
         for t in range(T - 1, -1, -1):
-            np.multiply(adjoint[t], local[t], out=delta[t])
+            if elementwise:
+                np.multiply(adjoint[t], local[t], out=delta[t])
             if t:
                 for W, cols in zip(W_h, columns, strict=True):
                     np.dot(delta[t, :, cols], W, out=dh_next)
