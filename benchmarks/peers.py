@@ -31,6 +31,12 @@ generated / best peer: against the best NumPy peer (target <= 0.9), the
 torch module against torch autograd (target <= 1.0) and the JAX module against
 JAX autodiff (target <= 1.0).  XLA runs on one thread too (``XLA_FLAGS``).
 
+With the NumPy peers it times ``baselines.floor``: the calls any BPTT of the cell
+must make, alone, into preallocated arrays (the batched input, output and
+weight-gradient products, T - 1 recurrent products each way, one elementwise
+call per step each way), and prints floor / best peer: above the NumPy target,
+no NumPy code making those calls reaches it at that size.
+
 OpenBLAS settings that slow current NumPy on these machines
 (``OPENBLAS_CORETYPE``, ``OPENBLAS_L2_SIZE``; ../shared/FACTS.md) are removed
 from this process's environment before NumPy is imported: this run only.
