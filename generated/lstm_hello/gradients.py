@@ -582,11 +582,18 @@ def logsumexp(x, axis, softmax=None):
 
     softmax_k(x) = exp(x_k) / sum(exp(x)) gives x_k - log(softmax_k(x)) for any k:
     given the softmax, that at the largest x_k (no exp); else the maximum is
-    subtracted before np.exp.
+    subtracted before np.exp.  One example a row (x 2-D, axis 1), the largest
+    x_k is found by x.argmax, several times faster than x.max(axis=1).
     """
-    top = x.max(axis=axis, keepdims=True)
-    if softmax is not None:
-        return top - np.log(softmax.max(axis=axis, keepdims=True))
+    if x.ndim == 2 and axis in (1, -1):
+        at = np.arange(x.shape[0]), x.argmax(axis=1)
+        top = x[at][:, None]
+        if softmax is not None:
+            return top - np.log(softmax[at][:, None])
+    else:
+        top = x.max(axis=axis, keepdims=True)
+        if softmax is not None:
+            return top - np.log(softmax.max(axis=axis, keepdims=True))
     return top + np.log(np.exp(x - top).sum(axis=axis, keepdims=True))
 
 
@@ -596,8 +603,16 @@ def sigmoid(z):
 
 
 def softmax(x, axis, out=None):
-    """exp(x) / sum(exp(x)) along axis, computed with the maximum subtracted."""
-    out = np.subtract(x, x.max(axis=axis, keepdims=True), out=out)
+    """exp(x) / sum(exp(x)) along axis, computed with the maximum subtracted.
+
+    One example a row (x 2-D, axis 1), the maximum is read where x.argmax finds
+    it: x.max(axis=1) reduces each short row by itself, several times slower.
+    """
+    if x.ndim == 2 and axis in (1, -1):
+        top = x[np.arange(x.shape[0]), x.argmax(axis=1)][:, None]
+    else:
+        top = x.max(axis=axis, keepdims=True)
+    out = np.subtract(x, top, out=out)
     np.exp(out, out=out)
     out /= out.sum(axis=axis, keepdims=True)
     return out
