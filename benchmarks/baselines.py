@@ -492,6 +492,92 @@ def elman_hoisted(
     return loss, gradients
 
 
+#: The recurrent matrix products of one step of each cell, by their width in units of
+#: n_hidden: the gates stacked (Elman 1, LSTM 4); the GRU's two, as r_t must be known
+#: before W_hh (r_t ⊙ h_{t-1}) is formed.
+RECURRENT_WIDTHS = {"elman": (1,), "lstm": (4,), "gru": (2, 1)}
+
+
+def floor(
+    cell: str,
+    params: dict[str, Array],
+    X: Array,
+    workspace: Workspace | None = None,
+    elementwise: bool = True,
+) -> Callable[[], None]:
+    """The NumPy calls that any BPTT of ``cell`` (with the softmax head) must make, alone:
+    a function that makes them into preallocated arrays, whose time is a lower bound.
+
+    Not a BPTT (the values are not used): the batched products, one each, of the input
+    projections (X W_x^T, all steps), the output layer (H W_hy^T) and its adjoint
+    (dO W_hy), the weight gradients (D^T X, D^T H_prev, dO^T H); every step's recurrent
+    products forward and backward, T - 1 each (h_0 = 0 needs none forward, and
+    nothing flows back from step 1 to h_0); and one elementwise call per step each way
+    (the nonlinearities of the step's pre-activations forward, the product with their
+    derivatives backward), over the (m, gates * n_hidden) block of the step: the
+    recurrence gives no way to batch these over the steps.
+    Nothing else (biases, softmax, loss, the gates' other elementwise terms) is counted;
+    ``elementwise=False`` leaves out the elementwise calls too (the matrix products alone).
+    """
+    ws: Workspace = {} if workspace is None else workspace
+    T, m, n_in = X.shape
+    n_out, n = params["W_hy"].shape
+    dtype = X.dtype
+    widths = [k * n for k in RECURRENT_WIDTHS[cell]]
+    G = sum(widths)
+    rng = np.random.default_rng(0)
+
+    def array(name: str, shape: tuple[int, ...], scale: float = 0.0) -> Array:
+        out = _buffer(ws, name, shape, dtype)
+        out[...] = rng.normal(0.0, scale, shape) if scale else 0.5
+        return out
+
+    X2 = X.reshape(T * m, n_in)
+    W_xT = array("W_xT", (n_in, G), 1 / np.sqrt(n_in))
+    W_h = [array(f"W_h{j}", (w, n), 1 / np.sqrt(n)) for j, w in enumerate(widths)]
+    W_hT = [w.T.copy() for w in W_h]
+    W_hy = params["W_hy"]
+    pre = array("pre", (T, m, G))  # the pre-activations, (m, G) a step
+    recurrent = [array(f"recurrent{j}", (m, w)) for j, w in enumerate(widths)]
+    hs = array("hs", (T + 1, m, n))  # h_0 .. h_T
+    scores = array("scores", (T * m, n_out))
+    d_scores = array("d_scores", (T * m, n_out), 0.1)
+    dh = array("dh", (T, m, n))
+    local = array("local", (T, m, G), 0.1)  # the nonlinearities' derivatives
+    adjoint = array("adjoint", (T, m, G), 0.1)  # the adjoints of their outputs
+    delta = array("delta", (T, m, G), 0.1)
+    dh_next = array("dh_next", (m, n))
+    dW_xT = array("dW_x", (G, n_in))
+    dW_h = array("dW_h", (G, n))
+    dW_hy = array("dW_hy", (n_out, n))
+    H = hs[1:].reshape(T * m, n)
+    H_prev = hs[:-1].reshape(T * m, n)
+    D = delta.reshape(T * m, G)
+    columns = [slice(sum(widths[:j]), sum(widths[: j + 1])) for j in range(len(widths))]
+
+    def run() -> None:
+        np.dot(X2, W_xT, out=pre.reshape(T * m, G))
+        for t in range(T):
+            if t:
+                for W, out in zip(W_hT, recurrent, strict=True):
+                    np.dot(hs[t], W, out=out)
+            if elementwise:
+                np.tanh(pre[t], out=pre[t])
+        np.dot(H, W_hy.T, out=scores)
+        np.dot(d_scores, W_hy, out=dh.reshape(T * m, n))
+        for t in range(T - 1, -1, -1):
+            if elementwise:
+                np.multiply(adjoint[t], local[t], out=delta[t])
+            if t:
+                for W, cols in zip(W_h, columns, strict=True):
+                    np.dot(delta[t, :, cols], W, out=dh_next)
+        np.dot(D.T, X2, out=dW_xT)
+        np.dot(D[m:].T, H_prev[m:], out=dW_h)
+        np.dot(d_scores.T, H, out=dW_hy)
+
+    return run
+
+
 #: The hoisted (cuDNN-schedule) baseline of each cell: the gated ones are hoisted already.
 HOISTED: dict[str, Callable[..., tuple[float, dict[str, Array]]]] = {
     "elman": elman_hoisted,

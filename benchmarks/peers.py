@@ -31,6 +31,12 @@ generated / best peer: against the best NumPy peer (target <= 0.9), the
 torch module against torch autograd (target <= 1.0) and the JAX module against
 JAX autodiff (target <= 1.0).  XLA runs on one thread too (``XLA_FLAGS``).
 
+With the NumPy peers it times ``baselines.floor``: the calls any BPTT of the cell
+must make, alone, into preallocated arrays (the batched input, output and
+weight-gradient products, T - 1 recurrent products each way, one elementwise
+call per step each way), and prints floor / best peer: above the NumPy target,
+no NumPy code making those calls reaches it at that size.
+
 OpenBLAS settings that slow current NumPy on these machines
 (``OPENBLAS_CORETYPE``, ``OPENBLAS_L2_SIZE``; ../shared/FACTS.md) are removed
 from this process's environment before NumPy is imported: this run only.
@@ -277,12 +283,12 @@ def run(
     module = symbptt.load_module(symbptt.emit_numpy(spec_for(cell, 4)))
     gates = {"elman": 1, "lstm": 4, "gru": 3}[cell]
     print(f"\n{cell}: xh notation, softmax, cross-entropy (sum over time, mean over the batch)")
-    names = ["generated", "check=False", "hoisted", "per-step", "torch mod", "torch"]
+    names = ["generated", "check=False", "hoisted", "per-step", "floor", "torch mod", "torch"]
     names += ["jax mod", "jax"]
     head = " ".join(f"{n:>11}" for n in names)
     print(
-        f"{'(T, m, n_in, n_hidden, n_out)':27} {'dtype':7} {head} {'gen/best':>8} {'mod/torch':>9}"
-        f" {'mod/jax':>8}"
+        f"{'(T, m, n_in, n_hidden, n_out)':27} {'dtype':7} {head} {'gen/best':>8}"
+        f" {'floor/best':>10} {'mod/torch':>9} {'mod/jax':>8}"
     )
     missed = []
     for sizes in sizes_run:
@@ -297,6 +303,7 @@ def run(
             medians = _time_one(cell, sizes, dtype, modules, base, gates, use_numpy)
             numpy_peers = [medians[k] for k in ("hoisted", "per-step") if k in medians]
             ratio = medians["generated"] / min(numpy_peers) if use_numpy else float("nan")
+            floor = medians["floor"] / min(numpy_peers) if use_numpy else float("nan")
             torch_ratio = medians["torch mod"] / medians["torch"] if use_torch else float("nan")
             jax_ratio = medians["jax mod"] / medians["jax"] if use_jax else float("nan")
             row = " ".join(
@@ -304,12 +311,17 @@ def run(
             )
             name = np.dtype(dtype).name
             print(
-                f"{sizes!s:27} {name:7} {row} {ratio:8.2f} {torch_ratio:9.2f} {jax_ratio:8.2f}",
+                f"{sizes!s:27} {name:7} {row} {ratio:8.2f} {floor:10.2f} {torch_ratio:9.2f}"
+                f" {jax_ratio:8.2f}",
                 flush=True,
             )
             where = f"{cell} {sizes} {name}"
             if use_numpy and ratio > NUMPY_TARGET:
-                missed.append(f"{where}: generated / best NumPy peer {ratio:.2f} > {NUMPY_TARGET}")
+                why = "out of reach: floor" if floor > NUMPY_TARGET else "floor"
+                missed.append(
+                    f"{where}: generated / best NumPy peer {ratio:.2f} > {NUMPY_TARGET}"
+                    f" ({why} / best {floor:.2f})"
+                )
             if use_torch and torch_ratio > TORCH_TARGET:
                 missed.append(f"{where}: torch module / torch autograd {torch_ratio:.2f}")
             if use_jax and jax_ratio > JAX_TARGET:
@@ -339,10 +351,13 @@ def _time_one(
     workspace: dict[str, Any] = {}
     reference = hoisted(params, X, Y)
     tol = 1e-9 if dtype == np.float64 else 2e-3
+    # timed in this order: check=False not right after the generated call, whose
+    # workspace it shares (it would find it in the cache and seem the faster for it)
     numpy_steps: dict[str, Callable[[], Any]] = {
         "generated": lambda: module.loss_and_gradients(params, X, Y),
-        "check=False": lambda: module.loss_and_gradients(params, X, Y, check=False),
         "hoisted": lambda: hoisted(params, X, Y, workspace=workspace),
+        "check=False": lambda: module.loss_and_gradients(params, X, Y, check=False),
+        "floor": baselines.floor(cell, params, X),
     }
     check("generated", *module.loss_and_gradients(params, X, Y), reference, tol)
     check("generated, check=False", *numpy_steps["check=False"](), reference, tol)

@@ -598,6 +598,40 @@ def test_cross_entropy_targets_must_sum_to_one_over_the_units(
         mod.forward(params, X, h0)  # no targets, no check
 
 
+def test_the_one_product_of_the_targets_misses_no_bad_row() -> None:
+    # The usual case sums the targets with one matrix-vector product; a row off by more
+    # than the tolerance, a NaN or an infinity anywhere (here the last row, in a Y of
+    # many rows, and a non-contiguous view) still fails, and the message's sums are
+    # Y.sum(axis=-1)'s.
+    mod = module_for(XH)
+    p = random_problem(mod, rng=6)
+    params, X, _, h0 = p.args()
+    n_out = params["W_hy"].shape[0]
+    rng = np.random.default_rng(6)
+    for dtype, off in ((np.float64, 2e-6), (np.float32, 2e-3)):
+        params_d = {k: v.astype(dtype) for k, v in params.items()}
+        X_d, h0_d = X.astype(dtype), h0.astype(dtype)
+        wide = rng.random((X.shape[0], X.shape[1], 2 * n_out)).astype(dtype)
+        wide /= wide[..., ::2].sum(axis=-1, keepdims=True)
+        Y = wide[..., ::2]  # every other column: a view, not contiguous
+        assert not Y.flags.c_contiguous
+        mod.loss_and_gradients(params_d, X_d, Y, h0_d)
+        for bad in (1 + off, np.nan, np.inf, -np.inf):
+            Y_bad = Y.copy()
+            if bad == 1 + off:
+                Y_bad[-1, -1] *= bad
+            else:
+                Y_bad[-1, -1, -1] = bad
+            with pytest.raises(mod.ArgumentError) as info:
+                mod.loss_and_gradients(params_d, X_d, Y_bad, h0_d)
+            if bad == 1 + off:
+                sums = Y_bad.sum(axis=-1)
+                expected = f"got sums from {np.min(sums)} to {np.max(sums)}"
+                assert str(info.value).endswith(expected)
+            else:
+                assert str(info.value).startswith(f"Y: expected finite values, got {bad}")
+
+
 def test_losses_without_distribution_targets_accept_any_targets() -> None:
     spec = ModelSpec(steps=2, output="sigmoid", loss="squared_error")
     assert not functions.LOSSES[spec.loss].distribution

@@ -193,6 +193,40 @@ def test_helper_of_an_activation_is_printed_from_its_safe_form() -> None:
     assert "x.max(axis=axis, keepdims=True)" in helper_source("softmax")
 
 
+def test_softmax_and_logsumexp_helpers_equal_the_maximum_forms_bit_for_bit() -> None:
+    # One example a row, the helpers find the largest entry with argmax (NumPy's
+    # x.max(axis=1) is several times slower along short rows): the same values as the
+    # x.max forms, NaN and infinities included; other layouts take x.max itself.
+    space: dict[str, object] = {"np": np}
+    exec(helper_source("softmax") + helper_source("logsumexp"), space)
+    softmax, logsumexp = space["softmax"], space["logsumexp"]
+
+    def by_max(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        top = x.max(axis=axis, keepdims=True)
+        e = np.exp(x - top)
+        p = e / e.sum(axis=axis, keepdims=True)
+        given = top - np.log(p.max(axis=axis, keepdims=True))
+        return p, given, top + np.log(np.exp(x - top).sum(axis=axis, keepdims=True))
+
+    rng = np.random.default_rng(0)
+    for dtype in (np.float64, np.float32):
+        x = (rng.normal(size=(9, 5)) * 30).astype(dtype)
+        x[1] = x[1, 0]  # ties: every entry the largest
+        x[2, 3] = np.inf
+        x[3, 1] = -np.inf
+        x[4, 2] = np.nan
+        x[5] = -np.inf
+        for array, axis in ((x, 1), (x, -1), (x.T, 0), (x[None], 2)):
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+                expected = by_max(array, axis)
+                p = softmax(array, axis)
+                got = (p, logsumexp(array, axis, softmax=p), logsumexp(array, axis))
+                assert softmax(array, axis, out=np.empty_like(array)) is not None
+            for a, b in zip(got, expected, strict=True):
+                assert a.shape == b.shape and a.dtype == b.dtype
+                np.testing.assert_array_equal(a, b)
+
+
 def test_stable_losses_equal_their_definitions() -> None:
     o = sp.symbols("o0:3", real=True)
     t = sp.symbols("t0:3", positive=True)
