@@ -18,9 +18,11 @@ so this subclass changes what a write is, and nothing else:
   loops traced by ``jax.jit`` were straight-line code T steps long: compiled
   in 26 s for the LSTM at T = 50, and no faster to run.)
 
-The fused schedule (blocks of one wide product written through views) is
-NumPy's answer to per-call overhead; XLA fuses on its own, so JAX prints the
-plain schedule.
+JAX prints the plain schedule.  The fused one (blocks of one wide product
+written through views) is written in place, through aliasing views, which a
+functional printer cannot follow as it stands; XLA fuses the elementwise work
+but does not merge the gates' products (the LSTM's optimized HLO has four dots
+a step forward and four backward, and 23 in all where JAX autodiff's has 15).
 """
 
 from __future__ import annotations
