@@ -241,6 +241,28 @@ def test_bad_arguments_name_what_is_wrong() -> None:
         mod.init_params(3, 4, 3, dtype=jnp.int32)
 
 
+def test_shapes_are_checked_when_compiling_and_types_at_every_call() -> None:
+    """Shapes and dtypes are jax.jit's cache key: the compiled functions check them when
+    they trace (with check=False too); the types, which the key leaves out, are checked
+    at every call, also once compiled code exists for the same shapes."""
+    mod = symbptt.load_module(symbptt.emit(SPECS["elman"], backend="jax"))  # its own jit cache
+    params, X, Y, states = problem(mod)
+    h0 = states["h0"]
+    mod.loss_and_gradients(params, X, Y, h0)  # compiled for these shapes
+    numpy_params = {**params, "W_hh": np.asarray(params["W_hh"])}
+    with pytest.raises(mod.ArgumentError, match=r"^W_hh: expected a jax array, got numpy"):
+        mod.loss_and_gradients(numpy_params, X, Y, h0)
+    wrong = {**params, "W_hh": params["W_hh"][:, :3]}
+    for check in (True, False):
+        with pytest.raises(mod.ArgumentError, match=r"^W_hh: expected shape"):
+            mod.loss_and_gradients(wrong, X, Y, h0, check=check)
+    X32, Y32 = X.astype(jnp.float32), Y.astype(jnp.float32)
+    params32 = {k: v.astype(jnp.float32) for k, v in params.items()}
+    nan = X32.at[1, 0, 2].set(jnp.nan)  # float32: the finite check sums each argument
+    with pytest.raises(mod.ArgumentError, match=r"^X: expected finite values, got nan"):
+        mod.loss_and_gradients(params32, nan, Y32, h0.astype(jnp.float32))
+
+
 @pytest.mark.parametrize("concatenated", [0, 2**16])
 def test_the_finite_check_by_sums_and_by_concatenation(concatenated: int) -> None:
     """The compiled check concatenates the arguments up to ``_CONCATENATED`` entries, else

@@ -84,6 +84,13 @@ class JaxPrinter(SharedPrinter):
         """``array[index] = value`` as JAX spells it: a new array, in place under jit."""
         return f"{array} = {array}.at[{index}].set({value})"
 
+    def set_step(self, array: str, index: str, value: str) -> str:
+        """``array[index] = value`` for a loop's step ``index``, in bounds by construction:
+        ``jax.lax.dynamic_update_index_in_dim``, which XLA lowers to one in-place
+        dynamic-update-slice (``.at[t].set`` adds the bounds test of its drop-out-of-bounds
+        mode: a select and a reduction of the index at every step)."""
+        return f"{array} = jax.lax.dynamic_update_index_in_dim({array}, {value}, {index}, 0)"
+
     def add_item(self, array: str, index: str, value: str) -> str:
         """``array[index] += value`` as JAX spells it."""
         return f"{array} = {array}.at[{index}].add({value})"

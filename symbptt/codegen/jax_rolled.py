@@ -9,15 +9,20 @@ so this subclass changes what a write is, and nothing else:
 * the arrays of the workspace are only the stacked ones the steps are
   stored into (``q_seq = jnp.zeros(...)``); every other array is the value
   of its statement;
-* a loop is one ``jax.lax.scan`` over ``t`` whose carry is what the steps
-  write and read again: a step reads ``q_prev = q_seq[t]`` and stores what it
-  wrote with ``q_seq = q_seq.at[t + 1].set(q_t)``, which XLA performs in place
-  (Python loops traced by ``jax.jit`` were straight-line code T steps long:
-  compiled in 26 s for the LSTM at T = 50, and no faster to run).
+* a loop is one ``jax.lax.scan`` over ``t`` whose carry is the stacked
+  arrays the steps store into (``q_seq = jax.lax.dynamic_update_index_in_dim(
+  q_seq, q_t, t + 1, 0)``, in place under XLA) and the values one step passes
+  to the next (``h_prev`` forward, ``delta_next`` backward), carried as they
+  are rather than read back from the stacked array: a step that read and wrote
+  one stacked array made XLA copy the whole array at every step.  (Python
+  loops traced by ``jax.jit`` were straight-line code T steps long: compiled
+  in 26 s for the LSTM at T = 50, and no faster to run.)
 
-The fused schedule (blocks of one wide product written through views) is
-NumPy's answer to per-call overhead; XLA fuses on its own, so JAX prints the
-plain schedule.
+JAX prints the plain schedule.  The fused one (blocks of one wide product
+written through views) is written in place, through aliasing views, which a
+functional printer cannot follow as it stands; XLA fuses the elementwise work
+but does not merge the gates' products (the LSTM's optimized HLO has four dots
+a step forward and four backward, and 23 in all where JAX autodiff's has 15).
 """
 
 from __future__ import annotations
@@ -99,7 +104,7 @@ class JaxRolledModule(RolledModule):
                 continue
             seq = f"{base}_seq"
             index = self.seq_index[base](t, s.offset[symbol])
-            line = printer.set_item(seq, index, name)
+            line = printer.set_step(seq, index, name)
             if line not in out.lines(0):  # two symbols of one step value: one store
                 out.add(line, {seq, name, t}, seq)
         return out
@@ -121,32 +126,78 @@ class JaxRolledModule(RolledModule):
             read |= self.reads_after()
         return any(s.base[x] in read for x in aliases)
 
+    def recurrences(self, views: Code, body: Code, backward: bool) -> dict[str, str]:
+        """The step values a loop step reads from what the step before it wrote: read
+        name -> the name the step writes it as (``h_prev`` -> ``h_t`` forward,
+        ``delta_next`` -> ``delta_t`` backward).
+
+        A read of ``q_seq`` at step ``t`` is a recurrence when the neighbouring step
+        (``t - 1`` forward, ``t + 1`` backward) stores ``q_seq`` at that index.  The
+        scan carries such a value itself instead of reading it back from the stacked
+        array: a step that reads and writes one stacked array made XLA copy the whole
+        array at every step (the LSTM's ``h_seq``: one copy of (T + 1, m, n_hidden) a
+        step), while one that only writes it updates it in place.
+        """
+        s = self.s
+        written = set(body.defines) | (self.accumulated & body.uses)
+        stores: dict[tuple[str, str], str] = {}  # (base, index at step t) -> name stored
+        for symbol, name in self.names_step.items():
+            if name in written and symbol in s.base and s.base[symbol] in self.seq_index:
+                base = s.base[symbol]
+                stores[(base, self.seq_index[base]("t", s.offset[symbol]))] = name
+        step = -1 if backward else 1  # the next step's t is t + step
+        out: dict[str, str] = {}
+        read = set(views.defines)
+        for symbol, name in self.names_step.items():
+            if name not in read or symbol not in s.base or s.base[symbol] not in self.seq_index:
+                continue
+            base = s.base[symbol]
+            index = self.seq_index[base]("t", s.offset[symbol] + step)  # its next step's read
+            stored = stores.get((base, index))
+            if stored is not None and stored != name and self.read_again(stored):
+                out[name] = stored
+        return out
+
     def loop(self, c: Code, body: Code, backward: bool) -> None:
         """The steps as one ``jax.lax.scan`` over ``t`` (backward: ``T - 2, ..., 0``): a
         nested function whose carry is what the steps write and read again (the stacked
-        arrays they store into, the gradients they add to), the step's reads and stores
-        around ``body``.  XLA compiles one step, not T of them, and updates the carry in
-        place."""
+        arrays they store into, the gradients they add to) and the values a step passes
+        to the next (:meth:`recurrences`: read from the carry, not from the stacked
+        array), the step's reads and stores around ``body``.  XLA compiles one step, not
+        T of them, and updates the carry in place."""
+        views = self.views(body)
+        recurrent = self.recurrences(views, body, backward)
         inner = Code()
-        inner.extend(self.views(body))
+        inner.extend(Code([entry for entry in views.entries if entry[2] not in recurrent]))
         inner.extend(body)
         inner.extend(self.stored_back(body))
         before = set(c.defines)
         step_names = set(self.names_step.values())
         written = set(inner.defines) | (self.accumulated & body.uses)
-        carry = sorted(name for name in written & before if name not in step_names)
-        if not carry:  # pragma: no cover -- a loop that writes nothing is pruned away
+        stacked = sorted(name for name in written & before if name not in step_names)
+        if not stacked:  # pragma: no cover -- a loop that writes nothing is pruned away
             raise AssertionError("a loop whose steps carry nothing")
+        for symbol, name in sorted(self.names_step.items(), key=lambda kv: kv[1]):
+            if name in recurrent and symbol in self.s.base:  # the first step's, before the loop
+                base = self.s.base[symbol]
+                offset = self.s.offset[symbol]
+                # the first step: t = T - 2 backward (the index at T - 1, one less), 0 forward
+                first = ("T - 1", offset - 1) if backward else ("0", offset)
+                index = self.seq_index[base](*first)
+                c.add(f"{name} = {base}_seq[{index}]", {f"{base}_seq", "T"}, name)
+        carry = stacked + sorted(recurrent)
+        returned = stacked + [recurrent[name] for name in sorted(recurrent)]
         step = "backward_step" if backward else "forward_step"
         steps = f"{self.function('numpy.arange')}({'T - 1' if backward else 'T'})"
         reverse = ", reverse=True" if backward else ""
         reads = inner.uses - set(inner.defines) - {"t", *carry}
+        after = [name if name in stacked else "_" for name in carry]
         c.add("")
         if len(carry) == 1:
             (name,) = carry
             c.add(f"def {step}({name}, t):", set())
             c.extend(inner, indent=1)
-            c.add(f"    return {name}, None", set())
+            c.add(f"    return {returned[0]}, None", set())
             c.add("")
             scan = f"jax.lax.scan({step}, {name}, {steps}{reverse})"
             c.add(f"{name}, _ = {scan}", {name, "T", *reads})
@@ -154,13 +205,13 @@ class JaxRolledModule(RolledModule):
         function = Code()
         function.add(_tuple(carry, "", " = carry", 8), set())
         function.extend(inner)
-        function.add(_tuple(carry, "return ", ", None", 8), set())
+        function.add(_tuple(returned, "return ", ", None", 8), set())
         c.add(f"def {step}(carry, t):", set())
         c.extend(function, indent=1)
         c.add("")
         c.add(_tuple(carry, "carry = ", "", 4), set(carry))
         c.add(f"carry, _ = jax.lax.scan({step}, carry, {steps}{reverse})", {"T", *reads})
-        c.add(_tuple(carry, "", " = carry", 4), set())
+        c.add(_tuple(after, "", " = carry", 4), set())
 
 
 def _tuple(names: list[str], head: str, tail: str, indent: int) -> str:

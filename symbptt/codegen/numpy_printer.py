@@ -509,6 +509,11 @@ class NumPyPrinter(_SymPyNumPyPrinter):  # type: ignore[misc]
         """The statement writing ``value`` into the step ``index`` of ``array``."""
         return f"{array}[{index}] = {value}"
 
+    def set_step(self, array: str, index: str, value: str) -> str:
+        """The statement storing a loop step's ``value`` at ``index`` (in bounds by
+        construction): :meth:`set_item`'s, unless a backend has a cheaper one (JAX)."""
+        return self.set_item(array, index, value)
+
     def add_item(self, array: str, index: str, value: str) -> str:
         """The statement adding ``value`` to the step ``index`` of ``array``."""
         return f"{array}[{index}] += {value}"
