@@ -207,7 +207,9 @@ def test_a_call_s_scratch_tensors_serve_another_only_once_nothing_reads_them(key
 
     leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
     value = mod.loss(leaves, X, Y, **states)
+    first = value.item()
     other_calls()  # while value's node lives, its workspace is its own
+    assert value.item() == first
     value.backward(retain_graph=True)
     assert_gradients(leaves, expected)
     other_calls()
