@@ -9,7 +9,7 @@ import subprocess
 import sys
 from functools import cache
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import numpy as np
 import pytest
@@ -181,6 +181,54 @@ def test_bad_arguments_name_what_is_wrong() -> None:
         for call in (mod.loss, mod.loss_and_gradients):
             with pytest.raises(mod.ArgumentError, match=message):
                 call(args["params"], args["X"], args["Y"], args["h0"])
+
+
+def assert_gradients(leaves: dict, expected: dict) -> None:
+    for name, leaf in leaves.items():
+        torch.testing.assert_close(leaf.grad, expected[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("key", ["elman", "lstm"])
+def test_a_call_s_scratch_tensors_serve_another_only_once_nothing_reads_them(key: str) -> None:
+    mod = module_for(key)
+    mod.clear_workspace()
+    params, X, Y, states = problem(mod, seed=4)
+    expected = autograd_gradients(mod, params, X, Y, states)
+    other = problem(mod, seed=5)  # the same shapes, other values
+    other_expected = autograd_gradients(mod, *other)
+
+    def other_calls() -> None:
+        # one call through autograd, whose node is freed at once, and one without
+        leaves = {k: v.clone().requires_grad_(True) for k, v in other[0].items()}
+        mod.loss(leaves, *other[1:3], **other[3]).backward()
+        assert_gradients(leaves, other_expected)
+        _, gradients = mod.loss_and_gradients(*other[:3], **other[3])
+        assert_gradients({k: SimpleNamespace(grad=v) for k, v in gradients.items()}, other_expected)
+
+    leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    value = mod.loss(leaves, X, Y, **states)
+    first = value.item()
+    other_calls()  # while value's node lives, its workspace is its own
+    assert value.item() == first
+    value.backward(retain_graph=True)
+    assert_gradients(leaves, expected)
+    other_calls()
+    for leaf in leaves.values():
+        leaf.grad = None
+    value.backward()  # the node kept: its backward runs again on the same tensors
+    assert_gradients(leaves, expected)
+    (key_x,) = mod._SPARE  # the other calls' workspace, handed back
+    before = mod._SPARE[key_x]
+    del value  # freeing the node hands its workspace on, in place of theirs
+    spare = mod._SPARE[key_x]
+    assert spare is not before
+    other_calls()
+    assert mod._SPARE[key_x] is spare  # taken by the next call and handed back
+    for batch in range(3, 3 + mod._SPARE_SHAPES + 2):  # other shapes: a bounded number kept
+        mod.loss_and_gradients(*problem(mod, batch=batch)[:3], **problem(mod, batch=batch)[3])
+    assert len(mod._SPARE) == mod._SPARE_SHAPES
+    mod.clear_workspace()
+    assert not mod._SPARE
 
 
 @pytest.mark.parametrize("key", ["lstm", "gru", "gru_pytorch"])

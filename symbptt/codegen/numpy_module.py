@@ -510,8 +510,9 @@ def _context(
             "(input projections, output layer, loss gradient, weight gradients); the loops",
             *(
                 [
-                    "hold what the states carry from step to step.  Each call makes its own",
-                    "scratch tensors (autograd keeps them until its backward).",
+                    "hold what the states carry from step to step.  A call's scratch tensors",
+                    "serve the next call of the same shapes once nothing reads them (autograd",
+                    "keeps them until it frees the call's node); clear_workspace() frees them.",
                 ]
                 if torch
                 else [

@@ -505,6 +505,16 @@ class NumPyPrinter(_SymPyNumPyPrinter):  # type: ignore[misc]
         """``array[index]``: the step(s) ``index`` of a stacked array (its first axis)."""
         return f"{array}[{index}]"
 
+    def transposed_operand(self, name: str) -> str:
+        """``name.T`` as the loops' products read it: a C-ordered copy (OpenBLAS's ``h @ W``
+        beats ``h @ W.T`` of a view; benchmarks/runtime.py)."""
+        return self.copy_of(f"{name}.T")
+
+    def concatenate(self, parts: list[Any], axis: int) -> str:
+        """The parameters ``parts`` side by side along ``axis``, made once per call."""
+        function = self._module_format("numpy.concatenate")
+        return f"{function}([{', '.join(self._print(p) for p in parts)}], axis={axis})"
+
     def set_item(self, array: str, index: str, value: str) -> str:
         """The statement writing ``value`` into the step ``index`` of ``array``."""
         return f"{array}[{index}] = {value}"

@@ -425,7 +425,7 @@ class RolledModule:
         """``W.T`` copied once before a loop: a C-ordered operand (BLAS's faster ``h @ W``
         to ``h @ W.T`` of a view, at every size measured; benchmarks/runtime.py)."""
         for name in [*self.param_names.values(), *self.concat_names.values()]:
-            copy = self.new_printer({}).copy_of(f"{name}.T")
+            copy = self.new_printer({}).transposed_operand(name)
             before.add(f"{name}_T = {copy}", {name}, f"{name}_T", True)
 
     def reads_after(self) -> set[str]:
@@ -546,9 +546,8 @@ class RolledModule:
         printer = self.new_printer(self.names_all)
         for concat in s.concats:
             name = self.concat_names[concat.symbol]
-            parts = ", ".join(str(printer.doprint(p)) for p in concat.parts)
             c.add(
-                f"{name} = {self.function('numpy.concatenate')}([{parts}], axis={concat.axis})",
+                f"{name} = {printer.concatenate(list(concat.parts), concat.axis)}",
                 {self.param_names[x] for x in concat.symbol.free_symbols if x in self.param_names}
                 | {
                     self.s.params[p]

