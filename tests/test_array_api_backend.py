@@ -26,19 +26,8 @@ from symbptt import BackendError, ModelSpec
 from symbptt.codegen.array_api_printer import ARRAY_API_FUNCTIONS, ArrayApiPrinter
 from symbptt.codegen.numpy_module import emit_array_api
 
-#: Elman, LSTM, GRU and the example cells, in both layouts and modes.
-SPECS = {
-    "elman": ModelSpec(steps=3),
-    "elman_relu_bce": ModelSpec(
-        steps=2, notation="uvw", hidden="relu", output="sigmoid", loss="binary_cross_entropy"
-    ),
-    "lstm": ModelSpec(steps=3, cell="lstm"),
-    "gru": ModelSpec(steps=3, cell="gru", notation="layered", mode="many_to_one"),
-    "gru_pytorch": ModelSpec(steps=3, cell="examples/gru_pytorch.toml", time_reduction="mean"),
-    "lstm_peephole": ModelSpec(
-        steps=2, cell="examples/lstm_peephole.toml", output="identity", loss="squared_error"
-    ),
-}
+from .backend_specs import SPECS
+
 #: The cases of the fast suite; the others are marked slow (they still run in CI).
 FAST = {("elman", False), ("lstm", False), ("gru", True), ("lstm_peephole", False)}
 

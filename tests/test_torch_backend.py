@@ -18,23 +18,11 @@ import symbptt
 from symbptt import BackendError, ModelSpec
 from symbptt.codegen.torch_printer import TORCH_FUNCTIONS, TorchPrinter
 
+from .backend_specs import SPECS
+
 torch = pytest.importorskip("torch")
 
 ROOT = Path(__file__).resolve().parent.parent
-
-#: Elman, LSTM, GRU and the example cells, in both layouts and modes.
-SPECS = {
-    "elman": ModelSpec(steps=3),
-    "elman_relu_bce": ModelSpec(
-        steps=2, notation="uvw", hidden="relu", output="sigmoid", loss="binary_cross_entropy"
-    ),
-    "lstm": ModelSpec(steps=3, cell="lstm"),
-    "gru": ModelSpec(steps=3, cell="gru", notation="layered", mode="many_to_one"),
-    "gru_pytorch": ModelSpec(steps=3, cell="examples/gru_pytorch.toml", time_reduction="mean"),
-    "lstm_peephole": ModelSpec(
-        steps=2, cell="examples/lstm_peephole.toml", output="identity", loss="squared_error"
-    ),
-}
 
 
 @cache
