@@ -25,6 +25,7 @@ import symbptt
 from symbptt import BackendError, ModelSpec
 from symbptt.codegen.array_api_printer import ARRAY_API_FUNCTIONS, ArrayApiPrinter
 from symbptt.codegen.numpy_module import emit_array_api
+from symbptt.oracle.gradcheck import cupy_unavailable
 
 from .backend_specs import SPECS
 
@@ -195,20 +196,7 @@ def test_printer_spells_only_the_standard() -> None:
     assert not re.search(r"\bnp\.|out=|(?<!xp)\.(sum|reshape|copy|max)\(", kernels)
 
 
-def _gpu_reason() -> str | None:
-    """None where CuPy can run (cupy imports and sees a GPU), else why it cannot."""
-    try:
-        import cupy
-    except ImportError as exc:
-        return f"cupy is not installed (pip install 'symbptt[cupy]'): {exc}"
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # the CUDA runtime raises its own error without a driver
-        return f"cupy sees no GPU: {exc}"
-    return None if count > 0 else "cupy sees no GPU (getDeviceCount() is 0)"
-
-
-@pytest.mark.skipif(_gpu_reason() is not None, reason=str(_gpu_reason()))
+@pytest.mark.skipif(cupy_unavailable() is not None, reason=str(cupy_unavailable()))
 @pytest.mark.parametrize("key", ["elman", "lstm", "gru", "lstm_peephole"])
 def test_on_cupy_gradients_equal_numpy(key: str) -> None:
     import cupy
@@ -304,7 +292,9 @@ def test_a_missing_library_is_one_line_naming_the_extra(
         assert not out.exists()
 
 
-def test_derive_writes_the_array_api_module(tmp_path: object) -> None:
+def test_derive_writes_the_array_api_module_and_checks_it(
+    tmp_path: object, capsys: pytest.CaptureFixture[str]
+) -> None:
     from pathlib import Path
 
     from symbptt.cli import main
@@ -312,6 +302,10 @@ def test_derive_writes_the_array_api_module(tmp_path: object) -> None:
     out = Path(str(tmp_path))
     args = ["derive", "--steps", "2", "--backend", "array_api", "--unrolled", "--no-pdf"]
     assert main([*args, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for name in ("gradients_array_api.py", "gradients_array_api_unrolled.py"):
+        line = next(line for line in printed.splitlines() if line.strip().startswith(name + " "))
+        assert "max relative error" in line and " OK " in line, line
     spec = ModelSpec(steps=2)
     assert (out / "gradients_array_api.py").read_text() == symbptt.emit(spec, backend="array_api")
     unrolled = (out / "gradients_array_api_unrolled.py").read_text()
@@ -360,3 +354,20 @@ def test_float32_in_float32_out(key: str) -> None:
     for name, value in expected.items():
         assert grads[name].dtype == array_api_strict.float32
         np.testing.assert_allclose(np.asarray(grads[name]), value, rtol=1e-3, atol=1e-5)
+
+
+def test_a_cupy_modules_check_runs_on_cupy_or_says_why_not() -> None:
+    """``derive --backend cupy`` checks the module on CuPy where a GPU is; elsewhere its line
+    says that it did not run and why (never a traceback, never a pass it did not earn)."""
+    from symbptt.cli.commands import numerical_check
+
+    spec = SPECS["lstm"]
+    check = numerical_check(
+        "gradients_cupy.py", emit_array_api(spec, backend="cupy"), symbptt.emit_numpy(spec)
+    )
+    why = cupy_unavailable()
+    if why is None:
+        assert check.ok and not check.not_run and check.error < 1e-6
+    else:
+        assert check.not_run.startswith(why)
+        assert check.text.strip().startswith("gradients_cupy.py") and "not run: " in check.text

@@ -805,9 +805,12 @@ class NumericalCheck:
     error: float  # the largest relative error over every gradient
     worst: str  # the gradient it occurs in
     sizes: str
+    not_run: str = ""  # why the module could not run here (a CuPy module without a GPU)
 
     @property
     def text(self) -> str:
+        if self.not_run:
+            return f"  {self.name:<22} not run: {self.not_run}"
         verdict = "OK" if self.ok else f"FAILED (above {GRADCHECK_TOLERANCE:.0e})"
         return (
             f"  {self.name:<22} max relative error {self.error:.1e} (in d{self.worst})  "
@@ -836,17 +839,27 @@ def numerical_check(
 
     A rolled module is checked at ``min(T, GRADCHECK_MAX_STEPS)`` steps (its
     code does not depend on T; central differences of every entry of X cost
-    O(T²)); an unrolled one at its own T.  A torch or JAX module (``import torch``
-    or ``import jax.numpy as jnp`` in ``source``) is called through NumPy arrays;
+    O(T²)); an unrolled one at its own T.  A torch, JAX or array API module is
+    called through NumPy arrays (CuPy's for a CuPy module, not run without a GPU);
     its random problem is drawn by the NumPy module ``numpy_source`` of the same spec.
     """
     from ..codegen.emit import load_module
-    from ..oracle.gradcheck import finite_difference_errors, numpy_view, random_problem
+    from ..oracle.gradcheck import (
+        cupy_unavailable,
+        finite_difference_errors,
+        numpy_view,
+        random_problem,
+    )
 
     module = load_module(source)
     draws = module
+    if getattr(module, "NAMESPACE", None) == "cupy":
+        why = cupy_unavailable()
+        if why is not None:
+            twin = "its functions are the array_api module's: --backend array_api checks them"
+            return NumericalCheck(name, True, 0.0, "", "", not_run=f"{why} ({twin})")
     foreign = getattr(module, "torch", None) or getattr(module, "jnp", None)
-    if foreign is not None and numpy_source is not None:
+    if (foreign or hasattr(module, "NAMESPACE")) and numpy_source is not None:
         draws, module = load_module(numpy_source), numpy_view(module)
     steps = module.STEPS or min(int(module.SPEC["steps"]), GRADCHECK_MAX_STEPS)
     problem = random_problem(draws, steps=steps, rng=seed)
@@ -876,6 +889,10 @@ def _numerical_checks(artifacts: Artifacts, bar: Progress) -> list[NumericalChec
         "gradients_torch_unrolled.py",
         "gradients_jax.py",
         "gradients_jax_unrolled.py",
+        "gradients_array_api.py",
+        "gradients_array_api_unrolled.py",
+        "gradients_cupy.py",
+        "gradients_cupy_unrolled.py",
     ):
         if name in artifacts.files:
             bar.stage(f"checking {name} numerically")

@@ -33,6 +33,7 @@ __all__ = [
     "GradcheckResult",
     "Problem",
     "TaylorResult",
+    "cupy_unavailable",
     "finite_difference_errors",
     "gradcheck",
     "initial_arguments",
@@ -64,8 +65,23 @@ def _final_key(module: ModuleType, argument: str) -> str:
     return f"{argument[:-1]}_T"
 
 
+def cupy_unavailable() -> str | None:
+    """None where a CuPy module can run (cupy imports and sees a GPU), else why it cannot,
+    in one line."""
+    try:
+        import cupy
+    except ImportError as exc:
+        return f"cupy is not installed (pip install 'symbptt[cupy]'): {exc}"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # the CUDA runtime raises its own error without a driver
+        return f"cupy sees no GPU: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    return None if count > 0 else "cupy sees no GPU (getDeviceCount() is 0)"
+
+
 class _NumPyView:
-    """A generated torch or JAX module called with NumPy arrays and answering in NumPy arrays.
+    """A generated torch, JAX or array API module called with NumPy arrays and answering in
+    NumPy arrays.
 
     torch tensors share the arrays' memory (``torch.from_numpy``), so the
     entries :func:`finite_difference_errors` perturbs in place are the ones the
@@ -75,10 +91,18 @@ class _NumPyView:
 
     def __init__(self, module: ModuleType) -> None:
         self.module = module
+        self.back: Any = np.asarray  # an answer's array as a NumPy array
         if getattr(module, "jnp", None) is not None:
             config: Any = module.jax.config  # the module's own jax
             config.update("jax_enable_x64", True)
             self.array: Any = module.jnp.asarray
+        elif hasattr(module, "NAMESPACE"):  # an array API module: NumPy's arrays, or CuPy's
+            if module.NAMESPACE == "cupy":
+                import cupy
+
+                self.array, self.back = cupy.asarray, cupy.asnumpy
+            else:
+                self.array = np.asarray
         else:
             import torch
 
@@ -102,12 +126,12 @@ class _NumPyView:
     ) -> tuple[float, dict[str, Array], dict[str, Array]]:
         params_t, X_t, Y_t, states = self._tensors(params, X, Y, initial)
         value, gradients, state = self.module.loss_and_all_gradients(params_t, X_t, Y_t, **states)
-        as_numpy = {k: np.asarray(v) for k, v in gradients.items()}
-        return float(value), as_numpy, {k: np.asarray(v) for k, v in state.items()}
+        as_numpy = {k: self.back(v) for k, v in gradients.items()}
+        return float(value), as_numpy, {k: self.back(v) for k, v in state.items()}
 
 
 def numpy_view(module: ModuleType) -> Any:
-    """A generated torch or JAX module seen through NumPy arrays, for
+    """A generated torch, JAX or array API (CuPy) module seen through NumPy arrays, for
     :func:`finite_difference_errors` (its ``loss`` and ``loss_and_all_gradients``
     take and give arrays)."""
     return _NumPyView(module)
