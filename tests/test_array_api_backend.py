@@ -290,6 +290,15 @@ def test_a_missing_library_is_one_line_naming_the_extra(
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and needle in err, err
         assert not out.exists()
+    # CuPy installed without array-api-compat, which its module imports
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: object() if name == "cupy" else None if name in missing else real(name),
+    )
+    needle = "backend 'cupy' needs array_api_compat, which is not installed: "
+    with pytest.raises(BackendError, match=f"^{re.escape(needle)}"):
+        symbptt.emit(SPECS["elman"], backend="cupy")
 
 
 def test_derive_writes_the_array_api_module_and_checks_it(

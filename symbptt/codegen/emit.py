@@ -48,43 +48,39 @@ class BackendError(ValueError):
     """A backend symbptt does not print, or whose library is not installed."""
 
 
-#: backend -> (the module it needs, the extra that installs it, whether it is printed)
-BACKENDS: dict[str, tuple[str, str, bool]] = {
-    "numpy": ("numpy", "", True),
-    "torch": ("torch", "torch", True),
-    "jax": ("jax", "jax", True),
-    "cupy": ("cupy", "cupy", True),
-    "array_api": ("array_api_compat", "array-api", True),
+#: backend -> (the modules its code imports, the extra that installs them)
+BACKENDS: dict[str, tuple[tuple[str, ...], str]] = {
+    "numpy": (("numpy",), ""),
+    "torch": (("torch",), "torch"),
+    "jax": (("jax",), "jax"),
+    "cupy": (("cupy", "array_api_compat"), "cupy"),
+    "array_api": (("array_api_compat",), "array-api"),
 }
 
 
 def require_backend(backend: object) -> str:
-    """``backend`` when symbptt prints it and its library is installed, else BackendError."""
+    """``backend`` when symbptt prints it and its libraries are installed, else BackendError."""
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise BackendError(
             f"backend: got {backend!r}; expected one of {', '.join(map(repr, BACKENDS))}"
         )
-    module, extra, printed = BACKENDS[backend]
-    if not printed:
-        raise BackendError(
-            f"backend {backend!r} is not printed yet; symbptt prints "
-            + ", ".join(repr(name) for name, entry in BACKENDS.items() if entry[2])
-        )
-    if importlib.util.find_spec(module) is None:
-        raise BackendError(
-            f"backend {backend!r} needs {module}, which is not installed: "
-            f"pip install 'symbptt[{extra}]'"
-        )
+    modules, extra = BACKENDS[backend]
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            raise BackendError(
+                f"backend {backend!r} needs {module}, which is not installed: "
+                f"pip install 'symbptt[{extra}]'"
+            )
     return backend
 
 
 def emit(spec: ModelSpec | Derivation, backend: str = "numpy", unrolled: bool | None = None) -> str:
-    """The source of a gradient module of ``spec`` for ``backend`` (numpy, torch or jax).
+    """The source of a gradient module of ``spec`` for ``backend`` (numpy, torch, jax, cupy
+    or array_api).
 
     ``unrolled`` False (or None) gives the rolled module (any T), True
-    straight-line code for ``spec.steps`` steps.  An unknown backend, one not
-    printed yet (cupy) or one whose library is not installed raises
-    :class:`BackendError` in one line.
+    straight-line code for ``spec.steps`` steps.  An unknown backend, or one whose
+    library is not installed, raises :class:`BackendError` in one line.
     """
     require_backend(backend)
     if unrolled is not None and not isinstance(unrolled, bool):
