@@ -699,6 +699,40 @@ def test_a_parameter_named_like_a_value_of_another_function_is_printed_and_right
     assert max(errors.values()) < 1e-6
 
 
+#: A recurrent weight named like a Python builtin that the function reading it calls.
+BUILTIN_CLASHES = {
+    ("zip", "numpy"): "as a Python builtin in _forward(): `for h_prev, r_pre_t",
+    ("range", "array_api"): "as a Python builtin in _forward(): `for t in range(T):`",
+}
+
+
+@pytest.mark.parametrize(("name", "backend"), sorted(BUILTIN_CLASHES))
+def test_a_parameter_hiding_a_builtin_its_function_calls_is_refused(
+    tmp_path: Path, name: str, backend: str
+) -> None:
+    """``range = params["range"]`` in the function that loops ``for t in range(T)`` would
+    call the weight: the module would fail at its first call, far from the cause."""
+    path = tmp_path / f"gru_{name}.toml"
+    path.write_text((ROOT / "examples" / "gru_pytorch.toml").read_text().replace("W_hn", name))
+    with pytest.raises(symbptt.SpecError) as info:
+        symbptt.emit(ModelSpec(steps=3, cell=str(path)), backend=backend)
+    message = str(info.value)
+    assert message.startswith(f"parameter {name!r}: the generated {backend} module already uses")
+    assert BUILTIN_CLASHES[name, backend] in message, message
+    assert "\n" not in message
+
+
+def test_a_parameter_named_like_a_builtin_its_functions_do_not_call_is_printed_and_right(
+    tmp_path: Path,
+) -> None:
+    """``float`` is called by ``loss()``, which reads no parameter: the weight hides nothing."""
+    spec = ModelSpec(steps=3, cell=str(_renamed_gru(tmp_path, "float")))
+    mod = symbptt.load_module(symbptt.emit_numpy(spec))
+    assert "float" in mod.PARAMETERS
+    errors = finite_difference_errors(mod, random_problem(mod, rng=4))
+    assert max(errors.values()) < 1e-6
+
+
 def test_derive_refuses_a_clashing_parameter_with_exit_2_and_writes_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
