@@ -649,7 +649,7 @@ CLASHES = {
     "m": "in _forward(): `T, m, n_in = X.shape`",
     "X": "as an argument of _forward()",
     "params": "as an argument of _forward()",
-    "h0": "as an argument of forward()",
+    "h0": "as an argument of _forward()",
     "gradients": "in _backward(): `gradients = {",
     "h_seq": 'in _forward(): `h_seq = _buffer(ws, "h_seq"',
     "np": "at its top level: `import numpy as np`",
@@ -697,6 +697,23 @@ def test_a_parameter_named_like_a_value_of_another_function_is_printed_and_right
     assert "carry" in mod.PARAMETERS
     errors = finite_difference_errors(mod, random_problem(mod, rng=4))
     assert max(errors.values()) < 1e-6
+
+
+@pytest.mark.parametrize("name", ["scale", "message"])
+def test_a_parameter_named_like_a_local_of_a_function_that_reads_no_parameter_is_kept(
+    tmp_path: Path, name: str
+) -> None:
+    """init_params's ``scale`` and a check's ``message`` are locals of functions that read
+    no parameter: every backend prints the module, and NumPy's gradients pass central
+    differences."""
+    spec = ModelSpec(steps=3, cell=str(_renamed_gru(tmp_path, name)))
+    mod = symbptt.load_module(symbptt.emit_numpy(spec))
+    assert name in mod.PARAMETERS
+    errors = finite_difference_errors(mod, random_problem(mod, rng=4))
+    assert max(errors.values()) < 1e-6
+    for backend, library in (("torch", "torch"), ("jax", "jax"), ("array_api", "array_api_compat")):
+        pytest.importorskip(library)
+        assert name in symbptt.load_module(symbptt.emit(spec, backend=backend)).PARAMETERS
 
 
 #: A recurrent weight named like a Python builtin that the function reading it calls.

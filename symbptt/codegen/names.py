@@ -1,21 +1,23 @@
 """The names a generated module gives a cell's parameters, checked against its own names.
 
 A generated module reads each parameter into a local of the parameter's own
-name (``W_hh = params["W_hh"]``, or an argument ``W_hh`` of a compiled core),
-so that its lines read like the derivation.  The module also has names of its
-own: the arguments ``params``, ``X``, ``Y``, ``h0``, the batch size ``m``, the
-arrays of the schedule (``h_seq``, ``z_all``, ``tmp1``), its helpers and
-imports (``np``, ``logsumexp``).  A cell whose parameter is called ``m`` would
-have the batch size overwrite the weight (or the weight the batch size), and
-the module would fail far from the cause, or compute something else.
+name (``W_hh = params["W_hh"]``, in every backend's forward and backward
+functions), so that its lines read like the derivation.  The module also has
+names of its own: the arguments ``params``, ``X``, ``Y``, ``h0``, the batch size
+``m``, the arrays of the schedule (``h_seq``, ``z_all``, ``tmp1``), its helpers
+and imports (``np``, ``logsumexp``).  A cell whose parameter is called ``m``
+would have the batch size overwrite the weight (or the weight the batch size),
+and the module would fail far from the cause, or compute something else.
 
 :func:`require_distinct_names` reads the printed source and refuses it, in one
-line naming the parameter and the module's line that takes its name, when a
-parameter's local is bound twice in one function (arguments included), is
-bound again in a function nested in it, shadows a module-level name, or shadows
-a Python builtin that the function calls (``for t in range(T)`` beside a
-parameter ``range``; a parameter is an array, never called).  It
-reads the source, so it holds for every backend's printer and template alike.
+line naming the parameter and the module's line that takes its name, when in a
+function that reads a parameter into its local the name is bound again
+(arguments included), is bound again in a function nested in it, is a
+module-level name, or is a Python builtin that the function calls (``for t in
+range(T)`` beside a parameter ``range``; a parameter is an array, never called).
+A function that reads no parameter (``init_params``'s ``scale``, a check's
+``message``) keeps its own names.  It reads the source, so it holds for every
+backend's printer and template alike.
 """
 
 from __future__ import annotations
@@ -147,6 +149,8 @@ def require_distinct_names(source: str, backend: str) -> str:
         mine = [name for name, _ in bound if name in parameters]
         for name in dict.fromkeys(mine):
             others = [node for n, node in bound if n == name]
+            if not any(_reads_parameter(node, name) for node in others):
+                continue  # a function that does not read the parameter keeps its own names
             inner = [
                 node
                 for sub in ast.walk(function)
