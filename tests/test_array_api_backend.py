@@ -262,6 +262,33 @@ def test_composed_gradients_equal_numpy(fields: dict, unrolled: bool) -> None:
             np.testing.assert_allclose(np.asarray(state[name]), value, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [bool, np.int64, np.float32])
+def test_a_mask_of_any_real_dtype_is_taken_as_numpy_s_module_takes_it(dtype: type) -> None:
+    """A bool mask too: the standard compares no bool array with 0 or 1, so the checks
+    read it as numbers (with class labels and with distributions, both masked)."""
+    spec = ModelSpec(steps=3, masked=True)
+    reference = symbptt.load_module(symbptt.emit_numpy(spec))
+    mod = symbptt.load_module(emit_array_api(spec))
+    params, X, Y, _ = problem(mod, seed=2, batch=3)
+    mask = np.array([[1, 1, 1], [1, 0, 1], [0, 0, 1]], dtype=dtype)
+    for targets in (Y, np.argmax(Y, axis=-1)):
+        expected = reference.loss_and_gradients(params, X, targets, mask=mask)
+        loss, grads = mod.loss_and_gradients(
+            strict(params),
+            array_api_strict.asarray(X),
+            array_api_strict.asarray(targets),
+            mask=array_api_strict.asarray(mask),
+        )
+        assert loss == pytest.approx(expected[0], rel=1e-12)
+        for name, value in expected[1].items():
+            np.testing.assert_allclose(np.asarray(grads[name]), value, rtol=1e-10, atol=1e-12)
+    late = array_api_strict.asarray(np.array([[1, 1, 1], [0, 1, 1], [1, 0, 1]], dtype=dtype))
+    with pytest.raises(mod.ArgumentError, match=r"^mask: example 0 has a real step 2 after"):
+        mod.loss(
+            strict(params), array_api_strict.asarray(X), array_api_strict.asarray(Y), mask=late
+        )
+
+
 def test_a_missing_library_is_one_line_naming_the_extra(
     monkeypatch: pytest.MonkeyPatch, tmp_path: object, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -649,7 +649,7 @@ CLASHES = {
     "m": "in _forward(): `T, m, n_in = X.shape`",
     "X": "as an argument of _forward()",
     "params": "as an argument of _forward()",
-    "h0": "as an argument of forward()",
+    "h0": "as an argument of _forward()",
     "gradients": "in _backward(): `gradients = {",
     "h_seq": 'in _forward(): `h_seq = _buffer(ws, "h_seq"',
     "np": "at its top level: `import numpy as np`",
@@ -695,6 +695,57 @@ def test_a_parameter_named_like_a_value_of_another_function_is_printed_and_right
     spec = ModelSpec(steps=3, cell=str(_renamed_gru(tmp_path, "carry")))
     mod = symbptt.load_module(symbptt.emit_numpy(spec))
     assert "carry" in mod.PARAMETERS
+    errors = finite_difference_errors(mod, random_problem(mod, rng=4))
+    assert max(errors.values()) < 1e-6
+
+
+@pytest.mark.parametrize("name", ["scale", "message"])
+def test_a_parameter_named_like_a_local_of_a_function_that_reads_no_parameter_is_kept(
+    tmp_path: Path, name: str
+) -> None:
+    """init_params's ``scale`` and a check's ``message`` are locals of functions that read
+    no parameter: every backend prints the module, and NumPy's gradients pass central
+    differences."""
+    spec = ModelSpec(steps=3, cell=str(_renamed_gru(tmp_path, name)))
+    mod = symbptt.load_module(symbptt.emit_numpy(spec))
+    assert name in mod.PARAMETERS
+    errors = finite_difference_errors(mod, random_problem(mod, rng=4))
+    assert max(errors.values()) < 1e-6
+    for backend, library in (("torch", "torch"), ("jax", "jax"), ("array_api", "array_api_compat")):
+        pytest.importorskip(library)
+        assert name in symbptt.load_module(symbptt.emit(spec, backend=backend)).PARAMETERS
+
+
+#: A recurrent weight named like a Python builtin that the function reading it calls.
+BUILTIN_CLASHES = {
+    ("zip", "numpy"): "as a Python builtin in _forward(): `for h_prev, r_pre_t",
+    ("range", "array_api"): "as a Python builtin in _forward(): `for t in range(T):`",
+}
+
+
+@pytest.mark.parametrize(("name", "backend"), sorted(BUILTIN_CLASHES))
+def test_a_parameter_hiding_a_builtin_its_function_calls_is_refused(
+    tmp_path: Path, name: str, backend: str
+) -> None:
+    """``range = params["range"]`` in the function that loops ``for t in range(T)`` would
+    call the weight: the module would fail at its first call, far from the cause."""
+    path = tmp_path / f"gru_{name}.toml"
+    path.write_text((ROOT / "examples" / "gru_pytorch.toml").read_text().replace("W_hn", name))
+    with pytest.raises(symbptt.SpecError) as info:
+        symbptt.emit(ModelSpec(steps=3, cell=str(path)), backend=backend)
+    message = str(info.value)
+    assert message.startswith(f"parameter {name!r}: the generated {backend} module already uses")
+    assert BUILTIN_CLASHES[name, backend] in message, message
+    assert "\n" not in message
+
+
+def test_a_parameter_named_like_a_builtin_its_functions_do_not_call_is_printed_and_right(
+    tmp_path: Path,
+) -> None:
+    """``float`` is called by ``loss()``, which reads no parameter: the weight hides nothing."""
+    spec = ModelSpec(steps=3, cell=str(_renamed_gru(tmp_path, "float")))
+    mod = symbptt.load_module(symbptt.emit_numpy(spec))
+    assert "float" in mod.PARAMETERS
     errors = finite_difference_errors(mod, random_problem(mod, rng=4))
     assert max(errors.values()) < 1e-6
 

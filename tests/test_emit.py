@@ -640,3 +640,25 @@ def test_losses_without_distribution_targets_accept_any_targets() -> None:
     mod = module_for(spec)
     p = random_problem(mod)
     mod.loss_and_gradients(p.params, p.X, p.Y * 5, p.h0)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch", "jax", "array_api"])
+def test_every_module_level_name_of_a_printed_module_is_bound_once(backend: str) -> None:
+    """The shared templates (_module_constants, _kernels) and each backend's own lay out
+    disjoint parts: no constant or function of a module is defined twice."""
+    import ast
+
+    pytest.importorskip({"array_api": "array_api_compat"}.get(backend, backend))
+    spec = ModelSpec(steps=3, cell="lstm")
+    for unrolled in (False, True):
+        tree = ast.parse(symbptt.emit(spec, backend=backend, unrolled=unrolled))
+        names = []
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                names.append(node.name)
+            elif isinstance(node, ast.Assign):
+                names += [
+                    n.id for t in node.targets for n in ast.walk(t) if isinstance(n, ast.Name)
+                ]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        assert not twice, (backend, unrolled, twice)

@@ -219,6 +219,26 @@ def test_a_call_s_scratch_tensors_serve_another_only_once_nothing_reads_them(key
     assert not mod._SPARE
 
 
+@pytest.mark.parametrize("key", ["elman", "lstm"])
+def test_a_call_in_inference_mode_leaves_no_workspace_to_a_call_outside_it(key: str) -> None:
+    """Tensors made under torch.inference_mode() are inference tensors, which no code
+    outside it may write: such a call's workspace serves only calls in that mode."""
+    mod = module_for(key)
+    mod.clear_workspace()
+    params, X, Y, states = problem(mod, seed=6)
+    expected = autograd_gradients(mod, params, X, Y, states)
+    for _ in range(2):
+        with torch.inference_mode():
+            value, gradients = mod.loss_and_gradients(params, X, Y, **states)
+            mod.loss(params, X, Y, **states)
+        assert_gradients({k: SimpleNamespace(grad=v) for k, v in gradients.items()}, expected)
+        assert mod.loss_and_gradients(params, X, Y, **states)[0] == value
+        leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+        mod.loss(leaves, X, Y, **states).backward()
+        assert_gradients(leaves, expected)
+    mod.clear_workspace()
+
+
 @pytest.mark.parametrize("key", ["lstm", "gru", "gru_pytorch"])
 def test_both_schedules_of_a_gated_cell_equal_autograd(key: str) -> None:
     mod = module_for(key)

@@ -1,24 +1,29 @@
 """The names a generated module gives a cell's parameters, checked against its own names.
 
 A generated module reads each parameter into a local of the parameter's own
-name (``W_hh = params["W_hh"]``, or an argument ``W_hh`` of a compiled core),
-so that its lines read like the derivation.  The module also has names of its
-own: the arguments ``params``, ``X``, ``Y``, ``h0``, the batch size ``m``, the
-arrays of the schedule (``h_seq``, ``z_all``, ``tmp1``), its helpers and
-imports (``np``, ``logsumexp``).  A cell whose parameter is called ``m`` would
-have the batch size overwrite the weight (or the weight the batch size), and
-the module would fail far from the cause, or compute something else.
+name (``W_hh = params["W_hh"]``, in every backend's forward and backward
+functions), so that its lines read like the derivation.  The module also has
+names of its own: the arguments ``params``, ``X``, ``Y``, ``h0``, the batch size
+``m``, the arrays of the schedule (``h_seq``, ``z_all``, ``tmp1``), its helpers
+and imports (``np``, ``logsumexp``).  A cell whose parameter is called ``m``
+would have the batch size overwrite the weight (or the weight the batch size),
+and the module would fail far from the cause, or compute something else.
 
 :func:`require_distinct_names` reads the printed source and refuses it, in one
-line naming the parameter and the module's line that takes its name, when a
-parameter's local is bound twice in one function (arguments included), is
-bound again in a function nested in it, or shadows a module-level name.  It
-reads the source, so it holds for every backend's printer and template alike.
+line naming the parameter and the module's line that takes its name, when in a
+function that reads a parameter into its local the name is bound again
+(arguments included), is bound again in a function nested in it, is a
+module-level name, or is a Python builtin that the function calls (``for t in
+range(T)`` beside a parameter ``range``; a parameter is an array, never called).
+A function that reads no parameter (``init_params``'s ``scale``, a check's
+``message``) keeps its own names.  It reads the source, so it holds for every
+backend's printer and template alike.
 """
 
 from __future__ import annotations
 
 import ast
+import builtins
 from collections.abc import Iterator
 
 from ..model.spec import SpecError
@@ -73,6 +78,29 @@ def _module_names(tree: ast.Module) -> dict[str, ast.AST]:
     return names
 
 
+#: Python's builtins: a parameter's local of one of these names hides it from its function.
+_BUILTINS = frozenset(dir(builtins))
+
+
+def _call_of(function: _Scope, name: str) -> ast.stmt | None:
+    """The innermost statement of ``function`` (nested functions included) that calls
+    ``name``, or None."""
+
+    def visit(node: ast.AST, statement: ast.stmt | None) -> ast.stmt | None:
+        if isinstance(node, ast.stmt):
+            statement = node
+        called = node.func if isinstance(node, ast.Call) else None
+        if isinstance(called, ast.Name) and called.id == name:
+            return statement
+        for child in ast.iter_child_nodes(node):
+            found = visit(child, statement)
+            if found is not None:
+                return found
+        return None
+
+    return visit(function, None)
+
+
 def _parameters(tree: ast.Module) -> tuple[str, ...]:
     """The module's ``PARAMETERS``: the parameters' names, as its callers key them."""
     for node in tree.body:
@@ -92,7 +120,10 @@ def _uses(source: str, node: ast.AST, function: _Scope | None) -> str:
     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
         text = f"def {node.name}(...)"
     else:
-        text = " ".join((ast.get_source_segment(source, node) or "").split())
+        segment = ast.get_source_segment(source, node) or ""
+        if isinstance(node, (ast.For, ast.While, ast.If, ast.With)):  # its first line
+            segment = segment.splitlines()[0]
+        text = " ".join(segment.split())
         text = text if len(text) <= 60 else text[:57] + "..."
     where = "at its top level" if function is None else f"in {function.name}()"
     return f"{where}: `{text}`"
@@ -118,6 +149,8 @@ def require_distinct_names(source: str, backend: str) -> str:
         mine = [name for name, _ in bound if name in parameters]
         for name in dict.fromkeys(mine):
             others = [node for n, node in bound if n == name]
+            if not any(_reads_parameter(node, name) for node in others):
+                continue  # a function that does not read the parameter keeps its own names
             inner = [
                 node
                 for sub in ast.walk(function)
@@ -134,6 +167,8 @@ def require_distinct_names(source: str, backend: str) -> str:
                 where = _uses(source, inner[0], function)
             elif name in module_level:
                 where = _uses(source, module_level[name], None)
+            elif name in _BUILTINS and (call := _call_of(function, name)) is not None:
+                where = "as a Python builtin " + _uses(source, call, function)
             else:
                 continue
             raise SpecError(
