@@ -36,7 +36,13 @@ import sympy as sp
 
 from .jax_rolled import JaxRolledModule
 from .lines import Code, SharedPrinter
-from .numpy_printer import _single_call, activation_helper, activation_source, safe_form
+from .numpy_printer import (
+    NUMPY_CALLS,
+    _single_call,
+    activation_helper,
+    activation_source,
+    safe_form,
+)
 from .numpy_rolled import RolledModule
 
 __all__ = [
@@ -46,41 +52,23 @@ __all__ = [
     "array_api_helper_source",
 ]
 
+#: The standard's names where NumPy's differ; it has no heaviside (printed as a comparison,
+#: :meth:`ArrayApiPrinter._print_Heaviside`).
+_STANDARD_NAMES = {
+    "arccos": "acos",
+    "arccosh": "acosh",
+    "arcsin": "asin",
+    "arcsinh": "asinh",
+    "arctan": "atan",
+    "arctanh": "atanh",
+    "concatenate": "concat",
+}
+
 #: NumPy function -> its spelling in the array API standard (2023.12), in the namespace xp.
 ARRAY_API_FUNCTIONS: dict[str, str] = {
-    **{
-        f"numpy.{name}": f"xp.{name}"
-        for name in (
-            "abs",
-            "arange",
-            "cos",
-            "cosh",
-            "exp",
-            "expm1",
-            "log",
-            "log1p",
-            "logaddexp",
-            "maximum",
-            "minimum",
-            "sign",
-            "sin",
-            "sinh",
-            "sqrt",
-            "stack",
-            "tan",
-            "tanh",
-            "tile",
-            "zeros",
-            "zeros_like",
-        )
-    },
-    "numpy.arccos": "xp.acos",
-    "numpy.arccosh": "xp.acosh",
-    "numpy.arcsin": "xp.asin",
-    "numpy.arcsinh": "xp.asinh",
-    "numpy.arctan": "xp.atan",
-    "numpy.arctanh": "xp.atanh",
-    "numpy.concatenate": "xp.concat",
+    f"numpy.{name}": f"xp.{_STANDARD_NAMES.get(name, name)}"
+    for name in NUMPY_CALLS
+    if name != "heaviside"
 }
 
 

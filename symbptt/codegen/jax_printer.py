@@ -17,45 +17,12 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from .lines import SharedPrinter
-from .numpy_printer import activation_source
+from .numpy_printer import NUMPY_CALLS, activation_source
 
 __all__ = ["JAX_FUNCTIONS", "JaxPrinter", "jax_helper_source"]
 
 #: NumPy function -> its jax.numpy spelling (the same mathematics, elementwise).
-JAX_FUNCTIONS: dict[str, str] = {
-    f"numpy.{name}": f"jnp.{name}"
-    for name in (
-        "abs",
-        "arange",
-        "arccos",
-        "arccosh",
-        "arcsin",
-        "arcsinh",
-        "arctan",
-        "arctanh",
-        "concatenate",
-        "cos",
-        "cosh",
-        "exp",
-        "expm1",
-        "heaviside",
-        "log",
-        "log1p",
-        "logaddexp",
-        "maximum",
-        "minimum",
-        "sign",
-        "sin",
-        "sinh",
-        "sqrt",
-        "stack",
-        "tan",
-        "tanh",
-        "tile",
-        "zeros",
-        "zeros_like",
-    )
-}
+JAX_FUNCTIONS: dict[str, str] = {f"numpy.{name}": f"jnp.{name}" for name in NUMPY_CALLS}
 
 
 class JaxPrinter(SharedPrinter):

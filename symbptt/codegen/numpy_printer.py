@@ -258,6 +258,41 @@ def activation_helper(function: sp.Lambda) -> functions.Activation | None:
     return registered
 
 
+#: The NumPy functions the printers call by name (elementwise, and the arrays' own makers):
+#: each backend that is not NumPy spells every one of them, in a table of its own.
+NUMPY_CALLS: tuple[str, ...] = (
+    "abs",
+    "arange",
+    "arccos",
+    "arccosh",
+    "arcsin",
+    "arcsinh",
+    "arctan",
+    "arctanh",
+    "concatenate",
+    "cos",
+    "cosh",
+    "exp",
+    "expm1",
+    "heaviside",
+    "log",
+    "log1p",
+    "logaddexp",
+    "maximum",
+    "minimum",
+    "sign",
+    "sin",
+    "sinh",
+    "sqrt",
+    "stack",
+    "tan",
+    "tanh",
+    "tile",
+    "zeros",
+    "zeros_like",
+)
+
+
 def helper_form(function: sp.Lambda, shape: tuple[Any, Any]) -> tuple[Any, Any] | None:
     """``(placeholder, matrix expression)``: a helper activation's safe form, lifted.
 
