@@ -602,3 +602,46 @@ def test_a_cell_file_pinning_a_state_at_zero_composes_on_every_backend() -> None
     assert np.isclose(float(jloss), loss)
     for name in grads:
         np.testing.assert_allclose(np.asarray(jgrads[name]), grads[name], rtol=1e-10, atol=1e-12)
+
+
+# -- every backend ----------------------------------------------------------------------------
+def _asarray(backend: str) -> Any:
+    """A function making the backend's arrays from NumPy's (the test skips without the library)."""
+    if backend == "torch":
+        return _torch().as_tensor
+    if backend == "jax":
+        return _jax().numpy.asarray
+    if backend == "array_api":
+        return pytest.importorskip("array_api_strict").asarray
+    return np.asarray
+
+
+INTEGERS = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "array_api", "torch", "jax"])
+def test_class_labels_of_every_integer_dtype_count_as_int64_labels(backend: str) -> None:
+    """Class labels of any integer dtype give the loss and gradients of the same labels as
+    int64 (torch compares no uint16/32/64 tensors and the array API standard promotes no
+    uint64 with int64: both refused such labels with their library's error); a uint64 label
+    past 2**63 is refused by name and value."""
+    asarray = _asarray(backend)
+    mod = _module(backend, False, **ALL_THREE)
+    problem = _problem(ALL_THREE, rng=3)
+    params = {k: asarray(v) for k, v in problem.params.items()}
+    keywords = {k: asarray(v) for k, v in {**problem.keywords(), **problem.initial}.items()}
+    X = asarray(problem.X)
+    raw = np.random.default_rng(3).integers(0, 3, size=problem.X.shape[:2])
+    expected = mod.loss_and_gradients(params, X, asarray(raw), **keywords)
+    for name in INTEGERS:
+        loss, grads = mod.loss_and_gradients(params, X, asarray(raw.astype(name)), **keywords)
+        assert float(loss) == float(expected[0]), name
+        for parameter in mod.PARAMETERS:
+            np.testing.assert_array_equal(
+                np.asarray(grads[parameter]), np.asarray(expected[1][parameter]), err_msg=name
+            )
+    huge = raw.astype(np.uint64)
+    huge[0, 1] = 2**63 + 5  # step 0 is real in every example
+    message = r"^Y: expected class labels from 0 to 2 \(n_out = 3\), got 9223372036854775813 at"
+    with pytest.raises(mod.ArgumentError, match=message):
+        mod.loss_and_gradients(params, X, asarray(huge), **keywords)
