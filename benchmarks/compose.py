@@ -20,8 +20,9 @@ It is checked first against the generated modules' loss and gradients (to
 1e-10) at a small size and at the size timed.
 
 One process, one BLAS thread (threadpoolctl, else the thread variables set
-before NumPy is imported), float64, the two called alternately on the same
-data, the median of many calls each; a ratio is generated / hand-written
+before NumPy is imported), float64, the two taking turns on the same data in
+blocks of calls (``benchmarks/timing.py``), the median of many calls each; a
+ratio is generated / hand-written
 (lower is better), both computing the loss and every parameter gradient.
 OpenBLAS settings that slow current NumPy here are removed from this
 process's environment before NumPy is imported (../shared/FACTS.md).
@@ -41,13 +42,12 @@ if not THREADPOOLCTL:
         os.environ[_variable] = "1"
 
 import argparse  # noqa: E402 - after the environment settings
-import statistics  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 from numpy.typing import NDArray  # noqa: E402
+from timing import median_times  # noqa: E402 - benchmarks/timing.py: run as a script
 
 import symbptt  # noqa: E402
 
@@ -261,16 +261,6 @@ def check(module: Any, sizes: tuple[int, ...], rng: np.random.Generator) -> floa
     if worst > 1e-10:
         raise SystemExit(f"the baseline differs from the generated module: {worst:.1e}")
     return worst
-
-
-def median_times(functions: list[Callable[[], Any]], repeats: int) -> list[float]:
-    samples: list[list[float]] = [[] for _ in functions]
-    for _ in range(repeats):
-        for k, function in enumerate(functions):
-            start = time.perf_counter()
-            function()
-            samples[k].append(time.perf_counter() - start)
-    return [statistics.median(s) for s in samples]
 
 
 def main() -> None:

@@ -25,8 +25,9 @@ cross-entropy summed over time and averaged over the batch) computed by:
 Before any timing, at every size and dtype, every implementation's loss and
 gradients are compared with one reference (the hand-written hoisted NumPy,
 itself proven by finite differences in ``tests/test_baselines.py``); a
-mismatch stops the run.  Times are medians of interleaved calls in one
-process with one thread (BLAS and torch); each row prints every time and
+mismatch stops the run.  Times are medians in one process with one thread (BLAS
+and torch), the implementations taking turns in blocks of calls of about a
+millisecond (``benchmarks/timing.py`` says why blocks); each row prints every time and
 generated / best peer: against the best NumPy peer (target <= 0.9), the
 torch module against torch autograd (target <= 1.0) and the JAX module against
 JAX autodiff (target <= 1.0).  XLA runs on one thread too (``XLA_FLAGS``).
@@ -54,13 +55,12 @@ for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 import argparse  # noqa: E402 - after the environment settings
-import statistics  # noqa: E402
-import time  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
 from typing import Any  # noqa: E402
 
 import baselines  # noqa: E402 - benchmarks/baselines.py: run as a script, benchmarks/ is on sys.path
 import numpy as np  # noqa: E402
+import timing  # noqa: E402 - benchmarks/timing.py
 
 import symbptt  # noqa: E402
 
@@ -93,25 +93,6 @@ def spec_for(cell: str, steps: int) -> symbptt.ModelSpec:
         time_reduction="sum",
         batch_reduction="mean",
     )
-
-
-def median_times(functions: Sequence[Callable[[], Any]], repeats: int) -> list[float]:
-    """Median wall time of each function, calling them in turn (interleaved)."""
-    times: list[list[float]] = [[] for _ in functions]
-    for function in functions:  # warm up: caches, workspaces
-        function()
-    for _ in range(repeats):
-        for i, function in enumerate(functions):
-            start = time.perf_counter()
-            function()
-            times[i].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
-
-
-def repeats_for(sizes: Sizes, base: int, gates: int) -> int:
-    T, m, n_in, n_hidden, n_out = sizes
-    work = T * m * n_hidden * (gates * (n_in + n_hidden) + n_out)
-    return max(7, min(base, int(base * 2e5 / max(work, 1))))
 
 
 def check(name: str, loss: float, grads: dict[str, Any], reference: tuple[float, Any], tol: float):
@@ -377,13 +358,13 @@ def _time_one(
         check("generated JAX module", *gradients(), reference, tol)
         jax_steps["jax"], gradients = jax_peer(cell, params, X, Y)
         check("JAX autodiff", *gradients(), reference, tol)
-    repeats = repeats_for(sizes, base, gates)
+    repeats = timing.repeats_for(sizes, base, gates)
     medians = {}
     if not use_numpy:
         numpy_steps = {}
     for steps in (numpy_steps, torch_steps, jax_steps):
         if steps:
-            times = median_times(list(steps.values()), repeats)
+            times = timing.median_times(list(steps.values()), repeats)
             medians.update(zip(steps, times, strict=True))
     return medians
 

@@ -50,13 +50,13 @@ if not THREADPOOLCTL:
         os.environ[_variable] = "1"
 
 import argparse  # noqa: E402 - after the environment settings
-import statistics  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
 from typing import Any  # noqa: E402
 
 import baselines  # noqa: E402 - benchmarks/baselines.py: run as a script, benchmarks/ is on sys.path
 import numpy as np  # noqa: E402
+import timing  # noqa: E402 - benchmarks/timing.py
 
 import symbptt  # noqa: E402
 
@@ -126,25 +126,6 @@ def data(sizes: Sizes, dtype: Any, module: Any) -> tuple[Any, ...]:
     return params, X, Y, h0
 
 
-def median_times(functions: Sequence[Callable[[], Any]], repeats: int) -> list[float]:
-    """Median wall time of each function, calling them in turn (interleaved)."""
-    times: list[list[float]] = [[] for _ in functions]
-    for function in functions:  # warm up: caches, workspaces
-        function()
-    for _ in range(repeats):
-        for i, function in enumerate(functions):
-            start = time.perf_counter()
-            function()
-            times[i].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
-
-
-def repeats_for(sizes: Sizes, base: int, gates: int = 1) -> int:
-    T, m, n_in, n_hidden, n_out = sizes
-    work = T * m * n_hidden * (gates * (n_in + n_hidden) + n_out)
-    return max(7, min(base, int(base * 2e5 / max(work, 1))))
-
-
 def max_relative_error(grads: dict[str, Any], reference: dict[str, Any]) -> float:
     """The largest |a - b| / max(1, max |b|) over the parameters (same keys expected)."""
     if set(grads) != set(reference):
@@ -195,13 +176,13 @@ def run_elman(base: int, sizes_run: Sequence[Sizes], use_torch: bool) -> list[st
             def by_hand(a: tuple[Any, ...] = data_args) -> Any:
                 return hand_written(*a)
 
-            repeats = repeats_for(sizes, base)
-            medians = median_times([generated, by_hand], repeats)
+            repeats = timing.repeats_for(sizes, base)
+            medians = timing.median_times([generated, by_hand], repeats)
             ratio = medians[0] / medians[1]
             torch_call = torch_step(sizes, dtype) if use_torch else None
             versus = f"{'-':>9}"
             if torch_call is not None:  # a pass of its own: torch's calls evict the caches
-                mine, theirs = median_times([generated, torch_call], repeats)
+                mine, theirs = timing.median_times([generated, torch_call], repeats)
                 versus = f"{mine / theirs:9.3f}"
             target = TARGETS[sizes]
             if ratio > target:
@@ -255,12 +236,12 @@ def run_gated(cell: str, base: int, sizes_run: Sequence[Sizes], use_torch: bool)
                 )
             agreement = f"{difference:9.1e}"
             calls = [generated, by_hand]
-        medians = median_times(calls, repeats_for(sizes, base, GATES[cell]))
+        medians = timing.median_times(calls, timing.repeats_for(sizes, base, GATES[cell]))
         torch_call = torch_step(sizes, np.float64, cell) if use_torch else None
         versus = f"{'-':>9}"
         if torch_call is not None:  # a pass of its own: torch's calls evict the caches
-            repeats = repeats_for(sizes, base, GATES[cell])
-            ours, theirs = median_times([calls[0], torch_call], repeats)
+            repeats = timing.repeats_for(sizes, base, GATES[cell])
+            ours, theirs = timing.median_times([calls[0], torch_call], repeats)
             versus = f"{ours / theirs:9.3f}"
         if module is None:
             mine, ratio_text = f"{'-':>11}", f"{'-':>6}"
