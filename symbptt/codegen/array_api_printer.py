@@ -196,10 +196,7 @@ def array_api_helper_source(name: str) -> str:
             "        return top - xp.log(xp.max(softmax, axis=axis, keepdims=True))\n"
             "    return top + xp.log(xp.sum(xp.exp(x - top), axis=axis, keepdims=True))\n"
         )
-    source = activation_source(name, ArrayApiPrinter({}))
-    if "xp." not in source:
-        return source
-    return source.replace("\n    return ", "\n    xp = array_namespace(z)\n    return ", 1)
+    return activation_source(name, ArrayApiPrinter({}), namespace=("xp", "array_namespace(z)"))
 
 
 class ArrayApiRolledModule(JaxRolledModule):

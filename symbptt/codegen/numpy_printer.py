@@ -386,15 +386,23 @@ def helper_source(name: str) -> str:
     return activation_source(name, NumPyPrinter())
 
 
-def activation_source(name: str, printer: Any) -> str:
+def activation_source(name: str, printer: Any, namespace: tuple[str, str] | None = None) -> str:
     """An activation's module-level helper: its :func:`safe_form` printed by ``printer``
-    (the NumPy printer or a backend's), its definition in the docstring."""
+    (the NumPy printer or a backend's), its definition in the docstring.
+
+    ``namespace``: (name, expression) of the namespace the printed code calls through,
+    bound before the return when the code calls through it (the array API module's
+    ``("xp", "array_namespace(z)")``).
+    """
     activation = functions.ACTIVATIONS[name]
     body = safe_form(activation.definition)
     code = printer.doprint(body)
     definition = sp.sstr(activation.definition)
     note = "" if body == activation.definition else f", evaluated as {sp.sstr(body)}"
-    return f'def {name}(z):\n    """{name}(z) = {definition}{note}."""\n    return {code}\n'
+    setup = ""
+    if namespace is not None and f"{namespace[0]}." in code:
+        setup = f"    {namespace[0]} = {namespace[1]}\n"
+    return f'def {name}(z):\n    """{name}(z) = {definition}{note}."""\n{setup}    return {code}\n'
 
 
 # ---------------------------------------------------------------------------- printer
