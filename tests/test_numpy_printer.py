@@ -98,6 +98,18 @@ def test_scalar_expressions_follow_ruff_spacing() -> None:
     assert numpy_code(sp.Rational(1, 2)) == "1 / 2"
 
 
+def test_a_unary_minus_before_a_power_is_parenthesised_as_ruff_writes_it() -> None:
+    """``-z**2`` is ``-(z**2)`` in Python; ``ruff format`` writes the parentheses, so the
+    printer does (a composed JAX module failed the ruff check with ``-h[t] ** 2``)."""
+    H = sp.MatrixSymbol("H", 2, 3)
+    assert numpy_code(-(z**2)) == "-(z**2)"
+    assert numpy_code(-(z**2) / y) == "-(z**2 / y)"
+    assert numpy_code(-((1 - z) ** 2)) == "-((1 - z) ** 2)"
+    assert numpy_code(mexpr.scale(-1, sp.HadamardPower(H, 2))) == "-(H**2)"
+    assert numpy_code(-2 * z**2) == "-2 * z**2"  # the minus is the number's
+    assert numpy_code(y - z**2) == "y - z**2"
+
+
 # -- functions ---------------------------------------------------------------------
 def test_elementwise_functions_print_from_their_definitions() -> None:
     assert numpy_code(ew("tanh", A)) == "np.tanh(A)"

@@ -32,6 +32,7 @@ them to other code (a per-step view, a stacked array).
 
 from __future__ import annotations
 
+import ast
 import keyword
 from collections.abc import Callable, Mapping
 from functools import cache
@@ -406,6 +407,16 @@ def activation_source(name: str, printer: Any, namespace: tuple[str, str] | None
 
 
 # ---------------------------------------------------------------------------- printer
+def _leads_with_power(code: str) -> bool:
+    """Whether a unary minus put before the product ``code`` would apply to a power
+    (``-x**2 * y``): Python reads that as ``-(x**2) * y`` and ``ruff format`` writes
+    the parentheses, so the printer writes ``-(x**2 * y)``, the same value."""
+    node = ast.parse(code, mode="eval").body
+    while isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult | ast.Div | ast.MatMult):
+        node = node.left
+    return isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow)
+
+
 def _is_ones(expr: Any) -> bool:
     return isinstance(expr, sp.OneMatrix)
 
@@ -692,7 +703,10 @@ class NumPyPrinter(_SymPyNumPyPrinter):  # type: ignore[misc]
         for i, term in enumerate(positive + negative):
             if self._negative(term):
                 body = self._paren(self._negated(term), _MUL if i == 0 else _ADD, strict=i > 0)
-                out += f"-{body}" if i == 0 else f" - {body}"
+                if i == 0:
+                    out += f"-({body})" if _leads_with_power(body) else f"-{body}"
+                else:
+                    out += f" - {body}"
             else:
                 out += self._paren(term, _ADD) if i == 0 else f" + {self._paren(term, _ADD)}"
         return out
@@ -715,7 +729,7 @@ class NumPyPrinter(_SymPyNumPyPrinter):  # type: ignore[misc]
         code = " * ".join([*parts, body])
         if denom != 1:
             code += f" / {self._paren(denom, _MUL, strict=True)}"
-        if sign and (body_prec == _UNARY or code.startswith("-")):
+        if sign and (body_prec == _UNARY or code.startswith("-") or _leads_with_power(code)):
             return f"-({code})"
         return sign + code
 
