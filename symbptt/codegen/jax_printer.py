@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from .lines import SharedPrinter
+from .lines import Code, SharedPrinter
 from .numpy_printer import NUMPY_CALLS, activation_source
+from .scan import scan_loops
 
 __all__ = ["JAX_FUNCTIONS", "JaxPrinter", "jax_helper_source"]
 
@@ -61,6 +62,11 @@ class JaxPrinter(SharedPrinter):
     def add_item(self, array: str, index: str, value: str) -> str:
         """``array[index] += value`` as JAX spells it."""
         return f"{array} = {array}.at[{index}].add({value})"
+
+    def loops(self, code: Code) -> Code:
+        """Each loop as one ``jax.lax.scan`` (:func:`~symbptt.codegen.scan.scan_loops`):
+        ``jax.jit`` would trace a Python loop into T copies of its body."""
+        return scan_loops(code, self._module_format("numpy.arange"))
 
 
 def jax_helper_source(name: str) -> str:

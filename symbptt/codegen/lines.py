@@ -215,6 +215,11 @@ class SharedPrinter(NumPyPrinter):
         if helpers is not None:
             self.helpers = helpers
 
+    def loops(self, code: Code) -> Code:
+        """A function body's ``for t in range(...)`` loops as this backend runs them:
+        Python loops, as printed (JAX's: ``jax.lax.scan``)."""
+        return code
+
 
 WIDTH = 88  # ruff format's default line length: printed lines never need wrapping
 

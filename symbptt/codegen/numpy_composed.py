@@ -41,6 +41,7 @@ one operand fused into one product (no faster with one BLAS thread).
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -57,6 +58,9 @@ from .numpy_unrolled import initial_arguments
 from .rowform import RowForm, transpose
 
 __all__ = ["ComposedRolledModule", "five_step_graph", "rolled_steps"]
+
+#: The index of a loop's step in a stacked array: t or a neighbour (t - 1, t + 1).
+_AT_STEP = re.compile(r"t( [+-] 1)?")
 
 #: The arrays of the arguments by step (index t is step t), named apart from the arguments.
 _ARRAYS = {"input": "inputs", "target": "targets", "mask": "masks"}
@@ -291,7 +295,11 @@ class ComposedRolledModule:
             return f"{target} {'+=' if add else '='} {value}"
         array, _, index = target[:-1].partition("[")
         printer = self._printer({})
-        return (printer.add_item if add else printer.set_item)(array, index, value)
+        if add:
+            return printer.add_item(array, index, value)
+        if _AT_STEP.fullmatch(index):  # a loop's step: in bounds, T + 2 entries
+            return printer.set_step(array, index, value)
+        return printer.set_item(array, index, value)
 
     def _zeros(self, shape: str, dtype: str = "dtype") -> str:
         return self._printer({}).zeros(shape, dtype)
@@ -583,9 +591,11 @@ class ComposedRolledModule:
         return code, extras, gradients
 
     def build(self) -> dict[str, Any]:
-        forward = self.forward_code()
-        loss = self.loss_code()
+        loops = self._printer({}).loops  # Python loops, or JAX's scans
+        forward = loops(self.forward_code())
+        loss = loops(self.loss_code())
         backward, extras, gradients = self.backward_code()
+        backward, extras = loops(backward), loops(extras)
         graph = self.d.graph
         output = graph.symbols.series("output", graph.steps[-1])
         prediction = self.bases[self.rf.symbol(output)]
