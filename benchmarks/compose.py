@@ -36,6 +36,7 @@ import os
 
 for _variable in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
     os.environ.pop(_variable, None)
+os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 THREADPOOLCTL = importlib.util.find_spec("threadpoolctl") is not None
 if not THREADPOOLCTL:
     for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -235,6 +236,84 @@ def lstm2_bidirectional(
     return loss, grads
 
 
+def jax_peer_loss(params: dict[str, Any], X: Any, Y: Any, mask: Any) -> Any:
+    """The benchmark's model written by hand in JAX, for ``jax.value_and_grad``: one
+    ``lax.scan`` per unit (a backward unit's with ``reverse=True``), zero initial states,
+    the input projections of every step before the scan."""
+    import jax
+    import jax.numpy as jnp
+
+    m = X.shape[1]
+    M = mask.astype(X.dtype)[:, :, None]
+
+    def stack(name: str) -> Any:
+        return jnp.concatenate([params[name.format(g=g)] for g in GATES])
+
+    def unit(inputs: list[tuple[Any, Any]], u: str) -> Any:
+        W_h, b = stack("W_h{g}_" + u), stack("b_{g}_" + u)
+        n = W_h.shape[1]
+        projected = sum(x @ w.T for x, w in inputs) + b.T  # (T, m, 4n)
+
+        def step(carry: Any, at: Any) -> Any:
+            h, c = carry
+            a, mask_t = at
+            a = a + h @ W_h.T
+            o, i, f = (jax.nn.sigmoid(a[:, k * n : (k + 1) * n]) for k in range(3))
+            c_new = f * c + i * jnp.tanh(a[:, 3 * n :])
+            h_new = o * jnp.tanh(c_new)
+            h, c = h + mask_t * (h_new - h), c + mask_t * (c_new - c)
+            return (h, c), h
+
+        zeros = jnp.zeros((m, n), X.dtype)
+        _, h = jax.lax.scan(step, (zeros, zeros), (projected, M), reverse=u.endswith("b"))
+        return h
+
+    below = [unit([(X, stack("W_x{g}_" + u))], u) for u in ("1f", "1b")]
+    top = [
+        unit([(h, stack("W_x{g}_" + u + s)) for h, s in zip(below, ("_f", "_b"), strict=True)], u)
+        for u in ("2f", "2b")
+    ]
+    scores = top[0] @ params["W_hy_f"].T + top[1] @ params["W_hy_b"].T + params["b_y"].T
+    return -(M * Y * jax.nn.log_softmax(scores, axis=-1)).sum() / m
+
+
+def jax_pass(sizes: tuple[int, ...], repeats: int, data: tuple[Any, ...]) -> None:
+    """The generated JAX module (rolled: ``jax.lax.scan``) against JAX autodiff of
+    :func:`jax_peer_loss`: each checked against the NumPy baseline first, then its first
+    call (``jax.jit`` tracing and XLA compiling) and the median of its calls."""
+    import jax
+    import jax.numpy as jnp
+
+    jax.config.update("jax_enable_x64", True)
+    module = symbptt.load_module(symbptt.emit(spec(sizes[0]), backend="jax"))
+    params, X, Y, mask = data
+    reference = lstm2_bidirectional(params, X, Y, mask)
+    p = {k: jnp.asarray(v) for k, v in params.items()}
+    x, y, k = jnp.asarray(X), jnp.asarray(Y), jnp.asarray(mask)
+    peer = jax.jit(jax.value_and_grad(jax_peer_loss))
+    calls = {
+        "generated JAX module": lambda: module.loss_and_gradients(p, x, y, mask=k),
+        "jit(value_and_grad) by hand": lambda: peer(p, x, y, k),
+    }
+    firsts = []
+    for name, call in calls.items():
+        start = time.perf_counter()
+        loss, grads = jax.block_until_ready(call())
+        firsts.append(time.perf_counter() - start)
+        worst = abs(float(loss) - reference[0]) / abs(reference[0])
+        for key, g in reference[1].items():
+            error = float(np.abs(np.asarray(grads[key]) - g).max())
+            worst = max(worst, error / max(float(np.abs(g).max()), 1e-300))
+        if worst > 1e-10:
+            raise SystemExit(f"{name} differs from the baseline: {worst:.1e}")
+    steps = [lambda c=c: jax.block_until_ready(c()) for c in calls.values()]
+    times = median_times(steps, repeats)
+    print(f"JAX (one XLA thread), the same model and sizes, median of {repeats}:")
+    for name, first, seconds in zip(calls, firsts, times, strict=True):
+        print(f"  {name:<28} {seconds * 1e3:8.2f} ms   first call {first:6.1f} s")
+    print(f"  (ratio: generated / autodiff {times[0] / times[1]:.2f}; target <= 1.0)")
+
+
 def problem(module: Any, sizes: tuple[int, ...], rng: np.random.Generator) -> tuple[Any, ...]:
     T, m, n_in, n_h, n_out = sizes
     params = module.init_params(n_in, n_h, n_out, rng=rng)
@@ -267,6 +346,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help=f"T = {QUICK[0]} instead")
+    parser.add_argument("--no-jax", action="store_true", help="leave the JAX pass out")
     args = parser.parse_args()
     if THREADPOOLCTL:
         importlib.import_module("threadpoolctl").threadpool_limits(limits=1)
@@ -306,6 +386,12 @@ def main() -> None:
         print(f"  {name:<28} {seconds * 1e3:8.2f} ms   ratio {seconds / baseline:.2f}")
     print(f"  {'hand-written hoisted NumPy':<28} {baseline * 1e3:8.2f} ms")
     print("  (ratio: generated / hand-written, lower is better; target <= 1.0)")
+    if args.no_jax:
+        return
+    if importlib.util.find_spec("jax") is None:
+        print("JAX: not timed (not installed)")
+        return
+    jax_pass(sizes, args.repeats, (params, X, Y, mask))
 
 
 if __name__ == "__main__":
