@@ -4,8 +4,9 @@ The rolled module of a composed model (:mod:`~symbptt.codegen.numpy_composed`)
 prints its loops as ``for t in range(...):`` over stacked arrays ``q[0 .. T + 1]``
 that each step writes at ``t`` (``q = q.at[t].set(...)`` in JAX) and reads at
 ``t`` and its neighbours.  ``jax.jit`` traces a Python loop into straight-line
-code T steps long: the two-layer bidirectional masked LSTM at T = 50 took 112 s
-to compile here.  :func:`scan_loops` turns each such loop into a nested step
+code T steps long: the two-layer bidirectional masked LSTM of
+``benchmarks/compose.py`` at T = 50 took 90 s to its first result (3.5 s as
+scans).  :func:`scan_loops` turns each such loop into a nested step
 function and one ``jax.lax.scan`` over ``t``, which XLA compiles once; the carry
 is what the loop writes that exists before it (the stacked arrays, a running
 sum), the rest of what it reads is closed over.  The one-cell module's scan
