@@ -33,8 +33,9 @@ from typing import Any
 from ..core.derive import Derivation
 from ..model.spec import ModelSpec
 from .jax_printer import JaxPrinter
-from .lines import WIDTH, Code, SharedPrinter
+from .lines import Code, SharedPrinter
 from .numpy_rolled import RolledModule
+from .scan import tuple_line
 
 __all__ = ["JaxRolledModule"]
 
@@ -203,24 +204,12 @@ class JaxRolledModule(RolledModule):
             c.add(f"{name}, _ = {scan}", {name, "T", *reads})
             return
         function = Code()
-        function.add(_tuple(carry, "", " = carry", 8), set())
+        function.add(tuple_line(carry, "", " = carry", 8), set())
         function.extend(inner)
-        function.add(_tuple(returned, "return ", ", None", 8), set())
+        function.add(tuple_line(returned, "return ", ", None", 8), set())
         c.add(f"def {step}(carry, t):", set())
         c.extend(function, indent=1)
         c.add("")
-        c.add(_tuple(carry, "carry = ", "", 4), set(carry))
+        c.add(tuple_line(carry, "carry = ", "", 4), set(carry))
         c.add(f"carry, _ = jax.lax.scan({step}, carry, {steps}{reverse})", {"T", *reads})
-        c.add(_tuple(after, "", " = carry", 4), set())
-
-
-def _tuple(names: list[str], head: str, tail: str, indent: int) -> str:
-    """``head(a, b, c)tail`` on one line, or one name a line (with the trailing comma that
-    keeps ``ruff format`` from joining them) where that is longer than :data:`WIDTH`;
-    without ``head`` an unpacking target (no parentheses on one line)."""
-    one = ", ".join(names)
-    line = f"{head}({one}){tail}" if head else f"{one}{tail}"
-    if indent + len(line) <= WIDTH:
-        return line
-    inner = "".join(f"\n    {name}," for name in names)
-    return f"{head}({inner}\n){tail}"
+        c.add(tuple_line(after, "", " = carry", 4), set())
