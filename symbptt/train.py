@@ -31,7 +31,9 @@ forward pass and the loss are exactly those of the whole sequence; but the
 backward pass of a window stops at its first step: the states it starts from
 are treated as constants, and ∂L/∂h at a window's start is dropped.  The
 parameter gradients are the sum of the windows' (weighted by the window's
-share of the steps when the loss is the mean over time).  With
+share of the steps when the loss is the mean over time, of the tokens when it is
+the mean over tokens; with a mask and a time mean, each example's share of its
+own real steps: the examples whose shares differ run in separate calls).  With
 ``k >= T`` there is one window, and it is full BPTT.  For many-to-one
 models only the last window has a loss; the earlier ones only carry the state.
 """
@@ -189,7 +191,6 @@ def truncated_bptt(
     this is full BPTT.
     """
     mode = _spec_field(module, "mode")
-    mean_over_time = _spec_field(module, "time_reduction") == "mean"
     steps = int(np.shape(X)[0])
     windows = _windows(steps, k)
     keywords = _masks(module, mask, windows)
@@ -202,18 +203,80 @@ def truncated_bptt(
             carried = _advance(module, params, X[start:stop], {**carried, **extra})
             continue
         window_y = Y if mode == "many_to_one" else Y[start:stop]
-        value, window_grads, state = module.loss_and_all_gradients(
-            params, X[start:stop], window_y, **extra, **carried
-        )
-        weight = (stop - start) / steps if mean_over_time and mode == "many_to_many" else 1.0
-        total += weight * float(value)
-        for name, grad in window_grads.items():
-            scaled = grad * weight if weight != 1.0 else grad
-            grads[name] = grads[name] + scaled if name in grads else np.array(scaled, copy=True)
-        carried = _final(module, state)
+        finals: dict[str, Array] = {}
+        for examples, weight in _window_weights(module, mask, (start, stop), steps):
+            pick = _picker(examples)
+            value, window_grads, state = module.loss_and_all_gradients(
+                params,
+                pick(X[start:stop], 1),
+                pick(window_y, 0 if mode == "many_to_one" else 1),
+                **{name: pick(value, 1) for name, value in extra.items()},
+                **{name: pick(value, 0) for name, value in carried.items()},
+            )
+            total += weight * float(value)
+            for name, grad in window_grads.items():
+                scaled = grad * weight if weight != 1.0 else grad
+                grads[name] = grads[name] + scaled if name in grads else np.array(scaled, copy=True)
+            for name, value in _final(module, state).items():
+                if examples is None:
+                    finals[name] = value
+                else:
+                    if name not in finals:
+                        finals[name] = np.empty((np.shape(X)[1], *np.shape(value)[1:]), value.dtype)
+                    finals[name][examples] = value
+        carried = finals
     if len(carried) == 1:
         return total, grads, next(iter(carried.values()))
     return total, grads, dict(carried)
+
+
+def _window_weights(
+    module: ModuleType, mask: Array | None, window: tuple[int, int], steps: int
+) -> list[tuple[Array | None, float]]:
+    """The examples each call of the module over ``window`` runs and its loss's weight.
+
+    The windows' weighted losses sum to the whole sequence's: a time mean (many-to-many)
+    weighs a window by its share of the steps, a token mean by its share of the tokens
+    (the real ones, with a mask).  A masked time mean divides each example's loss by its
+    own number of real steps, and a window's share of them differs from example to
+    example: the examples sharing a share run together (``examples``, their indices;
+    None: the whole batch), weighted by that share and, for a batch mean, by their share
+    of the batch.
+    """
+    spec = module.SPEC
+    start, stop = window
+    if spec["mode"] == "many_to_one":
+        return [(None, 1.0)]
+    if spec["batch_reduction"] == "tokens":
+        if mask is None:
+            return [(None, (stop - start) / steps)]
+        real = np.asarray(mask) != 0
+        return [(None, float(real[start:stop].sum()) / float(real.sum()))]
+    if spec["time_reduction"] != "mean":
+        return [(None, 1.0)]
+    if mask is None:
+        return [(None, (stop - start) / steps)]
+    real = np.asarray(mask) != 0
+    inside, every = real[start:stop].sum(axis=0), real.sum(axis=0)
+    shares = sorted({(int(a), int(b)) for a, b in zip(inside, every, strict=True)})
+    if len(shares) == 1:
+        return [(None, shares[0][0] / shares[0][1])]
+    batch = real.shape[1]
+    out: list[tuple[Array | None, float]] = []
+    for a, b in shares:
+        examples = np.flatnonzero((inside == a) & (every == b))
+        weight = a / b * (examples.size / batch if spec["batch_reduction"] == "mean" else 1.0)
+        out.append((examples, weight))
+    return out
+
+
+def _picker(examples: Array | None) -> Callable[[Any, int], Any]:
+    """``pick(array, axis)``: the entries of ``examples`` along the batch axis (all: None)."""
+    if examples is None:
+        return lambda array, axis: array
+    return lambda array, axis: (
+        None if array is None else np.take(np.asarray(array), examples, axis=axis)
+    )
 
 
 def _advance(

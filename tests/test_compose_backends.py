@@ -680,3 +680,39 @@ def test_class_labels_of_every_integer_dtype_count_as_int64_labels(backend: str)
     message = r"^Y: expected class labels from 0 to 2 \(n_out = 3\), got 9223372036854775813 at"
     with pytest.raises(mod.ArgumentError, match=message):
         mod.loss_and_gradients(params, X, asarray(huge), **keywords)
+
+
+PADDED = {**ALL_THREE, "hidden": "relu", "output": "identity", "loss": "squared_error"}
+
+
+@pytest.mark.parametrize("unrolled", [False, True], ids=["rolled", "unrolled"])
+@pytest.mark.parametrize("backend", ["numpy", "array_api", "torch", "jax"])
+def test_padded_steps_hold_anything_finite(backend: str, unrolled: bool) -> None:
+    """A padded step's input and target can be anything finite (docs/composition.md): huge
+    ones give the loss, gradients and states of zeros there. Before, a padded target of 1e200
+    made the squared error's loss NaN (its square overflowed; the mask multiplied it), and a
+    padded input of +-half the largest float every answer NaN (its product with the first
+    layer's weights overflowed in the candidate state, which the mask multiplied)."""
+    if backend == "jax":
+        _jax()
+    asarray = _asarray(backend)
+    mod = _module(backend, unrolled, **PADDED)
+    problem = _problem(PADDED, rng=4)
+    padded = problem.mask == 0
+    keywords = {k: asarray(v) for k, v in {**problem.keywords(), **problem.initial}.items()}
+    params = {k: 4 * v if k.startswith("W_xh_1") else v for k, v in problem.params.items()}
+    params = {k: asarray(v) for k, v in params.items()}
+    huge = np.finfo(np.float64).max / 2 * np.array([1.0, -1.0])
+    for what, value in (("X", huge), ("Y", 1e200)):
+        answers = []
+        for filling in (0.0, value):
+            X, Y = problem.X.copy(), problem.Y.copy()
+            (X if what == "X" else Y)[padded] = filling
+            answers.append(mod.loss_and_all_gradients(params, asarray(X), asarray(Y), **keywords))
+        (zero_loss, zero_grads, zero_state), (loss, grads, state) = answers
+        assert float(loss) == float(zero_loss), what
+        for name, expected in {**zero_grads, **zero_state}.items():
+            actual = grads[name] if name in grads else state[name]
+            np.testing.assert_array_equal(
+                np.asarray(actual), np.asarray(expected), err_msg=f"{what}: {name}"
+            )

@@ -184,6 +184,7 @@ SPECS = {
     "layered_mean": ModelSpec(steps=4, notation="layered", time_reduction="mean"),
     "uvw_sum_batch": ModelSpec(steps=4, notation="uvw", batch_reduction="sum", hidden="sigmoid"),
     "aa_many_to_one": ModelSpec(steps=4, notation="aa", mode="many_to_one"),
+    "xh_tokens": ModelSpec(steps=4, batch_reduction="tokens"),
 }
 SIZES = (3, 5, 4)  # n_in, n_hidden, n_out
 
@@ -254,6 +255,43 @@ def test_truncated_bptt_is_the_sum_of_detached_windows(rng: np.random.Generator)
         h = state["h_T"]
     for name in expected:
         np.testing.assert_allclose(t_grads[name], expected[name], rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "reduction",
+    [
+        {"batch_reduction": "tokens"},
+        {"time_reduction": "mean"},
+        {"batch_reduction": "sum", "time_reduction": "mean"},
+    ],
+    ids=["tokens", "time_mean", "time_mean_batch_sum"],
+)
+@pytest.mark.parametrize("k", [2, 4, 6])
+def test_truncated_bptt_masked_means(
+    reduction: dict[str, str], k: int, rng: np.random.Generator
+) -> None:
+    """A masked mean over tokens or over each example's real steps, cut into windows: the
+    loss is the whole sequence's, the output layer's gradients are exact (they do not flow
+    through time), k >= T is full BPTT. Examples of 6, 5, 5 and 6 real steps: a window's share
+    of an example's real steps differs from example to example."""
+    module = load_module(emit_numpy(ModelSpec(steps=4, masked=True, **reduction)))
+    n_in, n_hidden, n_out = SIZES
+    params = module.init_params(n_in, n_hidden, n_out, rng=rng)
+    X = rng.normal(size=(6, 4, n_in))
+    Y = rng.dirichlet(np.ones(n_out), size=(6, 4))
+    mask = np.arange(6)[:, None] < np.array([6, 5, 5, 6])[None, :]
+    h0 = rng.normal(scale=0.5, size=(4, n_hidden))
+    loss, grads, state = module.loss_and_all_gradients(params, X, Y, mask=mask, h0=h0)
+    t_loss, t_grads, h_T = truncated_bptt(module, params, X, Y, k, h0, mask=mask)
+    assert t_loss == pytest.approx(loss, rel=1e-12)
+    np.testing.assert_allclose(h_T, state["h_T"], rtol=1e-12)
+    exact = (
+        module.PARAMETERS
+        if k >= 6
+        else [n for n, r in module.ROLES.items() if r.startswith("output")]
+    )
+    for name in exact:
+        np.testing.assert_allclose(t_grads[name], grads[name], rtol=1e-10, atol=1e-14)
 
 
 def test_truncated_bptt_bad_window(rng: np.random.Generator) -> None:

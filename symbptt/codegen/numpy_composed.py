@@ -388,8 +388,6 @@ class ComposedRolledModule:
         code.add("dtype = X.dtype", {"X"}, "dtype")
         for size, source in self._size_sources().items():
             code.add(f"{size} = {source}", {"params"}, size)
-        self._steps_array(code, "inputs", "n_in", True)
-        code.add(self._write("inputs[1:-1]", "X"), {"X", "inputs"}, "inputs")
         if graph.masks:
             self._steps_array(code, "masks", "1", True)
             code.add(self._write("masks[1:-1]", "mask[:, :, None]"), {"mask", "masks"}, "masks")
@@ -399,6 +397,12 @@ class ComposedRolledModule:
                 "mask_count",
                 True,
             )
+        self._steps_array(code, "inputs", "n_in", True)
+        if graph.masks:  # a padded step's input is anything finite: zero, the mask decides
+            value = f"X * {self._printer({}).item('masks', '1:-1')}"
+            code.add(self._write("inputs[1:-1]", value), {"X", "masks", "inputs"}, "inputs")
+        else:
+            code.add(self._write("inputs[1:-1]", "X"), {"X", "inputs"}, "inputs")
         units = self._units()
         body = [a for a in graph.assignments if a.kind not in ("loss", "total_loss")]
         # what the generic step writes; a many-to-one model's output layer: the last step
@@ -468,8 +472,13 @@ class ComposedRolledModule:
         n_out = str(self._printer(self.sizes).doprint(self.rf.symbol(target.expr.target).shape[1]))
         zeros = self._zeros(f"(T + 2, m, {n_out})", "Y.dtype")
         code.add(f"targets = {zeros}", {"T", "m", n_out, "Y"}, "targets")
-        rows = "-2" if self.many_to_one else "1:-1"
-        code.add(self._write(f"targets[{rows}]", "Y"), {"Y", "targets"}, "targets")
+        if self.many_to_one:
+            code.add(self._write("targets[-2]", "Y"), {"Y", "targets"}, "targets")
+        elif self.d.graph.masks:  # a padded step's target is anything finite: zero
+            value = f"Y * {self._printer({}).item('masks', '1:-1')}"
+            code.add(self._write("targets[1:-1]", value), {"Y", "masks", "targets"}, "targets")
+        else:
+            code.add(self._write("targets[1:-1]", "Y"), {"Y", "targets"}, "targets")
 
     def loss_code(self) -> Code:
         graph = self.d.graph

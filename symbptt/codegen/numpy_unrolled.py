@@ -160,23 +160,29 @@ class UnrolledModule:
         forward.add("T, m, n_in = X.shape", {"X"})
         forward.add("dtype = X.dtype", {"X"}, "dtype", True)
         printer = self.new_printer(self.names)
+        masks = [str(printer.doprint(self.rf.symbol(mask))) for mask in graph.masks]
+        for i, name in enumerate(masks):  # (m, 1) in the code's row layout
+            forward.add(f"{name} = {printer.item('mask', str(i))}[:, None]", {"mask"}, name, True)
         for i, x in enumerate(graph.inputs):
             name = str(printer.doprint(self.rf.symbol(x)))
-            forward.add(f"{name} = {printer.item('X', str(i))}", {"X"}, name, True)
+            if masks:  # a padded step's input is anything finite: zero, the mask decides
+                value = f"{printer.item('X', str(i))} * {masks[i]}"
+                forward.add(f"{name} = {value}", {"X", masks[i]}, name, True)
+            else:
+                forward.add(f"{name} = {printer.item('X', str(i))}", {"X"}, name, True)
         arguments = initial_arguments(graph)
         for key, initial in graph.initials.items():
             name = str(printer.doprint(self.rf.symbol(initial)))
             if name != arguments[key]:  # a composed model's argument is the symbol's name
                 forward.add(f"{name} = {arguments[key]}", {arguments[key]}, name, True)
-        for i, mask in enumerate(graph.masks):  # (m, 1) in the code's row layout
-            name = str(printer.doprint(self.rf.symbol(mask)))
-            forward.add(f"{name} = {printer.item('mask', str(i))}[:, None]", {"mask"}, name, True)
         many_to_one = self.spec.mode == "many_to_one"
         for i, y in enumerate(graph.targets):
             name = str(printer.doprint(self.rf.symbol(y)))
-            target = "Y" if many_to_one else printer.item("Y", str(i))
-            loss.add(f"{name} = {target}", {"Y"}, name, True)
-            backward.add(f"{name} = {target}", {"Y"}, name, True)
+            target, reads = ("Y", {"Y"}) if many_to_one else (printer.item("Y", str(i)), {"Y"})
+            if masks and not many_to_one:  # a padded step's target is anything finite: zero
+                target, reads = f"{target} * {masks[i]}", {"Y", masks[i]}
+            loss.add(f"{name} = {target}", reads, name, True)
+            backward.add(f"{name} = {target}", reads, name, True)
         for s in self.forward:
             if s.kind in ("loss", "total_loss"):
                 node = s.expr
