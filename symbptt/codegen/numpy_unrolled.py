@@ -166,8 +166,8 @@ class UnrolledModule:
         for i, x in enumerate(graph.inputs):
             name = str(printer.doprint(self.rf.symbol(x)))
             if masks:  # a padded step's input is anything finite: zero, the mask decides
-                value = f"{printer.item('X', str(i))} * {masks[i]}"
-                forward.add(f"{name} = {value}", {"X", masks[i]}, name, True)
+                masked = f"{printer.item('X', str(i))} * {masks[i]}"
+                forward.add(f"{name} = {masked}", {"X", masks[i]}, name, True)
             else:
                 forward.add(f"{name} = {printer.item('X', str(i))}", {"X"}, name, True)
         arguments = initial_arguments(graph)
