@@ -645,3 +645,26 @@ def test_class_labels_of_every_integer_dtype_count_as_int64_labels(backend: str)
     message = r"^Y: expected class labels from 0 to 2 \(n_out = 3\), got 9223372036854775813 at"
     with pytest.raises(mod.ArgumentError, match=message):
         mod.loss_and_gradients(params, X, asarray(huge), **keywords)
+
+
+@pytest.mark.parametrize("unrolled", [False, True], ids=["rolled", "unrolled"])
+@pytest.mark.parametrize("backend", ["numpy", "array_api", "torch", "jax"])
+@pytest.mark.parametrize("fields", [{"cell": "elman"}, {"cell": "gru", **ALL_THREE}], ids=_id)
+def test_targets_of_none_are_refused_naming_Y(
+    backend: str, unrolled: bool, fields: dict[str, Any]
+) -> None:
+    """Y=None to a loss function is refused by name (every backend read it as forward's "no
+    targets" and failed in its loss with AttributeError or TypeError); forward takes none."""
+    asarray = _asarray(backend)
+    mod = _module(backend, unrolled, **fields)
+    problem = _problem(fields)
+    params = {k: asarray(v) for k, v in problem.params.items()}
+    keywords = {k: asarray(v) for k, v in {**problem.keywords(), **problem.initial}.items()}
+    X = asarray(problem.X)
+    for function in (mod.loss, mod.loss_and_gradients, mod.loss_and_all_gradients):
+        with pytest.raises(
+            mod.ArgumentError, match=r"^Y: expected an? [a-z. ]*(array|Tensor), got NoneType$"
+        ):
+            function(params, X, None, **keywords)
+    predictions, _ = mod.forward(params, X, **keywords)
+    assert tuple(predictions.shape)[-1] == 3
