@@ -169,7 +169,7 @@ def forward(params, X, h0=None, *, check=True):
     ``check=False`` skips the validation of the arguments (see ``loss``).
     """
     if check:
-        _check(params, X, None, h0)
+        _check(params, X, None, h0, targets=False)
     h0 = _initial(params, X, h0)
     forward_, _, _ = _kernel(params, X)
     cache = forward_(params, X, h0, {})
@@ -271,8 +271,8 @@ def _initial(params, X, h0):
     return h0
 
 
-def _check(params, X, Y, h0):
-    """Raise ArgumentError naming the first bad argument.
+def _check(params, X, Y, h0, targets=True):
+    """Raise ArgumentError naming the first bad argument (``targets``: Y is required).
 
     On the path every good call takes, the types, dtypes and shapes of all the
     arrays are compared at once and the values are summed once (a finite sum has
@@ -318,13 +318,14 @@ def _check(params, X, Y, h0):
             set(map(type, arrays)) == _NDARRAY
             and set(map(_DTYPE, arrays)) == {dtype}
             and tuple(map(_SHAPE, arrays)) == shapes
+            and (Y is not None or not targets)
             and _fits(Y, (T, m, n_out), dtype)
             and _fits(h0, (m, n_hidden), dtype)
         )
     except (AttributeError, IndexError, TypeError):  # not an array, or not 2-D
         fits = False
     if not fits:
-        _expect_arguments(params, X, Y, h0)
+        _expect_arguments(params, X, Y, h0, targets)
     finite = (X, *arrays)
     if h0 is not None:
         finite += (h0,)
@@ -338,7 +339,7 @@ def _check(params, X, Y, h0):
         _expect_distributions(Y)  # finite sums near 1: every entry is finite
 
 
-def _expect_arguments(params, X, Y, h0):
+def _expect_arguments(params, X, Y, h0, targets):
     """Raise ArgumentError naming the first argument of a wrong type, dtype or shape."""
     T, m, n_in = X.shape
     dtype = X.dtype
@@ -360,7 +361,7 @@ def _expect_arguments(params, X, Y, h0):
     _expect("b_z", params["b_z"], (n_hidden, 1), dtype, "(n_hidden, 1)")
     _expect("b_h", params["b_h"], (n_hidden, 1), dtype, "(n_hidden, 1)")
     _expect("b_q", params["b_q"], (n_out, 1), dtype, "(n_out, 1)")
-    if Y is not None:
+    if Y is not None or targets:
         _expect("Y", Y, (T, m, n_out), dtype, "(T, m, n_out)")
     if h0 is not None:
         _expect("h0", h0, (m, n_hidden), dtype, "(m, n_hidden)")

@@ -137,7 +137,7 @@ def forward(params, X, h0=None, *, check=True):
     ``check=False`` skips the validation of the arguments (see ``loss``).
     """
     if check:
-        _check(params, X, None, h0)
+        _check(params, X, None, h0, targets=False)
     h0 = _initial(params, X, h0)
     cache = _forward(params, X, h0, {})
     return cache["Y_hat_all"].reshape(X.shape[0], X.shape[1], -1), cache
@@ -223,8 +223,8 @@ def _initial(params, X, h0):
     return h0
 
 
-def _check(params, X, Y, h0):
-    """Raise ArgumentError naming the first bad argument.
+def _check(params, X, Y, h0, targets=True):
+    """Raise ArgumentError naming the first bad argument (``targets``: Y is required).
 
     On the path every good call takes, the types, dtypes and shapes of all the
     arrays are compared at once and the values are summed once (a finite sum has
@@ -258,13 +258,14 @@ def _check(params, X, Y, h0):
             set(map(type, arrays)) == _NDARRAY
             and set(map(_DTYPE, arrays)) == {dtype}
             and tuple(map(_SHAPE, arrays)) == shapes
+            and (Y is not None or not targets)
             and _fits(Y, (T, m, n_out), dtype)
             and _fits(h0, (m, n_hidden), dtype)
         )
     except (AttributeError, IndexError, TypeError):  # not an array, or not 2-D
         fits = False
     if not fits:
-        _expect_arguments(params, X, Y, h0)
+        _expect_arguments(params, X, Y, h0, targets)
     finite = (X, *arrays)
     if h0 is not None:
         finite += (h0,)
@@ -278,7 +279,7 @@ def _check(params, X, Y, h0):
         _expect_distributions(Y)  # finite sums near 1: every entry is finite
 
 
-def _expect_arguments(params, X, Y, h0):
+def _expect_arguments(params, X, Y, h0, targets):
     """Raise ArgumentError naming the first argument of a wrong type, dtype or shape."""
     T, m, n_in = X.shape
     dtype = X.dtype
@@ -294,7 +295,7 @@ def _expect_arguments(params, X, Y, h0):
     _expect("W_2", params["W_2"], (n_hidden, n_out), dtype, "(n_hidden, n_out)")
     _expect("beta_1", params["beta_1"], (n_hidden, 1), dtype, "(n_hidden, 1)")
     _expect("beta_2", params["beta_2"], (n_out, 1), dtype, "(n_out, 1)")
-    if Y is not None:
+    if Y is not None or targets:
         _expect("Y", Y, (T, m, n_out), dtype, "(T, m, n_out)")
     if h0 is not None:
         _expect("h0", h0, (m, n_hidden), dtype, "(m, n_hidden)")

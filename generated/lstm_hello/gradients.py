@@ -189,7 +189,7 @@ def forward(params, X, h0=None, c0=None, *, check=True):
     ``check=False`` skips the validation of the arguments (see ``loss``).
     """
     if check:
-        _check(params, X, None, h0, c0)
+        _check(params, X, None, h0, c0, targets=False)
     h0, c0 = _initial(params, X, h0, c0)
     forward_, _, _ = _kernel(params, X)
     cache = forward_(params, X, h0, c0, {})
@@ -296,8 +296,8 @@ def _initial(params, X, h0, c0):
     return h0, c0
 
 
-def _check(params, X, Y, h0, c0):
-    """Raise ArgumentError naming the first bad argument.
+def _check(params, X, Y, h0, c0, targets=True):
+    """Raise ArgumentError naming the first bad argument (``targets``: Y is required).
 
     On the path every good call takes, the types, dtypes and shapes of all the
     arrays are compared at once and the values are summed once (a finite sum has
@@ -352,6 +352,7 @@ def _check(params, X, Y, h0, c0):
             and set(map(_DTYPE, arrays)) == {dtype}
             and tuple(map(_SHAPE, arrays)) == shapes
             and n_out == 4
+            and (Y is not None or not targets)
             and _fits(Y, (T, m, n_out), dtype)
             and _fits(h0, (m, n_hidden), dtype)
             and _fits(c0, (m, n_hidden), dtype)
@@ -359,7 +360,7 @@ def _check(params, X, Y, h0, c0):
     except (AttributeError, IndexError, TypeError):  # not an array, or not 2-D
         fits = False
     if not fits:
-        _expect_arguments(params, X, Y, h0, c0)
+        _expect_arguments(params, X, Y, h0, c0, targets)
     finite = (X, *arrays)
     if h0 is not None:
         finite += (h0,)
@@ -377,7 +378,7 @@ def _check(params, X, Y, h0, c0):
         _expect_distributions(Y)  # finite sums near 1: every entry is finite
 
 
-def _expect_arguments(params, X, Y, h0, c0):
+def _expect_arguments(params, X, Y, h0, c0, targets):
     """Raise ArgumentError naming the first argument of a wrong type, dtype or shape."""
     T, m, n_in = X.shape
     dtype = X.dtype
@@ -402,7 +403,7 @@ def _expect_arguments(params, X, Y, h0, c0):
     _expect("b_o", params["b_o"], (n_hidden, 1), dtype, "(n_hidden, 1)")
     _expect("b_c", params["b_c"], (n_hidden, 1), dtype, "(n_hidden, 1)")
     _expect("b_y", params["b_y"], (n_out, 1), dtype, "(n_out, 1)")
-    if Y is not None:
+    if Y is not None or targets:
         _expect("Y", Y, (T, m, n_out), dtype, "(T, m, n_out)")
     if h0 is not None:
         _expect("h0", h0, (m, n_hidden), dtype, "(m, n_hidden)")
