@@ -365,7 +365,12 @@ def _kind(value):
 
 
 def _expect_plain(name, array):
-    """Raise ArgumentError for a masked array or an array not in the machine's byte order."""
+    """Raise ArgumentError for a masked array, an np.matrix or an array not in the machine's
+    byte order."""
+    if isinstance(array, np.matrix):  # its * is a product, its rows stay 2-D
+        raise ArgumentError(
+            f"{name}: expected a numpy array, got numpy.matrix (np.asarray({name}) is one)"
+        )
     if isinstance(array, np.ma.MaskedArray):
         raise ArgumentError(
             f"{name}: a masked array, whose mask this module would ignore; "
