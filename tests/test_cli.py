@@ -812,6 +812,27 @@ def test_a_later_run_removes_what_an_earlier_one_wrote_and_this_one_does_not(
     assert "gradients_unrolled.py" in earlier
 
 
+def test_a_later_run_removes_an_earlier_run_s_module_of_every_backend(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The names a run may remove were a list typed by hand that missed cupy's and
+    array_api's modules: a run with another backend left them beside its own outputs."""
+    out = tmp_path / "out"
+    ours = out / "gradients_array_api.py", out / "gradients_array_api_unrolled.py"
+    code, _, err = run(
+        ["derive", *QUICK, "--no-pdf", "--backend", "array_api", "--unrolled", "--out", str(out)],
+        capsys,
+    )
+    assert code == 0, err
+    assert all(path.exists() for path in ours)
+    (out / "gradients_cupy.py").write_bytes(ours[0].read_bytes())  # as a run with CuPy wrote
+    code, out_text, err = run(["derive", *QUICK, "--no-pdf", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == sorted(DOCS)
+    for name in ("gradients_array_api.py", "gradients_array_api_unrolled.py", "gradients_cupy.py"):
+        assert f"removed {out / name}" in out_text
+
+
 def test_a_users_file_with_an_output_name_is_kept(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

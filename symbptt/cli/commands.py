@@ -44,6 +44,7 @@ except ImportError:  # Windows: runs into one folder are not locked
     fcntl = None  # type: ignore[assignment]
 
 from .. import __version__
+from ..codegen.emit import BACKENDS
 from ..files import stage
 from ..model.presets import PRESETS
 from ..model.spec import CHOICES, MAX_CHECK_STEPS, MAX_SIZE, ModelSpec, SpecError
@@ -424,10 +425,12 @@ def output_lock(folder: Path) -> Iterator[None]:
 _ALL_OUTPUTS = (
     "gradients.py",
     "gradients_unrolled.py",
-    "gradients_torch.py",
-    "gradients_torch_unrolled.py",
-    "gradients_jax.py",
-    "gradients_jax_unrolled.py",
+    *(
+        f"gradients_{backend}{form}.py"
+        for backend in BACKENDS
+        if backend != "numpy"
+        for form in ("", "_unrolled")
+    ),
     "derivation.tex",
     "derivation.md",
     "derivation.pdf",
