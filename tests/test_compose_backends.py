@@ -668,3 +668,25 @@ def test_targets_of_none_are_refused_naming_Y(
             function(params, X, None, **keywords)
     predictions, _ = mod.forward(params, X, **keywords)
     assert tuple(predictions.shape)[-1] == 3
+
+
+@pytest.mark.parametrize("backend", ["numpy", "array_api", "torch", "jax"])
+def test_check_is_true_or_false(backend: str) -> None:
+    """``check`` was read for its truth: None or 0 skipped the validation without a word,
+    "no" ran it; anything but True or False is refused by name, in every function."""
+    asarray = _asarray(backend)
+    fields = {"cell": "elman"}
+    mod = _module(backend, False, **fields)
+    problem = _problem(fields)
+    params = {k: asarray(v) for k, v in problem.params.items()}
+    X, Y = asarray(problem.X), asarray(problem.Y)
+    for check in (None, 0, 1, "no", np.False_):
+        message = rf"^check: expected True or False, got {re.escape(repr(check))}$"
+        for function in (mod.loss, mod.loss_and_gradients, mod.loss_and_all_gradients):
+            with pytest.raises(mod.ArgumentError, match=message):
+                function(params, X, Y, check=check)
+        with pytest.raises(mod.ArgumentError, match=message):
+            mod.forward(params, X, check=check)
+    expected = mod.loss_and_gradients(params, X, Y)
+    unchecked = mod.loss_and_gradients(params, X, Y, check=False)
+    assert float(unchecked[0]) == float(expected[0])
