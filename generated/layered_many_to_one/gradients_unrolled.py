@@ -132,7 +132,7 @@ def forward(params, X, h0=None, *, check=True):
     Returns ``(predictions, cache)``: predictions (m, n_out).
     ``check=False`` skips the validation of the arguments (see ``loss``).
     """
-    if check:
+    if check is True or check is not False and _checking(check):
         _check(params, X, None, h0, targets=False)
     h0 = _initial(params, X, h0)
     cache = _forward(params, X, h0)
@@ -146,7 +146,7 @@ def loss(params, X, Y, h0=None, *, check=True):
     and raises ArgumentError naming the first bad one; ``check=False`` skips that,
     for speed, when the caller knows the arguments are right.
     """
-    if check:
+    if check is True or check is not False and _checking(check):
         _check(params, X, Y, h0)
     h0 = _initial(params, X, h0)
     cache = _forward(params, X, h0)
@@ -158,7 +158,7 @@ def loss_and_gradients(params, X, Y, h0=None, *, check=True):
 
     ``check=False`` skips the validation of the arguments (see ``loss``).
     """
-    if check:
+    if check is True or check is not False and _checking(check):
         _check(params, X, Y, h0)
     h0 = _initial(params, X, h0)
     cache = _forward(params, X, h0)
@@ -175,7 +175,7 @@ def loss_and_all_gradients(params, X, Y, h0=None, *, check=True):
     hidden state of layer L_1 (m, n_hidden), to pass as h0 to the next chunk.
     ``check=False`` skips the validation of the arguments (see ``loss``).
     """
-    if check:
+    if check is True or check is not False and _checking(check):
         _check(params, X, Y, h0)
     h0 = _initial(params, X, h0)
     cache = _forward(params, X, h0)
@@ -281,6 +281,11 @@ _SIZE = operator.attrgetter("size")
 #: Arguments of at most this many entries in all are joined and reduced in one call
 #: (a call costs ~0.7 us here; past this, the copy costs more than the calls it saves).
 _CONCATENATED = 2**12
+
+
+def _checking(check):
+    """Raise ArgumentError: ``check`` is neither True nor False (the caller tested both)."""
+    raise ArgumentError(f"check: expected True or False, got {check!r}")
 
 
 def _refuse_params(params):
