@@ -248,7 +248,7 @@ def test_config_with_a_byte_order_mark(tmp_path: Path) -> None:
     assert (spec.steps, spec.hidden) == (3, "relu")
 
 
-@pytest.mark.parametrize("source", ["/dev/zero", "big"])
+@pytest.mark.parametrize("source", ["big"])  # /dev/zero: not a regular file (below)
 def test_config_size_is_bounded(
     source: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -262,6 +262,41 @@ def test_config_size_is_bounded(
     code, _, err = run(["derive", str(path), "--out", str(tmp_path / "o")], capsys)
     assert code == 2
     assert_one_line_error(err, str(path), "too large for a config file", "64 KiB")
+
+
+@pytest.mark.parametrize("option", ["config", "--check"])
+@pytest.mark.parametrize("source", ["fifo", "big", "/dev/zero"])
+def test_a_config_or_formula_file_is_a_regular_file_of_bounded_size(
+    option: str, source: str, tmp_path: Path
+) -> None:
+    """A named pipe (a config or a --check file) blocked the command for ever, and --check
+    read /dev/zero or a huge file whole (unbounded memory); the cell file refused both.
+    Run in a process of its own with a timeout, so that a hang fails instead of waiting."""
+    if source == "fifo":
+        path = tmp_path / "pipe.toml"
+        os.mkfifo(path)
+        needle = "not a regular file"
+    elif source == "big":
+        path = tmp_path / "big.toml"
+        path.write_text("# padding\n" * (300 * 1024 // 10) + "[formulas]\n")  # > both limits
+        needle = "too large"
+    else:
+        path = Path(source)
+        needle = "not a regular file"
+    if option == "config":
+        args = ["derive", str(path), "--no-pdf", "--out", str(tmp_path / "o")]
+    else:
+        args = ["derive", *QUICK, "--no-pdf", "--check", str(path), "--out", str(tmp_path / "o")]
+    done = subprocess.run(
+        [sys.executable, "-m", "symbptt", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert_one_line_error(done.stderr, str(path), needle)
+    assert not (tmp_path / "o").exists()
 
 
 def test_many_unknown_keys_are_fast_and_short(tmp_path: Path) -> None:

@@ -111,6 +111,8 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     A file named ``pyproject.toml`` gives its ``[tool.symbptt]`` table.
     """
     path = Path(path)
+    if path.exists() and not path.is_dir() and not path.is_file():  # a pipe would block
+        raise UsageError(f"{path}: not a regular file (a config file is a TOML file)")
     try:
         with path.open("rb") as handle:
             raw = handle.read(MAX_CONFIG_BYTES + 1)
