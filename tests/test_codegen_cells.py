@@ -829,3 +829,21 @@ def test_a_cell_s_integer_power_is_differentiated_on_every_backend(
                 for name, value in expected[part].items():
                     error = relative_error(np.asarray(got[part][name]), value)
                     assert error < 1e-10, (backend, unrolled, name)
+
+
+def test_a_derived_constant_beyond_float64_is_refused_naming_it(tmp_path: Path) -> None:
+    """Each of the cell's numbers is a finite float64, but the derivative multiplies them:
+    1e200 * tanh(1e200 * ...) has 1e400, printed as an integer literal that raised
+    OverflowError in every call of the generated module (and in symbptt derive's check)."""
+    text = POWER_CELL.replace(
+        "tanh(W_xh @ x[t] + W_hh @ h[t-1]) ** EXPONENT",
+        "1e200 * tanh(1e200 * (W_xh @ x[t] + W_hh @ h[t-1]))",
+    )
+    path = tmp_path / "huge.toml"
+    path.write_text(text, encoding="utf-8")
+    spec = ModelSpec(steps=2, cell=str(path))
+    message = r"^the derived code has the constant 1\.00E\+400, beyond float64"
+    for backend in ("numpy", "torch", "jax", "array_api"):
+        for unrolled in (False, True):
+            with pytest.raises(symbptt.SpecError, match=message):
+                symbptt.emit(spec, backend=backend, unrolled=unrolled)
