@@ -690,3 +690,18 @@ def test_check_is_true_or_false(backend: str) -> None:
     expected = mod.loss_and_gradients(params, X, Y)
     unchecked = mod.loss_and_gradients(params, X, Y, check=False)
     assert float(unchecked[0]) == float(expected[0])
+
+
+@pytest.mark.parametrize("backend", ["numpy", "array_api", "torch", "jax"])
+def test_init_params_takes_positive_integer_sizes(backend: str) -> None:
+    """A size of 0, -1, 2.5, "3" or True: NumPy drew weights with no columns (and warned of
+    a division by zero), or raised its ValueError or TypeError; torch and the array API
+    raised ZeroDivisionError. Each is refused by name; NumPy's integers are sizes."""
+    _asarray(backend)  # skips without the library (and sets JAX's float64)
+    mod = _module(backend, False, cell="elman")
+    for bad in (0, -1, 2.5, "3", True, None):
+        message = rf"^n_hidden: expected a positive integer, got {re.escape(repr(bad))}$"
+        with pytest.raises(mod.ArgumentError, match=message):
+            mod.init_params(3, bad, 2)
+    params = mod.init_params(np.int64(3), 4, 2)
+    assert tuple(params["W_xh"].shape) == (4, 3)
