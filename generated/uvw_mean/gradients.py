@@ -116,6 +116,8 @@ def init_params(n_in, n_hidden, n_out, rng=None, dtype=np.float64):
     if dtype not in (np.float32, np.float64):
         raise ArgumentError(f"dtype: expected float32 or float64, got {dtype}")
     for name, value in (("n_in", n_in), ("n_hidden", n_hidden), ("n_out", n_out)):
+        if isinstance(value, bool) or not hasattr(value, "__index__") or value < 1:
+            raise ArgumentError(f"{name}: expected a positive integer, got {value!r}")
         if SIZES[name] is not None and value != SIZES[name]:
             message = f"{name}: expected {SIZES[name]} (fixed by the spec), got {value}"
             raise ArgumentError(message)
