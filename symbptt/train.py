@@ -420,7 +420,8 @@ def fit(
     start = _initial(module, h0, initial)
     first, *others = start
     rest = {name: start[name] for name in others}
-    (masked,) = _masks(module, mask, [(0, int(np.shape(X)[0]))])  # checked once, up front
+    steps = int(np.shape(X)[0]) if np.ndim(X) else 0  # a bad X: the module names it below
+    (masked,) = _masks(module, mask, [(0, steps)])  # checked once, up front
     losses: list[float] = []
     for iteration in range(1, iterations + 1):
         if truncate is None:

@@ -184,6 +184,36 @@ def test_bad_arguments_are_named() -> None:
     assert mod.loss(sp, sX, sY, check=False) == mod.loss(sp, sX, sY)
 
 
+@pytest.mark.parametrize("unrolled", [False, True], ids=["rolled", "unrolled"])
+def test_numpy_s_masked_and_byte_swapped_arrays_are_refused_naming_them(unrolled: bool) -> None:
+    """On NumPy arrays, a masked array (whose mask the module ignored: a silent wrong loss,
+    or NumPy's broadcasting ValueError in the loop) and an array in the other byte order
+    (X's message said "expected a float32 or float64 array, got >f8") are refused as the
+    NumPy module refuses them."""
+    spec = ModelSpec(steps=3, layers=2, masked=True)
+    mod = symbptt.load_module(emit_array_api(spec, unrolled=unrolled))
+    params, X, Y, _ = problem(mod, seed=2, batch=3)
+    states = {"h0_1": np.full((3, 4), 0.5)}
+    mask = np.array([[1, 1, 1], [1, 0, 1], [0, 0, 1]], dtype=np.float64)
+    name = mod.PARAMETERS[0]
+    masked = "a masked array, whose mask this module would ignore"
+    swapped = "expected the machine's byte order, got >f8"
+    cases = [
+        ({"X": np.ma.masked_array(X, mask=X > 0)}, f"X: {masked}"),
+        ({"mask": np.ma.masked_array(mask)}, f"mask: {masked}"),
+        ({name: np.ma.masked_array(params[name])}, f"{name}: {masked}"),
+        ({"X": X.astype(">f8")}, f"X: {swapped}"),
+        ({"Y": Y.astype(">f8")}, f"Y: {swapped}"),
+        ({"h0_1": states["h0_1"].astype(">f8")}, f"h0_1: {swapped}"),
+    ]
+    for change, message in cases:
+        args = {"X": X, "Y": Y, "mask": mask, **states, **change}
+        call = {k: v for k, v in args.items() if k not in params}
+        call["params"] = {k: args.get(k, v) for k, v in params.items()}
+        with pytest.raises(mod.ArgumentError, match="^" + re.escape(message)):
+            mod.loss_and_gradients(**call)
+
+
 def test_printer_spells_only_the_standard() -> None:
     """Every spelling is a function of array_api_strict's namespace, and a NumPy function
     without one is an error naming it."""

@@ -125,6 +125,29 @@ def test_spec_accepts_a_path_object_and_names_the_cell(tmp_path: Path) -> None:
             r"double-underscore names are refused",
         ),
         (("tanh(W_xh", "softplus(W_xh"), r"unknown function 'softplus'"),
+        # numbers: each a finite float64 (they were a KeyError, a NaN check or a hang)
+        (("W_hh @ (r[t] * h[t-1])", "W_hh @ (r[t] * h[t-1]) / 0"), r"division by zero"),
+        (("W_hh @ (r[t] * h[t-1])", "W_hh @ (r[t] * h[t-1]) * (1 / 0)"), r"division by zero"),
+        (
+            ("W_hh @ (r[t] * h[t-1])", "W_hh @ (r[t] * h[t-1]) * 1e309"),
+            r"the number 1e309 is not a finite float64",
+        ),
+        (
+            ("W_hh @ (r[t] * h[t-1])", "W_hh @ (r[t] * h[t-1]) * 10 ** 400"),
+            r"10 \*\* 400 is not a finite float64",
+        ),
+        (
+            ("W_hh @ (r[t] * h[t-1])", "W_hh @ (r[t] * h[t-1]) * 10 ** 10 ** 10"),
+            r"10 \*\* 10 \*\* 10 is not a finite float64",
+        ),
+        (
+            ("W_hh @ (r[t] * h[t-1])", "W_hh @ (r[t] * h[t-1]) * (-1) ** 0.5"),
+            r"\(-1\) \*\* 0.5 is not a finite float64",
+        ),
+        (
+            ("W_hh @ (r[t] * h[t-1])", "W_hh @ (r[t] * h[t-1]) / 1e-320"),
+            r"/ 1e-320 is not a finite float64",
+        ),
         (  # the checker's step function (A > 0) is no part of a cell equation
             ("W_hh @ (r[t] * h[t-1])", "W_hh @ ((r[t] > 0) * h[t-1])"),
             r"not part of a cell equation's language",
@@ -363,3 +386,11 @@ def test_a_bad_mapping_is_one_error_naming_the_key(mapping: Any, message: str | 
     with pytest.raises(SpecError) as err:
         cell_from_mapping(mapping)
     assert str(err.value).startswith(message or "cell mapping: got str; expected a mapping")
+
+
+def test_a_tiny_constant_of_a_cell_stays_itself(tmp_path: Path) -> None:
+    """sympy.nsimplify reads 1e-300 as 0: the cell's term (and the gradient of W_hh) was
+    dropped without a word; the number is its exact decimal."""
+    text = GRU_CELL.replace("W_hh @ (r[t] * h[t-1])", "1e-300 * W_hh @ (r[t] * h[t-1])", 1)
+    d = symbptt.derive(symbptt.ModelSpec(cell=str(_write(tmp_path, text)), steps=2))
+    assert sp.Rational(1, 10**300) in d.gradients["W_hh"].atoms(sp.Rational)

@@ -248,7 +248,7 @@ def test_config_with_a_byte_order_mark(tmp_path: Path) -> None:
     assert (spec.steps, spec.hidden) == (3, "relu")
 
 
-@pytest.mark.parametrize("source", ["/dev/zero", "big"])
+@pytest.mark.parametrize("source", ["big"])  # /dev/zero: not a regular file (below)
 def test_config_size_is_bounded(
     source: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -262,6 +262,41 @@ def test_config_size_is_bounded(
     code, _, err = run(["derive", str(path), "--out", str(tmp_path / "o")], capsys)
     assert code == 2
     assert_one_line_error(err, str(path), "too large for a config file", "64 KiB")
+
+
+@pytest.mark.parametrize("option", ["config", "--check"])
+@pytest.mark.parametrize("source", ["fifo", "big", "/dev/zero"])
+def test_a_config_or_formula_file_is_a_regular_file_of_bounded_size(
+    option: str, source: str, tmp_path: Path
+) -> None:
+    """A named pipe (a config or a --check file) blocked the command for ever, and --check
+    read /dev/zero or a huge file whole (unbounded memory); the cell file refused both.
+    Run in a process of its own with a timeout, so that a hang fails instead of waiting."""
+    if source == "fifo":
+        path = tmp_path / "pipe.toml"
+        os.mkfifo(path)
+        needle = "not a regular file"
+    elif source == "big":
+        path = tmp_path / "big.toml"
+        path.write_text("# padding\n" * (300 * 1024 // 10) + "[formulas]\n")  # > both limits
+        needle = "too large"
+    else:
+        path = Path(source)
+        needle = "not a regular file"
+    if option == "config":
+        args = ["derive", str(path), "--no-pdf", "--out", str(tmp_path / "o")]
+    else:
+        args = ["derive", *QUICK, "--no-pdf", "--check", str(path), "--out", str(tmp_path / "o")]
+    done = subprocess.run(
+        [sys.executable, "-m", "symbptt", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert_one_line_error(done.stderr, str(path), needle)
+    assert not (tmp_path / "o").exists()
 
 
 def test_many_unknown_keys_are_fast_and_short(tmp_path: Path) -> None:
@@ -810,6 +845,27 @@ def test_a_later_run_removes_what_an_earlier_one_wrote_and_this_one_does_not(
     assert f"removed {out / 'gradients_unrolled.py'}" in out_text
     assert f"removed {fake_pdf}" in out_text
     assert "gradients_unrolled.py" in earlier
+
+
+def test_a_later_run_removes_an_earlier_run_s_module_of_every_backend(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The names a run may remove were a list typed by hand that missed cupy's and
+    array_api's modules: a run with another backend left them beside its own outputs."""
+    out = tmp_path / "out"
+    ours = out / "gradients_array_api.py", out / "gradients_array_api_unrolled.py"
+    code, _, err = run(
+        ["derive", *QUICK, "--no-pdf", "--backend", "array_api", "--unrolled", "--out", str(out)],
+        capsys,
+    )
+    assert code == 0, err
+    assert all(path.exists() for path in ours)
+    (out / "gradients_cupy.py").write_bytes(ours[0].read_bytes())  # as a run with CuPy wrote
+    code, out_text, err = run(["derive", *QUICK, "--no-pdf", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == sorted(DOCS)
+    for name in ("gradients_array_api.py", "gradients_array_api_unrolled.py", "gradients_cupy.py"):
+        assert f"removed {out / name}" in out_text
 
 
 def test_a_users_file_with_an_output_name_is_kept(

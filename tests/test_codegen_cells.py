@@ -762,3 +762,88 @@ def test_derive_refuses_a_clashing_parameter_with_exit_2_and_writes_nothing(
     assert "parameter 'm': the generated numpy module already uses the name 'm'" in err
     assert err.count("\n") == 1
     assert not out.exists()
+
+
+POWER_CELL = """
+name = "power"
+description = "h_t = tanh(W_xh x_t + W_hh h_{t-1}) ** n"
+reference = "a cell of the language's A ** n"
+readout = "h"
+equations = ["h[t] = tanh(W_xh @ x[t] + W_hh @ h[t-1]) ** EXPONENT"]
+
+[inputs]
+x = "n_in"
+
+[states]
+h = "n_hidden"
+
+[parameters]
+W_xh = { shape = ["n_hidden", "n_in"], kind = "weight" }
+W_hh = { shape = ["n_hidden", "n_hidden"], kind = "weight" }
+
+[notations.xh.names]
+W_xh = { ascii = "W_xh", latex = "W_{xh}" }
+W_hh = { ascii = "W_hh", latex = "W_{hh}" }
+W_out = { ascii = "W_hy", latex = "W_{hy}" }
+b_out = { ascii = "b_y", latex = "b_y" }
+x = { ascii = "x", latex = "x" }
+h = { ascii = "h", latex = "h" }
+logits = { ascii = "o", latex = "o" }
+y_hat = { ascii = "y_hat", latex = '\\hat{y}' }
+y = { ascii = "y", latex = "y" }
+"""
+
+
+@pytest.mark.parametrize("exponent", [2, 3])
+def test_a_cell_s_integer_power_is_differentiated_on_every_backend(
+    tmp_path: Path, exponent: int
+) -> None:
+    """``A ** n`` (docs/cells.md) had no VJP rule: the derivation raised MissingRuleError.
+    The NumPy modules equal central differences; the JAX and array API modules, rolled and
+    unrolled, equal the NumPy module (the rolled JAX module read a loop's accumulated
+    adjoint from before the loop: wrong weight and input gradients)."""
+    path = tmp_path / "power.toml"
+    path.write_text(POWER_CELL.replace("EXPONENT", str(exponent)), encoding="utf-8")
+    spec = ModelSpec(steps=3, cell=str(path))
+    for unrolled in (False, True):
+        check_every_gradient(module_for(spec, unrolled), seed=exponent)
+    reference = module_for(spec)
+    problem = random_problem(reference, rng=exponent)
+    expected = reference.loss_and_all_gradients(*problem.args())
+    backends = {"array_api": pytest.importorskip("array_api_strict").asarray}
+    if importlib.util.find_spec("jax") is not None:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+        backends["jax"] = jax.numpy.asarray
+    for backend, asarray in backends.items():
+        for unrolled in (False, True):
+            mod = symbptt.load_module(symbptt.emit(spec, backend=backend, unrolled=unrolled))
+            params = {k: asarray(v) for k, v in problem.params.items()}
+            initial = {k: asarray(v) for k, v in problem.initial.items()}
+            got = mod.loss_and_all_gradients(
+                params, asarray(problem.X), asarray(problem.Y), **initial
+            )
+            assert float(got[0]) == pytest.approx(expected[0], rel=1e-12)
+            for part in (1, 2):
+                for name, value in expected[part].items():
+                    error = relative_error(np.asarray(got[part][name]), value)
+                    assert error < 1e-10, (backend, unrolled, name)
+
+
+def test_a_derived_constant_beyond_float64_is_refused_naming_it(tmp_path: Path) -> None:
+    """Each of the cell's numbers is a finite float64, but the derivative multiplies them:
+    1e200 * tanh(1e200 * ...) has 1e400, printed as an integer literal that raised
+    OverflowError in every call of the generated module (and in symbptt derive's check)."""
+    text = POWER_CELL.replace(
+        "tanh(W_xh @ x[t] + W_hh @ h[t-1]) ** EXPONENT",
+        "1e200 * tanh(1e200 * (W_xh @ x[t] + W_hh @ h[t-1]))",
+    )
+    path = tmp_path / "huge.toml"
+    path.write_text(text, encoding="utf-8")
+    spec = ModelSpec(steps=2, cell=str(path))
+    message = r"^the derived code has the constant 1\.00E\+400, beyond float64"
+    for backend in ("numpy", "torch", "jax", "array_api"):
+        for unrolled in (False, True):
+            with pytest.raises(symbptt.SpecError, match=message):
+                symbptt.emit(spec, backend=backend, unrolled=unrolled)

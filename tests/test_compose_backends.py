@@ -716,3 +716,63 @@ def test_padded_steps_hold_anything_finite(backend: str, unrolled: bool) -> None
             np.testing.assert_array_equal(
                 np.asarray(actual), np.asarray(expected), err_msg=f"{what}: {name}"
             )
+
+
+@pytest.mark.parametrize("unrolled", [False, True], ids=["rolled", "unrolled"])
+@pytest.mark.parametrize("backend", ["numpy", "array_api", "torch", "jax"])
+@pytest.mark.parametrize("fields", [{"cell": "elman"}, {"cell": "gru", **ALL_THREE}], ids=_id)
+def test_targets_of_none_are_refused_naming_Y(
+    backend: str, unrolled: bool, fields: dict[str, Any]
+) -> None:
+    """Y=None to a loss function is refused by name (every backend read it as forward's "no
+    targets" and failed in its loss with AttributeError or TypeError); forward takes none."""
+    asarray = _asarray(backend)
+    mod = _module(backend, unrolled, **fields)
+    problem = _problem(fields)
+    params = {k: asarray(v) for k, v in problem.params.items()}
+    keywords = {k: asarray(v) for k, v in {**problem.keywords(), **problem.initial}.items()}
+    X = asarray(problem.X)
+    for function in (mod.loss, mod.loss_and_gradients, mod.loss_and_all_gradients):
+        with pytest.raises(
+            mod.ArgumentError, match=r"^Y: expected an? [a-z. ]*(array|Tensor), got NoneType$"
+        ):
+            function(params, X, None, **keywords)
+    predictions, _ = mod.forward(params, X, **keywords)
+    assert tuple(predictions.shape)[-1] == 3
+
+
+@pytest.mark.parametrize("backend", ["numpy", "array_api", "torch", "jax"])
+def test_check_is_true_or_false(backend: str) -> None:
+    """``check`` was read for its truth: None or 0 skipped the validation without a word,
+    "no" ran it; anything but True or False is refused by name, in every function."""
+    asarray = _asarray(backend)
+    fields = {"cell": "elman"}
+    mod = _module(backend, False, **fields)
+    problem = _problem(fields)
+    params = {k: asarray(v) for k, v in problem.params.items()}
+    X, Y = asarray(problem.X), asarray(problem.Y)
+    for check in (None, 0, 1, "no", np.False_):
+        message = rf"^check: expected True or False, got {re.escape(repr(check))}$"
+        for function in (mod.loss, mod.loss_and_gradients, mod.loss_and_all_gradients):
+            with pytest.raises(mod.ArgumentError, match=message):
+                function(params, X, Y, check=check)
+        with pytest.raises(mod.ArgumentError, match=message):
+            mod.forward(params, X, check=check)
+    expected = mod.loss_and_gradients(params, X, Y)
+    unchecked = mod.loss_and_gradients(params, X, Y, check=False)
+    assert float(unchecked[0]) == float(expected[0])
+
+
+@pytest.mark.parametrize("backend", ["numpy", "array_api", "torch", "jax"])
+def test_init_params_takes_positive_integer_sizes(backend: str) -> None:
+    """A size of 0, -1, 2.5, "3" or True: NumPy drew weights with no columns (and warned of
+    a division by zero), or raised its ValueError or TypeError; torch and the array API
+    raised ZeroDivisionError. Each is refused by name; NumPy's integers are sizes."""
+    _asarray(backend)  # skips without the library (and sets JAX's float64)
+    mod = _module(backend, False, cell="elman")
+    for bad in (0, -1, 2.5, "3", True, None):
+        message = rf"^n_hidden: expected a positive integer, got {re.escape(repr(bad))}$"
+        with pytest.raises(mod.ArgumentError, match=message):
+            mod.init_params(3, bad, 2)
+    params = mod.init_params(np.int64(3), 4, 2)
+    assert tuple(params["W_xh"].shape) == (4, 3)

@@ -609,3 +609,14 @@ def _cell_file(folder: Path, text: str, name: str = "plain") -> str:
     path = folder / f"{name}.toml"
     path.write_text(text, encoding="utf-8")
     return str(path)
+
+
+def test_a_constant_wider_than_a_row_is_laid_out_on_its_row(tmp_path: Path) -> None:
+    """A factor no naming can narrow (a 61-digit constant): the layout named the named
+    part again and again (a MatrixSymbol is no SymPy atom) until RecursionError."""
+    wide = "1" + "0" * 60
+    text = UNTAGGED_ELMAN.replace('"h[t] = f(z[t])"', f'"h[t] = {wide} * f(z[t])"')
+    assert wide in text
+    tex, md = render_documents(ModelSpec(steps=2, cell=_cell_file(tmp_path, text)))
+    assert wide in tex
+    assert wide in md

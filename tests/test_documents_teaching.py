@@ -684,3 +684,14 @@ def test_the_norms_follow_the_weight_on_the_previous_state_not_a_role_tag() -> N
     assert untagged is not None and tagged is not None
     assert untagged.recurrent == tagged.recurrent == "W_hh"
     assert untagged.norms == tagged.norms
+
+
+def test_a_non_finite_number_is_written_not_raised() -> None:
+    """A gradient norm or relative error that overflowed (an exploding cell, a NaN
+    check): the document's number writer raised OverflowError or ValueError."""
+    from symbptt.documents.layout import _sci
+
+    assert _sci(float("inf")) == r"\infty"
+    assert _sci(-float("inf")) == r"-\infty"
+    assert _sci(float("nan")) == r"\mathrm{NaN}"
+    assert _sci(6.5e-32) == r"6.5 \times 10^{-32}"

@@ -237,6 +237,38 @@ def test_big_endian_masked_and_foreign_arrays_get_a_clear_message(tmp_path: Path
         mod.loss(params, torch.from_numpy(X), Y)
 
 
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+@pytest.mark.parametrize("unrolled", [False, True], ids=["rolled", "unrolled"])
+def test_a_numpy_matrix_is_refused_naming_the_argument(unrolled: bool) -> None:
+    """np.matrix (an ndarray subclass whose * is a matrix product and whose rows stay 2-D)
+    is refused by name: it passed the checks and failed in the loop with NumPy's ValueError
+    (a parameter, an initial state, many-to-one targets, a mask, class labels)."""
+    mod = module_for(LAYERED, unrolled)
+    p = random_problem(mod)
+    params, X, Y, h0 = p.args()
+    name = mod.PARAMETERS[0]
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"params": {**params, name: np.matrix(params[name])}}, name),
+        ({"h0": np.matrix(h0)}, "h0"),
+        ({"Y": np.matrix(Y)}, "Y"),
+    ]
+    for change, argument in cases:
+        args = {"params": params, "X": X, "Y": Y, "h0": h0, **change}
+        message = rf"^{argument}: expected a numpy array, got numpy.matrix \(np.asarray"
+        with pytest.raises(mod.ArgumentError, match=message):
+            mod.loss_and_gradients(args["params"], args["X"], args["Y"], args["h0"])
+    composed = module_for(ModelSpec(steps=3, layers=2, masked=True), unrolled)
+    p = random_problem(composed)
+    labels = np.argmax(p.Y, axis=-1)
+    for keywords, argument in (({"mask": np.matrix(p.mask)}, "mask"), ({}, "Y")):
+        Y = np.matrix(labels) if argument == "Y" else labels
+        message = rf"^{argument}: expected a numpy array, got numpy.matrix \(np.asarray"
+        with pytest.raises(composed.ArgumentError, match=message):
+            composed.loss_and_gradients(
+                p.params, p.X, Y, **{"mask": p.mask, **keywords}, **p.initial
+            )
+
+
 def test_sizes_fixed_by_the_spec_are_checked() -> None:
     mod = module_for(PRESETS["xh_hello"])
     assert mod.SIZES == {"n_in": 4, "n_hidden": None, "n_out": 4, "m": 1}

@@ -32,6 +32,8 @@ EXAMPLES: dict[type, Callable[[], Any]] = {
     sp.Mul: lambda: s * u,
     sp.Transpose: lambda: sp.Transpose(A),
     sp.HadamardProduct: lambda: sp.HadamardProduct(A, B),
+    sp.HadamardPower: lambda: sp.HadamardPower(A, 3),
+    mexpr.HadamardPower: lambda: mexpr.HadamardPower(A, 2),
     ElementwiseApplyFunction: lambda: ElementwiseApplyFunction(
         sp.Lambda(functions.z, sp.tanh(functions.z)), A
     ),

@@ -412,3 +412,12 @@ def test_fit_rejects_bad_iterations() -> None:
     module, X, Y = hello()
     with pytest.raises(ValueError, match="iterations"):
         fit(module, module.init_params(4, 2, 4), X, Y, iterations=-1)
+
+
+@pytest.mark.parametrize("bad", [None, 3.0, [[[]]]], ids=["None", "scalar", "list"])
+def test_fit_names_an_X_that_is_no_array(bad: Any) -> None:
+    """fit read X's length before the module checked X: None or a number was an IndexError
+    (a list of lists passed it); the module's own ArgumentError names X."""
+    module, _, Y = hello()
+    with pytest.raises(module.ArgumentError, match=r"^X: expected a numpy array, got"):
+        fit(module, module.init_params(4, 2, 4), bad, Y, iterations=1)

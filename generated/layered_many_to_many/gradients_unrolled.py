@@ -110,6 +110,8 @@ def init_params(n_in, n_hidden, n_out, rng=None, dtype=np.float64):
     if dtype not in (np.float32, np.float64):
         raise ArgumentError(f"dtype: expected float32 or float64, got {dtype}")
     for name, value in (("n_in", n_in), ("n_hidden", n_hidden), ("n_out", n_out)):
+        if isinstance(value, bool) or not hasattr(value, "__index__") or value < 1:
+            raise ArgumentError(f"{name}: expected a positive integer, got {value!r}")
         if SIZES[name] is not None and value != SIZES[name]:
             message = f"{name}: expected {SIZES[name]} (fixed by the spec), got {value}"
             raise ArgumentError(message)
@@ -132,8 +134,8 @@ def forward(params, X, h0=None, *, check=True):
     Returns ``(predictions, cache)``: predictions (T, m, n_out), time-major.
     ``check=False`` skips the validation of the arguments (see ``loss``).
     """
-    if check:
-        _check(params, X, None, h0)
+    if check is True or check is not False and _checking(check):
+        _check(params, X, None, h0, targets=False)
     h0 = _initial(params, X, h0)
     cache = _forward(params, X, h0)
     return np.stack([cache[name] for name in _PREDICTIONS]), cache
@@ -146,7 +148,7 @@ def loss(params, X, Y, h0=None, *, check=True):
     and raises ArgumentError naming the first bad one; ``check=False`` skips that,
     for speed, when the caller knows the arguments are right.
     """
-    if check:
+    if check is True or check is not False and _checking(check):
         _check(params, X, Y, h0)
     h0 = _initial(params, X, h0)
     cache = _forward(params, X, h0)
@@ -158,7 +160,7 @@ def loss_and_gradients(params, X, Y, h0=None, *, check=True):
 
     ``check=False`` skips the validation of the arguments (see ``loss``).
     """
-    if check:
+    if check is True or check is not False and _checking(check):
         _check(params, X, Y, h0)
     h0 = _initial(params, X, h0)
     cache = _forward(params, X, h0)
@@ -175,7 +177,7 @@ def loss_and_all_gradients(params, X, Y, h0=None, *, check=True):
     hidden state of layer L_1 (m, n_hidden), to pass as h0 to the next chunk.
     ``check=False`` skips the validation of the arguments (see ``loss``).
     """
-    if check:
+    if check is True or check is not False and _checking(check):
         _check(params, X, Y, h0)
     h0 = _initial(params, X, h0)
     cache = _forward(params, X, h0)
@@ -192,8 +194,8 @@ def _initial(params, X, h0):
     return h0
 
 
-def _check(params, X, Y, h0):
-    """Raise ArgumentError naming the first bad argument.
+def _check(params, X, Y, h0, targets=True):
+    """Raise ArgumentError naming the first bad argument (``targets``: Y is required).
 
     On the path every good call takes, the types, dtypes and shapes of all the
     arrays are compared at once and the values are summed once (a finite sum has
@@ -229,13 +231,14 @@ def _check(params, X, Y, h0):
             set(map(type, arrays)) == _NDARRAY
             and set(map(_DTYPE, arrays)) == {dtype}
             and tuple(map(_SHAPE, arrays)) == shapes
+            and (Y is not None or not targets)
             and _fits(Y, (T, m, n_out), dtype)
             and _fits(h0, (m, n_hidden), dtype)
         )
     except (AttributeError, IndexError, TypeError):  # not an array, or not 2-D
         fits = False
     if not fits:
-        _expect_arguments(params, X, Y, h0)
+        _expect_arguments(params, X, Y, h0, targets)
     finite = (X, *arrays)
     if h0 is not None:
         finite += (h0,)
@@ -249,7 +252,7 @@ def _check(params, X, Y, h0):
         _expect_distributions(Y)  # finite sums near 1: every entry is finite
 
 
-def _expect_arguments(params, X, Y, h0):
+def _expect_arguments(params, X, Y, h0, targets):
     """Raise ArgumentError naming the first argument of a wrong type, dtype or shape."""
     T, m, n_in = X.shape
     dtype = X.dtype
@@ -265,7 +268,7 @@ def _expect_arguments(params, X, Y, h0):
     _expect("W_2", params["W_2"], (n_hidden, n_out), dtype, "(n_hidden, n_out)")
     _expect("beta_1", params["beta_1"], (n_hidden, 1), dtype, "(n_hidden, 1)")
     _expect("beta_2", params["beta_2"], (n_out, 1), dtype, "(n_out, 1)")
-    if Y is not None:
+    if Y is not None or targets:
         _expect("Y", Y, (T, m, n_out), dtype, "(T, m, n_out)")
     if h0 is not None:
         _expect("h0", h0, (m, n_hidden), dtype, "(m, n_hidden)")
@@ -280,6 +283,11 @@ _SIZE = operator.attrgetter("size")
 #: Arguments of at most this many entries in all are joined and reduced in one call
 #: (a call costs ~0.7 us here; past this, the copy costs more than the calls it saves).
 _CONCATENATED = 2**12
+
+
+def _checking(check):
+    """Raise ArgumentError: ``check`` is neither True nor False (the caller tested both)."""
+    raise ArgumentError(f"check: expected True or False, got {check!r}")
 
 
 def _refuse_params(params):
@@ -361,7 +369,12 @@ def _kind(value):
 
 
 def _expect_plain(name, array):
-    """Raise ArgumentError for a masked array or an array not in the machine's byte order."""
+    """Raise ArgumentError for a masked array, an np.matrix or an array not in the machine's
+    byte order."""
+    if isinstance(array, np.matrix):  # its * is a product, its rows stay 2-D
+        raise ArgumentError(
+            f"{name}: expected a numpy array, got numpy.matrix (np.asarray({name}) is one)"
+        )
     if isinstance(array, np.ma.MaskedArray):
         raise ArgumentError(
             f"{name}: a masked array, whose mask this module would ignore; "

@@ -22,6 +22,11 @@ from ..model.load import tomllib  # the standard library's, or tomli on Python 3
 __all__ = ["FormulaFileError", "read_formula_file"]
 
 
+#: The most a formula file may hold: a formula is at most 2000 characters, a model's
+#: parameters a few dozen; anything larger is refused unread.
+MAX_FORMULA_FILE_BYTES = 256 * 1024
+
+
 class FormulaFileError(ValueError):
     """The file cannot be read as a table of formulas; the message is one line."""
 
@@ -29,8 +34,18 @@ class FormulaFileError(ValueError):
 def read_formula_file(path: str | os.PathLike[str]) -> tuple[tuple[str, str], ...]:
     """The ``(parameter, formula)`` pairs of the file, in the file's order."""
     where = str(path)
+    file = Path(path)
+    if file.exists() and not file.is_dir() and not file.is_file():  # a pipe would block
+        raise FormulaFileError(f"{where}: not a regular file (a formula file is a TOML file)")
     try:
-        text = Path(path).read_bytes().decode("utf-8")
+        with file.open("rb") as handle:
+            raw = handle.read(MAX_FORMULA_FILE_BYTES + 1)
+        if len(raw) > MAX_FORMULA_FILE_BYTES:
+            raise FormulaFileError(
+                f"{where}: too large for a formula file (more than "
+                f"{MAX_FORMULA_FILE_BYTES // 1024} KiB)"
+            )
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise FormulaFileError(f"{where}: cannot be read: {reason}") from None

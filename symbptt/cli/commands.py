@@ -44,6 +44,7 @@ except ImportError:  # Windows: runs into one folder are not locked
     fcntl = None  # type: ignore[assignment]
 
 from .. import __version__
+from ..codegen.emit import BACKENDS
 from ..files import stage
 from ..model.presets import PRESETS
 from ..model.spec import CHOICES, MAX_CHECK_STEPS, MAX_SIZE, ModelSpec, SpecError
@@ -110,6 +111,8 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     A file named ``pyproject.toml`` gives its ``[tool.symbptt]`` table.
     """
     path = Path(path)
+    if path.exists() and not path.is_dir() and not path.is_file():  # a pipe would block
+        raise UsageError(f"{path}: not a regular file (a config file is a TOML file)")
     try:
         with path.open("rb") as handle:
             raw = handle.read(MAX_CONFIG_BYTES + 1)
@@ -424,10 +427,12 @@ def output_lock(folder: Path) -> Iterator[None]:
 _ALL_OUTPUTS = (
     "gradients.py",
     "gradients_unrolled.py",
-    "gradients_torch.py",
-    "gradients_torch_unrolled.py",
-    "gradients_jax.py",
-    "gradients_jax_unrolled.py",
+    *(
+        f"gradients_{backend}{form}.py"
+        for backend in BACKENDS
+        if backend != "numpy"
+        for form in ("", "_unrolled")
+    ),
     "derivation.tex",
     "derivation.md",
     "derivation.pdf",

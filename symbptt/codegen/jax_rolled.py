@@ -127,6 +127,14 @@ class JaxRolledModule(RolledModule):
             read |= self.reads_after()
         return any(s.base[x] in read for x in aliases)
 
+    def read_back_after_loop(self, symbol: Any) -> bool:
+        """Also an alias of a hoisted array (``dh_t`` adding into ``dh_all``'s storage)
+        that the loop stores into ``q_seq``: ``q_all`` is no view of it here, and the
+        code after the loop read the array from before the loop."""
+        if symbol not in self.s.alias:
+            return True
+        return self.read_again(self.names_step[symbol])
+
     def recurrences(self, views: Code, body: Code, backward: bool) -> dict[str, str]:
         """The step values a loop step reads from what the step before it wrote: read
         name -> the name the step writes it as (``h_prev`` -> ``h_t`` forward,

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import ast
 import keyword
+import sys
 from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any, ClassVar
@@ -44,6 +45,7 @@ from sympy.matrices.expressions.matexpr import MatrixExpr
 from sympy.printing.numpy import NumPyPrinter as _SymPyNumPyPrinter
 
 from ..expr import functions, mexpr
+from ..model.spec import SpecError
 
 __all__ = [
     "LSE",
@@ -676,9 +678,11 @@ class NumPyPrinter(_SymPyNumPyPrinter):  # type: ignore[misc]
         return self._print_name(expr)
 
     def _print_Integer(self, expr: sp.Integer) -> str:
+        _expect_float64(expr)
         return str(expr.p)
 
     def _print_Rational(self, expr: sp.Rational) -> str:
+        _expect_float64(expr)
         if expr.q == 1:
             return str(expr.p)
         return f"{expr.p} / {expr.q}"
@@ -909,3 +913,17 @@ class NumPyPrinter(_SymPyNumPyPrinter):  # type: ignore[misc]
 def numpy_code(expr: Any, names: Mapping[Any, str] | None = None) -> str:
     """``expr`` printed by :class:`NumPyPrinter`."""
     return str(NumPyPrinter(names).doprint(expr))
+
+
+def _expect_float64(number: sp.Rational) -> None:
+    """SpecError for a constant no float64 holds: each of a cell's numbers is finite, but
+    the derivative multiplies them (1e200 * tanh(1e200 * z) has 1e400), and its printed
+    integer made every call of the module raise OverflowError."""
+    if abs(number.p) > abs(number.q) * _FLOAT64_MAX:
+        raise SpecError(
+            f"the derived code has the constant {sp.Float(number, 3)}, beyond float64 "
+            "(a product of the cell's numbers); use smaller numbers"
+        )
+
+
+_FLOAT64_MAX = int(sys.float_info.max)

@@ -335,6 +335,12 @@ class RolledModule:
         none here, as ``q_t`` is a view of ``q_seq`` (a functional backend's are copies)."""
         return Code()
 
+    def read_back_after_loop(self, symbol: Any) -> bool:
+        """Whether ``q_all`` of the backward loop's target ``symbol`` is bound again to
+        ``q_seq`` after the loop: not for an alias of a hoisted array, whose ``q_all`` the
+        loop's views wrote through (a functional backend's loop stores into ``q_seq``)."""
+        return symbol not in self.s.alias
+
     def loop(self, c: Code, body: Code, backward: bool) -> None:
         """``for t, q_t, ... in zip(range(...), q_seq[...], ...):`` and ``body``.
 
@@ -889,7 +895,9 @@ class RolledModule:
         self.loop(c, loop, backward=True)
         for st in s.backward_loop:
             b = s.base[st.target]
-            if st.target in s.alias or b not in self.seq_index or b in s.blocks:
+            if not self.read_back_after_loop(st.target):
+                continue
+            if b not in self.seq_index or b in s.blocks:
                 continue
             units, uses = self.units_code(st.target)
             line = f"{b}_all = {self.reshape(f'{b}_seq', f'T * m, {units}')}"

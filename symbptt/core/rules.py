@@ -92,6 +92,13 @@ def _hadamard(ct: Any, out: Any, node: Any) -> Pairs:
     return [(arg, mexpr.hadamard(ct, *(args[:i] + args[i + 1 :]))) for i, arg in enumerate(args)]
 
 
+@vjp(sp.HadamardPower, mexpr.HadamardPower)
+def _hadamard_power(ct: Any, out: Any, node: Any) -> Pairs:
+    """d(A∘n) = ct ⊙ n A∘(n-1) (a cell's integer power n >= 1)."""
+    base, exp = node.base, node.exp
+    return [(base, mexpr.hadamard(ct, mexpr.scale(exp, mexpr.hadamard_power(base, exp - 1))))]
+
+
 @vjp(ElementwiseApplyFunction, functions.Apply)
 def _elementwise(ct: Any, out: Any, node: Any) -> Pairs:
     """d(f(Z)) = ct ⊙ f'(Z), with f' written through the output where simpler."""

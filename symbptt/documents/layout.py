@@ -262,9 +262,13 @@ def _elide(terms: list[str], marker: str = r"\dots") -> list[str]:
 
 
 def _sci(value: float) -> str:
-    """``6.5 \\times 10^{-32}`` (two significant digits)."""
+    """``6.5 \\times 10^{-32}`` (two significant digits); ``\\infty``, ``\\mathrm{NaN}``."""
     if value == 0:
         return "0"
+    if math.isnan(value):
+        return r"\mathrm{NaN}"
+    if math.isinf(value):
+        return r"\infty" if value > 0 else r"-\infty"
     exponent = math.floor(math.log10(abs(value)))
     mantissa = value / 10**exponent
     if round(mantissa, 1) >= 10:

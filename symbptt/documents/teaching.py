@@ -321,8 +321,14 @@ class _Writer:
         return rows
 
     def _name_parts(self, lhs: str, expr: Any, rel: str) -> list[str]:
-        """Give the widest argument of ``expr`` a short name, define it first, repeat."""
-        args = [a for a in expr.args if mexpr.is_matrix(a) and not a.is_Atom]
+        """Give the widest argument of ``expr`` a short name, define it first, repeat (a
+        name, a MatrixSymbol though no SymPy atom, is not named again: a factor no name
+        narrows, such as a wide constant, stays on its row)."""
+        args = [
+            a
+            for a in expr.args
+            if mexpr.is_matrix(a) and not a.is_Atom and not isinstance(a, sp.MatrixSymbol)
+        ]
         if not args:
             return [rf"{lhs} &{rel} {self.tex(expr)}"]
         widest = max(args, key=lambda a: tex_width(self.tex(a)))

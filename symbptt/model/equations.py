@@ -23,6 +23,8 @@ The language of a cell equation:
 from __future__ import annotations
 
 import ast
+import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -105,17 +107,41 @@ class _Builder:
 
     def number(self, node: ast.AST) -> sp.Expr | None:
         if isinstance(node, ast.Constant):
-            return (
-                sp.nsimplify(node.value)
-                if isinstance(node.value, float)
-                else sp.Integer(node.value)
-            )
+            if isinstance(node.value, float):
+                if not math.isfinite(node.value):
+                    raise self.error(f"the number {self.text(node)} is not a finite float64", node)
+                value = sp.nsimplify(node.value)
+                # nsimplify reads a number below about 1e-300 as 0: its exact decimal instead
+                return value if value != 0 else sp.Rational(repr(node.value))
+            return self.finite(sp.Integer(node.value), node)
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
             inner = self.number(node.operand)
             if inner is None:
                 return None
             return -inner if isinstance(node.op, ast.USub) else inner
         return None
+
+    def text(self, node: ast.AST) -> str:
+        """The equation's text of ``node`` (``ast.unparse``: the source is one line)."""
+        return ast.unparse(node)
+
+    def finite(self, value: Any, node: ast.AST) -> Any:
+        """``value`` (a number), or an error if it is no finite float64 (a real number): the
+        generated code computes in float64 (an infinity there is a NaN gradient)."""
+        if not (value.is_real and value.is_finite and abs(value) <= sp.Float(sys.float_info.max)):
+            raise self.error(f"{self.text(node)} is not a finite float64", node)
+        return value
+
+    def power(self, left: Any, right: Any, node: ast.AST) -> Any:
+        """``left ** right`` of two numbers, refused before SymPy computes one too large
+        (``10 ** 10 ** 10`` has ten billion digits)."""
+        try:
+            estimate = math.pow(abs(float(left)), float(right))
+        except (OverflowError, ValueError, ZeroDivisionError):
+            estimate = math.inf
+        if not math.isfinite(estimate) or estimate > sys.float_info.max:
+            raise self.error(f"{self.text(node)} is not a finite float64", node)
+        return self.finite(left**right, node)
 
     def build(self, node: ast.AST) -> Any:
         constant = self.number(node)
@@ -197,10 +223,13 @@ class _Builder:
             if isinstance(op, ast.MatMult):
                 raise self.error("@ needs two matrices", node)
             if isinstance(op, ast.Pow):
-                return left**right
-            return {ast.Add: sp.Add, ast.Sub: lambda a, b: a - b, ast.Mult: sp.Mul}.get(
+                return self.power(left, right, node)
+            if isinstance(op, ast.Div) and right == 0:
+                raise self.error("division by zero", node)
+            value = {ast.Add: sp.Add, ast.Sub: lambda a, b: a - b, ast.Mult: sp.Mul}.get(
                 type(op), lambda a, b: a / b
             )(left, right)
+            return self.finite(value, node)
         if isinstance(op, (ast.Add, ast.Sub)):
             return self.sum(node)
         if isinstance(op, ast.Mult):
@@ -223,7 +252,9 @@ class _Builder:
         if isinstance(op, ast.Div):
             if rm:
                 raise self.error("division by a matrix is not supported; divide by a number", node)
-            return mexpr.scale(1 / right, left)
+            if right == 0:
+                raise self.error("division by zero", node)
+            return mexpr.scale(self.finite(1 / right, node), left)
         if isinstance(op, ast.Pow):
             if rm or not (right.is_Integer and right >= 1):
                 raise self.error("a matrix power takes an integer exponent n >= 1", node)
