@@ -2,12 +2,13 @@
 
 The rolled module of a composed model (:mod:`~symbptt.codegen.numpy_composed`)
 prints its loops as ``for t in range(...):`` over stacked arrays ``q[0 .. T + 1]``
-that each step writes at ``t`` (``q = q.at[t].set(...)`` in JAX) and reads at
-``t`` and its neighbours.  ``jax.jit`` traces a Python loop into straight-line
-code T steps long: the two-layer bidirectional masked LSTM of
-``benchmarks/compose.py`` at T = 50 took 90 s to its first result (3.5 s as
-scans).  :func:`scan_loops` turns each such loop into a nested step
-function and one ``jax.lax.scan`` over ``t``, which XLA compiles once; the carry
+that each step writes at ``t`` (in JAX ``q = jax.lax.dynamic_update_index_in_dim(q,
+v, t, 0)``, the printer's ``set_step``) and reads at ``t`` and its neighbours.
+``jax.jit`` traces a Python loop into straight-line code T steps long: the
+two-layer bidirectional masked LSTM of ``benchmarks/compose.py`` at T = 50 took
+90 s to its first result (3.5 s as scans).  :func:`scan_loops` turns each such
+loop into a nested step function and one ``jax.lax.scan`` over ``t``, which XLA
+compiles once; the carry
 is what the loop writes that exists before it (the stacked arrays, a running
 sum), the rest of what it reads is closed over.  The one-cell module's scan
 (:class:`~symbptt.codegen.jax_rolled.JaxRolledModule`) comes from its schedule;
@@ -33,8 +34,8 @@ def scan_loops(code: Code, arange: str = "jnp.arange") -> Code:
     A loop's body is the lines indented under it.  Its carry is every name the body
     defines that is defined before the loop; a name the body defines that is read after
     the loop must be one of those (else the loop's last value would be lost: an
-    error).  Any other line, and a loop that is not over ``range(first, stop[, -1])``,
-    raises rather than being printed wrong.
+    error).  A loop that is not over ``range(first, stop[, -1])`` raises rather than
+    being printed wrong; every other line is kept as it is.
     """
     out = Code()
     entries = code.entries
@@ -64,7 +65,7 @@ def _scan(out: Code, body: Code, after: Code, loop: re.Match[str], name: str, ar
     before = set(out.defines)
     written = list(dict.fromkeys(body.defines))
     carry = [n for n in written if n in before]
-    lost = sorted(set(written) - before & after.uses)
+    lost = sorted((set(written) - before) & after.uses)
     if lost:
         raise ValueError(f"a loop's value read after it and not carried: {', '.join(lost)}")
     if not carry:
