@@ -129,12 +129,7 @@ def init_params(n_in, n_hidden, n_out, rng=None, dtype=np.float64):
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise ArgumentError(f"dtype: expected float32 or float64, got {dtype}")
-    for name, value in (("n_in", n_in), ("n_hidden", n_hidden), ("n_out", n_out)):
-        if isinstance(value, bool) or not hasattr(value, "__index__") or value < 1:
-            raise ArgumentError(f"{name}: expected a positive integer, got {value!r}")
-        if SIZES[name] is not None and value != SIZES[name]:
-            message = f"{name}: expected {SIZES[name]} (fixed by the spec), got {value}"
-            raise ArgumentError(message)
+    _expect_sizes(n_in, n_hidden, n_out)
     rng = np.random.default_rng(rng)
     params = {}
     scale = 1 / np.sqrt(n_in)
@@ -331,6 +326,17 @@ _SIZE = operator.attrgetter("size")
 #: Arguments of at most this many entries in all are joined and reduced in one call
 #: (a call costs ~0.7 us here; past this, the copy costs more than the calls it saves).
 _CONCATENATED = 2**12
+
+
+def _expect_sizes(n_in, n_hidden, n_out):
+    """Raise ArgumentError unless each size is a positive integer (the spec's, where it
+    fixes one)."""
+    for name, value in (("n_in", n_in), ("n_hidden", n_hidden), ("n_out", n_out)):
+        if isinstance(value, bool) or not hasattr(value, "__index__") or value < 1:
+            raise ArgumentError(f"{name}: expected a positive integer, got {value!r}")
+        if SIZES[name] is not None and value != SIZES[name]:
+            message = f"{name}: expected {SIZES[name]} (fixed by the spec), got {value}"
+            raise ArgumentError(message)
 
 
 def _checking(check):
