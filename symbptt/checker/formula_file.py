@@ -17,7 +17,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..model.load import tomllib  # the standard library's, or tomli on Python 3.10
+# tomllib: the standard library's, or tomli on Python 3.10
+from ..model.load import read_at_most, special_file, tomllib
 
 __all__ = ["FormulaFileError", "read_formula_file"]
 
@@ -34,13 +35,11 @@ class FormulaFileError(ValueError):
 def read_formula_file(path: str | os.PathLike[str]) -> tuple[tuple[str, str], ...]:
     """The ``(parameter, formula)`` pairs of the file, in the file's order."""
     where = str(path)
-    file = Path(path)
-    if file.exists() and not file.is_dir() and not file.is_file():  # a pipe would block
+    if special_file(Path(path)):
         raise FormulaFileError(f"{where}: not a regular file (a formula file is a TOML file)")
     try:
-        with file.open("rb") as handle:
-            raw = handle.read(MAX_FORMULA_FILE_BYTES + 1)
-        if len(raw) > MAX_FORMULA_FILE_BYTES:
+        raw = read_at_most(path, MAX_FORMULA_FILE_BYTES)
+        if raw is None:
             raise FormulaFileError(
                 f"{where}: too large for a formula file (more than "
                 f"{MAX_FORMULA_FILE_BYTES // 1024} KiB)"

@@ -46,6 +46,7 @@ except ImportError:  # Windows: runs into one folder are not locked
 from .. import __version__
 from ..codegen.emit import BACKENDS
 from ..files import stage
+from ..model.load import read_at_most, special_file
 from ..model.presets import PRESETS
 from ..model.spec import CHOICES, MAX_CHECK_STEPS, MAX_SIZE, ModelSpec, SpecError
 from ..model.spec_flags import SPEC_FLAGS as _SPEC_FLAGS
@@ -111,18 +112,17 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     A file named ``pyproject.toml`` gives its ``[tool.symbptt]`` table.
     """
     path = Path(path)
-    if path.exists() and not path.is_dir() and not path.is_file():  # a pipe would block
+    if special_file(path):
         raise UsageError(f"{path}: not a regular file (a config file is a TOML file)")
     try:
-        with path.open("rb") as handle:
-            raw = handle.read(MAX_CONFIG_BYTES + 1)
+        raw = read_at_most(path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
         raise UsageError(f"{path}: config file not found") from None
     except IsADirectoryError:
         raise UsageError(f"{path}: is a folder, not a config file") from None
     except OSError as exc:
         raise UsageError(f"{path}: cannot read the config file: {exc.strerror}") from None
-    if len(raw) > MAX_CONFIG_BYTES:
+    if raw is None:
         raise UsageError(
             f"{path}: too large for a config file (more than {MAX_CONFIG_BYTES // 1024} KiB; "
             "a spec is a few lines)"

@@ -38,7 +38,15 @@ from .spec import SpecError
 #: TOML reader: the standard library's, or tomli on Python 3.10 (a dependency there).
 tomllib: Any = importlib.import_module("tomllib" if sys.version_info >= (3, 11) else "tomli")
 
-__all__ = ["BUILTIN_CELLS", "MAX_CELL_BYTES", "CellWarning", "builtin_cells", "load_cell"]
+__all__ = [
+    "BUILTIN_CELLS",
+    "MAX_CELL_BYTES",
+    "CellWarning",
+    "builtin_cells",
+    "load_cell",
+    "read_at_most",
+    "special_file",
+]
 
 #: The largest cell file read, in bytes.
 MAX_CELL_BYTES = 256 * 1024
@@ -652,11 +660,24 @@ def _load_builtin(name: str) -> Cell:
     return _parse(_builtin_text(name), f"{name}.toml (built-in)")
 
 
+def special_file(path: Path) -> bool:
+    """Whether ``path`` is there but is neither a regular file nor a folder: a pipe or a
+    device, whose reading may block for ever or never end."""
+    return path.exists() and not path.is_dir() and not path.is_file()
+
+
+def read_at_most(path: str | os.PathLike[str], limit: int) -> bytes | None:
+    """The bytes of the file ``path``, or None when it holds more than ``limit`` (read no
+    further than that); OSError as ``open`` raises it."""
+    with open(path, "rb") as handle:
+        raw = handle.read(limit + 1)
+    return None if len(raw) > limit else raw
+
+
 @lru_cache(maxsize=64)
 def _load_file(path: str, mtime_ns: int, size: int) -> Cell:
-    with open(path, "rb") as handle:
-        raw = handle.read(MAX_CELL_BYTES + 1)
-    if len(raw) > MAX_CELL_BYTES:
+    raw = read_at_most(path, MAX_CELL_BYTES)
+    if raw is None:
         raise SpecError(f"cell file {path}: larger than {MAX_CELL_BYTES} bytes")
     try:
         text = raw.decode("utf-8-sig")
