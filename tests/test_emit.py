@@ -22,7 +22,7 @@ import sympy as sp
 
 import symbptt
 from symbptt import ModelSpec
-from symbptt.codegen.lines import Lowering, SharedPrinter, layout
+from symbptt.codegen.lines import Lowering, SharedPrinter, fit, layout
 from symbptt.expr import functions
 from symbptt.model.presets import PRESETS
 from symbptt.model.spec import CHOICES, OUTPUT_LOSS_PAIRS
@@ -426,6 +426,19 @@ def test_a_helper_activation_is_written_in_place_one_call_a_line() -> None:
         "np.tanh(out, out=out)",
         "out /= 2",
         "out += 1 / 2",
+    ]
+
+
+def test_a_long_sum_is_split_without_aliases() -> None:
+    """Naming a part that prints no longer than its new name cannot shorten a line: the
+    split names a run of terms, not one term again and again (``x_part2 = x_part1``)."""
+    a, b, c = (sp.MatrixSymbol(n, 4, 4) for n in "abc")
+    long = "a_quantity_with_a_long_name_t"
+    names = {a: f"{long}_part3", b: f"{long}_part2", c: "b_i.T"}
+    out = fit("a_quantity", a + b + c, SharedPrinter, names, indent=8)
+    assert [(name, code) for name, code, _ in out] == [
+        ("a_quantity_part1", f"{long}_part3 + {long}_part2"),
+        ("a_quantity", "a_quantity_part1 + b_i.T"),
     ]
 
 

@@ -232,30 +232,31 @@ def _trivial(expr: Any) -> bool:
     return bool(expr.is_Atom or isinstance(expr, (sp.MatrixSymbol, sp.OneMatrix)))
 
 
-def _children(expr: Any) -> list[Any]:
-    """The subexpressions a long line can be split at (with runs of atoms grouped)."""
+def _children(expr: Any, trivial: Callable[[Any], bool] = _trivial) -> list[Any]:
+    """The subexpressions a long line can be split at (with runs of atoms grouped): each
+    one not ``trivial``, else (all are) the first half of a sum's or a product's terms."""
     if isinstance(expr, mexpr.OutputLoss):
         return []
     if isinstance(expr, ElementwiseApplyFunction):
         args = [expr.expr]
     else:
         args = [a for a in expr.args if isinstance(a, sp.Basic)]
-    compound = [a for a in args if not _trivial(a)]
+    compound = [a for a in args if not trivial(a)]
     if compound or len(args) <= 2:
         return compound
     if isinstance(expr, (sp.MatAdd, sp.Add, sp.HadamardProduct, sp.Mul)):
-        return [expr.func(*args[: len(args) // 2])]
+        return [expr.func(*args[: max(2, len(args) // 2)])]  # one term would be an alias
     return []
 
 
-def _descendants(expr: Any) -> list[Any]:
+def _descendants(expr: Any, trivial: Callable[[Any], bool] = _trivial) -> list[Any]:
     """Every subexpression a long line can be split at, outermost first."""
     out: list[Any] = []
-    stack = list(reversed(_children(expr)))
+    stack = list(reversed(_children(expr, trivial)))
     while stack:
         node = stack.pop()
         out.append(node)
-        stack.extend(reversed([c for c in _children(node) if c in node.args]))
+        stack.extend(reversed([c for c in _children(node, trivial) if c in node.args]))
     return out
 
 
@@ -291,7 +292,14 @@ def fit(
         printer = new_printer(names)
         code = str(printer.doprint(current))
         excess = indent + len(name) + 3 + len(code) - WIDTH
-        candidates = _descendants(current) if excess > 0 else []
+        part = f"{target}_part{counter[0] + 1}"
+
+        def trivial(e: Any, names: dict[Any, str] = names, part: str = part) -> bool:
+            # naming what prints no longer than the part's name cannot shorten the line
+            # (it would print an alias, ``x_part5 = x_part3``, or ``x_part2 = b.T``)
+            return _trivial(e) or len(str(new_printer(names).doprint(e))) <= len(part)
+
+        candidates = _descendants(current, trivial) if excess > 0 else []
         if not candidates:
             out.append((name, code, set(printer.used)))
             continue
@@ -301,13 +309,12 @@ def fit(
             out.append((name, code, set(printer.used)))
             continue
         counter[0] += 1
-        part = f"{target}_part{counter[0]}"
         lengths = [len(str(new_printer(names).doprint(c))) for c in candidates]
         enough = [(length, i) for i, length in enumerate(lengths) if length - len(part) >= excess]
         child = candidates[min(enough)[1] if enough else lengths.index(max(lengths))]
         symbol = sp.MatrixSymbol(part, *child.shape) if mexpr.is_matrix(child) else sp.Symbol(part)
         names[symbol] = part
-        if child in current.args or child not in _children(current):
+        if child in current.args or child not in _children(current, trivial):
             replaced = current.xreplace({child: symbol})
         else:  # a run of atoms grouped by _children
             grouped = set(child.args)
