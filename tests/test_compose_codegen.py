@@ -356,6 +356,24 @@ def test_the_rolled_module_of_a_mean_without_a_mask(fields: dict[str, Any]) -> N
             np.testing.assert_allclose(mine[name], array, rtol=1e-11, atol=1e-15)
 
 
+@pytest.mark.parametrize(("cell", "own"), [("lstm", 0), ("gru", 1), ("elman", 0)])
+def test_a_units_step_reads_each_operand_through_one_product(cell: str, own: int) -> None:
+    """The gates' products of one operand (the input, the layer below's state, the unit's
+    previous state) are one product with the parameters side by side, whatever the cell;
+    ``own`` counts the products of what the step itself computes (a GRU's r * h_prev)."""
+    source = symbptt.emit_numpy(ModelSpec(steps=2, cell=cell, **ALL_THREE))
+    forward = source.split("def _forward(")[1].split("\ndef ")[0]
+    loops = re.split(r"\n    for t in range\(.*\):\n", forward)[1:]
+    assert len(loops) == 4  # 1f, 1b, 2f, 2b
+    for k, loop in enumerate(loops):
+        body = "\n".join(line for line in loop.split("\n") if line.startswith("        "))
+        # layer 1 reads the input and its previous state; layer 2 the two directions
+        # below and its previous state
+        assert body.count("np.dot(") == (2 if k < 2 else 3) + own, body
+    if cell != "elman":  # one product per operand, no parameters to put side by side
+        assert "W_h_1f_prev = np.concatenate(" in forward
+
+
 def test_composed_modules_are_ruff_clean(tmp_path: Path) -> None:
     if importlib.util.find_spec("ruff") is None:
         pytest.skip("ruff is not installed")

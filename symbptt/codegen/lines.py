@@ -38,6 +38,7 @@ __all__ = [
     "fit",
     "fit_lines",
     "layout",
+    "spaced_slice",
     "unused_name",
     "wrap_assignment",
 ]
@@ -158,6 +159,17 @@ def _split_brackets(head: str, body: str, close: str, indent: int, explode: bool
     return "\n".join([head, *("    " + part + "," for part in _items(body)), close])
 
 
+def spaced_slice(start: str, stop: str) -> str:
+    """``a:b`` spaced as ``ruff format`` spaces it (``n : 2 * n`` around a complex bound)."""
+    if " " in start or " " in stop:
+        return (
+            f"{start} : {stop}".strip()
+            if start and stop
+            else (f"{start} :" if start else f": {stop}")
+        )
+    return f"{start}:{stop}"
+
+
 def wrap_assignment(target: str, rhs: str, indent: int) -> str:
     """``target = rhs``, on several lines as ``ruff format`` lays it out when it is too long.
 
@@ -183,6 +195,9 @@ def wrap_assignment(target: str, rhs: str, indent: int) -> str:
                 break
     if rhs[j] != opening:
         return line
+    subscript = close == "]" and j > 0 and (rhs[j - 1].isalnum() or rhs[j - 1] in "_)]")
+    if subscript and _operators(rhs[:j]):  # ruff does not split a subscript of an operand
+        return _parenthesized(target, rhs, indent)
     head, body = rhs[: j + 1], rhs[j + 1 : -1]
     first = f"{target} = {head}"
     if indent + len(first) <= WIDTH:
@@ -190,6 +205,40 @@ def wrap_assignment(target: str, rhs: str, indent: int) -> str:
     if indent + 4 + len(rhs) <= WIDTH:
         return "\n".join([f"{target} = (", "    " + rhs, ")"])
     return line
+
+
+#: Binary operators by how loosely they bind: ``ruff format`` splits at the loosest.
+_LOOSEST = ((" + ", " - "), (" * ", " @ ", " / "))
+
+
+def _operators(text: str) -> list[tuple[int, str]]:
+    """The loosest binary operators of ``text`` at bracket depth 0: (position, operator)."""
+    depth, found = 0, []
+    for i, char in enumerate(text):
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif depth == 0 and char == " ":
+            found.append((i, text[i : i + 3]))
+    for operators in _LOOSEST:
+        chosen = [(i, op) for i, op in found if op in operators]
+        if chosen:
+            return chosen
+    return []
+
+
+def _parenthesized(target: str, rhs: str, indent: int) -> str:
+    """``target = (rhs)`` over lines: ``rhs`` on one, else split before each of its loosest
+    operators, as ``ruff format`` lays out a long binary expression."""
+    if indent + 4 + len(rhs) <= WIDTH:
+        return "\n".join([f"{target} = (", "    " + rhs, ")"])
+    lines, start = [], 0
+    for i, _ in _operators(rhs):
+        lines.append(rhs[start:i].strip())
+        start = i + 1  # the operator starts the next line
+    lines.append(rhs[start:].strip())
+    return "\n".join([f"{target} = (", *("    " + part for part in lines), ")"])
 
 
 def _items(body: str) -> list[str]:
@@ -409,7 +458,7 @@ class Lowering:
     def fresh(self, expr: Any, code: Code) -> str:
         """The code of ``expr``; lines too long are split into named parts first."""
         names = dict(self.printer.names)
-        parts = fit(self.target, expr, self._same_printer, names, self.indent, self.counter)
+        parts = fit(self.stem, expr, self._same_printer, names, self.indent, self.counter)
         for name, text, used in parts[:-1]:
             code.add(f"{name} = {text}", used, name)
             self.printer.used |= used | {name}
@@ -426,7 +475,7 @@ class Lowering:
             return code
         text = self.fresh(expr, out)
         self.counter[0] += 1
-        name = f"{self.target}_part{self.counter[0]}"
+        name = f"{self.stem}_part{self.counter[0]}"
         out.add(f"{name} = {text}", (), name)
         self.scratches.add(name)
         return name
@@ -436,6 +485,8 @@ class Lowering:
         self.printer.used.clear()
         self.scratches: set[str] = set()
         self.target = target
+        # the parts' names: ``q_t_part1`` for the entry ``q[t]``
+        self.stem = target.split("[")[0] + ("_t" if "[" in target else "")
         self.counter = [0]
         code = self.assign(expr, target)
         uses = frozenset(self.printer.used | self.scratches | {target})

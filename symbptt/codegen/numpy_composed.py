@@ -31,11 +31,14 @@ steps that the loops write at every step are the workspace's, kept between
 calls (``_steps``), not new arrays of zeros: those cost the first write of
 each of their pages at every call, which was most of what the module lost to
 the hand-written one (``benchmarks/compose.py``, a 2-layer bidirectional LSTM
-at m = 32).  Measured there and left out: the input projections hoisted out
-of the loops (one product over all steps costs what the per-step ones do:
-the products are bound by arithmetic, and the stacked arrays are new pages
-again), the local derivatives hoisted (slower), and the gates' products of
-one operand fused into one product (no faster with one BLAS thread).
+at m = 32).  A forward step's products of one operand by several parameters
+(the gates') are one product with the parameters side by side
+(:meth:`ComposedRolledModule._fuse_products`): no faster in NumPy, but XLA
+runs each dot as its own thunk (the JAX module: 1.15 -> 1.08 of autodiff).
+Measured there and left out: the input projections hoisted out of the loops
+(one product over all steps costs what the per-step ones do: the products
+are bound by arithmetic, and the stacked arrays are new pages again) and the
+local derivatives hoisted (slower).
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from ..core.graph import T_SYMBOL, Assignment, Graph, Symbols
 from ..expr import mexpr
 from ..model.compose import Unit
 from ..model.spec import ModelSpec
-from .lines import Code, Lowering, SharedPrinter, fit, unused_name
+from .lines import Code, Lowering, SharedPrinter, fit, spaced_slice, unused_name
 from .module_parts import assemble, size_names
 from .numpy_unrolled import initial_arguments
 from .rowform import RowForm, transpose
@@ -430,10 +433,18 @@ class ComposedRolledModule:
                 if a.step == graph.steps[_MIDDLE - 1] and self._owner(a.target) is unit
             ]
             loop = "range(1, T + 1)" if unit.direction == "forward" else "range(T, 0, -1)"
+            rows, products, names = self._fuse_products(code, unit, rows, generic)
 
-            def emit_rows(into: Code, rows: list[Assignment] = rows) -> None:
+            def emit_rows(
+                into: Code,
+                rows: list[Assignment] = rows,
+                products: list[Assignment] = products,
+                names: dict[Any, str] = names,
+            ) -> None:
+                for product in products:
+                    self._emit_product(into, product, names)
                 for row in rows:
-                    self._emit(into, row, generic, 8)
+                    self._emit(into, row, names, 8)
 
             self._loop(code, f"for t in {loop}:", emit_rows)
         head = [a for a in body if self._owner(a.target) is None]
@@ -444,6 +455,83 @@ class ComposedRolledModule:
             middle = [self._row(a) for a in head if a.step == graph.steps[_MIDDLE - 1]]
             self._stacked_or_loop(code, middle, views)
         return code
+
+    def _fuse_products(
+        self, code: Code, unit: Unit, rows: list[Assignment], names: dict[Any, str]
+    ) -> tuple[list[Assignment], list[Assignment], dict[Any, str]]:
+        """A unit's step with the products of one operand by several parameters as one.
+
+        ``A @ P_1``, ``A @ P_2``, ... (``A`` a step's quantity the loop does not write at
+        its own step: the input, the layer below's state, the unit's previous state;
+        ``P_k`` a parameter or its transpose) become one product ``A @ [P_1, P_2, ...]``
+        at the top of the step, with the parameters side by side once per call (a line of
+        ``code``, before the loop), and each ``A @ P_k`` its block of columns: an LSTM's
+        four gates read ``h_{t-1}`` through one product, not four.  Returns the rows, the
+        products the step computes first and the names that print the blocks.
+        """
+        written = {row.target for row in rows}
+        params = set(self.param_names)
+        found: dict[Any, list[Any]] = {}  # operand -> its parameters, in the order read
+        for row in rows:
+            for node in sp.preorder_traversal(row.expr):
+                if not isinstance(node, sp.MatMul) or len(node.args) != 2:
+                    continue
+                operand, leaf = node.args
+                parameter = leaf.arg if isinstance(leaf, sp.Transpose) else leaf
+                if operand in self.bases and operand not in written and parameter in params:
+                    leaves = found.setdefault(operand, [])
+                    if leaf not in leaves:
+                        leaves.append(leaf)
+        names = dict(names)
+        replace: dict[Any, Any] = {}
+        products: list[Assignment] = []
+        sizes = self._printer(self.sizes)
+        for operand, leaves in found.items():
+            if len(leaves) < 2:
+                continue
+            base = self.bases[operand]
+            offset = self.position[self.rf.meta[operand][1]] - _MIDDLE
+            tail = "" if base.endswith("_" + unit.tag) else "_" + unit.tag
+            stem = f"{base}{'_prev' if offset else ''}"
+            weight = self._fresh(f"W_{stem}{tail}")
+            product = self._fresh(f"{stem}_W{tail}")
+            columns = sp.Add(*(leaf.shape[1] for leaf in leaves))
+            concat = self._printer(names).concatenate(list(leaves), 1)
+            code.add(f"{weight} = {concat}", {self.param_names[p] for p in params}, weight)
+            weight_symbol = sp.MatrixSymbol(weight, operand.shape[1], columns)
+            product_symbol = sp.MatrixSymbol(product, operand.shape[0], columns)
+            names[weight_symbol] = weight
+            names[product_symbol] = product
+            products.append(
+                Assignment(product_symbol, sp.MatMul(operand, weight_symbol), "product")
+            )
+            start: Any = sp.Integer(0)
+            for leaf in leaves:
+                stop = start + leaf.shape[1]
+                first = "" if start == 0 else str(sizes.doprint(start))
+                last = "" if stop == columns else str(sizes.doprint(stop))
+                block = sp.MatrixSymbol(
+                    f"{product}_{len(replace)}", operand.shape[0], leaf.shape[1]
+                )
+                names[block] = f"{product}[:, {spaced_slice(first, last)}]"
+                replace[sp.MatMul(operand, leaf)] = block
+                start = stop
+        if not replace:
+            return rows, [], names
+        fused = [dataclasses.replace(row, expr=row.expr.xreplace(replace)) for row in rows]
+        return fused, products, names
+
+    def _emit_product(self, code: Code, product: Assignment, names: dict[Any, str]) -> None:
+        """A fused product at the top of the step: NumPy's into an array made before the
+        loop, the other backends' as a new array."""
+        name = names[product.target]
+        if self._scratch is None:
+            self._emit(code, product, names, 8)
+            return
+        empty = str(self._printer({})._module_format("numpy.empty"))
+        units = str(self._printer(self.sizes).doprint(product.target.shape[1]))
+        self._scratch.add(f"{name} = {empty}((m, {units}), dtype)", {"m", "dtype"}, name)
+        self._lower(code, product.expr, name, names, 8)
 
     def _stacked_or_loop(self, code: Code, rows: list[Assignment], views: dict[str, str]) -> None:
         """The output layer's assignments of every step: at once over the steps stacked by

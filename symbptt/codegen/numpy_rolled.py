@@ -23,7 +23,7 @@ from ..core.graph import T_SYMBOL
 from ..expr import mexpr
 from ..model.notation import Notation
 from ..model.spec import ModelSpec
-from .lines import WIDTH, Code, Lowering, SharedPrinter, atomic, fit, product_parts
+from .lines import WIDTH, Code, Lowering, SharedPrinter, atomic, fit, product_parts, spaced_slice
 from .module_parts import assemble, size_names
 from .numpy_printer import stable_loss_matrix
 from .rowform import transpose
@@ -51,17 +51,6 @@ def _for_lines(targets: list[str], iterable: str, items: list[str]) -> str:
     else:
         lines += [f"    {item}," for item in items]
     return "\n".join([*lines, "):"])
-
-
-def _slice(start: str, stop: str) -> str:
-    """``a:b`` spaced as ``ruff format`` spaces it (``n : 2 * n`` around a complex bound)."""
-    if " " in start or " " in stop:
-        return (
-            f"{start} : {stop}".strip()
-            if start and stop
-            else (f"{start} :" if start else f": {stop}")
-        )
-    return f"{start}:{stop}"
 
 
 @dataclass
@@ -288,7 +277,7 @@ class RolledModule:
         printer = self.new_printer(self.sizes)
         start = str(printer.doprint(block.start * group.width)) if block.start else ""
         stop = str(printer.doprint(block.stop * group.width)) if block.stop < group.count else ""
-        return f"[:, {_slice(start, stop)}]"
+        return f"[:, {spaced_slice(start, stop)}]"
 
     def columns_uses(self, block: Any) -> set[str]:
         if block is None:
@@ -370,11 +359,11 @@ class RolledModule:
                 k = int(index.replace(" ", "").split(",")[0] or 0)
                 extra = index.split(",", 1)[1] if "," in index else ""
                 if backward:
-                    span = _slice(str(k) if k else "", f"T - {1 - k}" if k < 1 else "T")
+                    span = spaced_slice(str(k) if k else "", f"T - {1 - k}" if k < 1 else "T")
                     steps = f"{head}[{span}{',' + extra if extra else ''}]{tail}"
                     source = self.new_printer({}).steps_reversed(steps)
                 else:
-                    span = _slice(str(k) if k else "", f"T + {k}" if k else "T")
+                    span = spaced_slice(str(k) if k else "", f"T + {k}" if k else "T")
                     source = f"{head}[{span}{',' + extra if extra else ''}]{tail}"
                 targets.append(name)
                 sources.append(source)
@@ -844,7 +833,7 @@ class RolledModule:
             if split is not None:
                 a = str(printer.doprint(split.index * split.width)) if split.index else ""
                 b = str(printer.doprint((split.index + 1) * split.width))
-                rows = _slice(a, b) if split.axis == 0 else f":, {_slice(a, b)}"
+                rows = spaced_slice(a, b) if split.axis == 0 else f":, {spaced_slice(a, b)}"
                 gradients[name] = f"{split.symbol.name}[{rows}]"
             elif name in contributed:
                 gradients[name] = "d" + name
