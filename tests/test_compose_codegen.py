@@ -374,6 +374,19 @@ def test_a_units_step_reads_each_operand_through_one_product(cell: str, own: int
         assert "W_h_1f_prev = np.concatenate(" in forward
 
 
+def test_what_only_its_own_step_reads_has_no_array_of_the_steps() -> None:
+    """A pre-activation (z), a candidate state (h_new) or an intermediate adjoint (dg) is
+    read by its own step only: a variable of the loop, not an array kept for every step;
+    what the next step, the output layer or a gradient sum reads keeps its array."""
+    source = symbptt.emit_numpy(ModelSpec(steps=2, cell="lstm", **ALL_THREE))
+    for local in ("h_new_1f", "dg_2b", "dh_new_1b"):
+        assert (
+            f'"{local}"' not in source and f"{local}_t = np.empty((m, n_hidden), dtype)" in source
+        )
+    for kept in ("h_1f", "c_1f", "c_new_2f", "i_2b", "delta_g_1f", "dc_new_1f", "dh_2f"):
+        assert f'{kept} = _steps(ws, "{kept}", (T + 2, m, n_hidden), dtype)' in source, kept
+
+
 def test_composed_modules_are_ruff_clean(tmp_path: Path) -> None:
     if importlib.util.find_spec("ruff") is None:
         pytest.skip("ruff is not installed")

@@ -7,10 +7,13 @@ cell state's adjoint at the last step is): what a unit reads at t - 1
 (t + 1 for a backward unit) is the previous iteration's, what a layer reads
 from the layer below and what the output layer sends down are at t; the
 adjoints read the same way in the other direction.  Each per-step quantity
-``q`` is an array ``q[0 .. T + 1]`` with step t at index t: a forward unit's
-initial state sits at index 0, a backward unit's at T + 1, and the adjoints'
-entries beyond the steps stay zero, so that the first and last iterations
-are the generic step too (what the step beyond would send back is zero).
+``q`` that another step, the output layer or a sum over the steps reads is an
+array ``q[0 .. T + 1]`` with step t at index t: a forward unit's initial
+state sits at index 0, a backward unit's at T + 1, and the adjoints' entries
+beyond the steps stay zero, so that the first and last iterations are the
+generic step too (what the step beyond would send back is zero).  One that
+only its own step reads is a variable of the loop, ``q_t``
+(:meth:`ComposedRolledModule._local_bases`).
 
 A sum over every step's mask (each example's number of real steps, in a loss
 averaged over time or over the real tokens) is the one quantity of the
@@ -139,17 +142,75 @@ class ComposedRolledModule:
                 # the model's input, targets and mask by step: not the arguments X, Y, mask
                 self.bases[symbol] = _ARRAYS.get(role, str(symbol.name)[: -len(suffix)])
         self._taken |= set(self.bases.values())
+        self.local = self._local_bases()
+        self._buffers: set[str] = set()  # NumPy: the loop's buffers of its local quantities
 
     # -- names --------------------------------------------------------------------
+    def _local_bases(self) -> set[str]:
+        """The per-step quantities that only their own loop's step reads: no array of the
+        steps, a variable of the step (a stored step costs JAX and torch an update a step).
+
+        A quantity is local when every expression that reads it is an assignment of the
+        same loop (a unit's forward or backward pass) at the same step: not the next
+        step's (a state, an adjoint sent back), not the output layer's, not a
+        parameter's gradient summed over the steps (a δ), not dX or an initial state's
+        gradient.  The derivation's assignments say which, for any cell.
+        """
+        d = self.d
+        where: dict[str, set[Any]] = {}  # base -> the loops that write or read it
+        outside: set[str] = set()  # read outside any loop, or at another step
+
+        def loop_of(a: Assignment, backward: bool) -> Any:
+            unit = self._unit_of(a) if backward else self._owner(a.target)
+            if unit is None or a.kind in ("loss", "total_loss", "contribution", "gradient"):
+                return None
+            return (unit, backward)
+
+        def visit(target: Any, expr: Any, step: Any, loop: Any) -> None:
+            base = self.bases.get(self.rf.symbol(target)) if target is not None else None
+            if base is not None:
+                where.setdefault(base, set()).add(loop)
+            if not isinstance(expr, sp.Basic):
+                return
+            for symbol in expr.free_symbols:
+                row = self.rf.symbol(symbol)
+                read = self.bases.get(row)
+                if read is None:
+                    continue
+                where.setdefault(read, set()).add(loop)
+                if loop is None or self.rf.meta[row][1] != step:
+                    outside.add(read)
+
+        for a in d.graph.assignments:
+            visit(a.target, a.expr, a.step, loop_of(a, False))
+        for a in d.assignments:
+            visit(a.target, a.expr, a.step, loop_of(a, True))
+        for value in (*d.input_gradients.values(), *d.gradients.values()):
+            visit(None, value, None, None)
+        return {
+            base
+            for base, loops in where.items()
+            if base not in outside and len(loops) == 1 and None not in loops
+        }
+
+    def _local_name(self, base: str, position: int) -> str:
+        """A local quantity's variable: ``q_t`` in a loop, ``q_first`` / ``q_last`` at a
+        boundary step (a many-to-one model's last step)."""
+        suffix = {_MIDDLE: "t", 1: "first", _LAST: "last"}.get(position, f"step{position}")
+        return f"{base}_{suffix}"
+
     def _names(self, index: Callable[[int], str]) -> dict[Any, str]:
-        """Names of per-step symbols as entries ``q[index(position)]``."""
+        """Names of per-step symbols as entries ``q[index(position)]`` (a local quantity's:
+        its variable)."""
         names: dict[Any, str] = {**self.sizes, **self.param_names}
         if self.count is not None:
             names[self.rf.symbol(self.count)] = "mask_count"
         for symbol, base in self.bases.items():
-            names[symbol] = self._printer({}).item(
-                base, index(self.position[self.rf.meta[symbol][1]])
-            )
+            position = self.position[self.rf.meta[symbol][1]]
+            if base in self.local:
+                names[symbol] = self._local_name(base, position)
+                continue
+            names[symbol] = self._printer({}).item(base, index(position))
         return names
 
     def _generic(self) -> dict[Any, str]:
@@ -176,7 +237,7 @@ class ComposedRolledModule:
             self._view_reads["mask_count_all"] = {"mask_count", "T"}
         for symbol, base in self.bases.items():
             offset = self.position[self.rf.meta[symbol][1]] - _MIDDLE
-            if abs(offset) > 1:
+            if abs(offset) > 1 or base in self.local:
                 continue
             name = base + {-1: "_prev_all", 0: "_all", 1: "_next_all"}[offset]
             rows = {-1: ":-2", 0: "1:-1", 1: "2:"}[offset]
@@ -246,8 +307,12 @@ class ComposedRolledModule:
         if isinstance(expr, mexpr.OutputLoss) and expr.output == "softmax":
             names = {**names, mexpr.Softmax(expr.pre, expr.axis): names[expr.pred]}
         array = target.split("[")[0]
-        in_place = self._scratch is not None and "[" in target and not add
+        local = identifier in self.local
+        in_place = self._scratch is not None and ("[" in target or local) and not add
         if in_place and not isinstance(expr, mexpr.OutputLoss):
+            if local and target not in self._buffers:  # the step's variable: one buffer
+                self._buffers.add(target)
+                self._buffer(target, a.target.shape[1])
             self._lower(code, expr, target, names, indent)
             return
         # fit lays ``identifier_t = ...`` out: the entry (and ``+=``) may be longer
@@ -284,6 +349,7 @@ class ComposedRolledModule:
     def _loop(self, code: Code, header: str, emit: Callable[[Code], None]) -> None:
         """``header`` and the loop body ``emit`` writes, the scratch arrays it asks for first."""
         body, self._scratch = Code(), (Code() if self._in_place else None)
+        self._buffers = set()
         emit(body)
         if self._scratch is not None:
             code.extend(self._scratch)
@@ -343,7 +409,9 @@ class ComposedRolledModule:
         for symbol in symbols:
             row = self.rf.symbol(symbol)
             base = self.bases.get(row)
-            if base is None or base in seen or not isinstance(row, sp.MatrixSymbol):
+            if base is None or base in seen or base in self.local:
+                continue
+            if not isinstance(row, sp.MatrixSymbol):
                 continue
             seen.add(base)
             units = str(self._printer(self.sizes).doprint(row.shape[1]))
@@ -528,10 +596,15 @@ class ComposedRolledModule:
         if self._scratch is None:
             self._emit(code, product, names, 8)
             return
-        empty = str(self._printer({})._module_format("numpy.empty"))
-        units = str(self._printer(self.sizes).doprint(product.target.shape[1]))
-        self._scratch.add(f"{name} = {empty}((m, {units}), dtype)", {"m", "dtype"}, name)
+        self._buffer(name, product.target.shape[1])
         self._lower(code, product.expr, name, names, 8)
+
+    def _buffer(self, name: str, units: Any) -> None:
+        """``name = np.empty((m, units), dtype)`` before the loop (NumPy writes in place)."""
+        assert self._scratch is not None
+        empty = str(self._printer({})._module_format("numpy.empty"))
+        size = str(self._printer(self.sizes).doprint(units))
+        self._scratch.add(f"{name} = {empty}((m, {size}), dtype)", {"m", "dtype", size}, name)
 
     def _stacked_or_loop(self, code: Code, rows: list[Assignment], views: dict[str, str]) -> None:
         """The output layer's assignments of every step: at once over the steps stacked by
