@@ -466,6 +466,26 @@ def test_jax_rolled_module_traces_one_step_whatever_the_length(fields: dict[str,
     assert sizes[0] == sizes[1] > 0, sizes
 
 
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_what_other_units_send_is_computed_before_the_backward_loops(backend: str) -> None:
+    """A backward step's products of what the layer above and the output layer send are
+    known before its loop: one stacked product each, not a product a step.  Left in each
+    step: its own four gates' adjoints from step t + 1 (12 products a step in layer 1
+    before: four of its own, eight from the two units above)."""
+    source = symbptt.emit(ModelSpec(steps=2, cell="lstm", **ALL_THREE), backend=backend)
+    backward = source.split("\ndef _backward(")[1].split("\ndef ")[0]
+    if backend == "jax":
+        bodies = re.findall(r"\n    def loop_\d+\(carry, t\):\n((?:        .*\n|\n)*)", backward)
+    else:
+        bodies = re.findall(r"\n    for t in range\(.*\):\n((?:        .*\n|\n)*)", backward)
+    # the four units' loops (torch's dX loop follows them)
+    assert len(bodies) == (4 if backend == "jax" else 5)
+    for body in bodies[:4]:
+        assert body.count(" @ ") == 4, body
+        assert "_sent[t - 1]" in body
+    assert "dh_1f_sent_all" in backward and "delta_i_2b_all @ W_xi_2b_f" in backward
+
+
 @pytest.mark.parametrize("mode", ["many_to_many", "many_to_one"])
 def test_jax_class_labels_are_one_hot_targets(mode: str) -> None:
     jax = _jax()
