@@ -470,8 +470,9 @@ def test_jax_rolled_module_traces_one_step_whatever_the_length(fields: dict[str,
 def test_what_other_units_send_is_computed_before_the_backward_loops(backend: str) -> None:
     """A backward step's products of what the layer above and the output layer send are
     known before its loop: one stacked product each, not a product a step.  Left in each
-    step: its own four gates' adjoints from step t + 1 (12 products a step in layer 1
-    before: four of its own, eight from the two units above)."""
+    step: its own four gates' adjoints from step t + 1 times their recurrent weights, one
+    product of the adjoints side by side (12 products a step in layer 1 before: four of
+    its own, eight from the two units above)."""
     source = symbptt.emit(ModelSpec(steps=2, cell="lstm", **ALL_THREE), backend=backend)
     backward = source.split("\ndef _backward(")[1].split("\ndef ")[0]
     if backend == "jax":
@@ -481,8 +482,8 @@ def test_what_other_units_send_is_computed_before_the_backward_loops(backend: st
     # the four units' loops (torch's dX loop follows them)
     assert len(bodies) == (4 if backend == "jax" else 5)
     for body in bodies[:4]:
-        assert body.count(" @ ") == 4, body
-        assert "_sent[t - 1]" in body
+        assert body.count(" @ ") == 1, body
+        assert "_sent[t - 1]" in body and "_operands @ W_dh_" in body
     assert "dh_1f_sent_all" in backward and "delta_i_2b_all @ W_xi_2b_f" in backward
 
 

@@ -156,7 +156,15 @@ def _split_brackets(head: str, body: str, close: str, indent: int, explode: bool
     for a collection literal, ``explode``: ruff format splits a dict one item a line)."""
     if not explode and indent + 4 + len(body) <= WIDTH:
         return "\n".join([head, "    " + body, close])
-    return "\n".join([head, *("    " + part + "," for part in _items(body)), close])
+    lines = [head]
+    for part in _items(body):
+        if indent + 4 + len(part) + 1 > WIDTH and part[:1] == "[" and part[-1:] == "]":
+            # a list too long for its line: its items one a line in turn
+            inner = _split_brackets("[", part[1:-1], "],", indent + 4, explode=True)
+            lines.extend("    " + line for line in inner.split("\n"))
+        else:
+            lines.append("    " + part + ",")
+    return "\n".join([*lines, close])
 
 
 def spaced_slice(start: str, stop: str) -> str:

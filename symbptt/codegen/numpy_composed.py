@@ -58,7 +58,7 @@ from ..core.graph import T_SYMBOL, Assignment, Graph, Symbols
 from ..expr import mexpr
 from ..model.compose import Unit
 from ..model.spec import ModelSpec
-from .lines import Code, Lowering, SharedPrinter, fit, spaced_slice, unused_name
+from .lines import Code, Lowering, SharedPrinter, fit, layout, spaced_slice, unused_name
 from .module_parts import assemble, size_names
 from .numpy_unrolled import initial_arguments
 from .rowform import RowForm, transpose
@@ -564,8 +564,9 @@ class ComposedRolledModule:
             weight = self._fresh(f"W_{stem}{tail}")
             product = self._fresh(f"{stem}_W{tail}")
             columns = sp.Add(*(leaf.shape[1] for leaf in leaves))
-            concat = self._printer(names).concatenate(list(leaves), 1)
-            code.add(f"{weight} = {concat}", {self.param_names[p] for p in params}, weight)
+            printer = self._printer(names)
+            concat = printer.concatenate(list(leaves), 1)
+            code.add(f"{weight} = {concat}", set(printer.used), weight)
             weight_symbol = sp.MatrixSymbol(weight, operand.shape[1], columns)
             product_symbol = sp.MatrixSymbol(product, operand.shape[0], columns)
             names[weight_symbol] = weight
@@ -631,6 +632,57 @@ class ComposedRolledModule:
             rest = [term for term in terms if term not in sent]
             out.append(dataclasses.replace(row, expr=sp.MatAdd(symbol, *rest)))
         return out, names
+
+    def _fuse_sums(
+        self, code: Code, unit: Unit, rows: list[Assignment], names: dict[Any, str]
+    ) -> tuple[list[Assignment], dict[Any, str], dict[int, list[tuple[str, set[str], str]]]]:
+        """A backward step's sums of products ``Σ_k A_k @ P_k`` (the unit's gates' adjoints
+        from step t + 1 times their recurrent weights) as one product, the operands side by
+        side times the parameters stacked (``[δ_i, δ_f, ...] @ [W_hi; W_hf; ...]``, the
+        parameters stacked once per call, before the loop).  For JAX and torch, which run
+        each product of a step as its own call; NumPy's in-place products would pay a copy
+        of the operands a step for it.  Returns the rows, the names and, by row, the
+        lines that come before it.
+        """
+        first: dict[int, list[tuple[str, set[str], str]]] = {}
+        if self._in_place:
+            return rows, names, first
+        written = {row.target for row in rows}
+        params = set(self.param_names)
+        names = dict(names)
+        out = []
+        for k, row in enumerate(rows):
+            terms = row.expr.args if isinstance(row.expr, sp.MatAdd) else ()
+            products = []
+            for term in terms:
+                if not isinstance(term, sp.MatMul) or len(term.args) != 2:
+                    continue
+                operand, leaf = term.args
+                parameter = leaf.arg if isinstance(leaf, sp.Transpose) else leaf
+                if operand in self.bases and operand not in written and parameter in params:
+                    products.append(term)
+            if len(products) < 2:
+                out.append(row)
+                continue
+            base = self.bases[row.target]
+            operands = self._fresh(f"{base}_operands")
+            weight = self._fresh(f"W_{base}_operands")
+            product = self._fresh(f"{base}_products")
+            printer = self._printer(names)
+            stacked = printer.concatenate([p.args[1] for p in products], 0)
+            code.add(f"{weight} = {stacked}", set(printer.used), weight)
+            side = self._printer(names)
+            beside = side.concatenate([p.args[0] for p in products], 1)
+            reads = {name.split("[")[0] for name in side.used}
+            first[k] = [
+                (f"{operands} = {beside}", reads, operands),
+                (f"{product} = {operands} @ {weight}", {operands, weight}, product),
+            ]
+            symbol = sp.MatrixSymbol(product, *row.target.shape)
+            names[symbol] = product
+            rest = [term for term in terms if term not in products]
+            out.append(dataclasses.replace(row, expr=sp.MatAdd(symbol, *rest)))
+        return out, names, first
 
     def _emit_product(self, code: Code, product: Assignment, names: dict[Any, str]) -> None:
         """A fused product at the top of the step: NumPy's into an array made before the
@@ -765,11 +817,17 @@ class ComposedRolledModule:
                 self._row(a) for a in adjoints if a.step == middle_step and self._unit_of(a) is unit
             ]
             rows, names = self._hoist_sent(code, rows, generic, views)
+            rows, names, first = self._fuse_sums(code, unit, rows, names)
 
             def generic_step(
-                into: Code, rows: list[Assignment] = rows, names: dict[Any, str] = names
+                into: Code,
+                rows: list[Assignment] = rows,
+                names: dict[Any, str] = names,
+                first: dict[int, list[tuple[str, set[str], str]]] = first,
             ) -> None:
-                for row in rows:
+                for k, row in enumerate(rows):
+                    for line, reads, defines in first.get(k, []):
+                        into.add(layout("    " + line, 4), reads | {"t"}, defines)
                     self._emit(into, row, names, 8)
 
             self._loop(code, f"for t in {steps}:", generic_step)
