@@ -455,6 +455,14 @@ def test_long_lines_are_laid_out_as_ruff_format_lays_them_out() -> None:
         "        out=deltas_abcdefghij[t, :, 1:4],\n    )"
     )
     assert layout("short = 1") == "short = 1"
+    # a list too long for its line inside a split call: its items one a line too
+    items = [f"delta_{g}_2b[t - 1, ...]" for g in "ifog"]
+    call = f"    operands = xp.concat([{', '.join(items)}], axis=1)"
+    assert layout(call, 4) == "\n".join(
+        ["    operands = xp.concat(", "        ["]
+        + [f"            {item}," for item in items]
+        + ["        ],", "        axis=1,", "    )"]
+    )
     # a subscript that ends a binary expression is not split: the whole is parenthesized
     a, b = "inputs_W_1f[:, n_hidden : 2 * n_hidden]", "h_1f_previous_W[:, n_hidden : 2 * n_hidden]"
     assert layout(f"        f_1f_t_part2 = {a} + {b}", 8) == (
