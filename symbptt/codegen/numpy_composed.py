@@ -524,6 +524,15 @@ class ComposedRolledModule:
             self._stacked_or_loop(code, middle, views)
         return code
 
+    def _by_parameter(self, node: Any, written: set[Any]) -> bool:
+        """``A @ P``: a step's quantity ``A`` that is none of ``written`` (what the step
+        itself computes) times a parameter ``P`` or its transpose."""
+        if not isinstance(node, sp.MatMul) or len(node.args) != 2:
+            return False
+        operand, leaf = node.args
+        parameter = leaf.arg if isinstance(leaf, sp.Transpose) else leaf
+        return operand in self.bases and operand not in written and parameter in self.param_names
+
     def _fuse_products(
         self, code: Code, unit: Unit, rows: list[Assignment], names: dict[Any, str]
     ) -> tuple[list[Assignment], list[Assignment], dict[Any, str]]:
@@ -538,15 +547,11 @@ class ComposedRolledModule:
         products the step computes first and the names that print the blocks.
         """
         written = {row.target for row in rows}
-        params = set(self.param_names)
         found: dict[Any, list[Any]] = {}  # operand -> its parameters, in the order read
         for row in rows:
             for node in sp.preorder_traversal(row.expr):
-                if not isinstance(node, sp.MatMul) or len(node.args) != 2:
-                    continue
-                operand, leaf = node.args
-                parameter = leaf.arg if isinstance(leaf, sp.Transpose) else leaf
-                if operand in self.bases and operand not in written and parameter in params:
+                if self._by_parameter(node, written):
+                    operand, leaf = node.args
                     leaves = found.setdefault(operand, [])
                     if leaf not in leaves:
                         leaves.append(leaf)
@@ -603,7 +608,8 @@ class ComposedRolledModule:
         a product per term and step.  Not for NumPy, whose loops write in place: there
         the stacked products' new arrays cost more than the per-step products they save
         (``benchmarks/compose.py``: 0.86 -> 1.03 of the hand-written baseline; JAX, which
-        runs each product of a step as its own call, 1.06 -> 1.04 of autodiff).
+        runs each product of a step as its own call, side by side in one process: 1.03
+        -> 0.97-1.04 of autodiff).
         """
         if self._in_place:
             return rows, names
@@ -634,7 +640,7 @@ class ComposedRolledModule:
         return out, names
 
     def _fuse_sums(
-        self, code: Code, unit: Unit, rows: list[Assignment], names: dict[Any, str]
+        self, code: Code, rows: list[Assignment], names: dict[Any, str]
     ) -> tuple[list[Assignment], dict[Any, str], dict[int, list[tuple[str, set[str], str]]]]:
         """A backward step's sums of products ``Σ_k A_k @ P_k`` (the unit's gates' adjoints
         from step t + 1 times their recurrent weights) as one product, the operands side by
@@ -648,19 +654,11 @@ class ComposedRolledModule:
         if self._in_place:
             return rows, names, first
         written = {row.target for row in rows}
-        params = set(self.param_names)
         names = dict(names)
         out = []
         for k, row in enumerate(rows):
             terms = row.expr.args if isinstance(row.expr, sp.MatAdd) else ()
-            products = []
-            for term in terms:
-                if not isinstance(term, sp.MatMul) or len(term.args) != 2:
-                    continue
-                operand, leaf = term.args
-                parameter = leaf.arg if isinstance(leaf, sp.Transpose) else leaf
-                if operand in self.bases and operand not in written and parameter in params:
-                    products.append(term)
+            products = [term for term in terms if self._by_parameter(term, written)]
             if len(products) < 2:
                 out.append(row)
                 continue
@@ -817,7 +815,7 @@ class ComposedRolledModule:
                 self._row(a) for a in adjoints if a.step == middle_step and self._unit_of(a) is unit
             ]
             rows, names = self._hoist_sent(code, rows, generic, views)
-            rows, names, first = self._fuse_sums(code, unit, rows, names)
+            rows, names, first = self._fuse_sums(code, rows, names)
 
             def generic_step(
                 into: Code,
