@@ -1,6 +1,6 @@
 """Runtime of a generated composed module against hand-written hoisted NumPy (issue 10).
 
-    python benchmarks/compose.py [--repeats N] [--quick]
+    python benchmarks/compose.py [--repeats N] [--quick] [--no-jax] [--no-torch]
 
 The model: a 2-layer bidirectional LSTM (the cell file's equations, xh
 notation), masked with random lengths, softmax output, cross-entropy summed
@@ -26,6 +26,14 @@ ratio is generated / hand-written
 (lower is better), both computing the loss and every parameter gradient.
 OpenBLAS settings that slow current NumPy here are removed from this
 process's environment before NumPy is imported (../shared/FACTS.md).
+
+Then, where installed, the generated JAX module (rolled: ``jax.lax.scan``)
+against ``jax.jit(jax.value_and_grad)`` of the model written by hand with one
+scan per unit (:func:`jax_peer_loss`), and the generated torch module
+(``loss(...).backward()``) against ``nn.LSTM(num_layers=2, bidirectional=True)``
+on packed sequences with ``nn.Linear`` and the masked cross-entropy, autograd
+(:func:`torch_peer`): each checked against the NumPy baseline first, one thread
+each; the ratio is generated / the framework's autodiff (target <= 1.0).
 """
 
 from __future__ import annotations
@@ -314,6 +322,135 @@ def jax_pass(sizes: tuple[int, ...], repeats: int, data: tuple[Any, ...]) -> Non
     print(f"  (ratio: generated / autodiff {times[0] / times[1]:.2f}; target <= 1.0)")
 
 
+#: nn.LSTM's gate order (i, f, g, o), g being the cell file's c
+TORCH_GATES = ("i", "f", "c", "o")
+
+
+def torch_peer(params: dict[str, Any], X: Any, Y: Any, mask: Any) -> tuple[Any, Any]:
+    """(step, gradients): ``nn.LSTM(num_layers=2, bidirectional=True)`` on the packed
+    sequences, ``nn.Linear`` and the masked cross-entropy with ``backward()``, holding
+    ``params`` (the second recurrent biases zero), and its gradients in the module's names."""
+    import torch
+
+    T, m, n_in = X.shape
+    n = params["W_hi_1f"].shape[0]
+    lstm = torch.nn.LSTM(n_in, n, num_layers=2, bidirectional=True, dtype=torch.float64)
+    head = torch.nn.Linear(2 * n, params["W_hy_f"].shape[0], dtype=torch.float64)
+    where = {"1f": "l0", "1b": "l0_reverse", "2f": "l1", "2b": "l1_reverse"}
+
+    def blocks(unit: str, kind: str) -> Any:
+        if kind == "x" and unit.startswith("2"):  # the two directions below, side by side
+            return np.concatenate(
+                [
+                    np.hstack([params[f"W_x{g}_{unit}_f"], params[f"W_x{g}_{unit}_b"]])
+                    for g in TORCH_GATES
+                ]
+            )
+        if kind == "bias":
+            return np.concatenate([params[f"b_{g}_{unit}"][:, 0] for g in TORCH_GATES])
+        return np.concatenate([params[f"W_{kind}{g}_{unit}"] for g in TORCH_GATES])
+
+    with torch.no_grad():
+        for unit, suffix in where.items():
+            getattr(lstm, f"weight_ih_{suffix}").copy_(torch.from_numpy(blocks(unit, "x")))
+            getattr(lstm, f"weight_hh_{suffix}").copy_(torch.from_numpy(blocks(unit, "h")))
+            getattr(lstm, f"bias_ih_{suffix}").copy_(torch.from_numpy(blocks(unit, "bias")))
+            getattr(lstm, f"bias_hh_{suffix}").zero_()
+        head.weight.copy_(torch.from_numpy(np.hstack([params["W_hy_f"], params["W_hy_b"]])))
+        head.bias.copy_(torch.from_numpy(params["b_y"][:, 0]))
+    x = torch.from_numpy(X)
+    lengths = torch.from_numpy(mask.sum(axis=0).astype(np.int64))
+    labels = torch.from_numpy(Y.argmax(axis=-1))
+    labels[torch.from_numpy(mask == 0)] = -100  # padded steps: no loss
+
+    def step() -> Any:
+        lstm.zero_grad(set_to_none=True)
+        head.zero_grad(set_to_none=True)
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+        out = torch.nn.utils.rnn.pad_packed_sequence(lstm(packed)[0], total_length=T)[0]
+        scores = head(out).reshape(T * m, -1)
+        loss = (
+            torch.nn.functional.cross_entropy(
+                scores, labels.reshape(-1), ignore_index=-100, reduction="sum"
+            )
+            / m
+        )
+        loss.backward()
+        return loss
+
+    def gradients() -> tuple[float, dict[str, Any]]:
+        loss = float(step().detach())
+        grads: dict[str, Any] = {}
+        for unit, suffix in where.items():
+            w_ih, w_hh, bias = (
+                getattr(lstm, f"{w}_{suffix}").grad.numpy()
+                for w in ("weight_ih", "weight_hh", "bias_ih")
+            )
+            for k, g in enumerate(TORCH_GATES):
+                rows = slice(k * n, (k + 1) * n)
+                if unit.startswith("1"):
+                    grads[f"W_x{g}_{unit}"] = w_ih[rows]
+                else:
+                    grads[f"W_x{g}_{unit}_f"], grads[f"W_x{g}_{unit}_b"] = (
+                        w_ih[rows, :n],
+                        w_ih[rows, n:],
+                    )
+                grads[f"W_h{g}_{unit}"] = w_hh[rows]
+                grads[f"b_{g}_{unit}"] = bias[rows, None]
+        weight = head.weight.grad.numpy()
+        grads |= {
+            "W_hy_f": weight[:, :n],
+            "W_hy_b": weight[:, n:],
+            "b_y": head.bias.grad.numpy()[:, None],
+        }
+        return loss, grads
+
+    return step, gradients
+
+
+def torch_pass(sizes: tuple[int, ...], repeats: int, data: tuple[Any, ...]) -> None:
+    """The generated torch module (``loss(...).backward()``: its BPTT as the backward of a
+    ``torch.autograd.Function``) against torch autograd of :func:`torch_peer`: each checked
+    against the NumPy baseline first, then the median of their calls."""
+    import torch
+
+    torch.set_num_threads(1)
+    module = symbptt.load_module(symbptt.emit(spec(sizes[0]), backend="torch"))
+    params, X, Y, mask = data
+    reference = lstm2_bidirectional(params, X, Y, mask)
+    leaves = {k: torch.from_numpy(v.copy()).requires_grad_(True) for k, v in params.items()}
+    x, y, k = torch.from_numpy(X), torch.from_numpy(Y), torch.from_numpy(mask)
+
+    def generated() -> Any:
+        for leaf in leaves.values():
+            leaf.grad = None
+        loss = module.loss(leaves, x, y, mask=k)
+        loss.backward()
+        return loss
+
+    def generated_gradients() -> tuple[float, dict[str, Any]]:
+        loss = float(generated().detach())
+        return loss, {name: leaf.grad.numpy() for name, leaf in leaves.items()}
+
+    peer, peer_gradients = torch_peer(params, X, Y, mask)
+    for name, gradients in (
+        ("generated torch module", generated_gradients),
+        ("torch autograd", peer_gradients),
+    ):
+        loss, grads = gradients()
+        worst = abs(loss - reference[0]) / abs(reference[0])
+        for key, g in reference[1].items():
+            error = float(np.abs(grads[key] - g).max())
+            worst = max(worst, error / max(float(np.abs(g).max()), 1e-300))
+        if worst > 1e-10:
+            raise SystemExit(f"{name} differs from the baseline: {worst:.1e}")
+    times = median_times([generated, peer], repeats)
+    print(f"torch (one thread), the same model and sizes, median of {repeats}:")
+    print(f"  {'generated torch module':<28} {times[0] * 1e3:8.2f} ms")
+    print(f"  {'nn.LSTM + autograd':<28} {times[1] * 1e3:8.2f} ms")
+    print(f"  (ratio: generated / autograd {times[0] / times[1]:.2f}; target <= 1.0)")
+
+
 def problem(module: Any, sizes: tuple[int, ...], rng: np.random.Generator) -> tuple[Any, ...]:
     T, m, n_in, n_h, n_out = sizes
     params = module.init_params(n_in, n_h, n_out, rng=rng)
@@ -347,6 +484,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help=f"T = {QUICK[0]} instead")
     parser.add_argument("--no-jax", action="store_true", help="leave the JAX pass out")
+    parser.add_argument("--no-torch", action="store_true", help="leave the torch pass out")
     args = parser.parse_args()
     if THREADPOOLCTL:
         importlib.import_module("threadpoolctl").threadpool_limits(limits=1)
@@ -386,12 +524,19 @@ def main() -> None:
         print(f"  {name:<28} {seconds * 1e3:8.2f} ms   ratio {seconds / baseline:.2f}")
     print(f"  {'hand-written hoisted NumPy':<28} {baseline * 1e3:8.2f} ms")
     print("  (ratio: generated / hand-written, lower is better; target <= 1.0)")
+    data = (params, X, Y, mask)
     if args.no_jax:
-        return
-    if importlib.util.find_spec("jax") is None:
+        pass
+    elif importlib.util.find_spec("jax") is None:
         print("JAX: not timed (not installed)")
+    else:
+        jax_pass(sizes, args.repeats, data)
+    if args.no_torch:
         return
-    jax_pass(sizes, args.repeats, (params, X, Y, mask))
+    if importlib.util.find_spec("torch") is None:
+        print("torch: not timed (not installed)")
+        return
+    torch_pass(sizes, args.repeats, data)
 
 
 if __name__ == "__main__":
