@@ -277,6 +277,12 @@ class SharedPrinter(NumPyPrinter):
         Python loops, as printed (JAX's: ``jax.lax.scan``)."""
         return code
 
+    def steps_array(self, name: str, shape: str, dtype: str) -> list[tuple[str, set[str]]]:
+        """The statements (and the names they read) making ``name``, an array of the steps
+        0..T+1 whose steps 1..T the caller writes and whose two ends must be zero: new
+        zeros (torch's: an empty array and its ends zeroed)."""
+        return [(f"{name} = {self.zeros(shape, dtype)}", set())]
+
 
 WIDTH = 88  # ruff format's default line length: printed lines never need wrapping
 

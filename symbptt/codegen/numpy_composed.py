@@ -446,9 +446,12 @@ class ComposedRolledModule:
         """``base``: an array of the steps 0..T+1 (see :meth:`_arrays`)."""
         shape = f"(T + 2, m, {units})"
         reads = {"T", "m", "dtype", units}
-        if every and self.printer_class.backend == "numpy":
+        if every and self._in_place:  # NumPy: the workspace's, kept between calls
             self.helpers |= {"_steps"}
             code.add(f'{base} = _steps(ws, "{base}", {shape}, dtype)', reads | {"ws"}, base)
+        elif every:
+            for line, uses in self._printer({}).steps_array(base, shape, "dtype"):
+                code.add(line, reads | uses | {base}, base)
         else:
             code.add(f"{base} = {self._zeros(shape)}", reads, base)
 
