@@ -467,12 +467,12 @@ def test_jax_rolled_module_traces_one_step_whatever_the_length(fields: dict[str,
 
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])
-def test_what_other_units_send_is_computed_before_the_backward_loops(backend: str) -> None:
-    """A backward step's products of what the layer above and the output layer send are
-    known before its loop: one stacked product each, not a product a step.  Left in each
-    step: its own four gates' adjoints from step t + 1 times their recurrent weights, one
-    product of the adjoints side by side (12 products a step in layer 1 before: four of
-    its own, eight from the two units above)."""
+def test_a_backward_step_makes_one_product(backend: str) -> None:
+    """A backward step's sum of products by parameters is one product of the operands
+    side by side (12 products a step in layer 1 before: its own four gates' adjoints from
+    step t + 1, eight from the two units above).  JAX computes what the layer above and
+    the output layer send before the loop, one stacked product each (its arrays of every
+    step are cheap), and the step's own four in one product."""
     source = symbptt.emit(ModelSpec(steps=2, cell="lstm", **ALL_THREE), backend=backend)
     backward = source.split("\ndef _backward(")[1].split("\ndef ")[0]
     if backend == "jax":
@@ -482,9 +482,13 @@ def test_what_other_units_send_is_computed_before_the_backward_loops(backend: st
     # the four units' loops (torch's dX loop follows them)
     assert len(bodies) == (4 if backend == "jax" else 5)
     for body in bodies[:4]:
-        assert body.count(" @ ") == 1, body
-        assert "_sent[t - 1]" in body and "_operands @ W_dh_" in body
-    assert "dh_1f_sent_all" in backward and "delta_i_2b_all @ W_xi_2b_f" in backward
+        assert body.count(" @ ") == 1 and "_operands @ W_dh_" in body, body
+        assert ("_sent[t - 1]" in body) == (backend == "jax")
+    if backend == "jax":
+        assert "dh_1f_sent_all" in backward and "delta_i_2b_all @ W_xi_2b_f" in backward
+    # the forward products of the input: every step's at once (JAX), else one a step
+    hoisted = "inputs_W_1f_all = inputs_all @ W_inputs_1f" in source
+    assert hoisted == (backend == "jax")
 
 
 @pytest.mark.parametrize("mode", ["many_to_many", "many_to_one"])

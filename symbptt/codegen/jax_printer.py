@@ -33,6 +33,7 @@ class JaxPrinter(SharedPrinter):
     _default_settings: ClassVar[dict[str, Any]] = dict(SharedPrinter._default_settings)
     spellings = JAX_FUNCTIONS
     backend = "jax"
+    cheap_arrays_of_steps = True  # XLA's buffers (see SharedPrinter)
 
     # -- statements ---------------------------------------------------------------------
     def call_into(self, function: str, args: list[str], out: str) -> str:

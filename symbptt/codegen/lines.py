@@ -267,6 +267,12 @@ def _items(body: str) -> list[str]:
 class SharedPrinter(NumPyPrinter):
     """The NumPy printer sharing one set of helpers across a module's printers."""
 
+    #: Whether an array of every step made anew at each call costs little: a product over
+    #: every step before a loop then beats a product a step in it.  Not for NumPy or
+    #: torch on the CPU, whose large new arrays are new pages at every call (JAX's are
+    #: XLA's buffers, planned once per compilation).
+    cheap_arrays_of_steps = False
+
     def __init__(self, names: Mapping[Any, str], helpers: set[str] | None = None) -> None:
         super().__init__(names)
         if helpers is not None:

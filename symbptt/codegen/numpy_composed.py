@@ -249,12 +249,19 @@ class ComposedRolledModule:
         return names
 
     def _emit_stacked(
-        self, code: Code, target: str, expr: Any, views: dict[str, str], reshape: str = ""
+        self,
+        code: Code,
+        target: str,
+        expr: Any,
+        views: dict[str, str],
+        reshape: str = "",
+        extra: Mapping[Any, str] | None = None,
     ) -> None:
         """``target = expr`` over every step stacked by rows (the views it reads first);
-        with ``reshape``, the result becomes ``reshape``, (T, m, units)."""
+        with ``reshape``, the result becomes ``reshape``, (T, m, units); ``extra`` names
+        what is not a step's quantity or a parameter (a concatenation of parameters)."""
         used: dict[str, str] = {}
-        names = self._stacked(used)
+        names = {**self._stacked(used), **(extra or {})}
         fitted = fit(target, expr, self._printer, names)
         reads = {name.split("[")[0] for _, _, u in fitted for name in u}
         for name in sorted(n for n in reads if n in used and n not in views):
@@ -504,7 +511,7 @@ class ComposedRolledModule:
                 if a.step == graph.steps[_MIDDLE - 1] and self._owner(a.target) is unit
             ]
             loop = "range(1, T + 1)" if unit.direction == "forward" else "range(T, 0, -1)"
-            rows, products, names = self._fuse_products(code, unit, rows, generic)
+            rows, products, names = self._fuse_products(code, unit, rows, generic, views)
 
             def emit_rows(
                 into: Code,
@@ -537,7 +544,12 @@ class ComposedRolledModule:
         return operand in self.bases and operand not in written and parameter in self.param_names
 
     def _fuse_products(
-        self, code: Code, unit: Unit, rows: list[Assignment], names: dict[Any, str]
+        self,
+        code: Code,
+        unit: Unit,
+        rows: list[Assignment],
+        names: dict[Any, str],
+        views: dict[str, str],
     ) -> tuple[list[Assignment], list[Assignment], dict[Any, str]]:
         """A unit's step with the products of one operand by several parameters as one.
 
@@ -548,6 +560,12 @@ class ComposedRolledModule:
         ``code``, before the loop), and each ``A @ P_k`` its block of columns: an LSTM's
         four gates read ``h_{t-1}`` through one product, not four.  Returns the rows, the
         products the step computes first and the names that print the blocks.
+
+        Where arrays of every step are cheap (``cheap_arrays_of_steps``: JAX), an operand
+        the loop does not write at all (the input, the layer below's state) is multiplied
+        for every step at once before the loop, one large product (``inputs_W_1f``) read
+        at ``t`` (JAX side by side: 2-4 % faster); NumPy's and torch's stacked arrays are
+        new pages at every call (torch: 4 % slower).
         """
         written = {row.target for row in rows}
         found: dict[Any, list[Any]] = {}  # operand -> its parameters, in the order read
@@ -562,8 +580,10 @@ class ComposedRolledModule:
         replace: dict[Any, Any] = {}
         products: list[Assignment] = []
         sizes = self._printer(self.sizes)
+        loop = {self.bases[target] for target in written}
         for operand, leaves in found.items():
-            if len(leaves) < 2:
+            hoisted = self.printer_class.cheap_arrays_of_steps and self.bases[operand] not in loop
+            if len(leaves) < 2 and not hoisted:
                 continue
             base = self.bases[operand]
             offset = self.position[self.rf.meta[operand][1]] - _MIDDLE
@@ -572,16 +592,29 @@ class ComposedRolledModule:
             weight = self._fresh(f"W_{stem}{tail}")
             product = self._fresh(f"{stem}_W{tail}")
             columns = sp.Add(*(leaf.shape[1] for leaf in leaves))
-            printer = self._printer(names)
-            concat = printer.concatenate(list(leaves), 1)
-            code.add(f"{weight} = {concat}", set(printer.used), weight)
-            weight_symbol = sp.MatrixSymbol(weight, operand.shape[1], columns)
+            if len(leaves) == 1:
+                weight_symbol = leaves[0]
+            else:
+                printer = self._printer(names)
+                concat = printer.concatenate(list(leaves), 1)
+                code.add(f"{weight} = {concat}", set(printer.used), weight)
+                weight_symbol = sp.MatrixSymbol(weight, operand.shape[1], columns)
+                names[weight_symbol] = weight
             product_symbol = sp.MatrixSymbol(product, operand.shape[0], columns)
-            names[weight_symbol] = weight
             names[product_symbol] = product
-            products.append(
-                Assignment(product_symbol, sp.MatMul(operand, weight_symbol), "product")
-            )
+            entry = product
+            if hoisted:  # every step's at once, before the loop
+                stacked = self._fresh(f"{product}_all")
+                every = sp.MatMul(operand, weight_symbol)
+                extra = {weight_symbol: weight} if len(leaves) > 1 else {}
+                self._emit_stacked(code, stacked, every, views, extra=extra)
+                reshaped = self._printer({}).reshape(stacked, "T, m, -1")
+                code.add(f"{product} = {reshaped}", {stacked, "T", "m"}, product)
+                entry = self._printer({}).item(product, "t - 1")
+            else:
+                products.append(
+                    Assignment(product_symbol, sp.MatMul(operand, weight_symbol), "product")
+                )
             start: Any = sp.Integer(0)
             for leaf in leaves:
                 stop = start + leaf.shape[1]
@@ -590,7 +623,8 @@ class ComposedRolledModule:
                 block = sp.MatrixSymbol(
                     f"{product}_{len(replace)}", operand.shape[0], leaf.shape[1]
                 )
-                names[block] = f"{product}[:, {spaced_slice(first, last)}]"
+                columns_of = "" if len(leaves) == 1 else f"[:, {spaced_slice(first, last)}]"
+                names[block] = entry + columns_of
                 replace[sp.MatMul(operand, leaf)] = block
                 start = stop
         if not replace:
@@ -608,13 +642,14 @@ class ComposedRolledModule:
         (``δ_(2f)_t @ W_x*`` sent down by the layer above, ``ds_t @ W_hy`` by the output
         layer) are known before the loop: their sum over every step stacked by rows is
         one line of products before it (``dh_1f_sent``), read at ``t`` in the loop, not
-        a product per term and step.  Not for NumPy, whose loops write in place: there
-        the stacked products' new arrays cost more than the per-step products they save
-        (``benchmarks/compose.py``: 0.86 -> 1.03 of the hand-written baseline; JAX, which
-        runs each product of a step as its own call, side by side in one process: 1.03
-        -> 0.97-1.04 of autodiff).
+        a product per term and step.  Only where arrays of every step are cheap
+        (``cheap_arrays_of_steps``: JAX, which runs each product of a step as its own
+        call; side by side in one process, 1.03 -> 0.97-1.04 of autodiff): NumPy's and
+        torch's new arrays are new pages at every call, which cost more than the
+        per-step products they save (``benchmarks/compose.py``: NumPy 0.86 -> 1.03 of
+        the hand-written baseline, torch 10 % slower).
         """
-        if self._in_place:
+        if not self.printer_class.cheap_arrays_of_steps:
             return rows, names
         written = {self.bases[row.target] for row in rows}
         names = dict(names)
