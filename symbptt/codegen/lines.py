@@ -219,8 +219,8 @@ def wrap_assignment(target: str, rhs: str, indent: int) -> str:
 _LOOSEST = ((" + ", " - "), (" * ", " @ ", " / "))
 
 
-def _operators(text: str) -> list[tuple[int, str]]:
-    """The loosest binary operators of ``text`` at bracket depth 0: (position, operator)."""
+def _operators(text: str) -> list[int]:
+    """Where the loosest binary operators of ``text`` at bracket depth 0 stand."""
     depth, found = 0, []
     for i, char in enumerate(text):
         if char in "([{":
@@ -230,7 +230,7 @@ def _operators(text: str) -> list[tuple[int, str]]:
         elif depth == 0 and char == " ":
             found.append((i, text[i : i + 3]))
     for operators in _LOOSEST:
-        chosen = [(i, op) for i, op in found if op in operators]
+        chosen = [i for i, op in found if op in operators]
         if chosen:
             return chosen
     return []
@@ -242,7 +242,7 @@ def _parenthesized(target: str, rhs: str, indent: int) -> str:
     if indent + 4 + len(rhs) <= WIDTH:
         return "\n".join([f"{target} = (", "    " + rhs, ")"])
     lines, start = [], 0
-    for i, _ in _operators(rhs):
+    for i in _operators(rhs):
         lines.append(rhs[start:i].strip())
         start = i + 1  # the operator starts the next line
     lines.append(rhs[start:].strip())

@@ -589,28 +589,23 @@ class ComposedRolledModule:
             offset = self.position[self.rf.meta[operand][1]] - _MIDDLE
             tail = "" if base.endswith("_" + unit.tag) else "_" + unit.tag
             stem = f"{base}{'_prev' if offset else ''}"
-            weight = self._fresh(f"W_{stem}{tail}")
             product = self._fresh(f"{stem}_W{tail}")
             columns = sp.Add(*(leaf.shape[1] for leaf in leaves))
-            if len(leaves) == 1:
-                weight_symbol = leaves[0]
-            else:
+            extra: dict[Any, str] = {}  # the parameters side by side, where several
+            weight_symbol = leaves[0]
+            if len(leaves) > 1:
+                weight = self._fresh(f"W_{stem}{tail}")
                 printer = self._printer(names)
                 concat = printer.concatenate(list(leaves), 1)
                 code.add(f"{weight} = {concat}", set(printer.used), weight)
                 weight_symbol = sp.MatrixSymbol(weight, operand.shape[1], columns)
-                names[weight_symbol] = weight
+                extra[weight_symbol] = names[weight_symbol] = weight
             product_symbol = sp.MatrixSymbol(product, operand.shape[0], columns)
             names[product_symbol] = product
             entry = product
             if hoisted:  # every step's at once, before the loop
-                stacked = self._fresh(f"{product}_all")
                 every = sp.MatMul(operand, weight_symbol)
-                extra = {weight_symbol: weight} if len(leaves) > 1 else {}
-                self._emit_stacked(code, stacked, every, views, extra=extra)
-                reshaped = self._printer({}).reshape(stacked, "T, m, -1")
-                code.add(f"{product} = {reshaped}", {stacked, "T", "m"}, product)
-                entry = self._printer({}).item(product, "t - 1")
+                entry = self._before_loop(code, product, every, views, extra)
             else:
                 products.append(
                     Assignment(product_symbol, sp.MatMul(operand, weight_symbol), "product")
@@ -667,15 +662,27 @@ class ComposedRolledModule:
                 out.append(row)
                 continue
             base = self._fresh(f"{self.bases[row.target]}_sent")
-            stacked = f"{base}_all"
-            self._taken.add(stacked)
-            self._emit_stacked(code, stacked, sp.MatAdd(*sent), views)
-            code.add(f"{base} = {self._printer({}).reshape(stacked, 'T, m, -1')}", {stacked}, base)
             symbol = sp.MatrixSymbol(base, *row.target.shape)
-            names[symbol] = self._printer({}).item(base, "t - 1")
+            names[symbol] = self._before_loop(code, base, sp.MatAdd(*sent), views)
             rest = [term for term in terms if term not in sent]
             out.append(dataclasses.replace(row, expr=sp.MatAdd(symbol, *rest)))
         return out, names
+
+    def _before_loop(
+        self,
+        code: Code,
+        name: str,
+        expr: Any,
+        views: dict[str, str],
+        extra: Mapping[Any, str] | None = None,
+    ) -> str:
+        """``name``: ``expr`` of every step at once, before a loop (the steps stacked by
+        rows, then (T, m, units)); returns what the loop reads at step t."""
+        stacked = self._fresh(f"{name}_all")
+        self._emit_stacked(code, stacked, expr, views, extra=extra)
+        reshaped = self._printer({}).reshape(stacked, "T, m, -1")
+        code.add(f"{name} = {reshaped}", {stacked, "T", "m"}, name)
+        return self._printer({}).item(name, "t - 1")
 
     def _fuse_sums(
         self, code: Code, rows: list[Assignment], names: dict[Any, str]
